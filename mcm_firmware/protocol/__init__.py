@@ -1,0 +1,42 @@
+"""The wire protocol: frame declarations, typed messages and the codec. No I/O here."""
+
+from .codec import FrameError, Reason, decode, encode, frame_bytes, snapshot_dtype
+from .frames import (
+    Capability,
+    CoolingMode,
+    DeathReason,
+    EventCode,
+    FrameFlags,
+    MsgType,
+    NodeState,
+    Op,
+    PumpFlags,
+    Severity,
+    SnapshotFlags,
+    Status,
+    ValveFlags,
+)
+from .messages import (
+    MODULE_SUBJECT,
+    Birth,
+    Command,
+    Death,
+    DieTelemetry,
+    Event,
+    HbmTelemetry,
+    Message,
+    PumpTelemetry,
+    Response,
+    Snapshot,
+    StatusResult,
+    Telemetry,
+    ValveTelemetry,
+)
+
+__all__ = [
+    "MODULE_SUBJECT", "Birth", "Capability", "Command", "CoolingMode", "Death", "DeathReason", "EventCode",
+    "DieTelemetry", "Event", "FrameError", "FrameFlags", "HbmTelemetry", "Message", "MsgType",
+    "NodeState", "Op", "PumpFlags", "PumpTelemetry", "Reason", "Response", "Severity", "Snapshot",
+    "SnapshotFlags", "Status", "StatusResult", "Telemetry", "ValveFlags", "ValveTelemetry",
+    "decode", "encode", "frame_bytes", "snapshot_dtype",
+]

@@ -1,0 +1,310 @@
+"""Encoding and decoding of frames. No I/O.
+
+``decode`` returns a typed :class:`~.messages.Message` or raises :class:`FrameError`; no other
+exception leaves it, whatever the bytes. Checks run in this order, so that each reason means one
+thing:
+
+1. fewer bytes than an empty frame                       -> TRUNCATED
+2. magic is not ``MC``                                   -> BAD_MAGIC
+3. version is not 1                                      -> UNSUPPORTED_VERSION
+4. fewer / more bytes than the header's payload length   -> TRUNCATED / TRAILING_BYTES
+5. CRC-32 over header and payload differs                -> BAD_CRC
+6. message type unknown                                  -> UNKNOWN_TYPE
+7. reserved header flag bits set                         -> BAD_FIELD
+8. payload shorter or longer than its own layout         -> LENGTH_MISMATCH
+9. a field holds a value the format does not allow       -> BAD_FIELD
+
+Past step 5 the header is trustworthy: the error then carries it, and for a COMMAND whose request
+id could be read, the request id too, so that a node can answer instead of dropping.
+
+Telemetry, the hot path, bypasses construct: its payload is a packed numpy record whose layout is
+derived from the ``Snapshot`` declaration (see :mod:`.layout`); the other bodies use construct's
+compiled parsers. ``tests/test_codec.py`` checks all paths against the uncompiled declarations.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from enum import IntEnum
+from typing import Any
+
+import construct as c
+import numpy as np
+
+from . import frames, layout
+from .frames import (
+    CRC_SIZE,
+    HEADER_SIZE,
+    KNOWN_FLAGS,
+    MAGIC,
+    MAX_PAYLOAD,
+    VERSION,
+    CoolingMode,
+    MsgType,
+    NodeState,
+    Op,
+)
+from .messages import (
+    ARG_TYPES,
+    MESSAGE_TYPES,
+    RESULT_TYPES,
+    Command,
+    DieTelemetry,
+    FieldValueError,
+    HbmTelemetry,
+    Message,
+    PumpTelemetry,
+    Response,
+    Snapshot,
+    Telemetry,
+    ValveTelemetry,
+    from_container,
+    to_container,
+)
+
+
+class Reason(IntEnum):
+    """Why a frame was rejected. Carried in FRAME_REJECTED events as their subject."""
+
+    TRUNCATED = 1
+    BAD_MAGIC = 2
+    UNSUPPORTED_VERSION = 3
+    TRAILING_BYTES = 4
+    BAD_CRC = 5
+    UNKNOWN_TYPE = 6
+    LENGTH_MISMATCH = 7
+    BAD_FIELD = 8
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded. ``reason`` says why; header fields are set where readable."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        detail: str,
+        *,
+        msg_type: int | None = None,
+        node_id: int | None = None,
+        seq: int | None = None,
+        request_id: int | None = None,
+        op: int | None = None,
+    ) -> None:
+        super().__init__(f"{reason.name.lower()}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.msg_type = msg_type
+        self.node_id = node_id
+        self.seq = seq
+        self.request_id = request_id
+        self.op = op
+
+
+_HEADER = struct.Struct(layout.struct_format(frames.Header))
+_CRC = struct.Struct("<I")
+_REQ = struct.Struct("<IH")
+assert _HEADER.size == HEADER_SIZE, "frames.HEADER_SIZE disagrees with the Header declaration"
+
+
+def frame_bytes(
+    msg_type: int, node_id: int, seq: int, timestamp_ns: int, flags: int, payload: bytes
+) -> bytes:
+    """Wrap a payload in header and CRC. The one place a frame's envelope is assembled."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
+    head = _HEADER.pack(
+        MAGIC, VERSION, msg_type, flags, node_id, seq & 0xFFFFFFFF, timestamp_ns, len(payload)
+    )
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return b"".join((head, payload, _CRC.pack(crc)))
+
+
+# --- telemetry fast path ------------------------------------------------------------------------
+# The Snapshot payload is fixed once its four counts are known: a struct format (and, for the
+# vectorised node-side path, a numpy record dtype) is derived from the declaration per count tuple.
+
+_ARRAYS = layout.array_names(frames.Snapshot)  # dies, hbm, pumps, valves
+_PART_TYPES = (DieTelemetry, HbmTelemetry, PumpTelemetry, ValveTelemetry)
+_N_SCALARS = len(Snapshot._fields) - len(_ARRAYS)  # fields before the counts
+_COUNTS_OFFSET = struct.calcsize(layout.struct_format(frames.Snapshot, **{a: 0 for a in _ARRAYS})) - len(_ARRAYS)
+
+
+def _check_field_order() -> None:
+    """The positional fast path relies on typed fields in declaration order."""
+    decl = [n for n, _ in layout.fields(frames.Snapshot) if not n.startswith("n_")]
+    if list(Snapshot._fields) != decl or decl[_N_SCALARS:] != _ARRAYS:
+        raise TypeError("Snapshot fields differ from the Snapshot declaration")
+    decls = dict(layout.fields(frames.Snapshot))
+    for name, cls in zip(_ARRAYS, _PART_TYPES, strict=True):
+        item = [n for n, _ in layout.fields(layout._unwrap(decls[name].subcon))]
+        if list(cls._fields) != item:
+            raise TypeError(f"{cls.__name__} fields differ from the declaration")
+
+
+_check_field_order()
+_TLM_STRUCTS: dict[tuple[int, ...], struct.Struct] = {}
+
+
+def _tlm_struct(counts: tuple[int, ...]) -> struct.Struct:
+    st = _TLM_STRUCTS.get(counts)
+    if st is None:
+        fmt = layout.struct_format(frames.Snapshot, **dict(zip(_ARRAYS, counts, strict=True)))
+        st = _TLM_STRUCTS[counts] = struct.Struct(fmt)
+    return st
+
+
+def snapshot_dtype(dies: int, hbm: int, pumps: int, valves: int) -> np.dtype:
+    """The packed numpy record of one telemetry payload with these array lengths."""
+    return layout.record_dtype(frames.Snapshot, dies=dies, hbm=hbm, pumps=pumps, valves=valves)
+
+
+def snapshot_payload(snap: Snapshot) -> bytes:
+    """Telemetry payload bytes of one snapshot."""
+    parts = snap[_N_SCALARS:]
+    counts = tuple(len(p) for p in parts)
+    flat = [*snap[:_N_SCALARS], *counts]
+    for part in parts:
+        for item in part:
+            flat.extend(item)
+    return _tlm_struct(counts).pack(*flat)
+
+
+def snapshot_from_payload(payload: bytes | memoryview) -> Snapshot:
+    """A typed Snapshot from telemetry payload bytes; FrameError if they do not fit."""
+    if len(payload) < _COUNTS_OFFSET + len(_ARRAYS):
+        raise FrameError(Reason.LENGTH_MISMATCH, "telemetry payload shorter than its fixed part")
+    counts = tuple(payload[_COUNTS_OFFSET : _COUNTS_OFFSET + len(_ARRAYS)])
+    st = _tlm_struct(counts)
+    if len(payload) != st.size:
+        raise FrameError(
+            Reason.LENGTH_MISMATCH,
+            f"telemetry payload is {len(payload)} bytes, its counts {counts} need {st.size}",
+        )
+    vals = st.unpack(payload)
+    try:
+        state = NodeState(vals[1])
+    except ValueError:
+        raise FieldValueError("state", vals[1], "not a known NodeState") from None
+    try:
+        mode = CoolingMode(vals[2])
+    except ValueError:
+        raise FieldValueError("mode", vals[2], "not a known CoolingMode") from None
+    i = _N_SCALARS + len(_ARRAYS)
+    parts = []
+    new = tuple.__new__
+    for cls, n in zip(_PART_TYPES, counts, strict=True):
+        w = len(cls._fields)
+        end = i + n * w
+        parts.append(tuple([new(cls, vals[j : j + w]) for j in range(i, end, w)]))
+        i = end
+    return Snapshot(vals[0], state, mode, *vals[3:_N_SCALARS], *parts)
+
+
+# --- encode -------------------------------------------------------------------------------------
+
+
+def encode_body(msg: Message) -> bytes:
+    """The payload bytes of a message."""
+    if isinstance(msg, Telemetry):
+        return snapshot_payload(msg.snapshot)
+    return frames.COMPILED_BODIES[msg.TYPE].build(to_container(msg))
+
+
+def encode(msg: Message) -> bytes:
+    """A complete frame. Raises ValueError (never FrameError) for a message that cannot be sent."""
+    try:
+        payload = encode_body(msg)
+    except (c.ConstructError, KeyError, TypeError, struct.error, OverflowError) as e:
+        raise ValueError(f"cannot encode {type(msg).__name__}: {e}") from e
+    return frame_bytes(msg.TYPE, msg.node_id, msg.seq, msg.timestamp_ns, msg.flags, payload)
+
+
+# --- decode -------------------------------------------------------------------------------------
+
+
+def _typed(msg_type: MsgType, body: Any, header: dict[str, int]) -> Message:
+    cls = MESSAGE_TYPES[msg_type]
+    msg = from_container(cls, body, **header)
+    if isinstance(msg, Command):
+        try:
+            op = Op(msg.op)
+        except ValueError:
+            raise FieldValueError("op", int(msg.op), "not a known Op") from None
+        arg_type = ARG_TYPES.get(op)
+        args = from_container(arg_type, msg.args) if arg_type is not None else None
+        return Command(**header, request_id=msg.request_id, op=op, args=args)
+    if isinstance(msg, Response):
+        try:
+            op: int = Op(msg.op)
+        except ValueError:
+            op = int(msg.op)
+        result_type = RESULT_TYPES.get(op) if isinstance(op, Op) else None
+        data = None
+        if msg.data is not None and result_type is not None:
+            data = from_container(result_type, msg.data)
+        return Response(
+            **header,
+            request_id=msg.request_id,
+            op=op,
+            status=msg.status,
+            message=msg.message,
+            data=data,
+        )
+    return msg
+
+
+def decode(data: bytes | bytearray | memoryview) -> Message:
+    """Decode one frame; raises FrameError with a reason code for anything else."""
+    try:
+        return _decode(data)
+    except FrameError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the contract: nothing but FrameError escapes
+        raise FrameError(Reason.BAD_FIELD, f"undecodable ({type(e).__name__}: {e})") from e
+
+
+def _decode(data: bytes | bytearray | memoryview) -> Message:
+    n = len(data)
+    if n < HEADER_SIZE + CRC_SIZE:
+        raise FrameError(Reason.TRUNCATED, f"{n} bytes, an empty frame has {HEADER_SIZE + CRC_SIZE}")
+    magic, version, msg_type, flags, node_id, seq, ts, plen = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FrameError(Reason.BAD_MAGIC, f"magic {bytes(magic).hex()} is not {MAGIC.hex()}")
+    if version != VERSION:
+        raise FrameError(Reason.UNSUPPORTED_VERSION, f"version {version}, this decoder speaks {VERSION}")
+    need = HEADER_SIZE + plen + CRC_SIZE
+    if n < need:
+        raise FrameError(Reason.TRUNCATED, f"{n} bytes, the header announces {need}")
+    if n > need:
+        raise FrameError(Reason.TRAILING_BYTES, f"{n - need} bytes after the frame's {need}")
+    (crc,) = _CRC.unpack_from(data, n - CRC_SIZE)
+    calc = zlib.crc32(memoryview(data)[: n - CRC_SIZE])
+    if crc != calc:
+        raise FrameError(Reason.BAD_CRC, f"crc {crc:08x}, computed {calc:08x}")
+    known = dict(msg_type=msg_type, node_id=node_id, seq=seq)
+    try:
+        mtype = MsgType(msg_type)
+    except ValueError:
+        raise FrameError(Reason.UNKNOWN_TYPE, f"message type {msg_type}", **known) from None
+    if mtype is MsgType.COMMAND and plen >= _REQ.size:
+        known["request_id"], known["op"] = _REQ.unpack_from(data, HEADER_SIZE)
+    if flags & ~KNOWN_FLAGS:
+        raise FrameError(Reason.BAD_FIELD, f"reserved flag bits {flags & ~KNOWN_FLAGS:#04x} set", **known)
+    payload = bytes(data[HEADER_SIZE : HEADER_SIZE + plen])
+    header = dict(node_id=node_id, seq=seq, timestamp_ns=ts, flags=flags)
+    try:
+        if mtype is MsgType.TELEMETRY:
+            return Telemetry(**header, snapshot=snapshot_from_payload(payload))
+        body = frames.COMPILED_BODIES[mtype].parse(payload)
+        return _typed(mtype, body, header)
+    except FrameError as e:
+        raise FrameError(e.reason, e.detail, **known) from None
+    except (c.StreamError, c.TerminatedError) as e:
+        raise FrameError(
+            Reason.LENGTH_MISMATCH, f"{mtype.name} payload of {plen} bytes does not fit its layout ({e})", **known
+        ) from None
+    except FieldValueError as e:
+        raise FrameError(Reason.BAD_FIELD, f"{mtype.name} {e}", **known) from None
+    except Exception as e:  # noqa: BLE001 - undecodable strings, bad counts ...
+        raise FrameError(Reason.BAD_FIELD, f"{mtype.name} payload: {type(e).__name__}: {e}", **known) from None
