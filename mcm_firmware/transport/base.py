@@ -1,0 +1,107 @@
+"""The one small interface every transport implements. No firmware logic here.
+
+A transport moves opaque frames between endpoints addressed by (fleet, node, channel). It knows
+nothing of frame contents; the node and host runtimes decide what to send and what a frame means.
+
+Channels follow the MQTT contract ``mcm/v1/<fleet>/<node>/<channel>``:
+
+========  =========  =====================================================================
+channel   direction  content
+========  =========  =====================================================================
+state     node->host BIRTH (retained) while online, DEATH (retained, also the Last Will)
+tlm       node->host TELEMETRY
+evt       node->host EVENT
+cmd       host->node COMMAND
+rsp       node->host RESPONSE
+========  =========  =====================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+class Channel(enum.StrEnum):
+    STATE = "state"
+    TLM = "tlm"
+    EVT = "evt"
+    CMD = "cmd"
+    RSP = "rsp"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    fleet: str
+    node: int
+    channel: Channel
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What to receive: ``None`` for node or channel matches any."""
+
+    fleet: str
+    node: int | None = None
+    channel: Channel | None = None
+
+    def matches(self, addr: Address) -> bool:
+        return (
+            addr.fleet == self.fleet
+            and (self.node is None or addr.node == self.node)
+            and (self.channel is None or addr.channel == self.channel)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    address: Address
+    payload: bytes
+    retained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """Published by the far side (the broker) if this endpoint vanishes without closing."""
+
+    address: Address
+    payload: bytes
+
+
+class TransportError(Exception):
+    """The link is not usable: cannot connect, or it went down. The caller may reconnect."""
+
+
+class Transport(ABC):
+    """One endpoint's link. Connect once; after a TransportError, make a new one."""
+
+    name: str = "?"
+
+    @abstractmethod
+    async def connect(self, *, will: Will | None = None) -> None:
+        """Open the link, registering ``will`` where the transport supports it."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close cleanly (the will is not published). Idempotent."""
+
+    @abstractmethod
+    async def subscribe(self, sub: Subscription) -> None: ...
+
+    @abstractmethod
+    async def publish(
+        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
+    ) -> None:
+        """Send one frame. ``reliable`` asks for acknowledged delivery (MQTT QoS 1)."""
+
+    @abstractmethod
+    async def receive(self) -> Delivery:
+        """The next frame for one of this endpoint's subscriptions; TransportError when down."""
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

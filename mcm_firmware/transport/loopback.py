@@ -1,0 +1,200 @@
+"""The in-process transport: a small broker (retained frames, wills) with a fault hook.
+
+It is a full backend, not a test double: whole fleets run on it in virtual time, and the fault
+hook lets tests and scenarios drop, corrupt, delay, duplicate or reorder frames on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .base import Address, Channel, Delivery, Subscription, Transport, TransportError, Will
+
+FaultHook = Callable[[Delivery], Iterable[tuple[float, Delivery]]]
+"""Given a frame on its way, return what arrives instead: (delay in seconds, delivery) pairs.
+An empty result drops the frame; two results duplicate it."""
+
+
+@dataclass
+class LinkFaults:
+    """A seeded fault hook: each frame is dropped, corrupted, duplicated and/or delayed by chance.
+
+    ``channels`` limits the faults to some channels (all when empty). Counters tell what happened.
+    """
+
+    drop: float = 0.0
+    corrupt: float = 0.0
+    duplicate: float = 0.0
+    delay: float = 0.0
+    """Fixed delay added to every affected frame, seconds."""
+    jitter: float = 0.0
+    """Extra uniform random delay in [0, jitter) seconds: frames overtake each other (reorder)."""
+    channels: frozenset[Channel] = frozenset()
+    seed: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("seen", "dropped", "corrupted", "duplicated", "delayed"), 0))
+
+    def __post_init__(self) -> None:
+        for name in ("drop", "corrupt", "duplicate"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} probability must be within [0, 1], got {p}")
+        if self.delay < 0 or self.jitter < 0:
+            raise ValueError("delay and jitter must not be negative")
+        self._rng = random.Random(self.seed)
+
+    def __call__(self, d: Delivery) -> list[tuple[float, Delivery]]:
+        if self.channels and d.address.channel not in self.channels:
+            return [(0.0, d)]
+        rng = self._rng
+        self.counts["seen"] += 1
+        if rng.random() < self.drop:
+            self.counts["dropped"] += 1
+            return []
+        if d.payload and rng.random() < self.corrupt:
+            data = bytearray(d.payload)
+            bit = rng.randrange(len(data) * 8)
+            data[bit // 8] ^= 1 << (bit % 8)
+            d = Delivery(d.address, bytes(data), d.retained)
+            self.counts["corrupted"] += 1
+        copies = 2 if rng.random() < self.duplicate else 1
+        if copies == 2:
+            self.counts["duplicated"] += 1
+        out = []
+        for _ in range(copies):
+            delay = self.delay + (rng.random() * self.jitter if self.jitter else 0.0)
+            if delay > 0:
+                self.counts["delayed"] += 1
+            out.append((delay, d))
+        return out
+
+
+class LoopbackBus:
+    """An in-process message bus with MQTT's retained-message and Last-Will semantics."""
+
+    _named: dict[str, LoopbackBus] = {}
+
+    def __init__(self, *, hook: FaultHook | None = None) -> None:
+        self.hook = hook
+        self._endpoints: set[LoopbackTransport] = set()
+        self._retained: dict[Address, bytes] = {}
+        self.published = 0
+
+    @classmethod
+    def named(cls, name: str) -> LoopbackBus:
+        """The process-wide bus called ``name`` (``loopback://name``), created on first use."""
+        bus = cls._named.get(name)
+        if bus is None:
+            bus = cls._named[name] = cls()
+        return bus
+
+    def retained(self) -> dict[Address, bytes]:
+        return dict(self._retained)
+
+    def route(self, address: Address, payload: bytes, *, retain: bool) -> None:
+        self.published += 1
+        if retain:
+            if payload:
+                self._retained[address] = payload
+            else:  # an empty retained publish clears, as in MQTT
+                self._retained.pop(address, None)
+        d = Delivery(address, payload, False)
+        plan = self.hook(d) if self.hook is not None else ((0.0, d),)
+        for delay, item in plan:
+            if delay > 0:
+                asyncio.get_running_loop().call_later(delay, self._fan_out, item)
+            else:
+                self._fan_out(item)
+
+    def _fan_out(self, d: Delivery) -> None:
+        for ep in list(self._endpoints):
+            ep._offer(d)
+
+    def attach(self, ep: LoopbackTransport) -> None:
+        self._endpoints.add(ep)
+
+    def detach(self, ep: LoopbackTransport, *, will: Will | None) -> None:
+        self._endpoints.discard(ep)
+        if will is not None:
+            self.route(will.address, will.payload, retain=True)
+
+    def sever(self, ep: LoopbackTransport) -> None:
+        """Cut one endpoint off as a network failure would: its will fires, its receive fails."""
+        if ep in self._endpoints:
+            ep._severed()
+
+    def endpoints(self) -> list[LoopbackTransport]:
+        return list(self._endpoints)
+
+
+_DOWN = object()
+
+
+class LoopbackTransport(Transport):
+    name = "loopback"
+
+    def __init__(self, bus: LoopbackBus, *, client_id: str = "") -> None:
+        self.bus = bus
+        self.client_id = client_id
+        self._subs: list[Subscription] = []
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._will: Will | None = None
+        self._connected = False
+
+    async def connect(self, *, will: Will | None = None) -> None:
+        if self._connected:
+            raise TransportError("already connected")
+        self._will = will
+        self._connected = True
+        self.bus.attach(self)
+
+    async def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            self.bus.detach(self, will=None)
+            self._queue.put_nowait(_DOWN)
+
+    def crash(self) -> None:
+        """Vanish without closing: the bus publishes the will (like a killed process)."""
+        self._severed()
+
+    def _severed(self) -> None:
+        if self._connected:
+            self._connected = False
+            self.bus.detach(self, will=self._will)
+            self._queue.put_nowait(_DOWN)
+
+    async def subscribe(self, sub: Subscription) -> None:
+        if not self._connected:
+            raise TransportError("not connected")
+        self._subs.append(sub)
+        for addr, payload in self.bus.retained().items():
+            if sub.matches(addr):
+                self._queue.put_nowait(Delivery(addr, payload, True))
+
+    async def publish(
+        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
+    ) -> None:
+        if not self._connected:
+            raise TransportError("loopback link is down")
+        self.bus.route(address, bytes(payload), retain=retain)
+
+    def _offer(self, d: Delivery) -> None:
+        if self._connected and any(s.matches(d.address) for s in self._subs):
+            self._queue.put_nowait(d)
+
+    async def receive(self) -> Delivery:
+        if not self._connected and self._queue.empty():
+            raise TransportError("loopback link is down")
+        item = await self._queue.get()
+        if item is _DOWN:
+            raise TransportError("loopback link closed")
+        assert isinstance(item, Delivery)
+        return item
+
+    @property
+    def connected(self) -> bool:
+        return self._connected

@@ -1,0 +1,155 @@
+"""MQTT transport over aiomqtt (paho underneath). aiomqtt is imported here and nowhere else.
+
+Topics: ``mcm/v1/<fleet>/<node_id>/<channel>``. Frames travel as binary payloads unchanged.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from .base import Address, Channel, Delivery, Subscription, Transport, TransportError, Will
+
+PREFIX = "mcm/v1"
+DEFAULT_PORT = 1883
+_NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://HOST[:PORT]`` (also ``tcp://``) -> (host, port); ValueError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// (got {parts.scheme or 'none'!r})")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} names no host")
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"broker URL {url!r} has an invalid port") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"broker URL {url!r} must not have a path or query")
+    return parts.hostname, port
+
+
+def topic(addr: Address) -> str:
+    return f"{PREFIX}/{addr.fleet}/{addr.node}/{addr.channel.value}"
+
+
+def topic_filter(sub: Subscription) -> str:
+    node = "+" if sub.node is None else str(sub.node)
+    channel = "+" if sub.channel is None else sub.channel.value
+    return f"{PREFIX}/{sub.fleet}/{node}/{channel}"
+
+
+def parse_topic(text: str) -> Address | None:
+    """The address of a topic, or None for a topic outside the contract."""
+    parts = text.split("/")
+    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        return None
+    _, _, fleet, node, channel = parts
+    if not node.isdigit():
+        return None
+    try:
+        return Address(fleet, int(node), Channel(channel))
+    except ValueError:
+        return None
+
+
+class MqttTransport(Transport):
+    name = "mqtt"
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        client_id: str | None = None,
+        keepalive: int = 10,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id or f"mcm-{uuid.uuid4().hex[:12]}"
+        self.keepalive = keepalive
+        self.connect_timeout = connect_timeout
+        self._client: aiomqtt.Client | None = None
+        self._messages: object | None = None
+        self.foreign = 0  # frames on topics outside the contract, ignored
+
+    @classmethod
+    def from_url(cls, url: str, **kw: object) -> MqttTransport:
+        host, port = parse_broker_url(url)
+        return cls(host=host, port=port, **kw)  # type: ignore[arg-type]
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def connect(self, *, will: Will | None = None) -> None:
+        if self._client is not None:
+            raise TransportError("already connected")
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            will=aiomqtt.Will(topic(will.address), will.payload, qos=1, retain=True) if will else None,
+            keepalive=self.keepalive,
+            timeout=self.connect_timeout,
+            clean_session=True,
+            socket_options=_NODELAY,
+        )
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as e:
+            raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
+        except OSError as e:
+            raise TransportError(f"cannot connect to broker {self.url}: {e.strerror or e}") from None
+        self._client = client
+        self._messages = client.messages.__aiter__()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._messages = None
+        if client is not None:
+            try:
+                await client.__aexit__(None, None, None)
+            except aiomqtt.MqttError:
+                pass  # already down: nothing to close cleanly
+
+    def _require(self) -> aiomqtt.Client:
+        if self._client is None:
+            raise TransportError(f"not connected to {self.url}")
+        return self._client
+
+    async def subscribe(self, sub: Subscription) -> None:
+        try:
+            await self._require().subscribe(topic_filter(sub), qos=1)
+        except aiomqtt.MqttError as e:
+            raise TransportError(f"subscribe failed: {e}") from None
+
+    async def publish(
+        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
+    ) -> None:
+        try:
+            await self._require().publish(topic(address), payload, qos=1 if reliable else 0, retain=retain)
+        except aiomqtt.MqttError as e:
+            raise TransportError(f"publish failed: {e}") from None
+
+    async def receive(self) -> Delivery:
+        self._require()
+        while True:
+            try:
+                msg = await self._messages.__anext__()  # type: ignore[union-attr]
+            except aiomqtt.MqttError as e:
+                raise TransportError(f"connection to {self.url} lost: {e}") from None
+            except StopAsyncIteration:
+                raise TransportError(f"connection to {self.url} closed") from None
+            addr = parse_topic(msg.topic.value)
+            if addr is None:
+                self.foreign += 1
+                continue
+            payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
+            return Delivery(addr, bytes(payload), bool(msg.retain))
