@@ -1,0 +1,212 @@
+"""Coolant control in the style of OpenBMC phosphor-pid-control: zones, cascaded PIDs, failsafe,
+and pumps in lead/lag.
+
+**Zones.** One zone per valve. Its inputs are the die temperatures of the dice that valve cools
+(required) and the temperatures of the HBM stacks beside them (optional: a failed HBM sensor does
+not put the zone in failsafe), plus the valve's flow reading (required).
+
+**Thermal loop** (``thermal_hz``). Two reverse-acting PIDs per zone, one on the hottest die
+against ``target_c`` and one on the hottest HBM stack against ``hbm_max_c - HBM_MARGIN_C``, each
+asking for a coolant flow through the valve; the zone's flow setpoint is the larger demand, never
+below a floor.
+
+**Valve loop** (``valve_hz``). A PID per valve moves the valve command so that the measured flow
+meets the setpoint, with output limits (``min_valve_pct``..100) and slew limits.
+
+**Failsafe.** A zone starts in failsafe. At each thermal period it is in failsafe if any required
+input is failed or older than ``sensor_timeout_s``; it leaves only when all are fresh. In failsafe
+the valve command is at least ``failsafe_pct``.
+
+**Pumps.** The lead pump runs, the lag pump stands by. A lead pump whose driver reports a fault,
+whose speed feedback is lost (failed or stale tachometer, or speed below ``PUMP_MIN_SPEED`` of
+nominal after its spin-up time) or whose current exceeds its limit is latched faulty and the next
+healthy pump becomes lead in the same period. The lead alternates every ``pump_alternate_h`` to
+even out wear. With no healthy pump left, the module enters natural-convection mode (DVFS forces
+the lowest P-state; if the dice still pass ``slowdown_c`` the module shuts down).
+
+Pure numpy; the runtime calls these at their rates and turns the returned transitions into events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..profile import Profile
+from .pid import PidConfig, PidState, pid_step
+
+HBM_MARGIN_C = 15.0
+PUMP_MIN_SPEED = 0.6  # of nominal, once spun up
+PUMP_SPINUP_S = 2.0
+PUMP_OVERCURRENT_A = 3.0  # the emulated pump driver's current limit
+
+
+@dataclass(frozen=True)
+class CoolantConfig:
+    valves: int
+    pumps: int
+    die_valve: np.ndarray  # [D] valve of each die
+    hbm_valve: np.ndarray  # [H] valve of each stack
+    target_c: float
+    hbm_target_c: float
+    failsafe_pct: float
+    min_valve_pct: float
+    sensor_timeout_s: float
+    alternate_s: float
+    pump_rpm_nom: np.ndarray  # [P]
+    q_max: float  # L/min per valve at full opening on one pump
+    thermal: PidConfig
+    valve: PidConfig
+
+    @classmethod
+    def from_profile(cls, p: Profile) -> CoolantConfig:
+        c, ctl = p.cooling, p.control
+        die_valve = np.arange(p.die.count) % c.valves
+        hbm_region = (np.arange(p.hbm.count) * p.die.count) // max(p.hbm.count, 1)
+        q_max = c.pumps[0].flow_lpm / c.valves
+        return cls(
+            valves=c.valves,
+            pumps=len(c.pumps),
+            die_valve=die_valve,
+            hbm_valve=die_valve[hbm_region],
+            target_c=p.thermal.target_c,
+            hbm_target_c=p.thermal.hbm_max_c - HBM_MARGIN_C,
+            failsafe_pct=c.failsafe_pct,
+            min_valve_pct=c.min_valve_pct,
+            sensor_timeout_s=c.sensor_timeout_s,
+            alternate_s=c.pump_alternate_h * 3600.0,
+            pump_rpm_nom=np.array([pp.nominal_rpm for pp in c.pumps], float),
+            q_max=q_max,
+            thermal=PidConfig(
+                kp=ctl.thermal_kp * q_max,
+                ki=ctl.thermal_ki * q_max,
+                integral_min=0.0,
+                integral_max=q_max,
+                out_min=ctl.flow_floor * q_max,
+                out_max=q_max,
+                reverse=True,
+            ),
+            valve=PidConfig(
+                kp=ctl.valve_kp / q_max,
+                ki=ctl.valve_ki / q_max,
+                integral_min=0.0,
+                integral_max=100.0,
+                out_min=c.min_valve_pct,
+                out_max=100.0,
+                slew_neg=ctl.valve_slew_pct_per_s,
+                slew_pos=ctl.valve_slew_pct_per_s,
+                reverse=False,
+            ),
+        )
+
+
+class CoolantState:
+    def __init__(self, cfg: CoolantConfig, n: int) -> None:
+        v = cfg.valves
+        self.failsafe = np.ones((n, v), bool)
+        self.die_pid = PidState((n, v), cfg.q_max)
+        self.hbm_pid = PidState((n, v), cfg.q_max)
+        self.valve_pid = PidState((n, v), 100.0, integral=100.0)
+        self.flow_setpoint = np.full((n, v), cfg.q_max)
+        self.valve_cmd = np.full((n, v), 100.0)
+        self.manual = np.full((n, v), np.nan)  # a fixed command set by the operator, NaN: auto
+        self.lead = np.zeros(n, np.int16)
+        self.pump_on = np.zeros((n, cfg.pumps), bool)
+        self.pump_on[:, 0] = True
+        self.pump_started = np.zeros((n, cfg.pumps))
+        self.pump_fault = np.zeros((n, cfg.pumps), bool)
+        self.last_alternate = np.zeros(n)
+        self.natural = np.zeros(n, bool)
+
+
+def _zone_max(values: np.ndarray, member_valve: np.ndarray, valves: int) -> np.ndarray:
+    """Per module and zone, the largest of the member readings (NaN ignored; -inf if none)."""
+    out = np.full((values.shape[0], valves), -np.inf)
+    v = np.where(np.isnan(values), -np.inf, values)
+    for z in range(valves):
+        cols = member_valve == z
+        if cols.any():
+            out[:, z] = v[:, cols].max(axis=1)
+    return out
+
+
+def _zone_all(ok: np.ndarray, member_valve: np.ndarray, valves: int) -> np.ndarray:
+    out = np.ones((ok.shape[0], valves), bool)
+    for z in range(valves):
+        cols = member_valve == z
+        if cols.any():
+            out[:, z] = ok[:, cols].all(axis=1)
+    return out
+
+
+def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.ndarray,
+                 die_age: np.ndarray, die_failed: np.ndarray, hbm_temp: np.ndarray,
+                 flow_age: np.ndarray, flow_failed: np.ndarray, ts: float) -> np.ndarray:
+    """Thermal period: failsafe decisions and flow setpoints. Returns the failsafe mask before."""
+    before = st.failsafe.copy()
+    fresh_die = (die_age <= cfg.sensor_timeout_s) & ~die_failed & ~np.isnan(die_temp)
+    fresh_flow = (flow_age <= cfg.sensor_timeout_s) & ~flow_failed
+    st.failsafe = ~(_zone_all(fresh_die, cfg.die_valve, cfg.valves) & fresh_flow)
+    hot_die = _zone_max(die_temp, cfg.die_valve, cfg.valves)
+    hot_hbm = _zone_max(hbm_temp, cfg.hbm_valve, cfg.valves)
+    hot_die = np.where(np.isfinite(hot_die), hot_die, cfg.target_c)
+    hot_hbm = np.where(np.isfinite(hot_hbm), hot_hbm, cfg.hbm_target_c)
+    q_die = pid_step(cfg.thermal, st.die_pid, cfg.target_c, hot_die, ts)
+    q_hbm = pid_step(cfg.thermal, st.hbm_pid, cfg.hbm_target_c, hot_hbm, ts)
+    st.flow_setpoint = np.maximum(q_die, q_hbm)
+    return before
+
+
+def valve_step(cfg: CoolantConfig, st: CoolantState, flow: np.ndarray, ts: float) -> None:
+    """Valve period: flow PIDs to valve commands; failsafe and manual overrides."""
+    measured = np.nan_to_num(flow, nan=0.0)
+    cmd = pid_step(cfg.valve, st.valve_pid, st.flow_setpoint, measured, ts)
+    cmd = np.where(st.failsafe, np.maximum(cmd, cfg.failsafe_pct), cmd)
+    st.valve_cmd = np.where(np.isnan(st.manual), cmd, st.manual)
+
+
+def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, rpm_age: np.ndarray,
+              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pump supervision; returns (newly faulted [N,P], failed over [N], natural mode entered [N])."""
+    n = st.lead.shape[0]
+    rows = np.arange(n)
+    spun_up = (t - st.pump_started) >= PUMP_SPINUP_S
+    slow = np.nan_to_num(rpm, nan=0.0) < PUMP_MIN_SPEED * cfg.pump_rpm_nom
+    # speed feedback is judged once the pump has had its spin-up time
+    lost_feedback = (rpm_failed | (rpm_age > cfg.sensor_timeout_s) | slow) & spun_up
+    bad = st.pump_on & (driver_fault | lost_feedback | (current_a > PUMP_OVERCURRENT_A))
+    newly = bad & ~st.pump_fault
+    st.pump_fault |= bad
+    healthy = ~st.pump_fault
+    lead_bad = st.pump_fault[rows, st.lead]
+    # alternation: hand over to the next healthy pump once the period has passed
+    due = (t - st.last_alternate >= cfg.alternate_s) & ~lead_bad & (healthy.sum(axis=1) > 1)
+    change = lead_bad | due
+    failed_over = np.zeros(n, bool)
+    if change.any():
+        for r in np.nonzero(change)[0]:
+            for k in range(1, cfg.pumps + 1):
+                cand = (st.lead[r] + k) % cfg.pumps
+                if healthy[r, cand] and cand != st.lead[r]:
+                    st.lead[r] = cand
+                    st.pump_on[r, :] = False
+                    st.pump_on[r, cand] = True
+                    st.pump_started[r, cand] = t
+                    st.last_alternate[r] = t
+                    failed_over[r] = bool(lead_bad[r])
+                    break
+    st.pump_on &= healthy
+    was_natural = st.natural.copy()
+    st.natural = ~st.pump_on.any(axis=1)
+    return newly, failed_over, st.natural & ~was_natural
+
+
+def clear_pump_faults(cfg: CoolantConfig, st: CoolantState, row: int, t: float) -> None:
+    """Operator action: forget latched pump faults and restart the lead pump."""
+    st.pump_fault[row, :] = False
+    if not st.pump_on[row].any():
+        st.pump_on[row, st.lead[row]] = True
+        st.pump_started[row, st.lead[row]] = t
+    st.natural[row] = False
