@@ -1,0 +1,176 @@
+"""Plain-data (JSON-ready) and one-line text views of messages, for the CLI and fleet tools."""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+from typing import Any
+
+from ..control.dvfs import reason_names
+from ..protocol import (
+    Birth,
+    CoolingMode,
+    Death,
+    Event,
+    EventCode,
+    Message,
+    MsgType,
+    NodeState,
+    PumpFlags,
+    Response,
+    Severity,
+    Snapshot,
+    SnapshotFlags,
+    StatusResult,
+    Telemetry,
+    ValveFlags,
+)
+from ..protocol.messages import to_container
+from ..transport import Address
+from ..transport.mqtt import topic
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: a failed sensor reads null."""
+    return None if isinstance(x, float) and not math.isfinite(x) else round(x, 3) if isinstance(x, float) else x
+
+
+def _name(value: int, cls: type[IntEnum]) -> str | int:
+    try:
+        return cls(value).name
+    except ValueError:
+        return value
+
+
+def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    return {
+        "state": _name(s.state, NodeState),
+        "mode": _name(s.mode, CoolingMode),
+        "uptime_s": round(s.uptime_ns / 1e9, 3),
+        "failsafe": bool(s.flags & SnapshotFlags.FAILSAFE),
+        "clocks_locked": bool(s.flags & SnapshotFlags.CLOCKS_LOCKED),
+        "power_w": _num(s.power_w),
+        "power_cap_w": _num(s.power_cap_w),
+        "inlet_c": _num(s.inlet_c),
+        "outlet_c": _num(s.outlet_c),
+        "flow_lpm": _num(s.flow_lpm),
+        "rx_rejected": s.rx_rejected,
+        "dies": [
+            {
+                "temp_c": _num(d.temp_c), "power_w": _num(d.power_w), "clock_mhz": d.clock_mhz,
+                "voltage_mv": d.voltage_mv, "pstate": d.pstate, "util_pct": d.util_pct,
+                "reasons": d.reasons, "reason_names": reason_names(d.reasons),
+            }
+            for d in s.dies
+        ],
+        "hbm": [{"temp_c": _num(h.temp_c), "ce": h.ce, "ue": h.ue} for h in s.hbm],
+        "valves": [
+            {"position_pct": _num(v.position_pct), "manual": bool(v.flags & ValveFlags.MANUAL)}
+            for v in s.valves
+        ],
+    }
+
+
+def pumps_json(s: Snapshot, names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for i, p in enumerate(s.pumps):
+        out.append({
+            "name": names[i] if names and i < len(names) else str(i),
+            "running": bool(p.flags & PumpFlags.RUNNING),
+            "lead": bool(p.flags & PumpFlags.LEAD),
+            "fault": bool(p.flags & PumpFlags.FAULT),
+            "rpm": p.rpm,
+        })
+    return out
+
+
+def status_json(node: int, st: StatusResult) -> dict[str, Any]:
+    snap = snapshot_json(st.snapshot)
+    out: dict[str, Any] = {
+        "node": node,
+        "state": snap.pop("state"),
+        "profile": st.profile,
+        "firmware": st.firmware,
+        "boot_count": st.boot_count,
+        "uptime_s": snap.pop("uptime_s"),
+        "seq": st.tx_seq,
+    }
+    out.update(snap)
+    out["pumps"] = pumps_json(st.snapshot, st.pump_names)
+    out["counters"] = {
+        "rx_frames": st.rx_frames, "rx_rejected": st.snapshot.rx_rejected, "tx_frames": st.tx_frames,
+        "tx_dropped": st.tx_dropped, "reconnects": st.reconnects,
+    }
+    return out
+
+
+def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
+    """Topic, node, type, seq and every decoded field of a message."""
+    out: dict[str, Any] = {
+        "topic": topic(address) if address else None,
+        "node": msg.node_id,
+        "type": msg.TYPE.name,
+        "seq": msg.seq,
+        "timestamp_ns": msg.timestamp_ns,
+        "flags": msg.flags,
+    }
+    if isinstance(msg, Telemetry):
+        out.update(snapshot_json(msg.snapshot))
+        out["pumps"] = pumps_json(msg.snapshot)
+    elif isinstance(msg, Event):
+        out.update(severity=_name(msg.severity, Severity), code=_name(msg.code, EventCode),
+                   subject=msg.subject, value=_num(msg.value), text=msg.text)
+    elif isinstance(msg, Response):
+        out.update(request_id=msg.request_id, op=_name(int(msg.op), type(msg.op)) if isinstance(msg.op, IntEnum) else msg.op,
+                   status=msg.status.name, message=msg.message)
+        if isinstance(msg.data, StatusResult):
+            out["data"] = status_json(msg.node_id, msg.data)
+        elif msg.data is not None:
+            out["data"] = _plain(to_container(msg.data))
+    elif isinstance(msg, (Birth, Death)):
+        for k, v in to_container(msg).items():
+            out[k] = _name(v, type(getattr(msg, k))) if isinstance(getattr(msg, k), IntEnum) else v
+    else:
+        body = to_container(msg)
+        if "op" in body:
+            body["op"] = _name(body["op"], type(msg.op)) if isinstance(getattr(msg, "op", None), IntEnum) else body["op"]
+        out.update(_plain(body))
+    return out
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items() if not k.startswith("n_")}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, float):
+        return _num(x)
+    return x
+
+
+def message_line(address: Address | None, msg: Message) -> str:
+    """One human line per message, for ``monitor`` without ``--json``."""
+    head = f"{msg.node_id:>5} {msg.TYPE.name:<9} seq={msg.seq:<8}"
+    if isinstance(msg, Telemetry):
+        s = msg.snapshot
+        temps = [d.temp_c for d in s.dies]
+        hot = max((t for t in temps if math.isfinite(t)), default=float("nan"))
+        clocks = "/".join(str(d.clock_mhz) for d in s.dies)
+        return (f"{head} {_name(s.state, NodeState)} {_name(s.mode, CoolingMode)} "
+                f"P={s.power_w:.0f}/{s.power_cap_w:.0f}W Tmax={hot:.1f}C f={clocks}MHz "
+                f"flow={s.flow_lpm:.2f}L/min")
+    if isinstance(msg, Event):
+        return (f"{head} {_name(msg.severity, Severity)} {_name(msg.code, EventCode)} "
+                f"subject={msg.subject} value={msg.value:g} {msg.text}")
+    if isinstance(msg, Birth):
+        return (f"{head} profile={msg.profile} firmware={msg.firmware} boot={msg.boot_count} "
+                f"bdseq={msg.bdseq}")
+    if isinstance(msg, Death):
+        return f"{head} {msg.reason.name} boot={msg.boot_count} bdseq={msg.bdseq}"
+    if isinstance(msg, Response):
+        op = msg.op.name if isinstance(msg.op, IntEnum) else msg.op
+        return f"{head} request={msg.request_id} {op} {msg.status.name} {msg.message}"
+    return f"{head} {message_json(address, msg)}"
+
+
+__all__ = ["MsgType", "message_json", "message_line", "snapshot_json", "status_json"]

@@ -1,0 +1,454 @@
+"""One emulated management controller: its link, its command handler, its outbound frames.
+
+A node is given a transport factory (it does not inherit a transport) and its row in a
+:class:`~.shard.Shard`. It runs two named tasks:
+
+``node-<id>-link``
+    connects (registering a DEATH frame as the Last Will), subscribes to its ``cmd`` channel,
+    publishes a retained BIRTH, then handles incoming frames until the link fails; it then
+    reconnects with exponential backoff and jitter and publishes BIRTH again.
+``node-<id>-tx``
+    sends outbound frames in priority order: responses, then events, then the latest telemetry.
+    Telemetry that cannot be sent is dropped (only the newest matters); responses and events wait
+    for the link, up to a bound.
+
+Every frame gets the node's next sequence number when it is sent, so sequence numbers on the wire
+strictly increase (modulo 2^32). A frame that fails to decode is counted in ``rx_rejected`` and
+reported as a FRAME_REJECTED event; if a request id could be read it is also answered.
+Repeated request ids are executed once and answered again from a cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import __version__
+from ..clock import Clock
+from ..protocol import (
+    MODULE_SUBJECT,
+    Birth,
+    Capability,
+    Command,
+    Death,
+    DeathReason,
+    Event,
+    EventCode,
+    FrameError,
+    FrameFlags,
+    Message,
+    MsgType,
+    NodeState,
+    Op,
+    Reason,
+    Response,
+    Severity,
+    Status,
+    StatusResult,
+    decode,
+    encode,
+    frame_bytes,
+)
+from ..protocol.codec import encode_body, snapshot_from_payload
+from ..transport import Address, Channel, Subscription, Transport, TransportError, TransportFactory, Will
+from .backoff import Backoff, RateLimiter
+from .shard import Shard
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = Capability.TELEMETRY | Capability.DVFS | Capability.POWER_CAP | Capability.COOLANT_CONTROL
+RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
+OUTBOX_LIMIT = 1024  # events/responses kept while the link is down
+U32 = 0xFFFFFFFF
+
+
+def _clip(text: str) -> str:
+    """At most 255 UTF-8 bytes (a Text8 field), cut on a character boundary."""
+    return text.encode("utf-8")[:255].decode("utf-8", "ignore")
+
+
+class CommandError(Exception):
+    """Raised by a command handler: answered with ``status`` and the message, nothing changed."""
+
+    def __init__(self, status: Status, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+Handler = Callable[["Node", Command], object]
+HANDLERS: dict[Op, Handler] = {}
+
+
+def handler(op: Op) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[op] = fn
+        return fn
+
+    return register
+
+
+@dataclass(frozen=True, slots=True)
+class _Out:
+    channel: Channel
+    msg: Message
+    retain: bool = False
+
+
+@dataclass
+class Counters:
+    rx_frames: int = 0
+    rx_rejected: int = 0
+    rx_duplicates: int = 0
+    tx_frames: int = 0
+    tx_dropped: int = 0
+    reconnects: int = 0
+    events_suppressed: int = 0
+
+
+class Node:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        fleet: str,
+        shard: Shard,
+        row: int,
+        transport_factory: TransportFactory,
+        clock: Clock,
+        seed: int = 0,
+        boot_count: int = 1,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not 0 <= node_id <= U32:
+            raise ValueError(f"node id {node_id} is not a u32")
+        self.node_id = node_id
+        self.fleet = fleet
+        self.shard = shard
+        self.row = row
+        self.profile = shard.profile
+        self.clock = clock
+        self.boot_count = boot_count
+        self.counters = Counters()
+        self.state = NodeState.BOOTING
+        self._factory = transport_factory
+        self._rng = random.Random(seed)
+        self._backoff = backoff or Backoff(rng=self._rng)
+        self._seq = 0
+        self.bdseq = 0
+        self._transport: Transport | None = None
+        self._link_up = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._urgent: deque[_Out] = deque()  # responses and rebirths
+        self._events: deque[_Out] = deque()
+        self._telemetry: bytes | None = None
+        self._answered: OrderedDict[int, Response] = OrderedDict()
+        self._reject_limiter = RateLimiter(rate=10.0, burst=20.0)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.connected_once = asyncio.Event()
+
+    # --- identity and framing ---------------------------------------------------------------
+
+    @property
+    def client_id(self) -> str:
+        return f"mcm-{self.fleet}-{self.node_id}"
+
+    def address(self, channel: Channel) -> Address:
+        return Address(self.fleet, self.node_id, channel)
+
+    @property
+    def seq(self) -> int:
+        """The sequence number the next frame will carry."""
+        return self._seq
+
+    def _frame(self, msg_type: MsgType, payload: bytes) -> bytes:
+        seq = self._seq
+        self._seq = (seq + 1) & U32
+        return frame_bytes(msg_type, self.node_id, seq, self.clock.now_ns(), 0, payload)
+
+    def _encode(self, msg: Message) -> bytes:
+        return self._frame(msg.TYPE, encode_body(msg))
+
+    def birth(self) -> Birth:
+        p = self.profile
+        return Birth(
+            node_id=self.node_id, profile=p.name, firmware=__version__, capabilities=int(CAPABILITIES),
+            boot_count=self.boot_count, bdseq=self.bdseq, dies=p.die.count, hbm_stacks=p.hbm.count,
+            pumps=len(p.cooling.pumps), valves=p.cooling.valves,
+        )
+
+    def death(self, reason: DeathReason) -> Death:
+        return Death(node_id=self.node_id, boot_count=self.boot_count, bdseq=self.bdseq, reason=reason)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._tasks:
+            raise RuntimeError("node already started")
+        self.shard.boot_t[self.row] = self.shard.t
+        self.state = NodeState.RUNNING
+        self.emit_event(Severity.INFO, EventCode.BOOT, value=self.boot_count, text=f"firmware {__version__}")
+        self._tasks = [
+            asyncio.create_task(self._link_task(), name=f"node-{self.node_id}-link"),
+            asyncio.create_task(self._tx_task(), name=f"node-{self.node_id}-tx"),
+        ]
+
+    async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN, timeout: float = 2.0) -> None:
+        """Clean shutdown: flush what is queued, publish a retained DEATH, close the link."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.state = NodeState.STOPPING
+        tr = self._transport
+        if tr is not None and self._link_up.is_set():
+            try:
+                await asyncio.wait_for(self._flush(), timeout)
+                await asyncio.wait_for(
+                    tr.publish(self.address(Channel.STATE), self._encode(self.death(reason)),
+                               retain=True, reliable=True),
+                    timeout,
+                )
+                self.counters.tx_frames += 1
+            except (TransportError, TimeoutError):
+                pass
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if tr is not None:
+            await tr.close()
+        self._transport = None
+        self._link_up.clear()
+
+    def crash(self) -> None:
+        """Vanish without a word (for the loopback transport: its will fires)."""
+        tr = self._transport
+        crash = getattr(tr, "crash", None)
+        if crash is not None:
+            crash()
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+
+    async def _flush(self) -> None:
+        while self._urgent or self._events:
+            await asyncio.sleep(0.005)
+
+    @property
+    def link_up(self) -> bool:
+        return self._link_up.is_set()
+
+    async def _link_task(self) -> None:
+        first = True
+        while not self._stopping:
+            tr = self._factory(self.client_id)
+            self.bdseq = (self.bdseq + 1) & U32
+            will = Will(self.address(Channel.STATE), self._encode(self.death(DeathReason.CONNECTION_LOST)))
+            try:
+                await tr.connect(will=will)
+                await tr.subscribe(Subscription(self.fleet, self.node_id, Channel.CMD))
+                await tr.publish(self.address(Channel.STATE), self._encode(self.birth()), retain=True, reliable=True)
+                self.counters.tx_frames += 1
+                self._transport = tr
+                if not first:
+                    self.counters.reconnects += 1
+                first = False
+                self._backoff.reset()
+                self._link_up.set()
+                self._wake.set()
+                self.connected_once.set()
+                while True:
+                    delivery = await tr.receive()
+                    self._on_frame(delivery.payload)
+            except TransportError as e:
+                if not self._stopping:
+                    log.info("node %s: link down: %s", self.node_id, e)
+            finally:
+                self._link_up.clear()
+                if self._transport is tr:
+                    self._transport = None
+                if not self._stopping:
+                    await tr.close()
+            if self._stopping:
+                return
+            self._telemetry = None
+            await asyncio.sleep(self._backoff.next())
+
+    async def _tx_task(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._urgent or self._events or self._telemetry is not None:
+                tr = self._transport
+                if tr is None or not self._link_up.is_set():
+                    if self._telemetry is not None:
+                        self._telemetry = None
+                        self.counters.tx_dropped += 1
+                    await self._link_up.wait()
+                    continue
+                queue = self._urgent if self._urgent else self._events if self._events else None
+                if queue is not None:
+                    out = queue.popleft()
+                    frame = self._encode(out.msg)
+                    addr, retain, reliable = self.address(out.channel), out.retain, True
+                else:
+                    payload, self._telemetry = self._telemetry, None
+                    assert payload is not None
+                    frame = self._frame(MsgType.TELEMETRY, payload)
+                    addr, retain, reliable = self.address(Channel.TLM), False, False
+                try:
+                    await tr.publish(addr, frame, retain=retain, reliable=reliable)
+                    self.counters.tx_frames += 1
+                except TransportError:
+                    self.counters.tx_dropped += 1
+                    if queue is not None:
+                        queue.appendleft(out)  # sent again once the link is back
+                    await asyncio.sleep(0)
+
+    # --- outbound ---------------------------------------------------------------------------
+
+    def offer_telemetry(self, payload: bytes) -> None:
+        """The newest telemetry payload; an unsent older one is replaced (and counted dropped)."""
+        if self._telemetry is not None:
+            self.counters.tx_dropped += 1
+        self._telemetry = payload
+        self._wake.set()
+
+    def _queue(self, queue: deque[_Out], out: _Out) -> None:
+        if len(queue) >= OUTBOX_LIMIT:
+            queue.popleft()
+            self.counters.tx_dropped += 1
+        queue.append(out)
+        self._wake.set()
+
+    def emit_event(self, severity: Severity, code: EventCode, *, subject: int = MODULE_SUBJECT,
+                   value: float = 0.0, text: str = "") -> None:
+        self._queue(self._events, _Out(Channel.EVT, Event(
+            node_id=self.node_id, severity=severity, code=int(code), subject=subject, value=value,
+            text=_clip(text))))
+
+    def _respond(self, resp: Response) -> None:
+        self._queue(self._urgent, _Out(Channel.RSP, resp))
+
+    def rebirth(self) -> None:
+        """Publish BIRTH again (the host asked: it lost track of this node)."""
+        self._queue(self._urgent, _Out(Channel.STATE, self.birth(), retain=True))
+
+    # --- inbound ----------------------------------------------------------------------------
+
+    def _reject(self, reason: Reason, message: str, *, request_id: int | None = None,
+                op: int = 0, status: Status = Status.BAD_REQUEST) -> None:
+        self.counters.rx_rejected += 1
+        now = self.clock.now()
+        if self._reject_limiter.allow(now):
+            if self.counters.events_suppressed:
+                self.emit_event(Severity.WARNING, EventCode.EVENTS_SUPPRESSED,
+                                value=self.counters.events_suppressed,
+                                text=f"{self.counters.events_suppressed} rejection events suppressed")
+                self.counters.events_suppressed = 0
+            self.emit_event(Severity.WARNING, EventCode.FRAME_REJECTED, subject=int(reason),
+                            value=-1 if request_id is None else request_id, text=message)
+        else:
+            self.counters.events_suppressed += 1
+        if request_id is not None:
+            self._respond(Response(node_id=self.node_id, request_id=request_id, op=op, status=status,
+                                   message=_clip(message)))
+
+    def _on_frame(self, data: bytes) -> None:
+        self.counters.rx_frames += 1
+        try:
+            msg = decode(data)
+        except FrameError as e:
+            answerable = e.msg_type == MsgType.COMMAND and e.request_id is not None and e.node_id == self.node_id
+            status = Status.BAD_REQUEST
+            if e.op is not None and e.op not in Op._value2member_map_:
+                status = Status.UNKNOWN_OP
+            self._reject(e.reason, str(e), request_id=e.request_id if answerable else None,
+                         op=e.op or 0, status=status)
+            return
+        if not isinstance(msg, Command):
+            self._reject(Reason.BAD_FIELD, f"{type(msg).__name__.upper()} frame on the command channel")
+            return
+        if msg.node_id != self.node_id:
+            self._reject(Reason.BAD_FIELD, f"command addressed to node {msg.node_id}")
+            return
+        if not msg.flags & FrameFlags.HOST:
+            self._reject(Reason.BAD_FIELD, "command without the HOST flag", request_id=msg.request_id,
+                         op=msg.op)
+            return
+        cached = self._answered.get(msg.request_id)
+        if cached is not None:
+            self.counters.rx_duplicates += 1
+            self._answered.move_to_end(msg.request_id)
+            self._respond(cached)
+            return
+        resp = self.execute(msg)
+        self._answered[msg.request_id] = resp
+        if len(self._answered) > RESPONSE_CACHE:
+            self._answered.popitem(last=False)
+        self._respond(resp)
+
+    def execute(self, cmd: Command) -> Response:
+        """Run one command against the node and its shard row; never raises."""
+        fn = HANDLERS.get(cmd.op)
+        status, message, data = Status.OK, "", None
+        if fn is None:
+            status, message = Status.UNKNOWN_OP, f"operation {cmd.op.name} is not implemented"
+        else:
+            try:
+                data = fn(self, cmd)
+            except CommandError as e:
+                status, message = e.status, str(e)
+            except Exception as e:  # noqa: BLE001 - a handler bug must not stop the node
+                log.exception("node %s: %s failed", self.node_id, cmd.op.name)
+                status, message = Status.INTERNAL, f"{type(e).__name__}: {e}"
+                self.emit_event(Severity.ERROR, EventCode.FRAME_REJECTED, subject=0,
+                                value=cmd.request_id, text=f"internal error in {cmd.op.name}")
+        return Response(node_id=self.node_id, request_id=cmd.request_id, op=cmd.op, status=status,
+                        message=_clip(message), data=data)
+
+    # --- views ------------------------------------------------------------------------------
+
+    def record(self) -> np.void:
+        rec = self.shard.records(np.array([self.row]))
+        rec["rx_rejected"] = self.counters.rx_rejected & U32
+        if self.state is NodeState.STOPPING:
+            rec["state"] = NodeState.STOPPING
+        return rec[0]
+
+    def status(self) -> StatusResult:
+        c = self.counters
+        return StatusResult(
+            profile=self.profile.name, firmware=__version__, boot_count=self.boot_count,
+            tx_seq=self._seq, rx_frames=c.rx_frames & U32, tx_frames=c.tx_frames & U32,
+            tx_dropped=c.tx_dropped & U32, reconnects=c.reconnects & U32,
+            pump_names=tuple(p.name for p in self.profile.cooling.pumps),
+            snapshot=snapshot_from_payload(self.record().tobytes()),
+        )
+
+
+# --- command handlers -------------------------------------------------------------------------
+
+
+@handler(Op.PING)
+def _ping(node: Node, cmd: Command) -> None:
+    return None
+
+
+@handler(Op.STATUS)
+def _status(node: Node, cmd: Command) -> StatusResult:
+    return node.status()
+
+
+@handler(Op.REBIRTH)
+def _rebirth(node: Node, cmd: Command) -> None:
+    node.rebirth()
+
+
+__all__ = ["CommandError", "HANDLERS", "Node", "handler", "encode"]
