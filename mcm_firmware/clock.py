@@ -79,9 +79,14 @@ class LoopClock(Clock):
     """The running loop's clock plus ``epoch``: virtual time on a :class:`VirtualTimeLoop`."""
 
     def __init__(self, *, epoch: float = 0.0, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None  # bound to the loop running at the first reading
         self._loop = loop
         self._epoch = epoch
-        self._base: float | None = None
+        self._base: float | None = loop.time() if loop is not None else None
 
     def _time(self) -> float:
         loop = self._loop or asyncio.get_running_loop()
@@ -156,15 +161,18 @@ def run_virtual(main: Awaitable[T] | Callable[[], Awaitable[T]], *, start: float
 class Deadlines:
     """Absolute deadlines of a periodic loop: the k-th is ``start + k * period``, never drifting.
 
-    When a loop falls more than one period behind (the process was stalled), the missed periods
-    are skipped and counted in ``overruns`` rather than run back to back.
+    A loop that wakes late runs its late periods back to back to catch up; one that has fallen more
+    than ``skip_after`` seconds behind (the process was stalled) skips the deadlines already past,
+    counting them in ``overruns``, and resumes at the first future one.
     """
 
-    def __init__(self, clock: Clock, period: float, *, phase: float = 0.0) -> None:
+    def __init__(self, clock: Clock, period: float, *, phase: float = 0.0,
+                 skip_after: float | None = None) -> None:
         if not period > 0:
             raise ValueError("period must be positive")
         self.clock = clock
         self.period = period
+        self.skip_after = max(period, 0.5) if skip_after is None else skip_after
         self.start = clock.now() + phase
         self.k = 0
         self.overruns = 0
@@ -179,8 +187,8 @@ class Deadlines:
         await self.clock.sleep_until(due)
         self.k += 1
         behind = self.clock.now() - self.deadline
-        if behind > self.period:
-            missed = int(behind // self.period)
+        if behind > self.skip_after:
+            missed = int(behind // self.period) + 1
             self.k += missed
             self.overruns += missed
         return due

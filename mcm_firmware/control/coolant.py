@@ -102,7 +102,7 @@ class CoolantConfig:
 
 
 class CoolantState:
-    def __init__(self, cfg: CoolantConfig, n: int) -> None:
+    def __init__(self, cfg: CoolantConfig, n: int, t0: float = 0.0) -> None:
         v = cfg.valves
         self.failsafe = np.ones((n, v), bool)
         self.die_pid = PidState((n, v), cfg.q_max)
@@ -114,9 +114,9 @@ class CoolantState:
         self.lead = np.zeros(n, np.int16)
         self.pump_on = np.zeros((n, cfg.pumps), bool)
         self.pump_on[:, 0] = True
-        self.pump_started = np.zeros((n, cfg.pumps))
+        self.pump_started = np.full((n, cfg.pumps), t0)
         self.pump_fault = np.zeros((n, cfg.pumps), bool)
-        self.last_alternate = np.zeros(n)
+        self.last_alternate = np.full(n, t0)
         self.natural = np.zeros(n, bool)
 
 

@@ -113,9 +113,12 @@ def frame_bytes(
     """Wrap a payload in header and CRC. The one place a frame's envelope is assembled."""
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    head = _HEADER.pack(
-        MAGIC, VERSION, msg_type, flags, node_id, seq & 0xFFFFFFFF, timestamp_ns, len(payload)
-    )
+    try:
+        head = _HEADER.pack(
+            MAGIC, VERSION, msg_type, flags, node_id, seq & 0xFFFFFFFF, timestamp_ns, len(payload)
+        )
+    except struct.error as e:
+        raise ValueError(f"header field out of range: {e}") from None
     crc = zlib.crc32(payload, zlib.crc32(head))
     return b"".join((head, payload, _CRC.pack(crc)))
 
@@ -300,7 +303,7 @@ def _decode(data: bytes | bytearray | memoryview) -> Message:
         return _typed(mtype, body, header)
     except FrameError as e:
         raise FrameError(e.reason, e.detail, **known) from None
-    except (c.StreamError, c.TerminatedError) as e:
+    except (c.StreamError, c.TerminatedError, struct.error) as e:  # compiled parsers raise struct.error
         raise FrameError(
             Reason.LENGTH_MISMATCH, f"{mtype.name} payload of {plen} bytes does not fit its layout ({e})", **known
         ) from None

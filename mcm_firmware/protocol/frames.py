@@ -147,7 +147,31 @@ class ValveFlags(IntFlag):
     MANUAL = 0x01
 
 
-Text8 = c.PascalString(c.Int8ul, "utf8")
+_READ_EXACT = """
+def read_exact(io, n):
+    data = io.read(n)
+    if len(data) != n:
+        raise StreamError("stream read less than specified amount, expected %d, found %d" % (n, len(data)))
+    return data
+"""
+
+
+def _text8() -> c.Construct:
+    """A UTF-8 string after a u8 byte count: ``PascalString(Int8ul, "utf8")``, except that its
+    compiled parser checks the count against the bytes present (construct 2.10's compiled
+    PascalString reads ``io.read(n)`` unchecked and so accepts a count that overruns the payload,
+    where the uncompiled parser raises StreamError)."""
+    macro = c.PascalString(c.Int8ul, "utf8")
+
+    def _emitparse(code: c.CodeGen) -> str:
+        code.append(_READ_EXACT)
+        return f"read_exact(io, {c.Int8ul._compileparse(code)}).decode('utf8')"
+
+    macro._emitparse = _emitparse
+    return macro
+
+
+Text8 = _text8()
 
 Header = c.Struct(
     "magic" / c.Const(MAGIC),

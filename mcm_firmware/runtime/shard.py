@@ -79,7 +79,7 @@ class Shard:
         self.dvfs_cfg = dvfs.DvfsConfig.from_profile(profile)
         self.dvfs = dvfs.DvfsState(self.dvfs_cfg, n, p.dies, profile.power.default_cap_w)
         self.cool_cfg = cc.CoolantConfig.from_profile(profile)
-        self.cool = cc.CoolantState(self.cool_cfg, n)
+        self.cool = cc.CoolantState(self.cool_cfg, n, start_t)
         self.boot_t = np.full(n, start_t)
         self.active = np.ones(n, bool)  # rows whose controller is running
         self.events: list[ShardEvent] = []

@@ -5,6 +5,7 @@ Topics: ``mcm/v1/<fleet>/<node_id>/<channel>``. Frames travel as binary payloads
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import uuid
 from urllib.parse import urlsplit
@@ -78,6 +79,8 @@ class MqttTransport(Transport):
         self._client: aiomqtt.Client | None = None
         self._messages: object | None = None
         self.foreign = 0  # frames on topics outside the contract, ignored
+        self.unsolicited = 0  # frames matching none of our subscriptions, ignored
+        self._subs: list[Subscription] = []
 
     @classmethod
     def from_url(cls, url: str, **kw: object) -> MqttTransport:
@@ -115,9 +118,9 @@ class MqttTransport(Transport):
         self._messages = None
         if client is not None:
             try:
-                await client.__aexit__(None, None, None)
-            except aiomqtt.MqttError:
-                pass  # already down: nothing to close cleanly
+                await asyncio.wait_for(client.__aexit__(None, None, None), self.connect_timeout)
+            except (aiomqtt.MqttError, TimeoutError):
+                pass  # already down, or the broker does not answer: nothing to close cleanly
 
     def _require(self) -> aiomqtt.Client:
         if self._client is None:
@@ -125,6 +128,7 @@ class MqttTransport(Transport):
         return self._client
 
     async def subscribe(self, sub: Subscription) -> None:
+        self._subs.append(sub)
         try:
             await self._require().subscribe(topic_filter(sub), qos=1)
         except aiomqtt.MqttError as e:
@@ -150,6 +154,11 @@ class MqttTransport(Transport):
             addr = parse_topic(msg.topic.value)
             if addr is None:
                 self.foreign += 1
+                continue
+            # A broker must only send what matches our filters (MQTT 3.1.1 §3.3.1); amqtt 0.12
+            # replays, on every connect, retained messages for filters of *other* clients.
+            if not any(s.matches(addr) for s in self._subs):
+                self.unsolicited += 1
                 continue
             payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
             return Delivery(addr, bytes(payload), bool(msg.retain))

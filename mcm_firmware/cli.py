@@ -1,0 +1,434 @@
+"""``mcm-emu``: run emulated nodes, talk to them, watch them, check profiles.
+
+Exit codes: 0 success; 2 bad usage or bad input (the message names what is wrong); 1 a runtime
+failure such as a timeout or an unreachable broker (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+class Failure(Exception):
+    """A runtime failure: printed as one line, exit 1."""
+
+
+class BadInput(Exception):
+    """Bad input found after argument parsing: printed as one line, exit 2."""
+
+
+# --- argument types -------------------------------------------------------------------------------
+
+
+def _broker_url(text: str) -> str:
+    from .transport.mqtt import parse_broker_url
+
+    try:
+        parse_broker_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _fleet(text: str) -> str:
+    from .transport import check_fleet_name
+
+    try:
+        return check_fleet_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _bounded(kind: Callable[[str], Any], lo: float, hi: float, what: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a {'whole number' if kind is int else 'number'}, got {text!r}") from None
+        if not (lo <= value <= hi) or (isinstance(value, float) and math.isnan(value)):
+            raise argparse.ArgumentTypeError(f"{what} must be within {lo:g}..{hi:g}, got {text}")
+        return value
+
+    return convert
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .host.commands import COMMANDS
+
+    p = argparse.ArgumentParser(prog="mcm-emu", description="Emulated MCM management controllers.")
+    p.add_argument("--version", action="version", version=f"mcm-emu {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run emulated nodes", description=(
+        "Run emulated nodes. Without --broker an MQTT broker is embedded in the process."))
+    run.add_argument("--nodes", type=_bounded(int, 1, 100_000, "--nodes"), default=8)
+    run.add_argument("--profile", default="colossus-mcm", help="profile name or path to a TOML file")
+    run.add_argument("--fleet", type=_fleet, default="default")
+    run.add_argument("--broker", type=_broker_url, default=None, help="mqtt://HOST[:PORT] of an external broker")
+    run.add_argument("--embedded-port", type=_bounded(int, 1, 65535, "--embedded-port"), default=1883)
+    run.add_argument("--duration", type=_bounded(float, 0.001, 1e9, "--duration"), default=None,
+                     help="stop after this many seconds (default: until SIGINT/SIGTERM)")
+    run.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1, "--seed"), default=0)
+    run.add_argument("--speed", type=_bounded(float, 0.01, 10_000, "--speed"), default=1.0,
+                     help="clock speed relative to real time")
+    run.add_argument("--first-id", type=_bounded(int, 0, 2**32 - 1, "--first-id"), default=0,
+                     help="node id of the first node")
+    run.add_argument("--summary-interval", type=_bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
+                     help="seconds between summary lines when stdout is not a terminal")
+
+    ctl = sub.add_parser("ctl", help="send a command to a node", description=(
+        "Send a command to one node and print its reply. Commands: "
+        + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())))
+    _client_options(ctl)
+    ctl.add_argument("--timeout", type=_bounded(float, 0.01, 3600, "--timeout"), default=2.0)
+    ctl.add_argument("--retries", type=_bounded(int, 0, 100, "--retries"), default=2)
+    ctl.add_argument("node", type=_bounded(int, 0, 2**32 - 1, "NODE"), metavar="NODE")
+    ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND")
+    ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+
+    mon = sub.add_parser("monitor", help="print every frame of a fleet, decoded")
+    _client_options(mon)
+    mon.add_argument("--node", type=_bounded(int, 0, 2**32 - 1, "--node"), default=None)
+    mon.add_argument("--count", type=_bounded(int, 1, 2**63, "--count"), default=None)
+    mon.add_argument("--duration", type=_bounded(float, 0.001, 1e9, "--duration"), default=None)
+
+    prof = sub.add_parser("profiles", help="list, show or validate hardware profiles")
+    psub = prof.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    psub.add_parser("list", help="the profiles found")
+    show = psub.add_parser("show", help="one profile, validated, as JSON")
+    show.add_argument("name")
+    val = psub.add_parser("validate", help="check profile files")
+    val.add_argument("paths", nargs="+", metavar="PATH")
+    return p
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", type=_broker_url, default=DEFAULT_BROKER)
+    p.add_argument("--fleet", type=_fleet, default="default")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from .profile import ProfileError, list_profiles, load_profile, load_profile_file
+
+    if args.profiles_command == "list":
+        for name, path in list_profiles().items():
+            try:
+                prof = load_profile_file(path)
+                print(f"{name:<20} {prof.description}")
+            except ProfileError as e:
+                print(f"{name:<20} INVALID: {e}")
+        return EXIT_OK
+    if args.profiles_command == "show":
+        try:
+            prof = load_profile(args.name)
+        except ProfileError as e:
+            raise BadInput(str(e)) from None
+        print(json.dumps(prof.model_dump(), indent=2))
+        return EXIT_OK
+    bad = 0
+    for path in args.paths:
+        try:
+            prof = load_profile_file(path)
+            print(f"{path}: ok ({prof.name})")
+        except ProfileError as e:
+            print(str(e), file=sys.stderr)
+            bad += 1
+    return EXIT_USAGE if bad else EXIT_OK
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from .clock import ScaledClock
+    from .profile import ProfileError, load_profile
+    from .runtime.fleet import Fleet
+    from .transport import TransportError, transport_factory
+    from .transport.broker import EmbeddedBroker, PortInUse
+
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as e:
+        raise BadInput(str(e)) from None
+    broker = None
+    url = args.broker
+    if url is None:
+        broker = EmbeddedBroker(port=args.embedded_port)
+        try:
+            await broker.start()
+        except PortInUse as e:
+            raise Failure(f"{e}: pass --embedded-port PORT for another port, or --broker URL to use a running broker") from None
+        except TransportError as e:
+            raise Failure(str(e)) from None
+        url = broker.url
+        print(f"mcm-emu {__version__}: embedded MQTT broker at {url} "
+              "(for large fleets run Mosquitto and pass --broker)", flush=True)
+    factory = transport_factory(url)
+    probe = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        await probe.connect()
+    except TransportError as e:
+        if broker:
+            await broker.stop()
+        raise Failure(str(e)) from None
+    await probe.close()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    clock = ScaledClock(args.speed)
+    fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
+                          transport_factory=factory, clock=clock, seed=args.seed)
+    print(f"running {args.nodes} nodes (ids {args.first_id}..{args.first_id + args.nodes - 1}) "
+          f"of {profile.name} in fleet {args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...",
+          flush=True)
+    await fleet.start()
+    display = _Display(fleet, interval=args.summary_interval)
+    try:
+        waiter = asyncio.create_task(stop.wait(), name="run-stop")
+        shown = asyncio.create_task(display.run(), name="run-display")
+        done, _ = await asyncio.wait({waiter, shown}, timeout=args.duration,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, shown):
+            t.cancel()
+        await asyncio.gather(waiter, shown, return_exceptions=True)
+    finally:
+        display.close()
+        await fleet.stop()
+        if broker:
+            await broker.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print(f"stopped {args.nodes} nodes (DEATH published)", flush=True)
+    return EXIT_OK
+
+
+class _Display:
+    """A live table on a terminal; plain summary lines otherwise."""
+
+    def __init__(self, fleet: Any, *, interval: float) -> None:
+        self.fleet = fleet
+        self.interval = interval
+        self.tty = sys.stdout.isatty()
+        self._live: Any = None
+        self._t0 = time.monotonic()
+
+    def _rows(self) -> list[dict[str, Any]]:
+        return list(self.fleet.summary())
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        rows = self._rows()
+        table = Table(title=f"fleet {self.fleet.name}: {len(rows)} nodes, "
+                            f"{time.monotonic() - self._t0:.0f} s", expand=False)
+        for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "clock MHz"):
+            table.add_column(col, justify="right")
+        for r in rows[:200]:
+            table.add_row(str(r["node"]), r["state"], _mode(r["mode"]), r["link"], f"{r['temp_c']:.1f}",
+                          f"{r['power_w']:.0f}", f"{r['clock_mhz']:.0f}")
+        if len(rows) > 200:
+            table.caption = f"... and {len(rows) - 200} more"
+        return table
+
+    async def run(self) -> None:
+        if self.tty:
+            from rich.live import Live
+
+            self._live = Live(self._table(), refresh_per_second=2, transient=False)
+            self._live.start()
+            while True:
+                await asyncio.sleep(0.5)
+                self._live.update(self._table())
+        while True:
+            await asyncio.sleep(self.interval)
+            rows = self._rows()
+            stamp = f"t={time.monotonic() - self._t0:7.1f}s"
+            if len(rows) <= 16:
+                for r in rows:
+                    print(f"{stamp} node={r['node']} state={r['state']} mode={_mode(r['mode'])} link={r['link']} "
+                          f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}W clock={r['clock_mhz']:.0f}MHz",
+                          flush=True)
+            else:
+                up = sum(r["link"] == "up" for r in rows)
+                hot = max(r["temp_c"] for r in rows)
+                kw = sum(r["power_w"] for r in rows) / 1e3
+                print(f"{stamp} nodes={len(rows)} up={up} Tmax={hot:.1f}C power={kw:.1f}kW", flush=True)
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def _mode(value: int) -> str:
+    from .protocol import CoolingMode
+
+    return CoolingMode(int(value)).name
+
+
+# --- ctl ----------------------------------------------------------------------------------------
+
+
+async def cmd_ctl(args: argparse.Namespace) -> int:
+    from .host.client import HostClient, HostError, NodeError, RequestTimeout
+    from .host.commands import COMMANDS, UsageError
+    from .protocol import Status
+    from .transport import TransportError, transport_factory
+
+    spec = COMMANDS[args.op]
+    try:
+        cmd_args = spec.parse(list(args.args))
+    except UsageError as e:
+        raise BadInput(f"ctl {spec.name}: {e}") from None
+    transport = transport_factory(args.broker)(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    try:
+        async with HostClient(transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries) as host:
+            t0 = time.perf_counter()
+            try:
+                resp = await host.request(args.node, spec.op, cmd_args)
+            except NodeError as e:
+                out = {"node": args.node, "ok": False, "status": e.response.status.name,
+                       "message": e.response.message}
+                _emit(args, out, text=str(e), stream=sys.stderr)
+                return EXIT_USAGE if e.response.status in (Status.BAD_ARGUMENT, Status.UNKNOWN_OP,
+                                                           Status.BAD_REQUEST) else EXIT_FAILURE
+            rtt = time.perf_counter() - t0
+    except RequestTimeout as e:
+        raise Failure(str(e)) from None
+    except (TransportError, HostError) as e:
+        raise Failure(str(e)) from None
+    out = spec.show(args.node, resp, rtt)
+    _emit(args, out, text=_text(spec.name, out))
+    return EXIT_OK
+
+
+def _emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: Any = None) -> None:
+    if args.json:
+        print(json.dumps(obj), flush=True)
+    else:
+        print(text, file=stream or sys.stdout, flush=True)
+
+
+def _text(name: str, obj: dict[str, Any]) -> str:
+    if name in ("ping", "rebirth") and "rtt_ms" in obj:
+        return f"node {obj['node']}: ok ({name}) in {obj['rtt_ms']:.2f} ms"
+    if name == "status":
+        lines = [f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
+                 f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
+                 f"failsafe={obj['failsafe']} rx_rejected={obj['rx_rejected']}"]
+        for i, d in enumerate(obj["dies"]):
+            lines.append(f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
+                         f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
+                         f"reasons={','.join(d['reason_names']) or '-'}")
+        for i, h in enumerate(obj["hbm"]):
+            lines.append(f"  hbm {i}: {h['temp_c']} C ce={h['ce']} ue={h['ue']}")
+        for p in obj["pumps"]:
+            lines.append(f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
+                         f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}")
+        for i, v in enumerate(obj["valves"]):
+            lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
+        return "\n".join(lines)
+    return json.dumps(obj)
+
+
+# --- monitor ------------------------------------------------------------------------------------
+
+
+async def cmd_monitor(args: argparse.Namespace) -> int:
+    from .host.views import message_json, message_line
+    from .protocol import FrameError, decode
+    from .transport import Subscription, TransportError, transport_factory
+    from .transport.mqtt import topic
+
+    transport = transport_factory(args.broker)(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+    seen = 0
+    try:
+        await transport.connect()
+        try:
+            await transport.subscribe(Subscription(args.fleet, args.node, None))
+
+            async def consume() -> None:
+                nonlocal seen
+                while args.count is None or seen < args.count:
+                    d = await transport.receive()
+                    seen += 1
+                    try:
+                        msg = decode(d.payload)
+                    except FrameError as e:
+                        obj = {"topic": topic(d.address), "node": d.address.node, "error": e.reason.name,
+                               "detail": e.detail, "hex": d.payload[:64].hex()}
+                        print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
+                        continue
+                    if args.json:
+                        obj = message_json(d.address, msg)
+                        obj["retained"] = d.retained
+                        print(json.dumps(obj), flush=True)
+                    else:
+                        print(message_line(d.address, msg), flush=True)
+
+            try:
+                await asyncio.wait_for(consume(), args.duration)
+            except TimeoutError:
+                pass
+        finally:
+            await transport.close()
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    return EXIT_OK
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def _run_async(fn: Callable[[argparse.Namespace], Coroutine[Any, Any, int]], args: argparse.Namespace) -> int:
+    return asyncio.run(fn(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    try:
+        if args.command == "profiles":
+            return cmd_profiles(args)
+        fn = {"run": cmd_run, "ctl": cmd_ctl, "monitor": cmd_monitor}[args.command]
+        return _run_async(fn, args)
+    except BadInput as e:
+        print(f"mcm-emu: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Failure as e:
+        print(f"mcm-emu: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

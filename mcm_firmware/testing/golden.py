@@ -1,0 +1,80 @@
+"""Golden messages: one or more per message type, with fixed field values.
+
+``docs/protocol.md`` lists their frames in hex (``python tools/golden_frames.py`` prints them);
+``tests/test_protocol.py`` checks that each hex block decodes to the message here and that the
+message encodes to exactly that hex.
+"""
+
+from __future__ import annotations
+
+from ..protocol import (
+    Birth,
+    CoolingMode,
+    Command,
+    Death,
+    DeathReason,
+    DieTelemetry,
+    Event,
+    EventCode,
+    FrameFlags,
+    HbmTelemetry,
+    Message,
+    NodeState,
+    Op,
+    PumpTelemetry,
+    Response,
+    Severity,
+    Snapshot,
+    Status,
+    StatusResult,
+    Telemetry,
+    ValveTelemetry,
+)
+
+T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z in ns
+
+SNAPSHOT = Snapshot(
+    uptime_ns=12_500_000_000,
+    state=NodeState.RUNNING,
+    mode=CoolingMode.NORMAL,
+    flags=0,
+    power_w=1100.5,
+    power_cap_w=1300.0,
+    inlet_c=30.0,
+    outlet_c=36.75,
+    flow_lpm=2.25,
+    rx_rejected=1,
+    dies=(
+        DieTelemetry(70.0, 270.25, 2000, 900, 0x0, 0, 85),
+        DieTelemetry(71.5, 268.0, 1850, 860, 0x4, 1, 92),
+    ),
+    hbm=(HbmTelemetry(55.25, 3, 0),),
+    pumps=(PumpTelemetry(3600, 0x03), PumpTelemetry(0, 0x00)),
+    valves=(ValveTelemetry(62.5, 0),),
+)
+
+GOLDEN: dict[str, Message] = {
+    "birth": Birth(
+        node_id=3, seq=1, timestamp_ns=T0, profile="colossus-mcm", firmware="0.1.0",
+        capabilities=0x0F, boot_count=1, bdseq=1, dies=4, hbm_stacks=8, pumps=2, valves=4,
+    ),
+    "death-will": Death(node_id=3, seq=0, timestamp_ns=T0, boot_count=1, bdseq=1,
+                        reason=DeathReason.CONNECTION_LOST),
+    "telemetry": Telemetry(node_id=3, seq=42, timestamp_ns=T0 + 100_000_000, snapshot=SNAPSHOT),
+    "command-ping": Command(node_id=3, seq=7, timestamp_ns=T0, flags=int(FrameFlags.HOST),
+                            request_id=0x01020304, op=Op.PING),
+    "response-ping": Response(node_id=3, seq=43, timestamp_ns=T0 + 1_000_000, request_id=0x01020304,
+                              op=Op.PING, status=Status.OK),
+    "response-status": Response(
+        node_id=3, seq=44, timestamp_ns=T0 + 2_000_000, request_id=0x01020305, op=Op.STATUS,
+        status=Status.OK,
+        data=StatusResult(profile="colossus-mcm", firmware="0.1.0", boot_count=1, tx_seq=44,
+                          rx_frames=2, tx_frames=44, tx_dropped=0, reconnects=0,
+                          pump_names=("A", "B"), snapshot=SNAPSHOT),
+    ),
+    "response-unknown-op": Response(node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777,
+                                    status=Status.UNKNOWN_OP, message="unknown op"),
+    "event": Event(node_id=3, seq=46, timestamp_ns=T0, severity=Severity.WARNING,
+                   code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
+                   text="zone 2 enters failsafe"),
+}

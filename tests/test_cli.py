@@ -1,0 +1,97 @@
+"""The CLI as a real subprocess: run with the embedded broker, ctl, monitor, exit codes, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+
+import pytest
+
+from .conftest import free_port, run_cli
+
+
+def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):
+    port = free_port()
+    url = f"mqtt://127.0.0.1:{port}"
+    run = cli_process("run", "--nodes", "3", "--embedded-port", str(port), "--summary-interval", "0.5")
+    line = run.wait_line("embedded MQTT broker at")
+    assert url in line
+    run.wait_line("node=2 state=RUNNING")
+    ping = run_cli("ctl", "--broker", url, "--json", "2", "ping")
+    assert ping.returncode == 0, ping.stderr
+    assert json.loads(ping.stdout)["ok"] is True
+    status = run_cli("ctl", "--broker", url, "0", "status")
+    assert status.returncode == 0 and "pump A" in status.stdout and "die 3" in status.stdout
+    mon = run_cli("monitor", "--broker", url, "--json", "--count", "6")
+    assert mon.returncode == 0, mon.stderr
+    frames = [json.loads(x) for x in mon.stdout.splitlines()]
+    assert len(frames) == 6
+    assert sum(f["type"] == "BIRTH" and f["retained"] for f in frames) >= 3  # the retained states first
+    text = run_cli("monitor", "--broker", url, "--count", "3", "--node", "1")
+    assert text.returncode == 0 and all(x.split()[0] == "1" for x in text.stdout.splitlines())
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
+    run.wait_line("stopped 3 nodes")
+
+
+def test_run_duration_ends_by_itself(cli_process):
+    run = cli_process("run", "--nodes", "1", "--embedded-port", str(free_port()), "--duration", "1.5")
+    assert run.wait(30) == 0
+    run.wait_line("stopped 1 nodes")
+
+
+def test_port_in_use_is_said_in_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run_cli("run", "--embedded-port", str(port), "--duration", "1")
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"port {port}" in lines[0] and "--embedded-port" in lines[0] and "--broker" in lines[0]
+
+
+def test_unreachable_broker_exits_1_in_one_line():
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    for args in (("ctl", "--broker", url, "1", "ping"), ("monitor", "--broker", url, "--count", "1"),
+                 ("run", "--broker", url, "--duration", "1")):
+        out = run_cli(*args)
+        assert out.returncode == 1, (args, out.stderr)
+        assert "cannot connect to broker" in out.stderr and "Traceback" not in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_ctl_timeout_exits_1(mosquitto):
+    out = run_cli("ctl", "--broker", mosquitto.url, "--timeout", "0.5", "--json", "9", "ping")
+    assert out.returncode == 1
+    assert "no reply from node 9 to ping within 0.5 s" in out.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("run", "--nodes", "0"), "--nodes must be within"),
+    (("run", "--nodes", "many"), "--nodes must be a whole number"),
+    (("run", "--speed", "-1"), "--speed must be within"),
+    (("run", "--broker", "http://x"), "scheme must be mqtt://"),
+    (("run", "--fleet", "a/b"), "fleet name"),
+    (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),
+    (("ctl", "1", "dance"), "invalid choice"),
+    (("ctl", "1", "ping", "extra"), "ping takes no arguments"),
+    (("ctl", "-5", "ping"), "NODE"),
+    (("monitor", "--count", "0"), "--count must be within"),
+    (("profiles",), "required"),
+    (("bogus",), "invalid choice"),
+])
+def test_bad_usage_exits_2_naming_the_problem(args, needle):
+    out = run_cli(*args)
+    assert out.returncode == 2, (args, out.stdout, out.stderr)
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_help_and_version():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "ctl" in out.stdout
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("mcm-emu ")

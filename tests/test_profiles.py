@@ -1,0 +1,144 @@
+"""Hardware profiles: the shipped ones load; bad ones are refused naming file and key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from mcm_firmware.profile import ProfileError, list_profiles, load_profile, load_profile_file
+
+from .conftest import ROOT, run_cli
+
+SHIPPED = sorted((ROOT / "hw_profiles").glob("*.toml"))
+
+
+def test_profiles_are_shipped():
+    assert "colossus-mcm" in list_profiles()
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_profile_is_valid_and_named_after_its_file(path):
+    prof = load_profile_file(path)
+    assert prof.name == path.stem
+    assert prof.sources, "every profile documents the source of its figures"
+
+
+def test_colossus_figures():
+    p = load_profile("colossus-mcm")
+    assert (p.die.count, p.hbm.count, p.cooling.valves, len(p.cooling.pumps)) == (4, 8, 4, 2)
+    assert 250 <= p.die.tdp_w <= 350
+    assert p.thermal.slowdown_c < p.thermal.shutdown_c
+    assert [s.mhz for s in p.die.pstates] == sorted((s.mhz for s in p.die.pstates), reverse=True)
+
+
+def base() -> dict:
+    return tomllib.loads((ROOT / "hw_profiles" / "colossus-mcm.toml").read_text())
+
+
+def dump(data: dict) -> str:
+    return tomli_w.dumps(data)
+
+
+def bad_profile(tmp_path: Path, mutate) -> str:
+    data = base()
+    mutate(data)
+    path = tmp_path / "variant.toml"
+    path.write_text(dump(data))
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+def test_round_trip_of_the_test_writer(tmp_path):
+    path = tmp_path / "copy.toml"
+    path.write_text(dump(base()))
+    assert load_profile_file(path) == load_profile("colossus-mcm")
+
+
+def test_missing_key_is_named(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["thermal"].pop("shutdown_c"))
+    assert "key 'thermal.shutdown_c': missing key" in msg
+
+
+def test_unknown_key_is_named(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["cooling"].update(pump_count=3))
+    assert "key 'cooling.pump_count': unknown key" in msg
+
+
+def test_unknown_section_is_named(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d.update(extras={"a": 1}))
+    assert "key 'extras': unknown key" in msg
+
+
+def test_out_of_range_key_is_named(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["rates"].update(telemetry_hz=-5.0))
+    assert "key 'rates.telemetry_hz'" in msg and "greater than 0" in msg
+
+
+def test_nested_list_item_is_named(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["die"]["pstates"][3].update(mv=5))
+    assert "key 'die.pstates.3.mv'" in msg
+
+
+def test_inconsistent_thresholds_are_refused(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["thermal"].update(shutdown_c=80.0))
+    assert "key 'thermal'" in msg and "shutdown_c" in msg
+
+
+def test_pstates_must_descend(tmp_path):
+    def swap(d):
+        ps = d["die"]["pstates"]
+        ps[0], ps[1] = ps[1], ps[0]
+    msg = bad_profile(tmp_path, swap)
+    assert "key 'die.pstates'" in msg and "slower" in msg
+
+
+def test_duplicate_pump_names_are_refused(tmp_path):
+    msg = bad_profile(tmp_path, lambda d: d["cooling"]["pumps"][1].update(name="A"))
+    assert "key 'cooling.pumps'" in msg and "unique" in msg
+
+
+def test_toml_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("name = 'x'\n[die\n")
+    with pytest.raises(ProfileError, match=r"broken\.toml: TOML syntax error"):
+        load_profile_file(path)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    with pytest.raises(ProfileError, match="nope.toml: cannot read"):
+        load_profile_file(tmp_path / "nope.toml")
+
+
+def test_unknown_profile_name_lists_the_known_ones():
+    with pytest.raises(ProfileError, match="no such profile.*colossus-mcm"):
+        load_profile("does-not-exist")
+
+
+def test_cli_profiles_list_show_validate(tmp_path):
+    out = run_cli("profiles", "list")
+    assert out.returncode == 0 and "colossus-mcm" in out.stdout
+    out = run_cli("profiles", "show", "colossus-mcm")
+    assert out.returncode == 0 and '"name": "colossus-mcm"' in out.stdout
+    out = run_cli("profiles", "validate", str(ROOT / "hw_profiles" / "colossus-mcm.toml"))
+    assert out.returncode == 0 and "ok (colossus-mcm)" in out.stdout
+
+
+def test_cli_validate_bad_profile_exits_2_naming_file_and_key(tmp_path):
+    data = base()
+    data["power"]["default_cap_w"] = 99999.0
+    path = tmp_path / "hot.toml"
+    path.write_text(dump(data))
+    out = run_cli("profiles", "validate", str(path))
+    assert out.returncode == 2
+    assert f"{path}: key 'power'" in out.stderr and "default_cap_w" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cli_show_unknown_profile_exits_2():
+    out = run_cli("profiles", "show", "nope")
+    assert out.returncode == 2 and "no such profile" in out.stderr

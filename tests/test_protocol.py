@@ -1,0 +1,250 @@
+"""The wire format: golden frames both ways, every decode error reason, fast paths against construct."""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcm_firmware.protocol import (
+    Birth,
+    Command,
+    CoolingMode,
+    DieTelemetry,
+    Event,
+    FrameError,
+    HbmTelemetry,
+    NodeState,
+    Op,
+    PumpTelemetry,
+    Reason,
+    Severity,
+    Snapshot,
+    Telemetry,
+    ValveTelemetry,
+    decode,
+    encode,
+    frame_bytes,
+)
+from mcm_firmware.protocol import codec, frames, layout
+from mcm_firmware.protocol.messages import to_container
+from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def golden_from_doc() -> dict[str, bytes]:
+    text = DOC.read_text()
+    blocks = re.findall(r"<!-- golden: ([\w-]+) -->\s*```hex\n(.*?)```", text, re.S)
+    return {name: bytes.fromhex(body) for name, body in blocks}
+
+def test_doc_lists_every_golden_frame():
+    assert sorted(golden_from_doc()) == sorted(GOLDEN)
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_frame_decodes_to_its_message(name):
+    assert decode(golden_from_doc()[name]) == GOLDEN[name]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_golden_message_encodes_to_its_frame(name):
+    assert encode(GOLDEN[name]) == golden_from_doc()[name]
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_reference_declaration_agrees_with_codec(name):
+    """The whole-frame construct declaration (RawCopy + Checksum) parses and builds the same bytes."""
+    data = golden_from_doc()[name]
+    parsed = frames.Frame.parse(data)
+    head = parsed.raw.value.header
+    msg = GOLDEN[name]
+    assert (head.type, head.node_id, head.seq, head.timestamp_ns) == (msg.TYPE, msg.node_id, msg.seq, msg.timestamp_ns)
+    rebuilt = frames.Frame.build({"raw": {"value": {
+        "header": {k: head[k] for k in ("version", "type", "flags", "node_id", "seq", "timestamp_ns", "payload_len")},
+        "body": parsed.raw.value.body}}})
+    assert rebuilt == data
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_compiled_and_uncompiled_parsers_agree(name):
+    data = golden_from_doc()[name]
+    msg_type = frames.MsgType(data[3])
+    payload = data[frames.HEADER_SIZE:-frames.CRC_SIZE]
+    plain = frames.BODIES[msg_type].parse(payload)
+    fast = frames.COMPILED_BODIES[msg_type].parse(payload)
+    assert _strip(plain) == _strip(fast)
+    assert frames.COMPILED_BODIES[msg_type].build(plain) == frames.BODIES[msg_type].build(fast) == payload
+
+
+def _strip(obj):
+    """Containers without construct's bookkeeping keys, for comparison."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+def test_header_format_is_derived_from_the_declaration():
+    assert layout.struct_format(frames.Header) == "<2sBBBLLQH"
+    assert struct.calcsize(layout.struct_format(frames.Header)) == frames.HEADER_SIZE
+
+
+# --- every FrameError reason ---------------------------------------------------------------------
+
+PING = encode(GOLDEN["command-ping"])
+
+
+def refit(frame: bytes) -> bytes:
+    """The same frame with its CRC recomputed, so that checks after the CRC are reached."""
+    body = frame[:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def with_payload(frame: bytes, payload: bytes) -> bytes:
+    head = bytearray(frame[:frames.HEADER_SIZE])
+    head[21:23] = struct.pack("<H", len(payload))
+    return refit(bytes(head) + payload + b"\0\0\0\0")
+
+
+CASES = {
+    "empty": (b"", Reason.TRUNCATED),
+    "short": (PING[:26], Reason.TRUNCATED),
+    "magic": (b"XY" + PING[2:], Reason.BAD_MAGIC),
+    "version": (PING[:2] + b"\x02" + PING[3:], Reason.UNSUPPORTED_VERSION),
+    "cut payload": (PING[:-5] + PING[-4:], Reason.TRUNCATED),
+    "trailing": (PING + b"\x00", Reason.TRAILING_BYTES),
+    "crc": (PING[:-1] + bytes([PING[-1] ^ 0x01]), Reason.BAD_CRC),
+    "flipped body bit": (PING[:24] + bytes([PING[24] ^ 0x80]) + PING[25:], Reason.BAD_CRC),
+    "type": (refit(PING[:3] + b"\x09" + PING[4:]), Reason.UNKNOWN_TYPE),
+    "reserved flag": (refit(PING[:4] + b"\x81" + PING[5:]), Reason.BAD_FIELD),
+    "payload too short": (with_payload(PING, b"\x01\x02\x03"), Reason.LENGTH_MISMATCH),
+    "payload too long": (with_payload(PING, PING[23:29] + b"\x00"), Reason.LENGTH_MISMATCH),
+    # regression: construct's compiled PascalString accepted a count overrunning the payload
+    "string overrun": (with_payload(encode(GOLDEN["response-ping"]), bytes.fromhex("0403020101000001")),
+                       Reason.LENGTH_MISMATCH),
+    "unknown op": (with_payload(PING, struct.pack("<IH", 5, 0x7777)), Reason.BAD_FIELD),
+    "bad utf8": (with_payload(encode(GOLDEN["event"]), b"\x03\x1e\x00\x02\x00" + b"\0" * 8 + b"\x02\xff\xfe"),
+                 Reason.BAD_FIELD),
+    "unknown severity": (with_payload(encode(GOLDEN["event"]), b"\x09\x1e\x00\x02\x00" + b"\0" * 8 + b"\x00"),
+                         Reason.BAD_FIELD),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_decode_error_reason(case):
+    data, reason = CASES[case]
+    with pytest.raises(FrameError) as info:
+        decode(data)
+    assert info.value.reason is reason, str(info.value)
+    assert str(info.value).startswith(reason.name.lower())
+
+def test_every_reason_is_exercised():
+    assert {r for _, r in CASES.values()} == set(Reason)
+
+def test_error_past_the_crc_carries_the_request_id():
+    with pytest.raises(FrameError) as info:
+        decode(CASES["unknown op"][0])
+    assert (info.value.request_id, info.value.op, info.value.node_id) == (5, 0x7777, 3)
+
+def test_error_before_the_crc_carries_nothing_untrusted():
+    with pytest.raises(FrameError) as info:
+        decode(CASES["crc"][0])
+    assert info.value.request_id is None and info.value.node_id is None
+
+def test_telemetry_with_lying_counts_is_a_length_mismatch():
+    frame = bytearray(encode(GOLDEN["telemetry"]))
+    offset = frames.HEADER_SIZE + codec._COUNTS_OFFSET
+    frame[offset] += 1  # one more die than the payload holds
+    with pytest.raises(FrameError) as info:
+        decode(refit(bytes(frame)))
+    assert info.value.reason is Reason.LENGTH_MISMATCH
+
+def test_telemetry_unknown_state_is_a_bad_field():
+    frame = bytearray(encode(GOLDEN["telemetry"]))
+    frame[frames.HEADER_SIZE + 8] = 77
+    with pytest.raises(FrameError) as info:
+        decode(refit(bytes(frame)))
+    assert info.value.reason is Reason.BAD_FIELD and "state" in info.value.detail
+
+
+# --- fast paths agree with construct ---------------------------------------------------------------
+
+f32 = st.floats(width=32, allow_nan=False)
+u8, u16, u32 = (st.integers(0, 2**b - 1) for b in (8, 16, 32))
+dies = st.builds(DieTelemetry, f32, f32, u16, u16, u32, u8, u8)
+hbms = st.builds(HbmTelemetry, f32, u32, u32)
+pumps = st.builds(PumpTelemetry, u16, u8)
+valves = st.builds(ValveTelemetry, f32, u8)
+snapshots = st.builds(
+    Snapshot, st.integers(0, 2**64 - 1), st.sampled_from(NodeState), st.sampled_from(CoolingMode), u16,
+    f32, f32, f32, f32, f32, u32,
+    st.lists(dies, max_size=8).map(tuple), st.lists(hbms, max_size=12).map(tuple),
+    st.lists(pumps, max_size=4).map(tuple), st.lists(valves, max_size=8).map(tuple),
+)
+
+
+@given(snapshots)
+def test_snapshot_fast_path_equals_construct(snap):
+    payload = codec.snapshot_payload(snap)
+    assert payload == frames.Telemetry.build({"snapshot": to_container(snap)})
+    assert codec.snapshot_from_payload(payload) == snap
+    dt = codec.snapshot_dtype(len(snap.dies), len(snap.hbm), len(snap.pumps), len(snap.valves))
+    rec = np.frombuffer(payload, dt)[0]
+    assert rec.tobytes() == payload and dt.itemsize == len(payload)
+
+
+@given(snapshots, u32, u32, st.integers(0, 2**64 - 1))
+def test_telemetry_round_trip(snap, node, seq, ts):
+    msg = Telemetry(node_id=node, seq=seq, timestamp_ns=ts, snapshot=snap)
+    assert decode(encode(msg)) == msg
+
+
+@given(st.text(max_size=60), st.sampled_from(Severity), u16, u16,
+       st.floats(allow_nan=False), u32)
+def test_event_round_trip(text, sev, code, subject, value, node):
+    msg = Event(node_id=node, severity=sev, code=code, subject=subject, value=value, text=text)
+    assert decode(encode(msg)) == msg
+
+
+@given(st.binary(max_size=300))
+def test_decoder_raises_only_frame_errors_on_any_bytes(data):
+    try:
+        decode(data)
+    except FrameError:
+        pass
+
+
+@given(st.sampled_from(sorted(GOLDEN)), st.data())
+def test_decoder_raises_only_frame_errors_on_mutated_golden_frames(name, data):
+    frame = bytearray(encode(GOLDEN[name]))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(frame) - 5))
+        frame[i] = data.draw(u8)
+    mutated = refit(bytes(frame))  # reach the body decoders
+    try:
+        msg = decode(mutated)
+    except FrameError as e:
+        assert isinstance(e.reason, Reason)
+    else:
+        assert encode(msg) == mutated or msg.TYPE in (frames.MsgType.TELEMETRY, frames.MsgType.EVENT)
+
+def test_frame_bytes_rejects_an_oversized_payload():
+    with pytest.raises(ValueError, match="exceeds"):
+        frame_bytes(1, 0, 0, 0, 0, b"\0" * 70_000)
+
+def test_encode_rejects_values_out_of_range():
+    with pytest.raises(ValueError, match="cannot encode"):
+        encode(Birth(node_id=1, profile="x" * 300, firmware="", capabilities=0, boot_count=0, bdseq=0,
+                     dies=1, hbm_stacks=0, pumps=1, valves=1))
+    with pytest.raises(ValueError):
+        encode(Command(node_id=2**32, request_id=1, op=Op.PING))
+
+def test_snapshot_of_golden_is_self_consistent():
+    assert decode(encode(GOLDEN["telemetry"])).snapshot == SNAPSHOT
