@@ -26,6 +26,7 @@ from mcm_firmware.protocol import (
     Response,
     Status,
     Telemetry,
+    decode,
     encode,
 )
 from mcm_firmware.testing.golden import GOLDEN
@@ -97,8 +98,7 @@ def test_retained_birth_then_death_on_clean_stop():
         return bus.retained()
 
     retained_while_up = run(scenario)
-    births = {a.node: m for a, m in ((a, __import__("mcm_firmware.protocol", fromlist=["decode"]).decode(p))
-                                     for a, p in retained_while_up.items())}
+    births = {a.node: decode(p) for a, p in retained_while_up.items()}
     assert set(births) == {0, 1} and all(isinstance(b, Birth) for b in births.values())
     assert births[0].profile == "colossus-mcm" and births[0].bdseq == 1
 
@@ -110,7 +110,6 @@ def test_stop_publishes_a_retained_shutdown_death():
         await fleet.start()
         await asyncio.sleep(1)
         await fleet.stop()
-        from mcm_firmware.protocol import decode
         return {a.node: decode(p) for a, p in bus.retained().items()}
 
     deaths = run_virtual(main)
@@ -126,7 +125,6 @@ def test_a_crashed_node_leaves_its_will():
         await asyncio.sleep(1)
         fleet.nodes[1].crash()
         await asyncio.sleep(0.1)
-        from mcm_firmware.protocol import decode
         state = {a.node: decode(p) for a, p in bus.retained().items()}
         await fleet.stop()
         return state
@@ -199,7 +197,7 @@ def test_rejected_frames_are_counted_reported_and_answered_where_possible():
         answers = []
         while not host._queue.empty():
             d = await host.receive()
-            answers.append(__import__("mcm_firmware.protocol", fromlist=["decode"]).decode(d.payload))
+            answers.append(decode(d.payload))
         await host.close()
         return fleet.nodes[0].counters, answers, rec
 

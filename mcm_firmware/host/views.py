@@ -121,21 +121,21 @@ def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
         out.update(severity=_name(msg.severity, Severity), code=_name(msg.code, EventCode),
                    subject=msg.subject, value=_num(msg.value), text=msg.text)
     elif isinstance(msg, Response):
-        out.update(request_id=msg.request_id, op=_name(int(msg.op), type(msg.op)) if isinstance(msg.op, IntEnum) else msg.op,
-                   status=msg.status.name, message=msg.message)
+        out.update(request_id=msg.request_id, op=_op_name(msg.op), status=msg.status.name,
+                   message=msg.message)
         if isinstance(msg.data, StatusResult):
             out["data"] = status_json(msg.node_id, msg.data)
         elif msg.data is not None:
             out["data"] = _plain(to_container(msg.data))
-    elif isinstance(msg, (Birth, Death)):
-        for k, v in to_container(msg).items():
-            out[k] = _name(v, type(getattr(msg, k))) if isinstance(getattr(msg, k), IntEnum) else v
-    else:
-        body = to_container(msg)
-        if "op" in body:
-            body["op"] = _name(body["op"], type(msg.op)) if isinstance(getattr(msg, "op", None), IntEnum) else body["op"]
-        out.update(_plain(body))
+    else:  # BIRTH, DEATH, COMMAND
+        for key, value in _plain(to_container(msg)).items():
+            field = getattr(msg, key, None)
+            out[key] = field.name if isinstance(field, IntEnum) else value
     return out
+
+
+def _op_name(op: int) -> str | int:
+    return op.name if isinstance(op, IntEnum) else op
 
 
 def _plain(x: Any) -> Any:
@@ -168,8 +168,7 @@ def message_line(address: Address | None, msg: Message) -> str:
     if isinstance(msg, Death):
         return f"{head} {msg.reason.name} boot={msg.boot_count} bdseq={msg.bdseq}"
     if isinstance(msg, Response):
-        op = msg.op.name if isinstance(msg.op, IntEnum) else msg.op
-        return f"{head} request={msg.request_id} {op} {msg.status.name} {msg.message}"
+        return f"{head} request={msg.request_id} {_op_name(msg.op)} {msg.status.name} {msg.message}"
     return f"{head} {message_json(address, msg)}"
 
 

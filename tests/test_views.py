@@ -1,0 +1,35 @@
+"""JSON and text views of every message type (what monitor and ctl print)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mcm_firmware.host.views import message_json, message_line, status_json
+from mcm_firmware.protocol import Snapshot, StatusResult
+from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
+from mcm_firmware.transport import Address, Channel
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_every_message_has_a_json_and_a_text_view(name):
+    msg = GOLDEN[name]
+    obj = message_json(Address("f", msg.node_id, Channel.STATE), msg)
+    again = json.loads(json.dumps(obj, allow_nan=False))
+    assert again["type"] == msg.TYPE.name and again["node"] == msg.node_id and again["seq"] == msg.seq
+    assert again["topic"] == f"mcm/v1/f/{msg.node_id}/state"
+    line = message_line(None, msg)
+    assert msg.TYPE.name in line and str(msg.seq) in line
+
+
+def test_failed_sensors_read_null_in_json():
+    dead = SNAPSHOT._replace(dies=(SNAPSHOT.dies[0]._replace(temp_c=math.nan),) + SNAPSHOT.dies[1:])
+    st = StatusResult(profile="p", firmware="f", boot_count=1, tx_seq=1, rx_frames=0, tx_frames=0,
+                      tx_dropped=0, reconnects=0, pump_names=("A", "B"), snapshot=dead)
+    obj = json.loads(json.dumps(status_json(4, st), allow_nan=False))
+    assert obj["dies"][0]["temp_c"] is None and obj["dies"][1]["temp_c"] == 71.5
+    assert obj["dies"][1]["reason_names"] == ["SW_POWER_CAP"]
+    assert [p["name"] for p in obj["pumps"]] == ["A", "B"] and obj["pumps"][0]["lead"] is True
+    assert isinstance(dead, Snapshot)
