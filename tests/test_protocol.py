@@ -184,7 +184,7 @@ pumps = st.builds(PumpTelemetry, u16, u8)
 valves = st.builds(ValveTelemetry, f32, u8)
 snapshots = st.builds(
     Snapshot, st.integers(0, 2**64 - 1), st.sampled_from(NodeState), st.sampled_from(CoolingMode), u16,
-    f32, f32, f32, f32, f32, u32,
+    f32, f32, f32, f32, f32, f32, u32, u8,
     st.lists(dies, max_size=8).map(tuple), st.lists(hbms, max_size=12).map(tuple),
     st.lists(pumps, max_size=4).map(tuple), st.lists(valves, max_size=8).map(tuple),
 )

@@ -166,10 +166,17 @@ def valve_step(cfg: CoolantConfig, st: CoolantState, flow: np.ndarray, ts: float
     st.valve_cmd = np.where(np.isnan(st.manual), cmd, st.manual)
 
 
+@dataclass(frozen=True)
+class PumpTransitions:
+    faulted: np.ndarray  # [N,P] pumps latched faulty this period
+    failed_over: np.ndarray  # [N] the lead changed because the old lead faulted
+    alternated: np.ndarray  # [N] the lead changed for wear levelling
+    natural: np.ndarray  # [N] natural-convection mode entered
+
+
 def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, rpm_age: np.ndarray,
-              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pump supervision; returns (newly faulted [N,P], failed over [N], natural mode entered [N])."""
+              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray) -> PumpTransitions:
+    """Pump supervision at the valve rate: fault detection, failover, alternation."""
     n = st.lead.shape[0]
     rows = np.arange(n)
     spun_up = (t - st.pump_started) >= PUMP_SPINUP_S
@@ -185,6 +192,7 @@ def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, r
     due = (t - st.last_alternate >= cfg.alternate_s) & ~lead_bad & (healthy.sum(axis=1) > 1)
     change = lead_bad | due
     failed_over = np.zeros(n, bool)
+    alternated = np.zeros(n, bool)
     if change.any():
         for r in np.nonzero(change)[0]:
             for k in range(1, cfg.pumps + 1):
@@ -196,11 +204,12 @@ def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, r
                     st.pump_started[r, cand] = t
                     st.last_alternate[r] = t
                     failed_over[r] = bool(lead_bad[r])
+                    alternated[r] = not lead_bad[r]
                     break
     st.pump_on &= healthy
     was_natural = st.natural.copy()
     st.natural = ~st.pump_on.any(axis=1)
-    return newly, failed_over, st.natural & ~was_natural
+    return PumpTransitions(newly, failed_over, alternated, st.natural & ~was_natural)
 
 
 def clear_pump_faults(cfg: CoolantConfig, st: CoolantState, row: int, t: float) -> None:

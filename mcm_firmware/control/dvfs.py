@@ -7,17 +7,22 @@ clock-event-reasons bitmask names the limits that bind:
   report ``GpuIdle``;
 * locked application clocks (``lock-clocks``): ``ApplicationsClocksSetting``;
 * software power cap, RAPL-like: the module's power is averaged over a long window (PL1) and a
-  short one (PL2). The short average is regulated to a setpoint that equals the cap once the long
-  average has used its budget and may rise to ``cap * short_limit_factor`` while the long average
-  is below the cap. An integral loop moves a frequency ceiling; the dice dither between the two
-  P-states around it so that the average clock, and so the average power, meets the cap:
-  ``SwPowerCap``;
+  short one (PL2). The power aimed for is ``2 * cap - long average``, bounded to
+  ``[cap, cap * short_limit_factor]``: while the long average is below the cap a burst up to the
+  short limit is allowed; once it has used its budget the target is the cap itself. A power
+  *estimator* (the firmware's own model: ``C_eff * V^2 * f * activity`` plus leakage at the
+  measured temperature, with the activity each P-state would have at the present demand, plus
+  the HBM) gives, every period, the clock at which the module would draw the target, so a load
+  step is limited in the same period; an integral *trim* on measured power corrects the model.
+  The dice dither between the two P-states around that clock so that the average clock, and so
+  the average power, meets the target: ``SwPowerCap``;
 * software thermal slowdown above ``slowdown_c`` (on the firmware's sensor readings), released
   ``hysteresis_c`` below it: ``SwThermalSlowdown``;
 * forced minimum clock in natural-convection mode (both pumps lost): ``SwThermalSlowdown``;
 * hardware slowdown, a fast comparator on the die's own diode and on the VRM current: above
   ``hw_slowdown_c`` or the VRM current limit the clock is at least halved at once:
-  ``HwSlowdown`` (+ ``HwThermalSlowdown`` for temperature);
+  ``HwSlowdown`` (+ ``HwThermalSlowdown`` for temperature); the external power-brake input does
+  the same: ``HwSlowdown`` + ``HwPowerBrakeSlowdown``;
 * shutdown above ``shutdown_c``: the dice lose power until every die has cooled below
   ``slowdown_c - hysteresis_c``.
 
@@ -52,8 +57,13 @@ def reason_names(mask: int) -> list[str]:
 
 
 IDLE_UTIL = 0.02
+SATURATED_UTIL = 0.97
 SCHEDUTIL_HEADROOM = 1.25
-POWER_KI = 2.5  # 1/s: relative ceiling change per relative power error per second
+TRIM_TAU_S = 0.25  # time constant of the estimator's trim
+TRIM_RANGE = (0.6, 1.4)  # how far the trim may correct the estimator
+TRIM_MAX_STEP = 0.1  # largest log-error the trim takes in one period
+FAST_TAU_S = 0.05  # smoothing of the measured power the trim acts on
+OCP_HOLD_S = 1.0  # an over-current slowdown is held at least this long
 THERMAL_DOWN = 0.04  # fraction of f_max per °C above slowdown per second
 THERMAL_UP = 0.10  # fraction of f_max per second once cooled below the release point
 OCP_RELEASE = 0.9  # VRM over-current is released below this fraction of the limit
@@ -73,6 +83,13 @@ class DvfsConfig:
     vrm_limit_a: float
     min_cap_w: float
     max_cap_w: float
+    # the firmware's power model (nominal part, no process spread)
+    dyn_coef: float  # W per (V^2 * MHz) at full activity
+    leak_w: float
+    leak_ref_c: float
+    leak_doubling_c: float
+    idle_activity: float
+    hbm_w: float  # all stacks at full bandwidth
 
     @classmethod
     def from_profile(cls, p: Profile) -> DvfsConfig:
@@ -89,6 +106,12 @@ class DvfsConfig:
             vrm_limit_a=p.power.vrm_current_limit_a,
             min_cap_w=p.power.min_cap_w,
             max_cap_w=p.power.max_cap_w,
+            dyn_coef=max(p.die.tdp_w - p.die.leakage_w, 1.0) / ((p.die.pstates[0].mv / 1000) ** 2 * p.die.pstates[0].mhz),
+            leak_w=p.die.leakage_w,
+            leak_ref_c=p.die.leakage_ref_c,
+            leak_doubling_c=p.die.leakage_doubling_c,
+            idle_activity=p.die.idle_activity,
+            hbm_w=p.hbm.count * p.hbm.power_w,
         )
 
     @property
@@ -108,15 +131,19 @@ class DvfsState:
         self.reasons = np.zeros((n, dies), np.uint32)
         self.cap_w = np.full(n, cap_w)
         self.lock_mhz = np.zeros(n)  # 0: not locked
-        self.f_cap = np.full(n, cfg.f_max)  # power-cap ceiling
+        self.f_cap = np.full(n, cfg.f_max)  # power-cap ceiling (from the estimator)
+        self.trim = np.ones(n)  # estimator correction
         self.f_therm = np.full((n, dies), cfg.f_max)  # software thermal ceiling
         self.dither = np.zeros((n, dies))
         self.avg_long = np.zeros(n)
         self.avg_short = np.zeros(n)
+        self.avg_fast = np.zeros(n)
+        self.ocp_until = np.full(n, -np.inf)
         self.hw_therm = np.zeros((n, dies), bool)
         self.hw_ocp = np.zeros(n, bool)
         self.shutdown = np.zeros(n, bool)
         self.forced_min = np.zeros(n, bool)  # natural-convection mode
+        self.brake = np.zeros(n, bool)  # external power-brake input asserted
 
 
 def _pstate_at_least(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
@@ -132,20 +159,66 @@ def _pstate_at_most(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, len(cfg.mhz) - 1)
 
 
+def estimate_power(cfg: DvfsConfig, util: np.ndarray, mhz_now: np.ndarray,
+                   t_die: np.ndarray) -> np.ndarray:
+    """The module's power, W, if every die ran at each P-state ``[N, S]``: the firmware's model at
+    the present demand (work per second, from the utilisation at the present clock)."""
+    # work per second as a fraction of the work at f_max; a saturated die hides how much more
+    # work waits, so it is assumed to want all of it
+    demand = np.where(util >= SATURATED_UTIL, 1.0, util * np.maximum(mhz_now, cfg.f_min) / cfg.f_max)
+    f = cfg.mhz[None, None, :]
+    v = cfg.mv[None, None, :] / 1000.0
+    u = np.clip(demand[..., None] * cfg.f_max / f, 0.0, 1.0)
+    act = cfg.idle_activity + (1.0 - cfg.idle_activity) * u
+    temp = np.nan_to_num(t_die, nan=cfg.slowdown_c)[..., None]
+    v0 = cfg.mv[0] / 1000.0
+    leak = cfg.leak_w * (v / v0) * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
+    hbm = cfg.hbm_w * (0.25 + 0.75 * np.clip(demand.mean(axis=1), 0.0, 1.0))[:, None]
+    return (cfg.dyn_coef * v * v * f * act + leak).sum(axis=1) + hbm
+
+
+def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, util: np.ndarray, mhz_now: np.ndarray,
+                       t_die: np.ndarray) -> np.ndarray:
+    """The clock (MHz, continuous between P-states) at which the estimate meets ``goal_w``."""
+    est = estimate_power(cfg, util, mhz_now, t_die)  # [N,S], falling with S
+    goal = goal_w[:, None]
+    fits = est <= goal
+    first = np.where(fits.any(axis=1), fits.argmax(axis=1), len(cfg.mhz) - 1)
+    rows = np.arange(est.shape[0])
+    above = np.maximum(first - 1, 0)
+    e_hi, e_lo = est[rows, above], est[rows, first]
+    f_hi, f_lo = cfg.mhz[above], cfg.mhz[first]
+    frac = np.clip((goal[:, 0] - e_lo) / np.maximum(e_hi - e_lo, 1e-9), 0.0, 1.0)
+    f = np.where(first == 0, cfg.f_max, f_lo + frac * (f_hi - f_lo))
+    return np.where(fits.any(axis=1), f, cfg.f_min)
+
+
 def update_power_average(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, dt: float) -> None:
-    """Exponentially weighted averages of module power over the long and short windows."""
+    """Exponentially weighted averages of module power over the long and short windows (and the
+    one-tick smoothing the power loop acts on)."""
     st.avg_long += (power_w - st.avg_long) * (-np.expm1(-dt / cfg.long_window_s))
     st.avg_short += (power_w - st.avg_short) * (-np.expm1(-dt / cfg.short_window_s))
+    st.avg_fast += (power_w - st.avg_fast) * (-np.expm1(-dt / FAST_TAU_S))
 
 
-def hw_protect(cfg: DvfsConfig, st: DvfsState, t_die_true: np.ndarray, vrm_a: np.ndarray) -> None:
-    """The fast comparators (every plant tick): latch hardware slowdown and shutdown."""
+def hw_protect(cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray, vrm_a: np.ndarray,
+               t_die_sensor: np.ndarray) -> None:
+    """The fast comparators (every plant tick): latch hardware slowdown and shutdown.
+
+    Shutdown trips above ``shutdown_c``, or in natural-convection mode (``forced_min``) above
+    ``slowdown_c``: at the lowest P-state the module still heats, so it powers its dice off. It is
+    released once every die is below ``slowdown_c - hysteresis_c`` and a pump runs again.
+    """
     st.hw_therm = np.where(st.hw_therm, t_die_true > cfg.hw_slowdown_c - cfg.hysteresis_c,
                            t_die_true > cfg.hw_slowdown_c)
-    st.hw_ocp = np.where(st.hw_ocp, vrm_a > cfg.vrm_limit_a * OCP_RELEASE, vrm_a > cfg.vrm_limit_a)
+    over = vrm_a > cfg.vrm_limit_a
+    st.ocp_until = np.where(over, t + OCP_HOLD_S, st.ocp_until)
+    st.hw_ocp = np.where(st.hw_ocp, over | (t < st.ocp_until) | (vrm_a > cfg.vrm_limit_a * OCP_RELEASE), over)
     hottest = t_die_true.max(axis=1)
-    st.shutdown = np.where(st.shutdown, hottest > cfg.slowdown_c - cfg.hysteresis_c,
-                           hottest > cfg.shutdown_c)
+    sensed = np.nanmax(np.where(np.isnan(t_die_sensor), -np.inf, t_die_sensor), axis=1)
+    trip = (hottest > cfg.shutdown_c) | (st.forced_min & (np.maximum(hottest, sensed) > cfg.slowdown_c))
+    release = (hottest < cfg.slowdown_c - cfg.hysteresis_c) & ~st.forced_min
+    st.shutdown = np.where(st.shutdown, ~release, trip)
 
 
 def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np.ndarray,
@@ -165,10 +238,17 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     reasons |= np.where(lock_binds, ClockReason.APPLICATIONS_CLOCKS_SETTING, 0).astype(np.uint32)
     p = np.where(locked[:, None], p_lock, p_gov)
 
-    # power cap (PL1 budget sets the PL2-bounded setpoint of the short average)
-    budget = np.clip(2.0 * st.cap_w - st.avg_long, st.cap_w, st.cap_w * cfg.short_limit_factor)
-    rel_err = (budget - st.avg_short) / st.cap_w
-    st.f_cap = np.clip(st.f_cap * np.exp(POWER_KI * rel_err * dt), f_min, f_max)
+    # power cap: the PL1 budget sets a target bounded by PL2; the estimator turns it into a clock
+    target = np.clip(2.0 * st.cap_w - st.avg_long, st.cap_w, st.cap_w * cfg.short_limit_factor)
+    # The trim learns while the cap binds, and whenever measured power is over the target (the
+    # estimate was too low); not while the module simply draws less than allowed (no windup).
+    learn = (st.f_cap < f_max - 1e-6) | (st.avg_fast > target)
+    if learn.any():
+        # bounded: right after a load step the measured power still shows the old load
+        err = np.clip(np.log(target / np.maximum(st.avg_fast, 1.0)), -TRIM_MAX_STEP, TRIM_MAX_STEP)
+        gain = -np.expm1(-dt / TRIM_TAU_S)  # fraction of the error corrected per period
+        st.trim = np.where(learn, np.clip(st.trim * np.exp(-gain * err), *TRIM_RANGE), st.trim)
+    st.f_cap = estimate_clock_for(cfg, target / st.trim, util, st.mhz, t_die_sensor)
 
     # software thermal slowdown on sensor readings (NaN readings do not move it)
     t = np.nan_to_num(t_die_sensor, nan=cfg.slowdown_c - cfg.hysteresis_c)
@@ -207,14 +287,16 @@ def apply_hw_limits(cfg: DvfsConfig, st: DvfsState) -> None:
     """Clock and voltage from the P-state, at least halved by a hardware slowdown, zero when off."""
     mhz = cfg.mhz[st.pstate]
     mv = cfg.mv[st.pstate]
-    hw = st.hw_therm | st.hw_ocp[:, None]
+    hw = st.hw_therm | (st.hw_ocp | st.brake)[:, None]
     if hw.any():
         p_half = _pstate_at_most(cfg, mhz / 2.0)
         mhz = np.where(hw, cfg.mhz[p_half], mhz)
         mv = np.where(hw, cfg.mv[p_half], mv)
-    reasons = st.reasons & ~np.uint32(ClockReason.HW_SLOWDOWN | ClockReason.HW_THERMAL_SLOWDOWN)
+    hw_bits = ClockReason.HW_SLOWDOWN | ClockReason.HW_THERMAL_SLOWDOWN | ClockReason.HW_POWER_BRAKE_SLOWDOWN
+    reasons = st.reasons & ~np.uint32(hw_bits)
     reasons |= np.where(hw, ClockReason.HW_SLOWDOWN, 0).astype(np.uint32)
     reasons |= np.where(st.hw_therm, ClockReason.HW_THERMAL_SLOWDOWN, 0).astype(np.uint32)
+    reasons |= np.where(st.brake[:, None], ClockReason.HW_POWER_BRAKE_SLOWDOWN, 0).astype(np.uint32)
     off = st.shutdown[:, None]
     st.mhz = np.where(off, 0.0, mhz)
     st.mv = np.where(off, 0.0, mv)

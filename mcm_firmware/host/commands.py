@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import Op, Response, StatusResult
+from ..protocol.messages import LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
 from .client import HostClient
-from .views import status_json
+from .views import ras_json, status_json
 
 
 class UsageError(ValueError):
@@ -60,6 +61,50 @@ register(CtlCommand("status", Op.STATUS, "status", "the node's state, sensors an
                     _no_args("status"), _show_status))
 register(CtlCommand("rebirth", Op.REBIRTH, "rebirth", "ask the node to publish its BIRTH again",
                     _no_args("rebirth"), _show_ok))
+
+
+def _one_arg(name: str, args: list[str], what: str) -> str:
+    if len(args) != 1:
+        raise UsageError(f"{name} takes one argument, {what} (got {len(args)})")
+    return args[0]
+
+
+def _parse_cap(args: list[str]) -> PowerCapArgs:
+    return PowerCapArgs(watts=parse_float(_one_arg("set-power-cap", args, "W"), "power cap W"))
+
+
+def _parse_lock(args: list[str]) -> LockClocksArgs:
+    return LockClocksArgs(mhz=parse_int(_one_arg("lock-clocks", args, "MHZ"), "clock MHZ", 0, 0xFFFF))
+
+
+def _parse_valve(args: list[str]) -> SetValveArgs:
+    if len(args) != 2:
+        raise UsageError(f"set-valve takes two arguments, N and PCT|auto (got {len(args)})")
+    valve = parse_int(args[0], "valve N", 0, 255)
+    if args[1].lower() == "auto":
+        return SetValveArgs(valve=valve, auto=1, pct=0.0)
+    return SetValveArgs(valve=valve, auto=0, pct=parse_float(args[1], "valve position PCT"))
+
+
+def _show_ras(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+    assert isinstance(resp.data, RasResult)
+    return ras_json(node, resp.data)
+
+
+register(CtlCommand("set-power-cap", Op.SET_POWER_CAP, "set-power-cap W",
+                    "software power cap of the module, within the profile's range", _parse_cap, _show_ok))
+register(CtlCommand("lock-clocks", Op.LOCK_CLOCKS, "lock-clocks MHZ",
+                    "lock the dice's application clocks (the P-state at or below MHZ)", _parse_lock, _show_ok))
+register(CtlCommand("reset-clocks", Op.RESET_CLOCKS, "reset-clocks", "release locked clocks",
+                    _no_args("reset-clocks"), _show_ok))
+register(CtlCommand("set-valve", Op.SET_VALVE, "set-valve N PCT|auto",
+                    "hold valve N at PCT %, or give it back to the controller", _parse_valve, _show_ok))
+register(CtlCommand("ras", Op.RAS, "ras", "HBM error counters, remap state, recovery action",
+                    _no_args("ras"), _show_ras))
+register(CtlCommand("clear-ras", Op.CLEAR_RAS, "clear-ras", "clear the HBM error counters",
+                    _no_args("clear-ras"), _show_ok))
+register(CtlCommand("reset", Op.RESET, "reset", "module reset: applies pending row remaps",
+                    _no_args("reset"), _show_ok))
 
 
 def parse_float(text: str, what: str) -> float:

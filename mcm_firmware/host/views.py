@@ -7,6 +7,8 @@ from enum import IntEnum
 from typing import Any
 
 from ..control.dvfs import reason_names
+from ..control.ras import RecoveryAction
+from ..plant.memory import EccMode
 from ..protocol import (
     Birth,
     CoolingMode,
@@ -25,7 +27,7 @@ from ..protocol import (
     Telemetry,
     ValveFlags,
 )
-from ..protocol.messages import to_container
+from ..protocol.messages import RasResult, to_container
 from ..transport import Address
 from ..transport.mqtt import topic
 
@@ -43,6 +45,7 @@ def _name(value: int, cls: type[IntEnum]) -> str | int:
 
 
 def snapshot_json(s: Snapshot) -> dict[str, Any]:
+    pstates = [d.pstate for d in s.dies]
     return {
         "state": _name(s.state, NodeState),
         "mode": _name(s.mode, CoolingMode),
@@ -54,7 +57,17 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
         "inlet_c": _num(s.inlet_c),
         "outlet_c": _num(s.outlet_c),
         "flow_lpm": _num(s.flow_lpm),
+        "vrm_current_a": _num(s.vrm_current_a),
         "rx_rejected": s.rx_rejected,
+        "pstate": min(pstates) if pstates else None,
+        "ras": {
+            "ce": sum(h.ce for h in s.hbm),
+            "ue": sum(h.ue for h in s.hbm),
+            "remap_pending": bool(s.flags & SnapshotFlags.REMAP_PENDING),
+            "remap_failed": bool(s.flags & SnapshotFlags.REMAP_FAILED),
+            "ce_storm": bool(s.flags & SnapshotFlags.CE_STORM),
+            "recovery_action": _name(s.recovery_action, RecoveryAction),
+        },
         "dies": [
             {
                 "temp_c": _num(d.temp_c), "power_w": _num(d.power_w), "clock_mhz": d.clock_mhz,
@@ -104,6 +117,29 @@ def status_json(node: int, st: StatusResult) -> dict[str, Any]:
     return out
 
 
+def ras_json(node: int, r: RasResult) -> dict[str, Any]:
+    return {
+        "node": node,
+        "ecc": _name(r.ecc, EccMode),
+        "ce": r.ce,
+        "ue": r.ue,
+        "remap_pending": bool(r.flags & 1),
+        "remap_failed": bool(r.flags & 2),
+        "ce_storm": bool(r.flags & 4),
+        "recovery_action": _name(r.recovery_action, RecoveryAction),
+        "remapped_rows": r.remapped_rows,
+        "spare_rows_free": r.spare_rows_free,
+        "scrub_passes": r.scrub_passes,
+        "scrubbed_words": r.scrubbed_words,
+        "stacks": [
+            {"ce": sum(st.ce), "ue": sum(st.ue), "channels": [{"ce": c, "ue": u} for c, u in zip(st.ce, st.ue)],
+             "failed_devices": list(st.failed_devices)}
+            for st in r.stacks
+        ],
+        "pending": [{"stack": p.stack, "channel": p.channel, "bank": p.bank, "row": p.row} for p in r.pending],
+    }
+
+
 def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
     """Topic, node, type, seq and every decoded field of a message."""
     out: dict[str, Any] = {
@@ -125,6 +161,8 @@ def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
                    message=msg.message)
         if isinstance(msg.data, StatusResult):
             out["data"] = status_json(msg.node_id, msg.data)
+        elif isinstance(msg.data, RasResult):
+            out["data"] = ras_json(msg.node_id, msg.data)
         elif msg.data is not None:
             out["data"] = _plain(to_container(msg.data))
     else:  # BIRTH, DEATH, COMMAND

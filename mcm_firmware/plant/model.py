@@ -132,6 +132,7 @@ class PlantInputs:
     pump_on: np.ndarray  # [N,P] bool: commanded to run
     # faults
     pump_failed: np.ndarray  # [N,P] bool: the pump cannot run (seized, no supply)
+    pump_overcurrent: np.ndarray  # [N,P] bool: the pump draws far too much current
     valve_stuck: np.ndarray  # [N,V] bool: the stem does not move
     inlet_offset_c: np.ndarray  # [N] added to the profile's inlet temperature
 
@@ -150,6 +151,7 @@ class PlantInputs:
             valve_cmd=np.full((n, v), 100.0),
             pump_on=pump_on,
             pump_failed=np.zeros((n, p), bool),
+            pump_overcurrent=np.zeros((n, p), bool),
             valve_stuck=np.zeros((n, v), bool),
             inlet_offset_c=np.zeros(n),
         )

@@ -6,7 +6,7 @@ profile that loads is one the plant and the controllers can run.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -145,6 +145,36 @@ class CoolingSpec(_Section):
         return pumps
 
 
+class RasSpec(_Section):
+    """HBM error handling: ECC scheme, geometry for addressing, spare rows, error rates."""
+
+    ecc: Literal["secded", "chipkill"]
+    """SEC-DED Hamming (39,32) per 32-bit word, or chipkill RS(20,16) per 16-byte line."""
+    banks: Annotated[int, Field(ge=1, le=256)]
+    rows_per_bank: Annotated[int, Field(ge=1, le=1 << 20)]
+    words_per_row: Annotated[int, Field(ge=4, le=1 << 12)]
+    spare_rows_per_bank: Annotated[int, Field(ge=0, le=64)]
+    sbe_rate_per_s: NonNeg
+    """Single-bit upsets per stack and second at the reference temperature."""
+    dbe_rate_per_s: NonNeg
+    """Double-bit upsets (one codeword) per stack and second at the reference temperature."""
+    rate_ref_c: Celsius
+    rate_doubling_c: Annotated[float, Field(gt=1, le=100)]
+    """Error rates double for every this many degrees of HBM temperature above the reference."""
+    scrub_words_per_s: NonNeg
+    """Patrol-scrub read rate over the stored words."""
+    access_rate_hz: NonNeg
+    """How often the workload reads a given faulty word at full bandwidth."""
+    ce_storm_threshold: Annotated[int, Field(ge=1, le=1_000_000)]
+    ce_storm_window_s: Annotated[float, Field(gt=0, le=86_400)]
+
+    @model_validator(mode="after")
+    def _chipkill_lines(self) -> RasSpec:
+        if self.words_per_row % 4:
+            raise ValueError("words_per_row must be a multiple of 4 (chipkill lines are 4 words)")
+        return self
+
+
 class ControlSpec(_Section):
     """Controller tuning. Flows are in fractions of one valve's full flow on one pump."""
 
@@ -190,6 +220,7 @@ class Profile(_Section):
     power: PowerSpec
     cooling: CoolingSpec
     control: ControlSpec
+    ras: RasSpec
     rates: RatesSpec
 
     @property

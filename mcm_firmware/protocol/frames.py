@@ -57,6 +57,13 @@ class Op(IntEnum):
     PING = 0x0001
     STATUS = 0x0002
     REBIRTH = 0x0003
+    SET_POWER_CAP = 0x0010
+    LOCK_CLOCKS = 0x0011
+    RESET_CLOCKS = 0x0012
+    SET_VALVE = 0x0013
+    RAS = 0x0020
+    CLEAR_RAS = 0x0021
+    RESET = 0x0022
 
 
 class Status(IntEnum):
@@ -110,6 +117,8 @@ class EventCode(IntEnum):
     VRM_OVERCURRENT = 23  # value: current A
     VRM_RECOVERED = 24
     POWER_CAP_SET = 25  # value: new cap W
+    CLOCKS_LOCKED = 26  # value: locked MHz
+    CLOCKS_RESET = 27
     FAILSAFE_ENTER = 30  # subject: zone (valve)
     FAILSAFE_EXIT = 31  # subject: zone (valve)
     PUMP_FAULT = 32  # subject: pump
@@ -118,6 +127,16 @@ class EventCode(IntEnum):
     NATURAL_CONVECTION = 35  # no pump left: lowest P-state
     COOLING_RESTORED = 36
     SENSOR_FAULT = 37  # subject: sensor index in its bank; text: which bank
+    VALVE_MANUAL = 38  # subject: valve; value: commanded %
+    VALVE_AUTO = 39  # subject: valve
+    UE = 40  # subject: stack; value: word address
+    REMAP_PENDING = 41  # subject: stack
+    REMAP_FAILED = 42  # subject: stack
+    CE_STORM = 43  # subject: stack
+    CE_STORM_END = 44
+    ROW_REMAPPED = 45  # subject: stack
+    RAS_CLEARED = 46
+    RESET_DONE = 47  # value: rows remapped
 
 
 class Capability(IntFlag):
@@ -135,6 +154,9 @@ class SnapshotFlags(IntFlag):
     FAILSAFE = 0x0001
     CLOCKS_LOCKED = 0x0002
     LINK_DEGRADED = 0x0004
+    REMAP_PENDING = 0x0008
+    REMAP_FAILED = 0x0010
+    CE_STORM = 0x0020
 
 
 class PumpFlags(IntFlag):
@@ -242,7 +264,9 @@ Snapshot = c.Struct(
     "inlet_c" / c.Float32l,
     "outlet_c" / c.Float32l,
     "flow_lpm" / c.Float32l,
+    "vrm_current_a" / c.Float32l,
     "rx_rejected" / c.Int32ul,
+    "recovery_action" / c.Int8ul,  # 0 NONE, 1 GPU_RESET, 2 NODE_REBOOT
     "n_dies" / c.Int8ul,
     "n_hbm" / c.Int8ul,
     "n_pumps" / c.Int8ul,
@@ -259,7 +283,15 @@ Telemetry = c.Struct(
 )
 
 # Arguments of each operation; an operation missing here takes no arguments.
-CommandArgs: dict[Op, c.Construct] = {}
+CommandArgs: dict[Op, c.Construct] = {
+    Op.SET_POWER_CAP: c.Struct("watts" / c.Float32l),
+    Op.LOCK_CLOCKS: c.Struct("mhz" / c.Int16ul),
+    Op.SET_VALVE: c.Struct(
+        "valve" / c.Int8ul,
+        "auto" / c.Int8ul,  # 1: back to automatic control (pct ignored)
+        "pct" / c.Float32l,
+    ),
+}
 
 Command = c.Struct(
     "request_id" / c.Int32ul,
@@ -281,9 +313,35 @@ StatusData = c.Struct(
     "snapshot" / Snapshot,
 )
 
+RasData = c.Struct(
+    "ecc" / c.Int8ul,  # 0 SECDED, 1 CHIPKILL
+    "flags" / c.Int8ul,  # bit 0 REMAP_PENDING, bit 1 REMAP_FAILED, bit 2 CE_STORM
+    "recovery_action" / c.Int8ul,
+    "ce" / c.Int64ul,
+    "ue" / c.Int64ul,
+    "remapped_rows" / c.Int32ul,
+    "spare_rows_free" / c.Int32ul,
+    "scrub_passes" / c.Int32ul,
+    "scrubbed_words" / c.Int64ul,
+    "stacks"
+    / c.PrefixedArray(
+        c.Int8ul,
+        c.Struct(
+            "ce" / c.PrefixedArray(c.Int8ul, c.Int32ul),  # per channel
+            "ue" / c.PrefixedArray(c.Int8ul, c.Int32ul),
+            "failed_devices" / c.PrefixedArray(c.Int8ul, c.Int8ul),
+        ),
+    ),
+    "pending" / c.PrefixedArray(
+        c.Int16ul,
+        c.Struct("stack" / c.Int8ul, "channel" / c.Int8ul, "bank" / c.Int16ul, "row" / c.Int32ul),
+    ),
+)
+
 # Data of a successful response, per operation; an operation missing here answers no data.
 ResponseData: dict[Op, c.Construct] = {
     Op.STATUS: StatusData,
+    Op.RAS: RasData,
 }
 
 Response = c.Struct(

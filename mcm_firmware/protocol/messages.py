@@ -76,7 +76,9 @@ class Snapshot(NamedTuple):
     inlet_c: float
     outlet_c: float
     flow_lpm: float
+    vrm_current_a: float
     rx_rejected: int
+    recovery_action: int
     dies: tuple[DieTelemetry, ...]
     hbm: tuple[HbmTelemetry, ...]
     pumps: tuple[PumpTelemetry, ...]
@@ -97,9 +99,60 @@ class StatusResult:
     snapshot: Snapshot
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerCapArgs:
+    watts: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockClocksArgs:
+    mhz: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetValveArgs:
+    valve: int
+    auto: int  # 1: return the valve to automatic control
+    pct: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackErrors:
+    ce: tuple[int, ...]  # per channel
+    ue: tuple[int, ...]
+    failed_devices: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingRow:
+    stack: int
+    channel: int
+    bank: int
+    row: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RasResult:
+    ecc: int  # 0 SECDED, 1 CHIPKILL
+    flags: int  # bit 0 REMAP_PENDING, bit 1 REMAP_FAILED, bit 2 CE_STORM
+    recovery_action: int
+    ce: int
+    ue: int
+    remapped_rows: int
+    spare_rows_free: int
+    scrub_passes: int
+    scrubbed_words: int
+    stacks: tuple[StackErrors, ...]
+    pending: tuple[PendingRow, ...]
+
+
 # Argument and result types per operation; operations absent here carry none.
-ARG_TYPES: dict[Op, type] = {}
-RESULT_TYPES: dict[Op, type] = {Op.STATUS: StatusResult}
+ARG_TYPES: dict[Op, type] = {
+    Op.SET_POWER_CAP: PowerCapArgs,
+    Op.LOCK_CLOCKS: LockClocksArgs,
+    Op.SET_VALVE: SetValveArgs,
+}
+RESULT_TYPES: dict[Op, type] = {Op.STATUS: StatusResult, Op.RAS: RasResult}
 
 
 # --- messages -----------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -56,13 +57,15 @@ from ..protocol import (
     frame_bytes,
 )
 from ..protocol.codec import encode_body, snapshot_from_payload
+from ..protocol.messages import PendingRow, RasResult, StackErrors
 from ..transport import Address, Channel, Subscription, Transport, TransportError, TransportFactory, Will
 from .backoff import Backoff, RateLimiter
 from .shard import Shard
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = Capability.TELEMETRY | Capability.DVFS | Capability.POWER_CAP | Capability.COOLANT_CONTROL
+CAPABILITIES = (Capability.TELEMETRY | Capability.DVFS | Capability.POWER_CAP | Capability.COOLANT_CONTROL
+                | Capability.RAS)
 RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
 OUTBOX_LIMIT = 1024  # events/responses kept while the link is down
 U32 = 0xFFFFFFFF
@@ -422,6 +425,23 @@ class Node:
             rec["state"] = NodeState.STOPPING
         return rec[0]
 
+    def ras_result(self) -> RasResult:
+        ctl = self.shard.ras[self.row]
+        flags = (1 if ctl.remap_pending else 0) | (2 if ctl.remap_failed else 0) | (4 if ctl.storm else 0)
+        stacks = tuple(
+            StackErrors(ce=tuple(int(min(x, U32)) for x in ctl.ce[s]),
+                        ue=tuple(int(min(x, U32)) for x in ctl.ue[s]),
+                        failed_devices=tuple(sorted(ctl.store.failed_devices.get(s, ()))))
+            for s in range(ctl.ce.shape[0])
+        )
+        pending = tuple(PendingRow(stack=k[0], channel=k[1], bank=k[2], row=k[3]) for k in sorted(ctl.pending))
+        return RasResult(
+            ecc=int(ctl.cfg.mode), flags=flags, recovery_action=int(ctl.recovery_action),
+            ce=int(ctl.ce.sum()), ue=int(ctl.ue.sum()), remapped_rows=len(ctl.remapped),
+            spare_rows_free=max(0, ctl.spare_rows_free), scrub_passes=ctl.scrub_passes & U32,
+            scrubbed_words=ctl.scrubbed, stacks=stacks, pending=pending[:1000],
+        )
+
     def status(self) -> StatusResult:
         c = self.counters
         return StatusResult(
@@ -449,6 +469,73 @@ def _status(node: Node, cmd: Command) -> StatusResult:
 @handler(Op.REBIRTH)
 def _rebirth(node: Node, cmd: Command) -> None:
     node.rebirth()
+
+
+@handler(Op.SET_POWER_CAP)
+def _set_power_cap(node: Node, cmd: Command) -> None:
+    watts = cmd.args.watts
+    pw = node.profile.power
+    if not math.isfinite(watts) or not pw.min_cap_w <= watts <= pw.max_cap_w:
+        raise CommandError(Status.BAD_ARGUMENT,
+                           f"power cap {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
+    node.shard.dvfs.cap_w[node.row] = watts
+    node.emit_event(Severity.NOTICE, EventCode.POWER_CAP_SET, value=watts, text=f"power cap {watts:g} W")
+
+
+@handler(Op.LOCK_CLOCKS)
+def _lock_clocks(node: Node, cmd: Command) -> None:
+    mhz = cmd.args.mhz
+    lo, hi = node.profile.min_mhz, node.profile.max_mhz
+    if not lo <= mhz <= hi:
+        raise CommandError(Status.BAD_ARGUMENT, f"clock {mhz} MHz outside {lo}..{hi} MHz")
+    node.shard.dvfs.lock_mhz[node.row] = mhz
+    node.emit_event(Severity.NOTICE, EventCode.CLOCKS_LOCKED, value=mhz, text=f"clocks locked at {mhz} MHz")
+
+
+@handler(Op.RESET_CLOCKS)
+def _reset_clocks(node: Node, cmd: Command) -> None:
+    node.shard.dvfs.lock_mhz[node.row] = 0
+    node.emit_event(Severity.NOTICE, EventCode.CLOCKS_RESET, text="application clocks reset")
+
+
+@handler(Op.SET_VALVE)
+def _set_valve(node: Node, cmd: Command) -> None:
+    a = cmd.args
+    valves = node.profile.cooling.valves
+    if not 0 <= a.valve < valves:
+        raise CommandError(Status.BAD_ARGUMENT, f"no valve {a.valve} (valves 0..{valves - 1})")
+    manual = node.shard.cool.manual
+    if a.auto:
+        manual[node.row, a.valve] = math.nan
+        node.emit_event(Severity.NOTICE, EventCode.VALVE_AUTO, subject=a.valve,
+                        text=f"valve {a.valve} under automatic control")
+        return
+    if not (math.isfinite(a.pct) and 0.0 <= a.pct <= 100.0):
+        raise CommandError(Status.BAD_ARGUMENT, f"valve position {a.pct:g} % outside 0..100 %")
+    manual[node.row, a.valve] = a.pct
+    node.emit_event(Severity.WARNING, EventCode.VALVE_MANUAL, subject=a.valve, value=a.pct,
+                    text=f"valve {a.valve} held at {a.pct:g} % by the operator")
+
+
+@handler(Op.RAS)
+def _ras(node: Node, cmd: Command) -> RasResult:
+    return node.ras_result()
+
+
+@handler(Op.CLEAR_RAS)
+def _clear_ras(node: Node, cmd: Command) -> None:
+    node.shard.ras[node.row].clear()
+    node.shard.ras_sync(node.row)
+    node.emit_event(Severity.NOTICE, EventCode.RAS_CLEARED, text="RAS error counters cleared")
+
+
+@handler(Op.RESET)
+def _reset(node: Node, cmd: Command) -> None:
+    ctl = node.shard.ras[node.row]
+    events = ctl.reset()
+    node.shard.ras_events(node.row, events)
+    node.emit_event(Severity.NOTICE, EventCode.RESET_DONE, value=len(events),
+                    text=f"reset: {len(events)} pending row(s) remapped")
 
 
 __all__ = ["CommandError", "HANDLERS", "Node", "handler", "encode"]

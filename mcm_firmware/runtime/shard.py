@@ -9,12 +9,14 @@ No asyncio in here: the scheduler in :mod:`.fleet` calls :meth:`Shard.tick` on d
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..control import coolant as cc
 from ..control import dvfs
+from ..control import ras as rasmod
 from ..plant import model
 from ..plant.sensors import SensorBank, SensorFault
 from ..plant.workload import Workload, WorkloadModel, utilisation
@@ -80,6 +82,12 @@ class Shard:
         self.dvfs = dvfs.DvfsState(self.dvfs_cfg, n, p.dies, profile.power.default_cap_w)
         self.cool_cfg = cc.CoolantConfig.from_profile(profile)
         self.cool = cc.CoolantState(self.cool_cfg, n, start_t)
+        self.ras_cfg = rasmod.RasConfig.from_profile(profile)
+        self.ras = [rasmod.RasController(self.ras_cfg, random.Random(seed * 65_537 + row)) for row in range(n)]
+        self.ras_ce = np.zeros((n, p.hbm), np.int64)
+        self.ras_ue = np.zeros((n, p.hbm), np.int64)
+        self.ras_flags = np.zeros(n, np.uint16)  # SnapshotFlags bits of RAS
+        self.ras_action = np.zeros(n, np.uint8)
         self.boot_t = np.full(n, start_t)
         self.active = np.ones(n, bool)  # rows whose controller is running
         self.events: list[ShardEvent] = []
@@ -97,6 +105,8 @@ class Shard:
         t = self.t
         st = self.dvfs
 
+        # the pump drivers' fault pins are electrical: seen in the same tick
+        self.pump_driver_fault = self.inputs.pump_failed & self.cool.pump_on
         demand = self.workload.demand(t, dt)
         self.util = np.where(st.shutdown[:, None], 0.0, utilisation(demand, st.mhz, self.max_mhz))
 
@@ -104,13 +114,14 @@ class Shard:
             self._cooling_fast(t, dt * self.div_valve)
         if k % self.div_thermal == 0:
             self._cooling_thermal(t, dt * self.div_thermal)
+            self._ras_step(t, dt * self.div_thermal)
         if k % self.div_dvfs == 0:
             st.forced_min = self.cool.natural.copy()
             dvfs.dvfs_step(self.dvfs_cfg, st, self.util, self.s_die.value, dt * self.div_dvfs)
 
         was_shut, was_ocp = st.shutdown.copy(), st.hw_ocp.copy()
         dvfs.update_power_average(self.dvfs_cfg, st, self.plant.p_total, dt)
-        dvfs.hw_protect(self.dvfs_cfg, st, self.plant.t_die, self.plant.vrm_current)
+        dvfs.hw_protect(self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
         dvfs.apply_hw_limits(self.dvfs_cfg, st)
         self._protection_events(was_shut, was_ocp)
 
@@ -125,13 +136,17 @@ class Shard:
         model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
 
         rng = self.rng
-        self.s_die.sample(self.plant.t_die, t, dt, rng)
-        self.s_hbm.sample(self.plant.t_hbm, t, dt, rng)
-        self.s_flow.sample(self.plant.flow_valve, t, dt, rng)
-        self.s_rpm.sample(self.plant.pump_rpm, t, dt, rng)
-        # the pump driver's current follows its speed; a failed pump's driver flags a fault
-        self.pump_current = 1.5 * (self.plant.pump_rpm / p.pump_rpm_nom) ** 2
-        self.pump_driver_fault = u.pump_failed & self.cool.pump_on
+        for name, bank, true in (("die", self.s_die, self.plant.t_die), ("hbm", self.s_hbm, self.plant.t_hbm),
+                                 ("flow", self.s_flow, self.plant.flow_valve), ("rpm", self.s_rpm, self.plant.pump_rpm)):
+            was_failed = bank.failed
+            bank.sample(true, t, dt, rng)
+            if bank.failed is not was_failed and (bank.failed != was_failed).any():
+                for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):
+                    self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.SENSOR_FAULT, int(col),
+                                                  text=f"{name} sensor {col} failed"))
+        # the pump driver's current follows its speed; a pump with a shorted winding or a blocked
+        # impeller (pump_overcurrent) draws several times more
+        self.pump_current = 1.5 * (self.plant.pump_rpm / p.pump_rpm_nom) ** 2 * np.where(u.pump_overcurrent, 3.0, 1.0)
 
     def _cooling_thermal(self, t: float, ts: float) -> None:
         before = cc.thermal_step(
@@ -161,19 +176,23 @@ class Shard:
     def _cooling_fast(self, t: float, ts: float) -> None:
         cool = self.cool
         was_natural = cool.natural.copy()
-        newly, failed_over, natural = cc.pump_step(
+        tr = cc.pump_step(
             self.cool_cfg, cool, t, self.s_rpm.value, self.s_rpm.age(t), self.s_rpm.failed,
             self.pump_driver_fault, self.pump_current,
         )
         names = [pp.name for pp in self.profile.cooling.pumps]
-        for row, pump in zip(*np.nonzero(newly), strict=True):
+        for row, pump in zip(*np.nonzero(tr.faulted), strict=True):
             self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.PUMP_FAULT, int(pump),
                                           text=f"pump {names[pump]} faulted"))
-        for row in np.nonzero(failed_over)[0]:
+        for row in np.nonzero(tr.failed_over)[0]:
             lead = int(cool.lead[row])
             self.events.append(ShardEvent(int(row), Severity.WARNING, EventCode.PUMP_FAILOVER, lead,
                                           text=f"pump {names[lead]} takes over as lead"))
-        for row in np.nonzero(natural)[0]:
+        for row in np.nonzero(tr.alternated)[0]:
+            lead = int(cool.lead[row])
+            self.events.append(ShardEvent(int(row), Severity.INFO, EventCode.PUMP_ALTERNATE, lead,
+                                          text=f"pump {names[lead]} is lead (periodic alternation)"))
+        for row in np.nonzero(tr.natural)[0]:
             self.events.append(ShardEvent(int(row), Severity.CRITICAL, EventCode.NATURAL_CONVECTION,
                                           text="no pump running: natural convection, lowest P-state"))
         for row in np.nonzero(was_natural & ~cool.natural)[0]:
@@ -181,12 +200,61 @@ class Shard:
                                           text="pump running again"))
         cc.valve_step(self.cool_cfg, cool, self.s_flow.value, ts)
 
+    _RAS_EVENTS = {
+        rasmod.RasEventKind.UE: (Severity.ERROR, EventCode.UE),
+        rasmod.RasEventKind.REMAP_PENDING: (Severity.WARNING, EventCode.REMAP_PENDING),
+        rasmod.RasEventKind.REMAP_FAILED: (Severity.CRITICAL, EventCode.REMAP_FAILED),
+        rasmod.RasEventKind.CE_STORM: (Severity.WARNING, EventCode.CE_STORM),
+        rasmod.RasEventKind.CE_STORM_END: (Severity.NOTICE, EventCode.CE_STORM_END),
+        rasmod.RasEventKind.REMAPPED: (Severity.NOTICE, EventCode.ROW_REMAPPED),
+    }
+
+    def ras_events(self, row: int, events: list[rasmod.RasEvent]) -> None:
+        """Queue RAS events of a row and refresh its RAS telemetry."""
+        for ev in events:
+            sev, code = self._RAS_EVENTS[ev.kind]
+            self.events.append(ShardEvent(row, sev, code, ev.stack if ev.stack >= 0 else 0xFFFF,
+                                          float(ev.addr), ev.text))
+        self.ras_sync(row)
+
+    def ras_sync(self, row: int) -> None:
+        ctl = self.ras[row]
+        self.ras_ce[row] = ctl.ce.sum(axis=1)
+        self.ras_ue[row] = ctl.ue.sum(axis=1)
+        self.ras_flags[row] = (
+            (SnapshotFlags.REMAP_PENDING if ctl.remap_pending else 0)
+            | (SnapshotFlags.REMAP_FAILED if ctl.remap_failed else 0)
+            | (SnapshotFlags.CE_STORM if ctl.storm else 0)
+        )
+        self.ras_action[row] = int(ctl.recovery_action)
+
+    def _ras_step(self, t: float, ts: float) -> None:
+        """Background upsets (Poisson, rate doubling with HBM temperature), then the RAS work of
+        every module that has any: demand reads of latent errors, failed devices, patrol scrub."""
+        cfg = self.ras_cfg
+        if not self.params.hbm:
+            return
+        factor = cfg.error_rate_factor(self.plant.t_hbm) * ts
+        live = ~self.dvfs.shutdown[:, None]
+        for rate, nbits in ((cfg.sbe_rate_per_s, 1), (cfg.dbe_rate_per_s, 2)):
+            if rate <= 0:
+                continue
+            hits = self.rng.poisson(rate * factor) * live
+            for row, stack in zip(*np.nonzero(hits), strict=True):
+                for _ in range(int(hits[row, stack])):
+                    self.ras[row].inject_random(int(stack), nbits)
+        util = self.inputs.hbm_util
+        for row, ctl in enumerate(self.ras):
+            if ctl.latent or ctl.store.failed_devices or len(ctl.store) or ctl.storm:
+                self.ras_events(row, ctl.step(t, ts, util[row]))
+
     def _protection_events(self, was_shut: np.ndarray, was_ocp: np.ndarray) -> None:
         st = self.dvfs
         hottest = self.plant.t_die.max(axis=1)
         for row in np.nonzero(st.shutdown & ~was_shut)[0]:
+            why = "natural convection cannot hold them" if st.forced_min[row] else "over the shutdown temperature"
             self.events.append(ShardEvent(int(row), Severity.CRITICAL, EventCode.THERMAL_SHUTDOWN,
-                                          value=float(hottest[row]), text="dice powered off"))
+                                          value=float(hottest[row]), text=f"dice powered off: {why}"))
         for row in np.nonzero(~st.shutdown & was_shut)[0]:
             self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.THERMAL_RECOVERY,
                                           value=float(hottest[row]), text="dice powered on again"))
@@ -220,7 +288,9 @@ class Shard:
         rec["mode"] = self.cooling_mode(rows)
         flags = np.where(cool.failsafe[rows].any(axis=1), SnapshotFlags.FAILSAFE, 0)
         flags |= np.where(st.lock_mhz[rows] > 0, SnapshotFlags.CLOCKS_LOCKED, 0)
-        rec["flags"] = flags
+        rec["flags"] = flags | self.ras_flags[rows]
+        rec["vrm_current_a"] = pl.vrm_current[rows]
+        rec["recovery_action"] = self.ras_action[rows]
         rec["power_w"] = pl.p_total[rows]
         rec["power_cap_w"] = st.cap_w[rows]
         rec["inlet_c"] = pl.t_inlet[rows]
@@ -237,6 +307,8 @@ class Shard:
         d["util_pct"] = np.round(self.util[rows] * 100.0)
         if p.hbm:
             rec["hbm"]["temp_c"] = self.s_hbm.value[rows]
+            rec["hbm"]["ce"] = np.minimum(self.ras_ce[rows], 0xFFFFFFFF)
+            rec["hbm"]["ue"] = np.minimum(self.ras_ue[rows], 0xFFFFFFFF)
         pumps = rec["pumps"]
         pumps["rpm"] = np.clip(np.nan_to_num(self.s_rpm.value[rows]), 0, 65535)
         lead = np.zeros((len(rows), p.pumps), bool)

@@ -7,6 +7,13 @@ message encodes to exactly that hex.
 
 from __future__ import annotations
 
+from ..protocol.messages import (
+    PendingRow,
+    PowerCapArgs,
+    RasResult,
+    SetValveArgs,
+    StackErrors,
+)
 from ..protocol import (
     Birth,
     CoolingMode,
@@ -43,7 +50,9 @@ SNAPSHOT = Snapshot(
     inlet_c=30.0,
     outlet_c=36.75,
     flow_lpm=2.25,
+    vrm_current_a=1150.5,
     rx_rejected=1,
+    recovery_action=1,
     dies=(
         DieTelemetry(70.0, 270.25, 2000, 900, 0x0, 0, 85),
         DieTelemetry(71.5, 268.0, 1850, 860, 0x4, 1, 92),
@@ -74,6 +83,23 @@ GOLDEN: dict[str, Message] = {
     ),
     "response-unknown-op": Response(node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777,
                                     status=Status.UNKNOWN_OP, message="unknown op"),
+    "command-set-power-cap": Command(node_id=3, seq=8, timestamp_ns=T0, flags=int(FrameFlags.HOST),
+                                     request_id=0x01020306, op=Op.SET_POWER_CAP,
+                                     args=PowerCapArgs(watts=800.0)),
+    "command-set-valve": Command(node_id=3, seq=9, timestamp_ns=T0,
+                                 flags=int(FrameFlags.HOST | FrameFlags.RETRY), request_id=0x01020307,
+                                 op=Op.SET_VALVE, args=SetValveArgs(valve=2, auto=0, pct=62.5)),
+    "response-ras": Response(
+        node_id=3, seq=47, timestamp_ns=T0, request_id=0x01020308, op=Op.RAS, status=Status.OK,
+        data=RasResult(ecc=1, flags=0x1, recovery_action=1, ce=3, ue=1, remapped_rows=0,
+                       spare_rows_free=8191, scrub_passes=12, scrubbed_words=4096,
+                       stacks=(StackErrors(ce=(2, 1), ue=(0, 1), failed_devices=()),
+                               StackErrors(ce=(0, 0), ue=(0, 0), failed_devices=(7,))),
+                       pending=(PendingRow(stack=0, channel=1, bank=5, row=1234),)),
+    ),
+    "response-bad-argument": Response(node_id=3, seq=48, timestamp_ns=T0, request_id=0x01020309,
+                                      op=Op.SET_POWER_CAP, status=Status.BAD_ARGUMENT,
+                                      message="power cap 2000 W outside 500..1400 W"),
     "event": Event(node_id=3, seq=46, timestamp_ns=T0, severity=Severity.WARNING,
                    code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
                    text="zone 2 enters failsafe"),

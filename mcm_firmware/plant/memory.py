@@ -1,0 +1,271 @@
+"""Emulated HBM of one module: a sparse store of ECC-protected words.
+
+Only words that were written, or that an error hit, are stored; any other word reads as if it held
+fresh data. Each word is kept exactly as the memory holds it, check bits included, so errors are
+real bit flips and the hardware ECC engine of :mod:`.ecc` finds (or misses) them.
+
+Address map of a word address (32-bit words), low bits first::
+
+    | col | bank | row | channel | stack |
+
+with each field as wide as the geometry needs. In chipkill mode four aligned words form one
+16-byte line, coded as 20 byte symbols on 20 devices of its stack (see :mod:`.ecc`); in SEC-DED
+mode the 39 bits of a word sit on ten x4 devices (device ``d`` holds codeword bits ``4d..4d+3``).
+
+A failed device returns garbage for its bits or symbol on every read of its stack.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from enum import IntEnum
+
+from . import ecc
+from .ecc import EccStatus
+
+
+class EccMode(IntEnum):
+    SECDED = 0
+    CHIPKILL = 1
+
+
+SECDED_DEVICES = 10  # x4 devices carrying the 39 bits of a word
+
+
+@dataclass(frozen=True)
+class Location:
+    stack: int
+    channel: int
+    bank: int
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class HbmGeometry:
+    stacks: int
+    channels: int
+    banks: int
+    rows: int
+    cols: int  # 32-bit words per row
+
+    def _bits(self, n: int) -> int:
+        return max(1, (n - 1).bit_length())
+
+    @property
+    def widths(self) -> tuple[int, int, int, int, int]:
+        return (self._bits(self.cols), self._bits(self.banks), self._bits(self.rows),
+                self._bits(self.channels), self._bits(self.stacks))
+
+    def decode(self, addr: int) -> Location:
+        w_col, w_bank, w_row, w_ch, w_stack = self.widths
+        col = addr & ((1 << w_col) - 1)
+        addr >>= w_col
+        bank = addr & ((1 << w_bank) - 1)
+        addr >>= w_bank
+        row = addr & ((1 << w_row) - 1)
+        addr >>= w_row
+        ch = addr & ((1 << w_ch) - 1)
+        addr >>= w_ch
+        stack = addr & ((1 << w_stack) - 1)
+        return Location(stack, ch, bank, row, col)
+
+    def encode(self, loc: Location) -> int:
+        w_col, w_bank, w_row, w_ch, _ = self.widths
+        addr = loc.stack
+        addr = (addr << w_ch) | loc.channel
+        addr = (addr << w_row) | loc.row
+        addr = (addr << w_bank) | loc.bank
+        return (addr << w_col) | loc.col
+
+    def valid(self, addr: int) -> bool:
+        if addr < 0 or addr >> sum(self.widths):
+            return False
+        loc = self.decode(addr)
+        return (loc.stack < self.stacks and loc.channel < self.channels and loc.bank < self.banks
+                and loc.row < self.rows and loc.col < self.cols)
+
+    def random_address(self, rng: random.Random, stack: int) -> int:
+        return self.encode(Location(stack, rng.randrange(self.channels), rng.randrange(self.banks),
+                                    rng.randrange(self.rows), rng.randrange(self.cols)))
+
+    @property
+    def codeword_bits(self) -> int:
+        return ecc.CODEWORD_BITS
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    addr: int
+    status: EccStatus
+    data: int  # the 32-bit word as returned (corrected where possible)
+    detail: tuple[int, ...] = ()  # SEC-DED: the corrected bit; chipkill: the devices in error
+
+
+class HbmStore:
+    def __init__(self, geometry: HbmGeometry, mode: EccMode, rng: random.Random) -> None:
+        self.geometry = geometry
+        self.mode = mode
+        self._rng = rng
+        self._words: dict[int, list[int]] = {}  # SEC-DED: addr -> [data, check]
+        self._lines: dict[int, bytearray] = {}  # chipkill: line addr -> 20 stored symbols
+        self.failed_devices: dict[int, set[int]] = {}  # stack -> failed device numbers
+        self._stuck: dict[int, set[int]] = {}  # codeword key -> bits that always read inverted
+
+    @property
+    def devices(self) -> int:
+        return ecc.DEVICES if self.mode is EccMode.CHIPKILL else SECDED_DEVICES
+
+    @property
+    def bits_per_word_codeword(self) -> int:
+        """Bit positions usable with :meth:`flip`: 39 per word, or 160 per chipkill line."""
+        return ecc.CODEWORD_BITS if self.mode is EccMode.SECDED else ecc.DEVICES * 8
+
+    def __len__(self) -> int:
+        return len(self._words) if self.mode is EccMode.SECDED else len(self._lines)
+
+    def addresses(self) -> list[int]:
+        """Stored word addresses (for chipkill, the first word of each line), sorted."""
+        if self.mode is EccMode.SECDED:
+            return sorted(self._words)
+        return sorted(line << 2 for line in self._lines)
+
+    def _check(self, addr: int) -> None:
+        if not self.geometry.valid(addr):
+            raise ValueError(f"address {addr:#x} is outside the module's HBM")
+
+    # --- storage ------------------------------------------------------------------------------
+
+    def _key(self, addr: int) -> int:
+        """The codeword an address belongs to: the word (SEC-DED) or its 4-word line (chipkill)."""
+        return addr if self.mode is EccMode.SECDED else addr >> 2
+
+    def stuck_bits(self, addr: int) -> set[int]:
+        return set(self._stuck.get(self._key(addr), ()))
+
+    def _store_clean(self, key: int, data: int | bytes) -> None:
+        """Store freshly encoded data; stuck cells still read inverted."""
+        if self.mode is EccMode.SECDED:
+            assert isinstance(data, int)
+            word = [data, ecc.secded_check(data)]
+            for bit in self._stuck.get(key, ()):
+                word[0], word[1] = ecc.flip(word[0], word[1], bit)
+            self._words[key] = word
+        else:
+            assert isinstance(data, bytes)
+            line = bytearray(ecc.chipkill_encode(data))
+            for bit in self._stuck.get(key, ()):
+                line[bit // 8] ^= 1 << (bit % 8)
+            self._lines[key] = line
+
+    def write(self, addr: int, value: int) -> None:
+        self._check(addr)
+        value &= 0xFFFFFFFF
+        if self.mode is EccMode.SECDED:
+            self._store_clean(addr, value)
+            return
+        line = self._line_data(addr >> 2)
+        off = (addr & 3) * 4
+        line[off : off + 4] = value.to_bytes(4, "little")
+        self._store_clean(addr >> 2, bytes(line))
+
+    def _line_data(self, line: int) -> bytearray:
+        stored = self._lines.get(line)
+        if stored is None:
+            return bytearray(self._rng.randbytes(ecc.LINE_BYTES))
+        status, data, _ = ecc.chipkill_decode(bytes(stored))
+        return bytearray(data)
+
+    def _materialise(self, addr: int) -> None:
+        if self.mode is EccMode.SECDED:
+            if addr not in self._words:
+                value = self._rng.getrandbits(32)
+                self._words[addr] = [value, ecc.secded_check(value)]
+        elif addr >> 2 not in self._lines:
+            self._lines[addr >> 2] = bytearray(ecc.chipkill_encode(self._rng.randbytes(ecc.LINE_BYTES)))
+
+    def flip(self, addr: int, bits: list[int], *, stuck: bool = False) -> None:
+        """Flip stored bits of the codeword holding ``addr``: 0..38 of the word (SEC-DED) or
+        0..159 of the line, symbol ``bit // 8`` (chipkill). A ``stuck`` flip is a hard fault: the
+        cell reads inverted again after every write, until its row is remapped."""
+        self._check(addr)
+        self._materialise(addr)
+        limit = self.bits_per_word_codeword
+        for bit in bits:
+            if not 0 <= bit < limit:
+                raise ValueError(f"bit {bit} outside the {limit}-bit codeword")
+        if stuck:
+            self._stuck.setdefault(self._key(addr), set()).symmetric_difference_update(bits)
+        if self.mode is EccMode.SECDED:
+            word = self._words[addr]
+            for bit in bits:
+                word[0], word[1] = ecc.flip(word[0], word[1], bit)
+        else:
+            line = self._lines[addr >> 2]
+            for bit in bits:
+                line[bit // 8] ^= 1 << (bit % 8)
+
+    def fail_device(self, stack: int, device: int) -> None:
+        if not 0 <= stack < self.geometry.stacks:
+            raise ValueError(f"no HBM stack {stack}")
+        if not 0 <= device < self.devices:
+            raise ValueError(f"device {device} outside 0..{self.devices - 1}")
+        self.failed_devices.setdefault(stack, set()).add(device)
+
+    def repair_devices(self) -> None:
+        self.failed_devices.clear()
+
+    # --- the read path through the ECC engine ----------------------------------------------------
+
+    def _garbage(self, addr: int, device: int) -> int:
+        """A failed device's output for a codeword: fixed per address, never the true value."""
+        return (hash((addr, device)) & 0xFF) | 1
+
+    def read(self, addr: int, *, write_back: bool = False) -> ReadResult:
+        """Read one word through ECC. ``write_back`` stores the corrected codeword (scrubbing)."""
+        self._check(addr)
+        self._materialise(addr)
+        stack = self.geometry.decode(addr).stack
+        failed = self.failed_devices.get(stack, ())
+        if self.mode is EccMode.SECDED:
+            data, check = self._words[addr]
+            for dev in failed:
+                garbage = self._garbage(addr, dev) & 0xF
+                for k in range(4):
+                    bit = dev * 4 + k
+                    if bit < ecc.CODEWORD_BITS and garbage >> k & 1:
+                        data, check = ecc.flip(data, check, bit)
+            status, fixed, fixed_check, bit = ecc.secded_decode(data, check)
+            if write_back and status is EccStatus.CORRECTED:
+                self._store_clean(addr, fixed)
+            return ReadResult(addr, status, fixed, (bit,) if bit >= 0 else ())
+        stored = bytearray(self._lines[addr >> 2])
+        for dev in failed:
+            stored[dev] ^= self._garbage(addr >> 2, dev)
+        status, data, devices = ecc.chipkill_decode(bytes(stored))
+        if write_back and status is EccStatus.CORRECTED:
+            self._store_clean(addr >> 2, data)
+        off = (addr & 3) * 4
+        return ReadResult(addr, status, int.from_bytes(data[off : off + 4], "little"), tuple(devices))
+
+    def rewrite_row(self, stack: int, channel: int, bank: int, row: int) -> int:
+        """A spare row takes the row's place: every stored word is re-encoded clean from its
+        best-known data (the corrected value, or what was stored if uncorrectable) and the row's
+        stuck cells are gone. Returns the number of codewords moved."""
+        moved = 0
+        for addr in self.addresses():
+            loc = self.geometry.decode(addr)
+            if (loc.stack, loc.channel, loc.bank, loc.row) != (stack, channel, bank, row):
+                continue
+            key = self._key(addr)
+            self._stuck.pop(key, None)
+            if self.mode is EccMode.SECDED:
+                data, check = self._words[addr]
+                status, fixed, _, _ = ecc.secded_decode(data, check)
+                self._store_clean(key, fixed)
+            else:
+                status, fixed_line, _ = ecc.chipkill_decode(bytes(self._lines[key]))
+                self._store_clean(key, fixed_line)
+            moved += 1
+        return moved

@@ -1,0 +1,178 @@
+"""The operator commands: set-power-cap, lock-clocks, reset-clocks, set-valve, ras, clear-ras, reset
+(virtual time over loopback, then the CLI against Mosquitto)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mcm_firmware.clock import run_virtual
+from mcm_firmware.control.dvfs import ClockReason
+from mcm_firmware.host.client import HostClient, NodeError
+from mcm_firmware.host.views import status_json
+from mcm_firmware.plant.memory import Location
+from mcm_firmware.protocol import EventCode, Op, RasResult, Status
+from mcm_firmware.protocol.messages import LockClocksArgs, PowerCapArgs, SetValveArgs
+from mcm_firmware.transport import Channel
+from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
+
+from .conftest import run_cli
+from .helpers import Recorder, loopback_fleet
+
+
+def scenario(fn):
+    async def main():
+        bus = LoopbackBus()
+        rec = await Recorder(bus).start()
+        fleet = loopback_fleet(bus, 2)
+        await fleet.start()
+        try:
+            async with HostClient(LoopbackTransport(bus), fleet="t") as host:
+                await asyncio.sleep(5)
+                return await fn(fleet, host, rec)
+        finally:
+            await fleet.stop()
+            await rec.stop()
+
+    return run_virtual(main)
+
+
+def test_set_power_cap_applies_and_bad_values_change_nothing():
+    async def fn(fleet, host, rec):
+        shard, row = fleet.shard_of(0)
+        await host.request(0, Op.SET_POWER_CAP, PowerCapArgs(watts=800.0))
+        applied = float(shard.dvfs.cap_w[row])
+        errors = []
+        for bad in (100.0, 5000.0, math.nan, math.inf):
+            with pytest.raises(NodeError) as info:
+                await host.request(0, Op.SET_POWER_CAP, PowerCapArgs(watts=bad))
+            errors.append(info.value.response)
+        await asyncio.sleep(15)
+        return applied, float(shard.dvfs.cap_w[row]), errors, shard.dvfs.reasons[row].copy(), rec
+
+    applied, after, errors, reasons, rec = scenario(fn)
+    assert applied == after == 800.0
+    assert all(e.status is Status.BAD_ARGUMENT and "outside 500..1400 W" in e.message for e in errors)
+    assert (reasons & ClockReason.SW_POWER_CAP).all()
+    caps = [e for e in rec.of(0, Channel.EVT) if e.code == EventCode.POWER_CAP_SET]
+    assert [e.value for e in caps] == [800.0]
+
+
+def test_lock_and_reset_clocks():
+    async def fn(fleet, host, rec):
+        shard, row = fleet.shard_of(1)
+        await host.request(1, Op.LOCK_CLOCKS, LockClocksArgs(mhz=1100))
+        await asyncio.sleep(1)
+        locked = shard.dvfs.mhz[row].copy()
+        st = status_json(1, await host.status(1))
+        with pytest.raises(NodeError, match="outside 350..2000 MHz"):
+            await host.request(1, Op.LOCK_CLOCKS, LockClocksArgs(mhz=3000))
+        await host.request(1, Op.RESET_CLOCKS)
+        await asyncio.sleep(1)
+        return locked, st, shard.dvfs.mhz[row].copy()
+
+    locked, st, released = scenario(fn)
+    assert (locked == 1100).all() and (released == 2000).all()
+    assert st["clocks_locked"] is True and st["pstate"] == 5
+    assert all("APPLICATIONS_CLOCKS_SETTING" in d["reason_names"] for d in st["dies"])
+
+
+def test_set_valve_manual_and_auto():
+    async def fn(fleet, host, rec):
+        shard, row = fleet.shard_of(0)
+        await host.request(0, Op.SET_VALVE, SetValveArgs(valve=3, auto=0, pct=25.0))
+        await asyncio.sleep(10)
+        held = float(shard.plant.valve_pos[row, 3])
+        st = status_json(0, await host.status(0))
+        bad = []
+        for args in (SetValveArgs(valve=9, auto=0, pct=10.0), SetValveArgs(valve=1, auto=0, pct=120.0)):
+            with pytest.raises(NodeError) as info:
+                await host.request(0, Op.SET_VALVE, args)
+            bad.append(info.value.response.message)
+        await host.request(0, Op.SET_VALVE, SetValveArgs(valve=3, auto=1, pct=0.0))
+        return held, st, bad, bool(np.isnan(shard.cool.manual[row]).all())
+
+    held, st, bad, all_auto = scenario(fn)
+    assert held == pytest.approx(25.0, abs=0.5)
+    assert st["valves"][3]["manual"] is True and st["valves"][0]["manual"] is False
+    assert bad == ["no valve 9 (valves 0..3)", "valve position 120 % outside 0..100 %"]
+    assert all_auto
+
+
+def test_ras_remap_reset_and_clear_through_commands():
+    async def fn(fleet, host, rec):
+        shard, row = fleet.shard_of(0)
+        ctl = shard.ras[row]
+        addr = ctl.cfg.geometry.encode(Location(3, 4, 5, 678, 8))
+        ctl.inject(addr, [9], stuck=True)  # a weak cell: CEs at every read
+        await asyncio.sleep(5)
+        before = (await host.request(0, Op.RAS)).data
+        st = status_json(0, await host.status(0))
+        await host.request(0, Op.RESET)
+        await asyncio.sleep(1)
+        after = (await host.request(0, Op.RAS)).data
+        await host.request(0, Op.CLEAR_RAS)
+        cleared = (await host.request(0, Op.RAS)).data
+        return before, st, after, cleared, rec
+
+    before, st, after, cleared, rec = scenario(fn)
+    assert isinstance(before, RasResult)
+    assert before.ce >= 2 and before.flags & 1 and before.recovery_action == 1
+    assert [(p.stack, p.channel, p.bank, p.row) for p in before.pending] == [(3, 4, 5, 678)]
+    assert before.stacks[3].ce[4] == before.ce
+    assert st["ras"]["remap_pending"] is True and st["ras"]["recovery_action"] == "GPU_RESET"
+    assert st["ras"]["ce"] == before.ce and st["hbm"][3]["ce"] == before.ce
+    assert after.pending == () and after.remapped_rows == 1 and after.recovery_action == 0
+    assert cleared.ce == 0 and cleared.remapped_rows == 1
+    codes = [e.code for e in rec.of(0, Channel.EVT)]
+    for code in (EventCode.REMAP_PENDING, EventCode.ROW_REMAPPED, EventCode.RESET_DONE, EventCode.RAS_CLEARED):
+        assert code in codes, code.name
+
+
+def test_status_carries_mode_pstate_and_ras():
+    async def fn(fleet, host, rec):
+        return status_json(0, await host.status(0))
+
+    st = scenario(fn)
+    assert st["mode"] == "NORMAL" and st["pstate"] == 0
+    assert st["ras"] == {"ce": 0, "ue": 0, "remap_pending": False, "remap_failed": False,
+                         "ce_storm": False, "recovery_action": "NONE"}
+    assert st["vrm_current_a"] > 100
+
+
+async def test_ctl_cli_commands_against_mosquitto(mosquitto):
+    from mcm_firmware.clock import RealClock
+    from mcm_firmware.profile import load_profile
+    from mcm_firmware.runtime.fleet import Fleet
+    from mcm_firmware.transport import transport_factory
+
+    fleet = Fleet.uniform(nodes=1, profile=load_profile("h100-sxm-class"), fleet="default",
+                          transport_factory=transport_factory(mosquitto.url), clock=RealClock())
+    await fleet.start()
+    await fleet.wait_connected(10)
+
+    def ctl(*args):
+        return run_cli("ctl", "--broker", mosquitto.url, "--json", "0", *args)
+
+    try:
+        ok = await asyncio.to_thread(ctl, "set-power-cap", "450")
+        bad = await asyncio.to_thread(ctl, "set-power-cap", "900")
+        usage = await asyncio.to_thread(ctl, "set-power-cap")
+        valve = await asyncio.to_thread(ctl, "set-valve", "0", "auto")
+        ras = await asyncio.to_thread(ctl, "ras")
+        status = await asyncio.to_thread(ctl, "status")
+    finally:
+        await fleet.stop()
+    assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
+    assert bad.returncode == 2
+    err = json.loads(bad.stdout)
+    assert err == {"node": 0, "ok": False, "status": "BAD_ARGUMENT", "message": "power cap 900 W outside 200..700 W"}
+    assert usage.returncode == 2 and "set-power-cap takes one argument" in usage.stderr
+    assert valve.returncode == 0
+    assert ras.returncode == 0 and json.loads(ras.stdout)["ecc"] == "SECDED"
+    st = json.loads(status.stdout)
+    assert st["power_cap_w"] == 450.0 and st["profile"] == "h100-sxm-class"
