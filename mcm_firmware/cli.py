@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="clock speed relative to real time")
     run.add_argument("--first-id", type=_bounded(int, 0, 2**32 - 1, "--first-id"), default=0,
                      help="node id of the first node")
+    run.add_argument("--workload", choices=["idle", "steady", "training", "inference", "mixed"],
+                     default="steady", help="what the dice run; mixed cycles through the four by node")
     run.add_argument("--summary-interval", type=_bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
                      help="seconds between summary lines when stdout is not a terminal")
 
@@ -200,6 +202,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     clock = ScaledClock(args.speed)
     fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
                           transport_factory=factory, clock=clock, seed=args.seed)
+    fleet.set_workload(args.workload)
     print(f"running {args.nodes} nodes (ids {args.first_id}..{args.first_id + args.nodes - 1}) "
           f"of {profile.name} in fleet {args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...",
           flush=True)

@@ -36,7 +36,8 @@ def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):
 
 
 def test_run_duration_ends_by_itself(cli_process):
-    run = cli_process("run", "--nodes", "1", "--embedded-port", str(free_port()), "--duration", "1.5")
+    run = cli_process("run", "--nodes", "1", "--embedded-port", str(free_port()), "--duration", "1.5",
+                      "--workload", "mixed")
     assert run.wait(30) == 0
     run.wait_line("stopped 1 nodes")
 
@@ -73,6 +74,7 @@ def test_ctl_timeout_exits_1(mosquitto):
     (("run", "--nodes", "0"), "--nodes must be within"),
     (("run", "--nodes", "many"), "--nodes must be a whole number"),
     (("run", "--speed", "-1"), "--speed must be within"),
+    (("run", "--workload", "mining"), "invalid choice"),
     (("run", "--broker", "http://x"), "scheme must be mqtt://"),
     (("run", "--fleet", "a/b"), "fleet name"),
     (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from ..clock import Clock, Deadlines
+from ..plant.workload import Workload
 from ..profile import Profile
 from ..protocol import DeathReason
 from ..transport import TransportFactory
@@ -70,6 +71,15 @@ class Fleet:
     @classmethod
     def uniform(cls, *, nodes: int, profile: Profile, first_id: int = 0, **kw: object) -> Fleet:
         return cls(members=[(first_id + i, profile) for i in range(nodes)], **kw)  # type: ignore[arg-type]
+
+    def set_workload(self, name: str) -> None:
+        """``idle``, ``steady``, ``training``, ``inference`` for every node, or ``mixed``: the four
+        in turn by node id."""
+        kinds = list(Workload)
+        for i, nid in enumerate(sorted(self.nodes)):
+            kind = kinds[i % len(kinds)] if name == "mixed" else Workload[name.upper()]
+            shard, row = self.shard_of(nid)
+            shard.set_workload(row, kind)
 
     def shard_of(self, node_id: int) -> tuple[Shard, int]:
         node = self.nodes[node_id]
