@@ -300,6 +300,14 @@ class RasController:
         self.pending.clear()
         return events
 
+    def reboot(self) -> list[RasEvent]:
+        """The controller boots again: pending remaps are applied (as by a reset) and the volatile
+        counters start from zero."""
+        events = self.reset()
+        self.clear()
+        self.latent = {a for a in self.latent if self.store.stuck_bits(a)}
+        return events
+
     def clear(self) -> None:
         """Clear the error counters (remap state and poisoned words stay)."""
         self.ce[:] = 0

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import Op, Response, StatusResult
-from ..protocol.messages import LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
+from ..faults import FaultError, parse_clear, parse_fault
+from ..protocol.messages import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
 from .client import HostClient
 from .views import ras_json, status_json
 
@@ -105,6 +106,28 @@ register(CtlCommand("clear-ras", Op.CLEAR_RAS, "clear-ras", "clear the HBM error
                     _no_args("clear-ras"), _show_ok))
 register(CtlCommand("reset", Op.RESET, "reset", "module reset: applies pending row remaps",
                     _no_args("reset"), _show_ok))
+
+
+def _parse_inject(args: list[str]) -> InjectArgs:
+    try:
+        f = parse_fault(args)
+    except FaultError as e:
+        raise UsageError(str(e)) from None
+    return InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2)
+
+
+def _parse_clear(args: list[str]) -> ClearFaultArgs:
+    try:
+        c = parse_clear(args)
+    except FaultError as e:
+        raise UsageError(str(e)) from None
+    return ClearFaultArgs(kind=0 if c.kind is None else int(c.kind), target=c.target)
+
+
+register(CtlCommand("inject", Op.INJECT, "inject FAULT [TARGET] [VALUE] [VALUE2]",
+                    "inject a fault (see docs/faults.md)", _parse_inject, _show_ok))
+register(CtlCommand("clear-fault", Op.CLEAR_FAULT, "clear-fault FAULT [TARGET]|all",
+                    "clear injected faults", _parse_clear, _show_ok))
 
 
 def parse_float(text: str, what: str) -> float:

@@ -110,6 +110,7 @@ def status_json(node: int, st: StatusResult) -> dict[str, Any]:
     }
     out.update(snap)
     out["pumps"] = pumps_json(st.snapshot, st.pump_names)
+    out["faults"] = list(st.faults)
     out["counters"] = {
         "rx_frames": st.rx_frames, "rx_rejected": st.snapshot.rx_rejected, "tx_frames": st.tx_frames,
         "tx_dropped": st.tx_dropped, "reconnects": st.reconnects,

@@ -216,6 +216,16 @@ class HbmStore:
     def repair_devices(self) -> None:
         self.failed_devices.clear()
 
+    def repair_device(self, stack: int, device: int) -> None:
+        self.failed_devices.get(stack, set()).discard(device)
+        if not self.failed_devices.get(stack, True):
+            del self.failed_devices[stack]
+
+    def unstick(self, addr: int) -> None:
+        """The cells of the codeword at ``addr`` are no longer stuck (they read right once
+        rewritten)."""
+        self._stuck.pop(self._key(addr), None)
+
     # --- the read path through the ECC engine ----------------------------------------------------
 
     def _garbage(self, addr: int, device: int) -> int:

@@ -135,6 +135,7 @@ class PlantInputs:
     pump_overcurrent: np.ndarray  # [N,P] bool: the pump draws far too much current
     valve_stuck: np.ndarray  # [N,V] bool: the stem does not move
     inlet_offset_c: np.ndarray  # [N] added to the profile's inlet temperature
+    vrm_factor: np.ndarray  # [N] the VRM current is this many times what the dice draw (a fault)
 
     @classmethod
     def idle(cls, params: PlantParams, profile: Profile) -> PlantInputs:
@@ -154,6 +155,7 @@ class PlantInputs:
             pump_overcurrent=np.zeros((n, p), bool),
             valve_stuck=np.zeros((n, v), bool),
             inlet_offset_c=np.zeros(n),
+            vrm_factor=np.ones(n),
         )
 
 
@@ -242,7 +244,7 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     p_hbm = np.where(on, params.hbm_power_w * (0.25 + 0.75 * u.hbm_util), 0.0)
     s.p_die, s.p_hbm = p_die, p_hbm
     s.p_total = p_die.sum(axis=1) + p_hbm.sum(axis=1)
-    s.vrm_current = (p_die / np.maximum(u.mv * 1e-3, 0.1)).sum(axis=1)
+    s.vrm_current = (p_die / np.maximum(u.mv * 1e-3, 0.1)).sum(axis=1) * u.vrm_factor
 
     # --- heat transfer coefficients per die region
     q_die = q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die]

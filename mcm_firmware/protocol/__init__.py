@@ -24,6 +24,8 @@ from .messages import (
     DieTelemetry,
     Event,
     HbmTelemetry,
+    ClearFaultArgs,
+    InjectArgs,
     LockClocksArgs,
     Message,
     PendingRow,
@@ -41,7 +43,7 @@ from .messages import (
 
 __all__ = [
     "MODULE_SUBJECT", "Birth", "Capability", "Command", "CoolingMode", "Death", "DeathReason", "EventCode",
-    "DieTelemetry", "Event", "LockClocksArgs", "PendingRow", "PowerCapArgs", "RasResult", "SetValveArgs",
+    "DieTelemetry", "Event", "ClearFaultArgs", "InjectArgs", "LockClocksArgs", "PendingRow", "PowerCapArgs", "RasResult", "SetValveArgs",
     "StackErrors", "FrameError", "FrameFlags", "HbmTelemetry", "Message", "MsgType",
     "NodeState", "Op", "PumpFlags", "PumpTelemetry", "Reason", "Response", "Severity", "Snapshot",
     "SnapshotFlags", "Status", "StatusResult", "Telemetry", "ValveFlags", "ValveTelemetry",

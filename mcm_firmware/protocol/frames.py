@@ -64,6 +64,8 @@ class Op(IntEnum):
     RAS = 0x0020
     CLEAR_RAS = 0x0021
     RESET = 0x0022
+    INJECT = 0x0030
+    CLEAR_FAULT = 0x0031
 
 
 class Status(IntEnum):
@@ -137,6 +139,8 @@ class EventCode(IntEnum):
     ROW_REMAPPED = 45  # subject: stack
     RAS_CLEARED = 46
     RESET_DONE = 47  # value: rows remapped
+    FAULT_INJECTED = 50  # subject: fault kind; text: the fault
+    FAULT_CLEARED = 51  # subject: fault kind (0: all); text: what was cleared
 
 
 class Capability(IntFlag):
@@ -291,6 +295,17 @@ CommandArgs: dict[Op, c.Construct] = {
         "auto" / c.Int8ul,  # 1: back to automatic control (pct ignored)
         "pct" / c.Float32l,
     ),
+    # the fault model of mcm_firmware.faults: kind, target text, two numbers (NaN: not given)
+    Op.INJECT: c.Struct(
+        "kind" / c.Int8ul,
+        "target" / Text8,
+        "value" / c.Float64l,
+        "value2" / c.Float64l,
+    ),
+    Op.CLEAR_FAULT: c.Struct(
+        "kind" / c.Int8ul,  # 0: every fault
+        "target" / Text8,  # empty: every target of the kind
+    ),
 }
 
 Command = c.Struct(
@@ -310,6 +325,7 @@ StatusData = c.Struct(
     "tx_dropped" / c.Int32ul,
     "reconnects" / c.Int32ul,
     "pump_names" / c.PrefixedArray(c.Int8ul, Text8),
+    "faults" / c.PrefixedArray(c.Int8ul, Text8),  # injected faults in force, as "kind target value"
     "snapshot" / Snapshot,
 )
 

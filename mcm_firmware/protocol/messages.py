@@ -96,6 +96,7 @@ class StatusResult:
     tx_dropped: int
     reconnects: int
     pump_names: tuple[str, ...]
+    faults: tuple[str, ...]
     snapshot: Snapshot
 
 
@@ -114,6 +115,20 @@ class SetValveArgs:
     valve: int
     auto: int  # 1: return the valve to automatic control
     pct: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InjectArgs:
+    kind: int  # mcm_firmware.faults.FaultKind
+    target: str
+    value: float
+    value2: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClearFaultArgs:
+    kind: int  # 0: every fault
+    target: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +166,8 @@ ARG_TYPES: dict[Op, type] = {
     Op.SET_POWER_CAP: PowerCapArgs,
     Op.LOCK_CLOCKS: LockClocksArgs,
     Op.SET_VALVE: SetValveArgs,
+    Op.INJECT: InjectArgs,
+    Op.CLEAR_FAULT: ClearFaultArgs,
 }
 RESULT_TYPES: dict[Op, type] = {Op.STATUS: StatusResult, Op.RAS: RasResult}
 

@@ -25,8 +25,9 @@ import logging
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,15 +59,29 @@ from ..protocol import (
 )
 from ..protocol.codec import encode_body, snapshot_from_payload
 from ..protocol.messages import PendingRow, RasResult, StackErrors
-from ..transport import Address, Channel, Subscription, Transport, TransportError, TransportFactory, Will
+from ..faults import SPECS, ClearSpec, Fault, FaultError, FaultKind, make_fault
+from ..transport import (
+    Address,
+    Channel,
+    Delivery,
+    Subscription,
+    Transport,
+    TransportError,
+    TransportFactory,
+    Will,
+)
+from ..transport.loopback import LinkFaults
 from .backoff import Backoff, RateLimiter
+from .injection import apply_fault, clear_faults
 from .shard import Shard
 
 log = logging.getLogger(__name__)
 
 CAPABILITIES = (Capability.TELEMETRY | Capability.DVFS | Capability.POWER_CAP | Capability.COOLANT_CONTROL
-                | Capability.RAS)
+                | Capability.RAS | Capability.FAULT_INJECTION)
 RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
+BOOT_TIME_S = 2.0  # a rebooting controller is away this long
+LIFECYCLE_GRACE_S = 0.05  # a crash or reboot waits this long, so that its command is answered
 OUTBOX_LIMIT = 1024  # events/responses kept while the link is down
 U32 = 0xFFFFFFFF
 
@@ -153,8 +168,14 @@ class Node:
         self._answered: OrderedDict[int, Response] = OrderedDict()
         self._reject_limiter = RateLimiter(rate=10.0, burst=20.0)
         self._tasks: list[asyncio.Task[None]] = []
+        self._life: asyncio.Task[None] | None = None  # a crash or reboot under way
+        self._delayed: set[asyncio.TimerHandle] = set()
+        self._stray: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.connected_once = asyncio.Event()
+        self.link_faults: LinkFaults | None = None
+        self._link_params: dict[str, float] = {}
+        self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
 
     # --- identity and framing ---------------------------------------------------------------
 
@@ -191,10 +212,18 @@ class Node:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def up(self) -> bool:
+        """The controller is running (not stopped, not crashed, not rebooting)."""
+        return bool(self._tasks) and not self._stopping
+
     def start(self) -> None:
+        """Boot: BOOT event, then the link and tx tasks."""
         if self._tasks:
             raise RuntimeError("node already started")
+        self._stopping = False
         self.shard.boot_t[self.row] = self.shard.t
+        self.shard.active[self.row] = True
         self.state = NodeState.RUNNING
         self.emit_event(Severity.INFO, EventCode.BOOT, value=self.boot_count, text=f"firmware {__version__}")
         self._tasks = [
@@ -204,7 +233,11 @@ class Node:
 
     async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN, timeout: float = 2.0) -> None:
         """Clean shutdown: flush what is queued, publish a retained DEATH, close the link."""
-        if self._stopping:
+        if self._life is not None and self._life is not asyncio.current_task():
+            self._life.cancel()
+            await asyncio.gather(self._life, return_exceptions=True)
+            self._life = None
+        if self._stopping or not self._tasks:
             return
         self._stopping = True
         self.state = NodeState.STOPPING
@@ -220,24 +253,74 @@ class Node:
                 self.counters.tx_frames += 1
             except (TransportError, TimeoutError):
                 pass
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        if tr is not None:
-            await tr.close()
-        self._transport = None
-        self._link_up.clear()
+        await self._teardown(abort=False)
 
-    def crash(self) -> None:
-        """Vanish without a word (for the loopback transport: its will fires)."""
-        tr = self._transport
-        crash = getattr(tr, "crash", None)
-        if crash is not None:
-            crash()
+    async def _teardown(self, *, abort: bool) -> None:
+        """End this life: tasks, delayed frames, the link (closed cleanly, or aborted so that the
+        will fires). The module's hardware keeps running on its last settings."""
         self._stopping = True
-        for task in self._tasks:
+        tr, self._transport = self._transport, None
+        self._link_up.clear()
+        if tr is not None and abort:
+            await tr.abort()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks = []
+        for handle in list(self._delayed):
+            handle.cancel()
+        self._delayed.clear()
+        strays = list(self._stray)
+        for task in strays:
+            task.cancel()
+        await asyncio.gather(*strays, return_exceptions=True)
+        if tr is not None and not abort:
+            await tr.close()
+        self._urgent.clear()
+        self._events.clear()
+        self._telemetry = None
+        self.shard.active[self.row] = False
+
+    def crash(self, *, reboot_after: float = 0.0) -> None:
+        """Vanish without a word: the link is aborted (the will fires); after ``reboot_after``
+        seconds (0: never) the controller boots again."""
+        self._spawn_life(self._crash(reboot_after), "crash")
+
+    def reboot(self) -> None:
+        """A clean reboot: DEATH (REBOOT), down for BOOT_TIME_S, then a new BIRTH."""
+        self._spawn_life(self._reboot(), "reboot")
+
+    def _spawn_life(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        if self._life is not None and not self._life.done():
+            coro.close()
+            raise CommandError(Status.REFUSED, f"a {what} is already under way")
+        self._life = asyncio.get_running_loop().create_task(coro, name=f"node-{self.node_id}-{what}")
+
+    async def _crash(self, reboot_after: float) -> None:
+        await asyncio.sleep(LIFECYCLE_GRACE_S)  # let the answer to the command leave first
+        await self._teardown(abort=True)
+        self.state = NodeState.BOOTING
+        if reboot_after > 0:
+            await self.clock.sleep(reboot_after)
+            self._boot_again()
+
+    async def _reboot(self) -> None:
+        await asyncio.sleep(LIFECYCLE_GRACE_S)
+        await self.stop(reason=DeathReason.REBOOT)
+        self.state = NodeState.BOOTING
+        await self.clock.sleep(BOOT_TIME_S)
+        self._boot_again()
+
+    def _boot_again(self) -> None:
+        self.boot_count = (self.boot_count + 1) & U32
+        self.counters = Counters()
+        self._answered.clear()
+        self._link_params.clear()
+        self.link_faults = None
+        self.shard.reset_row(self.row)
+        self.start()
 
     async def _flush(self) -> None:
         while self._urgent or self._events:
@@ -246,6 +329,42 @@ class Node:
     @property
     def link_up(self) -> bool:
         return self._link_up.is_set()
+
+    # --- link faults (applied by the node's own link layer, on any transport) -------------------
+
+    def set_link_fault(self, name: str, value: float | None, *, after_answer: bool = False) -> None:
+        """``drop``, ``corrupt``, ``duplicate`` (probabilities), ``delay``, ``jitter`` (seconds);
+        None removes it. ``after_answer``: from just after the answer to the command that set it."""
+        if after_answer:
+            self._later(LIFECYCLE_GRACE_S, self.set_link_fault, name, value)
+            return
+        if value is None:
+            self._link_params.pop(name, None)
+        else:
+            self._link_params[name] = value
+        self.link_faults = (LinkFaults(seed=self._rng.getrandbits(32), **self._link_params)
+                            if self._link_params else None)
+
+    def _plan(self, addr: Address, payload: bytes) -> list[tuple[float, Delivery]]:
+        d = Delivery(addr, payload)
+        return self.link_faults(d) if self.link_faults is not None else [(0.0, d)]
+
+    def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
+        handle: asyncio.TimerHandle
+
+        def run() -> None:
+            self._delayed.discard(handle)
+            fn(*args)
+
+        handle = asyncio.get_running_loop().call_later(delay, run)
+        self._delayed.add(handle)
+
+    def _publish_later(self, tr: Transport, d: Delivery, retain: bool, reliable: bool) -> None:
+        task = asyncio.get_running_loop().create_task(
+            _publish_quietly(tr, d.address, d.payload, retain=retain, reliable=reliable),
+            name=f"node-{self.node_id}-delayed-tx")
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
 
     async def _link_task(self) -> None:
         first = True
@@ -268,7 +387,11 @@ class Node:
                 self.connected_once.set()
                 while True:
                     delivery = await tr.receive()
-                    self._on_frame(delivery.payload)
+                    for delay, d in self._plan(delivery.address, delivery.payload):
+                        if delay > 0:
+                            self._later(delay, self._on_frame, d.payload)
+                        else:
+                            self._on_frame(d.payload)
             except TransportError as e:
                 if not self._stopping:
                     log.info("node %s: link down: %s", self.node_id, e)
@@ -306,7 +429,11 @@ class Node:
                     frame = self._frame(MsgType.TELEMETRY, payload)
                     addr, retain, reliable = self.address(Channel.TLM), False, False
                 try:
-                    await tr.publish(addr, frame, retain=retain, reliable=reliable)
+                    for delay, d in self._plan(addr, frame):
+                        if delay > 0:
+                            self._publish_later(tr, d, retain, reliable)
+                        else:
+                            await tr.publish(d.address, d.payload, retain=retain, reliable=reliable)
                     self.counters.tx_frames += 1
                 except TransportError:
                     self.counters.tx_dropped += 1
@@ -332,6 +459,8 @@ class Node:
 
     def emit_event(self, severity: Severity, code: EventCode, *, subject: int = MODULE_SUBJECT,
                    value: float = 0.0, text: str = "") -> None:
+        if self._stopping:
+            return  # a controller that is down reports nothing
         self._queue(self._events, _Out(Channel.EVT, Event(
             node_id=self.node_id, severity=severity, code=int(code), subject=subject, value=value,
             text=_clip(text))))
@@ -449,8 +578,17 @@ class Node:
             tx_seq=self._seq, rx_frames=c.rx_frames & U32, tx_frames=c.tx_frames & U32,
             tx_dropped=c.tx_dropped & U32, reconnects=c.reconnects & U32,
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),
+            faults=tuple(str(f) for f in self.faults.values())[:255],
             snapshot=snapshot_from_payload(self.record().tobytes()),
         )
+
+
+async def _publish_quietly(tr: Transport, addr: Address, frame: bytes, *, retain: bool,
+                           reliable: bool) -> None:
+    try:
+        await tr.publish(addr, frame, retain=retain, reliable=reliable)
+    except TransportError:
+        pass
 
 
 # --- command handlers -------------------------------------------------------------------------
@@ -536,6 +674,33 @@ def _reset(node: Node, cmd: Command) -> None:
     node.shard.ras_events(node.row, events)
     node.emit_event(Severity.NOTICE, EventCode.RESET_DONE, value=len(events),
                     text=f"reset: {len(events)} pending row(s) remapped")
+
+
+@handler(Op.INJECT)
+def _inject(node: Node, cmd: Command) -> None:
+    a = cmd.args
+    try:
+        kind = FaultKind(a.kind)
+        fault = apply_fault(node, make_fault(kind, a.target, a.value, a.value2))
+    except ValueError as e:  # FaultError, or an unknown kind number
+        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
+                           f"unknown fault kind {a.kind}") from None
+    node.emit_event(Severity.WARNING, EventCode.FAULT_INJECTED, subject=int(kind), text=str(fault))
+
+
+@handler(Op.CLEAR_FAULT)
+def _clear_fault(node: Node, cmd: Command) -> None:
+    a = cmd.args
+    try:
+        kind = None if a.kind == 0 else FaultKind(a.kind)
+        if kind is not None and not SPECS[kind].clearable:
+            raise FaultError(f"{kind.label} cannot be cleared")
+        cleared = clear_faults(node, ClearSpec(kind, a.target))
+    except ValueError as e:
+        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
+                           f"unknown fault kind {a.kind}") from None
+    what = ", ".join(str(f) for f in cleared) or "nothing"
+    node.emit_event(Severity.NOTICE, EventCode.FAULT_CLEARED, subject=a.kind, text=f"cleared {what}")
 
 
 __all__ = ["CommandError", "HANDLERS", "Node", "handler", "encode"]

@@ -88,8 +88,9 @@ class Shard:
         self.ras_ue = np.zeros((n, p.hbm), np.int64)
         self.ras_flags = np.zeros(n, np.uint16)  # SnapshotFlags bits of RAS
         self.ras_action = np.zeros(n, np.uint8)
+        self.ce_storm_rate = np.zeros((n, p.hbm))  # injected single-bit upsets per second
         self.boot_t = np.full(n, start_t)
-        self.active = np.ones(n, bool)  # rows whose controller is running
+        self.active = np.ones(n, bool)  # rows whose controller is running; others hold their outputs
         self.events: list[ShardEvent] = []
         self._reported_reasons = np.zeros((n, p.dies), np.uint32)
         self._dtype = snapshot_dtype(p.dies, p.hbm, p.pumps, p.valves)
@@ -110,6 +111,8 @@ class Shard:
         demand = self.workload.demand(t, dt)
         self.util = np.where(st.shutdown[:, None], 0.0, utilisation(demand, st.mhz, self.max_mhz))
 
+        down = ~self.active
+        held = self._hold(down) if down.any() else None
         if k % self.div_valve == 0:
             self._cooling_fast(t, dt * self.div_valve)
         if k % self.div_thermal == 0:
@@ -118,6 +121,8 @@ class Shard:
         if k % self.div_dvfs == 0:
             st.forced_min = self.cool.natural.copy()
             dvfs.dvfs_step(self.dvfs_cfg, st, self.util, self.s_die.value, dt * self.div_dvfs)
+        if held is not None:
+            self._restore(held, down)
 
         was_shut, was_ocp = st.shutdown.copy(), st.hw_ocp.copy()
         dvfs.update_power_average(self.dvfs_cfg, st, self.plant.p_total, dt)
@@ -147,6 +152,56 @@ class Shard:
         # the pump driver's current follows its speed; a pump with a shorted winding or a blocked
         # impeller (pump_overcurrent) draws several times more
         self.pump_current = 1.5 * (self.plant.pump_rpm / p.pump_rpm_nom) ** 2 * np.where(u.pump_overcurrent, 3.0, 1.0)
+
+    def _firmware_arrays(self) -> list[tuple[object, str]]:
+        """The firmware's outputs and memory: what a controller that is down does not change."""
+        st, cool = self.dvfs, self.cool
+        return [(st, "pstate"), (st, "reasons"), (st, "f_cap"), (st, "f_therm"), (st, "trim"), (st, "dither"),
+                (st, "forced_min"), (cool, "valve_cmd"), (cool, "pump_on"), (cool, "lead"),
+                (cool, "flow_setpoint"), (cool, "failsafe"), (cool, "pump_fault"), (cool, "natural"),
+                (cool, "pump_started"), (cool, "last_alternate"), (cool.die_pid, "integral"),
+                (cool.die_pid, "last"), (cool.hbm_pid, "integral"), (cool.hbm_pid, "last"),
+                (cool.valve_pid, "integral"), (cool.valve_pid, "last")]
+
+    def _hold(self, down: np.ndarray) -> list[np.ndarray]:
+        return [np.array(getattr(obj, name)[down], copy=True) for obj, name in self._firmware_arrays()]
+
+    def _restore(self, held: list[np.ndarray], down: np.ndarray) -> None:
+        for (obj, name), saved in zip(self._firmware_arrays(), held, strict=True):
+            arr = np.array(getattr(obj, name), copy=True)
+            arr[down] = saved
+            setattr(obj, name, arr)
+
+    def reset_row(self, row: int) -> None:
+        """The controller of ``row`` boots again: its firmware state starts afresh (zones in
+        failsafe, default power cap, no locked clocks, no latched pump faults, volatile RAS
+        counters cleared and pending remaps applied). The hardware keeps its state."""
+        cfg, st = self.dvfs_cfg, self.dvfs
+        st.pstate[row] = len(cfg.mhz) - 1
+        st.f_cap[row] = cfg.f_max
+        st.f_therm[row] = cfg.f_max
+        st.trim[row] = 1.0
+        st.dither[row] = 0.0
+        st.lock_mhz[row] = 0.0
+        st.cap_w[row] = self.profile.power.default_cap_w
+        cool, ccfg = self.cool, self.cool_cfg
+        cool.failsafe[row] = True
+        cool.manual[row] = np.nan
+        cool.pump_fault[row] = False
+        cool.lead[row] = 0
+        cool.pump_on[row] = False
+        cool.pump_on[row, 0] = True
+        cool.pump_started[row] = self.t
+        cool.last_alternate[row] = self.t
+        cool.natural[row] = False
+        cool.flow_setpoint[row] = ccfg.q_max
+        cool.die_pid.reset(np.arange(self.n) == row, ccfg.q_max)
+        cool.hbm_pid.reset(np.arange(self.n) == row, ccfg.q_max)
+        cool.valve_pid.integral[row] = 100.0
+        cool.valve_pid.last[row] = 100.0
+        self.ras_events(row, self.ras[row].reboot())
+        self._reported_reasons[row] = 0
+        self.boot_t[row] = self.t
 
     def _cooling_thermal(self, t: float, ts: float) -> None:
         before = cc.thermal_step(
@@ -236,15 +291,19 @@ class Shard:
             return
         factor = cfg.error_rate_factor(self.plant.t_hbm) * ts
         live = ~self.dvfs.shutdown[:, None]
+        storms = self.ce_storm_rate.any()
         for rate, nbits in ((cfg.sbe_rate_per_s, 1), (cfg.dbe_rate_per_s, 2)):
-            if rate <= 0:
+            if rate <= 0 and not (storms and nbits == 1):
                 continue
-            hits = self.rng.poisson(rate * factor) * live
+            lam = rate * factor + (self.ce_storm_rate * ts if nbits == 1 else 0.0)
+            hits = self.rng.poisson(lam) * live
             for row, stack in zip(*np.nonzero(hits), strict=True):
                 for _ in range(int(hits[row, stack])):
                     self.ras[row].inject_random(int(stack), nbits)
         util = self.inputs.hbm_util
         for row, ctl in enumerate(self.ras):
+            if not self.active[row]:
+                continue  # nobody reads the errors while the controller is down
             if ctl.latent or ctl.store.failed_devices or len(ctl.store) or ctl.storm:
                 self.ras_events(row, ctl.step(t, ts, util[row]))
 

@@ -7,7 +7,9 @@ message encodes to exactly that hex.
 
 from __future__ import annotations
 
+from ..faults import FaultKind
 from ..protocol.messages import (
+    InjectArgs,
     PendingRow,
     PowerCapArgs,
     RasResult,
@@ -79,7 +81,7 @@ GOLDEN: dict[str, Message] = {
         status=Status.OK,
         data=StatusResult(profile="colossus-mcm", firmware="0.1.0", boot_count=1, tx_seq=44,
                           rx_frames=2, tx_frames=44, tx_dropped=0, reconnects=0,
-                          pump_names=("A", "B"), snapshot=SNAPSHOT),
+                          pump_names=("A", "B"), faults=("pump-fail A",), snapshot=SNAPSHOT),
     ),
     "response-unknown-op": Response(node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777,
                                     status=Status.UNKNOWN_OP, message="unknown op"),
@@ -100,6 +102,10 @@ GOLDEN: dict[str, Message] = {
     "response-bad-argument": Response(node_id=3, seq=48, timestamp_ns=T0, request_id=0x01020309,
                                       op=Op.SET_POWER_CAP, status=Status.BAD_ARGUMENT,
                                       message="power cap 2000 W outside 500..1400 W"),
+    "command-inject": Command(node_id=3, seq=10, timestamp_ns=T0, flags=int(FrameFlags.HOST),
+                              request_id=0x0102030A, op=Op.INJECT,
+                              args=InjectArgs(kind=int(FaultKind.SENSOR_STUCK), target="die:2", value=95.0,
+                                              value2=0.0)),
     "event": Event(node_id=3, seq=46, timestamp_ns=T0, severity=Severity.WARNING,
                    code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
                    text="zone 2 enters failsafe"),

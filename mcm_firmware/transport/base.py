@@ -86,6 +86,11 @@ class Transport(ABC):
     async def close(self) -> None:
         """Close cleanly (the will is not published). Idempotent."""
 
+    async def abort(self) -> None:
+        """Drop the link without a clean goodbye, as a crashed process would: the far side
+        publishes the will. Transports without wills just close."""
+        await self.close()
+
     @abstractmethod
     async def subscribe(self, sub: Subscription) -> None: ...
 

@@ -161,6 +161,9 @@ class LoopbackTransport(Transport):
         """Vanish without closing: the bus publishes the will (like a killed process)."""
         self._severed()
 
+    async def abort(self) -> None:
+        self.crash()
+
     def _severed(self) -> None:
         if self._connected:
             self._connected = False

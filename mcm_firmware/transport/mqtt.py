@@ -122,6 +122,19 @@ class MqttTransport(Transport):
             except (aiomqtt.MqttError, TimeoutError):
                 pass  # already down, or the broker does not answer: nothing to close cleanly
 
+    async def abort(self) -> None:
+        """Shut the TCP connection down under the MQTT client: no DISCONNECT is sent, so the
+        broker publishes the Last Will at once."""
+        client = self._client
+        if client is not None:
+            sock = client._client.socket()  # paho's socket; aiomqtt exposes no abort
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        await self.close()
+
     def _require(self) -> aiomqtt.Client:
         if self._client is None:
             raise TransportError(f"not connected to {self.url}")
