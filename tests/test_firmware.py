@@ -3,6 +3,8 @@ power capping, thermal slowdown and shutdown, coolant failsafe, pump failover, n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -247,7 +249,7 @@ def test_vrm_over_current_is_a_hardware_slowdown_without_the_thermal_bit():
     sim.run(10)
     before = sim.sh.dvfs.mhz[0].copy()
     limit = float(sim.sh.plant.vrm_current[0]) * 0.9
-    sim.sh.dvfs_cfg = type(sim.sh.dvfs_cfg)(**{**sim.sh.dvfs_cfg.__dict__, "vrm_limit_a": limit})
+    sim.sh.dvfs_cfg = dataclasses.replace(sim.sh.dvfs_cfg, vrm_limit_a=limit)
     n0 = len(sim.trace["t"])
     sim.run(0.5)
     r = sim.a("reasons")[n0:, 0]
@@ -339,7 +341,7 @@ def test_speed_feedback_loss_is_a_fault():
 def test_pumps_alternate_periodically():
     sim = Sim("colossus-mcm")
     cfg = sim.sh.cool_cfg
-    sim.sh.cool_cfg = type(cfg)(**{**cfg.__dict__, "alternate_s": 30.0})
+    sim.sh.cool_cfg = dataclasses.replace(cfg, alternate_s=30.0)
     sim.run(95)
     leads = [e.subject for e in sim.codes(EventCode.PUMP_ALTERNATE)]
     assert leads == [1, 0, 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -158,7 +159,7 @@ def test_a_stuck_cell_comes_back_after_write_back_a_transient_one_does_not():
 def controller(profile: str = "colossus-mcm", **over) -> RasController:
     cfg = RasConfig.from_profile(load_profile(profile))
     if over:
-        cfg = RasConfig(**{**cfg.__dict__, **over})
+        cfg = dataclasses.replace(cfg, **over)
     return RasController(cfg, random.Random(7))
 
 
@@ -233,22 +234,26 @@ def test_a_ce_storm_starts_and_ends():
     assert "CE_STORM_END" in kinds(events) and not r.storm
 
 
-def test_patrol_scrub_finds_and_corrects_latent_errors():
-    r = controller(scrub_words_per_s=100.0, access_rate_hz=0.0)
+def test_patrol_scrub_walks_the_address_space_and_corrects_latent_errors():
+    r = controller(scrub_interval_s=100.0, access_rate_hz=0.0)
     g = r.cfg.geometry
-    addrs = [g.encode(Location(s, 0, 0, s, 0)) for s in range(8)]
+    addrs = [g.encode(Location(s, 0, 0, s, 0)) for s in range(8)]  # one per stack, spread over the map
     for a in addrs:
         r.inject(a, [5])
     assert len(r.latent) == 8
-    r.step(1.0, 1.0, np.zeros(8))
-    assert not r.latent and r.ce.sum() == 8 and r.scrubbed >= 8
+    r.step(50.0, 50.0, np.zeros(8))  # half a pass: the cursor passed the first half of the map
+    assert 0 < r.ce.sum() < 8 and r.scrub_passes == 0
+    assert 50.0 < r.scrub_due(50.0) <= 100.0  # the next stored word lies in the second half
+    r.step(100.0, 50.0, np.zeros(8))
+    assert not r.latent and r.ce.sum() == 8 and r.scrub_passes == 1
+    assert r.scrubbed == g.words
     assert all(r.store.read(a).status is EccStatus.OK for a in addrs)
 
 
 def test_demand_reads_find_errors_in_proportion_to_bandwidth():
     found = []
     for util in (0.0, 1.0):
-        r = controller(scrub_words_per_s=0.0, access_rate_hz=2.0)
+        r = controller(scrub_interval_s=0.0, access_rate_hz=2.0)
         for s in range(8):
             for k in range(25):
                 r.inject(r.cfg.geometry.encode(Location(s, k % 16, k, k, 0)), [7])

@@ -14,8 +14,9 @@ below a floor.
 meets the setpoint, with output limits (``min_valve_pct``..100) and slew limits.
 
 **Failsafe.** A zone starts in failsafe. At each thermal period it is in failsafe if any required
-input is failed or older than ``sensor_timeout_s``; it leaves only when all are fresh. In failsafe
-the valve command is at least ``failsafe_pct``.
+input is failed or stale: older than ``sensor_timeout_s``, or than two sensor sample periods when
+the profile samples more slowly than that. It leaves only when all are fresh. In failsafe the
+valve command is at least ``failsafe_pct``.
 
 **Pumps.** The lead pump runs, the lag pump stands by. A lead pump whose driver reports a fault,
 whose speed feedback is lost (failed or stale tachometer, or speed below ``PUMP_MIN_SPEED`` of
@@ -58,6 +59,8 @@ class CoolantConfig:
     q_max: float  # L/min per valve at full opening on one pump
     thermal: PidConfig
     valve: PidConfig
+    die_zones: Zones
+    hbm_zones: Zones
 
     @classmethod
     def from_profile(cls, p: Profile) -> CoolantConfig:
@@ -70,11 +73,14 @@ class CoolantConfig:
             pumps=len(c.pumps),
             die_valve=die_valve,
             hbm_valve=die_valve[hbm_region],
+            die_zones=Zones(die_valve, c.valves),
+            hbm_zones=Zones(die_valve[hbm_region], c.valves),
             target_c=p.thermal.target_c,
             hbm_target_c=p.thermal.hbm_max_c - HBM_MARGIN_C,
             failsafe_pct=c.failsafe_pct,
             min_valve_pct=c.min_valve_pct,
-            sensor_timeout_s=c.sensor_timeout_s,
+            # a reading cannot be fresher than the sensors are sampled: at least two periods
+            sensor_timeout_s=max(c.sensor_timeout_s, 2.0 / p.rates.tick_hz),
             alternate_s=c.pump_alternate_h * 3600.0,
             pump_rpm_nom=np.array([pp.nominal_rpm for pp in c.pumps], float),
             q_max=q_max,
@@ -120,24 +126,34 @@ class CoolantState:
         self.natural = np.zeros(n, bool)
 
 
-def _zone_max(values: np.ndarray, member_valve: np.ndarray, valves: int) -> np.ndarray:
-    """Per module and zone, the largest of the member readings (NaN ignored; -inf if none)."""
-    out = np.full((values.shape[0], valves), -np.inf)
-    v = np.where(np.isnan(values), -np.inf, values)
-    for z in range(valves):
-        cols = member_valve == z
-        if cols.any():
-            out[:, z] = v[:, cols].max(axis=1)
-    return out
+class Zones:
+    """Which members (dice or stacks) belong to which zone, for one-call reductions."""
 
+    def __init__(self, member_zone: np.ndarray, zones: int) -> None:
+        self.order = np.argsort(member_zone, kind="stable")
+        sorted_zone = member_zone[self.order]
+        self.present = np.unique(sorted_zone)
+        self.starts = np.searchsorted(sorted_zone, self.present)
+        self.zones = zones
+        self.identity = len(member_zone) == zones and bool((member_zone == np.arange(zones)).all())
 
-def _zone_all(ok: np.ndarray, member_valve: np.ndarray, valves: int) -> np.ndarray:
-    out = np.ones((ok.shape[0], valves), bool)
-    for z in range(valves):
-        cols = member_valve == z
-        if cols.any():
-            out[:, z] = ok[:, cols].all(axis=1)
-    return out
+    def max(self, values: np.ndarray) -> np.ndarray:
+        """Per row and zone, the largest member reading (NaN ignored; -inf where none)."""
+        v = np.where(np.isnan(values), -np.inf, values)
+        if self.identity:
+            return v
+        out = np.full((values.shape[0], self.zones), -np.inf)
+        if len(self.present):
+            out[:, self.present] = np.maximum.reduceat(v[:, self.order], self.starts, axis=1)
+        return out
+
+    def all(self, ok: np.ndarray) -> np.ndarray:
+        if self.identity:
+            return ok
+        out = np.ones((ok.shape[0], self.zones), bool)
+        if len(self.present):
+            out[:, self.present] = np.logical_and.reduceat(ok[:, self.order], self.starts, axis=1)
+        return out
 
 
 def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.ndarray,
@@ -147,9 +163,9 @@ def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.nd
     before = st.failsafe.copy()
     fresh_die = (die_age <= cfg.sensor_timeout_s) & ~die_failed & ~np.isnan(die_temp)
     fresh_flow = (flow_age <= cfg.sensor_timeout_s) & ~flow_failed
-    st.failsafe = ~(_zone_all(fresh_die, cfg.die_valve, cfg.valves) & fresh_flow)
-    hot_die = _zone_max(die_temp, cfg.die_valve, cfg.valves)
-    hot_hbm = _zone_max(hbm_temp, cfg.hbm_valve, cfg.valves)
+    st.failsafe = ~(cfg.die_zones.all(fresh_die) & fresh_flow)
+    hot_die = cfg.die_zones.max(die_temp)
+    hot_hbm = cfg.hbm_zones.max(hbm_temp)
     hot_die = np.where(np.isfinite(hot_die), hot_die, cfg.target_c)
     hot_hbm = np.where(np.isfinite(hot_hbm), hot_hbm, cfg.hbm_target_c)
     q_die = pid_step(cfg.thermal, st.die_pid, cfg.target_c, hot_die, ts)
@@ -160,7 +176,7 @@ def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.nd
 
 def valve_step(cfg: CoolantConfig, st: CoolantState, flow: np.ndarray, ts: float) -> None:
     """Valve period: flow PIDs to valve commands; failsafe and manual overrides."""
-    measured = np.nan_to_num(flow, nan=0.0)
+    measured = np.where(np.isnan(flow), 0.0, flow)
     cmd = pid_step(cfg.valve, st.valve_pid, st.flow_setpoint, measured, ts)
     cmd = np.where(st.failsafe, np.maximum(cmd, cfg.failsafe_pct), cmd)
     st.valve_cmd = np.where(np.isnan(st.manual), cmd, st.manual)
@@ -175,12 +191,18 @@ class PumpTransitions:
 
 
 def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, rpm_age: np.ndarray,
-              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray) -> PumpTransitions:
-    """Pump supervision at the valve rate: fault detection, failover, alternation."""
+              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray,
+              ts: float) -> PumpTransitions:
+    """Pump supervision every ``ts`` seconds: fault detection, failover, alternation.
+
+    A pump's speed feedback is judged only once it has had its spin-up time and at least two
+    periods (the tachometer reading lags by a sensor sample): a pump is never faulted on a
+    reading taken before it could have been up to speed.
+    """
     n = st.lead.shape[0]
     rows = np.arange(n)
-    spun_up = (t - st.pump_started) >= PUMP_SPINUP_S
-    slow = np.nan_to_num(rpm, nan=0.0) < PUMP_MIN_SPEED * cfg.pump_rpm_nom
+    spun_up = (t - st.pump_started) >= max(PUMP_SPINUP_S, 2.0 * ts)
+    slow = ~(rpm >= PUMP_MIN_SPEED * cfg.pump_rpm_nom)  # NaN (a failed tachometer) counts as slow
     # speed feedback is judged once the pump has had its spin-up time
     lost_feedback = (rpm_failed | (rpm_age > cfg.sensor_timeout_s) | slow) & spun_up
     bad = st.pump_on & (driver_fault | lost_feedback | (current_a > PUMP_OVERCURRENT_A))

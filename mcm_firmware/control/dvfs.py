@@ -32,6 +32,7 @@ Pure numpy over ``[N, D]`` arrays; no asyncio.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from enum import IntFlag
 
 import numpy as np
@@ -50,6 +51,21 @@ class ClockReason(IntFlag):
     SW_THERMAL_SLOWDOWN = 0x20
     HW_THERMAL_SLOWDOWN = 0x40
     HW_POWER_BRAKE_SLOWDOWN = 0x80
+
+
+# plain integers for the array code (IntFlag members are slow inside numpy expressions)
+_IDLE = np.uint32(ClockReason.GPU_IDLE)
+_APP = np.uint32(ClockReason.APPLICATIONS_CLOCKS_SETTING)
+_SWCAP = np.uint32(ClockReason.SW_POWER_CAP)
+_HW = np.uint32(ClockReason.HW_SLOWDOWN)
+_SWTHERM = np.uint32(ClockReason.SW_THERMAL_SLOWDOWN)
+_HWTHERM = np.uint32(ClockReason.HW_THERMAL_SLOWDOWN)
+_BRAKE = np.uint32(ClockReason.HW_POWER_BRAKE_SLOWDOWN)
+_HW_BITS = np.uint32(_HW | _HWTHERM | _BRAKE)
+
+
+def _clip(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x, lo), hi)
 
 
 def reason_names(mask: int) -> list[str]:
@@ -114,6 +130,25 @@ class DvfsConfig:
             hbm_w=p.hbm.count * p.hbm.power_w,
         )
 
+    @cached_property
+    def mhz_ascending(self) -> np.ndarray:
+        return self.mhz[::-1]
+
+    @cached_property
+    def speedup(self) -> np.ndarray:
+        """f_max / f of each P-state: how much longer the same work keeps a die busy there."""
+        return self.f_max / self.mhz
+
+    @cached_property
+    def dyn_per_state(self) -> np.ndarray:
+        """Dynamic power of one fully active die at each P-state, W."""
+        v = self.mv / 1000.0
+        return self.dyn_coef * v * v * self.mhz
+
+    @cached_property
+    def v_ratio(self) -> np.ndarray:
+        return self.mv / self.mv[0]
+
     @property
     def f_max(self) -> float:
         return float(self.mhz[0])
@@ -148,33 +183,37 @@ class DvfsState:
 
 def _pstate_at_least(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
     """Index of the slowest P-state whose clock is >= f (P0 when none is)."""
-    # mhz is descending; count how many states are >= f, the last of them is the answer
-    idx = (cfg.mhz[None, None, :] >= f[..., None] - 1e-9).sum(axis=-1) - 1
-    return np.clip(idx, 0, len(cfg.mhz) - 1)
+    s = len(cfg.mhz)
+    i = np.searchsorted(cfg.mhz_ascending, f - 1e-9, side="left")  # first ascending clock >= f
+    return np.maximum(s - 1 - i, 0)
 
 
 def _pstate_at_most(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
     """Index of the fastest P-state whose clock is <= f (the slowest state when none is)."""
-    idx = (cfg.mhz[None, None, :] > f[..., None] + 1e-9).sum(axis=-1)
-    return np.clip(idx, 0, len(cfg.mhz) - 1)
+    s = len(cfg.mhz)
+    i = np.searchsorted(cfg.mhz_ascending, f + 1e-9, side="right") - 1  # last ascending clock <= f
+    return np.minimum(s - 1 - i, s - 1)
 
 
 def estimate_power(cfg: DvfsConfig, util: np.ndarray, mhz_now: np.ndarray,
                    t_die: np.ndarray) -> np.ndarray:
     """The module's power, W, if every die ran at each P-state ``[N, S]``: the firmware's model at
-    the present demand (work per second, from the utilisation at the present clock)."""
+    the present demand (work per second, from the utilisation at the present clock).
+
+    Per die and P-state ``s``: ``A_s * activity_s + L_die * B_s`` with ``A_s = C_eff V_s^2 f_s``,
+    ``B_s = V_s / V_0`` and the leakage ``L_die`` at the die's temperature; summed over the dice.
+    """
     # work per second as a fraction of the work at f_max; a saturated die hides how much more
     # work waits, so it is assumed to want all of it
     demand = np.where(util >= SATURATED_UTIL, 1.0, util * np.maximum(mhz_now, cfg.f_min) / cfg.f_max)
-    f = cfg.mhz[None, None, :]
-    v = cfg.mv[None, None, :] / 1000.0
-    u = np.clip(demand[..., None] * cfg.f_max / f, 0.0, 1.0)
-    act = cfg.idle_activity + (1.0 - cfg.idle_activity) * u
-    temp = np.nan_to_num(t_die, nan=cfg.slowdown_c)[..., None]
-    v0 = cfg.mv[0] / 1000.0
-    leak = cfg.leak_w * (v / v0) * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
-    hbm = cfg.hbm_w * (0.25 + 0.75 * np.clip(demand.mean(axis=1), 0.0, 1.0))[:, None]
-    return (cfg.dyn_coef * v * v * f * act + leak).sum(axis=1) + hbm
+    u = np.minimum(demand[:, None, :] * cfg.speedup[:, None], 1.0)  # [N,S,D] utilisation per P-state
+    busy = u.sum(axis=2)  # [N,S]
+    dies = demand.shape[1]
+    act = cfg.idle_activity * dies + (1.0 - cfg.idle_activity) * busy
+    temp = np.where(np.isnan(t_die), cfg.slowdown_c, t_die)
+    leak = (cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)).sum(axis=1)  # [N]
+    hbm = cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0))
+    return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm[:, None]
 
 
 def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, util: np.ndarray, mhz_now: np.ndarray,
@@ -188,7 +227,7 @@ def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, util: np.ndarray, mh
     above = np.maximum(first - 1, 0)
     e_hi, e_lo = est[rows, above], est[rows, first]
     f_hi, f_lo = cfg.mhz[above], cfg.mhz[first]
-    frac = np.clip((goal[:, 0] - e_lo) / np.maximum(e_hi - e_lo, 1e-9), 0.0, 1.0)
+    frac = _clip((goal[:, 0] - e_lo) / np.maximum(e_hi - e_lo, 1e-9), 0.0, 1.0)
     f = np.where(first == 0, cfg.f_max, f_lo + frac * (f_hi - f_lo))
     return np.where(fits.any(axis=1), f, cfg.f_min)
 
@@ -215,8 +254,10 @@ def hw_protect(cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray,
     st.ocp_until = np.where(over, t + OCP_HOLD_S, st.ocp_until)
     st.hw_ocp = np.where(st.hw_ocp, over | (t < st.ocp_until) | (vrm_a > cfg.vrm_limit_a * OCP_RELEASE), over)
     hottest = t_die_true.max(axis=1)
-    sensed = np.nanmax(np.where(np.isnan(t_die_sensor), -np.inf, t_die_sensor), axis=1)
-    trip = (hottest > cfg.shutdown_c) | (st.forced_min & (np.maximum(hottest, sensed) > cfg.slowdown_c))
+    trip = hottest > cfg.shutdown_c
+    if st.forced_min.any():  # natural convection: the firmware trips on its own readings too
+        sensed = np.where(np.isnan(t_die_sensor), -np.inf, t_die_sensor).max(axis=1)
+        trip |= st.forced_min & (np.maximum(hottest, sensed) > cfg.slowdown_c)
     release = (hottest < cfg.slowdown_c - cfg.hysteresis_c) & ~st.forced_min
     st.shutdown = np.where(st.shutdown, ~release, trip)
 
@@ -226,36 +267,38 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     """One DVFS period: choose every die's P-state, clock, voltage and reasons."""
     f_max, f_min = cfg.f_max, cfg.f_min
     # governor
-    f_gov = np.clip(SCHEDUTIL_HEADROOM * f_max * util, f_min, f_max)
+    f_gov = _clip(SCHEDUTIL_HEADROOM * f_max * util, f_min, f_max)
     p_gov = _pstate_at_least(cfg, f_gov)
-    reasons = np.where(util < IDLE_UTIL, ClockReason.GPU_IDLE, 0).astype(np.uint32)
+    reasons = (util < IDLE_UTIL) * _IDLE
 
     # locked application clocks
     locked = st.lock_mhz > 0
-    p_lock = _pstate_at_most(cfg, np.where(locked, st.lock_mhz, f_max)[:, None] * np.ones_like(util))
-    p_lock = np.where(locked[:, None], p_lock, 0)
-    lock_binds = locked[:, None] & (p_lock > p_gov)
-    reasons |= np.where(lock_binds, ClockReason.APPLICATIONS_CLOCKS_SETTING, 0).astype(np.uint32)
-    p = np.where(locked[:, None], p_lock, p_gov)
+    if locked.any():
+        p_lock = _pstate_at_most(cfg, np.where(locked, st.lock_mhz, f_max))[:, None]
+        lock_binds = locked[:, None] & (p_lock > p_gov)
+        reasons = reasons | lock_binds * _APP
+        p = np.where(locked[:, None], p_lock, p_gov)
+    else:
+        p = p_gov
 
     # power cap: the PL1 budget sets a target bounded by PL2; the estimator turns it into a clock
-    target = np.clip(2.0 * st.cap_w - st.avg_long, st.cap_w, st.cap_w * cfg.short_limit_factor)
+    target = _clip(2.0 * st.cap_w - st.avg_long, st.cap_w, st.cap_w * cfg.short_limit_factor)
     # The trim learns while the cap binds, and whenever measured power is over the target (the
     # estimate was too low); not while the module simply draws less than allowed (no windup).
     learn = (st.f_cap < f_max - 1e-6) | (st.avg_fast > target)
     if learn.any():
         # bounded: right after a load step the measured power still shows the old load
-        err = np.clip(np.log(target / np.maximum(st.avg_fast, 1.0)), -TRIM_MAX_STEP, TRIM_MAX_STEP)
+        err = _clip(np.log(target / np.maximum(st.avg_fast, 1.0)), -TRIM_MAX_STEP, TRIM_MAX_STEP)
         gain = -np.expm1(-dt / TRIM_TAU_S)  # fraction of the error corrected per period
-        st.trim = np.where(learn, np.clip(st.trim * np.exp(-gain * err), *TRIM_RANGE), st.trim)
+        st.trim = np.where(learn, _clip(st.trim * np.exp(-gain * err), *TRIM_RANGE), st.trim)
     st.f_cap = estimate_clock_for(cfg, target / st.trim, util, st.mhz, t_die_sensor)
 
     # software thermal slowdown on sensor readings (NaN readings do not move it)
-    t = np.nan_to_num(t_die_sensor, nan=cfg.slowdown_c - cfg.hysteresis_c)
+    t = np.where(np.isnan(t_die_sensor), cfg.slowdown_c - cfg.hysteresis_c, t_die_sensor)
     over = t - cfg.slowdown_c
     down = np.where(over > 0, THERMAL_DOWN * (over + 1.0) * f_max * dt, 0.0)
     up = np.where(t < cfg.slowdown_c - cfg.hysteresis_c, THERMAL_UP * f_max * dt, 0.0)
-    st.f_therm = np.clip(st.f_therm - down + up, f_min, f_max)
+    st.f_therm = _clip(st.f_therm - down + up, f_min, f_max)
     f_therm = np.where(st.forced_min[:, None], f_min, st.f_therm)
 
     # The ceilings act through dithering between the P-states around the lower of them. A reason
@@ -275,12 +318,11 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     st.dither -= take_hi
     p_ceil = np.where(take_hi, p_ceil_hi, p_ceil_lo)
     p = np.where(binds, np.maximum(p, p_ceil), p)
-    reasons |= np.where(cap_binds, ClockReason.SW_POWER_CAP, 0).astype(np.uint32)
-    reasons |= np.where(therm_binds, ClockReason.SW_THERMAL_SLOWDOWN, 0).astype(np.uint32)
+    reasons = reasons | cap_binds * _SWCAP | therm_binds * _SWTHERM
 
     st.pstate = p.astype(np.int16)
-    st.reasons = reasons
-    apply_hw_limits(cfg, st)
+    st.reasons = reasons.astype(np.uint32)
+    # apply_hw_limits() turns P-states into clocks and voltages: every tick, after hw_protect()
 
 
 def apply_hw_limits(cfg: DvfsConfig, st: DvfsState) -> None:
@@ -288,16 +330,13 @@ def apply_hw_limits(cfg: DvfsConfig, st: DvfsState) -> None:
     mhz = cfg.mhz[st.pstate]
     mv = cfg.mv[st.pstate]
     hw = st.hw_therm | (st.hw_ocp | st.brake)[:, None]
+    reasons = st.reasons & ~_HW_BITS
     if hw.any():
         p_half = _pstate_at_most(cfg, mhz / 2.0)
         mhz = np.where(hw, cfg.mhz[p_half], mhz)
         mv = np.where(hw, cfg.mv[p_half], mv)
-    hw_bits = ClockReason.HW_SLOWDOWN | ClockReason.HW_THERMAL_SLOWDOWN | ClockReason.HW_POWER_BRAKE_SLOWDOWN
-    reasons = st.reasons & ~np.uint32(hw_bits)
-    reasons |= np.where(hw, ClockReason.HW_SLOWDOWN, 0).astype(np.uint32)
-    reasons |= np.where(st.hw_therm, ClockReason.HW_THERMAL_SLOWDOWN, 0).astype(np.uint32)
-    reasons |= np.where(st.brake[:, None], ClockReason.HW_POWER_BRAKE_SLOWDOWN, 0).astype(np.uint32)
-    off = st.shutdown[:, None]
-    st.mhz = np.where(off, 0.0, mhz)
-    st.mv = np.where(off, 0.0, mv)
-    st.reasons = np.where(off, 0, reasons).astype(np.uint32)
+        reasons = reasons | hw * _HW | st.hw_therm * _HWTHERM | st.brake[:, None] * _BRAKE
+    on = ~st.shutdown[:, None]
+    st.mhz = mhz * on
+    st.mv = mv * on
+    st.reasons = (reasons * on).astype(np.uint32)

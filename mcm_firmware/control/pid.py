@@ -35,6 +35,10 @@ class PidConfig:
     slew_pos: float = 0.0  # max increase per second (0: unlimited)
     reverse: bool = True  # error = input - setpoint
 
+    def __post_init__(self) -> None:
+        if self.ki < 0 or self.kp < 0:
+            raise ValueError("gains are non-negative; the direction is set by `reverse`")
+
 
 class PidState:
     def __init__(self, shape: tuple[int, ...], initial_output: float, *, integral: float = 0.0) -> None:
@@ -51,14 +55,13 @@ def pid_step(cfg: PidConfig, st: PidState, setpoint: np.ndarray | float, value: 
     """One controller period of ``ts`` seconds; returns the new outputs (and keeps them)."""
     error = (value - setpoint) if cfg.reverse else (setpoint - value)
     p = cfg.kp * error
-    ff = cfg.ff_offset + cfg.ff_gain * np.asarray(setpoint, float)
-    integral = np.clip(st.integral + cfg.ki * error * ts, cfg.integral_min, cfg.integral_max)
-    raw = p + integral + ff
-    # conditional integration: do not wind further into a saturated output
-    sat_hi = (raw > cfg.out_max) & (error * np.sign(cfg.ki) > 0)
-    sat_lo = (raw < cfg.out_min) & (error * np.sign(cfg.ki) < 0)
-    st.integral = np.where(sat_hi | sat_lo, st.integral, integral)
-    out = np.clip(p + st.integral + ff, cfg.out_min, cfg.out_max)
+    integral = np.minimum(np.maximum(st.integral + cfg.ki * ts * error, cfg.integral_min), cfg.integral_max)
+    base = p if not (cfg.ff_offset or cfg.ff_gain) else p + (cfg.ff_offset + cfg.ff_gain * np.asarray(setpoint))
+    raw = base + integral
+    # conditional integration: do not wind further into a saturated output (ki >= 0 here)
+    wind = ((raw > cfg.out_max) & (error > 0)) | ((raw < cfg.out_min) & (error < 0))
+    st.integral = np.where(wind, st.integral, integral)
+    out = np.minimum(np.maximum(base + st.integral, cfg.out_min), cfg.out_max)
     if cfg.slew_neg > 0:
         out = np.maximum(out, st.last - cfg.slew_neg * ts)
     if cfg.slew_pos > 0:

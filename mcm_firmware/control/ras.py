@@ -14,9 +14,10 @@ scrubber) is reported to :meth:`RasController.observe`:
   remapped, as a retired page is no longer handed out.
 * **CE storm**: more than ``storm_threshold`` CEs within ``storm_window_s`` starts a storm (an
   event); it ends when the count over the window falls below half the threshold.
-* **Patrol scrub**: the scrubber walks the stored words, a slice per call, reading each through
-  the ECC engine and writing corrected codewords back, so single-bit upsets do not accumulate
-  into double-bit ones.
+* **Patrol scrub**: the scrubber walks the whole address space, one pass every
+  ``scrub_interval_s``, reading each word through the ECC engine and writing corrected codewords
+  back, so single-bit upsets do not accumulate into double-bit ones. Only the stored words can
+  hold errors, so only they are read as the scrub cursor passes them.
 
 Plain Python over one module's sparse store (errors are rare events); randomness from the
 generator the caller passes. Returns :class:`RasEvent` records; the runtime publishes them.
@@ -24,9 +25,11 @@ generator the caller passes. Returns :class:`RasEvent` records; the runtime publ
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -75,7 +78,7 @@ class RasConfig:
     dbe_rate_per_s: float
     rate_ref_c: float
     rate_doubling_c: float
-    scrub_words_per_s: float
+    scrub_interval_s: float
     access_rate_hz: float
 
     @classmethod
@@ -94,13 +97,14 @@ class RasConfig:
             dbe_rate_per_s=r.dbe_rate_per_s,
             rate_ref_c=r.rate_ref_c,
             rate_doubling_c=r.rate_doubling_c,
-            scrub_words_per_s=r.scrub_words_per_s,
+            scrub_interval_s=r.scrub_interval_s,
             access_rate_hz=r.access_rate_hz,
         )
 
     def error_rate_factor(self, temp_c: np.ndarray) -> np.ndarray:
         """Error rates grow with temperature: x2 every ``rate_doubling_c`` above the reference."""
-        return np.exp2((np.nan_to_num(temp_c, nan=self.rate_ref_c) - self.rate_ref_c) / self.rate_doubling_c)
+        t = np.where(np.isnan(temp_c), self.rate_ref_c, temp_c)
+        return np.exp2((t - self.rate_ref_c) / self.rate_doubling_c)
 
 
 @dataclass
@@ -125,10 +129,11 @@ class RasController:
         self.latent: set[int] = set()  # injected errors no read has found yet
         self.storm = False
         self._ce_times: deque[float] = deque()
-        self._scrub_cursor = 0
-        self._scrub_credit = 0.0
+        self._scrubbed_to: float | None = None  # the time up to which the patrol scrub has run
         self.scrub_passes = 0
         self.scrubbed = 0
+        self.on_work: Callable[[], None] | None = None  # told when errors arrive (the runtime's hook)
+        self.dirty = True  # counters or flags changed since the runtime last looked
 
     # --- state --------------------------------------------------------------------------------
 
@@ -156,6 +161,8 @@ class RasController:
         ``stuck`` a hard fault (a weak or stuck cell) that comes back after every write."""
         self.store.flip(addr, bits, stuck=stuck)
         self.latent.add(addr)
+        if self.on_work is not None:
+            self.on_work()
 
     def inject_random(self, stack: int, nbits: int) -> int:
         """An upset of ``nbits`` distinct bits in one codeword at a random address of a stack."""
@@ -172,6 +179,8 @@ class RasController:
 
     def fail_device(self, stack: int, device: int) -> None:
         self.store.fail_device(stack, device)
+        if self.on_work is not None:
+            self.on_work()
 
     # --- reads through the ECC engine -------------------------------------------------------------
 
@@ -187,6 +196,7 @@ class RasController:
         """Account one ECC result: counters, remap marking, storm detection."""
         if res.status is EccStatus.OK:
             return []
+        self.dirty = True
         loc = self.cfg.geometry.decode(res.addr)
         key = (loc.stack, loc.channel, loc.bank, loc.row)
         events: list[RasEvent] = []
@@ -251,41 +261,68 @@ class RasController:
                 addr = self.cfg.geometry.random_address(self.rng, stack)
                 events += self.read(addr & ~3 if self.cfg.mode is EccMode.CHIPKILL else addr, t)[1]
         events += self.scrub(t, dt)
+        self._next_scrub = self.scrub_due(t)
         if self.storm:
             times = self._ce_times
             while times and times[0] < t - self.cfg.storm_window_s:
                 times.popleft()
             if len(times) < self.cfg.storm_threshold / 2:
                 self.storm = False
+                self.dirty = True
                 events.append(RasEvent(RasEventKind.CE_STORM_END, -1, text="CE rate back to normal"))
         return events
 
-    def scrub(self, t: float, dt: float) -> list[RasEvent]:
-        """Patrol scrub: read (and correct) the next slice of stored words."""
-        self._scrub_credit += self.cfg.scrub_words_per_s * dt
-        budget = int(self._scrub_credit)
-        if budget <= 0:
-            return []
-        self._scrub_credit -= budget
+    def _scrub_pos(self, t: float) -> float:
+        """Where the patrol scrubber is at time ``t``, in passes (it never stops)."""
+        return t / self.cfg.scrub_interval_s
+
+    def scrub_due(self, t: float) -> float:
+        """When the scrubber next reaches a stored word (inf: never, or no scrubbing)."""
         addrs = self.store.addresses()
-        if not addrs:
+        if self.cfg.scrub_interval_s <= 0 or not addrs:
+            return math.inf
+        space = self.cfg.geometry.address_space
+        pos = self._scrub_pos(t)
+        frac = pos % 1.0
+        i = bisect.bisect_left(addrs, int(frac * space) + 1)
+        nxt = (addrs[i] / space if i < len(addrs) else 1.0 + addrs[0] / space)
+        return (math.floor(pos) + nxt) * self.cfg.scrub_interval_s
+
+    def scrub(self, t: float, dt: float) -> list[RasEvent]:
+        """Patrol scrub up to time ``t``: read (and correct) the stored words the cursor passed
+        since the last call (or in the last ``dt`` on the first)."""
+        if self.cfg.scrub_interval_s <= 0:
             return []
+        start = self._scrub_pos(t - dt if self._scrubbed_to is None else self._scrubbed_to)
+        end = self._scrub_pos(t)
+        self._scrubbed_to = t
+        self.scrubbed += int(self.cfg.geometry.words * (end - start))
+        self.scrub_passes = int(end)
+        addrs = self.store.addresses()
+        if not addrs or end <= start:
+            return []
+        space = self.cfg.geometry.address_space
         events: list[RasEvent] = []
-        for _ in range(min(budget, len(addrs))):
-            if self._scrub_cursor >= len(addrs):
-                self._scrub_cursor = 0
-                self.scrub_passes += 1
-            addr = addrs[self._scrub_cursor]
-            self._scrub_cursor += 1
-            self.scrubbed += 1
-            events += self.read(addr, t)[1]
+        k0, k1 = math.floor(start), math.floor(end)
+        for k in range(k0, k1 + 1):
+            lo = int((max(start, k) - k) * space)
+            hi = int((min(end, k + 1) - k) * space)
+            for addr in list(addrs[bisect.bisect_left(addrs, lo):bisect.bisect_left(addrs, hi)]):
+                events += self.read(addr, t)[1]
         return events
+
+    def needs_step(self, t: float) -> bool:
+        """Whether :meth:`step` has anything to do at ``t``."""
+        return bool(self.latent or self.store.failed_devices or self.storm) or t >= self._next_scrub
+
+    _next_scrub: float = -math.inf
 
     # --- operator actions -------------------------------------------------------------------------
 
     def reset(self) -> list[RasEvent]:
         """A GPU reset: pending rows move onto spare rows (their stored words re-encoded clean)."""
         events = []
+        self.dirty = True
         for key in sorted(self.pending):
             stack, ch, bank, row = key
             self.spares_used[(stack, ch, bank)] += 1
@@ -310,6 +347,7 @@ class RasController:
 
     def clear(self) -> None:
         """Clear the error counters (remap state and poisoned words stay)."""
+        self.dirty = True
         self.ce[:] = 0
         self.ue[:] = 0
         self.ce_by_addr.clear()

@@ -18,7 +18,7 @@ A failed device returns garbage for its bits or symbol on every read of its stac
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from . import ecc
@@ -50,13 +50,23 @@ class HbmGeometry:
     rows: int
     cols: int  # 32-bit words per row
 
-    def _bits(self, n: int) -> int:
-        return max(1, (n - 1).bit_length())
+    def __post_init__(self) -> None:
+        widths = tuple(max(1, (n - 1).bit_length())
+                       for n in (self.cols, self.banks, self.rows, self.channels, self.stacks))
+        object.__setattr__(self, "widths", widths)
+        object.__setattr__(self, "_total_bits", sum(widths))
+
+    widths: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    _total_bits: int = field(init=False, repr=False, compare=False)
 
     @property
-    def widths(self) -> tuple[int, int, int, int, int]:
-        return (self._bits(self.cols), self._bits(self.banks), self._bits(self.rows),
-                self._bits(self.channels), self._bits(self.stacks))
+    def address_space(self) -> int:
+        """Word addresses the map can express (valid ones are a subset)."""
+        return 1 << self._total_bits
+
+    @property
+    def words(self) -> int:
+        return self.stacks * self.channels * self.banks * self.rows * self.cols
 
     def decode(self, addr: int) -> Location:
         w_col, w_bank, w_row, w_ch, w_stack = self.widths
@@ -80,7 +90,7 @@ class HbmGeometry:
         return (addr << w_col) | loc.col
 
     def valid(self, addr: int) -> bool:
-        if addr < 0 or addr >> sum(self.widths):
+        if addr < 0 or addr >> self._total_bits:
             return False
         loc = self.decode(addr)
         return (loc.stack < self.stacks and loc.channel < self.channels and loc.bank < self.banks
@@ -112,6 +122,7 @@ class HbmStore:
         self._lines: dict[int, bytearray] = {}  # chipkill: line addr -> 20 stored symbols
         self.failed_devices: dict[int, set[int]] = {}  # stack -> failed device numbers
         self._stuck: dict[int, set[int]] = {}  # codeword key -> bits that always read inverted
+        self._sorted: list[int] | None = None  # cached sorted word addresses
 
     @property
     def devices(self) -> int:
@@ -127,9 +138,10 @@ class HbmStore:
 
     def addresses(self) -> list[int]:
         """Stored word addresses (for chipkill, the first word of each line), sorted."""
-        if self.mode is EccMode.SECDED:
-            return sorted(self._words)
-        return sorted(line << 2 for line in self._lines)
+        if self._sorted is None or len(self._sorted) != len(self):
+            self._sorted = (sorted(self._words) if self.mode is EccMode.SECDED
+                            else sorted(line << 2 for line in self._lines))
+        return self._sorted
 
     def _check(self, addr: int) -> None:
         if not self.geometry.valid(addr):

@@ -27,6 +27,7 @@ towards their command at a limited slew rate (or stay put when stuck).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,11 +61,13 @@ class PlantParams:
     r_hbm_plate: float
     hbm_region: np.ndarray  # [H] plate region (die) each stack sits beside
     hbm_to_region: np.ndarray  # [H,D] one-hot of hbm_region
+    hbm_per_region: np.ndarray  # [D] stacks beside each die
     c_plate: float
     g_plate_nom: float  # W/K plate->coolant film at nominal branch flow
     g_natural: float  # W/K left with no flow
     valve_of_die: np.ndarray  # [D]
     dies_per_valve: np.ndarray  # [V]
+    one_die_per_valve: bool
     pump_flow_lpm: np.ndarray  # [P]
     pump_rpm_nom: np.ndarray  # [P]
     q_branch_nom: float  # L/min through one fully open valve with the lead pump at speed
@@ -105,11 +108,13 @@ class PlantParams:
             r_hbm_plate=hbm.r_stack_plate_c_per_w,
             hbm_region=hbm_region,
             hbm_to_region=np.eye(die.count)[hbm_region] if hbm.count else np.zeros((0, die.count)),
+            hbm_per_region=np.bincount(hbm_region, minlength=die.count).astype(F),
             c_plate=cool.plate_heat_capacity_j_per_k,
             g_plate_nom=g_nom,
             g_natural=cool.natural_convection_fraction * g_nom,
             valve_of_die=valve_of_die,
             dies_per_valve=dies_per_valve,
+            one_die_per_valve=die.count == cool.valves,
             pump_flow_lpm=np.array([p.flow_lpm for p in cool.pumps], F),
             pump_rpm_nom=np.array([p.nominal_rpm for p in cool.pumps], F),
             q_branch_nom=cool.pumps[0].flow_lpm / cool.valves,
@@ -217,7 +222,7 @@ def valve_flow_fraction(pos_pct: np.ndarray, rangeability: float) -> np.ndarray:
 def loop_capacity(params: PlantParams, pump_rpm: np.ndarray) -> np.ndarray:
     """Flow (L/min) the running pumps push through fully open valves: the strongest pump plus a
     quarter of the others (parallel pumps on one loop add little flow)."""
-    q = params.pump_flow_lpm * np.clip(pump_rpm / params.pump_rpm_nom, 0.0, 1.2)
+    q = params.pump_flow_lpm * np.minimum(np.maximum(pump_rpm / params.pump_rpm_nom, 0.0), 1.2)
     best = q.max(axis=1)
     return best + 0.25 * (q.sum(axis=1) - best)
 
@@ -227,10 +232,10 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     s, u = state, inputs
     # --- pumps and valves
     target_rpm = np.where(u.pump_on & ~u.pump_failed, params.pump_rpm_nom, 0.0)
-    s.pump_rpm += (target_rpm - s.pump_rpm) * (-np.expm1(-dt / PUMP_TAU_S))
-    move = np.clip(u.valve_cmd, 0.0, 100.0) - s.valve_pos
+    s.pump_rpm += (target_rpm - s.pump_rpm) * -math.expm1(-dt / PUMP_TAU_S)
+    move = np.minimum(np.maximum(u.valve_cmd, 0.0), 100.0) - s.valve_pos
     limit = params.valve_slew * dt
-    s.valve_pos += np.where(u.valve_stuck, 0.0, np.clip(move, -limit, limit))
+    s.valve_pos += np.where(u.valve_stuck, 0.0, np.minimum(np.maximum(move, -limit), limit))
     q_valve = (loop_capacity(params, s.pump_rpm)[:, None] / params.valves) * valve_flow_fraction(
         s.valve_pos, params.rangeability
     )
@@ -247,7 +252,8 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     s.vrm_current = (p_die / np.maximum(u.mv * 1e-3, 0.1)).sum(axis=1) * u.vrm_factor
 
     # --- heat transfer coefficients per die region
-    q_die = q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die]
+    q_die = q_valve if params.one_die_per_valve else (
+        q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die])
     film = params.g_plate_nom * np.power(np.maximum(q_die, 0.0) / params.q_branch_nom, FLOW_EXPONENT)
     cap = 2.0 * q_die * params.cp_coolant / 60.0  # W/K of the coolant stream (mean temperature)
     forced = np.where(q_die > 1e-6, film * cap / np.maximum(film + cap, 1e-12), 0.0)
@@ -257,18 +263,17 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     t_in = s.t_inlet[:, None]
     tau_die = params.c_die * params.r_die_plate
     eq = s.t_plate + p_die * params.r_die_plate
-    s.t_die = eq + (s.t_die - eq) * np.exp(-dt / tau_die)
+    s.t_die = eq + (s.t_die - eq) * math.exp(-dt / tau_die)
 
     plate_of_hbm = s.t_plate[:, params.hbm_region]
     tau_hbm = params.c_hbm * params.r_hbm_plate
     eq = plate_of_hbm + p_hbm * params.r_hbm_plate
-    s.t_hbm = eq + (s.t_hbm - eq) * np.exp(-dt / tau_hbm)
+    s.t_hbm = eq + (s.t_hbm - eq) * math.exp(-dt / tau_hbm)
 
     g_dp = 1.0 / params.r_die_plate
     g_hp = 1.0 / params.r_hbm_plate
     hbm_sum = s.t_hbm @ params.hbm_to_region
-    hbm_cnt = params.hbm_to_region.sum(axis=0)
-    g_total = g_dp + hbm_cnt * g_hp + g_pc
+    g_total = g_dp + params.hbm_per_region * g_hp + g_pc
     eq = (s.t_die * g_dp + hbm_sum * g_hp + g_pc * t_in) / g_total
     s.t_plate = eq + (s.t_plate - eq) * np.exp(-dt * g_total / params.c_plate)
 

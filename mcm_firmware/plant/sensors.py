@@ -42,6 +42,7 @@ class SensorBank:
         self.param[row, col] = param
         self._drift[row, col] = 0.0
         if fault is SensorFault.OK:
+            self.failed = self.failed.copy()
             self.failed[row, col] = False
         self._any_fault = bool(self.fault.any())
 
@@ -49,25 +50,33 @@ class SensorBank:
         """Take one reading of every sensor from the true values of this tick."""
         raw = self._pending
         self._pending = np.array(true, float, copy=True)
-        reading = raw + rng.standard_normal(raw.shape) * self.noise_sd if self.noise_sd else raw.copy()
+        reading = raw + rng.standard_normal(raw.shape) * self.noise_sd if self.noise_sd else raw
+        if not self._any_fault:  # the common case, kept short
+            self.value = np.round(reading / self.quantum) * self.quantum if self.quantum else reading
+            self.read_at.fill(t)
+            return
         ok = np.ones(raw.shape, bool)
-        if self._any_fault:
-            f = self.fault
-            reading = np.where(f == SensorFault.STUCK, self.param, reading)
-            self._drift += np.where(f == SensorFault.DRIFT, self.param * dt, 0.0)
-            reading = reading + self._drift
-            noisy = f == SensorFault.NOISE
-            if noisy.any():
-                reading = reading + np.where(noisy, rng.standard_normal(raw.shape) * self.param, 0.0)
-            drop = f == SensorFault.DROPOUT
-            if drop.any():
-                ok &= ~(drop & (rng.random(raw.shape) < self.param))
-            self.failed = f == SensorFault.FAILED
-            ok &= ~self.failed
+        f = self.fault
+        reading = np.where(f == SensorFault.STUCK, self.param, reading)
+        self._drift += np.where(f == SensorFault.DRIFT, self.param * dt, 0.0)
+        reading = reading + self._drift
+        noisy = f == SensorFault.NOISE
+        if noisy.any():
+            reading = reading + np.where(noisy, rng.standard_normal(raw.shape) * self.param, 0.0)
+        drop = f == SensorFault.DROPOUT
+        if drop.any():
+            ok &= ~(drop & (rng.random(raw.shape) < self.param))
+        self.failed = f == SensorFault.FAILED
+        ok &= ~self.failed
         if self.quantum:
             reading = np.round(reading / self.quantum) * self.quantum
         self.value = np.where(ok, reading, np.where(self.failed, np.nan, self.value))
         self.read_at = np.where(ok, t, self.read_at)
+
+    @property
+    def faulty(self) -> bool:
+        """Whether any sensor of the bank has a fault set."""
+        return self._any_fault
 
     def age(self, t: float) -> np.ndarray:
         return t - self.read_at

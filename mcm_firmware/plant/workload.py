@@ -7,6 +7,7 @@ highest clock; at a lower clock the same work keeps it busy longer, so utilisati
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 
 import numpy as np
@@ -40,21 +41,22 @@ class WorkloadModel:
 
     def demand(self, t: float, dt: float) -> np.ndarray:
         n, dies = self._ou.shape
-        # Ornstein-Uhlenbeck fluctuation for inference, advanced every step for determinism.
-        a = np.exp(-dt / INFER_TAU_S)
-        self._ou = self._ou * a + self._rng.standard_normal((n, dies)) * INFER_SD * np.sqrt(1 - a * a)
         k = self.kind[:, None]
-        in_step = ((t + self.phase) % TRAIN_PERIOD_S) < TRAIN_PERIOD_S * TRAIN_COMPUTE_FRACTION
-        train = np.where(in_step, 1.0, TRAIN_COMM_DEMAND)[:, None]
-        infer = np.clip(INFER_MEAN + self._ou, 0.05, 1.0)
-        d = np.where(
-            k == Workload.IDLE,
-            0.0,
-            np.where(k == Workload.STEADY, STEADY_DEMAND, np.where(k == Workload.TRAINING, train, infer)),
-        )
+        d = np.where(k == Workload.STEADY, STEADY_DEMAND, 0.0) * np.ones(dies)
+        training = k == Workload.TRAINING
+        if training.any():
+            in_step = ((t + self.phase) % TRAIN_PERIOD_S) < TRAIN_PERIOD_S * TRAIN_COMPUTE_FRACTION
+            d = np.where(training, np.where(in_step, 1.0, TRAIN_COMM_DEMAND)[:, None], d)
+        rows = np.flatnonzero(self.kind == Workload.INFERENCE)
+        if len(rows):
+            # Ornstein-Uhlenbeck fluctuation around half load, for the inference modules only
+            a = math.exp(-dt / INFER_TAU_S)
+            ou = self._ou[rows] * a + self._rng.standard_normal((len(rows), dies)) * (INFER_SD * math.sqrt(1 - a * a))
+            self._ou[rows] = ou
+            d[rows] = np.minimum(np.maximum(INFER_MEAN + ou, 0.05), 1.0)
         return d * self.scale[:, None]
 
 
 def utilisation(demand: np.ndarray, mhz: np.ndarray, max_mhz: float) -> np.ndarray:
     """Fraction of time busy at clock ``mhz``: the same work takes longer at a lower clock."""
-    return np.clip(demand * max_mhz / np.maximum(mhz, 1.0), 0.0, 1.0)
+    return np.minimum(np.maximum(demand * max_mhz / np.maximum(mhz, 1.0), 0.0), 1.0)

@@ -161,8 +161,8 @@ class RasSpec(_Section):
     rate_ref_c: Celsius
     rate_doubling_c: Annotated[float, Field(gt=1, le=100)]
     """Error rates double for every this many degrees of HBM temperature above the reference."""
-    scrub_words_per_s: NonNeg
-    """Patrol-scrub read rate over the stored words."""
+    scrub_interval_s: NonNeg
+    """The patrol scrubber reads all of the HBM once in this long (0: no patrol scrub)."""
     access_rate_hz: NonNeg
     """How often the workload reads a given faulty word at full bandwidth."""
     ce_storm_threshold: Annotated[int, Field(ge=1, le=1_000_000)]

@@ -52,6 +52,8 @@ class Fleet:
         self.nodes: dict[int, Node] = {}
         self._rows: dict[str, list[Node]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self.failure: BaseException | None = None  # a scheduler that died: the fleet is not simulating
+        self.failed = asyncio.Event()
         groups: dict[str, list[tuple[int, Profile]]] = {}
         for nid, prof in members:
             groups.setdefault(prof.name, []).append((nid, prof))
@@ -87,10 +89,22 @@ class Fleet:
 
     async def start(self) -> None:
         for name, shard in self.shards.items():
-            self._tasks.append(asyncio.create_task(self._tick_loop(name, shard), name=f"shard-{name}-tick"))
-            self._tasks.append(asyncio.create_task(self._telemetry_loop(name, shard), name=f"shard-{name}-tlm"))
+            for task in (asyncio.create_task(self._tick_loop(name, shard), name=f"shard-{name}-tick"),
+                         asyncio.create_task(self._telemetry_loop(name, shard), name=f"shard-{name}-tlm")):
+                task.add_done_callback(self._watch)
+                self._tasks.append(task)
         for node in self.nodes.values():
             node.start()
+
+    def _watch(self, task: asyncio.Task[None]) -> None:
+        """A scheduler must never end on its own: record why it did, loudly."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            self.failure = exc
+            self.failed.set()
+            log.error("fleet %s: %s died: %r", self.name, task.get_name(), exc, exc_info=exc)
 
     async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN) -> None:
         """Every node publishes its DEATH; then the schedulers stop."""

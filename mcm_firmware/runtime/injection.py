@@ -112,7 +112,7 @@ def apply_fault(node: Node, fault: Fault) -> Fault:
             raise FaultError(f"hbm-device: no device {dev} (devices 0..{ctl.store.devices - 1} per stack)")
         ctl.fail_device(int(fault.target), dev)
     elif k is FaultKind.CE_STORM:
-        shard.ce_storm_rate[row, int(fault.target)] = fault.value
+        shard.set_ce_storm(row, int(fault.target), fault.value)
     elif k in _LINK:
         node.set_link_fault(_LINK[k], fault.value, after_answer=True)
     elif k is FaultKind.CRASH:
@@ -150,7 +150,7 @@ def _undo(node: Node, fault: Fault) -> None:
     elif k is FaultKind.HBM_DEVICE:
         shard.ras[row].store.repair_device(int(fault.target), int(fault.value))
     elif k is FaultKind.CE_STORM:
-        shard.ce_storm_rate[row, int(fault.target)] = 0.0
+        shard.set_ce_storm(row, int(fault.target), 0.0)
     elif k in _LINK:
         node.set_link_fault(_LINK[k], None)
 

@@ -9,6 +9,7 @@ No asyncio in here: the scheduler in :mod:`.fleet` calls :meth:`Shard.tick` on d
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -24,10 +25,19 @@ from ..profile import Profile
 from ..protocol import CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags
 from ..protocol.codec import snapshot_dtype
 
+REASON_HOLD_S = 2.0  # a clock-reason change is reported once it has held this long
 DIE_SENSOR_NOISE_C = 0.15
 DIE_SENSOR_QUANTUM_C = 0.0625
 FLOW_SENSOR_NOISE = 0.01
 RPM_SENSOR_NOISE = 5.0
+
+
+# enum values as plain integers for the array code (enum lookups are slow inside numpy expressions)
+_RUNNING, _SHUTDOWN = int(NodeState.RUNNING), int(NodeState.SHUTDOWN)
+_FAILSAFE_MODE, _NATURAL_MODE = int(CoolingMode.FAILSAFE), int(CoolingMode.NATURAL_CONVECTION)
+_F_FAILSAFE, _F_LOCKED = int(SnapshotFlags.FAILSAFE), int(SnapshotFlags.CLOCKS_LOCKED)
+_P_RUNNING, _P_LEAD, _P_FAULT = int(PumpFlags.RUNNING), int(PumpFlags.LEAD), int(PumpFlags.FAULT)
+_V_MANUAL = int(ValveFlags.MANUAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +64,7 @@ class Shard:
         self.tick_hz = profile.rates.tick_hz
         self.dt = 1.0 / self.tick_hz
         self.k = 0
+        self.t0 = start_t
         self.t = start_t
         r = profile.rates
         self.div_dvfs = _divider(self.tick_hz, r.dvfs_hz)
@@ -69,10 +80,13 @@ class Shard:
 
         p = self.params
         t_in = profile.cooling.inlet_c
-        self.s_die = SensorBank((n, p.dies), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C, initial=t_in)
-        self.s_hbm = SensorBank((n, p.hbm), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C, initial=t_in)
-        self.s_flow = SensorBank((n, p.valves), noise_sd=FLOW_SENSOR_NOISE, quantum=0.01, initial=0.0)
-        self.s_rpm = SensorBank((n, p.pumps), noise_sd=RPM_SENSOR_NOISE, quantum=1.0, initial=0.0)
+        pl = self.plant  # sensors start from the module's state at power-on
+        self.s_die = SensorBank((n, p.dies), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C,
+                                initial=pl.t_die)
+        self.s_hbm = SensorBank((n, p.hbm), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C,
+                                initial=pl.t_hbm)
+        self.s_flow = SensorBank((n, p.valves), noise_sd=FLOW_SENSOR_NOISE, quantum=0.01, initial=pl.flow_valve)
+        self.s_rpm = SensorBank((n, p.pumps), noise_sd=RPM_SENSOR_NOISE, quantum=1.0, initial=pl.pump_rpm)
         for bank in (self.s_die, self.s_hbm, self.s_flow, self.s_rpm):
             bank.read_at[:] = -np.inf  # nothing read yet: every zone starts in failsafe
         self.pump_driver_fault = np.zeros((n, p.pumps), bool)
@@ -84,16 +98,23 @@ class Shard:
         self.cool = cc.CoolantState(self.cool_cfg, n, start_t)
         self.ras_cfg = rasmod.RasConfig.from_profile(profile)
         self.ras = [rasmod.RasController(self.ras_cfg, random.Random(seed * 65_537 + row)) for row in range(n)]
+        for row, ctl in enumerate(self.ras):
+            ctl.on_work = functools.partial(self.ras_touch, row)
         self.ras_ce = np.zeros((n, p.hbm), np.int64)
         self.ras_ue = np.zeros((n, p.hbm), np.int64)
         self.ras_flags = np.zeros(n, np.uint16)  # SnapshotFlags bits of RAS
         self.ras_action = np.zeros(n, np.uint8)
         self.ce_storm_rate = np.zeros((n, p.hbm))  # injected single-bit upsets per second
+        self._storm_any = False
+        self._ras_busy: set[int] = set()  # rows whose RAS firmware has work (errors, a store to scrub)
         self.boot_t = np.full(n, start_t)
         self.active = np.ones(n, bool)  # rows whose controller is running; others hold their outputs
         self.events: list[ShardEvent] = []
         self._reported_reasons = np.zeros((n, p.dies), np.uint32)
+        self._seen_reasons = np.zeros((n, p.dies), np.uint32)
+        self._reasons_since = np.zeros((n, p.dies))
         self._dtype = snapshot_dtype(p.dies, p.hbm, p.pumps, p.valves)
+        self._pump_index = np.arange(p.pumps)[None, :]
 
     # --- the tick ---------------------------------------------------------------------------
 
@@ -102,14 +123,14 @@ class Shard:
         dt, p = self.dt, self.params
         k = self.k
         self.k += 1
-        self.t += dt
+        self.t = self.t0 + self.k * dt  # no drift over a long run
         t = self.t
         st = self.dvfs
 
         # the pump drivers' fault pins are electrical: seen in the same tick
         self.pump_driver_fault = self.inputs.pump_failed & self.cool.pump_on
         demand = self.workload.demand(t, dt)
-        self.util = np.where(st.shutdown[:, None], 0.0, utilisation(demand, st.mhz, self.max_mhz))
+        self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
 
         down = ~self.active
         held = self._hold(down) if down.any() else None
@@ -145,13 +166,10 @@ class Shard:
                                  ("flow", self.s_flow, self.plant.flow_valve), ("rpm", self.s_rpm, self.plant.pump_rpm)):
             was_failed = bank.failed
             bank.sample(true, t, dt, rng)
-            if bank.failed is not was_failed and (bank.failed != was_failed).any():
+            if bank.faulty and (bank.failed != was_failed).any():
                 for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):
                     self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.SENSOR_FAULT, int(col),
                                                   text=f"{name} sensor {col} failed"))
-        # the pump driver's current follows its speed; a pump with a shorted winding or a blocked
-        # impeller (pump_overcurrent) draws several times more
-        self.pump_current = 1.5 * (self.plant.pump_rpm / p.pump_rpm_nom) ** 2 * np.where(u.pump_overcurrent, 3.0, 1.0)
 
     def _firmware_arrays(self) -> list[tuple[object, str]]:
         """The firmware's outputs and memory: what a controller that is down does not change."""
@@ -219,21 +237,31 @@ class Shard:
                 int(zone),
                 text=f"zone {zone} {'enters' if entered else 'leaves'} failsafe",
             ))
-        changed = self.dvfs.reasons != self._reported_reasons
-        for row, die in zip(*np.nonzero(changed), strict=True):
-            mask = int(self.dvfs.reasons[row, die])
+        # A reason change is reported once the new mask has held for REASON_HOLD_S: a die that
+        # flips between two states every training step does not flood the link.
+        now = self.dvfs.reasons
+        fresh = now != self._seen_reasons
+        self._seen_reasons = now.copy()
+        self._reasons_since = np.where(fresh, t, self._reasons_since)
+        due = (now != self._reported_reasons) & (t - self._reasons_since >= REASON_HOLD_S)
+        for row, die in zip(*np.nonzero(due), strict=True):
+            mask = int(now[row, die])
             self.events.append(ShardEvent(
                 int(row), Severity.INFO, EventCode.CLOCK_REASONS, int(die), float(mask),
                 ",".join(dvfs.reason_names(mask)) or "none",
             ))
-        self._reported_reasons = self.dvfs.reasons.copy()
+        self._reported_reasons = np.where(due, now, self._reported_reasons)
 
     def _cooling_fast(self, t: float, ts: float) -> None:
         cool = self.cool
         was_natural = cool.natural.copy()
+        # the pump drivers' current follows their speed; a pump with a shorted winding or a
+        # blocked impeller (pump_overcurrent) draws several times more
+        speed = self.plant.pump_rpm / self.params.pump_rpm_nom
+        self.pump_current = 1.5 * speed * speed * np.where(self.inputs.pump_overcurrent, 3.0, 1.0)
         tr = cc.pump_step(
             self.cool_cfg, cool, t, self.s_rpm.value, self.s_rpm.age(t), self.s_rpm.failed,
-            self.pump_driver_fault, self.pump_current,
+            self.pump_driver_fault, self.pump_current, ts,
         )
         names = [pp.name for pp in self.profile.cooling.pumps]
         for row, pump in zip(*np.nonzero(tr.faulted), strict=True):
@@ -265,15 +293,17 @@ class Shard:
     }
 
     def ras_events(self, row: int, events: list[rasmod.RasEvent]) -> None:
-        """Queue RAS events of a row and refresh its RAS telemetry."""
+        """Queue RAS events of a row and refresh its RAS telemetry if anything changed."""
         for ev in events:
             sev, code = self._RAS_EVENTS[ev.kind]
             self.events.append(ShardEvent(row, sev, code, ev.stack if ev.stack >= 0 else 0xFFFF,
                                           float(ev.addr), ev.text))
-        self.ras_sync(row)
+        if self.ras[row].dirty:
+            self.ras_sync(row)
 
     def ras_sync(self, row: int) -> None:
         ctl = self.ras[row]
+        ctl.dirty = False
         self.ras_ce[row] = ctl.ce.sum(axis=1)
         self.ras_ue[row] = ctl.ue.sum(axis=1)
         self.ras_flags[row] = (
@@ -284,31 +314,52 @@ class Shard:
         self.ras_action[row] = int(ctl.recovery_action)
 
     def _ras_step(self, t: float, ts: float) -> None:
-        """Background upsets (Poisson, rate doubling with HBM temperature), then the RAS work of
-        every module that has any: demand reads of latent errors, failed devices, patrol scrub."""
+        """Background upsets (Poisson, rate doubling with HBM temperature) and injected CE storms,
+        then the RAS work of every module that has any: demand reads of latent errors, failed
+        devices, patrol scrub. Modules without errors cost nothing here."""
         cfg = self.ras_cfg
         if not self.params.hbm:
             return
-        factor = cfg.error_rate_factor(self.plant.t_hbm) * ts
         live = ~self.dvfs.shutdown[:, None]
-        storms = self.ce_storm_rate.any()
-        for rate, nbits in ((cfg.sbe_rate_per_s, 1), (cfg.dbe_rate_per_s, 2)):
-            if rate <= 0 and not (storms and nbits == 1):
-                continue
-            lam = rate * factor + (self.ce_storm_rate * ts if nbits == 1 else 0.0)
-            hits = self.rng.poisson(lam) * live
-            for row, stack in zip(*np.nonzero(hits), strict=True):
-                for _ in range(int(hits[row, stack])):
-                    self.ras[row].inject_random(int(stack), nbits)
+        base = cfg.sbe_rate_per_s + cfg.dbe_rate_per_s
+        if base > 0:
+            lam = base * cfg.error_rate_factor(self.plant.t_hbm) * ts * live
+            for row, stack in self._draw(lam):
+                nbits = 2 if self.rng.random() * base < cfg.dbe_rate_per_s else 1
+                self.ras[row].inject_random(stack, nbits)
+        if self._storm_any:
+            for row, stack in self._draw(self.ce_storm_rate * ts * live):
+                self.ras[row].inject_random(stack, 1)
         util = self.inputs.hbm_util
-        for row, ctl in enumerate(self.ras):
-            if not self.active[row]:
-                continue  # nobody reads the errors while the controller is down
-            if ctl.latent or ctl.store.failed_devices or len(ctl.store) or ctl.storm:
-                self.ras_events(row, ctl.step(t, ts, util[row]))
+        for row in sorted(self._ras_busy):
+            ctl = self.ras[row]
+            if not self.active[row] or not ctl.needs_step(t):
+                continue  # nobody reads the errors while the controller is down; or nothing due
+            self.ras_events(row, ctl.step(t, ts, util[row]))
+            if not (ctl.latent or ctl.store.failed_devices or len(ctl.store) or ctl.storm):
+                self._ras_busy.discard(row)
+
+    def _draw(self, lam: np.ndarray) -> list[tuple[int, int]]:
+        """Poisson events with per-(row, stack) rates: one draw for the total, then spread."""
+        total = float(lam.sum())
+        hits = int(self.rng.poisson(total)) if total > 0 else 0
+        if not hits:
+            return []
+        cells = self.rng.choice(lam.size, size=hits, p=(lam / total).ravel())
+        return [divmod(int(c), self.params.hbm) for c in cells]
+
+    def ras_touch(self, row: int) -> None:
+        """A fault or command gave the RAS firmware of ``row`` work to do."""
+        self._ras_busy.add(row)
+
+    def set_ce_storm(self, row: int, stack: int, rate: float) -> None:
+        self.ce_storm_rate[row, stack] = rate
+        self._storm_any = bool(self.ce_storm_rate.any())
 
     def _protection_events(self, was_shut: np.ndarray, was_ocp: np.ndarray) -> None:
         st = self.dvfs
+        if np.array_equal(st.shutdown, was_shut) and np.array_equal(st.hw_ocp, was_ocp):
+            return
         hottest = self.plant.t_die.max(axis=1)
         for row in np.nonzero(st.shutdown & ~was_shut)[0]:
             why = "natural convection cannot hold them" if st.forced_min[row] else "over the shutdown temperature"
@@ -334,27 +385,28 @@ class Shard:
         return NodeState.SHUTDOWN if self.dvfs.shutdown[row] else NodeState.RUNNING
 
     def cooling_mode(self, rows: np.ndarray | slice) -> np.ndarray:
-        mode = np.where(self.cool.failsafe[rows].any(axis=1), CoolingMode.FAILSAFE, CoolingMode.NORMAL)
-        return np.where(self.cool.natural[rows], CoolingMode.NATURAL_CONVECTION, mode)
+        mode = self.cool.failsafe[rows].any(axis=1) * _FAILSAFE_MODE
+        return np.where(self.cool.natural[rows], _NATURAL_MODE, mode)
 
     def records(self, rows: np.ndarray) -> np.ndarray:
         """Telemetry records (the wire layout) of the given rows, filled in one vectorised pass;
         ``rx_rejected`` is left for the node runtime to fill."""
         p, st, pl, cool = self.params, self.dvfs, self.plant, self.cool
-        rec = np.zeros(len(rows), self._dtype)
+        rec = np.empty(len(rows), self._dtype)
         rec["uptime_ns"] = np.maximum(self.t - self.boot_t[rows], 0.0) * 1e9
-        rec["state"] = np.where(st.shutdown[rows], NodeState.SHUTDOWN, NodeState.RUNNING)
-        rec["mode"] = self.cooling_mode(rows)
-        flags = np.where(cool.failsafe[rows].any(axis=1), SnapshotFlags.FAILSAFE, 0)
-        flags |= np.where(st.lock_mhz[rows] > 0, SnapshotFlags.CLOCKS_LOCKED, 0)
-        rec["flags"] = flags | self.ras_flags[rows]
-        rec["vrm_current_a"] = pl.vrm_current[rows]
-        rec["recovery_action"] = self.ras_action[rows]
+        shut = st.shutdown[rows]
+        rec["state"] = np.where(shut, _SHUTDOWN, _RUNNING)
+        failsafe = cool.failsafe[rows].any(axis=1)
+        rec["mode"] = np.where(cool.natural[rows], _NATURAL_MODE, failsafe * _FAILSAFE_MODE)
+        rec["flags"] = failsafe * _F_FAILSAFE | (st.lock_mhz[rows] > 0) * _F_LOCKED | self.ras_flags[rows]
         rec["power_w"] = pl.p_total[rows]
         rec["power_cap_w"] = st.cap_w[rows]
         rec["inlet_c"] = pl.t_inlet[rows]
         rec["outlet_c"] = pl.t_outlet[rows]
         rec["flow_lpm"] = pl.flow_total[rows]
+        rec["vrm_current_a"] = pl.vrm_current[rows]
+        rec["rx_rejected"] = 0
+        rec["recovery_action"] = self.ras_action[rows]
         rec["n_dies"], rec["n_hbm"], rec["n_pumps"], rec["n_valves"] = p.dies, p.hbm, p.pumps, p.valves
         d = rec["dies"]
         d["temp_c"] = self.s_die.value[rows]
@@ -365,21 +417,18 @@ class Shard:
         d["pstate"] = st.pstate[rows]
         d["util_pct"] = np.round(self.util[rows] * 100.0)
         if p.hbm:
-            rec["hbm"]["temp_c"] = self.s_hbm.value[rows]
-            rec["hbm"]["ce"] = np.minimum(self.ras_ce[rows], 0xFFFFFFFF)
-            rec["hbm"]["ue"] = np.minimum(self.ras_ue[rows], 0xFFFFFFFF)
+            h = rec["hbm"]
+            h["temp_c"] = self.s_hbm.value[rows]
+            h["ce"] = np.minimum(self.ras_ce[rows], 0xFFFFFFFF)
+            h["ue"] = np.minimum(self.ras_ue[rows], 0xFFFFFFFF)
         pumps = rec["pumps"]
-        pumps["rpm"] = np.clip(np.nan_to_num(self.s_rpm.value[rows]), 0, 65535)
-        lead = np.zeros((len(rows), p.pumps), bool)
-        lead[np.arange(len(rows)), cool.lead[rows]] = True
-        pumps["flags"] = (
-            np.where(cool.pump_on[rows], PumpFlags.RUNNING, 0)
-            | np.where(lead, PumpFlags.LEAD, 0)
-            | np.where(cool.pump_fault[rows], PumpFlags.FAULT, 0)
-        )
+        rpm = self.s_rpm.value[rows]
+        pumps["rpm"] = np.minimum(np.maximum(np.where(np.isnan(rpm), 0.0, rpm), 0.0), 65535.0)
+        lead = self._pump_index == cool.lead[rows, None]
+        pumps["flags"] = cool.pump_on[rows] * _P_RUNNING | lead * _P_LEAD | cool.pump_fault[rows] * _P_FAULT
         valves = rec["valves"]
         valves["position_pct"] = pl.valve_pos[rows]
-        valves["flags"] = np.where(np.isnan(cool.manual[rows]), 0, ValveFlags.MANUAL)
+        valves["flags"] = ~np.isnan(cool.manual[rows]) * _V_MANUAL
         return rec
 
     # --- operator actions (called by the command handler) ------------------------------------

@@ -82,6 +82,9 @@ class LoopbackBus:
         self._endpoints: set[LoopbackTransport] = set()
         self._retained: dict[Address, bytes] = {}
         self.published = 0
+        # subscriptions indexed by (fleet, node): the node-specific ones, and fleet-wide ones
+        self._by_node: dict[tuple[str, int], list[tuple[LoopbackTransport, Subscription]]] = {}
+        self._by_fleet: dict[str, list[tuple[LoopbackTransport, Subscription]]] = {}
 
     @classmethod
     def named(cls, name: str) -> LoopbackBus:
@@ -110,14 +113,29 @@ class LoopbackBus:
                 self._fan_out(item)
 
     def _fan_out(self, d: Delivery) -> None:
-        for ep in list(self._endpoints):
-            ep._offer(d)
+        a = d.address
+        seen: set[int] = set()
+        for ep, sub in (*self._by_fleet.get(a.fleet, ()), *self._by_node.get((a.fleet, a.node), ())):
+            if id(ep) not in seen and (sub.channel is None or sub.channel == a.channel):
+                seen.add(id(ep))
+                ep._offer(d)
+
+    def index(self, ep: LoopbackTransport, sub: Subscription) -> None:
+        if sub.node is None:
+            self._by_fleet.setdefault(sub.fleet, []).append((ep, sub))
+        else:
+            self._by_node.setdefault((sub.fleet, sub.node), []).append((ep, sub))
 
     def attach(self, ep: LoopbackTransport) -> None:
         self._endpoints.add(ep)
 
     def detach(self, ep: LoopbackTransport, *, will: Will | None) -> None:
         self._endpoints.discard(ep)
+        for table in (self._by_fleet, self._by_node):
+            for key in [k for k, subs in table.items() if any(e is ep for e, _ in subs)]:
+                table[key] = [(e, s) for e, s in table[key] if e is not ep]
+                if not table[key]:
+                    del table[key]
         if will is not None:
             self.route(will.address, will.payload, retain=True)
 
@@ -174,6 +192,7 @@ class LoopbackTransport(Transport):
         if not self._connected:
             raise TransportError("not connected")
         self._subs.append(sub)
+        self.bus.index(self, sub)
         for addr, payload in self.bus.retained().items():
             if sub.matches(addr):
                 self._queue.put_nowait(Delivery(addr, payload, True))
@@ -186,7 +205,7 @@ class LoopbackTransport(Transport):
         self.bus.route(address, bytes(payload), retain=retain)
 
     def _offer(self, d: Delivery) -> None:
-        if self._connected and any(s.matches(d.address) for s in self._subs):
+        if self._connected:
             self._queue.put_nowait(d)
 
     async def receive(self) -> Delivery:
