@@ -25,8 +25,7 @@ class Sim:
                  scale: float = 1.0) -> None:
         self.p = load_profile(profile)
         self.sh = Shard(self.p, n, seed=seed)
-        self.sh.workload.kind[:] = int(workload)
-        self.sh.workload.scale[:] = scale
+        self.sh.workload.set(slice(None), workload, scale)
         self.events: list = []
         self.trace: dict[str, list] = {k: [] for k in (
             "t", "power", "t_die", "t_sensor", "mhz", "reasons", "shutdown", "pump_on", "valve", "failsafe")}
@@ -128,7 +127,7 @@ def test_without_pumps_only_natural_convection_remains_and_the_dice_heat_within_
 
 def test_governor_follows_utilisation_and_idle_dice_report_gpu_idle():
     sim = Sim("colossus-mcm", 2)
-    sim.sh.workload.kind[0] = int(Workload.IDLE)
+    sim.sh.workload.set(0, Workload.IDLE)
     sim.run(10)
     mhz, reasons = sim.sh.dvfs.mhz, sim.sh.dvfs.reasons
     assert (mhz[0] == sim.p.min_mhz).all() and (reasons[0] & ClockReason.GPU_IDLE).all()
@@ -179,8 +178,7 @@ def test_pl2_allows_a_burst_above_the_cap_while_pl1_has_budget(profile):
     pl2 = cap * sim.p.power.short_limit_factor
     sim.sh.dvfs.cap_w[0] = cap
     sim.run(20)  # long average far below the cap: budget saved
-    sim.sh.workload.kind[0] = int(Workload.STEADY)
-    sim.sh.workload.scale[0] = 1.15
+    sim.sh.workload.set(0, Workload.STEADY, 1.15)
     t0 = len(sim.trace["t"])
     avg_long = []
     sim.run(8 * sim.p.power.long_window_s, on_tick=lambda x: avg_long.append(x.sh.dvfs.avg_long[0]))
@@ -454,3 +452,36 @@ def test_sensor_readings_are_quantised_and_one_tick_late():
     sim.run(1 / sim.sh.tick_hz)
     q = sim.sh.s_die.quantum
     assert np.allclose(sim.sh.s_die.value[0], np.round(prev / q) * q)
+
+
+def test_a_latched_pump_is_retried_after_its_cool_down_and_cooling_returns():
+    from mcm_firmware.control.coolant import PUMP_RETRY_S
+
+    sim = Sim("colossus-mcm", workload=Workload.IDLE)
+    sim.run(10)
+    sim.sh.inputs.pump_failed[0, :] = True
+    sim.run(5)
+    assert sim.sh.cool.natural[0] and sim.sh.cool.pump_fault[0].all()
+    sim.sh.inputs.pump_failed[0, 0] = False  # pump A repaired; the firmware does not know yet
+    sim.run(PUMP_RETRY_S + 10)
+    assert not sim.sh.cool.natural[0] and sim.sh.cool.pump_on[0, 0]
+    assert sorted(e.subject for e in sim.codes(EventCode.PUMP_RETRY)) == [0, 1]
+    assert sim.codes(EventCode.COOLING_RESTORED)
+    sim.sh.inputs.pump_failed[0, 0] = True  # A fails again: B, released but still broken, is tried
+    sim.run(5)
+    faults = [e.subject for e in sim.codes(EventCode.PUMP_FAULT)]
+    assert faults[-2:] == [0, 1] and sim.sh.cool.natural[0]
+
+
+def test_a_vrm_that_keeps_tripping_is_one_incident():
+    sim = Sim("colossus-mcm", scale=1.1)
+    sim.run(10)
+    sim.sh.inputs.vrm_factor[0] = 1.6
+    ocp: list[bool] = []
+    sim.run(120, on_tick=lambda x: ocp.append(bool(x.sh.dvfs.hw_ocp[0])))
+    comparator_trips = sum(1 for a, b in zip(ocp, ocp[1:]) if b and not a)
+    reported = sim.codes(EventCode.VRM_OVERCURRENT)
+    assert comparator_trips >= 5 and 1 <= len(reported) <= comparator_trips / 3
+    sim.sh.inputs.vrm_factor[0] = 1.0
+    sim.run(20)
+    assert len(sim.codes(EventCode.VRM_RECOVERED)) == len(reported)  # every incident ends

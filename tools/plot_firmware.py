@@ -59,14 +59,13 @@ def run(profile: str, scenario: str) -> tuple[dict, Shard]:
     trace: dict = {k: [] for k in ("t", "die", "sensor", "hbm", "outlet", "mhz", "reasons", "power", "cap",
                                    "avg_long", "valves", "flow", "rpm")}
     if scenario == "load-step":
-        sh.workload.kind[0] = int(Workload.IDLE)
+        sh.workload.set(0, Workload.IDLE)
         for _ in range(int(30 * sh.tick_hz)):
             sh.tick()
         trace["t0"] = sh.t
 
         def load(s: Shard) -> None:
-            s.workload.kind[0] = int(Workload.STEADY)
-            s.workload.scale[0] = FULL
+            s.workload.set(0, Workload.STEADY, FULL)
 
         record(sh, 60, trace, {10.0: load})
     elif scenario == "pump-failure":

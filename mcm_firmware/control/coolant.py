@@ -21,7 +21,9 @@ valve command is at least ``failsafe_pct``.
 **Pumps.** The lead pump runs, the lag pump stands by. A lead pump whose driver reports a fault,
 whose speed feedback is lost (failed or stale tachometer, or speed below ``PUMP_MIN_SPEED`` of
 nominal after its spin-up time) or whose current exceeds its limit is latched faulty and the next
-healthy pump becomes lead in the same period. The lead alternates every ``pump_alternate_h`` to
+healthy pump becomes lead in the same period. A latched pump that is not running is released
+after ``PUMP_RETRY_S`` (a restart attempt, as pump controllers make): if its fault persists it is
+caught again when next started. The lead alternates every ``pump_alternate_h`` to
 even out wear. With no healthy pump left, the module enters natural-convection mode (DVFS forces
 the lowest P-state; if the dice still pass ``slowdown_c`` the module shuts down).
 
@@ -41,6 +43,7 @@ HBM_MARGIN_C = 15.0
 PUMP_MIN_SPEED = 0.6  # of nominal, once spun up
 PUMP_SPINUP_S = 2.0
 PUMP_OVERCURRENT_A = 3.0  # the emulated pump driver's current limit
+PUMP_RETRY_S = 600.0  # a faulted pump that is not running becomes eligible again after this long
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class CoolantState:
         self.pump_on[:, 0] = True
         self.pump_started = np.full((n, cfg.pumps), t0)
         self.pump_fault = np.zeros((n, cfg.pumps), bool)
+        self.fault_t = np.zeros((n, cfg.pumps))  # when each pump was latched faulty
         self.last_alternate = np.full(n, t0)
         self.natural = np.zeros(n, bool)
 
@@ -185,6 +189,7 @@ def valve_step(cfg: CoolantConfig, st: CoolantState, flow: np.ndarray, ts: float
 @dataclass(frozen=True)
 class PumpTransitions:
     faulted: np.ndarray  # [N,P] pumps latched faulty this period
+    retried: np.ndarray  # [N,P] latched pumps released for another attempt
     failed_over: np.ndarray  # [N] the lead changed because the old lead faulted
     alternated: np.ndarray  # [N] the lead changed for wear levelling
     natural: np.ndarray  # [N] natural-convection mode entered
@@ -207,31 +212,37 @@ def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, r
     lost_feedback = (rpm_failed | (rpm_age > cfg.sensor_timeout_s) | slow) & spun_up
     bad = st.pump_on & (driver_fault | lost_feedback | (current_a > PUMP_OVERCURRENT_A))
     newly = bad & ~st.pump_fault
+    st.fault_t = np.where(newly, t, st.fault_t)
     st.pump_fault |= bad
+    retried = st.pump_fault & ~st.pump_on & (t - st.fault_t >= PUMP_RETRY_S)
+    st.pump_fault &= ~retried
     healthy = ~st.pump_fault
     lead_bad = st.pump_fault[rows, st.lead]
+    stopped = ~st.pump_on.any(axis=1) & healthy.any(axis=1)  # none runs, one could: start it
     # alternation: hand over to the next healthy pump once the period has passed
     due = (t - st.last_alternate >= cfg.alternate_s) & ~lead_bad & (healthy.sum(axis=1) > 1)
-    change = lead_bad | due
+    change = lead_bad | due | stopped
     failed_over = np.zeros(n, bool)
     alternated = np.zeros(n, bool)
     if change.any():
         for r in np.nonzero(change)[0]:
+            # the next healthy pump after the lead; the lead itself last (a restart)
             for k in range(1, cfg.pumps + 1):
                 cand = (st.lead[r] + k) % cfg.pumps
-                if healthy[r, cand] and cand != st.lead[r]:
-                    st.lead[r] = cand
-                    st.pump_on[r, :] = False
-                    st.pump_on[r, cand] = True
-                    st.pump_started[r, cand] = t
-                    st.last_alternate[r] = t
-                    failed_over[r] = bool(lead_bad[r])
-                    alternated[r] = not lead_bad[r]
-                    break
+                if not healthy[r, cand] or (due[r] and cand == st.lead[r]):
+                    continue
+                st.lead[r] = cand
+                st.pump_on[r, :] = False
+                st.pump_on[r, cand] = True
+                st.pump_started[r, cand] = t
+                st.last_alternate[r] = t
+                failed_over[r] = bool(lead_bad[r]) and not stopped[r]
+                alternated[r] = bool(due[r]) and not lead_bad[r]
+                break
     st.pump_on &= healthy
     was_natural = st.natural.copy()
     st.natural = ~st.pump_on.any(axis=1)
-    return PumpTransitions(newly, failed_over, alternated, st.natural & ~was_natural)
+    return PumpTransitions(newly, retried, failed_over, alternated, st.natural & ~was_natural)
 
 
 def clear_pump_faults(cfg: CoolantConfig, st: CoolantState, row: int, t: float) -> None:

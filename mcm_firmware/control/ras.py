@@ -10,8 +10,9 @@ scrubber) is reported to :meth:`RasController.observe`:
   Each bank has a finite pool of spare rows; a row that cannot get one sets the *remap failure*
   flag. Recovery action: ``GPU_RESET`` while remaps are pending, ``NODE_REBOOT`` once remapping has
   failed (the module must be drained and serviced), else ``NONE``.
-* **Poisoning**: a word found uncorrectable is poisoned and is not counted again until its row is
-  remapped, as a retired page is no longer handed out.
+* **Poisoning and offlining**: a word found uncorrectable is poisoned and is not counted again
+  until its row is remapped; a row pending remap is offlined (the workload no longer reads it;
+  the patrol scrubber still does), as drivers stop handing out a page that waits for a remap.
 * **CE storm**: more than ``storm_threshold`` CEs within ``storm_window_s`` starts a storm (an
   event); it ends when the count over the window falls below half the threshold.
 * **Patrol scrub**: the scrubber walks the whole address space, one pass every
@@ -126,7 +127,8 @@ class RasController:
         self.remap_failed = False
         self.failed_rows: set[RowKey] = set()
         self.poisoned: set[int] = set()
-        self.latent: set[int] = set()  # injected errors no read has found yet
+        self._latent: dict[int, set[int]] = {}  # per stack: errors no read has found yet
+        self._np = np.random.default_rng(self.rng.getrandbits(64))
         self.storm = False
         self._ce_times: deque[float] = deque()
         self._scrubbed_to: float | None = None  # the time up to which the patrol scrub has run
@@ -160,7 +162,8 @@ class RasController:
         """Flip stored bits at an address: a transient upset (a particle strike), or with
         ``stuck`` a hard fault (a weak or stuck cell) that comes back after every write."""
         self.store.flip(addr, bits, stuck=stuck)
-        self.latent.add(addr)
+        if self._row(addr) not in self.pending:  # an offlined row is read by the scrubber only
+            self._latent.setdefault(self.cfg.geometry.decode(addr).stack, set()).add(addr)
         if self.on_work is not None:
             self.on_work()
 
@@ -189,7 +192,7 @@ class RasController:
         scrub), so a transient upset is counted once and a stuck cell at every read."""
         res = self.store.read(addr, write_back=True)
         if res.status is EccStatus.OK or not self.store.stuck_bits(addr):
-            self.latent.discard(addr)
+            self._forget(addr)
         return res, self.observe(res, t)
 
     def observe(self, res: ReadResult, t: float) -> list[RasEvent]:
@@ -204,7 +207,7 @@ class RasController:
             if res.addr in self.poisoned:
                 return []
             self.poisoned.add(res.addr)
-            self.latent.discard(res.addr)
+            self._forget(res.addr)
             self.ue[loc.stack, loc.channel] += 1
             events.append(RasEvent(RasEventKind.UE, loc.stack, res.addr,
                                    f"uncorrectable error at {res.addr:#x} ({_where(loc)})"))
@@ -229,6 +232,9 @@ class RasController:
             self.remap_failed = True
             return [RasEvent(RasEventKind.REMAP_FAILED, stack, text=f"no spare row left for {where} ({why})")]
         self.pending[key] = why
+        # the row is offlined until the remap: the workload no longer reads it
+        for addr in [a for a in self._latent.get(stack, ()) if self._row(a) == key]:
+            self._forget(addr)
         return [RasEvent(RasEventKind.REMAP_PENDING, stack, text=f"{where} pending remap ({why})")]
 
     def _storm_check(self, t: float, stack: int) -> list[RasEvent]:
@@ -248,12 +254,18 @@ class RasController:
         """Demand reads find latent errors; the scrubber walks a slice; storms end."""
         events: list[RasEvent] = []
         rate = self.cfg.access_rate_hz
-        if self.latent:
-            for addr in sorted(self.latent):
-                stack = self.cfg.geometry.decode(addr).stack
-                p = -math.expm1(-rate * float(util_by_stack[stack]) * dt)
-                if self.rng.random() < p:
-                    events += self.read(addr, t)[1]
+        for stack in sorted(self._latent):
+            # each latent error is read with probability p; draw how many, then which
+            p = -math.expm1(-rate * float(util_by_stack[stack]) * dt)
+            if p <= 0:
+                continue  # nothing reads this stack now
+            pool = list(self._latent[stack])
+            k = int(self._np.binomial(len(pool), p)) if 0 < p < 1 else (len(pool) if p >= 1 else 0)
+            if not k:
+                continue
+            chosen = sorted(pool[i] for i in self._np.choice(len(pool), size=k, replace=False))
+            for addr in chosen:
+                events += self.read(addr, t)[1]
         for stack in sorted(self.store.failed_devices):
             # every access to a stack with a failed device meets it
             lam = rate * float(util_by_stack[stack]) * dt
@@ -311,9 +323,14 @@ class RasController:
                 events += self.read(addr, t)[1]
         return events
 
+    @property
+    def errors_at_large(self) -> bool:
+        """Latent errors, failed devices or a storm: work for every step."""
+        return bool(self._latent or self.store.failed_devices or self.storm)
+
     def needs_step(self, t: float) -> bool:
         """Whether :meth:`step` has anything to do at ``t``."""
-        return bool(self.latent or self.store.failed_devices or self.storm) or t >= self._next_scrub
+        return self.errors_at_large or t >= self._next_scrub
 
     _next_scrub: float = -math.inf
 
@@ -329,7 +346,8 @@ class RasController:
             self.remapped.add(key)
             self.store.rewrite_row(stack, ch, bank, row)
             self.poisoned = {a for a in self.poisoned if self._row(a) != key}
-            self.latent = {a for a in self.latent if self._row(a) != key}
+            for addr in [a for a in self.latent if self._row(a) == key]:
+                self._forget(addr)
             for a in [a for a in self.ce_by_addr if self._row(a) == key]:
                 del self.ce_by_addr[a]
             events.append(RasEvent(RasEventKind.REMAPPED, stack,
@@ -342,7 +360,8 @@ class RasController:
         counters start from zero."""
         events = self.reset()
         self.clear()
-        self.latent = {a for a in self.latent if self.store.stuck_bits(a)}
+        for addr in [a for a in self.latent if not self.store.stuck_bits(a)]:
+            self._forget(addr)
         return events
 
     def clear(self) -> None:
@@ -353,6 +372,19 @@ class RasController:
         self.ce_by_addr.clear()
         self._ce_times.clear()
         self.storm = False
+
+    @property
+    def latent(self) -> set[int]:
+        """Errors injected and not yet found by any read."""
+        return set().union(*self._latent.values()) if self._latent else set()
+
+    def _forget(self, addr: int) -> None:
+        stack = self.cfg.geometry.decode(addr).stack
+        pool = self._latent.get(stack)
+        if pool is not None:
+            pool.discard(addr)
+            if not pool:
+                del self._latent[stack]
 
     def _row(self, addr: int) -> RowKey:
         loc: Location = self.cfg.geometry.decode(addr)

@@ -29,6 +29,7 @@ error is detected.
 from __future__ import annotations
 
 from enum import IntEnum
+from functools import lru_cache
 
 import reedsolo
 
@@ -126,13 +127,21 @@ def chipkill_decode(stored: bytes) -> tuple[EccStatus, bytes, list[int]]:
     """
     if len(stored) != DEVICES:
         raise ValueError(f"a chipkill codeword has {DEVICES} symbols, got {len(stored)}")
+    status, data, devices = _chipkill_decode(bytes(stored))
+    return status, data, list(devices)
+
+
+@lru_cache(maxsize=8192)
+def _chipkill_decode(stored: bytes) -> tuple[EccStatus, bytes, tuple[int, ...]]:
+    """The decoder proper: a pure function of the stored bytes, so memoised (a stuck cell is read
+    over and over with the same bytes)."""
     try:
         data, _, errata = _RS.decode(bytearray(stored))
     except reedsolo.ReedSolomonError:
-        return EccStatus.UNCORRECTABLE, bytes(stored[:LINE_BYTES]), []
-    devices = sorted(int(p) for p in errata)
+        return EccStatus.UNCORRECTABLE, bytes(stored[:LINE_BYTES]), ()
+    devices = tuple(sorted(int(p) for p in errata))
     if not devices:
-        return EccStatus.OK, bytes(data), []
+        return EccStatus.OK, bytes(data), ()
     if len(devices) == 1:
         return EccStatus.CORRECTED, bytes(data), devices
     return EccStatus.UNCORRECTABLE, bytes(stored[:LINE_BYTES]), devices

@@ -17,6 +17,7 @@ A failed device returns garbage for its bits or symbol on every read of its stac
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -122,7 +123,10 @@ class HbmStore:
         self._lines: dict[int, bytearray] = {}  # chipkill: line addr -> 20 stored symbols
         self.failed_devices: dict[int, set[int]] = {}  # stack -> failed device numbers
         self._stuck: dict[int, set[int]] = {}  # codeword key -> bits that always read inverted
-        self._sorted: list[int] | None = None  # cached sorted word addresses
+        self._sorted: list[int] = []  # the stored word addresses (a line's first word), kept sorted
+        self._suspect: set[int] = set()  # codewords that may hold errors (all others are clean)
+        self._true: dict[int, bytes] = {}  # chipkill: the error-free codeword of each suspect line
+        self._pool: list[bytes] = []  # chipkill: encoded random lines for memory nobody wrote
 
     @property
     def devices(self) -> int:
@@ -138,10 +142,11 @@ class HbmStore:
 
     def addresses(self) -> list[int]:
         """Stored word addresses (for chipkill, the first word of each line), sorted."""
-        if self._sorted is None or len(self._sorted) != len(self):
-            self._sorted = (sorted(self._words) if self.mode is EccMode.SECDED
-                            else sorted(line << 2 for line in self._lines))
         return self._sorted
+
+    def _new(self, key: int) -> None:
+        """A codeword is stored for the first time: keep the address list sorted."""
+        bisect.insort(self._sorted, key if self.mode is EccMode.SECDED else key << 2)
 
     def _check(self, addr: int) -> None:
         if not self.geometry.valid(addr):
@@ -158,18 +163,32 @@ class HbmStore:
 
     def _store_clean(self, key: int, data: int | bytes) -> None:
         """Store freshly encoded data; stuck cells still read inverted."""
+        if key in self._stuck:
+            self._suspect.add(key)
+        else:
+            self._suspect.discard(key)
         if self.mode is EccMode.SECDED:
             assert isinstance(data, int)
             word = [data, ecc.secded_check(data)]
             for bit in self._stuck.get(key, ()):
                 word[0], word[1] = ecc.flip(word[0], word[1], bit)
+            if key not in self._words:
+                self._new(key)
             self._words[key] = word
         else:
             assert isinstance(data, bytes)
-            line = bytearray(ecc.chipkill_encode(data))
+            true = self._true.get(key)
+            encoded = true if true is not None and true[: ecc.LINE_BYTES] == data else ecc.chipkill_encode(data)
+            line = bytearray(encoded)
             for bit in self._stuck.get(key, ()):
                 line[bit // 8] ^= 1 << (bit % 8)
+            if key not in self._lines:
+                self._new(key)
             self._lines[key] = line
+            if key in self._suspect:
+                self._true[key] = encoded
+            else:
+                self._true.pop(key, None)
 
     def write(self, addr: int, value: int) -> None:
         self._check(addr)
@@ -193,9 +212,14 @@ class HbmStore:
         if self.mode is EccMode.SECDED:
             if addr not in self._words:
                 value = self._rng.getrandbits(32)
+                self._new(addr)
                 self._words[addr] = [value, ecc.secded_check(value)]
         elif addr >> 2 not in self._lines:
-            self._lines[addr >> 2] = bytearray(ecc.chipkill_encode(self._rng.randbytes(ecc.LINE_BYTES)))
+            # memory nobody wrote holds arbitrary data: one of a pool of encoded random lines
+            if not self._pool:
+                self._pool = [ecc.chipkill_encode(self._rng.randbytes(ecc.LINE_BYTES)) for _ in range(64)]
+            self._new(addr >> 2)
+            self._lines[addr >> 2] = bytearray(self._pool[self._rng.randrange(len(self._pool))])
 
     def flip(self, addr: int, bits: list[int], *, stuck: bool = False) -> None:
         """Flip stored bits of the codeword holding ``addr``: 0..38 of the word (SEC-DED) or
@@ -209,6 +233,10 @@ class HbmStore:
                 raise ValueError(f"bit {bit} outside the {limit}-bit codeword")
         if stuck:
             self._stuck.setdefault(self._key(addr), set()).symmetric_difference_update(bits)
+        key = self._key(addr)
+        if self.mode is EccMode.CHIPKILL and key not in self._suspect:
+            self._true[key] = bytes(self._lines[key])  # clean until now: this is its true codeword
+        self._suspect.add(key)
         if self.mode is EccMode.SECDED:
             word = self._words[addr]
             for bit in bits:
@@ -250,6 +278,14 @@ class HbmStore:
         self._materialise(addr)
         stack = self.geometry.decode(addr).stack
         failed = self.failed_devices.get(stack, ())
+        key = self._key(addr)
+        if not failed and key not in self._suspect:
+            # a codeword nothing has touched since it was encoded: the decoder would find no error
+            # (both codes are systematic: the data bits are stored as they are)
+            if self.mode is EccMode.SECDED:
+                return ReadResult(addr, EccStatus.OK, self._words[addr][0])
+            off = (addr & 3) * 4
+            return ReadResult(addr, EccStatus.OK, int.from_bytes(self._lines[key][off : off + 4], "little"))
         if self.mode is EccMode.SECDED:
             data, check = self._words[addr]
             for dev in failed:
@@ -265,11 +301,27 @@ class HbmStore:
         stored = bytearray(self._lines[addr >> 2])
         for dev in failed:
             stored[dev] ^= self._garbage(addr >> 2, dev)
-        status, data, devices = ecc.chipkill_decode(bytes(stored))
+        status, data, devices = self._chipkill(key, bytes(stored))
         if write_back and status is EccStatus.CORRECTED:
             self._store_clean(addr >> 2, data)
         off = (addr & 3) * 4
         return ReadResult(addr, status, int.from_bytes(data[off : off + 4], "little"), tuple(devices))
+
+    def _chipkill(self, key: int, stored: bytes) -> tuple[EccStatus, bytes, list[int]]:
+        """What the RS(20,16) decoder returns for ``stored``. With minimum distance 5 it corrects
+        every single-symbol error and detects every double one; knowing the line's true codeword,
+        those cases are computed directly. Three or more symbols go through the decoder itself
+        (they may be miscorrected, as in hardware)."""
+        true = self._true.get(key)
+        if true is not None:
+            bad = [i for i in range(ecc.DEVICES) if stored[i] != true[i]]
+            if not bad:
+                return EccStatus.OK, true[: ecc.LINE_BYTES], []
+            if len(bad) == 1:
+                return EccStatus.CORRECTED, true[: ecc.LINE_BYTES], bad
+            if len(bad) == 2:
+                return EccStatus.UNCORRECTABLE, stored[: ecc.LINE_BYTES], bad
+        return ecc.chipkill_decode(stored)
 
     def rewrite_row(self, stack: int, channel: int, bank: int, row: int) -> int:
         """A spare row takes the row's place: every stored word is re-encoded clean from its
@@ -287,7 +339,7 @@ class HbmStore:
                 status, fixed, _, _ = ecc.secded_decode(data, check)
                 self._store_clean(key, fixed)
             else:
-                status, fixed_line, _ = ecc.chipkill_decode(bytes(self._lines[key]))
+                status, fixed_line, _ = self._chipkill(key, bytes(self._lines[key]))
                 self._store_clean(key, fixed_line)
             moved += 1
         return moved

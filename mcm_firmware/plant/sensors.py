@@ -46,11 +46,16 @@ class SensorBank:
             self.failed[row, col] = False
         self._any_fault = bool(self.fault.any())
 
-    def sample(self, true: np.ndarray, t: float, dt: float, rng: np.random.Generator) -> None:
-        """Take one reading of every sensor from the true values of this tick."""
+    def sample(self, true: np.ndarray, t: float, dt: float, rng: np.random.Generator,
+               noise: np.ndarray | None = None) -> None:
+        """Take one reading of every sensor from the true values of this tick. ``noise`` (standard
+        normal, the bank's shape) may be drawn by the caller for several banks at once."""
         raw = self._pending
         self._pending = np.array(true, float, copy=True)
-        reading = raw + rng.standard_normal(raw.shape) * self.noise_sd if self.noise_sd else raw
+        if self.noise_sd:
+            reading = raw + (rng.standard_normal(raw.shape) if noise is None else noise) * self.noise_sd
+        else:
+            reading = raw
         if not self._any_fault:  # the common case, kept short
             self.value = np.round(reading / self.quantum) * self.quantum if self.quantum else reading
             self.read_at.fill(t)

@@ -129,6 +129,7 @@ class EventCode(IntEnum):
     NATURAL_CONVECTION = 35  # no pump left: lowest P-state
     COOLING_RESTORED = 36
     SENSOR_FAULT = 37  # subject: sensor index in its bank; text: which bank
+    PUMP_RETRY = 49  # subject: a latched pump released for another attempt
     VALVE_MANUAL = 38  # subject: valve; value: commanded %
     VALVE_AUTO = 39  # subject: valve
     UE = 40  # subject: stack; value: word address

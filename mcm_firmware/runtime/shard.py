@@ -25,7 +25,8 @@ from ..profile import Profile
 from ..protocol import CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags
 from ..protocol.codec import snapshot_dtype
 
-REASON_HOLD_S = 2.0  # a clock-reason change is reported once it has held this long
+REASON_HOLD_S = 5.0  # a clock-reason change is reported once it has held this long
+OCP_REPORT_HOLD_S = 10.0  # VRM recovery is reported once the over-current has stayed away this long
 DIE_SENSOR_NOISE_C = 0.15
 DIE_SENSOR_QUANTUM_C = 0.0625
 FLOW_SENSOR_NOISE = 0.01
@@ -89,6 +90,7 @@ class Shard:
         self.s_rpm = SensorBank((n, p.pumps), noise_sd=RPM_SENSOR_NOISE, quantum=1.0, initial=pl.pump_rpm)
         for bank in (self.s_die, self.s_hbm, self.s_flow, self.s_rpm):
             bank.read_at[:] = -np.inf  # nothing read yet: every zone starts in failsafe
+        self._noise_size = sum(b.value.size for b in (self.s_die, self.s_hbm, self.s_flow, self.s_rpm))
         self.pump_driver_fault = np.zeros((n, p.pumps), bool)
         self.pump_current = np.zeros((n, p.pumps))
 
@@ -111,6 +113,8 @@ class Shard:
         self.active = np.ones(n, bool)  # rows whose controller is running; others hold their outputs
         self.events: list[ShardEvent] = []
         self._reported_reasons = np.zeros((n, p.dies), np.uint32)
+        self._ocp_reported = np.zeros(n, bool)
+        self._ocp_clear_since = np.zeros(n)
         self._seen_reasons = np.zeros((n, p.dies), np.uint32)
         self._reasons_since = np.zeros((n, p.dies))
         self._dtype = snapshot_dtype(p.dies, p.hbm, p.pumps, p.valves)
@@ -162,10 +166,14 @@ class Shard:
         model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
 
         rng = self.rng
+        noise = rng.standard_normal(self._noise_size)  # one draw for every sensor of the shard
+        start = 0
         for name, bank, true in (("die", self.s_die, self.plant.t_die), ("hbm", self.s_hbm, self.plant.t_hbm),
                                  ("flow", self.s_flow, self.plant.flow_valve), ("rpm", self.s_rpm, self.plant.pump_rpm)):
             was_failed = bank.failed
-            bank.sample(true, t, dt, rng)
+            size = bank.value.size
+            bank.sample(true, t, dt, rng, noise[start : start + size].reshape(bank.value.shape))
+            start += size
             if bank.faulty and (bank.failed != was_failed).any():
                 for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):
                     self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.SENSOR_FAULT, int(col),
@@ -271,6 +279,9 @@ class Shard:
             lead = int(cool.lead[row])
             self.events.append(ShardEvent(int(row), Severity.WARNING, EventCode.PUMP_FAILOVER, lead,
                                           text=f"pump {names[lead]} takes over as lead"))
+        for row, pump in zip(*np.nonzero(tr.retried), strict=True):
+            self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.PUMP_RETRY, int(pump),
+                                          text=f"pump {names[pump]} may be tried again"))
         for row in np.nonzero(tr.alternated)[0]:
             lead = int(cool.lead[row])
             self.events.append(ShardEvent(int(row), Severity.INFO, EventCode.PUMP_ALTERNATE, lead,
@@ -336,7 +347,7 @@ class Shard:
             if not self.active[row] or not ctl.needs_step(t):
                 continue  # nobody reads the errors while the controller is down; or nothing due
             self.ras_events(row, ctl.step(t, ts, util[row]))
-            if not (ctl.latent or ctl.store.failed_devices or len(ctl.store) or ctl.storm):
+            if not (ctl.errors_at_large or len(ctl.store)):
                 self._ras_busy.discard(row)
 
     def _draw(self, lam: np.ndarray) -> list[tuple[int, int]]:
@@ -358,6 +369,12 @@ class Shard:
 
     def _protection_events(self, was_shut: np.ndarray, was_ocp: np.ndarray) -> None:
         st = self.dvfs
+        if self._ocp_reported.any():
+            settled = self._ocp_reported & ~st.hw_ocp & (self.t - self._ocp_clear_since >= OCP_REPORT_HOLD_S)
+            for row in np.nonzero(settled)[0]:
+                self._ocp_reported[row] = False
+                self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.VRM_RECOVERED,
+                                              value=float(self.plant.vrm_current[row])))
         if np.array_equal(st.shutdown, was_shut) and np.array_equal(st.hw_ocp, was_ocp):
             return
         hottest = self.plant.t_die.max(axis=1)
@@ -368,12 +385,15 @@ class Shard:
         for row in np.nonzero(~st.shutdown & was_shut)[0]:
             self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.THERMAL_RECOVERY,
                                           value=float(hottest[row]), text="dice powered on again"))
+        # A VRM that keeps tripping is one incident: reported when it first trips, and as
+        # recovered once it has stayed clear for OCP_REPORT_HOLD_S.
         for row in np.nonzero(st.hw_ocp & ~was_ocp)[0]:
-            self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.VRM_OVERCURRENT,
-                                          value=float(self.plant.vrm_current[row])))
+            if not self._ocp_reported[row]:
+                self._ocp_reported[row] = True
+                self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.VRM_OVERCURRENT,
+                                              value=float(self.plant.vrm_current[row])))
         for row in np.nonzero(~st.hw_ocp & was_ocp)[0]:
-            self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.VRM_RECOVERED,
-                                          value=float(self.plant.vrm_current[row])))
+            self._ocp_clear_since[row] = self.t
 
     def take_events(self) -> list[ShardEvent]:
         events, self.events = self.events, []
@@ -434,8 +454,7 @@ class Shard:
     # --- operator actions (called by the command handler) ------------------------------------
 
     def set_workload(self, row: int, kind: Workload, scale: float = 1.0) -> None:
-        self.workload.kind[row] = int(kind)
-        self.workload.scale[row] = scale
+        self.workload.set(row, kind, scale)
 
     def set_sensor_fault(self, bank: str, row: int, col: int, fault: SensorFault, param: float = 0.0) -> None:
         getattr(self, f"s_{bank}").set_fault(row, col, fault, param)

@@ -223,16 +223,20 @@ async def run_async(sc: Scenario, *, seed: int, path: str, factory: TransportFac
     wall0 = time.perf_counter()
     await fleet.start()
     try:
-        for a in actions:
-            await clock.sleep_until(t0 + a.t)
-            await _apply(fleet, a, a.t, log)
-        if progress is None:
-            await clock.sleep_until(t0 + sc.duration_s)
-        else:
-            step = max(sc.duration_s / 20, 1.0)
-            while clock.now() < t0 + sc.duration_s:
-                await clock.sleep_until(min(clock.now() + step, t0 + sc.duration_s))
-                progress(clock.now() - t0)
+        step = max(sc.duration_s / 20, 1.0) if progress is not None else math.inf
+        next_report = step
+        queue = list(actions)
+        while True:
+            due = min(queue[0].t if queue else math.inf, next_report, sc.duration_s)
+            await clock.sleep_until(t0 + due)
+            while queue and queue[0].t <= due:
+                a = queue.pop(0)
+                await _apply(fleet, a, a.t, log)
+            if due >= next_report:
+                progress(due)  # type: ignore[misc]
+                next_report += step
+            if due >= sc.duration_s or fleet.failure is not None:
+                break
         if fleet.failure is not None:
             raise RuntimeError(f"the simulation stopped: {fleet.failure!r}") from fleet.failure
     finally:
