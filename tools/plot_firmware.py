@@ -4,8 +4,7 @@
     python tools/plot_firmware.py [--out docs/img] [--profiles NAME ...]
 
 For each profile: a load step (idle to full load), a pump failure (the lead pump stops under
-load) and a power-cap change (the cap halfway down its range, then back). Needs matplotlib
-(``pip install -e ".[docs]"``).
+load) and a power-cap change (the cap halfway down its range, then back).
 """
 
 from __future__ import annotations

@@ -3,18 +3,22 @@
 Each die's clock is the governor's choice limited by every ceiling in force; the NVML-compatible
 clock-event-reasons bitmask names the limits that bind:
 
-* governor (schedutil-like): ``f = 1.25 * f_max * util``, rounded up to a P-state; idle dice
-  report ``GpuIdle``;
+* governor (schedutil-like): ``f = 1.25 * f_max * util`` on frequency-invariant utilisation
+  (busy fraction times ``f / f_max``), rounded up to a P-state; idle dice report ``GpuIdle``;
 * locked application clocks (``lock-clocks``): ``ApplicationsClocksSetting``;
-* software power cap, RAPL-like: the module's power is averaged over a long window (PL1) and a
-  short one (PL2). The power aimed for is ``2 * cap - long average``, bounded to
-  ``[cap, cap * short_limit_factor]``: while the long average is below the cap a burst up to the
-  short limit is allowed; once it has used its budget the target is the cap itself. A power
-  *estimator* (the firmware's own model: ``C_eff * V^2 * f * activity`` plus leakage at the
-  measured temperature, with the activity each P-state would have at the present demand, plus
-  the HBM) gives, every period, the clock at which the module would draw the target, so a load
-  step is limited in the same period; an integral *trim* on measured power corrects the model.
-  The dice dither between the two P-states around that clock so that the average clock, and so
+* software power cap, RAPL-like: the module's power is averaged (exponentially weighted) over a
+  long window (PL1) and a short one (PL2). The power aimed for is ``2 * cap - long average``,
+  and at most ``2 * PL2 - short average`` with ``PL2 = cap * short_limit_factor``, bounded to
+  ``cap * [2 - short_limit_factor, short_limit_factor]``: while the long average is below the
+  cap a burst up to PL2 is allowed; once the budget is used the target is the cap, and below it
+  while an overshoot is paid back (a new cap starts with its budget spent, not in debt for the
+  power drawn under the old one). A power *estimator* (the firmware's own model:
+  ``C_eff * V^2 * f * activity`` plus leakage at the measured temperature, with the activity each
+  P-state would have at the present demand, plus the HBM) gives, every period, the clock at which
+  the module would draw the target, so a load step is limited in the same period. A *trim*
+  corrects the model by the ratio of measured to estimated power at the clocks that ran
+  (:func:`learn_trim`), whatever limits the power. The dice dither between the two P-states
+  around that clock so that the average clock, and so
   the average power, meets the target: ``SwPowerCap``;
 * software thermal slowdown above ``slowdown_c`` (on the firmware's sensor readings), released
   ``hysteresis_c`` below it: ``SwThermalSlowdown``;
@@ -75,10 +79,9 @@ def reason_names(mask: int) -> list[str]:
 IDLE_UTIL = 0.02
 SATURATED_UTIL = 0.97
 SCHEDUTIL_HEADROOM = 1.25
-TRIM_TAU_S = 0.25  # time constant of the estimator's trim
+TRIM_TAU_S = 1.0  # time constant of the estimator's trim
 TRIM_RANGE = (0.6, 1.4)  # how far the trim may correct the estimator
 TRIM_MAX_STEP = 0.1  # largest log-error the trim takes in one period
-FAST_TAU_S = 0.05  # smoothing of the measured power the trim acts on
 OCP_HOLD_S = 1.0  # an over-current slowdown is held at least this long
 THERMAL_DOWN = 0.04  # fraction of f_max per °C above slowdown per second
 THERMAL_UP = 0.10  # fraction of f_max per second once cooled below the release point
@@ -165,6 +168,7 @@ class DvfsState:
         self.mv = np.full((n, dies), float(cfg.mv[-1]))
         self.reasons = np.zeros((n, dies), np.uint32)
         self.cap_w = np.full(n, cap_w)
+        self.cap_seen = self.cap_w.copy()  # the limit the averages were last checked against
         self.lock_mhz = np.zeros(n)  # 0: not locked
         self.f_cap = np.full(n, cfg.f_max)  # power-cap ceiling (from the estimator)
         self.trim = np.ones(n)  # estimator correction
@@ -172,7 +176,6 @@ class DvfsState:
         self.dither = np.zeros((n, dies))
         self.avg_long = np.zeros(n)
         self.avg_short = np.zeros(n)
-        self.avg_fast = np.zeros(n)
         self.ocp_until = np.full(n, -np.inf)
         self.hw_therm = np.zeros((n, dies), bool)
         self.hw_ocp = np.zeros(n, bool)
@@ -195,17 +198,20 @@ def _pstate_at_most(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
     return np.minimum(s - 1 - i, s - 1)
 
 
-def estimate_power(cfg: DvfsConfig, util: np.ndarray, mhz_now: np.ndarray,
-                   t_die: np.ndarray) -> np.ndarray:
+def work_demand(cfg: DvfsConfig, util: np.ndarray, mhz_now: np.ndarray) -> np.ndarray:
+    """Work per second of each die as a fraction of the work at ``f_max``, from its utilisation at
+    the present clock; a saturated die hides how much more work waits, so it is assumed to want
+    all of it."""
+    return np.where(util >= SATURATED_UTIL, 1.0, util * np.maximum(mhz_now, cfg.f_min) / cfg.f_max)
+
+
+def estimate_power(cfg: DvfsConfig, demand: np.ndarray, t_die: np.ndarray) -> np.ndarray:
     """The module's power, W, if every die ran at each P-state ``[N, S]``: the firmware's model at
-    the present demand (work per second, from the utilisation at the present clock).
+    the given demand (:func:`work_demand`).
 
     Per die and P-state ``s``: ``A_s * activity_s + L_die * B_s`` with ``A_s = C_eff V_s^2 f_s``,
     ``B_s = V_s / V_0`` and the leakage ``L_die`` at the die's temperature; summed over the dice.
     """
-    # work per second as a fraction of the work at f_max; a saturated die hides how much more
-    # work waits, so it is assumed to want all of it
-    demand = np.where(util >= SATURATED_UTIL, 1.0, util * np.maximum(mhz_now, cfg.f_min) / cfg.f_max)
     u = np.minimum(demand[:, None, :] * cfg.speedup[:, None], 1.0)  # [N,S,D] utilisation per P-state
     busy = u.sum(axis=2)  # [N,S]
     dies = demand.shape[1]
@@ -216,10 +222,10 @@ def estimate_power(cfg: DvfsConfig, util: np.ndarray, mhz_now: np.ndarray,
     return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm[:, None]
 
 
-def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, util: np.ndarray, mhz_now: np.ndarray,
+def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, demand: np.ndarray,
                        t_die: np.ndarray) -> np.ndarray:
     """The clock (MHz, continuous between P-states) at which the estimate meets ``goal_w``."""
-    est = estimate_power(cfg, util, mhz_now, t_die)  # [N,S], falling with S
+    est = estimate_power(cfg, demand, t_die)  # [N,S], falling with S
     goal = goal_w[:, None]
     fits = est <= goal
     first = np.where(fits.any(axis=1), fits.argmax(axis=1), len(cfg.mhz) - 1)
@@ -233,11 +239,36 @@ def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, util: np.ndarray, mh
 
 
 def update_power_average(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, dt: float) -> None:
-    """Exponentially weighted averages of module power over the long and short windows (and the
-    one-tick smoothing the power loop acts on)."""
+    """Exponentially weighted averages of module power over the long and short windows."""
     st.avg_long += (power_w - st.avg_long) * (-np.expm1(-dt / cfg.long_window_s))
     st.avg_short += (power_w - st.avg_short) * (-np.expm1(-dt / cfg.short_window_s))
-    st.avg_fast += (power_w - st.avg_fast) * (-np.expm1(-dt / FAST_TAU_S))
+
+
+def learn_trim(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, util: np.ndarray,
+               t_die_sensor: np.ndarray, dt: float) -> None:
+    """Correct the estimator by what the module drew (every tick, after the plant ran).
+
+    The estimate at the clocks and voltages that ran, the utilisation seen there and the sensed
+    temperatures is compared with the measured power; the trim follows the ratio, exponentially
+    weighted over ``TRIM_TAU_S`` and bounded to ``TRIM_RANGE``. Learning from the model's error
+    at every operating point, not from how far the power is from the cap, keeps it unbiased when
+    the load rather than the cap limits the power.
+    """
+    on = ~st.shutdown
+    if not on.any():
+        return
+    f = np.maximum(st.mhz, 1.0)
+    v = st.mv / 1000.0
+    demand = work_demand(cfg, util, f)
+    act = cfg.idle_activity + (1.0 - cfg.idle_activity) * np.minimum(demand * cfg.f_max / f, 1.0)
+    temp = np.where(np.isnan(t_die_sensor), cfg.slowdown_c, t_die_sensor)
+    leak = cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
+    est = (cfg.dyn_coef * v * v * f * act + leak * (st.mv / cfg.mv[0])).sum(axis=1)
+    est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0))
+    err = _clip(np.log(np.maximum(power_w, 1.0) / np.maximum(est, 1.0)) - np.log(st.trim),
+                -TRIM_MAX_STEP, TRIM_MAX_STEP)
+    gain = -np.expm1(-dt / TRIM_TAU_S)
+    st.trim = np.where(on, _clip(st.trim * np.exp(gain * err), *TRIM_RANGE), st.trim)
 
 
 def hw_protect(cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray, vrm_a: np.ndarray,
@@ -267,7 +298,11 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     """One DVFS period: choose every die's P-state, clock, voltage and reasons."""
     f_max, f_min = cfg.f_max, cfg.f_min
     # governor
-    f_gov = _clip(SCHEDUTIL_HEADROOM * f_max * util, f_min, f_max)
+    # on frequency-invariant utilisation (busy fraction scaled by f / f_max), as schedutil: a die
+    # busy half the time at half clock asks for a quarter of f_max, not half, so the choice is a
+    # fixed point rather than a swing between two P-states; a saturated die climbs 25 % a period
+    u_inv = util * np.maximum(st.mhz, f_min) / f_max
+    f_gov = _clip(SCHEDUTIL_HEADROOM * f_max * u_inv, f_min, f_max)
     p_gov = _pstate_at_least(cfg, f_gov)
     reasons = (util < IDLE_UTIL) * _IDLE
 
@@ -282,16 +317,15 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
         p = p_gov
 
     # power cap: the PL1 budget sets a target bounded by PL2; the estimator turns it into a clock
-    target = _clip(2.0 * st.cap_w - st.avg_long, st.cap_w, st.cap_w * cfg.short_limit_factor)
-    # The trim learns while the cap binds, and whenever measured power is over the target (the
-    # estimate was too low); not while the module simply draws less than allowed (no windup).
-    learn = (st.f_cap < f_max - 1e-6) | (st.avg_fast > target)
-    if learn.any():
-        # bounded: right after a load step the measured power still shows the old load
-        err = _clip(np.log(target / np.maximum(st.avg_fast, 1.0)), -TRIM_MAX_STEP, TRIM_MAX_STEP)
-        gain = -np.expm1(-dt / TRIM_TAU_S)  # fraction of the error corrected per period
-        st.trim = np.where(learn, _clip(st.trim * np.exp(-gain * err), *TRIM_RANGE), st.trim)
-    st.f_cap = estimate_clock_for(cfg, target / st.trim, util, st.mhz, t_die_sensor)
+    pl2 = st.cap_w * cfg.short_limit_factor
+    changed = st.cap_w != st.cap_seen
+    if changed.any():  # a new limit starts with its budget spent, not in debt for the old one
+        st.avg_long = np.where(changed, np.minimum(st.avg_long, st.cap_w), st.avg_long)
+        st.avg_short = np.where(changed, np.minimum(st.avg_short, pl2), st.avg_short)
+        st.cap_seen = st.cap_w.copy()
+    budget = np.minimum(2.0 * st.cap_w - st.avg_long, 2.0 * pl2 - st.avg_short)
+    target = _clip(budget, st.cap_w * (2.0 - cfg.short_limit_factor), pl2)
+    st.f_cap = estimate_clock_for(cfg, target / st.trim, work_demand(cfg, util, st.mhz), t_die_sensor)
 
     # software thermal slowdown on sensor readings (NaN readings do not move it)
     t = np.where(np.isnan(t_die_sensor), cfg.slowdown_c - cfg.hysteresis_c, t_die_sensor)

@@ -547,8 +547,8 @@ class Node:
 
     # --- views ------------------------------------------------------------------------------
 
-    def record(self) -> np.void:
-        rec = self.shard.records(np.array([self.row]))
+    def record(self, *, telemetry: bool = True) -> np.void:
+        rec = self.shard.records(np.array([self.row]), telemetry=telemetry)
         rec["rx_rejected"] = self.counters.rx_rejected & U32
         if self.state is NodeState.STOPPING:
             rec["state"] = NodeState.STOPPING
@@ -579,7 +579,7 @@ class Node:
             tx_dropped=c.tx_dropped & U32, reconnects=c.reconnects & U32,
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),
             faults=tuple(str(f) for f in self.faults.values())[:255],
-            snapshot=snapshot_from_payload(self.record().tobytes()),
+            snapshot=snapshot_from_payload(self.record(telemetry=False).tobytes()),
         )
 
 

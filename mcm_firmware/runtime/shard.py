@@ -110,6 +110,10 @@ class Shard:
         self._storm_any = False
         self._ras_busy: set[int] = set()  # rows whose RAS firmware has work (errors, a store to scrub)
         self.boot_t = np.full(n, start_t)
+        # energy since each row's last telemetry record: telemetry reports average power
+        self._energy = np.zeros(n)
+        self._die_energy = np.zeros((n, p.dies))
+        self._energy_since = np.full(n, start_t)
         self.active = np.ones(n, bool)  # rows whose controller is running; others hold their outputs
         self.events: list[ShardEvent] = []
         self._reported_reasons = np.zeros((n, p.dies), np.uint32)
@@ -154,6 +158,8 @@ class Shard:
         dvfs.hw_protect(self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
         dvfs.apply_hw_limits(self.dvfs_cfg, st)
         self._protection_events(was_shut, was_ocp)
+        # the firmware saw the demand at the clocks it had; the dice run it at the clocks chosen now
+        self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
 
         u = self.inputs
         u.mhz, u.mv = st.mhz, st.mv
@@ -164,6 +170,9 @@ class Shard:
         u.valve_cmd = self.cool.valve_cmd
         u.pump_on = self.cool.pump_on
         model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
+        dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
+        self._energy += self.plant.p_total * dt
+        self._die_energy += self.plant.p_die * dt
 
         rng = self.rng
         noise = rng.standard_normal(self._noise_size)  # one draw for every sensor of the shard
@@ -408,9 +417,12 @@ class Shard:
         mode = self.cool.failsafe[rows].any(axis=1) * _FAILSAFE_MODE
         return np.where(self.cool.natural[rows], _NATURAL_MODE, mode)
 
-    def records(self, rows: np.ndarray) -> np.ndarray:
+    def records(self, rows: np.ndarray, *, telemetry: bool = True) -> np.ndarray:
         """Telemetry records (the wire layout) of the given rows, filled in one vectorised pass;
-        ``rx_rejected`` is left for the node runtime to fill."""
+        ``rx_rejected`` is left for the node runtime to fill. Power (module and die) is the average
+        since the row's previous telemetry record, as management controllers report it;
+        temperatures, clocks and everything else are the latest readings. A record that is not
+        telemetry (``telemetry=False``, e.g. a STATUS snapshot) leaves that interval running."""
         p, st, pl, cool = self.params, self.dvfs, self.plant, self.cool
         rec = np.empty(len(rows), self._dtype)
         rec["uptime_ns"] = np.maximum(self.t - self.boot_t[rows], 0.0) * 1e9
@@ -419,7 +431,16 @@ class Shard:
         failsafe = cool.failsafe[rows].any(axis=1)
         rec["mode"] = np.where(cool.natural[rows], _NATURAL_MODE, failsafe * _FAILSAFE_MODE)
         rec["flags"] = failsafe * _F_FAILSAFE | (st.lock_mhz[rows] > 0) * _F_LOCKED | self.ras_flags[rows]
-        rec["power_w"] = pl.p_total[rows]
+        span = self.t - self._energy_since[rows]
+        fresh = span > 0
+        avg = np.where(fresh, self._energy[rows] / np.where(fresh, span, 1.0), pl.p_total[rows])
+        die_avg = np.where(fresh[:, None], self._die_energy[rows] / np.where(fresh, span, 1.0)[:, None],
+                           pl.p_die[rows])
+        if telemetry:
+            self._energy[rows] = 0.0
+            self._die_energy[rows] = 0.0
+            self._energy_since[rows] = self.t
+        rec["power_w"] = avg
         rec["power_cap_w"] = st.cap_w[rows]
         rec["inlet_c"] = pl.t_inlet[rows]
         rec["outlet_c"] = pl.t_outlet[rows]
@@ -430,7 +451,7 @@ class Shard:
         rec["n_dies"], rec["n_hbm"], rec["n_pumps"], rec["n_valves"] = p.dies, p.hbm, p.pumps, p.valves
         d = rec["dies"]
         d["temp_c"] = self.s_die.value[rows]
-        d["power_w"] = pl.p_die[rows]
+        d["power_w"] = die_avg
         d["clock_mhz"] = st.mhz[rows]
         d["voltage_mv"] = st.mv[rows]
         d["reasons"] = st.reasons[rows]
