@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
@@ -111,3 +112,28 @@ async def test_scaled_clock_runs_faster_than_real_time():
 def test_scaled_clock_refuses_a_bad_speed():
     with pytest.raises(ValueError):
         ScaledClock(0)
+
+
+async def _loop_on_wait_for(futures: list) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        fut = loop.create_future()
+        futures.append(fut)
+        await asyncio.wait_for(fut, 10)
+
+
+async def test_cancel_and_wait_ends_a_task_whose_cancel_wait_for_swallowed():
+    # the race of CPython gh-86296 on 3.11: the awaited future completes in the loop iteration
+    # in which the task is cancelled; wait_for returns the result and the task loops on
+    from mcm_firmware.tasks import cancel_and_wait
+
+    futures: list = []
+    task = asyncio.create_task(_loop_on_wait_for(futures))
+    await asyncio.sleep(0.01)
+    futures[-1].set_result(1)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    if sys.version_info < (3, 12):
+        assert not task.done()  # the cancel was lost: a plain gather would wait forever
+    await asyncio.wait_for(cancel_and_wait([task]), 2)
+    assert task.cancelled()

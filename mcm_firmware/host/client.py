@@ -27,6 +27,7 @@ from ..protocol import (
     encode,
 )
 from ..transport import Address, Channel, Delivery, Subscription, Transport, TransportError
+from ..tasks import cancel_and_wait
 
 U32 = 0xFFFFFFFF
 
@@ -86,8 +87,7 @@ class HostClient:
 
     async def close(self) -> None:
         if self._rx is not None:
-            self._rx.cancel()
-            await asyncio.gather(self._rx, return_exceptions=True)
+            await cancel_and_wait([self._rx])
             self._rx = None
         await self.transport.close()
 

@@ -27,6 +27,7 @@ from ..protocol import DeathReason
 from ..transport import TransportFactory
 from .node import U32, Node
 from .shard import Shard
+from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 MAX_TELEMETRY_SLOTS = 10
@@ -109,9 +110,7 @@ class Fleet:
     async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN) -> None:
         """Every node publishes its DEATH; then the schedulers stop."""
         await asyncio.gather(*(n.stop(reason=reason) for n in self.nodes.values()))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def wait_connected(self, timeout: float | None = None) -> None:

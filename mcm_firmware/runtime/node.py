@@ -60,6 +60,7 @@ from ..protocol import (
 from ..protocol.codec import encode_body, snapshot_from_payload
 from ..protocol.messages import PendingRow, RasResult, StackErrors
 from ..faults import SPECS, ClearSpec, Fault, FaultError, FaultKind, make_fault
+from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
     Channel,
@@ -234,8 +235,7 @@ class Node:
     async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN, timeout: float = 2.0) -> None:
         """Clean shutdown: flush what is queued, publish a retained DEATH, close the link."""
         if self._life is not None and self._life is not asyncio.current_task():
-            self._life.cancel()
-            await asyncio.gather(self._life, return_exceptions=True)
+            await cancel_and_wait([self._life])
             self._life = None
         if self._stopping or not self._tasks:
             return
@@ -264,18 +264,12 @@ class Node:
         if tr is not None and abort:
             await tr.abort()
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait([t for t in self._tasks if t is not current])
         self._tasks = []
         for handle in list(self._delayed):
             handle.cancel()
         self._delayed.clear()
-        strays = list(self._stray)
-        for task in strays:
-            task.cancel()
-        await asyncio.gather(*strays, return_exceptions=True)
+        await cancel_and_wait(list(self._stray))
         if tr is not None and not abort:
             await tr.close()
         self._urgent.clear()
@@ -440,6 +434,8 @@ class Node:
                     if queue is not None:
                         queue.appendleft(out)  # sent again once the link is back
                     await asyncio.sleep(0)
+                if cancelled_under_way():  # a cancel a library's wait_for swallowed
+                    raise asyncio.CancelledError
 
     # --- outbound ---------------------------------------------------------------------------
 
