@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from . import __version__
+from .tasks import cancel_and_wait
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="node id of the first node")
     run.add_argument("--workload", choices=["idle", "steady", "training", "inference", "mixed"],
                      default="steady", help="what the dice run; mixed cycles through the four by node")
+    run.add_argument("--record", metavar="FILE", default=None,
+                     help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)")
     run.add_argument("--summary-interval", type=_bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
                      help="seconds between summary lines when stdout is not a terminal")
 
@@ -109,6 +112,31 @@ def build_parser() -> argparse.ArgumentParser:
     mon.add_argument("--node", type=_bounded(int, 0, 2**32 - 1, "--node"), default=None)
     mon.add_argument("--count", type=_bounded(int, 1, 2**63, "--count"), default=None)
     mon.add_argument("--duration", type=_bounded(float, 0.001, 1e9, "--duration"), default=None)
+
+    sc = sub.add_parser("scenario", help="run fault scenarios in deterministic virtual time")
+    ssub = sc.add_subparsers(dest="scenario_command", required=True, metavar="ACTION")
+    ssub.add_parser("list", help="the shipped scenarios")
+    sval = ssub.add_parser("validate", help="check scenario files without running them")
+    sval.add_argument("paths", nargs="+", metavar="FILE|NAME")
+    srun = ssub.add_parser("run", help="run a scenario and check its expectations", description=(
+        "Run a scenario in virtual time (as fast as the CPU allows) and print a digest of the full "
+        "trace; exit 1 naming every failed expectation. With --realtime it runs on real time over "
+        "the MQTT broker given with --broker, so that fleet software can watch it."))
+    srun.add_argument("scenario", metavar="FILE|NAME")
+    srun.add_argument("--seed", type=_bounded(int, 0, 2**32 - 1, "--seed"), default=None)
+    srun.add_argument("--report", metavar="DIR", default=None, help="write summary.json, plots and index.html")
+    srun.add_argument("--record", metavar="FILE", default=None, help="keep every frame in FILE (.jsonl.gz)")
+    srun.add_argument("--realtime", action="store_true", help="run on real time over --broker")
+    srun.add_argument("--broker", type=_broker_url, default=None)
+    srun.add_argument("--speed", type=_bounded(float, 0.01, 10_000, "--speed"), default=1.0,
+                      help="with --realtime: clock speed relative to real time")
+    srun.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    rep = sub.add_parser("replay", help="publish a recording again")
+    rep.add_argument("file", metavar="FILE")
+    rep.add_argument("--broker", type=_broker_url, default=DEFAULT_BROKER)
+    rep.add_argument("--speed", type=_bounded(float, 0.01, 1e6, "--speed"), default=1.0)
+    rep.add_argument("--fleet", type=_fleet, default=None, help="publish under this fleet name instead")
 
     prof = sub.add_parser("profiles", help="list, show or validate hardware profiles")
     psub = prof.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
@@ -206,6 +234,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
     print(f"running {args.nodes} nodes (ids {args.first_id}..{args.first_id + args.nodes - 1}) "
           f"of {profile.name} in fleet {args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...",
           flush=True)
+    recorder = None
+    if args.record:
+        recorder = await _start_recorder(factory, args.fleet, args.record, clock)
     await fleet.start()
     display = _Display(fleet, interval=args.summary_interval)
     try:
@@ -213,18 +244,66 @@ async def cmd_run(args: argparse.Namespace) -> int:
         shown = asyncio.create_task(display.run(), name="run-display")
         done, _ = await asyncio.wait({waiter, shown}, timeout=args.duration,
                                      return_when=asyncio.FIRST_COMPLETED)
-        for t in (waiter, shown):
-            t.cancel()
-        await asyncio.gather(waiter, shown, return_exceptions=True)
+        await cancel_and_wait([waiter, shown])
     finally:
         display.close()
         await fleet.stop()
+        if recorder is not None:
+            await recorder.stop()
+            print(f"recorded {recorder.writer.frames} frames to {args.record}", flush=True)
         if broker:
             await broker.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print(f"stopped {args.nodes} nodes (DEATH published)", flush=True)
     return EXIT_OK
+
+
+class _Recorder:
+    """Subscribes to the fleet's topics and writes every frame to a recording."""
+
+    def __init__(self, transport: Any, writer: Any, clock: Any) -> None:
+        self.transport = transport
+        self.writer = writer
+        self.clock = clock
+        self.task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        from .transport import TransportError
+
+        try:
+            while True:
+                d = await self.transport.receive()
+                self.writer.write(self.clock.now_ns(), d.address, d.payload, retain=d.retained)
+        except TransportError:
+            pass
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0.2)  # the last DEATH frames
+        if self.task is not None:
+            await cancel_and_wait([self.task])
+        await self.transport.close()
+        self.writer.close()
+
+
+async def _start_recorder(factory: Any, fleet: str, path: str, clock: Any) -> _Recorder:
+    from .host.record import RecordWriter
+    from .transport import Subscription, TransportError
+
+    try:
+        writer = RecordWriter(path, fleet=fleet, clock="real", started_ns=clock.now_ns(), source="mcm-emu run")
+    except OSError as e:
+        raise BadInput(f"--record {path}: {e.strerror or e}") from None
+    tr = factory(f"mcm-recorder-{uuid.uuid4().hex[:8]}")
+    try:
+        await tr.connect()
+        await tr.subscribe(Subscription(fleet))
+    except TransportError as e:
+        writer.close()
+        raise Failure(str(e)) from None
+    rec = _Recorder(tr, writer, clock)
+    rec.task = asyncio.create_task(rec._run(), name="run-recorder")
+    return rec
 
 
 class _Display:
@@ -418,6 +497,119 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- scenario -------------------------------------------------------------------------------------
+
+
+def cmd_scenario(args: argparse.Namespace) -> int:
+    from .scenario import (ScenarioError, check_scenario, find_scenario, list_scenarios, load_scenario,
+                           run_scenario)
+
+    if args.scenario_command == "list":
+        for name, path in list_scenarios().items():
+            try:
+                sc = load_scenario(path)
+                first = sc.description.strip().splitlines()[0] if sc.description.strip() else ""
+                print(f"{name:<22} {sc.fleet.nodes:>3} nodes {sc.duration_s:>8g} s  {first}")
+            except ScenarioError as e:
+                print(f"{name:<22} INVALID: {e}")
+        return EXIT_OK
+    if args.scenario_command == "validate":
+        bad = 0
+        for item in args.paths:
+            try:
+                path = find_scenario(item)
+                sc = load_scenario(path)
+                actions = check_scenario(sc, path=str(path))
+                print(f"{item}: ok ({sc.name}: {sc.fleet.nodes} nodes, {sc.duration_s:g} s, "
+                      f"{actions} timed actions, {len(sc.expect)} expectations)")
+            except ScenarioError as e:
+                print(str(e), file=sys.stderr)
+                bad += 1
+        return EXIT_USAGE if bad else EXIT_OK
+    try:
+        path = find_scenario(args.scenario)
+        sc = load_scenario(path)
+    except ScenarioError as e:
+        raise BadInput(str(e)) from None
+    if args.realtime and args.broker is None:
+        raise BadInput("scenario run --realtime needs --broker URL")
+    if args.broker is not None and not args.realtime:
+        raise BadInput("--broker goes with --realtime (virtual-time runs use the in-process bus)")
+
+    def progress(t: float) -> None:
+        print(f"  t={t:9.1f} s", file=sys.stderr, flush=True)
+
+    try:
+        result = run_scenario(sc, seed=args.seed, path=str(path), record=args.record, realtime=args.realtime,
+                              broker=args.broker, speed=args.speed,
+                              progress=progress if (args.realtime and not args.json) else None)
+    except ScenarioError as e:
+        raise BadInput(str(e)) from None
+    except OSError as e:
+        raise Failure(f"{e.filename or ''}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - a transport failure in real time, a dead scheduler
+        from .transport import TransportError
+
+        if isinstance(e, TransportError):
+            raise Failure(str(e)) from None
+        raise
+    index = None
+    if args.report:
+        from .scenario.report import write_report
+
+        try:
+            index = write_report(result, args.report)
+        except OSError as e:
+            raise BadInput(f"--report {args.report}: {e.strerror or e}") from None
+    if args.json:
+        from .scenario.report import summary
+
+        out = summary(result)
+        out.pop("figures", None)
+        print(json.dumps(out))
+    else:
+        print(f"scenario {sc.name} (seed {result.seed}): {sc.fleet.nodes} nodes, {result.sim_s:g} s simulated "
+              f"in {result.wall_s:.1f} s ({result.speedup:.0f}x), {result.frames} frames")
+        for o in result.outcomes:
+            print(f"  {'PASS' if o.passed else 'FAIL'}  {o.name}: {o.detail}")
+        print(f"digest sha256:{result.digest}")
+        if index is not None:
+            print(f"report: {index}")
+        if args.record:
+            print(f"recording: {args.record}")
+    failed = [o.name for o in result.outcomes if not o.passed]
+    if failed:
+        print("mcm-emu: failed expectations: " + "; ".join(failed), file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    from .host.record import RecordError, read_record, replay
+    from .transport import TransportError, transport_factory
+
+    try:  # the whole file is checked before the first frame goes out
+        header, frames = read_record(args.file)
+        total = sum(1 for _ in frames)
+    except RecordError as e:
+        raise BadInput(str(e)) from None
+    tr = transport_factory(args.broker)(f"mcm-replay-{uuid.uuid4().hex[:8]}")
+    try:
+        await tr.connect()
+        try:
+            sent = await replay(args.file, tr, speed=args.speed, fleet=args.fleet)
+        finally:
+            await tr.close()
+    except RecordError as e:
+        raise BadInput(str(e)) from None
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    print(f"replayed {sent} frames of fleet {args.fleet or header.get('fleet')!r} to {args.broker}", flush=True)
+    if sent != total:
+        raise Failure(f"{args.file}: {total - sent} of {total} frames were not replayed")
+    return EXIT_OK
+
+
 # --- entry point --------------------------------------------------------------------------------
 
 
@@ -435,7 +627,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "profiles":
             return cmd_profiles(args)
-        fn = {"run": cmd_run, "ctl": cmd_ctl, "monitor": cmd_monitor}[args.command]
+        if args.command == "scenario":
+            return cmd_scenario(args)
+        fn = {"run": cmd_run, "ctl": cmd_ctl, "monitor": cmd_monitor, "replay": cmd_replay}[args.command]
         return _run_async(fn, args)
     except BadInput as e:
         print(f"mcm-emu: error: {e}", file=sys.stderr)

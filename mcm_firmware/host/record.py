@@ -5,7 +5,8 @@ The container is gzip-compressed JSON lines (``.jsonl.gz``). The first line is a
     {"format": "mcm-emu-record", "version": 1, "fleet": "default", "clock": "real" | "virtual",
      "started_ns": 1767225600000000000, "source": "mcm-emu run", ...}
 
-and every further line one frame, in arrival order::
+and every further line one frame, in arrival order (``retain``: published retained, as every
+BIRTH and DEATH on a ``state`` topic is)::
 
     {"t_ns": 1767225600100000000, "topic": "mcm/v1/default/3/tlm", "retain": false,
      "frame": "<base64 of the frame bytes>"}
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..transport import Address, Transport
+from ..transport import Address, Channel, Transport
 from ..transport.mqtt import parse_topic, topic
 
 FORMAT = "mcm-emu-record"
@@ -55,6 +56,10 @@ class RecordWriter:
         self.frames = 0
 
     def write(self, t_ns: int, address: Address, frame: bytes, *, retain: bool = False) -> None:
+        """Keep one frame. ``retain`` is how it is to be published again: a subscriber sees the
+        flag only on frames retained before it subscribed, so state frames (BIRTH, DEATH), which
+        nodes always publish retained, are marked so whatever the delivery said."""
+        retain = retain or address.channel is Channel.STATE
         self._f.write(json.dumps({"t_ns": t_ns, "topic": topic(address), "retain": retain,
                                   "frame": base64.b64encode(frame).decode()}) + "\n")
         self.frames += 1
@@ -90,19 +95,22 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Iterator[Recorded]]:
         raise RecordError(f"{path}:1: version {header.get('version')!r}, this reader knows {VERSION}")
 
     def frames() -> Iterator[Recorded]:
+        no = 1
         with f:
-            for no, line in enumerate(f, 2):
-                try:
-                    obj = json.loads(line)
-                    addr = parse_topic(obj["topic"])
-                    if addr is None:
-                        raise ValueError(f"topic {obj['topic']!r} is outside the contract")
-                    yield Recorded(int(obj["t_ns"]), addr, base64.b64decode(obj["frame"], validate=True),
-                                   bool(obj.get("retain", False)))
-                except (ValueError, KeyError, TypeError) as e:
-                    raise RecordError(f"{path}:{no}: bad frame line ({e})") from None
-                except (OSError, EOFError) as e:
-                    raise RecordError(f"{path}:{no}: the file is cut short ({e})") from None
+            try:
+                for no, line in enumerate(f, 2):
+                    try:
+                        obj = json.loads(line)
+                        addr = parse_topic(obj["topic"])
+                        if addr is None:
+                            raise ValueError(f"topic {obj['topic']!r} is outside the contract")
+                        rec = Recorded(int(obj["t_ns"]), addr, base64.b64decode(obj["frame"], validate=True),
+                                       bool(obj.get("retain", False)))
+                    except (ValueError, KeyError, TypeError) as e:
+                        raise RecordError(f"{path}:{no}: bad frame line ({e})") from None
+                    yield rec
+            except (OSError, EOFError, UnicodeDecodeError) as e:  # raised by the gzip stream itself
+                raise RecordError(f"{path}:{no + 1}: the file is cut short or damaged ({e})") from None
 
     return header, frames()
 

@@ -23,6 +23,8 @@ within    ``at`` (seconds), ``within_s``, ``signal`` and ``equals``, ``below`` o
           condition holds at some sample in ``(at, at + within_s]``
 final     ``signal`` and ``equals``, ``below`` or ``above``: at the last sample in the window
 online    the node's last BIRTH/DEATH in the window is a BIRTH (``equals = false``: a DEATH)
+telemetry ``min`` / ``max``: how many telemetry frames of the node reached the recorder in the
+          window (what a lossy or corrupting link leaves of them)
 ========  ===========================================================================================
 
 Signals (``name`` or ``name:ARG``): ``die_temp``, ``clock``, ``die_power``, ``util``, ``pstate``
@@ -58,6 +60,7 @@ TYPES: dict[str, tuple[set[str], set[str]]] = {  # required, optional keys
     "within": ({"at", "within_s", "signal"}, {"equals", "below", "above"}),
     "final": ({"signal"}, {"equals", "below", "above"}),
     "online": (set(), {"equals"}),
+    "telemetry": (set(), {"min", "max"}),
 }
 PROFILE_NAMES = {
     "slowdown_c": lambda p: p.thermal.slowdown_c,
@@ -142,6 +145,16 @@ class Expectation:
     args: dict[str, Any] = field(default_factory=dict)
 
 
+def _keyed(index: int, key: str, fn: Any, value: Any) -> Any:
+    """``fn(value)``, its ValueError reported against ``key`` of expectation ``index``."""
+    try:
+        return fn(value)
+    except ExpectationError:
+        raise
+    except ValueError as e:
+        raise ExpectationError(index, key, str(e)) from None
+
+
 def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
     out = []
     for i, raw in enumerate(items):
@@ -163,12 +176,12 @@ def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
                 if num in raw and not isinstance(raw[num], (int, float)):
                     raise ExpectationError(i, num, f"{num} must be a number of seconds")
             if "signal" in args:
-                check_signal(args["signal"])
+                _keyed(i, "signal", check_signal, args["signal"])
             for key in ("below", "above"):
                 if key in args:
-                    args[key] = parse_threshold(args[key])
+                    args[key] = _keyed(i, key, parse_threshold, args[key])
             if "equals" in args and kind not in ("online",):
-                args["equals"] = parse_threshold(args["equals"])
+                args["equals"] = _keyed(i, "equals", parse_threshold, args["equals"])
             for key in ("min", "max", "count"):
                 if key in args and (not isinstance(args[key], (int, float)) or isinstance(args[key], bool)):
                     raise ExpectationError(i, key, f"{key} must be a number")
@@ -265,6 +278,14 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
             online = bool(states) and states[-1][1] == "BIRTH"
             if online != bool(a.get("equals", True)):
                 fails.append(f"node {n}: {'online' if online else 'offline'} at the end of the window")
+            continue
+        if e.type == "telemetry":
+            before = end if e.before is None else e.before
+            times = np.asarray(trace.node(n).times)
+            k = int(((times >= e.after) & (times <= before)).sum())
+            lo, hi = a.get("min", 0), a.get("max", math.inf)
+            if not lo <= k <= hi:
+                fails.append(f"node {n}: {k} telemetry frames, expected {lo}..{hi if hi != math.inf else 'any'}")
             continue
         t, v = trace.signal(n, a["signal"])
         _, cap = trace.signal(n, "cap")

@@ -33,6 +33,7 @@ from ..transport.loopback import LoopbackBus, LoopbackTransport
 from .expect import Outcome, evaluate, parse_expectations
 from .schema import Scenario, ScenarioError, parse_selector
 from .trace import Trace
+from ..tasks import cancel_and_wait
 
 VIRTUAL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: virtual runs start here
 
@@ -75,14 +76,16 @@ def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tu
     ids = [fl.first_id + i for i in range(fl.nodes)]
     names = {n: fl.profile for n in ids}
     work = {n: (fl.workload, fl.load) for n in ids}
+    group_of: dict[int, int] = {}  # the group that named a node's profile
     for gi, g in enumerate(fl.group):
         try:
             chosen = parse_selector(g.nodes, ids)
         except ValueError as e:
-            raise ScenarioError(path, str(e), key=f"fleet.group.{gi}.nodes") from None
+            raise sc.error(str(e), "fleet", "group", gi, "nodes") from None
         for n in chosen:
             if g.profile:
                 names[n] = g.profile
+                group_of[n] = gi
             w, load = work[n]
             work[n] = (g.workload or w, g.load or load)
     cache: dict[str, Profile] = {}
@@ -92,13 +95,14 @@ def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tu
             try:
                 prof = load_profile(name)
             except ProfileError as e:
-                raise ScenarioError(path, str(e), key="fleet.profile") from None
+                raise (sc.error(str(e), "fleet", "group", group_of[n], "profile") if n in group_of
+                       else sc.error(str(e), "fleet", "profile")) from None
             if sc.rates is not None:
                 rates = {**prof.rates.model_dump(), **sc.rates.model_dump(exclude_none=True)}
                 try:
                     prof = prof.model_copy(update={"rates": RatesSpec(**rates)})
                 except ValueError as e:
-                    raise ScenarioError(path, f"rates do not fit {name}: {e}", key="rates") from None
+                    raise sc.error(f"rates do not fit {name}: {e}", "rates") from None
             cache[name] = prof
         profiles[n] = cache[name]
     return profiles, work
@@ -118,23 +122,23 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
         try:
             chosen = parse_selector(step.nodes, ids)
         except ValueError as e:
-            raise ScenarioError(path, str(e), key=f"fault.{i}.nodes") from None
+            raise sc.error(str(e), "fault", i, "nodes") from None
         fault = parse_fault(step.fault.split())
         for n in chosen:
             try:
                 canonical_target(fleet.nodes[n], fault)
             except FaultError as e:
-                raise ScenarioError(path, f"node {n}: {e}", key=f"fault.{i}.fault") from None
+                raise sc.error(f"node {n}: {e}", "fault", i, "fault") from None
             add(step.at, "fault", n, fault, f"fault.{i}")
             if step.clear_at is not None:
                 if not SPECS[fault.kind].clearable:
-                    raise ScenarioError(path, f"{fault.kind.label} cannot be cleared", key=f"fault.{i}.clear_at")
+                    raise sc.error(f"{fault.kind.label} cannot be cleared", "fault", i, "clear_at")
                 add(step.clear_at, "clear", n, ClearSpec(fault.kind, fault.target), f"fault.{i}")
     for i, step in enumerate(sc.command):
         try:
             chosen = parse_selector(step.nodes, ids)
         except ValueError as e:
-            raise ScenarioError(path, str(e), key=f"command.{i}.nodes") from None
+            raise sc.error(str(e), "command", i, "nodes") from None
         words = step.command.split()
         spec = COMMANDS[words[0]]
         for n in chosen:
@@ -149,7 +153,7 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
                 try:
                     canonical_target(fleet.nodes[n], f)
                 except FaultError as e:
-                    raise ScenarioError(path, f"node {n}: {e}", key="random_faults.faults") from None
+                    raise sc.error(f"node {n}: {e}", "random_faults", "faults") from None
             t = rf.start_s
             while True:
                 t += rng.expovariate(rate)
@@ -161,6 +165,23 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
                 if SPECS[f.kind].clearable and t + hold < sc.duration_s:
                     add(t + hold, "clear", n, ClearSpec(f.kind, f.target), "random_faults")
     return sorted(actions)
+
+
+def check_scenario(sc: Scenario, *, seed: int | None = None, path: str = "<scenario>") -> int:
+    """Everything a run would check before it starts, against the profiles (a pump C on a two-pump
+    module, a node selector beyond the fleet, a profile that does not exist), without running it.
+    Returns how many timed actions (faults, clears, commands) the run would play."""
+    seed = sc.seed if seed is None else seed
+    profiles, _ = _profiles(sc, path)
+
+    async def build() -> int:
+        bus = LoopbackBus()
+        fleet = Fleet(members=sorted(profiles.items()), fleet=sc.fleet.name,
+                      transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+                      clock=LoopClock(epoch=VIRTUAL_EPOCH), seed=seed)
+        return len(_actions(sc, fleet, seed, path))
+
+    return run_virtual(build)
 
 
 async def _apply(fleet: Fleet, a: Action, t_rel: float, log: list[tuple[float, int, str]]) -> None:
@@ -242,8 +263,7 @@ async def run_async(sc: Scenario, *, seed: int, path: str, factory: TransportFac
     finally:
         await fleet.stop()
         await asyncio.sleep(0.2 if realtime else 0)  # the last frames reach the recorder
-        recorder.cancel()
-        await asyncio.gather(recorder, return_exceptions=True)
+        await cancel_and_wait([recorder])
         await rec_tr.close()
         if writer is not None:
             writer.close()

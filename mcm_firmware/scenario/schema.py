@@ -51,7 +51,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..faults import FaultError, parse_fault
 
@@ -189,13 +189,13 @@ class Scenario(_Model):
     command: list[CommandStep] = []
     random_faults: RandomFaults | None = None
     expect: list[dict[str, Any]] = []
+    _source: str = PrivateAttr(default="")  # the TOML text, to name lines in later errors
+    _path: str = PrivateAttr(default="<scenario>")
 
-    @model_validator(mode="after")
-    def _within(self) -> Scenario:
-        for i, step in enumerate(self.fault):
-            if step.at > self.duration_s:
-                raise ValueError(f"fault {i}: at {step.at} s is after the end ({self.duration_s} s)")
-        return self
+    def error(self, message: str, *loc: str | int) -> ScenarioError:
+        """An error about the item at ``loc`` (e.g. ``"fault", 2, "nodes"``), naming its line."""
+        key = ".".join(str(p) for p in loc) or None
+        return ScenarioError(self._path, message, line=_locate(self._source, loc) if loc else None, key=key)
 
 
 # --- loading, with line numbers --------------------------------------------------------------------
@@ -247,7 +247,8 @@ def load_scenario_text(text: str, path: str = "<scenario>") -> Scenario:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
-        raise ScenarioError(path, f"TOML syntax error: {e}", line=int(m.group(1)) if m else None) from None
+        line = int(m.group(1)) if m else (len(text.splitlines()) or 1) if "end of document" in str(e) else None
+        raise ScenarioError(path, f"TOML syntax error: {e}", line=line) from None
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
@@ -257,6 +258,12 @@ def load_scenario_text(text: str, path: str = "<scenario>") -> Scenario:
         msg = "unknown key" if err["type"] == "extra_forbidden" else (
             "missing key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
         raise ScenarioError(path, msg, line=_locate(text, loc), key=key or None) from None
+    scenario._source, scenario._path = text, path
+    for section in ("fault", "command"):
+        for i, step in enumerate(getattr(scenario, section)):
+            if step.at > scenario.duration_s:
+                raise scenario.error(f"at {step.at:g} s is after the end ({scenario.duration_s:g} s)",
+                                     section, i, "at")
     from .expect import ExpectationError, parse_expectations
 
     try:
