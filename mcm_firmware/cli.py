@@ -46,6 +46,16 @@ def _broker_url(text: str) -> str:
     return text
 
 
+def _serial_port(text: str) -> str:
+    from .transport.serial import parse_port_url
+
+    try:
+        parse_port_url(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _fleet(text: str) -> str:
     from .transport import check_fleet_name
 
@@ -94,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                      default="steady", help="what the dice run; mixed cycles through the four by node")
     run.add_argument("--record", metavar="FILE", default=None,
                      help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)")
+    run.add_argument("--serial", type=_serial_port, action="append", default=None, metavar="PORT",
+                     help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
+                          "node), a device path or URL (once per node, or once for all: one link, "
+                          "one EID per node); options ?baud=N&mtu=N")
+    run.add_argument("--serial-mux", action="store_true",
+                     help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID")
     run.add_argument("--summary-interval", type=_bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
                      help="seconds between summary lines when stdout is not a terminal")
 
@@ -149,7 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", type=_broker_url, default=DEFAULT_BROKER)
+    link = p.add_mutually_exclusive_group()
+    link.add_argument("--broker", type=_broker_url, default=DEFAULT_BROKER)
+    link.add_argument("--serial", type=_serial_port, default=None, metavar="PORT",
+                      help="talk to the node(s) on a serial port instead: a device path, the path "
+                           "printed by run --serial pty, socket://HOST:PORT, rfc2217://HOST:PORT; "
+                           "options ?baud=N&mtu=N")
     p.add_argument("--fleet", type=_fleet, default="default")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -200,6 +221,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     except ProfileError as e:
         raise BadInput(str(e)) from None
+    if args.serial:
+        return await _run_serial(args, profile)
+    if args.serial_mux:
+        raise BadInput("--serial-mux goes with --serial")
     broker = None
     url = args.broker
     if url is None:
@@ -223,10 +248,6 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise Failure(str(e)) from None
     await probe.close()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     clock = ScaledClock(args.speed)
     fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
                           transport_factory=factory, clock=clock, seed=args.seed)
@@ -237,25 +258,77 @@ async def cmd_run(args: argparse.Namespace) -> int:
     recorder = None
     if args.record:
         recorder = await _start_recorder(factory, args.fleet, args.record, clock)
-    await fleet.start()
-    display = _Display(fleet, interval=args.summary_interval)
     try:
-        waiter = asyncio.create_task(stop.wait(), name="run-stop")
-        shown = asyncio.create_task(display.run(), name="run-display")
-        done, _ = await asyncio.wait({waiter, shown}, timeout=args.duration,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        await cancel_and_wait([waiter, shown])
+        await _serve(fleet, args)
     finally:
-        display.close()
-        await fleet.stop()
         if recorder is not None:
             await recorder.stop()
             print(f"recorded {recorder.writer.frames} frames to {args.record}", flush=True)
         if broker:
             await broker.stop()
+    return EXIT_OK
+
+
+async def _serve(fleet: Any, args: argparse.Namespace) -> None:
+    """Run ``fleet`` until SIGINT / SIGTERM or ``--duration``, showing it; then stop every node."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    display = _Display(fleet, interval=args.summary_interval)
+    try:
+        waiter = asyncio.create_task(stop.wait(), name="run-stop")
+        shown = asyncio.create_task(display.run(), name="run-display")
+        await asyncio.wait({waiter, shown}, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
+        await cancel_and_wait([waiter, shown])
+    finally:
+        display.close()
+        await fleet.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    print(f"stopped {args.nodes} nodes (DEATH published)", flush=True)
+    print(f"stopped {len(fleet.nodes)} nodes (DEATH published)", flush=True)
+
+
+async def _run_serial(args: argparse.Namespace, profile: Any) -> int:
+    """Nodes on serial links: one pty each, one port each, or all on one port by EID."""
+    from .clock import ScaledClock
+    from .runtime.fleet import Fleet
+    from .transport import TransportError
+    from .transport.serial import plan_node_links
+
+    if args.broker is not None or args.record:
+        raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
+    ids = list(range(args.first_id, args.first_id + args.nodes))
+    try:
+        plan = plan_node_links(args.serial, ids, mux=args.serial_mux)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    links = list({id(p.link): p.link for p in plan}.values())
+    try:
+        for link in links:
+            await link.open()
+    except TransportError as e:
+        for link in links:
+            await link.close()
+        raise Failure(str(e)) from None
+    clock = ScaledClock(args.speed)
+    fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
+                          transport_factory=None, clock=clock,
+                          seed=args.seed, node_transports={p.node: p.factory(args.fleet) for p in plan})
+    fleet.set_workload(args.workload)
+    for p in plan:
+        link = p.link
+        rate = f"{link.spec.baud} baud" if link.spec.paced else "unpaced"
+        print(f"serial: node {p.node} at {link.path or link.spec.url} (EID {p.eid}, {rate}, "
+              f"MTU {link.spec.mtu})", flush=True)
+    print(f"mcm-emu {__version__}: running {args.nodes} nodes of {profile.name} in fleet "
+          f"{args.fleet!r} on serial links (MCTP over DSP0253)", flush=True)
+    try:
+        await _serve(fleet, args)
+    finally:
+        for link in links:
+            await link.close()
     return EXIT_OK
 
 
@@ -384,7 +457,7 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
         cmd_args = spec.parse(list(args.args))
     except UsageError as e:
         raise BadInput(f"ctl {spec.name}: {e}") from None
-    transport = transport_factory(args.broker)(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    transport = transport_factory(_link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
     try:
         async with HostClient(transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries) as host:
             t0 = time.perf_counter()
@@ -404,6 +477,10 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     out = spec.show(args.node, resp, rtt)
     _emit(args, out, text=_text(spec.name, out))
     return EXIT_OK
+
+
+def _link_url(args: argparse.Namespace) -> str:
+    return f"serial://{args.serial}" if args.serial else args.broker
 
 
 def _emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: Any = None) -> None:
@@ -460,7 +537,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     from .transport import Subscription, TransportError, transport_factory
     from .transport.mqtt import topic
 
-    transport = transport_factory(args.broker)(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+    transport = transport_factory(_link_url(args))(f"mcm-mon-{uuid.uuid4().hex[:10]}")
     seen = 0
     try:
         await transport.connect()

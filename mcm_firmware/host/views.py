@@ -115,6 +115,7 @@ def status_json(node: int, st: StatusResult) -> dict[str, Any]:
         "rx_frames": st.rx_frames, "rx_rejected": st.snapshot.rx_rejected, "tx_frames": st.tx_frames,
         "tx_dropped": st.tx_dropped, "reconnects": st.reconnects,
     }
+    out["link_util_pct"] = st.link_util_permille / 10
     return out
 
 

@@ -325,6 +325,7 @@ StatusData = c.Struct(
     "tx_frames" / c.Int32ul,
     "tx_dropped" / c.Int32ul,
     "reconnects" / c.Int32ul,
+    "link_util_permille" / c.Int16ul,  # share of a rate-limited link (serial) in use; 0 otherwise
     "pump_names" / c.PrefixedArray(c.Int8ul, Text8),
     "faults" / c.PrefixedArray(c.Int8ul, Text8),  # injected faults in force, as "kind target value"
     "snapshot" / Snapshot,

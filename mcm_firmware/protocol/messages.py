@@ -95,6 +95,7 @@ class StatusResult:
     tx_frames: int
     tx_dropped: int
     reconnects: int
+    link_util_permille: int
     pump_names: tuple[str, ...]
     faults: tuple[str, ...]
     snapshot: Snapshot

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,10 +39,12 @@ class Fleet:
         *,
         members: Sequence[tuple[int, Profile]],
         fleet: str,
-        transport_factory: TransportFactory,
+        transport_factory: TransportFactory | None,
         clock: Clock,
         seed: int = 0,
+        node_transports: Mapping[int, TransportFactory] | None = None,
     ) -> None:
+        """``node_transports`` gives some nodes their own transport factory (a serial link each)."""
         ids = [nid for nid, _ in members]
         if len(set(ids)) != len(ids):
             raise ValueError("node ids must be unique")
@@ -64,8 +66,12 @@ class Fleet:
             self.shards[name] = shard
             rows = []
             for row, (nid, _) in enumerate(group):
+                factory = (node_transports or {}).get(nid, transport_factory)
+                if factory is None:
+                    raise ValueError(f"node {nid} has no transport")
                 node = Node(node_id=nid, fleet=fleet, shard=shard, row=row,
-                            transport_factory=transport_factory, clock=clock,
+                            transport_factory=factory,
+                            clock=clock,
                             seed=(seed * 7_919 + nid) & U32)
                 self.nodes[nid] = node
                 rows.append(node)

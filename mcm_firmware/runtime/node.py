@@ -567,12 +567,18 @@ class Node:
             scrubbed_words=ctl.scrubbed, stacks=stacks, pending=pending[:1000],
         )
 
+    def link_util_permille(self) -> int:
+        tr = self._transport
+        util = tr.utilisation() if tr is not None else None
+        return 0 if util is None else max(0, min(1000, round(util * 1000)))
+
     def status(self) -> StatusResult:
         c = self.counters
         return StatusResult(
             profile=self.profile.name, firmware=__version__, boot_count=self.boot_count,
             tx_seq=self._seq, rx_frames=c.rx_frames & U32, tx_frames=c.tx_frames & U32,
             tx_dropped=c.tx_dropped & U32, reconnects=c.reconnects & U32,
+            link_util_permille=self.link_util_permille(),
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),
             faults=tuple(str(f) for f in self.faults.values())[:255],
             snapshot=snapshot_from_payload(self.record(telemetry=False).tobytes()),

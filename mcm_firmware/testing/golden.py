@@ -8,6 +8,8 @@ message encodes to exactly that hex.
 from __future__ import annotations
 
 from ..faults import FaultKind
+from ..protocol import encode
+from ..protocol.mctp import VENDOR_RETAIN, ChannelCode, Kind, VendorMessage, encode_frame, fragment
 from ..protocol.messages import (
     InjectArgs,
     PendingRow,
@@ -81,6 +83,7 @@ GOLDEN: dict[str, Message] = {
         status=Status.OK,
         data=StatusResult(profile="colossus-mcm", firmware="0.1.0", boot_count=1, tx_seq=44,
                           rx_frames=2, tx_frames=44, tx_dropped=0, reconnects=0,
+                          link_util_permille=125,
                           pump_names=("A", "B"), faults=("pump-fail A",), snapshot=SNAPSHOT),
     ),
     "response-unknown-op": Response(node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777,
@@ -110,3 +113,24 @@ GOLDEN: dict[str, Message] = {
                    code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
                    text="zone 2 enters failsafe"),
 }
+
+
+# --- serial link (MCTP over DSP0253): docs/serial.md ------------------------------------------
+
+SERIAL_GOLDEN: dict[str, tuple[int, int, int, int, VendorMessage | bytes]] = {
+    # name: (source EID, destination EID, tag, MTU, message); bytes are a raw MCTP message
+    "dsp0253-example": (9, 8, 0, 64, bytes.fromhex("00")),  # an MCTP control message, type 0
+    "keepalive": (9, 8, 1, 64, VendorMessage(Kind.KEEPALIVE, 3)),
+    "hello": (8, 0xFF, 2, 64, VendorMessage(Kind.HELLO, 0)),
+    "command-ping": (8, 9, 3, 64, VendorMessage(Kind.FRAME, 3, ChannelCode.CMD, 0,
+                                                encode(GOLDEN["command-ping"]))),
+    "state-birth": (9, 8, 4, 64, VendorMessage(Kind.FRAME, 3, ChannelCode.STATE, VENDOR_RETAIN,
+                                               encode(GOLDEN["birth"]))),
+}
+"""Golden serial messages, framed by :func:`serial_wire` into the bytes on the line."""
+
+
+def serial_wire(name: str) -> bytes:
+    src, dest, tag, mtu, msg = SERIAL_GOLDEN[name]
+    body = msg if isinstance(msg, bytes) else msg.to_bytes()
+    return b"".join(encode_frame(p) for p in fragment(body, dest=dest, src=src, tag=tag, mtu=mtu))

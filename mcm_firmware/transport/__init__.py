@@ -41,10 +41,20 @@ def _loopback(url: str) -> TransportFactory:
     return lambda client_id: mod.LoopbackTransport(bus, client_id=client_id)
 
 
+def _serial(url: str) -> TransportFactory:
+    """``serial://PORT``: a host endpoint on its own link to PORT (``serial:///dev/ttyUSB0``,
+    ``serial://socket://HOST:PORT``, ...)."""
+    mod = importlib.import_module(".serial", __name__)
+    port = url[len("serial://"):]
+    mod.parse_port_url(port)
+    return lambda client_id: mod.SerialTransport.host(port)
+
+
 BACKENDS: dict[str, Callable[[str], TransportFactory]] = {
     "mqtt": _mqtt,
     "tcp": _mqtt,
     "loopback": _loopback,
+    "serial": _serial,
 }
 
 

@@ -104,6 +104,11 @@ class Transport(ABC):
     async def receive(self) -> Delivery:
         """The next frame for one of this endpoint's subscriptions; TransportError when down."""
 
+    def utilisation(self) -> float | None:
+        """Share of the link's capacity in use lately (0..1), where the link has a fixed rate
+        (a serial line); None otherwise."""
+        return None
+
     async def __aenter__(self) -> Transport:
         await self.connect()
         return self
