@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
                           "node), a device path or URL (once per node, or once for all: one link, "
                           "one EID per node); options ?baud=N&mtu=N")
+    run.add_argument("--rig", action="append", default=None, metavar="NODE=RIG[@PORT]",
+                     help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
+                          "on PORT (default pty: a new pseudo-terminal, its path printed)")
     run.add_argument("--serial-mux", action="store_true",
                      help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID")
     run.add_argument("--summary-interval", type=_bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
@@ -269,21 +272,60 @@ async def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _rig_drivers(fleet: Any, specs: list[str] | None) -> list[Any]:
+    """``NODE=RIG[@PORT]`` options as rig drivers (not started); BadInput names a bad one."""
+    from .profile import ProfileError
+    from .profile.rig import load_rig_profile
+    from .runtime.rig import RigDriver
+
+    drivers = []
+    for spec in specs or []:
+        node_text, eq, rest = spec.partition("=")
+        rig_name, _, port = rest.partition("@")
+        if not eq or not node_text.isdigit() or not rig_name:
+            raise BadInput(f"--rig {spec!r}: expected NODE=RIG[@PORT], e.g. 3=bench-tc-valve@pty")
+        node = fleet.nodes.get(int(node_text))
+        if node is None:
+            raise BadInput(f"--rig {spec!r}: node {node_text} is not in this fleet")
+        if any(d.node is node for d in drivers):
+            raise BadInput(f"--rig {spec!r}: node {node_text} already has a rig")
+        try:
+            drivers.append(RigDriver(node, load_rig_profile(rig_name), port or "pty"))
+        except ProfileError as e:
+            raise BadInput(f"--rig {spec!r}: {e}") from None
+        except ValueError as e:
+            raise BadInput(f"--rig {spec!r}: {e}") from None
+    return drivers
+
+
 async def _serve(fleet: Any, args: argparse.Namespace) -> None:
     """Run ``fleet`` until SIGINT / SIGTERM or ``--duration``, showing it; then stop every node."""
+    from .transport import TransportError
+
+    rigs = _rig_drivers(fleet, args.rig)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await fleet.start()
+    started = []
     display = _Display(fleet, interval=args.summary_interval)
     try:
+        for rig in rigs:
+            try:
+                await rig.start()
+            except TransportError as e:
+                raise Failure(f"rig of node {rig.node.node_id}: {e}") from None
+            started.append(rig)
+            print(f"rig: node {rig.node.node_id} ({rig.rig.name}) at {rig.path or rig.port.spec.url}", flush=True)
         waiter = asyncio.create_task(stop.wait(), name="run-stop")
         shown = asyncio.create_task(display.run(), name="run-display")
         await asyncio.wait({waiter, shown}, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
         await cancel_and_wait([waiter, shown])
     finally:
         display.close()
+        for rig in started:
+            await rig.stop()
         await fleet.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

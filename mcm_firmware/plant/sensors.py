@@ -4,6 +4,10 @@ A :class:`SensorBank` holds like sensors, one row per module. Each reading is th
 tick late (conversion latency), plus Gaussian noise, quantised to the sensor's resolution. Faults
 per sensor: stuck at a value, drifting by a rate, extra noise, dropping readings with a
 probability (the value goes stale), or failed (reads NaN and reports failure).
+
+A sensor can also be *external*: a hardware-in-the-loop rig provides it. Its value and the time
+of its reading are then whatever the rig last delivered (:meth:`SensorBank.set_external`); a rig
+that stops answering leaves the reading to age like a dropped-out sensor.
 """
 
 from __future__ import annotations
@@ -36,6 +40,28 @@ class SensorBank:
         self._drift = np.zeros(shape)
         self._pending = self.value.copy()
         self._any_fault = False
+        self.external = np.zeros(shape, bool)
+        self._ext_value = np.full(shape, np.nan)
+        self._ext_read_at = np.full(shape, -np.inf)
+
+    def attach_external(self, row: int, col: int) -> None:
+        """The sensor is provided from outside from now on; stale until the first reading."""
+        self.external[row, col] = True
+        self._ext_value[row, col] = np.nan
+        self._ext_read_at[row, col] = -np.inf
+
+    def detach_external(self, row: int, col: int) -> None:
+        self.external[row, col] = False
+
+    def set_external(self, row: int, col: int, value: float, t: float) -> None:
+        """A reading from outside, taken at time ``t``."""
+        self._ext_value[row, col] = value
+        self._ext_read_at[row, col] = t
+
+    def _apply_external(self) -> None:
+        ext = self.external
+        self.value = np.where(ext, self._ext_value, self.value)
+        self.read_at = np.where(ext, self._ext_read_at, self.read_at)
 
     def set_fault(self, row: int, col: int, fault: SensorFault, param: float = 0.0) -> None:
         self.fault[row, col] = int(fault)
@@ -59,6 +85,8 @@ class SensorBank:
         if not self._any_fault:  # the common case, kept short
             self.value = np.round(reading / self.quantum) * self.quantum if self.quantum else reading
             self.read_at.fill(t)
+            if self.external.any():
+                self._apply_external()
             return
         ok = np.ones(raw.shape, bool)
         f = self.fault
@@ -77,6 +105,8 @@ class SensorBank:
             reading = np.round(reading / self.quantum) * self.quantum
         self.value = np.where(ok, reading, np.where(self.failed, np.nan, self.value))
         self.read_at = np.where(ok, t, self.read_at)
+        if self.external.any():
+            self._apply_external()
 
     @property
     def faulty(self) -> bool:

@@ -7,11 +7,14 @@ import sys
 import tomllib
 from pathlib import Path
 
-from pydantic import ValidationError
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from .schema import Profile
 
 ENV_PATH = "MCM_EMU_PROFILES"
+M = TypeVar("M", bound=BaseModel)
 
 
 class ProfileError(ValueError):
@@ -60,8 +63,12 @@ def _describe(err: dict) -> tuple[str, str]:
 
 def parse_profile(data: dict, path: str | Path) -> Profile:
     """Validate already-read TOML data; ProfileError names the first bad key (all are listed)."""
+    return parse_model(Profile, data, path)
+
+
+def parse_model(model: type[M], data: dict, path: str | Path) -> M:
     try:
-        return Profile.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         errors = [_describe(err) for err in e.errors()]
         key, msg = errors[0]
@@ -72,6 +79,10 @@ def parse_profile(data: dict, path: str | Path) -> Profile:
 
 
 def load_profile_file(path: str | Path) -> Profile:
+    return parse_profile(read_toml(path), path)
+
+
+def read_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -83,7 +94,7 @@ def load_profile_file(path: str | Path) -> Profile:
         raise ProfileError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(path, f"TOML syntax error: {e}") from None
-    return parse_profile(data, path)
+    return data
 
 
 def load_profile(name_or_path: str | Path) -> Profile:

@@ -142,6 +142,8 @@ class EventCode(IntEnum):
     RESET_DONE = 47  # value: rows remapped
     FAULT_INJECTED = 50  # subject: fault kind; text: the fault
     FAULT_CLEARED = 51  # subject: fault kind (0: all); text: what was cleared
+    RIG_LOST = 60  # a hardware-in-the-loop rig stopped answering; value: seconds since its last answer
+    RIG_RESTORED = 61  # the rig answers again
 
 
 class Capability(IntFlag):

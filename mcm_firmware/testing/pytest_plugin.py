@@ -88,9 +88,11 @@ def parse_target(url: str) -> Target:
 
 @contextlib.asynccontextmanager
 async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopback", *,
-                          broker: str | None = None, node: int = 0, profile: str = "colossus-mcm",
-                          seed: int = 0, fleet: str = "default") -> AsyncIterator[Target]:
-    """One emulated node on real time, reachable over ``link``; stopped on exit."""
+                          broker: str | None = None, port: str = "pty", node: int = 0,
+                          profile: str = "colossus-mcm", seed: int = 0,
+                          fleet: str = "default") -> AsyncIterator[Target]:
+    """One emulated node on real time, reachable over ``link``; stopped on exit. Over serial the
+    node gets a new pty (``port``, e.g. ``pty?baud=921600``); the host end uses the same options."""
     from ..clock import RealClock
     from ..profile import load_profile
     from ..runtime.fleet import Fleet
@@ -109,10 +111,11 @@ async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopbac
     else:
         from ..transport.serial import SerialLink, plan_node_links
 
-        plan = plan_node_links(["pty"], [node])
+        plan = plan_node_links([port], [node])
         serial_link = plan[0].link
         await serial_link.open()
-        url = f"serial://{serial_link.path}"
+        options = port.partition("?")[2]
+        url = f"serial://{serial_link.path}" + (f"?{options}" if options else "")
         factory = None
         node_transports = {node: plan[0].factory(fleet)}
     fl = Fleet.uniform(nodes=1, profile=load_profile(profile), first_id=node, fleet=fleet,

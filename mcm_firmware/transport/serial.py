@@ -53,7 +53,6 @@ URGENT_LIMIT = 4096
 HIGH_WATER = 16 * 1024
 """Bytes buffered under the port before the link stops writing and waits for the OS to drain."""
 UTIL_WINDOW = 1.0
-LATE_SLACK = 0.005
 
 _CHANNEL_CODE = {Channel.STATE: ChannelCode.STATE, Channel.TLM: ChannelCode.TLM,
                  Channel.EVT: ChannelCode.EVT, Channel.CMD: ChannelCode.CMD, Channel.RSP: ChannelCode.RSP}
@@ -271,13 +270,14 @@ class SerialLink(asyncio.Protocol):
         self.reassembler = mctp.Reassembler()
         self._transport: asyncio.BaseTransport | None = None
         self._endpoints: dict[int, SerialTransport] = {}
-        self._urgent: deque[bytes] = deque()
-        self._bulk: dict[int, bytes] = {}  # node id -> its newest telemetry message, framed
+        self._urgent: deque[tuple[float, bytes]] = deque()  # (when queued, framed message)
+        self._bulk: dict[int, tuple[float, bytes]] = {}  # node id -> its newest telemetry message
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._writer: asyncio.Task[None] | None = None
         self._line_free = 0.0
+        self._sending = False  # a message taken from the queues and not yet written
         self._down: str | None = None
         self._closed = asyncio.Event()
         self._tags: dict[int, int] = {}
@@ -404,16 +404,16 @@ class SerialLink(asyncio.Protocol):
         tag = self._tags.get(src, 0)
         self._tags[src] = (tag + 1) & 7
         packets = mctp.fragment(vm.to_bytes(), dest=dest, src=src, tag=tag, mtu=self.spec.mtu)
-        wire = b"".join(mctp.encode_frame(p) for p in packets)
+        item = (asyncio.get_running_loop().time(), b"".join(mctp.encode_frame(p) for p in packets))
         if bulk:
             if vm.node in self._bulk:
                 self.stats.decimated += 1
-            self._bulk[vm.node] = wire
+            self._bulk[vm.node] = item
         else:
             if len(self._urgent) >= URGENT_LIMIT:
                 self._urgent.popleft()
                 self.stats.overflow += 1
-            self._urgent.append(wire)
+            self._urgent.append(item)
         self._wake.set()
 
     def utilisation(self) -> float:
@@ -429,37 +429,38 @@ class SerialLink(asyncio.Protocol):
             self._wake.clear()
             while self._urgent or self._bulk:
                 await self._drained.wait()
-                now = loop.time()
-                if baud and self._line_free > now:
-                    await asyncio.sleep(self._line_free - now)
-                    now = loop.time()
                 if self._urgent:
-                    wire = self._urgent.popleft()
+                    queued, wire = self._urgent.popleft()
                 else:
                     node = next(iter(self._bulk))
-                    wire = self._bulk.pop(node)
+                    queued, wire = self._bulk.pop(node)
+                self._sending = True
+                if baud:
+                    # The frame is on the line from `start` to `end` and reaches the far end at
+                    # `end`, as from a UART: the bytes are handed over when the last one would
+                    # arrive. It starts when it was queued or when the line came free, whichever
+                    # is later, however late this task wakes up: frames queued back to back
+                    # leave back to back.
+                    start = max(queued, self._line_free)
+                    end = start + len(wire) * BITS_PER_BYTE / baud
+                    self._line_free = end
+                    self.stats.occupy(start, end)
+                    if end > loop.time():
+                        await asyncio.sleep(end - loop.time())
                 tr = self._transport
                 if tr is None or self._down is not None:
                     return
                 tr.write(wire)  # type: ignore[attr-defined]
+                self._sending = False
                 self.stats.tx_bytes += len(wire)
                 self.stats.tx_messages += 1
-                if baud:
-                    # A UART's FIFO fed a little late still sends back to back: a wake-up that
-                    # overslept by less than LATE_SLACK does not leave a gap on the line.
-                    late = now - self._line_free
-                    start = self._line_free if 0 <= late < LATE_SLACK else now
-                    self._line_free = start + len(wire) * BITS_PER_BYTE / baud
-                    self.stats.occupy(start, self._line_free)
 
     async def flush(self, timeout: float = 2.0) -> None:
         """Wait until everything queued has gone to the port (and, paced, out of the line)."""
         deadline = time.monotonic() + timeout
-        while (self._urgent or self._bulk) and time.monotonic() < deadline and self._down is None:
+        while ((self._urgent or self._bulk or self._sending) and time.monotonic() < deadline
+               and self._down is None):
             await asyncio.sleep(0.002)
-        loop = asyncio.get_running_loop()
-        if self._line_free > loop.time():
-            await asyncio.sleep(min(self._line_free - loop.time(), max(0.0, deadline - time.monotonic())))
 
 
 _DOWN = object()
@@ -696,3 +697,67 @@ def plan_node_links(urls: list[str], nodes: list[int], *, mux: bool = False) -> 
         return [NodeLink(n, link, FIRST_NODE_EID + k) for k, n in enumerate(nodes)]
     raise ValueError(f"--serial is given {len(specs)} times for {len(nodes)} nodes: give it once "
                      "(pty: one pseudo-terminal per node; a port: all nodes on it) or once per node")
+
+
+class LinePort:
+    """A serial port carrying text lines (a rig's protocol), over the same port kinds as links."""
+
+    def __init__(self, spec: PortSpec | str) -> None:
+        self.spec = parse_port_url(spec) if isinstance(spec, str) else spec
+        self.path: str | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> LinePort:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=4096)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        url = self.spec.url
+        try:
+            if url == "pty":
+                port: Any = _PtyPort()
+                self.path = port.path
+                transport: Any = GuardedSerialTransport(loop, protocol, port)  # type: ignore[arg-type]
+            elif url.startswith("socket://"):
+                parts = urlsplit(url)
+                transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
+            else:
+                port = await loop.run_in_executor(None, lambda: serial.serial_for_url(
+                    url, baudrate=self.spec.baud or 115200, timeout=0.05))
+                try:
+                    port.fileno()
+                except (OSError, ValueError, AttributeError):
+                    transport = _ThreadedPort(loop, protocol, port)
+                else:
+                    self.path = port.port
+                    port.reset_input_buffer()
+                    transport = GuardedSerialTransport(loop, protocol, port)
+        except (serial.SerialException, OSError, ValueError) as e:
+            raise TransportError(f"cannot open serial port {url}: {e}") from None
+        await asyncio.sleep(0)
+        self._reader = reader
+        self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return self
+
+    async def readline(self) -> bytes:
+        """The next line (without its end), or TransportError once the port is gone."""
+        assert self._reader is not None
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError:
+            raise TransportError(f"serial port {self.path or self.spec.url} closed") from None
+        except asyncio.LimitOverrunError as e:
+            await self._reader.readexactly(e.consumed)  # an endless line: drop it
+            return b""
+        return line.rstrip(b"\r\n")
+
+    def write_line(self, text: str) -> None:
+        assert self._writer is not None
+        if not self._writer.transport.is_closing():
+            self._writer.write(text.encode("ascii") + b"\n")
+
+    async def close(self) -> None:
+        w, self._writer = self._writer, None
+        if w is not None:
+            w.transport.abort() if hasattr(w.transport, "abort") else w.close()
+            await asyncio.sleep(0.01)
