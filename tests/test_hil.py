@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from mcm_firmware.clock import RealClock
@@ -64,8 +65,8 @@ async def _until(pred, timeout: float, what: str) -> float:
     return time.monotonic()
 
 
-def _sim(path: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, SIM, path, "--rig", "bench-tc-valve"], env=cli_env(),
+def _sim(path: str, rig: str = "bench-tc-valve") -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, SIM, path, "--rig", rig], env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -116,6 +117,44 @@ async def test_rig_backed_node_beside_an_emulated_node_unplug_and_plug_back():
         await fleet.stop()
         await rec.stop()
     assert not shard.s_die.external.any()
+
+
+async def test_plant_in_the_loop_controller_drives_the_valves_until_it_goes_silent():
+    bus = LoopbackBus()
+    rec = await TimedRecorder(bus).start()
+    fleet = _fleet(bus)
+    await fleet.start()
+    rig = RigDriver(fleet.nodes[0], load_rig_profile("bench-controller"), "pty")
+    shard, row = fleet.shard_of(0)
+    cool = shard.cool
+    sim = None
+    try:
+        await rig.start()
+        assert not shard.s_die.external.any()  # the node's own sensors feed the rig
+        sim = _sim(rig.path, "bench-controller")
+        await _until(lambda: rig.answers > 20, 10, "controller answers")
+        await asyncio.sleep(0.3)  # a valve period applies the latest command
+        for v in (0, 1):
+            expected = min(100.0, max(0.0, 20 + 8 * (float(shard.s_die.value[row, v]) - 55)))
+            assert float(cool.external[row, v]) == pytest.approx(expected, abs=8.0)
+            assert float(cool.valve_cmd[row, v]) == float(cool.external[row, v])
+        assert np.isnan(cool.external[row, 2:]).all()  # the rig commands only its channels
+        t_kill = time.monotonic()
+        sim.kill()
+        sim.wait()
+        t_lost = await _until(lambda: _events(rec, 0, EventCode.RIG_LOST, t_kill), 3, "RIG_LOST")
+        assert t_lost - t_kill <= rig.rig.timeout_s + 0.3
+        assert np.isnan(cool.external[row]).all()  # the node's own controller has the valves back
+        assert not _events(rec, 1, EventCode.RIG_LOST)
+    finally:
+        if sim is not None:
+            sim.kill()
+            sim.wait()
+            sim.stdout.close()
+            sim.stderr.close()
+        await rig.stop()
+        await fleet.stop()
+        await rec.stop()
 
 
 async def test_driver_counts_lines_it_cannot_use_and_applies_the_rest():

@@ -583,3 +583,121 @@ def test_a_port_that_does_not_exist_exits_1():
     assert r.returncode == 1 and "cannot open serial port /dev/does-not-exist" in r.stderr, r.stderr
     r = run_cli("run", "--serial", "/dev/does-not-exist", "--duration", "1")
     assert r.returncode == 1 and "cannot open serial port /dev/does-not-exist" in r.stderr, r.stderr
+
+
+async def test_socket_url_carries_frames_over_tcp():
+    """socket://HOST:PORT (a terminal server, ser2net): here an echo server on loopback, so the
+    host and node endpoints on the one link hear each other as on loop://."""
+    async def echo(reader, writer):
+        while data := await reader.read(4096):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = await SerialLink(f"socket://127.0.0.1:{port}?baud=921600").open()
+    node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=4)
+    host = SerialTransport(link, role="host", eid=8)
+    try:
+        await node.connect()
+        await node.subscribe(Subscription("default", 4, Channel.CMD))
+        await host.connect()
+        await host.subscribe(Subscription("default", None, Channel.RSP))
+        await host.publish(Address("default", 4, Channel.CMD), b"over tcp" * 40)
+        assert (await asyncio.wait_for(node.receive(), 3)).payload == b"over tcp" * 40
+        await node.publish(Address("default", 4, Channel.RSP), b"back")
+        assert (await asyncio.wait_for(host.receive(), 3)).payload == b"back"
+    finally:
+        await node.close()
+        await host.close()
+        await link.close()
+        server.close()
+        await server.wait_closed()
+
+
+class _Rfc2217LoopServer:
+    """An RFC 2217 (Telnet COM-port) server in front of pyserial's loop://, on a loopback port:
+    what a terminal server does, with pyserial's own PortManager doing the protocol."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        import serial
+        import serial.rfc2217
+
+        self._serial_mod = serial
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._serve, name="rfc2217-server", daemon=True)]
+        self.threads[0].start()
+
+    def _serve(self) -> None:
+        import threading
+
+        import serial.rfc2217
+
+        self.sock.settimeout(5)
+        conn, _ = self.sock.accept()
+        conn.settimeout(0.05)
+        ser = self._serial_mod.serial_for_url("loop://", timeout=0.05)
+
+        class Out:
+            def write(self, data: bytes) -> None:
+                conn.sendall(data)
+
+        pm = serial.rfc2217.PortManager(ser, Out())
+
+        def back() -> None:
+            while not self.stop.is_set():
+                data = ser.read(max(1, ser.in_waiting))
+                if data:
+                    conn.sendall(b"".join(pm.escape(data)))
+
+        t = threading.Thread(target=back, name="rfc2217-back", daemon=True)
+        self.threads.append(t)
+        t.start()
+        while not self.stop.is_set():
+            try:
+                data = conn.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            for chunk in pm.filter(data):
+                ser.write(chunk)
+        self.stop.set()
+        t.join(2)
+        conn.close()
+        ser.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(5)
+        self.sock.close()
+
+
+async def test_rfc2217_url_carries_frames_through_a_com_port_server():
+    server = _Rfc2217LoopServer()
+    link = SerialLink(f"rfc2217://127.0.0.1:{server.port}")
+    try:
+        await link.open()
+        node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=6)
+        host = SerialTransport(link, role="host", eid=8)
+        await node.connect()
+        await node.subscribe(Subscription("default", 6, Channel.CMD))
+        await host.connect()
+        await host.subscribe(Subscription("default", None, Channel.RSP))
+        await host.publish(Address("default", 6, Channel.CMD), bytes(range(256)))
+        assert (await asyncio.wait_for(node.receive(), 5)).payload == bytes(range(256))
+        await node.publish(Address("default", 6, Channel.RSP), b"\x7e\x7d" * 50)
+        assert (await asyncio.wait_for(host.receive(), 5)).payload == b"\x7e\x7d" * 50
+        await node.close()
+        await host.close()
+    finally:
+        await link.close()
+        server.close()

@@ -10,7 +10,15 @@ valve behind a microcontroller) in the tests, and shows the protocol by example:
                   A <ch> <raw>    where the actuator now is
                   E <ch> <text>   the channel cannot answer
 
-The physics is deliberately simple: the valve slews at 50 %/s towards its command, the flow is
+A rig profile in ``controller`` mode (plant in the loop) makes it a controller board instead:
+
+    node -> rig   S <ch> <raw>    the node's reading of sensor channel ch
+    rig -> node   C <ch> <raw>    a command for actuator channel ch
+
+answered with a proportional valve controller (valve % = 20 + 8 × (T − 55 °C), clamped) that
+drives the actuator whose index matches the sensor's (valve:i for die:i).
+
+For an ``io`` rig the physics is deliberately simple: the valve slews at 50 %/s towards its command, the flow is
 proportional to the valve, and the thermocouple relaxes (time constant 5 s) towards a
 temperature that falls as the flow rises, with a little noise. Raw values use the rig profile's
 scaling (``raw = (value - offset) / scale``).
@@ -56,6 +64,22 @@ class Bench:
         return self.flow_lpm()
 
 
+def controller_answer(kind: str, ch: int, parts: list[str], sensors: dict, actuators: dict) -> str | None:
+    """A proportional valve controller: a temperature in, a valve command out."""
+    if kind != "S" or ch not in sensors or len(parts) != 3:
+        return f"E {ch} no such channel" if kind == "S" else None
+    c = sensors[ch]
+    try:
+        temp = float(parts[2]) * c.scale + c.offset
+    except ValueError:
+        return f"E {ch} bad value"
+    for a_ch, a in actuators.items():
+        if a.index == c.index:
+            pct = max(0.0, min(100.0, 20.0 + 8.0 * (temp - 55.0)))
+            return f"C {a_ch} {(pct - a.offset) / a.scale:.2f}"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("port", help="the rig's serial port (the path mcm-emu run --rig prints)")
@@ -90,7 +114,11 @@ def main() -> int:
             if len(parts) < 2 or not parts[1].isdigit():
                 continue  # not for us: a rig ignores what it does not understand
             kind, ch = parts[0], int(parts[1])
-            if kind == "R" and ch in sensors:
+            if rig.mode == "controller":
+                out = controller_answer(kind, ch, parts, sensors, actuators)
+                if out is None:
+                    continue
+            elif kind == "R" and ch in sensors:
                 c = sensors[ch]
                 out = f"V {ch} {(bench.read(c.target) - c.offset) / c.scale:.1f}"
             elif kind == "W" and ch in actuators and len(parts) == 3:

@@ -120,6 +120,7 @@ class CoolantState:
         self.flow_setpoint = np.full((n, v), cfg.q_max)
         self.valve_cmd = np.full((n, v), 100.0)
         self.manual = np.full((n, v), np.nan)  # a fixed command set by the operator, NaN: auto
+        self.external = np.full((n, v), np.nan)  # the command of an external controller, NaN: none
         self.lead = np.zeros(n, np.int16)
         self.pump_on = np.zeros((n, cfg.pumps), bool)
         self.pump_on[:, 0] = True
@@ -179,10 +180,13 @@ def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.nd
 
 
 def valve_step(cfg: CoolantConfig, st: CoolantState, flow: np.ndarray, ts: float) -> None:
-    """Valve period: flow PIDs to valve commands; failsafe and manual overrides."""
+    """Valve period: flow PIDs to valve commands; failsafe, then an external controller's command
+    (plant in the loop: the controller under test drives the valve), then the operator's manual
+    override, each taking precedence over the one before."""
     measured = np.where(np.isnan(flow), 0.0, flow)
     cmd = pid_step(cfg.valve, st.valve_pid, st.flow_setpoint, measured, ts)
     cmd = np.where(st.failsafe, np.maximum(cmd, cfg.failsafe_pct), cmd)
+    cmd = np.where(np.isnan(st.external), cmd, st.external)
     st.valve_cmd = np.where(np.isnan(st.manual), cmd, st.manual)
 
 

@@ -78,7 +78,8 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
         ],
         "hbm": [{"temp_c": _num(h.temp_c), "ce": h.ce, "ue": h.ue} for h in s.hbm],
         "valves": [
-            {"position_pct": _num(v.position_pct), "manual": bool(v.flags & ValveFlags.MANUAL)}
+            {"position_pct": _num(v.position_pct), "manual": bool(v.flags & ValveFlags.MANUAL),
+             "external": bool(v.flags & ValveFlags.EXTERNAL)}
             for v in s.valves
         ],
     }

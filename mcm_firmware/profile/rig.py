@@ -1,10 +1,12 @@
 """Rig profiles: how a hardware-in-the-loop rig's channels map onto a node's sensors and actuators.
 
-A rig is a device on a serial port (a bench thermocouple and valve, a controller board). Its
+A rig is a device on a serial port (a bench thermocouple and valve, or a controller board running
+real firmware against the emulated plant). Its
 profile (``hw_profiles/rigs/*.toml``) lists channels with units, scaling and a timeout, and is
 validated like hardware profiles: unknown, missing or out-of-range keys are errors naming the file
 and the key. A reading ``raw`` of a sensor channel becomes ``raw * scale + offset`` in the node's
-unit; an actuator command ``value`` is sent as ``(value - offset) / scale``.
+unit; an actuator command ``value`` is sent as ``(value - offset) / scale`` (and the other way
+round in ``controller`` mode).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -77,6 +79,10 @@ class ActuatorChannel(Channel):
 
 class RigProfile(_Section):
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    mode: Literal["io", "controller"] = "io"
+    """``io``: the rig provides the sensors and carries out the actuator commands (a bench
+    thermocouple and valve). ``controller``: plant in the loop, the rig runs controller firmware:
+    it is sent the node's sensor readings and its actuator commands drive the emulated plant."""
     description: str = ""
     source: str = ""
     baud: Annotated[int, Field(ge=300, le=10_000_000)] = 115200

@@ -174,6 +174,7 @@ class PumpFlags(IntFlag):
 
 class ValveFlags(IntFlag):
     MANUAL = 0x01
+    EXTERNAL = 0x02  # commanded by an external controller (a plant-in-the-loop rig)
 
 
 _READ_EXACT = """

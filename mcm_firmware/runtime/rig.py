@@ -12,7 +12,19 @@ line                   direction  meaning
 ``E <ch> <text>``      rig→node   channel ``ch`` cannot answer (``text`` says why)
 =====================  =========  ==================================================
 
-Every ``1 / poll_hz`` the driver reads every sensor channel and writes every actuator channel.
+In ``controller`` mode (plant in the loop: the rig runs the controller under test):
+
+=====================  =========  ==================================================
+``S <ch> <raw>``       node→rig   the node's reading of sensor channel ``ch``
+``C <ch> <raw>``       rig→node   the rig's command for actuator channel ``ch``
+=====================  =========  ==================================================
+
+The rig's commands drive the plant's valves (above the node's own valve PIDs and failsafe, below
+an operator's manual setting); a rig that stops answering hands the valves back to the node's own
+controller (RIG_LOST).
+
+Every ``1 / poll_hz`` the driver reads every sensor channel and writes every actuator channel
+(``io``), or sends every sensor reading (``controller``).
 A reading becomes the node's sensor value (``raw * scale + offset``) stamped with the time it
 arrived; a rig that stops answering leaves those readings to age, so the coolant zones go to
 failsafe once they are older than the profile's sensor timeout, and the driver reports RIG_LOST
@@ -56,6 +68,7 @@ class RigDriver:
         self.rejected = 0
         self.errors = 0
         self.lost = False
+        self.controller = rig.mode == "controller"
         self.last_answer = -math.inf
         self.positions: dict[int, float] = {}  # actuator channel -> what the rig said it is at
         self._tasks: list[asyncio.Task[None]] = []
@@ -67,8 +80,9 @@ class RigDriver:
     async def start(self) -> None:
         await self.port.open()
         row = self.node.row
-        for c in self.rig.sensor:
-            self._banks[c.kind].attach_external(row, c.index)
+        if not self.controller:
+            for c in self.rig.sensor:
+                self._banks[c.kind].attach_external(row, c.index)
         nid = self.node.node_id
         self._tasks = [asyncio.create_task(self._poll(), name=f"rig-{nid}-poll"),
                        asyncio.create_task(self._receive(), name=f"rig-{nid}-rx")]
@@ -77,9 +91,16 @@ class RigDriver:
         await cancel_and_wait(self._tasks)
         self._tasks = []
         row = self.node.row
-        for c in self.rig.sensor:
-            self._banks[c.kind].detach_external(row, c.index)
+        if self.controller:
+            self._release_actuators()
+        else:
+            for c in self.rig.sensor:
+                self._banks[c.kind].detach_external(row, c.index)
         await self.port.close()
+
+    def _release_actuators(self) -> None:
+        for c in self.rig.actuator:
+            self.node.shard.cool.external[self.node.row, c.index] = math.nan
 
     async def _poll(self) -> None:
         clock = self.node.clock
@@ -88,14 +109,22 @@ class RigDriver:
         row = self.node.row
         while True:
             await deadlines.wait()
-            for ch in self._sensors:
-                self.port.write_line(f"R {ch}")
-            for ch, c in self._actuators.items():
-                value = float(cool.valve_cmd[row, c.index])
-                self.port.write_line(f"W {ch} {(value - c.offset) / c.scale:.6g}")
+            if self.controller:
+                for ch, c in self._sensors.items():
+                    value = float(self._banks[c.kind].value[row, c.index])
+                    if math.isfinite(value):  # a failed sensor is not sent: the rig sees it stale
+                        self.port.write_line(f"S {ch} {(value - c.offset) / c.scale:.6g}")
+            else:
+                for ch in self._sensors:
+                    self.port.write_line(f"R {ch}")
+                for ch, c in self._actuators.items():
+                    value = float(cool.valve_cmd[row, c.index])
+                    self.port.write_line(f"W {ch} {(value - c.offset) / c.scale:.6g}")
             silent = clock.now() - self.last_answer
             if not self.lost and silent > self.rig.timeout_s:
                 self.lost = True
+                if self.controller:
+                    self._release_actuators()  # the node's own controller takes the valves back
                 self.node.emit_event(Severity.ERROR, EventCode.RIG_LOST,
                                      value=silent if math.isfinite(silent) else -1.0,
                                      text=f"rig {self.rig.name} at {self.path or self.port.spec.url} does not answer")
@@ -111,7 +140,15 @@ class RigDriver:
         parts = line.split()
         try:
             kind, ch = parts[0], int(parts[1])
-            if kind == b"V" and ch in self._sensors and len(parts) == 3:
+            if self.controller:
+                if kind != b"C" or ch not in self._actuators or len(parts) != 3:
+                    raise ValueError
+                c = self._actuators[ch]
+                value = float(parts[2]) * c.scale + c.offset
+                if not math.isfinite(value):
+                    raise ValueError
+                self.node.shard.cool.external[self.node.row, c.index] = min(100.0, max(0.0, value))
+            elif kind == b"V" and ch in self._sensors and len(parts) == 3:
                 c = self._sensors[ch]
                 raw = float(parts[2])
                 if not math.isfinite(raw):

@@ -39,6 +39,7 @@ _FAILSAFE_MODE, _NATURAL_MODE = int(CoolingMode.FAILSAFE), int(CoolingMode.NATUR
 _F_FAILSAFE, _F_LOCKED = int(SnapshotFlags.FAILSAFE), int(SnapshotFlags.CLOCKS_LOCKED)
 _P_RUNNING, _P_LEAD, _P_FAULT = int(PumpFlags.RUNNING), int(PumpFlags.LEAD), int(PumpFlags.FAULT)
 _V_MANUAL = int(ValveFlags.MANUAL)
+_V_EXTERNAL = int(ValveFlags.EXTERNAL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -469,7 +470,8 @@ class Shard:
         pumps["flags"] = cool.pump_on[rows] * _P_RUNNING | lead * _P_LEAD | cool.pump_fault[rows] * _P_FAULT
         valves = rec["valves"]
         valves["position_pct"] = pl.valve_pos[rows]
-        valves["flags"] = ~np.isnan(cool.manual[rows]) * _V_MANUAL
+        valves["flags"] = (~np.isnan(cool.manual[rows]) * _V_MANUAL
+                           | ~np.isnan(cool.external[rows]) * _V_EXTERNAL)
         return rec
 
     # --- operator actions (called by the command handler) ------------------------------------
