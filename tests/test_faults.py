@@ -12,7 +12,7 @@ import pytest
 from mcm_firmware.clock import run_virtual
 from mcm_firmware.control.dvfs import ClockReason
 from mcm_firmware.faults import FaultError, FaultKind, make_fault, parse_clear, parse_fault
-from mcm_firmware.host.client import HostClient, NodeError, RequestTimeout
+from mcm_firmware.host.client import HostClient, RequestTimeout
 from mcm_firmware.plant.memory import Location
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.protocol import Birth, Death, DeathReason, EventCode, Op, Status

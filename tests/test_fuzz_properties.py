@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mcm_firmware.protocol import FrameError, MsgType, Op, Reason, decode, encode, frames
 from mcm_firmware.protocol.messages import RESULT_TYPES
-from mcm_firmware.testing.strategies import MUTATIONS, commands, fix_crc, malformed, messages
+from mcm_firmware.testing.strategies import MUTATIONS, fix_crc, malformed, messages
 
 from .test_protocol import _strip
 

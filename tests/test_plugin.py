@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mcm_firmware.testing.pytest_plugin import parse_target
+from mcm_firmware.target import parse_target
 
 from .conftest import ROOT, cli_env
 

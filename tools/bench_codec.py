@@ -74,7 +74,7 @@ def main() -> None:
         zlib.crc32(frame[:-4])
         return h, fmt.unpack_from(frame, 23)
 
-    compiled, plain = frames.COMPILED_BODIES[frames.MsgType.TELEMETRY], frames.BODIES[frames.MsgType.TELEMETRY]
+    compiled = frames.COMPILED_BODIES[frames.MsgType.TELEMETRY]
     results = {
         "struct baseline: build": per_call(baseline_build, args.seconds),
         "struct baseline: parse": per_call(baseline_parse, args.seconds),

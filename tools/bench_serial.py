@@ -16,7 +16,7 @@ import asyncio
 import statistics
 import time
 
-from mcm_firmware.testing.pytest_plugin import emulated_target, host_client
+from mcm_firmware.target import emulated_target, host_client
 from mcm_firmware.transport import Address, Channel, Subscription
 from mcm_firmware.transport.serial import FIRST_NODE_EID, SerialLink, SerialTransport
 

@@ -81,7 +81,6 @@ class Shard:
         self.util = np.zeros((n, profile.die.count))
 
         p = self.params
-        t_in = profile.cooling.inlet_c
         pl = self.plant  # sensors start from the module's state at power-on
         self.s_die = SensorBank((n, p.dies), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C,
                                 initial=pl.t_die)

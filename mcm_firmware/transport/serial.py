@@ -106,8 +106,9 @@ def parse_port_url(text: str) -> PortSpec:
         raise ValueError(f"serial port {text!r} is not a device path (/dev/...), pty or a URL")
     url = base + ("?" + urlencode(rest) if rest else "")
     # A real UART paces itself at its baud rate; give it the same figure for the bookkeeping.
+    # A pseudo-terminal (ours, or one under /dev/pts) is unthrottled unless told otherwise.
     if baud is None:
-        baud = 0 if parts.scheme or base == "pty" else 115200
+        baud = 0 if parts.scheme or base == "pty" or base.startswith("/dev/pts/") else 115200
     return PortSpec(url, baud, mtu)
 
 

@@ -1,0 +1,123 @@
+"""Targets: a node under test, emulated in this process or reached over MQTT or serial.
+
+``emulated`` starts one emulated node on real time (over the in-process bus, MQTT or a pty);
+``mqtt://HOST[:PORT]/NODE[?fleet=F]`` and ``serial://PORT[?node=N&fleet=F&baud=B&mtu=M]`` name a
+running node (an emulated one, a rig-backed one, or real controller firmware). Used by the pytest
+plugin (``--mcm-target``) and by ``mcm-emu fuzz --target``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+EMULATED = "emulated"
+
+
+@dataclass
+class Target:
+    url: str
+    """What ``--mcm-target`` said."""
+    transport_url: str
+    """Where the host client connects: ``loopback://``, ``mqtt://``, ``serial://``."""
+    node: int
+    fleet: str = "default"
+    fleet_obj: Any = None
+    """The in-process fleet of an emulated target (None for a real one)."""
+
+    @property
+    def emulated(self) -> bool:
+        return self.fleet_obj is not None
+
+
+def parse_target(url: str) -> Target:
+    """A non-emulated ``--mcm-target``; ValueError names what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme in ("mqtt", "tcp"):
+        node_text = parts.path.strip("/")
+        if not node_text.isdigit():
+            raise ValueError(f"--mcm-target {url!r}: give the node id as the path, mqtt://HOST:PORT/NODE")
+        query = dict(parse_qsl(parts.query))
+        base = f"mqtt://{parts.netloc}"
+        from .transport.mqtt import parse_broker_url
+
+        parse_broker_url(base)
+        return Target(url, base, int(node_text), query.get("fleet", "default"))
+    if parts.scheme == "serial":
+        port = url[len("serial://"):]
+        base, _, query = port.partition("?")
+        keep, node, fleet = [], 0, "default"
+        for key, value in parse_qsl(query):
+            if key == "node":
+                if not value.isdigit():
+                    raise ValueError(f"--mcm-target {url!r}: node={value!r} is not a node id")
+                node = int(value)
+            elif key == "fleet":
+                fleet = value
+            else:
+                keep.append((key, value))
+        port = base + ("?" + urlencode(keep) if keep else "")
+        from .transport.serial import parse_port_url
+
+        parse_port_url(port)
+        return Target(url, f"serial://{port}", node, fleet)
+    raise ValueError(f"--mcm-target {url!r}: expected emulated, mqtt://HOST:PORT/NODE or serial://PORT")
+
+
+@contextlib.asynccontextmanager
+async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopback", *,
+                          broker: str | None = None, port: str = "pty", node: int = 0,
+                          profile: str = "colossus-mcm", seed: int = 0,
+                          fleet: str = "default") -> AsyncIterator[Target]:
+    """One emulated node on real time, reachable over ``link``; stopped on exit. Over serial the
+    node gets a new pty (``port``, e.g. ``pty?baud=921600``); the host end uses the same options."""
+    from .clock import RealClock
+    from .profile import load_profile
+    from .runtime.fleet import Fleet
+    from .transport import transport_factory
+
+    serial_link = None
+    node_transports = None
+    if link == "loopback":
+        url = f"loopback://mcm-target-{uuid.uuid4().hex[:8]}"
+        factory = transport_factory(url)
+    elif link == "mqtt":
+        if broker is None:
+            raise ValueError("an emulated target over MQTT needs a broker URL")
+        url = broker
+        factory = transport_factory(url)
+    else:
+        from .transport.serial import plan_node_links
+
+        plan = plan_node_links([port], [node])
+        serial_link = plan[0].link
+        await serial_link.open()
+        options = port.partition("?")[2]
+        url = f"serial://{serial_link.path}" + (f"?{options}" if options else "")
+        factory = None
+        node_transports = {node: plan[0].factory(fleet)}
+    fl = Fleet.uniform(nodes=1, profile=load_profile(profile), first_id=node, fleet=fleet,
+                       transport_factory=factory, clock=RealClock(), seed=seed,
+                       node_transports=node_transports)
+    await fl.start()
+    try:
+        await fl.wait_connected(10)
+        yield Target(EMULATED if link == "loopback" else url, url, node, fleet, fl)
+    finally:
+        await fl.stop()
+        if serial_link is not None:
+            await serial_link.close()
+
+
+@contextlib.asynccontextmanager
+async def host_client(target: Target, *, timeout: float = 2.0) -> AsyncIterator[Any]:
+    from .host.client import HostClient
+    from .transport import transport_factory
+
+    tr = transport_factory(target.transport_url)(f"mcm-pytest-{uuid.uuid4().hex[:8]}")
+    async with HostClient(tr, fleet=target.fleet, timeout=timeout) as host:
+        yield host
