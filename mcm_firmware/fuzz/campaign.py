@@ -4,7 +4,7 @@ frame sequence.
 
 A case is 1..6 probes, each a frame sent on the node's command channel: a valid command (from the
 strategies derived from the frame declarations, request id fresh each time), the same command
-again (a replay), a command made wrong by one of the mutators (truncated, bit-flipped, lying
+again (a replay), two commands whose sequence numbers go backwards, a command made wrong by one of the mutators (truncated, bit-flipped, lying
 length, unknown type or version, oversized, a body byte changed with the CRC fixed, reserved
 flags), a message of another direction (BIRTH, TELEMETRY, RESPONSE ... sent to a node), a command
 for another node, or random bytes. After the probes the session sends a PING and waits for it:
@@ -288,12 +288,20 @@ class Recipe:
         if self.kind == "other-node":
             return [Probe("COMMAND/other-node", frame)]
         label = f"COMMAND/{self.message.op.name}"
-        return [Probe(label, frame), Probe(label + "/replay", frame)] if self.kind == "replay" else [Probe(label, frame)]
+        if self.kind == "replay":
+            return [Probe(label, frame), Probe(label + "/replay", frame)]
+        if self.kind == "reordered":  # the later frame carries the lower sequence number
+            seq = self.message.seq
+            later = encode(dataclasses.replace(self.message, request_id=fresh(), seq=seq))
+            first = encode(dataclasses.replace(self.message, request_id=fresh(), seq=(seq + 1) & U32))
+            return [Probe(label + "/reordered", first), Probe(label + "/reordered", later)]
+        return [Probe(label, frame)]
 
 
 @st.composite
 def recipes(draw: Callable[..., Any], node: int) -> Recipe:
-    kind = draw(st.sampled_from(["command", "replay", "malformed", "other-type", "other-node", "random"]))
+    kind = draw(st.sampled_from(["command", "replay", "reordered", "malformed", "other-type", "other-node",
+                                 "random"]))
     if kind == "random":
         return Recipe(kind, raw=draw(st.binary(max_size=300)))
     if kind == "other-type":
