@@ -127,7 +127,10 @@ class LinkStats:
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of line occupation
 
     def occupy(self, start: float, end: float) -> None:
-        self._busy.append((start, end))
+        busy = self._busy
+        busy.append((start, end))
+        while busy[0][1] < start - UTIL_WINDOW:  # older than any window asked about
+            busy.popleft()
 
     def utilisation(self, now: float, window: float = UTIL_WINDOW) -> float:
         """Fraction of the last ``window`` seconds the line was transmitting (0..1)."""
@@ -260,6 +263,38 @@ class _ThreadedPort(asyncio.Transport):
         self.close()
 
 
+async def open_port(spec: PortSpec, protocol: asyncio.Protocol) -> tuple[asyncio.BaseTransport, str | None]:
+    """Open the port ``spec`` names with ``protocol`` on it: an asyncio transport and the port's
+    path (the slave side of a new pty, a device's path; None for URLs). TransportError names
+    what failed."""
+    loop = asyncio.get_running_loop()
+    url = spec.url
+    path = None
+    try:
+        if url == "pty":
+            port: Any = _PtyPort()
+            path = port.path
+            transport: asyncio.BaseTransport = GuardedSerialTransport(loop, protocol, port)
+        elif url.startswith("socket://"):
+            parts = urlsplit(url)
+            transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
+        else:
+            port = await loop.run_in_executor(None, lambda: serial.serial_for_url(
+                url, baudrate=spec.baud or 115200, timeout=0.05))
+            try:
+                port.fileno()
+            except (OSError, ValueError, AttributeError):
+                transport = _ThreadedPort(loop, protocol, port)  # loop://, rfc2217://
+            else:
+                path = port.port
+                port.reset_input_buffer()  # what was sent before we came is stale
+                transport = GuardedSerialTransport(loop, protocol, port)
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise TransportError(f"cannot open serial port {url}: {e}") from None
+    await asyncio.sleep(0)  # connection_made runs
+    return transport, path
+
+
 class SerialLink(asyncio.Protocol):
     """One open serial port shared by endpoints, each with its own EID."""
 
@@ -290,31 +325,8 @@ class SerialLink(asyncio.Protocol):
         return self._transport is not None and self._down is None
 
     async def open(self) -> SerialLink:
-        loop = asyncio.get_running_loop()
-        url = self.spec.url
-        try:
-            if url == "pty":
-                port: Any = _PtyPort()
-                self.path = port.path
-                GuardedSerialTransport(loop, self, port)  # type: ignore[arg-type]
-            elif url.startswith("socket://"):
-                parts = urlsplit(url)
-                await loop.create_connection(lambda: self, parts.hostname, parts.port)
-            else:
-                port = await loop.run_in_executor(None, lambda: serial.serial_for_url(
-                    url, baudrate=self.spec.baud or 115200, timeout=0.05))
-                try:
-                    port.fileno()
-                except (OSError, ValueError, AttributeError):
-                    _ThreadedPort(loop, self, port)
-                else:
-                    self.path = port.port
-                    port.reset_input_buffer()  # what was sent before we came is stale
-                    GuardedSerialTransport(loop, self, port)
-        except (serial.SerialException, OSError, ValueError) as e:
-            raise TransportError(f"cannot open serial port {url}: {e}") from None
-        await asyncio.sleep(0)  # connection_made runs
-        self._writer = asyncio.create_task(self._write_loop(), name=f"serial-tx-{self.path or url}")
+        _, self.path = await open_port(self.spec, self)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"serial-tx-{self.path or self.spec.url}")
         return self
 
     async def close(self) -> None:
@@ -499,6 +511,7 @@ class SerialTransport(Transport):
         self._last_tx = 0.0
         self._timer: asyncio.Task[None] | None = None
         self.rejected = 0  # frames for a channel this role does not receive
+        self._why = "serial link closed"
 
     @classmethod
     def host(cls, url: str, *, fleet: str = "default", eid: int = HOST_EID) -> SerialTransport:
@@ -578,7 +591,7 @@ class SerialTransport(Transport):
             raise TransportError("serial link is down")
         item = await self._queue.get()
         if item is _DOWN:
-            raise TransportError(getattr(self, "_why", "serial link closed"))
+            raise TransportError(self._why)
         assert isinstance(item, Delivery)
         return item
 
@@ -710,34 +723,11 @@ class LinePort:
         self._writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> LinePort:
-        loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=4096)
         protocol = asyncio.StreamReaderProtocol(reader)
-        url = self.spec.url
-        try:
-            if url == "pty":
-                port: Any = _PtyPort()
-                self.path = port.path
-                transport: Any = GuardedSerialTransport(loop, protocol, port)  # type: ignore[arg-type]
-            elif url.startswith("socket://"):
-                parts = urlsplit(url)
-                transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
-            else:
-                port = await loop.run_in_executor(None, lambda: serial.serial_for_url(
-                    url, baudrate=self.spec.baud or 115200, timeout=0.05))
-                try:
-                    port.fileno()
-                except (OSError, ValueError, AttributeError):
-                    transport = _ThreadedPort(loop, protocol, port)
-                else:
-                    self.path = port.port
-                    port.reset_input_buffer()
-                    transport = GuardedSerialTransport(loop, protocol, port)
-        except (serial.SerialException, OSError, ValueError) as e:
-            raise TransportError(f"cannot open serial port {url}: {e}") from None
-        await asyncio.sleep(0)
+        transport, self.path = await open_port(self.spec, protocol)
         self._reader = reader
-        self._writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        self._writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())  # type: ignore[arg-type]
         return self
 
     async def readline(self) -> bytes:
