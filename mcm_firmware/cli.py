@@ -395,6 +395,7 @@ async def _run_serial(args: argparse.Namespace, profile: Any) -> int:
     finally:
         for link in links:
             await link.close()
+            print(f"serial: {link.path or link.spec.url}: {link.summary()}", flush=True)
     return EXIT_OK
 
 

@@ -539,6 +539,9 @@ def test_run_on_ptys_with_ctl_and_monitor_over_serial(cli_process):
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
     run.wait_line("stopped 2 nodes")
+    for path in paths.values():  # each link's counters at the end: ctl and monitor sent clean frames
+        line = run.wait_line(f"serial: {path}: tx ")
+        assert "dropped none" in line and re.search(r"rx [1-9]\d* messages", line), line
 
 
 def test_several_nodes_on_one_paced_pty(cli_process):

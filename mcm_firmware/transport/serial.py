@@ -429,6 +429,15 @@ class SerialLink(asyncio.Protocol):
             self._urgent.append(item)
         self._wake.set()
 
+    def summary(self) -> str:
+        """Counters in one line: what went out and came in, and what was dropped and why."""
+        s = self.stats
+        drops = {k: v for k, v in {**self.decoder.drops, **self.reassembler.losses}.items() if v}
+        return (f"tx {s.tx_messages} messages ({s.tx_bytes} bytes), rx {s.rx_messages} messages "
+                f"({s.rx_bytes} bytes), telemetry decimated {s.decimated}, dropped "
+                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+                + (f", not ours {s.rejected}" if s.rejected else ""))
+
     def utilisation(self) -> float:
         if not self.spec.paced:
             return 0.0
