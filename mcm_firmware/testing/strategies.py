@@ -56,7 +56,9 @@ def _format(fmt: str, hint: Any, keys: frozenset[int] = frozenset()) -> st.Searc
     code = fmt[-1]
     if code in "fde":
         width = {"e": 16, "f": 32, "d": 64}[code]
-        return st.floats(width=width, allow_nan=False)
+        # anything the width holds, and often a plain magnitude, where set-points and limits live
+        return st.one_of(st.floats(width=width, allow_nan=False),
+                         st.floats(-1e4, 1e4, width=width).map(lambda x: float(round(x))))
     size = struct.calcsize(fmt)
     if _is_enum(hint):
         return st.sampled_from([int(v) for v in hint])
