@@ -41,17 +41,20 @@ class SensorBank:
         self._pending = self.value.copy()
         self._any_fault = False
         self.external = np.zeros(shape, bool)
+        self._any_external = False
         self._ext_value = np.full(shape, np.nan)
         self._ext_read_at = np.full(shape, -np.inf)
 
     def attach_external(self, row: int, col: int) -> None:
         """The sensor is provided from outside from now on; stale until the first reading."""
         self.external[row, col] = True
+        self._any_external = True
         self._ext_value[row, col] = np.nan
         self._ext_read_at[row, col] = -np.inf
 
     def detach_external(self, row: int, col: int) -> None:
         self.external[row, col] = False
+        self._any_external = bool(self.external.any())
 
     def set_external(self, row: int, col: int, value: float, t: float) -> None:
         """A reading from outside, taken at time ``t``."""
@@ -85,7 +88,7 @@ class SensorBank:
         if not self._any_fault:  # the common case, kept short
             self.value = np.round(reading / self.quantum) * self.quantum if self.quantum else reading
             self.read_at.fill(t)
-            if self.external.any():
+            if self._any_external:
                 self._apply_external()
             return
         ok = np.ones(raw.shape, bool)
@@ -105,7 +108,7 @@ class SensorBank:
             reading = np.round(reading / self.quantum) * self.quantum
         self.value = np.where(ok, reading, np.where(self.failed, np.nan, self.value))
         self.read_at = np.where(ok, t, self.read_at)
-        if self.external.any():
+        if self._any_external:
             self._apply_external()
 
     @property
