@@ -360,22 +360,30 @@ async def test_several_nodes_share_one_link_by_eid():
         await link.close()
 
 
-async def test_loop_url_carries_host_and_node_on_one_in_process_link():
-    link = await SerialLink("loop://").open()
-    node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=1)
+async def _round_trip(link: SerialLink, node_id: int, command: bytes, answer: bytes) -> None:
+    """A node and a host endpoint on one link that hears itself (loop://, an echo server): a
+    command reaches the node, its answer reaches the host."""
+    node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=node_id)
     host = SerialTransport(link, role="host", eid=8)
     try:
         await node.connect()
-        await node.subscribe(Subscription("default", 1, Channel.CMD))
+        await node.subscribe(Subscription("default", node_id, Channel.CMD))
         await host.connect()
         await host.subscribe(Subscription("default", None, Channel.RSP))
-        await host.publish(Address("default", 1, Channel.CMD), b"ping")
-        assert (await asyncio.wait_for(node.receive(), 3)).payload == b"ping"
-        await node.publish(Address("default", 1, Channel.RSP), b"pong")
-        assert (await asyncio.wait_for(host.receive(), 3)).payload == b"pong"
+        await host.publish(Address("default", node_id, Channel.CMD), command)
+        assert (await asyncio.wait_for(node.receive(), 5)).payload == command
+        await node.publish(Address("default", node_id, Channel.RSP), answer)
+        assert (await asyncio.wait_for(host.receive(), 5)).payload == answer
     finally:
         await node.close()
         await host.close()
+
+
+async def test_loop_url_carries_host_and_node_on_one_in_process_link():
+    link = await SerialLink("loop://").open()
+    try:
+        await _round_trip(link, 1, b"ping", b"pong")
+    finally:
         await link.close()
 
 
@@ -599,20 +607,9 @@ async def test_socket_url_carries_frames_over_tcp():
     server = await asyncio.start_server(echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     link = await SerialLink(f"socket://127.0.0.1:{port}?baud=921600").open()
-    node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=4)
-    host = SerialTransport(link, role="host", eid=8)
     try:
-        await node.connect()
-        await node.subscribe(Subscription("default", 4, Channel.CMD))
-        await host.connect()
-        await host.subscribe(Subscription("default", None, Channel.RSP))
-        await host.publish(Address("default", 4, Channel.CMD), b"over tcp" * 40)
-        assert (await asyncio.wait_for(node.receive(), 3)).payload == b"over tcp" * 40
-        await node.publish(Address("default", 4, Channel.RSP), b"back")
-        assert (await asyncio.wait_for(host.receive(), 3)).payload == b"back"
+        await _round_trip(link, 4, b"over tcp" * 40, b"back")
     finally:
-        await node.close()
-        await host.close()
         await link.close()
         server.close()
         await server.wait_closed()
@@ -689,18 +686,7 @@ async def test_rfc2217_url_carries_frames_through_a_com_port_server():
     link = SerialLink(f"rfc2217://127.0.0.1:{server.port}")
     try:
         await link.open()
-        node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=6)
-        host = SerialTransport(link, role="host", eid=8)
-        await node.connect()
-        await node.subscribe(Subscription("default", 6, Channel.CMD))
-        await host.connect()
-        await host.subscribe(Subscription("default", None, Channel.RSP))
-        await host.publish(Address("default", 6, Channel.CMD), bytes(range(256)))
-        assert (await asyncio.wait_for(node.receive(), 5)).payload == bytes(range(256))
-        await node.publish(Address("default", 6, Channel.RSP), b"\x7e\x7d" * 50)
-        assert (await asyncio.wait_for(host.receive(), 5)).payload == b"\x7e\x7d" * 50
-        await node.close()
-        await host.close()
+        await _round_trip(link, 6, bytes(range(256)), b"\x7e\x7d" * 50)
     finally:
         await link.close()
         server.close()

@@ -229,7 +229,8 @@ class Session:
     async def run_case(self, probes: list[Probe]) -> tuple[list[Verdict], list[Finding]]:
         self._replies.clear()
         self._stray.clear()
-        self._expect = {rid for p in probes if (rid := _request_id(p.frame)) is not None}
+        rids = [_request_id(p.frame) for p in probes]
+        self._expect = {rid for rid in rids if rid is not None}
         addr = Address(self.fleet, self.node, Channel.CMD)
         findings: list[Finding] = []
         try:
@@ -242,7 +243,6 @@ class Session:
             return [], [Finding(kind, self.death or self.down or f"no answer to PING within {self.timeout:g} s")]
         earlier: dict[bytes, Status] = {}
         verdicts = []
-        rids = [_request_id(p.frame) for p in probes]
         left = Counter(r for r in rids if r is not None)
         for p, rid in zip(probes, rids):
             # probes that share a request id (a replay) take one answer each, the last the rest

@@ -119,7 +119,7 @@ def container(con: c.Construct, cls: Any = None) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def _struct_draw(draw: Callable[..., Any], con: c.Struct, cls: Any) -> dict[str, Any]:
+def _struct(draw: Callable[..., Any], con: c.Struct, cls: Any) -> dict[str, Any]:
     hints = _hints(cls) if cls is not None and not _is_enum(cls) else {}
     counts = _count_fields(con)
     keys = _switch_keys(con)
@@ -144,10 +144,6 @@ def _struct_draw(draw: Callable[..., Any], con: c.Struct, cls: Any) -> dict[str,
         else:
             ctx[name] = draw(container(inner, hint))
     return ctx
-
-
-def _struct(con: c.Struct, cls: Any) -> st.SearchStrategy[dict[str, Any]]:
-    return _struct_draw(con, cls)
 
 
 def _branch(con: c.Construct, ctx: dict[str, Any], name: str) -> st.SearchStrategy[Any]:
@@ -319,5 +315,3 @@ def malformed(draw: Callable[..., Any], base: st.SearchStrategy[Message] | None 
     mutation = draw(st.sampled_from(MUTATIONS))
     return mutation.name, mutation.apply(draw, encode(msg))
 
-
-MUTATION_BY_NAME = {m.name: m for m in MUTATIONS}
