@@ -602,7 +602,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     from .host.views import message_json, message_line
     from .protocol import FrameError, decode
     from .transport import Subscription, TransportError, transport_factory
-    from .transport.mqtt import topic
+    from .transport.topics import topic
 
     transport = transport_factory(_link_url(args))(f"mcm-mon-{uuid.uuid4().hex[:10]}")
     seen = 0

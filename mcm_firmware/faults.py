@@ -39,47 +39,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import IntEnum
 
-
-class FaultKind(IntEnum):
-    PUMP_FAIL = 1
-    PUMP_OVERCURRENT = 2
-    VALVE_STUCK = 3
-    SENSOR_STUCK = 4
-    SENSOR_DRIFT = 5
-    SENSOR_NOISE = 6
-    SENSOR_DROPOUT = 7
-    SENSOR_FAILED = 8
-    VRM_OVERCURRENT = 9
-    INLET_STEP = 10
-    POWER_BRAKE = 11
-    HBM_FLIP = 12
-    HBM_DEVICE = 13
-    CE_STORM = 14
-    LINK_DROP = 15
-    LINK_CORRUPT = 16
-    LINK_DUPLICATE = 17
-    LINK_DELAY = 18
-    LINK_REORDER = 19
-    CRASH = 20
-    REBOOT = 21
-
-    @property
-    def label(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_label(cls, text: str) -> FaultKind:
-        try:
-            return cls[text.strip().upper().replace("-", "_")]
-        except KeyError:
-            known = ", ".join(k.label for k in cls)
-            raise FaultError(f"unknown fault {text!r} (known: {known})") from None
+from .protocol.vocabulary import FaultKind
 
 
 class FaultError(ValueError):
     """A fault that cannot be described or applied; the message says why."""
+
+
+def fault_kind(text: str) -> FaultKind:
+    """The kind a label names (``pump-fail``); FaultError lists the known ones."""
+    try:
+        return FaultKind[text.strip().upper().replace("-", "_")]
+    except KeyError:
+        known = ", ".join(k.label for k in FaultKind)
+        raise FaultError(f"unknown fault {text!r} (known: {known})") from None
 
 
 SENSOR_BANKS = ("die", "hbm", "flow", "rpm")
@@ -164,7 +138,7 @@ def check_param(kind: FaultKind, param: Param, value: float) -> float:
 def make_fault(kind: FaultKind | str, target: str = "", value: float | None = None,
                value2: float | None = None) -> Fault:
     """A fault with its parameters checked and defaults filled in (not yet against a profile)."""
-    kind = FaultKind.from_label(kind) if isinstance(kind, str) else kind
+    kind = fault_kind(kind) if isinstance(kind, str) else kind
     spec = SPECS[kind]
     if spec.target is None and target:
         raise FaultError(f"{kind.label} takes no target (got {target!r})")
@@ -189,7 +163,7 @@ def parse_fault(tokens: list[str]) -> Fault:
     """``KIND [TARGET] [VALUE] [VALUE2]`` as typed after ``ctl NODE inject``."""
     if not tokens:
         raise FaultError("inject needs a fault kind")
-    kind = FaultKind.from_label(tokens[0])
+    kind = fault_kind(tokens[0])
     spec = SPECS[kind]
     rest = list(tokens[1:])
     target = ""
@@ -218,7 +192,7 @@ def parse_clear(tokens: list[str]) -> ClearSpec:
         if len(tokens) > 1:
             raise FaultError("clear-fault all takes no target")
         return ClearSpec(None)
-    kind = FaultKind.from_label(tokens[0])
+    kind = fault_kind(tokens[0])
     if not SPECS[kind].clearable:
         raise FaultError(f"{kind.label} cannot be cleared")
     target = tokens[1] if len(tokens) > 1 else ""

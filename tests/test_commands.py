@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from mcm_firmware.clock import run_virtual
-from mcm_firmware.control.dvfs import ClockReason
+from mcm_firmware.protocol import ClockReason
 from mcm_firmware.host.client import HostClient, NodeError
 from mcm_firmware.host.views import status_json
-from mcm_firmware.plant.memory import Location
+from mcm_firmware.hbm import Location
 from mcm_firmware.protocol import EventCode, Op, RasResult, Status
-from mcm_firmware.protocol.messages import LockClocksArgs, PowerCapArgs, SetValveArgs
+from mcm_firmware.protocol import LockClocksArgs, PowerCapArgs, SetValveArgs
 from mcm_firmware.transport import Channel
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from mcm_firmware.clock import run_virtual
-from mcm_firmware.control.dvfs import ClockReason
+from mcm_firmware.protocol import ClockReason
 from mcm_firmware.faults import FaultError, FaultKind, make_fault, parse_clear, parse_fault
 from mcm_firmware.host.client import HostClient, RequestTimeout
-from mcm_firmware.plant.memory import Location
+from mcm_firmware.hbm import Location
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.protocol import Birth, Death, DeathReason, EventCode, Op, Status
-from mcm_firmware.protocol.messages import ClearFaultArgs, InjectArgs
+from mcm_firmware.protocol import ClearFaultArgs, InjectArgs
 from mcm_firmware.transport import Channel
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mcm_firmware.control.dvfs import ClockReason
+from mcm_firmware.protocol import ClockReason
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.plant.workload import Workload
 from mcm_firmware.profile import load_profile

@@ -14,7 +14,7 @@ import mcm_firmware.runtime.node as node_module
 from mcm_firmware.fuzz import Probe, judge, replay, run_campaign
 from mcm_firmware.fuzz.report import write_report
 from mcm_firmware.protocol import Birth, Command, FrameFlags, Op, Response, Status, decode, encode
-from mcm_firmware.protocol.messages import PowerCapArgs
+from mcm_firmware.protocol import PowerCapArgs
 from mcm_firmware.target import emulated_target
 from mcm_firmware.testing.strategies import fix_crc
 from mcm_firmware.transport import transport_factory

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mcm_firmware.protocol import FrameError, MsgType, Op, Reason, decode, encode, frames
-from mcm_firmware.protocol.messages import RESULT_TYPES
+from mcm_firmware.protocol.ops import RESULT_TYPES
 from mcm_firmware.testing.strategies import MUTATIONS, fix_crc, malformed, messages
 
 from .test_protocol import _strip

@@ -12,7 +12,7 @@ import pytest
 from mcm_firmware.faults import FaultKind
 from mcm_firmware.host.client import NodeError, RequestTimeout
 from mcm_firmware.protocol import Birth, Op, Status, decode
-from mcm_firmware.protocol.messages import ClearFaultArgs, InjectArgs, PowerCapArgs
+from mcm_firmware.protocol import ClearFaultArgs, InjectArgs, PowerCapArgs
 from mcm_firmware.target import emulated_target, host_client
 from mcm_firmware.transport import Address, Channel, Subscription, transport_factory
 

@@ -8,7 +8,8 @@ import pytest
 
 from mcm_firmware.clock import LoopClock, run_virtual
 from mcm_firmware.transport import Address, Channel, Subscription, TransportError, Will
-from mcm_firmware.transport.loopback import LinkFaults, LoopbackBus, LoopbackTransport
+from mcm_firmware.transport.link_faults import LinkFaults
+from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
 A = Address("f", 1, Channel.TLM)
 

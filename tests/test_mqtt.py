@@ -33,7 +33,8 @@ from mcm_firmware.protocol import (
 )
 from mcm_firmware.runtime.fleet import Fleet
 from mcm_firmware.transport import Address, Channel, Subscription, TransportError, transport_factory
-from mcm_firmware.transport.mqtt import MqttTransport, parse_broker_url, parse_topic, topic
+from mcm_firmware.transport.mqtt import MqttTransport, parse_broker_url
+from mcm_firmware.transport.topics import parse_topic, topic
 
 from .conftest import run_cli
 

@@ -20,6 +20,7 @@ from mcm_firmware.protocol import (
     Event,
     FrameError,
     HbmTelemetry,
+    MsgType,
     NodeState,
     Op,
     PumpTelemetry,
@@ -75,7 +76,7 @@ def test_reference_declaration_agrees_with_codec(name):
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_compiled_and_uncompiled_parsers_agree(name):
     data = golden_from_doc()[name]
-    msg_type = frames.MsgType(data[3])
+    msg_type = MsgType(data[3])
     payload = data[frames.HEADER_SIZE:-frames.CRC_SIZE]
     plain = frames.BODIES[msg_type].parse(payload)
     fast = frames.COMPILED_BODIES[msg_type].parse(payload)
@@ -233,7 +234,7 @@ def test_decoder_raises_only_frame_errors_on_mutated_golden_frames(name, data):
     except FrameError as e:
         assert isinstance(e.reason, Reason)
     else:
-        assert encode(msg) == mutated or msg.TYPE in (frames.MsgType.TELEMETRY, frames.MsgType.EVENT)
+        assert encode(msg) == mutated or msg.TYPE in (MsgType.TELEMETRY, MsgType.EVENT)
 
 def test_frame_bytes_rejects_an_oversized_payload():
     with pytest.raises(ValueError, match="exceeds"):

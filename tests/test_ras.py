@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcm_firmware.control.ras import RasConfig, RasController, RasEventKind, RecoveryAction
+from mcm_firmware.control.ras import RasConfig, RasController, RasEventKind
 from mcm_firmware.plant import ecc
-from mcm_firmware.plant.ecc import EccStatus
-from mcm_firmware.plant.memory import EccMode, HbmGeometry, HbmStore, Location
+from mcm_firmware.hbm import EccStatus, HbmGeometry, Location
+from mcm_firmware.plant.memory import HbmStore
+from mcm_firmware.protocol import EccMode, RecoveryAction
 from mcm_firmware.profile import load_profile
 
 words = st.integers(0, 2**32 - 1)
@@ -160,7 +161,8 @@ def controller(profile: str = "colossus-mcm", **over) -> RasController:
     cfg = RasConfig.from_profile(load_profile(profile))
     if over:
         cfg = dataclasses.replace(cfg, **over)
-    return RasController(cfg, random.Random(7))
+    rng = random.Random(7)
+    return RasController(cfg, rng, HbmStore(cfg.geometry, cfg.mode, rng))
 
 
 def kinds(events) -> list[str]:

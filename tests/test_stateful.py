@@ -18,12 +18,12 @@ def test_the_machine_catches_a_planted_bug(monkeypatch):
     from hypothesis.stateful import run_state_machine_as_test
 
     from mcm_firmware.protocol import Op
-    from mcm_firmware.runtime import node as node_module
+    from mcm_firmware.runtime.handlers import HANDLERS
 
     def lax(node, cmd):
         node.shard.dvfs.cap_w[node.row] = cmd.args.watts if cmd.args.watts <= 1450 else node.shard.dvfs.cap_w[node.row]
 
-    monkeypatch.setitem(node_module.HANDLERS, Op.SET_POWER_CAP, lax)
+    monkeypatch.setitem(HANDLERS, Op.SET_POWER_CAP, lax)
     with pytest.raises(AssertionError) as info:
         run_state_machine_as_test(NodeMachine, settings=settings(
             max_examples=300, stateful_step_count=20, deadline=None, database=None, derandomize=True,

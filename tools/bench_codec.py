@@ -21,7 +21,7 @@ from mcm_firmware.protocol import codec, decode, encode, frames
 from mcm_firmware.protocol.messages import to_container
 from mcm_firmware.runtime.shard import Shard
 from mcm_firmware.profile import load_profile
-from mcm_firmware.protocol import Telemetry
+from mcm_firmware.protocol import MsgType, Telemetry
 
 
 def per_call(fn, seconds: float) -> float:
@@ -74,7 +74,7 @@ def main() -> None:
         zlib.crc32(frame[:-4])
         return h, fmt.unpack_from(frame, 23)
 
-    compiled = frames.COMPILED_BODIES[frames.MsgType.TELEMETRY]
+    compiled = frames.COMPILED_BODIES[MsgType.TELEMETRY]
     results = {
         "struct baseline: build": per_call(baseline_build, args.seconds),
         "struct baseline: parse": per_call(baseline_parse, args.seconds),

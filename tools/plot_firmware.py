@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mcm_firmware.control.dvfs import ClockReason  # noqa: E402
+from mcm_firmware.protocol import ClockReason  # noqa: E402
 from mcm_firmware.plant.workload import Workload  # noqa: E402
 from mcm_firmware.profile import load_profile  # noqa: E402
 from mcm_firmware.runtime.shard import Shard  # noqa: E402

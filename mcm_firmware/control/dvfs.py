@@ -37,24 +37,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from enum import IntFlag
 
 import numpy as np
 
 from ..profile import Profile
-
-
-class ClockReason(IntFlag):
-    """NVML ``nvmlClocksEventReasons`` bits."""
-
-    GPU_IDLE = 0x1
-    APPLICATIONS_CLOCKS_SETTING = 0x2
-    SW_POWER_CAP = 0x4
-    HW_SLOWDOWN = 0x8
-    SYNC_BOOST = 0x10
-    SW_THERMAL_SLOWDOWN = 0x20
-    HW_THERMAL_SLOWDOWN = 0x40
-    HW_POWER_BRAKE_SLOWDOWN = 0x80
+from ..protocol.vocabulary import ClockReason
 
 
 # plain integers for the array code (IntFlag members are slow inside numpy expressions)
@@ -70,10 +57,6 @@ _HW_BITS = np.uint32(_HW | _HWTHERM | _BRAKE)
 
 def _clip(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(x, lo), hi)
-
-
-def reason_names(mask: int) -> list[str]:
-    return [r.name for r in ClockReason if mask & r]  # type: ignore[misc]
 
 
 IDLE_UTIL = 0.02

@@ -33,18 +33,31 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Protocol
 
 import numpy as np
 
-from ..plant.ecc import EccStatus
-from ..plant.memory import EccMode, HbmGeometry, HbmStore, Location, ReadResult
+from ..hbm import EccStatus, HbmGeometry, Location, ReadResult
 from ..profile import Profile
+from ..protocol.vocabulary import EccMode, RecoveryAction
 
 
-class RecoveryAction(IntEnum):
-    NONE = 0
-    GPU_RESET = 1
-    NODE_REBOOT = 2
+class EccMemory(Protocol):
+    """The module's HBM as the RAS firmware reaches it: reads through the ECC engine, and what the
+    memory controller lets firmware do (the plant's :class:`~mcm_firmware.plant.memory.HbmStore`)."""
+
+    failed_devices: dict[int, set[int]]
+
+    @property
+    def devices(self) -> int: ...
+    @property
+    def bits_per_word_codeword(self) -> int: ...
+    def read(self, addr: int, *, write_back: bool = False) -> ReadResult: ...
+    def flip(self, addr: int, bits: list[int], *, stuck: bool = False) -> None: ...
+    def fail_device(self, stack: int, device: int) -> None: ...
+    def stuck_bits(self, addr: int) -> set[int]: ...
+    def addresses(self) -> list[int]: ...
+    def rewrite_row(self, stack: int, channel: int, bank: int, row: int) -> int: ...
 
 
 class RasEventKind(IntEnum):
@@ -112,12 +125,12 @@ class RasConfig:
 class RasController:
     cfg: RasConfig
     rng: random.Random
+    store: EccMemory
     ce: np.ndarray = field(init=False)  # [stack, channel]
     ue: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         g = self.cfg.geometry
-        self.store = HbmStore(g, self.cfg.mode, self.rng)
         self.ce = np.zeros((g.stacks, g.channels), np.int64)
         self.ue = np.zeros((g.stacks, g.channels), np.int64)
         self.ce_by_addr: Counter[int] = Counter()

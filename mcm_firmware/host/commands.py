@@ -11,7 +11,7 @@ from typing import Any
 
 from ..protocol import Op, Response, StatusResult
 from ..faults import FaultError, parse_clear, parse_fault
-from ..protocol.messages import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
+from ..protocol import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
 from .client import HostClient
 from .views import ras_json, status_json
 

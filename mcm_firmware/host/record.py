@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..transport import Address, Channel, Transport
-from ..transport.mqtt import parse_topic, topic
+from ..transport.topics import parse_topic, topic
 
 FORMAT = "mcm-emu-record"
 VERSION = 1

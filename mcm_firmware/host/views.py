@@ -6,12 +6,14 @@ import math
 from enum import IntEnum
 from typing import Any
 
-from ..control.dvfs import reason_names
-from ..control.ras import RecoveryAction
-from ..plant.memory import EccMode
 from ..protocol import (
     Birth,
     CoolingMode,
+    EccMode,
+    RasFlags,
+    RasResult,
+    RecoveryAction,
+    reason_names,
     Death,
     Event,
     EventCode,
@@ -27,9 +29,9 @@ from ..protocol import (
     Telemetry,
     ValveFlags,
 )
-from ..protocol.messages import RasResult, to_container
+from ..protocol.messages import to_container
 from ..transport import Address
-from ..transport.mqtt import topic
+from ..transport.topics import topic
 
 
 def _num(x: float) -> float | None:
@@ -126,9 +128,9 @@ def ras_json(node: int, r: RasResult) -> dict[str, Any]:
         "ecc": _name(r.ecc, EccMode),
         "ce": r.ce,
         "ue": r.ue,
-        "remap_pending": bool(r.flags & 1),
-        "remap_failed": bool(r.flags & 2),
-        "ce_storm": bool(r.flags & 4),
+        "remap_pending": bool(r.flags & RasFlags.REMAP_PENDING),
+        "remap_failed": bool(r.flags & RasFlags.REMAP_FAILED),
+        "ce_storm": bool(r.flags & RasFlags.CE_STORM),
         "recovery_action": _name(r.recovery_action, RecoveryAction),
         "remapped_rows": r.remapped_rows,
         "spare_rows_free": r.spare_rows_free,

@@ -28,10 +28,11 @@ error is detected.
 
 from __future__ import annotations
 
-from enum import IntEnum
 from functools import lru_cache
 
 import reedsolo
+
+from ..hbm import EccStatus
 
 DATA_BITS = 32
 CHECK_BITS = 7
@@ -47,12 +48,6 @@ _COVER = tuple(
 )
 # For each data bit, its codeword position (for the syndrome).
 _POS_OF_DATA = _DATA_POS
-
-
-class EccStatus(IntEnum):
-    OK = 0
-    CORRECTED = 1  # a correctable error was found and corrected (CE)
-    UNCORRECTABLE = 2  # detected but not correctable (UE)
 
 
 def secded_check(data: int) -> int:

@@ -1,51 +1,53 @@
-"""The wire protocol: frame declarations, typed messages and the codec. No I/O here."""
+"""The wire protocol: vocabulary, frame declarations, command operations, typed messages, codec.
+No I/O here."""
 
-from .codec import FrameError, Reason, decode, encode, frame_bytes, snapshot_dtype
-from .frames import (
+from .codec import FrameError, decode, encode, frame_bytes, snapshot_dtype
+from .messages import Birth, Command, Death, Event, Message, Response, Telemetry
+from .ops import (
+    OPS,
+    ClearFaultArgs,
+    InjectArgs,
+    LockClocksArgs,
+    Op,
+    OpSpec,
+    PendingRow,
+    PowerCapArgs,
+    RasResult,
+    SetValveArgs,
+    StackErrors,
+    StatusResult,
+)
+from .telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
+from .vocabulary import (
+    MODULE_SUBJECT,
     Capability,
+    ClockReason,
     CoolingMode,
     DeathReason,
+    EccMode,
     EventCode,
+    FaultKind,
     FrameFlags,
     MsgType,
     NodeState,
-    Op,
     PumpFlags,
+    RasFlags,
+    Reason,
+    RecoveryAction,
     Severity,
     SnapshotFlags,
     Status,
     ValveFlags,
-)
-from .messages import (
-    MODULE_SUBJECT,
-    Birth,
-    Command,
-    Death,
-    DieTelemetry,
-    Event,
-    HbmTelemetry,
-    ClearFaultArgs,
-    InjectArgs,
-    LockClocksArgs,
-    Message,
-    PendingRow,
-    PowerCapArgs,
-    PumpTelemetry,
-    RasResult,
-    Response,
-    SetValveArgs,
-    StackErrors,
-    Snapshot,
-    StatusResult,
-    Telemetry,
-    ValveTelemetry,
+    reason_names,
 )
 
 __all__ = [
-    "MODULE_SUBJECT", "Birth", "Capability", "Command", "CoolingMode", "Death", "DeathReason", "EventCode",
-    "DieTelemetry", "Event", "ClearFaultArgs", "InjectArgs", "LockClocksArgs", "PendingRow", "PowerCapArgs", "RasResult", "SetValveArgs",
-    "StackErrors", "FrameError", "FrameFlags", "HbmTelemetry", "Message", "MsgType",
-    "NodeState", "Op", "PumpFlags", "PumpTelemetry", "Reason", "Response", "Severity", "Snapshot",
-    "SnapshotFlags", "Status", "StatusResult", "Telemetry", "ValveFlags", "ValveTelemetry",
-    "decode", "encode", "frame_bytes", "snapshot_dtype",
+    "MODULE_SUBJECT", "OPS", "Birth", "Capability", "ClearFaultArgs", "ClockReason", "Command",
+    "CoolingMode", "Death", "DeathReason", "DieTelemetry", "EccMode", "Event", "EventCode",
+    "FaultKind", "FrameError", "FrameFlags", "HbmTelemetry", "InjectArgs", "LockClocksArgs",
+    "Message", "MsgType", "NodeState", "Op", "OpSpec", "PendingRow", "PowerCapArgs",
+    "PumpFlags", "PumpTelemetry", "RasFlags", "RasResult", "Reason", "RecoveryAction",
+    "Response", "SetValveArgs", "Severity", "Snapshot", "SnapshotFlags", "StackErrors", "Status",
+    "StatusResult", "Telemetry", "ValveFlags", "ValveTelemetry", "decode", "encode",
+    "frame_bytes", "reason_names", "snapshot_dtype",
 ]

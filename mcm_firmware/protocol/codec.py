@@ -26,55 +26,26 @@ from __future__ import annotations
 
 import struct
 import zlib
-from enum import IntEnum
 from typing import Any
 
 import construct as c
 import numpy as np
 
 from . import frames, layout
-from .frames import (
-    CRC_SIZE,
-    HEADER_SIZE,
-    KNOWN_FLAGS,
-    MAGIC,
-    MAX_PAYLOAD,
-    VERSION,
-    CoolingMode,
-    MsgType,
-    NodeState,
-    Op,
-)
+from .frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_PAYLOAD, VERSION
 from .messages import (
-    ARG_TYPES,
     MESSAGE_TYPES,
-    RESULT_TYPES,
     Command,
-    DieTelemetry,
     FieldValueError,
-    HbmTelemetry,
     Message,
-    PumpTelemetry,
     Response,
-    Snapshot,
     Telemetry,
-    ValveTelemetry,
     from_container,
     to_container,
 )
-
-
-class Reason(IntEnum):
-    """Why a frame was rejected. Carried in FRAME_REJECTED events as their subject."""
-
-    TRUNCATED = 1
-    BAD_MAGIC = 2
-    UNSUPPORTED_VERSION = 3
-    TRAILING_BYTES = 4
-    BAD_CRC = 5
-    UNKNOWN_TYPE = 6
-    LENGTH_MISMATCH = 7
-    BAD_FIELD = 8
+from .ops import ARG_TYPES, RESULT_TYPES, Op
+from .telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
+from .vocabulary import CoolingMode, MsgType, NodeState, Reason
 
 
 class FrameError(ValueError):

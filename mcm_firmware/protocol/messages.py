@@ -1,8 +1,9 @@
 """Typed messages: what a decoder returns and an encoder takes.
 
-Field names are those of the construct declarations in :mod:`frames`; the conversion between the
-two is generic (driven by dataclass type hints), so a field added to a declaration and to its
-dataclass needs no further code. Count fields (``n_dies`` ...) exist only on the wire.
+Field names are those of the construct declarations in :mod:`.frames` and :mod:`.fields`; the
+conversion between the two is generic (driven by type hints), so a field added to a declaration and
+to its class needs no further code. Count fields (``n_dies`` ...) exist only on the wire. The
+arguments and answers of commands are declared, bytes and types together, in :mod:`.ops`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from enum import IntEnum
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
-from .frames import (
-    CoolingMode,
+from .ops import Op
+from .telemetry import Snapshot
+from .vocabulary import (
+    MODULE_SUBJECT,
     DeathReason,
     MsgType,
-    NodeState,
-    Op,
     Severity,
     Status,
 )
-
-MODULE_SUBJECT = 0xFFFF  # Event.subject when an event concerns the whole module
 
 
 class FieldValueError(ValueError):
@@ -33,144 +32,6 @@ class FieldValueError(ValueError):
         super().__init__(f"field {field!r}: {why} ({value!r})")
         self.field = field
         self.value = value
-
-
-# --- body parts ---------------------------------------------------------------------------------
-# Telemetry parts are NamedTuples: immutable, cheap to build on the hot path, and positional in the
-# declaration's field order (checked at import by the codec).
-
-
-class DieTelemetry(NamedTuple):
-    temp_c: float
-    power_w: float
-    clock_mhz: int
-    voltage_mv: int
-    reasons: int
-    pstate: int
-    util_pct: int
-
-
-class HbmTelemetry(NamedTuple):
-    temp_c: float
-    ce: int
-    ue: int
-
-
-class PumpTelemetry(NamedTuple):
-    rpm: int
-    flags: int
-
-
-class ValveTelemetry(NamedTuple):
-    position_pct: float
-    flags: int
-
-
-class Snapshot(NamedTuple):
-    uptime_ns: int
-    state: NodeState
-    mode: CoolingMode
-    flags: int
-    power_w: float
-    power_cap_w: float
-    inlet_c: float
-    outlet_c: float
-    flow_lpm: float
-    vrm_current_a: float
-    rx_rejected: int
-    recovery_action: int
-    dies: tuple[DieTelemetry, ...]
-    hbm: tuple[HbmTelemetry, ...]
-    pumps: tuple[PumpTelemetry, ...]
-    valves: tuple[ValveTelemetry, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatusResult:
-    profile: str
-    firmware: str
-    boot_count: int
-    tx_seq: int
-    rx_frames: int
-    tx_frames: int
-    tx_dropped: int
-    reconnects: int
-    link_util_permille: int
-    pump_names: tuple[str, ...]
-    faults: tuple[str, ...]
-    snapshot: Snapshot
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PowerCapArgs:
-    watts: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LockClocksArgs:
-    mhz: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetValveArgs:
-    valve: int
-    auto: int  # 1: return the valve to automatic control
-    pct: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class InjectArgs:
-    kind: int  # mcm_firmware.faults.FaultKind
-    target: str
-    value: float
-    value2: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClearFaultArgs:
-    kind: int  # 0: every fault
-    target: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StackErrors:
-    ce: tuple[int, ...]  # per channel
-    ue: tuple[int, ...]
-    failed_devices: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PendingRow:
-    stack: int
-    channel: int
-    bank: int
-    row: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RasResult:
-    ecc: int  # 0 SECDED, 1 CHIPKILL
-    flags: int  # bit 0 REMAP_PENDING, bit 1 REMAP_FAILED, bit 2 CE_STORM
-    recovery_action: int
-    ce: int
-    ue: int
-    remapped_rows: int
-    spare_rows_free: int
-    scrub_passes: int
-    scrubbed_words: int
-    stacks: tuple[StackErrors, ...]
-    pending: tuple[PendingRow, ...]
-
-
-# Argument and result types per operation; operations absent here carry none.
-ARG_TYPES: dict[Op, type] = {
-    Op.SET_POWER_CAP: PowerCapArgs,
-    Op.LOCK_CLOCKS: LockClocksArgs,
-    Op.SET_VALVE: SetValveArgs,
-    Op.INJECT: InjectArgs,
-    Op.CLEAR_FAULT: ClearFaultArgs,
-}
-RESULT_TYPES: dict[Op, type] = {Op.STATUS: StatusResult, Op.RAS: RasResult}
 
 
 # --- messages -----------------------------------------------------------------------------------

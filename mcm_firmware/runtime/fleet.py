@@ -23,9 +23,10 @@ import numpy as np
 from ..clock import Clock, Deadlines
 from ..plant.workload import Workload
 from ..profile import Profile
-from ..protocol import DeathReason
+from ..protocol import DeathReason, Op
 from ..transport import TransportFactory
-from .node import U32, Node
+from .handlers import HANDLERS
+from .node import U32, Handler, Node
 from .shard import Shard
 from ..tasks import cancel_and_wait
 
@@ -43,8 +44,10 @@ class Fleet:
         clock: Clock,
         seed: int = 0,
         node_transports: Mapping[int, TransportFactory] | None = None,
+        handlers: Mapping[Op, Handler] = HANDLERS,
     ) -> None:
-        """``node_transports`` gives some nodes their own transport factory (a serial link each)."""
+        """``node_transports`` gives some nodes their own transport factory (a serial link each);
+        ``handlers`` is the command set the nodes' firmware runs (all of them by default)."""
         ids = [nid for nid, _ in members]
         if len(set(ids)) != len(ids):
             raise ValueError("node ids must be unique")
@@ -71,7 +74,7 @@ class Fleet:
                     raise ValueError(f"node {nid} has no transport")
                 node = Node(node_id=nid, fleet=fleet, shard=shard, row=row,
                             transport_factory=factory,
-                            clock=clock,
+                            clock=clock, handlers=handlers,
                             seed=(seed * 7_919 + nid) & U32)
                 self.nodes[nid] = node
                 rows.append(node)

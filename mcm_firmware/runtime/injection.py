@@ -1,13 +1,17 @@
 """Applying and clearing faults (:mod:`mcm_firmware.faults`) on a running node.
 
-Hardware faults change the plant's inputs, the sensors or the HBM store of the node's row in its
-shard; link faults change the node's own link layer; crash and reboot end the controller's life.
-Every fault is checked against the node's profile first; nothing changes if it does not apply.
+Each fault kind has one :class:`Effect`: what injecting it does, and what clearing it undoes.
+Hardware faults change the plant's inputs, the sensors or the HBM of the node's row in its shard;
+link faults change the node's own link layer; crash and reboot end the controller's life (they
+have nothing to undo). Every fault is checked against the node's profile first; nothing changes if
+it does not apply.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..faults import (
@@ -26,25 +30,161 @@ from ..plant.sensors import SensorFault
 if TYPE_CHECKING:
     from .node import Node
 
-_SENSOR_FAULTS = {
-    FaultKind.SENSOR_STUCK: SensorFault.STUCK,
-    FaultKind.SENSOR_DRIFT: SensorFault.DRIFT,
-    FaultKind.SENSOR_NOISE: SensorFault.NOISE,
-    FaultKind.SENSOR_DROPOUT: SensorFault.DROPOUT,
-    FaultKind.SENSOR_FAILED: SensorFault.FAILED,
-}
-_LINK = {
-    FaultKind.LINK_DROP: "drop",
-    FaultKind.LINK_CORRUPT: "corrupt",
-    FaultKind.LINK_DUPLICATE: "duplicate",
-    FaultKind.LINK_DELAY: "delay",
-    FaultKind.LINK_REORDER: "jitter",
-}
+Action = Callable[["Node", Fault], None]
 
 
-def _counts(node: Node) -> dict[str, int]:
-    p = node.profile
-    return {"die": p.die.count, "hbm": p.hbm.count, "flow": p.cooling.valves, "rpm": len(p.cooling.pumps)}
+@dataclass(frozen=True)
+class Effect:
+    apply: Action
+    undo: Action | None = None
+    """None: the fault ends the controller's life and is not kept as in force."""
+
+
+EFFECTS: dict[FaultKind, Effect] = {}
+
+
+def _pump(node: Node, fault: Fault) -> int:
+    return [p.name for p in node.profile.cooling.pumps].index(fault.target)
+
+
+def _pump_flag(table: str) -> Effect:
+    def set_to(value: bool) -> Action:
+        def act(node: Node, fault: Fault) -> None:
+            getattr(node.shard.inputs, table)[node.row, _pump(node, fault)] = value
+        return act
+    return Effect(set_to(True), set_to(False))
+
+
+EFFECTS[FaultKind.PUMP_FAIL] = _pump_flag("pump_failed")
+EFFECTS[FaultKind.PUMP_OVERCURRENT] = _pump_flag("pump_overcurrent")
+
+
+def _valve_stuck(node: Node, fault: Fault) -> None:
+    v = int(fault.target)
+    if not math.isnan(fault.value):
+        node.shard.plant.valve_pos[node.row, v] = fault.value
+    node.shard.inputs.valve_stuck[node.row, v] = True
+
+
+def _valve_free(node: Node, fault: Fault) -> None:
+    node.shard.inputs.valve_stuck[node.row, int(fault.target)] = False
+
+
+EFFECTS[FaultKind.VALVE_STUCK] = Effect(_valve_stuck, _valve_free)
+
+
+def _sensor(mode: SensorFault) -> Effect:
+    def apply(node: Node, fault: Fault) -> None:
+        bank, idx = fault.target.split(":")
+        param = 0.0 if math.isnan(fault.value) else fault.value
+        node.shard.set_sensor_fault(bank, node.row, int(idx), mode, param)
+
+    def undo(node: Node, fault: Fault) -> None:
+        bank, idx = fault.target.split(":")
+        node.shard.set_sensor_fault(bank, node.row, int(idx), SensorFault.OK)
+
+    return Effect(apply, undo)
+
+
+EFFECTS[FaultKind.SENSOR_STUCK] = _sensor(SensorFault.STUCK)
+EFFECTS[FaultKind.SENSOR_DRIFT] = _sensor(SensorFault.DRIFT)
+EFFECTS[FaultKind.SENSOR_NOISE] = _sensor(SensorFault.NOISE)
+EFFECTS[FaultKind.SENSOR_DROPOUT] = _sensor(SensorFault.DROPOUT)
+EFFECTS[FaultKind.SENSOR_FAILED] = _sensor(SensorFault.FAILED)
+
+
+def _module_input(table: str, normal: float) -> Effect:
+    """A module-wide plant input set to the fault's value, and back to ``normal``."""
+    def apply(node: Node, fault: Fault) -> None:
+        getattr(node.shard.inputs, table)[node.row] = fault.value
+
+    def undo(node: Node, fault: Fault) -> None:
+        getattr(node.shard.inputs, table)[node.row] = normal
+
+    return Effect(apply, undo)
+
+
+EFFECTS[FaultKind.VRM_OVERCURRENT] = _module_input("vrm_factor", 1.0)
+EFFECTS[FaultKind.INLET_STEP] = _module_input("inlet_offset_c", 0.0)
+
+
+def _brake(value: bool) -> Action:
+    def act(node: Node, fault: Fault) -> None:
+        node.shard.dvfs.brake[node.row] = value
+    return act
+
+
+EFFECTS[FaultKind.POWER_BRAKE] = Effect(_brake(True), _brake(False))
+
+
+def _hbm_flip(node: Node, fault: Fault) -> None:
+    ctl = node.shard.ras[node.row]
+    nbits = int(fault.value)
+    width = ctl.store.bits_per_word_codeword
+    if nbits > width:
+        raise FaultError(f"hbm-flip: a codeword here has {width} bits, cannot flip {nbits}")
+    bits = ctl.rng.sample(range(width), nbits)
+    ctl.inject(int(fault.target, 0), bits, stuck=bool(fault.value2))
+
+
+def _hbm_unstick(node: Node, fault: Fault) -> None:
+    node.shard.hbm[node.row].unstick(int(fault.target, 0))
+
+
+EFFECTS[FaultKind.HBM_FLIP] = Effect(_hbm_flip, _hbm_unstick)
+
+
+def _hbm_device(node: Node, fault: Fault) -> None:
+    ctl = node.shard.ras[node.row]
+    dev = int(fault.value)
+    if dev >= ctl.store.devices:
+        raise FaultError(f"hbm-device: no device {dev} (devices 0..{ctl.store.devices - 1} per stack)")
+    ctl.fail_device(int(fault.target), dev)
+
+
+def _hbm_repair(node: Node, fault: Fault) -> None:
+    node.shard.hbm[node.row].repair_device(int(fault.target), int(fault.value))
+
+
+EFFECTS[FaultKind.HBM_DEVICE] = Effect(_hbm_device, _hbm_repair)
+
+
+def _storm(node: Node, fault: Fault) -> None:
+    node.shard.set_ce_storm(node.row, int(fault.target), fault.value)
+
+
+def _calm(node: Node, fault: Fault) -> None:
+    node.shard.set_ce_storm(node.row, int(fault.target), 0.0)
+
+
+EFFECTS[FaultKind.CE_STORM] = Effect(_storm, _calm)
+
+
+def _link(param: str) -> Effect:
+    """A link fault: set from just after the answer to the command that set it, so the answer
+    still leaves on a clean link."""
+    def apply(node: Node, fault: Fault) -> None:
+        node.set_link_fault(param, fault.value, after_answer=True)
+
+    def undo(node: Node, fault: Fault) -> None:
+        node.set_link_fault(param, None)
+
+    return Effect(apply, undo)
+
+
+EFFECTS[FaultKind.LINK_DROP] = _link("drop")
+EFFECTS[FaultKind.LINK_CORRUPT] = _link("corrupt")
+EFFECTS[FaultKind.LINK_DUPLICATE] = _link("duplicate")
+EFFECTS[FaultKind.LINK_DELAY] = _link("delay")
+EFFECTS[FaultKind.LINK_REORDER] = _link("jitter")
+EFFECTS[FaultKind.CRASH] = Effect(lambda node, fault: node.crash(reboot_after=fault.value))
+EFFECTS[FaultKind.REBOOT] = Effect(lambda node, fault: node.reboot())
+
+if set(EFFECTS) != set(FaultKind):
+    raise TypeError(f"fault kinds without an effect: {sorted(k.label for k in set(FaultKind) - set(EFFECTS))}")
+for _kind, _effect in EFFECTS.items():
+    if (_effect.undo is not None) != SPECS[_kind].clearable:
+        raise TypeError(f"{_kind.label}: clearable in faults.SPECS but not here, or the other way round")
 
 
 def _pumps(node: Node) -> list[str]:
@@ -54,17 +194,19 @@ def _pumps(node: Node) -> list[str]:
 def canonical_target(node: Node, fault: Fault) -> str:
     """The target as the node names it (pump ``0`` -> ``A``), checked against the profile."""
     spec = SPECS[fault.kind]
+    p = node.profile
     if spec.target is None:
         return ""
     if spec.target == "pump":
         return _pumps(node)[pump_index(fault.target, _pumps(node))]
     if spec.target == "valve":
-        return str(index_in(fault.target, node.profile.cooling.valves, "valve"))
+        return str(index_in(fault.target, p.cooling.valves, "valve"))
     if spec.target == "sensor":
-        bank, idx = sensor_of(fault.target, _counts(node))
+        counts = {"die": p.die.count, "hbm": p.hbm.count, "flow": p.cooling.valves, "rpm": len(p.cooling.pumps)}
+        bank, idx = sensor_of(fault.target, counts)
         return f"{bank}:{idx}"
     if spec.target == "stack":
-        return str(index_in(fault.target, node.profile.hbm.count, "HBM stack"))
+        return str(index_in(fault.target, p.hbm.count, "HBM stack"))
     if spec.target == "address":
         addr = address_of(fault.target)
         if not node.shard.ras_cfg.geometry.valid(addr):
@@ -76,83 +218,11 @@ def canonical_target(node: Node, fault: Fault) -> str:
 def apply_fault(node: Node, fault: Fault) -> Fault:
     """Inject ``fault`` into the node; returns it with its target in canonical form."""
     fault = Fault(fault.kind, canonical_target(node, fault), fault.value, fault.value2)
-    shard, row, k = node.shard, node.row, fault.kind
-    u = shard.inputs
-    if k is FaultKind.PUMP_FAIL:
-        u.pump_failed[row, _pumps(node).index(fault.target)] = True
-    elif k is FaultKind.PUMP_OVERCURRENT:
-        u.pump_overcurrent[row, _pumps(node).index(fault.target)] = True
-    elif k is FaultKind.VALVE_STUCK:
-        v = int(fault.target)
-        if not math.isnan(fault.value):
-            shard.plant.valve_pos[row, v] = fault.value
-        u.valve_stuck[row, v] = True
-    elif k in _SENSOR_FAULTS:
-        bank, idx = fault.target.split(":")
-        param = 0.0 if math.isnan(fault.value) else fault.value
-        shard.set_sensor_fault(bank, row, int(idx), _SENSOR_FAULTS[k], param)
-    elif k is FaultKind.VRM_OVERCURRENT:
-        u.vrm_factor[row] = fault.value
-    elif k is FaultKind.INLET_STEP:
-        u.inlet_offset_c[row] = fault.value
-    elif k is FaultKind.POWER_BRAKE:
-        shard.dvfs.brake[row] = True
-    elif k is FaultKind.HBM_FLIP:
-        ctl = shard.ras[row]
-        nbits = int(fault.value)
-        width = ctl.store.bits_per_word_codeword
-        if nbits > width:
-            raise FaultError(f"hbm-flip: a codeword here has {width} bits, cannot flip {nbits}")
-        bits = ctl.rng.sample(range(width), nbits)
-        ctl.inject(int(fault.target, 0), bits, stuck=bool(fault.value2))
-    elif k is FaultKind.HBM_DEVICE:
-        ctl = shard.ras[row]
-        dev = int(fault.value)
-        if dev >= ctl.store.devices:
-            raise FaultError(f"hbm-device: no device {dev} (devices 0..{ctl.store.devices - 1} per stack)")
-        ctl.fail_device(int(fault.target), dev)
-    elif k is FaultKind.CE_STORM:
-        shard.set_ce_storm(row, int(fault.target), fault.value)
-    elif k in _LINK:
-        node.set_link_fault(_LINK[k], fault.value, after_answer=True)
-    elif k is FaultKind.CRASH:
-        node.crash(reboot_after=fault.value)
-        return fault
-    elif k is FaultKind.REBOOT:
-        node.reboot()
-        return fault
-    else:  # pragma: no cover - SPECS and this function cover the same kinds
-        raise FaultError(f"{k.label} is not implemented")
-    node.faults[(int(k), fault.target)] = fault
+    effect = EFFECTS[fault.kind]
+    effect.apply(node, fault)
+    if effect.undo is not None:
+        node.faults[(int(fault.kind), fault.target)] = fault
     return fault
-
-
-def _undo(node: Node, fault: Fault) -> None:
-    shard, row, k = node.shard, node.row, fault.kind
-    u = shard.inputs
-    if k is FaultKind.PUMP_FAIL:
-        u.pump_failed[row, _pumps(node).index(fault.target)] = False
-    elif k is FaultKind.PUMP_OVERCURRENT:
-        u.pump_overcurrent[row, _pumps(node).index(fault.target)] = False
-    elif k is FaultKind.VALVE_STUCK:
-        u.valve_stuck[row, int(fault.target)] = False
-    elif k in _SENSOR_FAULTS:
-        bank, idx = fault.target.split(":")
-        shard.set_sensor_fault(bank, row, int(idx), SensorFault.OK)
-    elif k is FaultKind.VRM_OVERCURRENT:
-        u.vrm_factor[row] = 1.0
-    elif k is FaultKind.INLET_STEP:
-        u.inlet_offset_c[row] = 0.0
-    elif k is FaultKind.POWER_BRAKE:
-        shard.dvfs.brake[row] = False
-    elif k is FaultKind.HBM_FLIP:
-        shard.ras[row].store.unstick(int(fault.target, 0))
-    elif k is FaultKind.HBM_DEVICE:
-        shard.ras[row].store.repair_device(int(fault.target), int(fault.value))
-    elif k is FaultKind.CE_STORM:
-        shard.set_ce_storm(row, int(fault.target), 0.0)
-    elif k in _LINK:
-        node.set_link_fault(_LINK[k], None)
 
 
 def clear_faults(node: Node, spec: ClearSpec) -> list[Fault]:
@@ -166,7 +236,9 @@ def clear_faults(node: Node, spec: ClearSpec) -> list[Fault]:
             continue
         if target and fault.target != target:
             continue
-        _undo(node, fault)
+        undo = EFFECTS[fault.kind].undo
+        if undo is not None:
+            undo(node, fault)
         del node.faults[key]
         cleared.append(fault)
     return cleared

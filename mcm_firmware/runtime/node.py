@@ -25,7 +25,7 @@ import logging
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +58,8 @@ from ..protocol import (
     frame_bytes,
 )
 from ..protocol.codec import encode_body, snapshot_from_payload
-from ..protocol.messages import PendingRow, RasResult, StackErrors
-from ..faults import SPECS, ClearSpec, Fault, FaultError, FaultKind, make_fault
+from ..protocol import PendingRow, RasFlags, RasResult, StackErrors
+from ..faults import Fault
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -71,9 +71,8 @@ from ..transport import (
     TransportFactory,
     Will,
 )
-from ..transport.loopback import LinkFaults
+from ..transport.link_faults import LinkFaults
 from .backoff import Backoff, RateLimiter
-from .injection import apply_fault, clear_faults
 from .shard import Shard
 
 log = logging.getLogger(__name__)
@@ -101,15 +100,7 @@ class CommandError(Exception):
 
 
 Handler = Callable[["Node", Command], object]
-HANDLERS: dict[Op, Handler] = {}
-
-
-def handler(op: Op) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        HANDLERS[op] = fn
-        return fn
-
-    return register
+"""Runs one command on a node; returns the answer's data (or None), or raises CommandError."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +133,10 @@ class Node:
         clock: Clock,
         seed: int = 0,
         boot_count: int = 1,
+        handlers: Mapping[Op, Handler],
         backoff: Backoff | None = None,
     ) -> None:
+        """``handlers``: the command set this firmware runs (:data:`.handlers.HANDLERS`)."""
         if not 0 <= node_id <= U32:
             raise ValueError(f"node id {node_id} is not a u32")
         self.node_id = node_id
@@ -155,6 +148,7 @@ class Node:
         self.boot_count = boot_count
         self.counters = Counters()
         self.state = NodeState.BOOTING
+        self._handlers = handlers
         self._factory = transport_factory
         self._rng = random.Random(seed)
         self._backoff = backoff or Backoff(rng=self._rng)
@@ -524,7 +518,7 @@ class Node:
 
     def execute(self, cmd: Command) -> Response:
         """Run one command against the node and its shard row; never raises."""
-        fn = HANDLERS.get(cmd.op)
+        fn = self._handlers.get(cmd.op)
         status, message, data = Status.OK, "", None
         if fn is None:
             status, message = Status.UNKNOWN_OP, f"operation {cmd.op.name} is not implemented"
@@ -552,7 +546,8 @@ class Node:
 
     def ras_result(self) -> RasResult:
         ctl = self.shard.ras[self.row]
-        flags = (1 if ctl.remap_pending else 0) | (2 if ctl.remap_failed else 0) | (4 if ctl.storm else 0)
+        flags = ((RasFlags.REMAP_PENDING if ctl.remap_pending else 0) | (RasFlags.REMAP_FAILED if ctl.remap_failed else 0)
+                 | (RasFlags.CE_STORM if ctl.storm else 0))
         stacks = tuple(
             StackErrors(ce=tuple(int(min(x, U32)) for x in ctl.ce[s]),
                         ue=tuple(int(min(x, U32)) for x in ctl.ue[s]),
@@ -561,7 +556,7 @@ class Node:
         )
         pending = tuple(PendingRow(stack=k[0], channel=k[1], bank=k[2], row=k[3]) for k in sorted(ctl.pending))
         return RasResult(
-            ecc=int(ctl.cfg.mode), flags=flags, recovery_action=int(ctl.recovery_action),
+            ecc=int(ctl.cfg.mode), flags=int(flags), recovery_action=int(ctl.recovery_action),
             ce=int(ctl.ce.sum()), ue=int(ctl.ue.sum()), remapped_rows=len(ctl.remapped),
             spare_rows_free=max(0, ctl.spare_rows_free), scrub_passes=ctl.scrub_passes & U32,
             scrubbed_words=ctl.scrubbed, stacks=stacks, pending=pending[:1000],
@@ -593,116 +588,4 @@ async def _publish_quietly(tr: Transport, addr: Address, frame: bytes, *, retain
         pass
 
 
-# --- command handlers -------------------------------------------------------------------------
-
-
-@handler(Op.PING)
-def _ping(node: Node, cmd: Command) -> None:
-    return None
-
-
-@handler(Op.STATUS)
-def _status(node: Node, cmd: Command) -> StatusResult:
-    return node.status()
-
-
-@handler(Op.REBIRTH)
-def _rebirth(node: Node, cmd: Command) -> None:
-    node.rebirth()
-
-
-@handler(Op.SET_POWER_CAP)
-def _set_power_cap(node: Node, cmd: Command) -> None:
-    watts = cmd.args.watts
-    pw = node.profile.power
-    if not math.isfinite(watts) or not pw.min_cap_w <= watts <= pw.max_cap_w:
-        raise CommandError(Status.BAD_ARGUMENT,
-                           f"power cap {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
-    node.shard.dvfs.cap_w[node.row] = watts
-    node.emit_event(Severity.NOTICE, EventCode.POWER_CAP_SET, value=watts, text=f"power cap {watts:g} W")
-
-
-@handler(Op.LOCK_CLOCKS)
-def _lock_clocks(node: Node, cmd: Command) -> None:
-    mhz = cmd.args.mhz
-    lo, hi = node.profile.min_mhz, node.profile.max_mhz
-    if not lo <= mhz <= hi:
-        raise CommandError(Status.BAD_ARGUMENT, f"clock {mhz} MHz outside {lo}..{hi} MHz")
-    node.shard.dvfs.lock_mhz[node.row] = mhz
-    node.emit_event(Severity.NOTICE, EventCode.CLOCKS_LOCKED, value=mhz, text=f"clocks locked at {mhz} MHz")
-
-
-@handler(Op.RESET_CLOCKS)
-def _reset_clocks(node: Node, cmd: Command) -> None:
-    node.shard.dvfs.lock_mhz[node.row] = 0
-    node.emit_event(Severity.NOTICE, EventCode.CLOCKS_RESET, text="application clocks reset")
-
-
-@handler(Op.SET_VALVE)
-def _set_valve(node: Node, cmd: Command) -> None:
-    a = cmd.args
-    valves = node.profile.cooling.valves
-    if not 0 <= a.valve < valves:
-        raise CommandError(Status.BAD_ARGUMENT, f"no valve {a.valve} (valves 0..{valves - 1})")
-    manual = node.shard.cool.manual
-    if a.auto:
-        manual[node.row, a.valve] = math.nan
-        node.emit_event(Severity.NOTICE, EventCode.VALVE_AUTO, subject=a.valve,
-                        text=f"valve {a.valve} under automatic control")
-        return
-    if not (math.isfinite(a.pct) and 0.0 <= a.pct <= 100.0):
-        raise CommandError(Status.BAD_ARGUMENT, f"valve position {a.pct:g} % outside 0..100 %")
-    manual[node.row, a.valve] = a.pct
-    node.emit_event(Severity.WARNING, EventCode.VALVE_MANUAL, subject=a.valve, value=a.pct,
-                    text=f"valve {a.valve} held at {a.pct:g} % by the operator")
-
-
-@handler(Op.RAS)
-def _ras(node: Node, cmd: Command) -> RasResult:
-    return node.ras_result()
-
-
-@handler(Op.CLEAR_RAS)
-def _clear_ras(node: Node, cmd: Command) -> None:
-    node.shard.ras[node.row].clear()
-    node.shard.ras_sync(node.row)
-    node.emit_event(Severity.NOTICE, EventCode.RAS_CLEARED, text="RAS error counters cleared")
-
-
-@handler(Op.RESET)
-def _reset(node: Node, cmd: Command) -> None:
-    ctl = node.shard.ras[node.row]
-    events = ctl.reset()
-    node.shard.ras_events(node.row, events)
-    node.emit_event(Severity.NOTICE, EventCode.RESET_DONE, value=len(events),
-                    text=f"reset: {len(events)} pending row(s) remapped")
-
-
-@handler(Op.INJECT)
-def _inject(node: Node, cmd: Command) -> None:
-    a = cmd.args
-    try:
-        kind = FaultKind(a.kind)
-        fault = apply_fault(node, make_fault(kind, a.target, a.value, a.value2))
-    except ValueError as e:  # FaultError, or an unknown kind number
-        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
-                           f"unknown fault kind {a.kind}") from None
-    node.emit_event(Severity.WARNING, EventCode.FAULT_INJECTED, subject=int(kind), text=str(fault))
-
-
-@handler(Op.CLEAR_FAULT)
-def _clear_fault(node: Node, cmd: Command) -> None:
-    a = cmd.args
-    try:
-        kind = None if a.kind == 0 else FaultKind(a.kind)
-        if kind is not None and not SPECS[kind].clearable:
-            raise FaultError(f"{kind.label} cannot be cleared")
-        cleared = clear_faults(node, ClearSpec(kind, a.target))
-    except ValueError as e:
-        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
-                           f"unknown fault kind {a.kind}") from None
-    what = ", ".join(str(f) for f in cleared) or "nothing"
-    node.emit_event(Severity.NOTICE, EventCode.FAULT_CLEARED, subject=a.kind, text=f"cleared {what}")
-
-
-__all__ = ["CommandError", "HANDLERS", "Node", "handler", "encode"]
+__all__ = ["CommandError", "Handler", "Node"]

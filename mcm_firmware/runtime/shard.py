@@ -19,10 +19,12 @@ from ..control import coolant as cc
 from ..control import dvfs
 from ..control import ras as rasmod
 from ..plant import model
+from ..plant.memory import HbmStore
 from ..plant.sensors import SensorBank, SensorFault
 from ..plant.workload import Workload, WorkloadModel, utilisation
 from ..profile import Profile
-from ..protocol import CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags
+from ..protocol import (CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags,
+                        reason_names)
 from ..protocol.codec import snapshot_dtype
 
 REASON_HOLD_S = 5.0  # a clock-reason change is reported once it has held this long
@@ -99,7 +101,12 @@ class Shard:
         self.cool_cfg = cc.CoolantConfig.from_profile(profile)
         self.cool = cc.CoolantState(self.cool_cfg, n, start_t)
         self.ras_cfg = rasmod.RasConfig.from_profile(profile)
-        self.ras = [rasmod.RasController(self.ras_cfg, random.Random(seed * 65_537 + row)) for row in range(n)]
+        self.hbm: list[HbmStore] = []  # each module's memory (plant), read by its RAS firmware
+        self.ras: list[rasmod.RasController] = []
+        for row in range(n):
+            rng = random.Random(seed * 65_537 + row)
+            self.hbm.append(HbmStore(self.ras_cfg.geometry, self.ras_cfg.mode, rng))
+            self.ras.append(rasmod.RasController(self.ras_cfg, rng, self.hbm[row]))
         for row, ctl in enumerate(self.ras):
             ctl.on_work = functools.partial(self.ras_touch, row)
         self.ras_ce = np.zeros((n, p.hbm), np.int64)
@@ -265,7 +272,7 @@ class Shard:
             mask = int(now[row, die])
             self.events.append(ShardEvent(
                 int(row), Severity.INFO, EventCode.CLOCK_REASONS, int(die), float(mask),
-                ",".join(dvfs.reason_names(mask)) or "none",
+                ",".join(reason_names(mask)) or "none",
             ))
         self._reported_reasons = np.where(due, now, self._reported_reasons)
 

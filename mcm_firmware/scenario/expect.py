@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..control.dvfs import ClockReason
+from ..protocol import ClockReason
 from ..profile import Profile
 from ..protocol import EventCode
 from .trace import SIGNAL_ARGS, SIGNALS, Trace

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..control.dvfs import ClockReason
+from ..protocol import ClockReason
 from ..protocol import (
     Birth,
     CoolingMode,
@@ -33,7 +33,7 @@ from ..protocol import (
 from ..protocol.codec import _COUNTS_OFFSET, snapshot_dtype
 from ..protocol.frames import CRC_SIZE, HEADER_SIZE, MAGIC, VERSION
 from ..transport import Address, Channel
-from ..transport.mqtt import topic
+from ..transport.topics import topic
 
 _TS = struct.Struct("<Q")  # the header's timestamp, at byte 13
 _COUNTS = _COUNTS_OFFSET  # where the four array counts sit in a Snapshot payload

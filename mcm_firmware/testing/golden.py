@@ -7,17 +7,10 @@ message encodes to exactly that hex.
 
 from __future__ import annotations
 
-from ..faults import FaultKind
+from ..protocol import FaultKind
 from ..protocol import encode
 from ..protocol.mctp import VENDOR_RETAIN, ChannelCode, Kind, VendorMessage, encode_frame, fragment
-from ..protocol.messages import (
-    InjectArgs,
-    PendingRow,
-    PowerCapArgs,
-    RasResult,
-    SetValveArgs,
-    StackErrors,
-)
+from ..protocol import InjectArgs, PendingRow, PowerCapArgs, RasResult, SetValveArgs, StackErrors
 from ..protocol import (
     Birth,
     CoolingMode,

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ..clock import Clock
-from ..faults import FaultKind
+from ..protocol import FaultKind
 from ..plant.workload import Workload
 from ..profile import load_profile
 from ..protocol import (
@@ -41,7 +41,8 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..protocol.messages import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, SetValveArgs
+from ..protocol import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, SetValveArgs
+from ..runtime.handlers import HANDLERS
 from ..runtime.node import Node
 from ..runtime.shard import Shard
 from .strategies import MUTATIONS, messages
@@ -87,7 +88,7 @@ class NodeMachine(RuleBasedStateMachine):
         self.shard = Shard(self.profile, 1, seed=11)
         self.node = Node(node_id=NODE, fleet="fuzz", shard=self.shard, row=0,
                          transport_factory=lambda cid: None,  # type: ignore[arg-type,return-value]
-                         clock=ShardClock(self.shard))
+                         clock=ShardClock(self.shard), handlers=HANDLERS)
         self.model = Model(self.profile)
         self.request_id = 1
         self.last_seq: int | None = None

@@ -26,10 +26,11 @@ from typing import Any
 import construct as c
 from hypothesis import strategies as st
 
-from ..protocol import Message, MsgType, Reason, decode, frame_bytes
+from ..protocol import FrameFlags, Message, MsgType, Reason, decode, frame_bytes
 from ..protocol import frames
-from ..protocol.frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAX_PAYLOAD, Op
-from ..protocol.messages import ARG_TYPES, MESSAGE_TYPES, RESULT_TYPES
+from ..protocol.frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAX_PAYLOAD
+from ..protocol.messages import MESSAGE_TYPES
+from ..protocol.ops import ARG_TYPES, RESULT_TYPES, Op
 
 MAX_ITEMS = 6
 """Arrays drawn hold at most this many items (the count fields allow far more)."""
@@ -165,7 +166,7 @@ def _branch(con: c.Construct, ctx: dict[str, Any], name: str) -> st.SearchStrate
 
 
 def _header() -> st.SearchStrategy[dict[str, int]]:
-    flags = [0] + [int(f) for f in frames.FrameFlags] + [KNOWN_FLAGS]
+    flags = [0] + [int(f) for f in FrameFlags] + [KNOWN_FLAGS]
     return st.fixed_dictionaries({
         "node_id": st.integers(0, 2**32 - 1), "seq": st.integers(0, 2**32 - 1),
         "timestamp_ns": st.integers(0, 2**64 - 1), "flags": st.sampled_from(flags)})

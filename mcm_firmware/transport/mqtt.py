@@ -1,6 +1,6 @@
 """MQTT transport over aiomqtt (paho underneath). aiomqtt is imported here and nowhere else.
 
-Topics: ``mcm/v1/<fleet>/<node_id>/<channel>``. Frames travel as binary payloads unchanged.
+Topics as :mod:`.topics` spells them. Frames travel as binary payloads unchanged.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from .base import Address, Channel, Delivery, Subscription, Transport, TransportError, Will
+from .base import Address, Delivery, Subscription, Transport, TransportError, Will
+from .topics import parse_topic, topic, topic_filter
 
-PREFIX = "mcm/v1"
 DEFAULT_PORT = 1883
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -33,30 +33,6 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"broker URL {url!r} must not have a path or query")
     return parts.hostname, port
-
-
-def topic(addr: Address) -> str:
-    return f"{PREFIX}/{addr.fleet}/{addr.node}/{addr.channel.value}"
-
-
-def topic_filter(sub: Subscription) -> str:
-    node = "+" if sub.node is None else str(sub.node)
-    channel = "+" if sub.channel is None else sub.channel.value
-    return f"{PREFIX}/{sub.fleet}/{node}/{channel}"
-
-
-def parse_topic(text: str) -> Address | None:
-    """The address of a topic, or None for a topic outside the contract."""
-    parts = text.split("/")
-    if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX:
-        return None
-    _, _, fleet, node, channel = parts
-    if not node.isdigit():
-        return None
-    try:
-        return Address(fleet, int(node), Channel(channel))
-    except ValueError:
-        return None
 
 
 class MqttTransport(Transport):

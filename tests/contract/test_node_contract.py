@@ -11,7 +11,7 @@ import pytest
 
 from mcm_firmware.host.client import NodeError, RequestTimeout
 from mcm_firmware.protocol import NodeState, Op, Status
-from mcm_firmware.protocol.messages import PowerCapArgs
+from mcm_firmware.protocol import PowerCapArgs
 
 
 async def test_ping_answers(mcm_host, mcm_target):

@@ -1,0 +1,198 @@
+"""Command operations: each declared once, here.
+
+An operation is its number (:class:`Op`) and an :class:`OpSpec`: the typed class of its arguments
+and of its answer, whose fields carry their own ``construct`` declarations (so one line declares a
+field's name, Python type and bytes), the words ``mcm-emu ctl`` shows for it, and the example
+arguments of its golden frame. Everything else is derived from this table: the COMMAND and
+RESPONSE bodies in :mod:`.frames`, the codec's typed decoding, the Hypothesis strategies, the ctl
+parser for plain arguments, the golden frames of :mod:`mcm_firmware.testing.golden`. The node's
+handlers (:mod:`mcm_firmware.runtime.handlers`) and the ctl views (:mod:`mcm_firmware.host.commands`)
+are keyed by :class:`Op`; a test fails when an operation lacks either, a golden frame or a row in
+``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cache
+from typing import Any
+
+import construct as c
+
+from . import fields as f
+from .telemetry import Snapshot
+
+
+class Op(IntEnum):
+    """Command operations."""
+
+    PING = 0x0001
+    STATUS = 0x0002
+    REBIRTH = 0x0003
+    SET_POWER_CAP = 0x0010
+    LOCK_CLOCKS = 0x0011
+    RESET_CLOCKS = 0x0012
+    SET_VALVE = 0x0013
+    RAS = 0x0020
+    CLEAR_RAS = 0x0021
+    RESET = 0x0022
+    INJECT = 0x0030
+    CLEAR_FAULT = 0x0031
+
+    @property
+    def label(self) -> str:
+        """The command's name on the command line: ``set-power-cap``."""
+        return self.name.lower().replace("_", "-")
+
+
+def wire(subcon: c.Construct) -> Any:
+    """A dataclass field whose bytes ``subcon`` declares."""
+    return dataclasses.field(metadata={"wire": subcon})
+
+
+@cache
+def layout(cls: type) -> c.Struct:
+    """The construct Struct of a class declared with :func:`wire` fields, in field order."""
+    return c.Struct(*(fld.name / fld.metadata["wire"] for fld in dataclasses.fields(cls)))
+
+
+_record = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+# --- arguments ------------------------------------------------------------------------------------
+
+
+@_record
+class PowerCapArgs:
+    watts: float = wire(c.Float32l)
+
+
+@_record
+class LockClocksArgs:
+    mhz: int = wire(c.Int16ul)
+
+
+@_record
+class SetValveArgs:
+    valve: int = wire(c.Int8ul)
+    auto: int = wire(c.Int8ul)  # 1: back to automatic control (pct ignored)
+    pct: float = wire(c.Float32l)
+
+
+@_record
+class InjectArgs:
+    """A fault of :mod:`mcm_firmware.faults`: kind, target text, two numbers (NaN: not given)."""
+
+    kind: int = wire(c.Int8ul)  # FaultKind
+    target: str = wire(f.Text8)
+    value: float = wire(c.Float64l)
+    value2: float = wire(c.Float64l)
+
+
+@_record
+class ClearFaultArgs:
+    kind: int = wire(c.Int8ul)  # 0: every fault
+    target: str = wire(f.Text8)  # empty: every target of the kind
+
+
+# --- answers --------------------------------------------------------------------------------------
+
+
+@_record
+class StatusResult:
+    profile: str = wire(f.Text8)
+    firmware: str = wire(f.Text8)
+    boot_count: int = wire(c.Int32ul)
+    tx_seq: int = wire(c.Int32ul)
+    rx_frames: int = wire(c.Int32ul)
+    tx_frames: int = wire(c.Int32ul)
+    tx_dropped: int = wire(c.Int32ul)
+    reconnects: int = wire(c.Int32ul)
+    link_util_permille: int = wire(c.Int16ul)  # share of a rate-limited link (serial) in use
+    pump_names: tuple[str, ...] = wire(c.PrefixedArray(c.Int8ul, f.Text8))
+    faults: tuple[str, ...] = wire(c.PrefixedArray(c.Int8ul, f.Text8))  # in force: "kind target value"
+    snapshot: Snapshot = wire(f.Snapshot)
+
+
+@_record
+class StackErrors:
+    ce: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))  # per channel
+    ue: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))
+    failed_devices: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int8ul))
+
+
+@_record
+class PendingRow:
+    stack: int = wire(c.Int8ul)
+    channel: int = wire(c.Int8ul)
+    bank: int = wire(c.Int16ul)
+    row: int = wire(c.Int32ul)
+
+
+@_record
+class RasResult:
+    ecc: int = wire(c.Int8ul)  # EccMode
+    flags: int = wire(c.Int8ul)  # RasFlags
+    recovery_action: int = wire(c.Int8ul)  # RecoveryAction
+    ce: int = wire(c.Int64ul)
+    ue: int = wire(c.Int64ul)
+    remapped_rows: int = wire(c.Int32ul)
+    spare_rows_free: int = wire(c.Int32ul)
+    scrub_passes: int = wire(c.Int32ul)
+    scrubbed_words: int = wire(c.Int64ul)
+    stacks: tuple[StackErrors, ...] = wire(c.PrefixedArray(c.Int8ul, layout(StackErrors)))
+    pending: tuple[PendingRow, ...] = wire(c.PrefixedArray(c.Int16ul, layout(PendingRow)))
+
+
+# --- the table ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    op: Op
+    help: str
+    """One line for ``mcm-emu ctl --help`` and docs."""
+    args: type | None = None
+    """Typed class of the arguments (declared with :func:`wire` fields); None: no arguments."""
+    result: type | None = None
+    """Typed class of a successful answer's data; None: the answer carries none."""
+    usage: str = ""
+    """What follows the command's name on the ctl command line, e.g. ``W``."""
+    example: Any = None
+    """Arguments of the operation's golden COMMAND frame."""
+
+    @property
+    def name(self) -> str:
+        return self.op.label
+
+
+_SPECS = (
+    OpSpec(Op.PING, "round trip to the node"),
+    OpSpec(Op.STATUS, "the node's state, sensors and actuators", result=StatusResult),
+    OpSpec(Op.REBIRTH, "ask the node to publish its BIRTH again"),
+    OpSpec(Op.SET_POWER_CAP, "software power cap of the module, within the profile's range",
+           args=PowerCapArgs, usage="W", example=PowerCapArgs(watts=800.0)),
+    OpSpec(Op.LOCK_CLOCKS, "lock the dice's application clocks (the P-state at or below MHZ)",
+           args=LockClocksArgs, usage="MHZ", example=LockClocksArgs(mhz=1500)),
+    OpSpec(Op.RESET_CLOCKS, "release locked clocks"),
+    OpSpec(Op.SET_VALVE, "hold valve N at PCT %, or give it back to the controller",
+           args=SetValveArgs, usage="N PCT|auto", example=SetValveArgs(valve=2, auto=0, pct=62.5)),
+    OpSpec(Op.RAS, "HBM error counters, remap state, recovery action", result=RasResult),
+    OpSpec(Op.CLEAR_RAS, "clear the HBM error counters"),
+    OpSpec(Op.RESET, "module reset: applies pending row remaps"),
+    OpSpec(Op.INJECT, "inject a fault (see docs/faults.md)", args=InjectArgs,
+           usage="FAULT [TARGET] [VALUE] [VALUE2]",
+           example=InjectArgs(kind=4, target="die:2", value=95.0, value2=0.0)),
+    OpSpec(Op.CLEAR_FAULT, "clear injected faults", args=ClearFaultArgs, usage="FAULT [TARGET]|all",
+           example=ClearFaultArgs(kind=1, target="A")),
+)
+OPS: dict[Op, OpSpec] = {s.op: s for s in _SPECS}
+if set(OPS) != set(Op):
+    raise TypeError(f"operations without a spec: {sorted(o.name for o in set(Op) - set(OPS))}")
+
+ARG_TYPES: dict[Op, type] = {s.op: s.args for s in _SPECS if s.args is not None}
+RESULT_TYPES: dict[Op, type] = {s.op: s.result for s in _SPECS if s.result is not None}
+ARG_LAYOUTS: dict[Op, c.Construct] = {op: layout(t) for op, t in ARG_TYPES.items()}
+RESULT_LAYOUTS: dict[Op, c.Construct] = {op: layout(t) for op, t in RESULT_TYPES.items()}

@@ -1,0 +1,57 @@
+"""Typed telemetry: the snapshot a TELEMETRY frame (and a STATUS answer) carries.
+
+NamedTuples, immutable and cheap to build on the hot path, positional in the field order of the
+``Snapshot`` declaration in :mod:`.fields` (the codec checks the order at import).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .vocabulary import CoolingMode, NodeState
+
+
+
+class DieTelemetry(NamedTuple):
+    temp_c: float
+    power_w: float
+    clock_mhz: int
+    voltage_mv: int
+    reasons: int
+    pstate: int
+    util_pct: int
+
+
+class HbmTelemetry(NamedTuple):
+    temp_c: float
+    ce: int
+    ue: int
+
+
+class PumpTelemetry(NamedTuple):
+    rpm: int
+    flags: int
+
+
+class ValveTelemetry(NamedTuple):
+    position_pct: float
+    flags: int
+
+
+class Snapshot(NamedTuple):
+    uptime_ns: int
+    state: NodeState
+    mode: CoolingMode
+    flags: int
+    power_w: float
+    power_cap_w: float
+    inlet_c: float
+    outlet_c: float
+    flow_lpm: float
+    vrm_current_a: float
+    rx_rejected: int
+    recovery_action: int
+    dies: tuple[DieTelemetry, ...]
+    hbm: tuple[HbmTelemetry, ...]
+    pumps: tuple[PumpTelemetry, ...]
+    valves: tuple[ValveTelemetry, ...]
