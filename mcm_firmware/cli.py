@@ -542,7 +542,7 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     except (TransportError, HostError) as e:
         raise Failure(str(e)) from None
     out = spec.show(args.node, resp, rtt)
-    _emit(args, out, text=_text(spec.name, out))
+    _emit(args, out, text=spec.text(spec.name, out))
     return EXIT_OK
 
 
@@ -555,44 +555,6 @@ def _emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: A
         print(json.dumps(obj), flush=True)
     else:
         print(text, file=stream or sys.stdout, flush=True)
-
-
-def _text(name: str, obj: dict[str, Any]) -> str:
-    if "rtt_ms" in obj:
-        return f"node {obj['node']}: ok ({name}) in {obj['rtt_ms']:.2f} ms"
-    if name == "ras":
-        lines = [f"node {obj['node']}: ecc={obj['ecc']} ce={obj['ce']} ue={obj['ue']} "
-                 f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
-                 f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
-                 f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
-                 f"scrub_passes={obj['scrub_passes']}"]
-        for i, st in enumerate(obj["stacks"]):
-            dev = f" failed_devices={st['failed_devices']}" if st["failed_devices"] else ""
-            lines.append(f"  stack {i}: ce={st['ce']} ue={st['ue']}{dev}")
-        for p in obj["pending"]:
-            lines.append(f"  pending: stack {p['stack']} channel {p['channel']} bank {p['bank']} row {p['row']}")
-        return "\n".join(lines)
-    if name == "status":
-        ras = obj["ras"]
-        lines = [f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
-                 f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
-                 f"P{obj['pstate']} vrm={obj['vrm_current_a']} A failsafe={obj['failsafe']} "
-                 f"rx_rejected={obj['rx_rejected']}",
-                 f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
-                 f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}"]
-        for i, d in enumerate(obj["dies"]):
-            lines.append(f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
-                         f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
-                         f"reasons={','.join(d['reason_names']) or '-'}")
-        for i, h in enumerate(obj["hbm"]):
-            lines.append(f"  hbm {i}: {h['temp_c']} C ce={h['ce']} ue={h['ue']}")
-        for p in obj["pumps"]:
-            lines.append(f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
-                         f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}")
-        for i, v in enumerate(obj["valves"]):
-            lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
-        return "\n".join(lines)
-    return json.dumps(obj)
 
 
 # --- monitor ------------------------------------------------------------------------------------

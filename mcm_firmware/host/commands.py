@@ -1,23 +1,46 @@
-"""The commands ``mcm-emu ctl`` knows: how to parse their arguments and show their replies.
+"""The commands ``mcm-emu ctl`` (and scenario files) know, one per operation of
+:data:`mcm_firmware.protocol.OPS`: how to parse their arguments and how to show their answers.
 
-Adding a command means one entry here (and its handler in the node runtime).
+Every entry is derived from the operation's spec: plain arguments (numbers and text, one word
+each, in declaration order) are parsed from the declaration itself, an answer without data shows
+as ``ok`` and its round trip, an answer with data as its fields. An operation whose words or views
+need more says so in :data:`OVERRIDES`; a test fails when an operation has no entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import dataclasses
+import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..protocol import Op, Response, StatusResult
+import construct as c
+
 from ..faults import FaultError, parse_clear, parse_fault
-from ..protocol import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, RasResult, SetValveArgs
-from .client import HostClient
-from .views import ras_json, status_json
+from ..protocol import (
+    OPS,
+    ClearFaultArgs,
+    InjectArgs,
+    Op,
+    OpSpec,
+    RasResult,
+    Response,
+    SetValveArgs,
+    StatusResult,
+)
+from ..protocol.messages import to_container
+from .views import plain, ras_json, ras_text, status_json, status_text
 
 
 class UsageError(ValueError):
     """Bad command arguments; the CLI exits 2 with this message."""
+
+
+Parse = Callable[[list[str]], Any]
+Show = Callable[[int, Response, float], dict[str, Any]]
+Text = Callable[[str, dict[str, Any]], str]
 
 
 @dataclass(frozen=True)
@@ -26,108 +49,9 @@ class CtlCommand:
     op: Op
     usage: str
     help: str
-    parse: Callable[[list[str]], Any]
-    show: Callable[[int, Response, float], dict[str, Any]]
-    run: Callable[[HostClient, int, Any, float | None], Awaitable[tuple[Response, float]]] | None = None
-
-
-def _no_args(name: str) -> Callable[[list[str]], None]:
-    def parse(args: list[str]) -> None:
-        if args:
-            raise UsageError(f"{name} takes no arguments (got {' '.join(args)!r})")
-        return None
-
-    return parse
-
-
-def _show_ok(node: int, resp: Response, rtt: float) -> dict[str, Any]:
-    return {"node": node, "ok": True, "rtt_ms": round(rtt * 1e3, 3)}
-
-
-def _show_status(node: int, resp: Response, rtt: float) -> dict[str, Any]:
-    assert isinstance(resp.data, StatusResult)
-    return status_json(node, resp.data)
-
-
-COMMANDS: dict[str, CtlCommand] = {}
-
-
-def register(cmd: CtlCommand) -> CtlCommand:
-    COMMANDS[cmd.name] = cmd
-    return cmd
-
-
-register(CtlCommand("ping", Op.PING, "ping", "round trip to the node", _no_args("ping"), _show_ok))
-register(CtlCommand("status", Op.STATUS, "status", "the node's state, sensors and actuators",
-                    _no_args("status"), _show_status))
-register(CtlCommand("rebirth", Op.REBIRTH, "rebirth", "ask the node to publish its BIRTH again",
-                    _no_args("rebirth"), _show_ok))
-
-
-def _one_arg(name: str, args: list[str], what: str) -> str:
-    if len(args) != 1:
-        raise UsageError(f"{name} takes one argument, {what} (got {len(args)})")
-    return args[0]
-
-
-def _parse_cap(args: list[str]) -> PowerCapArgs:
-    return PowerCapArgs(watts=parse_float(_one_arg("set-power-cap", args, "W"), "power cap W"))
-
-
-def _parse_lock(args: list[str]) -> LockClocksArgs:
-    return LockClocksArgs(mhz=parse_int(_one_arg("lock-clocks", args, "MHZ"), "clock MHZ", 0, 0xFFFF))
-
-
-def _parse_valve(args: list[str]) -> SetValveArgs:
-    if len(args) != 2:
-        raise UsageError(f"set-valve takes two arguments, N and PCT|auto (got {len(args)})")
-    valve = parse_int(args[0], "valve N", 0, 255)
-    if args[1].lower() == "auto":
-        return SetValveArgs(valve=valve, auto=1, pct=0.0)
-    return SetValveArgs(valve=valve, auto=0, pct=parse_float(args[1], "valve position PCT"))
-
-
-def _show_ras(node: int, resp: Response, rtt: float) -> dict[str, Any]:
-    assert isinstance(resp.data, RasResult)
-    return ras_json(node, resp.data)
-
-
-register(CtlCommand("set-power-cap", Op.SET_POWER_CAP, "set-power-cap W",
-                    "software power cap of the module, within the profile's range", _parse_cap, _show_ok))
-register(CtlCommand("lock-clocks", Op.LOCK_CLOCKS, "lock-clocks MHZ",
-                    "lock the dice's application clocks (the P-state at or below MHZ)", _parse_lock, _show_ok))
-register(CtlCommand("reset-clocks", Op.RESET_CLOCKS, "reset-clocks", "release locked clocks",
-                    _no_args("reset-clocks"), _show_ok))
-register(CtlCommand("set-valve", Op.SET_VALVE, "set-valve N PCT|auto",
-                    "hold valve N at PCT %, or give it back to the controller", _parse_valve, _show_ok))
-register(CtlCommand("ras", Op.RAS, "ras", "HBM error counters, remap state, recovery action",
-                    _no_args("ras"), _show_ras))
-register(CtlCommand("clear-ras", Op.CLEAR_RAS, "clear-ras", "clear the HBM error counters",
-                    _no_args("clear-ras"), _show_ok))
-register(CtlCommand("reset", Op.RESET, "reset", "module reset: applies pending row remaps",
-                    _no_args("reset"), _show_ok))
-
-
-def _parse_inject(args: list[str]) -> InjectArgs:
-    try:
-        f = parse_fault(args)
-    except FaultError as e:
-        raise UsageError(str(e)) from None
-    return InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2)
-
-
-def _parse_clear(args: list[str]) -> ClearFaultArgs:
-    try:
-        c = parse_clear(args)
-    except FaultError as e:
-        raise UsageError(str(e)) from None
-    return ClearFaultArgs(kind=0 if c.kind is None else int(c.kind), target=c.target)
-
-
-register(CtlCommand("inject", Op.INJECT, "inject FAULT [TARGET] [VALUE] [VALUE2]",
-                    "inject a fault (see docs/faults.md)", _parse_inject, _show_ok))
-register(CtlCommand("clear-fault", Op.CLEAR_FAULT, "clear-fault FAULT [TARGET]|all",
-                    "clear injected faults", _parse_clear, _show_ok))
+    parse: Parse
+    show: Show
+    text: Text
 
 
 def parse_float(text: str, what: str) -> float:
@@ -135,7 +59,7 @@ def parse_float(text: str, what: str) -> float:
         value = float(text)
     except ValueError:
         raise UsageError(f"{what} must be a number, got {text!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise UsageError(f"{what} must be a finite number, got {text!r}")
     return value
 
@@ -148,3 +72,140 @@ def parse_int(text: str, what: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise UsageError(f"{what} must be within {lo}..{hi}, got {value}")
     return value
+
+
+# --- derived from the declaration ------------------------------------------------------------------
+
+
+def _word_parser(name: str, subcon: c.Construct) -> Callable[[str], Any] | None:
+    """How one word becomes the value of a plain field; None for a field that is not plain."""
+    if isinstance(subcon, c.FormatField):
+        code = subcon.fmtstr[-1]
+        if code in "fde":
+            return lambda word: parse_float(word, name)
+        if code in "BHILQ":
+            hi = 2 ** (8 * subcon.sizeof()) - 1
+            return lambda word: parse_int(word, name, 0, hi)
+        return None
+    if isinstance(subcon, c.StringEncoded):
+        return lambda word: word
+    return None
+
+
+def derived_parse(spec: OpSpec) -> Parse | None:
+    """A parser of ``spec``'s arguments, one word per field; None when a field is not plain."""
+    if spec.args is None:
+        def no_args(words: list[str]) -> None:
+            if words:
+                raise UsageError(f"{spec.name} takes no arguments (got {' '.join(words)!r})")
+        return no_args
+    fields = dataclasses.fields(spec.args)
+    words_of = spec.usage.split()
+    names = words_of if len(words_of) == len(fields) else [fld.name for fld in fields]
+    converters = [(fld.name, _word_parser(f"{spec.name} {shown}", fld.metadata["wire"]))
+                  for fld, shown in zip(fields, names, strict=True)]
+    if any(conv is None for _, conv in converters):
+        return None
+    cls = spec.args
+    count = {1: "one argument", 2: "two arguments", 3: "three arguments"}.get(len(fields), f"{len(fields)} arguments")
+
+    def parse(words: list[str]) -> Any:
+        if len(words) != len(converters):
+            raise UsageError(f"{spec.name} takes {count}, {spec.usage} (got {len(words)})")
+        return cls(**{name: conv(word) for (name, conv), word in zip(converters, words, strict=True)
+                      if conv is not None})
+
+    return parse
+
+
+def show_ok(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+    return {"node": node, "ok": True, "rtt_ms": round(rtt * 1e3, 3)}
+
+
+def show_data(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+    return {"node": node, **plain(to_container(resp.data))}
+
+
+def text_ok(name: str, obj: dict[str, Any]) -> str:
+    return f"node {obj['node']}: ok ({name}) in {obj['rtt_ms']:.2f} ms"
+
+
+def text_fields(name: str, obj: dict[str, Any]) -> str:
+    """``node N:`` and one ``key=value`` per scalar; list items one per line."""
+    head = [f"{k}={v}" for k, v in obj.items() if k != "node" and not isinstance(v, (list, dict))]
+    lines = [f"node {obj['node']}: {name}" + (" " + " ".join(head) if head else "")]
+    for key, value in obj.items():
+        if isinstance(value, list):
+            lines += [f"  {key}: " + (json.dumps(item) if isinstance(item, (dict, list)) else str(item))
+                      for item in value] or [f"  {key}: none"]
+    return "\n".join(lines)
+
+
+# --- where the declaration is not enough --------------------------------------------------------------
+
+
+def _parse_valve(words: list[str]) -> SetValveArgs:
+    if len(words) != 2:
+        raise UsageError(f"set-valve takes two arguments, N and PCT|auto (got {len(words)})")
+    valve = parse_int(words[0], "valve N", 0, 255)
+    if words[1].lower() == "auto":
+        return SetValveArgs(valve=valve, auto=1, pct=0.0)
+    return SetValveArgs(valve=valve, auto=0, pct=parse_float(words[1], "valve position PCT"))
+
+
+def _parse_inject(words: list[str]) -> InjectArgs:
+    try:
+        f = parse_fault(words)
+    except FaultError as e:
+        raise UsageError(str(e)) from None
+    return InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2)
+
+
+def _parse_clear(words: list[str]) -> ClearFaultArgs:
+    try:
+        cs = parse_clear(words)
+    except FaultError as e:
+        raise UsageError(str(e)) from None
+    return ClearFaultArgs(kind=0 if cs.kind is None else int(cs.kind), target=cs.target)
+
+
+def _show_status(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+    assert isinstance(resp.data, StatusResult)
+    return status_json(node, resp.data)
+
+
+def _show_ras(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+    assert isinstance(resp.data, RasResult)
+    return ras_json(node, resp.data)
+
+
+@dataclass(frozen=True)
+class Override:
+    parse: Parse | None = None
+    show: Show | None = None
+    text: Text | None = None
+
+
+OVERRIDES: dict[Op, Override] = {
+    Op.SET_VALVE: Override(parse=_parse_valve),
+    Op.INJECT: Override(parse=_parse_inject),
+    Op.CLEAR_FAULT: Override(parse=_parse_clear),
+    Op.STATUS: Override(show=_show_status, text=lambda name, obj: status_text(obj)),
+    Op.RAS: Override(show=_show_ras, text=lambda name, obj: ras_text(obj)),
+}
+
+
+def _entry(spec: OpSpec) -> CtlCommand | None:
+    o = OVERRIDES.get(spec.op, Override())
+    parse = o.parse or derived_parse(spec)
+    if parse is None:
+        return None
+    show = o.show or (show_ok if spec.result is None else show_data)
+    text = o.text or (text_ok if spec.result is None else text_fields)
+    return CtlCommand(spec.name, spec.op, f"{spec.name} {spec.usage}".strip(), spec.help, parse, show, text)
+
+
+COMMANDS: dict[str, CtlCommand] = {
+    e.name: e for e in (_entry(s) for s in OPS.values()) if e is not None
+}
+"""By ctl name; an operation missing here has arguments the declaration cannot parse and no override."""

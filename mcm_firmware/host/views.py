@@ -169,9 +169,9 @@ def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
         elif isinstance(msg.data, RasResult):
             out["data"] = ras_json(msg.node_id, msg.data)
         elif msg.data is not None:
-            out["data"] = _plain(to_container(msg.data))
+            out["data"] = plain(to_container(msg.data))
     else:  # BIRTH, DEATH, COMMAND
-        for key, value in _plain(to_container(msg)).items():
+        for key, value in plain(to_container(msg)).items():
             field = getattr(msg, key, None)
             out[key] = field.name if isinstance(field, IntEnum) else value
     return out
@@ -181,11 +181,12 @@ def _op_name(op: int) -> str | int:
     return op.name if isinstance(op, IntEnum) else op
 
 
-def _plain(x: Any) -> Any:
+def plain(x: Any) -> Any:
+    """A construct container as JSON-ready data: counts dropped, NaN as null."""
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items() if not k.startswith("n_")}
+        return {k: plain(v) for k, v in x.items() if not k.startswith("n_")}
     if isinstance(x, list):
-        return [_plain(v) for v in x]
+        return [plain(v) for v in x]
     if isinstance(x, float):
         return _num(x)
     return x
@@ -215,4 +216,43 @@ def message_line(address: Address | None, msg: Message) -> str:
     return f"{head} {message_json(address, msg)}"
 
 
-__all__ = ["MsgType", "message_json", "message_line", "snapshot_json", "status_json"]
+def ras_text(obj: dict[str, Any]) -> str:
+    """``ctl ras`` as text, from :func:`ras_json`."""
+    lines = [f"node {obj['node']}: ecc={obj['ecc']} ce={obj['ce']} ue={obj['ue']} "
+             f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
+             f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
+             f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
+             f"scrub_passes={obj['scrub_passes']}"]
+    for i, st in enumerate(obj["stacks"]):
+        dev = f" failed_devices={st['failed_devices']}" if st["failed_devices"] else ""
+        lines.append(f"  stack {i}: ce={st['ce']} ue={st['ue']}{dev}")
+    for p in obj["pending"]:
+        lines.append(f"  pending: stack {p['stack']} channel {p['channel']} bank {p['bank']} row {p['row']}")
+    return "\n".join(lines)
+
+
+def status_text(obj: dict[str, Any]) -> str:
+    """``ctl status`` as text, from :func:`status_json`."""
+    ras = obj["ras"]
+    lines = [f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
+             f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
+             f"P{obj['pstate']} vrm={obj['vrm_current_a']} A failsafe={obj['failsafe']} "
+             f"rx_rejected={obj['rx_rejected']}",
+             f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
+             f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}"]
+    for i, d in enumerate(obj["dies"]):
+        lines.append(f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
+                     f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
+                     f"reasons={','.join(d['reason_names']) or '-'}")
+    for i, h in enumerate(obj["hbm"]):
+        lines.append(f"  hbm {i}: {h['temp_c']} C ce={h['ce']} ue={h['ue']}")
+    for p in obj["pumps"]:
+        lines.append(f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
+                     f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}")
+    for i, v in enumerate(obj["valves"]):
+        lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
+    return "\n".join(lines)
+
+
+__all__ = ["message_json", "message_line", "plain", "ras_json", "ras_text", "snapshot_json", "status_json",
+           "status_text"]

@@ -162,6 +162,8 @@ class OpSpec:
     """What follows the command's name on the ctl command line, e.g. ``W``."""
     example: Any = None
     """Arguments of the operation's golden COMMAND frame."""
+    example_result: Any = None
+    """Data of its golden RESPONSE frame (operations with a result)."""
 
     @property
     def name(self) -> str:

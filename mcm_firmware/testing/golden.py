@@ -1,4 +1,9 @@
-"""Golden messages: one or more per message type, with fixed field values.
+"""Golden messages: one or more per message type and per command operation, with fixed values.
+
+Every operation has a golden COMMAND (``command-<name>``), and every operation with a result a
+golden RESPONSE (``response-<name>``): written out below where one was chosen by hand, otherwise
+made from the example arguments and result of the operation's spec in
+:mod:`mcm_firmware.protocol.ops`.
 
 ``docs/protocol.md`` lists their frames in hex (``python tools/golden_frames.py`` prints them);
 ``tests/test_protocol.py`` checks that each hex block decodes to the message here and that the
@@ -23,6 +28,7 @@ from ..protocol import (
     FrameFlags,
     HbmTelemetry,
     Message,
+    OPS,
     NodeState,
     Op,
     PumpTelemetry,
@@ -106,6 +112,20 @@ GOLDEN: dict[str, Message] = {
                    code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
                    text="zone 2 enters failsafe"),
 }
+
+
+def _from_specs() -> None:
+    for k, spec in enumerate(OPS.values()):
+        GOLDEN.setdefault(f"command-{spec.name}", Command(
+            node_id=3, seq=100 + k, timestamp_ns=T0, flags=int(FrameFlags.HOST),
+            request_id=0x01030000 + int(spec.op), op=spec.op, args=spec.example))
+        if spec.result is not None and spec.example_result is not None:
+            GOLDEN.setdefault(f"response-{spec.name}", Response(
+                node_id=3, seq=200 + k, timestamp_ns=T0 + 1_000_000, request_id=0x01030000 + int(spec.op),
+                op=spec.op, status=Status.OK, data=spec.example_result))
+
+
+_from_specs()
 
 
 # --- serial link (MCTP over DSP0253): docs/serial.md ------------------------------------------
