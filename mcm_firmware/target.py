@@ -78,39 +78,27 @@ async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopbac
     from .clock import RealClock
     from .profile import load_profile
     from .runtime.fleet import Fleet
-    from .transport import transport_factory
+    from .transport import node_links
 
-    serial_link = None
-    node_transports = None
-    if link == "loopback":
-        url = f"loopback://mcm-target-{uuid.uuid4().hex[:8]}"
-        factory = transport_factory(url)
-    elif link == "mqtt":
-        if broker is None:
-            raise ValueError("an emulated target over MQTT needs a broker URL")
-        url = broker
-        factory = transport_factory(url)
-    else:
-        from .transport.serial import plan_node_links
-
-        plan = plan_node_links([port], [node])
-        serial_link = plan[0].link
-        await serial_link.open()
-        options = port.partition("?")[2]
-        url = f"serial://{serial_link.path}" + (f"?{options}" if options else "")
-        factory = None
-        node_transports = {node: plan[0].factory(fleet)}
-    fl = Fleet.uniform(nodes=1, profile=load_profile(profile), first_id=node, fleet=fleet,
-                       transport_factory=factory, clock=RealClock(), seed=seed,
-                       node_transports=node_transports)
-    await fl.start()
+    if link == "mqtt" and broker is None:
+        raise ValueError("an emulated target over MQTT needs a broker URL")
+    url = {"loopback": f"loopback://mcm-target-{uuid.uuid4().hex[:8]}", "mqtt": broker,
+           "serial": f"serial://{port}"}[link]
+    assert url is not None
+    links = node_links([url], [node], fleet=fleet)
+    await links.open()
     try:
-        await fl.wait_connected(10)
-        yield Target(EMULATED if link == "loopback" else url, url, node, fleet, fl)
+        fl = Fleet.uniform(nodes=1, profile=load_profile(profile), first_id=node, fleet=fleet,
+                           transport_factory=None, clock=RealClock(), seed=seed, links=links)
+        await fl.start()
+        try:
+            await fl.wait_connected(10)
+            host = links.host_url(node)
+            yield Target(EMULATED if link == "loopback" else host, host, node, fleet, fl)
+        finally:
+            await fl.stop()
     finally:
-        await fl.stop()
-        if serial_link is not None:
-            await serial_link.close()
+        await links.close()
 
 
 @contextlib.asynccontextmanager

@@ -32,13 +32,12 @@ from mcm_firmware.testing.golden import SERIAL_GOLDEN, serial_wire
 from mcm_firmware.transport import Address, Channel, Subscription, TransportError, Will
 from mcm_firmware.transport.serial import (
     FIRST_NODE_EID,
-    GuardedSerialTransport,
     SerialLink,
     SerialTransport,
-    _PtyPort,
     parse_port_url,
     plan_node_links,
 )
+from mcm_firmware.transport.serial.port import GuardedSerialTransport, _PtyPort
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "serial.md"
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from ..transport import Address, Channel, Transport
+from ..clock import Clock
+from ..tasks import cancel_and_wait
+from ..transport import Address, Channel, Subscription, Transport, TransportError
 from ..transport.topics import parse_topic, topic
 
 FORMAT = "mcm-emu-record"
@@ -134,3 +136,40 @@ async def replay(path: str | Path, transport: Transport, *, speed: float = 1.0,
         await transport.publish(addr, rec.frame, retain=rec.retain)
         sent += 1
     return sent
+
+
+class FleetRecorder:
+    """Subscribes to a fleet's topics and writes every frame to a recording, until stopped."""
+
+    def __init__(self, transport: Transport, writer: RecordWriter, clock: Clock) -> None:
+        self.transport = transport
+        self.writer = writer
+        self.clock = clock
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, fleet: str) -> FleetRecorder:
+        """Connect and subscribe; TransportError (the writer closed) when that fails."""
+        try:
+            await self.transport.connect()
+            await self.transport.subscribe(Subscription(fleet))
+        except TransportError:
+            self.writer.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name="fleet-recorder")
+        return self
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                d = await self.transport.receive()
+                self.writer.write(self.clock.now_ns(), d.address, d.payload, retain=d.retained)
+        except TransportError:
+            pass
+
+    async def stop(self, *, linger: float = 0.2) -> None:
+        """Keep listening ``linger`` seconds (the last DEATH frames), then close the recording."""
+        await asyncio.sleep(linger)
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+        await self.transport.close()
+        self.writer.close()

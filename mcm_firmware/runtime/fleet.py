@@ -24,7 +24,7 @@ from ..clock import Clock, Deadlines
 from ..plant.workload import Workload
 from ..profile import Profile
 from ..protocol import DeathReason, Op
-from ..transport import TransportFactory
+from ..transport import NodeLinks, TransportFactory
 from .handlers import HANDLERS
 from .node import U32, Handler, Node
 from .shard import Shard
@@ -43,11 +43,12 @@ class Fleet:
         transport_factory: TransportFactory | None,
         clock: Clock,
         seed: int = 0,
-        node_transports: Mapping[int, TransportFactory] | None = None,
+        links: NodeLinks | None = None,
         handlers: Mapping[Op, Handler] = HANDLERS,
     ) -> None:
-        """``node_transports`` gives some nodes their own transport factory (a serial link each);
-        ``handlers`` is the command set the nodes' firmware runs (all of them by default)."""
+        """Each node's transport comes from ``links`` (:func:`mcm_firmware.transport.node_links`)
+        when given, else from ``transport_factory``; ``handlers`` is the command set the nodes'
+        firmware runs (all of them by default)."""
         ids = [nid for nid, _ in members]
         if len(set(ids)) != len(ids):
             raise ValueError("node ids must be unique")
@@ -69,7 +70,7 @@ class Fleet:
             self.shards[name] = shard
             rows = []
             for row, (nid, _) in enumerate(group):
-                factory = (node_transports or {}).get(nid, transport_factory)
+                factory = links.factory(nid) if links is not None else transport_factory
                 if factory is None:
                     raise ValueError(f"node {nid} has no transport")
                 node = Node(node_id=nid, fleet=fleet, shard=shard, row=row,

@@ -8,6 +8,7 @@ add schemes through the entry-point group ``mcm_emu.transports``; an entry point
 from __future__ import annotations
 
 import importlib
+import uuid
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from urllib.parse import urlsplit
@@ -16,14 +17,13 @@ from .base import (
     Address,
     Channel,
     Delivery,
+    NodeLinks,
     Subscription,
     Transport,
     TransportError,
+    TransportFactory,
     Will,
 )
-
-TransportFactory = Callable[[str], Transport]
-"""Makes a fresh, unconnected transport for one client id."""
 
 ENTRY_POINT_GROUP = "mcm_emu.transports"
 
@@ -48,6 +48,40 @@ def _serial(url: str) -> TransportFactory:
     port = url[len("serial://"):]
     mod.parse_port_url(port)
     return lambda client_id: mod.SerialTransport.host(port)
+
+
+class SharedLink(NodeLinks):
+    """Every node on one transport URL (a broker, an in-process bus); opening checks that a client
+    can connect, so that an unreachable broker is one clear error before any node starts."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._factory = transport_factory(url)
+
+    async def open(self) -> None:
+        probe = self._factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+        await probe.connect()
+        await probe.close()
+
+    def factory(self, node: int) -> TransportFactory:
+        return self._factory
+
+    def host_url(self, node: int) -> str:
+        return self.url
+
+
+def node_links(urls: list[str], nodes: list[int], *, fleet: str, mux: bool = False) -> NodeLinks:
+    """The links of ``nodes``: one broker or bus URL for all, or ``serial://PORT`` URLs (once for
+    all nodes, or once per node; ``serial://pty``: a new pseudo-terminal per node, or with ``mux``
+    one shared by all). ValueError names what is wrong."""
+    if not urls:
+        raise ValueError("no link given")
+    if all(urlsplit(u).scheme == "serial" for u in urls):
+        mod = importlib.import_module(".serial", __name__)
+        return mod.SerialNodeLinks.plan([u[len("serial://"):] for u in urls], nodes, fleet=fleet, mux=mux)
+    if len(urls) > 1 or mux:
+        raise ValueError("one link per node and shared links are for serial ports only")
+    return SharedLink(urls[0])
 
 
 BACKENDS: dict[str, Callable[[str], TransportFactory]] = {
@@ -81,6 +115,6 @@ def check_fleet_name(fleet: str) -> str:
 
 
 __all__ = [
-    "Address", "BACKENDS", "Channel", "Delivery", "Subscription", "Transport", "TransportError",
-    "TransportFactory", "Will", "check_fleet_name", "transport_factory",
+    "BACKENDS", "Address", "Channel", "Delivery", "NodeLinks", "SharedLink", "Subscription", "Transport",
+    "TransportError", "TransportFactory", "Will", "check_fleet_name", "node_links", "transport_factory",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -115,3 +116,35 @@ class Transport(ABC):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+TransportFactory = Callable[[str], Transport]
+"""Makes a fresh, unconnected transport for one client id."""
+
+
+class NodeLinks(ABC):
+    """The links of a fleet's nodes, whatever the transport: a factory per node, opened before the
+    nodes start and closed after they stop. One broker serves every node alike; serial nodes each
+    have their own port, or share one told apart by EID."""
+
+    async def open(self) -> None:
+        """Make the links usable; TransportError names what failed (and nothing stays open)."""
+
+    async def close(self) -> None:
+        """Release what :meth:`open` took."""
+
+    @abstractmethod
+    def factory(self, node: int) -> TransportFactory:
+        """Node ``node``'s transport factory."""
+
+    @abstractmethod
+    def host_url(self, node: int) -> str:
+        """Where a host reaches node ``node`` (``mqtt://...``, ``serial:///dev/pts/3``, ...)."""
+
+    def describe(self) -> list[str]:
+        """Lines to print once the links are open (where each node can be reached)."""
+        return []
+
+    def summary(self) -> list[str]:
+        """Lines to print once they are closed (counters)."""
+        return []

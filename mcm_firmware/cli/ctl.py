@@ -1,0 +1,59 @@
+"""``mcm-emu ctl``: one command to one node, its reply shown."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import uuid
+from typing import Any
+
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, U32_MAX, BadInput, Failure, bounded, client_options, emit, link_url
+
+
+def add_parser(sub: Any) -> None:
+    from ..host.commands import COMMANDS
+
+    ctl = sub.add_parser("ctl", help="send a command to a node", description=(
+        "Send a command to one node and print its reply. Commands: "
+        + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())))
+    client_options(ctl)
+    ctl.add_argument("--timeout", type=bounded(float, 0.01, 3600, "--timeout"), default=2.0)
+    ctl.add_argument("--retries", type=bounded(int, 0, 100, "--retries"), default=2)
+    ctl.add_argument("node", type=bounded(int, 0, U32_MAX, "NODE"), metavar="NODE")
+    ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND")
+    ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    ctl.set_defaults(func=cmd_ctl)
+
+
+async def cmd_ctl(args: argparse.Namespace) -> int:
+    from ..host.client import HostClient, HostError, NodeError, RequestTimeout
+    from ..host.commands import COMMANDS, UsageError
+    from ..protocol import Status
+    from ..transport import TransportError, transport_factory
+
+    spec = COMMANDS[args.op]
+    try:
+        cmd_args = spec.parse(list(args.args))
+    except UsageError as e:
+        raise BadInput(f"ctl {spec.name}: {e}") from None
+    transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    try:
+        async with HostClient(transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries) as host:
+            t0 = time.perf_counter()
+            try:
+                resp = await host.request(args.node, spec.op, cmd_args)
+            except NodeError as e:
+                out = {"node": args.node, "ok": False, "status": e.response.status.name,
+                       "message": e.response.message}
+                emit(args, out, text=str(e), stream=sys.stderr)
+                return EXIT_USAGE if e.response.status in (Status.BAD_ARGUMENT, Status.UNKNOWN_OP,
+                                                           Status.BAD_REQUEST) else EXIT_FAILURE
+            rtt = time.perf_counter() - t0
+    except RequestTimeout as e:
+        raise Failure(str(e)) from None
+    except (TransportError, HostError) as e:
+        raise Failure(str(e)) from None
+    out = spec.show(args.node, resp, rtt)
+    emit(args, out, text=spec.text(spec.name, out))
+    return EXIT_OK

@@ -1,0 +1,63 @@
+"""``mcm-emu monitor``: every frame of a fleet (or one node), decoded."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import uuid
+from typing import Any
+
+from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, link_url
+
+
+def add_parser(sub: Any) -> None:
+    mon = sub.add_parser("monitor", help="print every frame of a fleet, decoded")
+    client_options(mon)
+    mon.add_argument("--node", type=bounded(int, 0, U32_MAX, "--node"), default=None)
+    mon.add_argument("--count", type=bounded(int, 1, 2**63, "--count"), default=None)
+    mon.add_argument("--duration", type=bounded(float, 0.001, 1e9, "--duration"), default=None)
+    mon.set_defaults(func=cmd_monitor)
+
+
+async def cmd_monitor(args: argparse.Namespace) -> int:
+    from ..host.views import message_json, message_line
+    from ..protocol import FrameError, decode
+    from ..transport import Subscription, TransportError, transport_factory
+    from ..transport.topics import topic
+
+    transport = transport_factory(link_url(args))(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+    seen = 0
+    try:
+        await transport.connect()
+        try:
+            await transport.subscribe(Subscription(args.fleet, args.node, None))
+
+            async def consume() -> None:
+                nonlocal seen
+                while args.count is None or seen < args.count:
+                    d = await transport.receive()
+                    seen += 1
+                    try:
+                        msg = decode(d.payload)
+                    except FrameError as e:
+                        obj = {"topic": topic(d.address), "node": d.address.node, "error": e.reason.name,
+                               "detail": e.detail, "hex": d.payload[:64].hex()}
+                        print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
+                        continue
+                    if args.json:
+                        obj = message_json(d.address, msg)
+                        obj["retained"] = d.retained
+                        print(json.dumps(obj), flush=True)
+                    else:
+                        print(message_line(d.address, msg), flush=True)
+
+            try:
+                await asyncio.wait_for(consume(), args.duration)
+            except TimeoutError:
+                pass
+        finally:
+            await transport.close()
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    return EXIT_OK

@@ -1,0 +1,50 @@
+"""``mcm-emu profiles``: list, show and validate hardware profiles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .common import EXIT_OK, EXIT_USAGE, BadInput
+
+
+def add_parser(sub: Any) -> None:
+    prof = sub.add_parser("profiles", help="list, show or validate hardware profiles")
+    psub = prof.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
+    psub.add_parser("list", help="the profiles found")
+    show = psub.add_parser("show", help="one profile, validated, as JSON")
+    show.add_argument("name")
+    val = psub.add_parser("validate", help="check profile files")
+    val.add_argument("paths", nargs="+", metavar="PATH")
+    prof.set_defaults(func=cmd_profiles)
+
+
+def cmd_profiles(args: argparse.Namespace) -> int:
+    from ..profile import ProfileError, list_profiles, load_profile, load_profile_file
+
+    if args.profiles_command == "list":
+        for name, path in list_profiles().items():
+            try:
+                prof = load_profile_file(path)
+                print(f"{name:<20} {prof.description}")
+            except ProfileError as e:
+                print(f"{name:<20} INVALID: {e}")
+        return EXIT_OK
+    if args.profiles_command == "show":
+        try:
+            prof = load_profile(args.name)
+        except ProfileError as e:
+            raise BadInput(str(e)) from None
+        print(json.dumps(prof.model_dump(), indent=2))
+        return EXIT_OK
+    bad = 0
+    for path in args.paths:
+        try:
+            prof = load_profile_file(path)
+            print(f"{path}: ok ({prof.name})")
+        except ProfileError as e:
+            print(str(e), file=sys.stderr)
+            bad += 1
+    return EXIT_USAGE if bad else EXIT_OK

@@ -1,0 +1,193 @@
+"""``mcm-emu run``: emulated nodes on MQTT (an embedded broker when none is given) or serial links."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import uuid
+from typing import Any
+
+from .. import __version__
+from ..tasks import cancel_and_wait
+from .common import EXIT_OK, U32_MAX, BadInput, Failure, bounded, broker_url, fleet_name, serial_port
+from .display import Display
+
+
+def add_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run emulated nodes", description=(
+        "Run emulated nodes. Without --broker an MQTT broker is embedded in the process."))
+    run.add_argument("--nodes", type=bounded(int, 1, 100_000, "--nodes"), default=8)
+    run.add_argument("--profile", default="colossus-mcm", help="profile name or path to a TOML file")
+    run.add_argument("--fleet", type=fleet_name, default="default")
+    run.add_argument("--broker", type=broker_url, default=None, help="mqtt://HOST[:PORT] of an external broker")
+    run.add_argument("--embedded-port", type=bounded(int, 1, 65535, "--embedded-port"), default=1883)
+    run.add_argument("--duration", type=bounded(float, 0.001, 1e9, "--duration"), default=None,
+                     help="stop after this many seconds (default: until SIGINT/SIGTERM)")
+    run.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
+    run.add_argument("--speed", type=bounded(float, 0.01, 10_000, "--speed"), default=1.0,
+                     help="clock speed relative to real time")
+    run.add_argument("--first-id", type=bounded(int, 0, U32_MAX, "--first-id"), default=0,
+                     help="node id of the first node")
+    run.add_argument("--workload", choices=["idle", "steady", "training", "inference", "mixed"],
+                     default="steady", help="what the dice run; mixed cycles through the four by node")
+    run.add_argument("--record", metavar="FILE", default=None,
+                     help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)")
+    run.add_argument("--serial", type=serial_port, action="append", default=None, metavar="PORT",
+                     help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
+                          "node), a device path or URL (once per node, or once for all: one link, "
+                          "one EID per node); options ?baud=N&mtu=N")
+    run.add_argument("--rig", action="append", default=None, metavar="NODE=RIG[@PORT]",
+                     help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
+                          "on PORT (default pty: a new pseudo-terminal, its path printed)")
+    run.add_argument("--serial-mux", action="store_true",
+                     help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID")
+    run.add_argument("--summary-interval", type=bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
+                     help="seconds between summary lines when stdout is not a terminal")
+    run.set_defaults(func=cmd_run)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from ..clock import ScaledClock
+    from ..profile import ProfileError, load_profile
+    from ..runtime.fleet import Fleet
+    from ..transport import TransportError, node_links
+    from ..transport.broker import EmbeddedBroker, PortInUse
+
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as e:
+        raise BadInput(str(e)) from None
+    if args.serial_mux and not args.serial:
+        raise BadInput("--serial-mux goes with --serial")
+    if args.serial and (args.broker is not None or args.record):
+        raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
+    ids = list(range(args.first_id, args.first_id + args.nodes))
+    broker = None
+    url = args.broker
+    if args.serial:
+        urls = [f"serial://{port}" for port in args.serial]
+    else:
+        if url is None:
+            broker = EmbeddedBroker(port=args.embedded_port)
+            try:
+                await broker.start()
+            except PortInUse as e:
+                raise Failure(f"{e}: pass --embedded-port PORT for another port, or --broker URL to use a "
+                              "running broker") from None
+            except TransportError as e:
+                raise Failure(str(e)) from None
+            url = broker.url
+            print(f"mcm-emu {__version__}: embedded MQTT broker at {url} "
+                  "(for large fleets run Mosquitto and pass --broker)", flush=True)
+        urls = [url]
+    try:
+        try:
+            links = node_links(urls, ids, fleet=args.fleet, mux=args.serial_mux)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+        try:
+            await links.open()
+        except TransportError as e:
+            raise Failure(str(e)) from None
+        try:
+            clock = ScaledClock(args.speed)
+            fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
+                                  transport_factory=None, links=links, clock=clock, seed=args.seed)
+            fleet.set_workload(args.workload)
+            for line in links.describe():
+                print(line, flush=True)
+            if args.serial:
+                print(f"mcm-emu {__version__}: running {args.nodes} nodes of {profile.name} in fleet "
+                      f"{args.fleet!r} on serial links (MCTP over DSP0253)", flush=True)
+            else:
+                print(f"running {args.nodes} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
+                      f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...", flush=True)
+            recorder = await _start_recorder(url, args.fleet, args.record, clock) if args.record else None
+            try:
+                await serve(fleet, args)
+            finally:
+                if recorder is not None:
+                    await recorder.stop()
+                    print(f"recorded {recorder.writer.frames} frames to {args.record}", flush=True)
+        finally:
+            await links.close()
+            for line in links.summary():
+                print(line, flush=True)
+    finally:
+        if broker is not None:
+            await broker.stop()
+    return EXIT_OK
+
+
+async def _start_recorder(url: str, fleet: str, path: str, clock: Any) -> Any:
+    from ..host.record import FleetRecorder, RecordWriter
+    from ..transport import TransportError, transport_factory
+
+    try:
+        writer = RecordWriter(path, fleet=fleet, clock="real", started_ns=clock.now_ns(), source="mcm-emu run")
+    except OSError as e:
+        raise BadInput(f"--record {path}: {e.strerror or e}") from None
+    recorder = FleetRecorder(transport_factory(url)(f"mcm-recorder-{uuid.uuid4().hex[:8]}"), writer, clock)
+    try:
+        return await recorder.start(fleet)
+    except TransportError as e:
+        raise Failure(str(e)) from None
+
+
+def rig_drivers(fleet: Any, specs: list[str] | None) -> list[Any]:
+    """``NODE=RIG[@PORT]`` options as rig drivers (not started); BadInput names a bad one."""
+    from ..profile import ProfileError
+    from ..profile.rig import load_rig_profile
+    from ..runtime.rig import RigDriver
+
+    drivers: list[RigDriver] = []
+    for spec in specs or []:
+        node_text, eq, rest = spec.partition("=")
+        rig_name, _, port = rest.partition("@")
+        if not eq or not node_text.isdigit() or not rig_name:
+            raise BadInput(f"--rig {spec!r}: expected NODE=RIG[@PORT], e.g. 3=bench-tc-valve@pty")
+        node = fleet.nodes.get(int(node_text))
+        if node is None:
+            raise BadInput(f"--rig {spec!r}: node {node_text} is not in this fleet")
+        if any(d.node is node for d in drivers):
+            raise BadInput(f"--rig {spec!r}: node {node_text} already has a rig")
+        try:
+            drivers.append(RigDriver(node, load_rig_profile(rig_name), port or "pty"))
+        except (ProfileError, ValueError) as e:
+            raise BadInput(f"--rig {spec!r}: {e}") from None
+    return drivers
+
+
+async def serve(fleet: Any, args: argparse.Namespace) -> None:
+    """Run ``fleet`` until SIGINT / SIGTERM or ``--duration``, showing it; then stop every node."""
+    from ..transport import TransportError
+
+    rigs = rig_drivers(fleet, args.rig)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    started = []
+    display = Display(fleet, interval=args.summary_interval)
+    try:
+        for rig in rigs:
+            try:
+                await rig.start()
+            except TransportError as e:
+                raise Failure(f"rig of node {rig.node.node_id}: {e}") from None
+            started.append(rig)
+            print(f"rig: node {rig.node.node_id} ({rig.rig.name}) at {rig.path or rig.port.spec.url}", flush=True)
+        waiter = asyncio.create_task(stop.wait(), name="run-stop")
+        shown = asyncio.create_task(display.run(), name="run-display")
+        await asyncio.wait({waiter, shown}, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
+        await cancel_and_wait([waiter, shown])
+    finally:
+        display.close()
+        for rig in started:
+            await rig.stop()
+        await fleet.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print(f"stopped {len(fleet.nodes)} nodes (DEATH published)", flush=True)

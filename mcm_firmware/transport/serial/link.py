@@ -1,0 +1,252 @@
+"""One open serial port carrying MCTP (DSP0253 framing), shared by endpoints and paced to its
+line rate.
+
+Frames of the ``tlm`` channel are bulk: when the line is busy only the newest telemetry frame of
+each node waits (older ones are dropped and counted as decimated); every other frame (commands,
+responses, events, state) waits its turn and is never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ...protocol import mctp
+from ...protocol.mctp import EID_BROADCAST, VendorMessage
+from ...tasks import cancel_and_wait
+from ..base import TransportError
+from .port import PortSpec, open_port, parse_port_url
+
+if TYPE_CHECKING:
+    from .endpoint import SerialTransport
+
+BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
+URGENT_LIMIT = 4096
+"""Messages waiting for the line beyond this many: the oldest are dropped (counted)."""
+HIGH_WATER = 16 * 1024
+"""Bytes buffered under the port before the link stops writing and waits for the OS to drain."""
+UTIL_WINDOW = 1.0
+
+class LinkStats:
+    """Counters of one link, and its utilisation (share of the line's capacity used lately)."""
+
+    def __init__(self) -> None:
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.tx_messages = 0
+        self.rx_messages = 0
+        self.decimated = 0  # telemetry frames replaced by a newer one before they were sent
+        self.overflow = 0  # urgent messages dropped because the line was down for too long
+        self.rejected = 0  # messages that reassembled but did not parse as ours
+        self.not_for_us = 0  # messages for an EID no endpoint here has
+        self._busy: deque[tuple[float, float]] = deque()  # (start, end) of line occupation
+
+    def occupy(self, start: float, end: float) -> None:
+        busy = self._busy
+        busy.append((start, end))
+        while busy[0][1] < start - UTIL_WINDOW:  # older than any window asked about
+            busy.popleft()
+
+    def utilisation(self, now: float, window: float = UTIL_WINDOW) -> float:
+        """Fraction of the last ``window`` seconds the line was transmitting (0..1)."""
+        lo = now - window
+        busy = self._busy
+        while busy and busy[0][1] <= lo:
+            busy.popleft()
+        total = sum(min(e, now) - max(s, lo) for s, e in busy if s < now)
+        return max(0.0, min(1.0, total / window))
+
+
+class SerialLink(asyncio.Protocol):
+    """One open serial port shared by endpoints, each with its own EID."""
+
+    def __init__(self, spec: PortSpec | str) -> None:
+        self.spec = parse_port_url(spec) if isinstance(spec, str) else spec
+        self.path: str | None = None  # the pty's path, for the far end to open
+        self.stats = LinkStats()
+        self.decoder = mctp.FrameDecoder()
+        self.reassembler = mctp.Reassembler()
+        self._transport: asyncio.BaseTransport | None = None
+        self._endpoints: dict[int, SerialTransport] = {}
+        self._urgent: deque[tuple[float, bytes]] = deque()  # (when queued, framed message)
+        self._bulk: dict[int, tuple[float, bytes]] = {}  # node id -> its newest telemetry message
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._line_free = 0.0
+        self._sending = False  # a message taken from the queues and not yet written
+        self._down: str | None = None
+        self._closed = asyncio.Event()
+        self._tags: dict[int, int] = {}
+
+    # --- opening and closing ---------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and self._down is None
+
+    async def open(self) -> SerialLink:
+        _, self.path = await open_port(self.spec, self)
+        self._writer = asyncio.create_task(self._write_loop(), name=f"serial-tx-{self.path or self.spec.url}")
+        return self
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await cancel_and_wait([self._writer])
+            self._writer = None
+        tr, self._transport = self._transport, None
+        if tr is not None:
+            tr.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), 2.0)
+        self._fail("link closed")
+
+    async def __aenter__(self) -> SerialLink:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        if hasattr(transport, "set_write_buffer_limits"):
+            transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed.set()
+        self._fail(f"serial port {self.path or self.spec.url} lost: {exc}" if exc else "link closed")
+
+    def pause_writing(self) -> None:
+        self._drained.clear()
+
+    def resume_writing(self) -> None:
+        self._drained.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.rx_bytes += len(data)
+        for packet in self.decoder.feed(data):
+            got = self.reassembler.feed(packet)
+            if got is None:
+                continue
+            head, message = got
+            try:
+                vm = mctp.parse_vendor(message)
+            except mctp.LinkError:
+                self.stats.rejected += 1
+                continue
+            self.stats.rx_messages += 1
+            if head.dest == EID_BROADCAST:
+                for ep in list(self._endpoints.values()):
+                    ep._on_message(head.src, vm)
+            else:
+                ep = self._endpoints.get(head.dest)
+                if ep is None:
+                    self.stats.not_for_us += 1
+                else:
+                    ep._on_message(head.src, vm)
+
+    def _fail(self, why: str) -> None:
+        if self._down is None:
+            self._down = why
+            for ep in list(self._endpoints.values()):
+                ep._link_down(why)
+
+    # --- endpoints ---------------------------------------------------------------------------
+
+    def attach(self, ep: SerialTransport) -> None:
+        if self._down is not None:
+            raise TransportError(self._down)
+        if self._transport is None:
+            raise TransportError(f"serial port {self.spec.url} is not open")
+        other = self._endpoints.get(ep.eid)
+        if other is not None and other is not ep:
+            raise TransportError(f"EID {ep.eid} is already in use on {self.path or self.spec.url}")
+        self._endpoints[ep.eid] = ep
+
+    def detach(self, ep: SerialTransport) -> None:
+        if self._endpoints.get(ep.eid) is ep:
+            del self._endpoints[ep.eid]
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send(self, vm: VendorMessage, *, src: int, dest: int, bulk: bool = False) -> None:
+        """Queue one message; it leaves as soon as the line allows, telemetry after the rest."""
+        if self._down is not None:
+            raise TransportError(self._down)
+        tag = self._tags.get(src, 0)
+        self._tags[src] = (tag + 1) & 7
+        packets = mctp.fragment(vm.to_bytes(), dest=dest, src=src, tag=tag, mtu=self.spec.mtu)
+        item = (asyncio.get_running_loop().time(), b"".join(mctp.encode_frame(p) for p in packets))
+        if bulk:
+            if vm.node in self._bulk:
+                self.stats.decimated += 1
+            self._bulk[vm.node] = item
+        else:
+            if len(self._urgent) >= URGENT_LIMIT:
+                self._urgent.popleft()
+                self.stats.overflow += 1
+            self._urgent.append(item)
+        self._wake.set()
+
+    def summary(self) -> str:
+        """Counters in one line: what went out and came in, and what was dropped and why."""
+        s = self.stats
+        drops = {k: v for k, v in {**self.decoder.drops, **self.reassembler.losses}.items() if v}
+        return (f"tx {s.tx_messages} messages ({s.tx_bytes} bytes), rx {s.rx_messages} messages "
+                f"({s.rx_bytes} bytes), telemetry decimated {s.decimated}, dropped "
+                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+                + (f", not ours {s.rejected}" if s.rejected else ""))
+
+    def utilisation(self) -> float:
+        if not self.spec.paced:
+            return 0.0
+        return self.stats.utilisation(asyncio.get_running_loop().time())
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        baud = self.spec.baud
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._urgent or self._bulk:
+                await self._drained.wait()
+                if self._urgent:
+                    queued, wire = self._urgent.popleft()
+                else:
+                    node = next(iter(self._bulk))
+                    queued, wire = self._bulk.pop(node)
+                self._sending = True
+                if baud:
+                    # The frame is on the line from `start` to `end` and reaches the far end at
+                    # `end`, as from a UART: the bytes are handed over when the last one would
+                    # arrive. It starts when it was queued or when the line came free, whichever
+                    # is later, however late this task wakes up: frames queued back to back
+                    # leave back to back.
+                    start = max(queued, self._line_free)
+                    end = start + len(wire) * BITS_PER_BYTE / baud
+                    self._line_free = end
+                    self.stats.occupy(start, end)
+                    if end > loop.time():
+                        await asyncio.sleep(end - loop.time())
+                tr = self._transport
+                if tr is None or self._down is not None:
+                    return
+                tr.write(wire)  # type: ignore[attr-defined]
+                self._sending = False
+                self.stats.tx_bytes += len(wire)
+                self.stats.tx_messages += 1
+
+    async def flush(self, timeout: float = 2.0) -> None:
+        """Wait until everything queued has gone to the port (and, paced, out of the line)."""
+        deadline = time.monotonic() + timeout
+        while ((self._urgent or self._bulk or self._sending) and time.monotonic() < deadline
+               and self._down is None):
+            await asyncio.sleep(0.002)
+
+
