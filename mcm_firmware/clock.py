@@ -166,8 +166,7 @@ class Deadlines:
     counting them in ``overruns``, and resumes at the first future one.
     """
 
-    def __init__(self, clock: Clock, period: float, *, phase: float = 0.0,
-                 skip_after: float | None = None) -> None:
+    def __init__(self, clock: Clock, period: float, *, phase: float = 0.0, skip_after: float | None = None) -> None:
         if not period > 0:
             raise ValueError("period must be positive")
         self.clock = clock

@@ -135,8 +135,9 @@ def check_param(kind: FaultKind, param: Param, value: float) -> float:
     return value
 
 
-def make_fault(kind: FaultKind | str, target: str = "", value: float | None = None,
-               value2: float | None = None) -> Fault:
+def make_fault(
+    kind: FaultKind | str, target: str = "", value: float | None = None, value2: float | None = None
+) -> Fault:
     """A fault with its parameters checked and defaults filled in (not yet against a profile)."""
     kind = fault_kind(kind) if isinstance(kind, str) else kind
     spec = SPECS[kind]

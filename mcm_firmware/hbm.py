@@ -42,8 +42,9 @@ class HbmGeometry:
     cols: int  # 32-bit words per row
 
     def __post_init__(self) -> None:
-        widths = tuple(max(1, (n - 1).bit_length())
-                       for n in (self.cols, self.banks, self.rows, self.channels, self.stacks))
+        widths = tuple(
+            max(1, (n - 1).bit_length()) for n in (self.cols, self.banks, self.rows, self.channels, self.stacks)
+        )
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "_total_bits", sum(widths))
 
@@ -84,12 +85,24 @@ class HbmGeometry:
         if addr < 0 or addr >> self._total_bits:
             return False
         loc = self.decode(addr)
-        return (loc.stack < self.stacks and loc.channel < self.channels and loc.bank < self.banks
-                and loc.row < self.rows and loc.col < self.cols)
+        return (
+            loc.stack < self.stacks
+            and loc.channel < self.channels
+            and loc.bank < self.banks
+            and loc.row < self.rows
+            and loc.col < self.cols
+        )
 
     def random_address(self, rng: random.Random, stack: int) -> int:
-        return self.encode(Location(stack, rng.randrange(self.channels), rng.randrange(self.banks),
-                                    rng.randrange(self.rows), rng.randrange(self.cols)))
+        return self.encode(
+            Location(
+                stack,
+                rng.randrange(self.channels),
+                rng.randrange(self.banks),
+                rng.randrange(self.rows),
+                rng.randrange(self.cols),
+            )
+        )
 
 
 @dataclass(frozen=True)

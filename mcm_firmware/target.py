@@ -48,7 +48,7 @@ def parse_target(url: str) -> Target:
         parse_broker_url(base)
         return Target(url, base, int(node_text), query.get("fleet", "default"))
     if parts.scheme == "serial":
-        port = url[len("serial://"):]
+        port = url[len("serial://") :]
         base, _, query = port.partition("?")
         keep, node, fleet = [], 0, "default"
         for key, value in parse_qsl(query):
@@ -69,10 +69,16 @@ def parse_target(url: str) -> Target:
 
 
 @contextlib.asynccontextmanager
-async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopback", *,
-                          broker: str | None = None, port: str = "pty", node: int = 0,
-                          profile: str = "colossus-mcm", seed: int = 0,
-                          fleet: str = "default") -> AsyncIterator[Target]:
+async def emulated_target(
+    link: Literal["loopback", "mqtt", "serial"] = "loopback",
+    *,
+    broker: str | None = None,
+    port: str = "pty",
+    node: int = 0,
+    profile: str = "colossus-mcm",
+    seed: int = 0,
+    fleet: str = "default",
+) -> AsyncIterator[Target]:
     """One emulated node on real time, reachable over ``link``; stopped on exit. Over serial the
     node gets a new pty (``port``, e.g. ``pty?baud=921600``); the host end uses the same options."""
     from .clock import RealClock
@@ -82,14 +88,23 @@ async def emulated_target(link: Literal["loopback", "mqtt", "serial"] = "loopbac
 
     if link == "mqtt" and broker is None:
         raise ValueError("an emulated target over MQTT needs a broker URL")
-    url = {"loopback": f"loopback://mcm-target-{uuid.uuid4().hex[:8]}", "mqtt": broker,
-           "serial": f"serial://{port}"}[link]
+    url = {"loopback": f"loopback://mcm-target-{uuid.uuid4().hex[:8]}", "mqtt": broker, "serial": f"serial://{port}"}[
+        link
+    ]
     assert url is not None
     links = node_links([url], [node], fleet=fleet)
     await links.open()
     try:
-        fl = Fleet.uniform(nodes=1, profile=load_profile(profile), first_id=node, fleet=fleet,
-                           transport_factory=None, clock=RealClock(), seed=seed, links=links)
+        fl = Fleet.uniform(
+            nodes=1,
+            profile=load_profile(profile),
+            first_id=node,
+            fleet=fleet,
+            transport_factory=None,
+            clock=RealClock(),
+            seed=seed,
+            links=links,
+        )
         await fl.start()
         try:
             await fl.wait_connected(10)

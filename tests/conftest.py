@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Hypothesis profiles: "ci" is bounded and derandomised (the default under CI=true), "dev" is the
 # everyday default, "fuzz" runs long; choose with HYPOTHESIS_PROFILE=<name>.
-settings.register_profile("ci", derandomize=True, deadline=None, max_examples=100,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=100, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.register_profile("dev", deadline=None)
 settings.register_profile("fuzz", deadline=None, max_examples=20_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
@@ -48,10 +49,13 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
     if not found:
-        pytest.fail("mosquitto is not installed: run tools/test.sh (it installs it) or "
-                    "apt-get install -y mosquitto mosquitto-clients")
+        pytest.fail(
+            "mosquitto is not installed: run tools/test.sh (it installs it) or "
+            "apt-get install -y mosquitto mosquitto-clients"
+        )
     return found
 
 
@@ -78,8 +82,9 @@ class Mosquitto:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             wait_port(self.port)
         except TimeoutError:
@@ -118,17 +123,29 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 60.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``mcm-emu ARGS`` as a real subprocess."""
-    return subprocess.run([sys.executable, "-m", "mcm_firmware", *args], capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), cwd=ROOT, input=input)
+    return subprocess.run(
+        [sys.executable, "-m", "mcm_firmware", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=ROOT,
+        input=input,
+    )
 
 
 class CliProcess:
     """A long-running ``mcm-emu`` subprocess whose stdout lines can be awaited."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "mcm_firmware", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=cli_env(), cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mcm_firmware", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+            cwd=ROOT,
+        )
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, name="cli-stdout", daemon=True)
@@ -193,8 +210,11 @@ def _no_leaked_threads() -> Iterator[None]:
     deadline = time.monotonic() + 2.0
     while True:
         # asyncio_N are the event loop's default-executor workers (DNS lookups); the loop owns them
-        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
-                  and not t.name.startswith("asyncio_")]
+        leaked = [
+            t
+            for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.daemon and not t.name.startswith("asyncio_")
+        ]
         if not leaked or time.monotonic() > deadline:
             break
         time.sleep(0.01)

@@ -48,13 +48,23 @@ class Recorder:
             await self._tr.close()
 
     def of(self, node: int | None = None, channel: Channel | None = None) -> list[Message]:
-        return [m for a, m, _ in self.frames
-                if (node is None or a.node == node) and (channel is None or a.channel == channel)
-                and not isinstance(m, FrameError)]
+        return [
+            m
+            for a, m, _ in self.frames
+            if (node is None or a.node == node)
+            and (channel is None or a.channel == channel)
+            and not isinstance(m, FrameError)
+        ]
 
 
-def loopback_fleet(bus: LoopbackBus, nodes: int = 2, *, seed: int = 1, fleet: str = "t",
-                   profile: str = "colossus-mcm") -> Fleet:
-    return Fleet.uniform(nodes=nodes, profile=load_profile(profile), fleet=fleet,
-                         transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
-                         clock=LoopClock(), seed=seed)
+def loopback_fleet(
+    bus: LoopbackBus, nodes: int = 2, *, seed: int = 1, fleet: str = "t", profile: str = "colossus-mcm"
+) -> Fleet:
+    return Fleet.uniform(
+        nodes=nodes,
+        profile=load_profile(profile),
+        fleet=fleet,
+        transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+        clock=LoopClock(),
+        seed=seed,
+    )

@@ -36,8 +36,9 @@ def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):
 
 
 def test_run_duration_ends_by_itself(cli_process):
-    run = cli_process("run", "--nodes", "1", "--embedded-port", str(free_port()), "--duration", "1.5",
-                      "--workload", "mixed")
+    run = cli_process(
+        "run", "--nodes", "1", "--embedded-port", str(free_port()), "--duration", "1.5", "--workload", "mixed"
+    )
     assert run.wait(30) == 0
     run.wait_line("stopped 1 nodes")
 
@@ -56,8 +57,11 @@ def test_port_in_use_is_said_in_one_line():
 
 def test_unreachable_broker_exits_1_in_one_line():
     url = f"mqtt://127.0.0.1:{free_port()}"
-    for args in (("ctl", "--broker", url, "1", "ping"), ("monitor", "--broker", url, "--count", "1"),
-                 ("run", "--broker", url, "--duration", "1")):
+    for args in (
+        ("ctl", "--broker", url, "1", "ping"),
+        ("monitor", "--broker", url, "--count", "1"),
+        ("run", "--broker", url, "--duration", "1"),
+    ):
         out = run_cli(*args)
         assert out.returncode == 1, (args, out.stderr)
         assert "cannot connect to broker" in out.stderr and "Traceback" not in out.stderr
@@ -70,21 +74,24 @@ def test_ctl_timeout_exits_1(mosquitto):
     assert "no reply from node 9 to ping within 0.5 s" in out.stderr
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("run", "--nodes", "0"), "--nodes must be within"),
-    (("run", "--nodes", "many"), "--nodes must be a whole number"),
-    (("run", "--speed", "-1"), "--speed must be within"),
-    (("run", "--workload", "mining"), "invalid choice"),
-    (("run", "--broker", "http://x"), "scheme must be mqtt://"),
-    (("run", "--fleet", "a/b"), "fleet name"),
-    (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),
-    (("ctl", "1", "dance"), "invalid choice"),
-    (("ctl", "1", "ping", "extra"), "ping takes no arguments"),
-    (("ctl", "-5", "ping"), "NODE"),
-    (("monitor", "--count", "0"), "--count must be within"),
-    (("profiles",), "required"),
-    (("bogus",), "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("run", "--nodes", "0"), "--nodes must be within"),
+        (("run", "--nodes", "many"), "--nodes must be a whole number"),
+        (("run", "--speed", "-1"), "--speed must be within"),
+        (("run", "--workload", "mining"), "invalid choice"),
+        (("run", "--broker", "http://x"), "scheme must be mqtt://"),
+        (("run", "--fleet", "a/b"), "fleet name"),
+        (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),
+        (("ctl", "1", "dance"), "invalid choice"),
+        (("ctl", "1", "ping", "extra"), "ping takes no arguments"),
+        (("ctl", "-5", "ping"), "NODE"),
+        (("monitor", "--count", "0"), "--count must be within"),
+        (("profiles",), "required"),
+        (("bogus",), "invalid choice"),
+    ],
+)
 def test_bad_usage_exits_2_naming_the_problem(args, needle):
     out = run_cli(*args)
     assert out.returncode == 2, (args, out.stdout, out.stderr)

@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 
 from mcm_firmware.clock import run_virtual
-from mcm_firmware.protocol import ClockReason
+from mcm_firmware.hbm import Location
 from mcm_firmware.host.client import HostClient, NodeError
 from mcm_firmware.host.views import status_json
-from mcm_firmware.hbm import Location
-from mcm_firmware.protocol import EventCode, Op, RasResult, Status
-from mcm_firmware.protocol import LockClocksArgs, PowerCapArgs, SetValveArgs
+from mcm_firmware.protocol import (
+    ClockReason,
+    EventCode,
+    LockClocksArgs,
+    Op,
+    PowerCapArgs,
+    RasResult,
+    SetValveArgs,
+    Status,
+)
 from mcm_firmware.transport import Channel
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
@@ -69,7 +76,7 @@ def test_lock_and_reset_clocks():
         await asyncio.sleep(1)
         locked = shard.dvfs.mhz[row].copy()
         st = status_json(1, await host.status(1))
-        with pytest.raises(NodeError, match="outside 350..2000 MHz"):
+        with pytest.raises(NodeError, match=r"outside 350\.\.2000 MHz"):
             await host.request(1, Op.LOCK_CLOCKS, LockClocksArgs(mhz=3000))
         await host.request(1, Op.RESET_CLOCKS)
         await asyncio.sleep(1)
@@ -139,8 +146,14 @@ def test_status_carries_mode_pstate_and_ras():
 
     st = scenario(fn)
     assert st["mode"] == "NORMAL" and st["pstate"] == 0
-    assert st["ras"] == {"ce": 0, "ue": 0, "remap_pending": False, "remap_failed": False,
-                         "ce_storm": False, "recovery_action": "NONE"}
+    assert st["ras"] == {
+        "ce": 0,
+        "ue": 0,
+        "remap_pending": False,
+        "remap_failed": False,
+        "ce_storm": False,
+        "recovery_action": "NONE",
+    }
     assert st["vrm_current_a"] > 100
 
 
@@ -150,8 +163,13 @@ async def test_ctl_cli_commands_against_mosquitto(mosquitto):
     from mcm_firmware.runtime.fleet import Fleet
     from mcm_firmware.transport import transport_factory
 
-    fleet = Fleet.uniform(nodes=1, profile=load_profile("h100-sxm-class"), fleet="default",
-                          transport_factory=transport_factory(mosquitto.url), clock=RealClock())
+    fleet = Fleet.uniform(
+        nodes=1,
+        profile=load_profile("h100-sxm-class"),
+        fleet="default",
+        transport_factory=transport_factory(mosquitto.url),
+        clock=RealClock(),
+    )
     await fleet.start()
     await fleet.wait_connected(10)
 

@@ -10,13 +10,21 @@ import numpy as np
 import pytest
 
 from mcm_firmware.clock import run_virtual
-from mcm_firmware.protocol import ClockReason
 from mcm_firmware.faults import FaultError, FaultKind, make_fault, parse_clear, parse_fault
-from mcm_firmware.host.client import HostClient, RequestTimeout
 from mcm_firmware.hbm import Location
+from mcm_firmware.host.client import HostClient, RequestTimeout
 from mcm_firmware.plant.sensors import SensorFault
-from mcm_firmware.protocol import Birth, Death, DeathReason, EventCode, Op, Status
-from mcm_firmware.protocol import ClearFaultArgs, InjectArgs
+from mcm_firmware.protocol import (
+    Birth,
+    ClearFaultArgs,
+    ClockReason,
+    Death,
+    DeathReason,
+    EventCode,
+    InjectArgs,
+    Op,
+    Status,
+)
 from mcm_firmware.transport import Channel
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
@@ -25,32 +33,38 @@ from .helpers import Recorder, loopback_fleet
 # --- the model ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tokens, expected", [
-    (["pump-fail", "A"], "pump-fail A"),
-    (["valve-stuck", "2"], "valve-stuck 2"),
-    (["valve-stuck", "2", "30"], "valve-stuck 2 30"),
-    (["sensor-stuck", "die:1", "95"], "sensor-stuck die:1 95"),
-    (["hbm-flip", "0x1000", "2", "1"], "hbm-flip 0x1000 2 1"),
-    (["hbm-flip", "4096"], "hbm-flip 4096 1 0"),
-    (["vrm-overcurrent"], "vrm-overcurrent 1.5"),
-    (["link-drop", "0.25"], "link-drop 0.25"),
-    (["crash", "5"], "crash 5"),
-    (["reboot"], "reboot"),
-])
+@pytest.mark.parametrize(
+    "tokens, expected",
+    [
+        (["pump-fail", "A"], "pump-fail A"),
+        (["valve-stuck", "2"], "valve-stuck 2"),
+        (["valve-stuck", "2", "30"], "valve-stuck 2 30"),
+        (["sensor-stuck", "die:1", "95"], "sensor-stuck die:1 95"),
+        (["hbm-flip", "0x1000", "2", "1"], "hbm-flip 0x1000 2 1"),
+        (["hbm-flip", "4096"], "hbm-flip 4096 1 0"),
+        (["vrm-overcurrent"], "vrm-overcurrent 1.5"),
+        (["link-drop", "0.25"], "link-drop 0.25"),
+        (["crash", "5"], "crash 5"),
+        (["reboot"], "reboot"),
+    ],
+)
 def test_faults_parse(tokens, expected):
     assert str(parse_fault(tokens)) == expected
 
 
-@pytest.mark.parametrize("tokens, message", [
-    ([], "needs a fault kind"),
-    (["melt"], "unknown fault 'melt'"),
-    (["pump-fail"], "pump-fail needs a pump"),
-    (["sensor-stuck", "die:1"], "needs a value"),
-    (["link-drop", "1.5"], "probability must be within 0..1"),
-    (["link-drop", "lots"], "must be a number"),
-    (["inlet-step", "5", "6"], "too many arguments"),
-    (["hbm-device", "3"], "needs a device"),
-])
+@pytest.mark.parametrize(
+    "tokens, message",
+    [
+        ([], "needs a fault kind"),
+        (["melt"], "unknown fault 'melt'"),
+        (["pump-fail"], "pump-fail needs a pump"),
+        (["sensor-stuck", "die:1"], "needs a value"),
+        (["link-drop", "1.5"], "probability must be within 0..1"),
+        (["link-drop", "lots"], "must be a number"),
+        (["inlet-step", "5", "6"], "too many arguments"),
+        (["hbm-device", "3"], "needs a device"),
+    ],
+)
 def test_bad_faults_are_refused_naming_the_problem(tokens, message):
     with pytest.raises(FaultError, match=message):
         parse_fault(tokens)
@@ -93,22 +107,30 @@ def scenario(fn, nodes=1):
 
 async def inject(host, node, *tokens, check=True):
     f = parse_fault(list(tokens))
-    return await host.request(node, Op.INJECT, InjectArgs(kind=int(f.kind), target=f.target, value=f.value,
-                                                          value2=f.value2), check=check)
+    return await host.request(
+        node, Op.INJECT, InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2), check=check
+    )
 
 
 async def clear(host, node, *tokens):
     c = parse_clear(list(tokens))
-    return await host.request(node, Op.CLEAR_FAULT, ClearFaultArgs(kind=0 if c.kind is None else int(c.kind),
-                                                                   target=c.target))
+    return await host.request(
+        node, Op.CLEAR_FAULT, ClearFaultArgs(kind=0 if c.kind is None else int(c.kind), target=c.target)
+    )
 
 
 def test_a_fault_the_module_does_not_have_is_refused():
     async def fn(fleet, host, rec):
         out = []
-        for tokens in (("pump-fail", "C"), ("valve-stuck", "4"), ("sensor-failed", "die:9"),
-                       ("sensor-failed", "gpu:1"), ("hbm-device", "8", "1"), ("hbm-device", "1", "20"),
-                       ("hbm-flip", "0xffffffffffff")):
+        for tokens in (
+            ("pump-fail", "C"),
+            ("valve-stuck", "4"),
+            ("sensor-failed", "die:9"),
+            ("sensor-failed", "gpu:1"),
+            ("hbm-device", "8", "1"),
+            ("hbm-device", "1", "20"),
+            ("hbm-flip", "0xffffffffffff"),
+        ):
             resp = await inject(host, 0, *tokens, check=False)
             out.append((resp.status, resp.message))
         return out, dict(fleet.nodes[0].faults)
@@ -165,10 +187,15 @@ def test_each_hardware_fault_takes_effect_and_clears():
         seen["faults"] = len(fleet.nodes[0].faults)
         await clear(host, 0, "all")
         await asyncio.sleep(3)
-        seen["after"] = (bool(shard.inputs.pump_overcurrent[row].any()), bool(shard.inputs.valve_stuck[row].any()),
-                         int(shard.s_hbm.fault[row].max()), float(shard.inputs.vrm_factor[row]),
-                         float(shard.inputs.inlet_offset_c[row]), bool(shard.dvfs.brake[row]),
-                         len(fleet.nodes[0].faults))
+        seen["after"] = (
+            bool(shard.inputs.pump_overcurrent[row].any()),
+            bool(shard.inputs.valve_stuck[row].any()),
+            int(shard.s_hbm.fault[row].max()),
+            float(shard.inputs.vrm_factor[row]),
+            float(shard.inputs.inlet_offset_c[row]),
+            bool(shard.dvfs.brake[row]),
+            len(fleet.nodes[0].faults),
+        )
         return seen
 
     seen = scenario(fn)
@@ -207,7 +234,9 @@ def test_hbm_faults_reach_the_ras_firmware():
 def test_crash_leaves_the_will_holds_the_hardware_and_reboots():
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
-        await host.request(0, Op.SET_POWER_CAP, __import__("mcm_firmware.protocol", fromlist=["x"]).PowerCapArgs(watts=900.0))
+        await host.request(
+            0, Op.SET_POWER_CAP, __import__("mcm_firmware.protocol", fromlist=["x"]).PowerCapArgs(watts=900.0)
+        )
         await asyncio.sleep(5)
         await inject(host, 0, "crash", "6")
         await asyncio.sleep(1)
@@ -224,7 +253,7 @@ def test_crash_leaves_the_will_holds_the_hardware_and_reboots():
     (up, active, pstate), held, st, rec = scenario(fn)
     assert not up and not active and (held == pstate).all()  # the clocks stay where they were
     assert st.boot_count == 2 and st.snapshot.power_cap_w == 1300.0  # firmware state starts afresh
-    states = [m for m in rec.of(0, Channel.STATE)]
+    states = list(rec.of(0, Channel.STATE))
     kinds = [(type(m).__name__, getattr(m, "reason", None)) for m in states]
     assert ("Death", DeathReason.CONNECTION_LOST) in kinds
     births = [m for m in states if isinstance(m, Birth)]
@@ -270,13 +299,15 @@ def test_link_corrupt_gets_frames_rejected():
         await inject(host, 0, "link-corrupt", "1.0")
         await asyncio.sleep(2)
         node = fleet.nodes[0]
-        from mcm_firmware.runtime.injection import clear_faults
         from mcm_firmware.faults import ClearSpec
+        from mcm_firmware.runtime.injection import clear_faults
+
         clear_faults(node, ClearSpec(None))  # over the wire the clear would be corrupted too
         await asyncio.sleep(1)
         return rec
 
     rec = scenario(fn)
     from mcm_firmware.protocol import FrameError
+
     bad = [m for a, m, _ in rec.frames if isinstance(m, FrameError)]
     assert len(bad) > 10  # every frame the node sent while corrupting

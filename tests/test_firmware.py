@@ -4,15 +4,15 @@ power capping, thermal slowdown and shutdown, coolant failsafe, pump failover, n
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
 
-from mcm_firmware.protocol import ClockReason
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.plant.workload import Workload
 from mcm_firmware.profile import load_profile
-from mcm_firmware.protocol import CoolingMode, EventCode
+from mcm_firmware.protocol import ClockReason, CoolingMode, EventCode
 from mcm_firmware.runtime.shard import Shard
 
 PROFILES = ["colossus-mcm", "h100-sxm-class", "mi300x-class"]
@@ -21,18 +21,21 @@ PROFILES = ["colossus-mcm", "h100-sxm-class", "mi300x-class"]
 class Sim:
     """One shard stepped tick by tick, keeping a trace of what the tests look at."""
 
-    def __init__(self, profile: str, n: int = 1, *, seed: int = 1, workload: Workload = Workload.STEADY,
-                 scale: float = 1.0) -> None:
+    def __init__(
+        self, profile: str, n: int = 1, *, seed: int = 1, workload: Workload = Workload.STEADY, scale: float = 1.0
+    ) -> None:
         self.p = load_profile(profile)
         self.sh = Shard(self.p, n, seed=seed)
         self.sh.workload.set(slice(None), workload, scale)
         self.events: list = []
-        self.trace: dict[str, list] = {k: [] for k in (
-            "t", "power", "t_die", "t_sensor", "mhz", "reasons", "shutdown", "pump_on", "valve", "failsafe")}
+        self.trace: dict[str, list] = {
+            k: []
+            for k in ("t", "power", "t_die", "t_sensor", "mhz", "reasons", "shutdown", "pump_on", "valve", "failsafe")
+        }
 
     def run(self, seconds: float, on_tick=None) -> None:
         sh = self.sh
-        for _ in range(int(round(seconds * sh.tick_hz))):
+        for _ in range(round(seconds * sh.tick_hz)):
             sh.tick()
             if on_tick:
                 on_tick(self)
@@ -80,7 +83,7 @@ def test_equal_percentage_valve_characteristic():
     x = np.array([100.0, 75.0, 50.0, 25.0, 0.0])
     f = valve_flow_fraction(x, 50.0)
     assert f[0] == pytest.approx(1.0)
-    assert f[1] / f[0] == pytest.approx(f[2] / f[1]) == pytest.approx(f[3] / f[2]) == pytest.approx(50 ** -0.25)
+    assert f[1] / f[0] == pytest.approx(f[2] / f[1]) == pytest.approx(f[3] / f[2]) == pytest.approx(50**-0.25)
     assert f[4] == 0.0  # a shut valve passes nothing
 
 
@@ -168,7 +171,7 @@ def test_average_power_meets_a_new_cap_within_the_long_window(profile):
     sim.sh.dvfs.cap_w[0] = cap
     sim.run(3 * sim.p.power.long_window_s)
     power = sim.a("power")[:, 0]
-    w = int(round(sim.p.power.long_window_s * sim.sh.tick_hz))
+    w = round(sim.p.power.long_window_s * sim.sh.tick_hz)
     means = window_means(power[t0:], w)  # every window that starts at or after the change
     assert means.max() <= cap * 1.02, f"window mean {means.max():.1f} W over cap {cap} W"
     assert means[-1] >= cap * 0.95  # the cap is used, not undershot
@@ -187,14 +190,14 @@ def test_pl2_allows_a_burst_above_the_cap_while_pl1_has_budget(profile):
     avg_long = []
     sim.run(8 * sim.p.power.long_window_s, on_tick=lambda x: avg_long.append(x.sh.dvfs.avg_long[0]))
     power = sim.a("power")[t0:, 0]
-    short = window_means(power, int(round(sim.p.power.short_window_s * sim.sh.tick_hz)))
+    short = window_means(power, round(sim.p.power.short_window_s * sim.sh.tick_hz))
     assert short.max() > cap * 1.05  # a burst above the cap ...
     # ... bounded by PL2: one control period late at the load step, and by the estimator's error
     # until its trim has learned
     assert short.max() <= pl2 * 1.08
     assert max(avg_long) <= cap * 1.02  # PL1: the long (exponentially weighted) average holds
     settled = int(4 * sim.p.power.long_window_s * sim.sh.tick_hz)
-    w = int(round(sim.p.power.long_window_s * sim.sh.tick_hz))
+    w = round(sim.p.power.long_window_s * sim.sh.tick_hz)
     assert window_means(power[settled:], w).max() <= cap * 1.02  # budget spent: back to the cap
 
 
@@ -215,7 +218,7 @@ def test_a_fluctuating_load_holds_pl1_and_the_cap_over_a_few_windows(profile, wo
     sim.run(60, on_tick=lambda x: avg_long.append(x.sh.dvfs.avg_long[0]))
     power = sim.a("power")[t0:, 0]
     assert max(avg_long) <= cap * 1.02, f"PL1 average {max(avg_long):.1f} W over cap {cap} W"
-    means = window_means(power, int(round(4 * sim.p.power.long_window_s * sim.sh.tick_hz)))
+    means = window_means(power, round(4 * sim.p.power.long_window_s * sim.sh.tick_hz))
     assert means.max() <= cap * 1.02, f"mean over four windows {means.max():.1f} W over cap {cap} W"
     assert power.max() > cap  # PL2 bursts do happen
     assert 0.8 <= sim.sh.dvfs.trim[0] <= 1.2
@@ -334,7 +337,7 @@ def test_shutdown_and_recovery_with_hysteresis(profile):
     back = int(np.argmax(~shut))
     assert not shut[-1], "the module powers its dice on again"
     assert hottest[back - 1] < th.slowdown_c - th.hysteresis_c  # only once well below slowdown
-    assert (hottest[:back - 1] >= th.slowdown_c - th.hysteresis_c - 0.01).all()
+    assert (hottest[: back - 1] >= th.slowdown_c - th.hysteresis_c - 0.01).all()
     assert sim.codes(EventCode.THERMAL_RECOVERY)
 
 
@@ -406,7 +409,7 @@ def test_both_pumps_lost_natural_convection_then_shutdown_if_it_still_heats(prof
     assert (mhz[before] == sim.p.min_mhz).all() and (reasons[before] & ClockReason.SW_THERMAL_SLOWDOWN).all()
     assert sim.a("t_die")[n0:, 0, :].max() < sim.p.thermal.shutdown_c  # off before the hard limit
     assert shut[-1], "no pump: it stays off"
-    off = [e for e in sim.codes(EventCode.THERMAL_SHUTDOWN)]
+    off = list(sim.codes(EventCode.THERMAL_SHUTDOWN))
     assert "natural convection" in off[0].text
 
 
@@ -521,7 +524,7 @@ def test_a_vrm_that_keeps_tripping_is_one_incident():
     sim.sh.inputs.vrm_factor[0] = 1.6
     ocp: list[bool] = []
     sim.run(120, on_tick=lambda x: ocp.append(bool(x.sh.dvfs.hw_ocp[0])))
-    comparator_trips = sum(1 for a, b in zip(ocp, ocp[1:]) if b and not a)
+    comparator_trips = sum(1 for a, b in itertools.pairwise(ocp) if b and not a)
     reported = sim.codes(EventCode.VRM_OVERCURRENT)
     assert comparator_trips >= 5 and 1 <= len(reported) <= comparator_trips / 3
     sim.sh.inputs.vrm_factor[0] = 1.0

@@ -13,8 +13,7 @@ import pytest
 import mcm_firmware.runtime.node as node_module
 from mcm_firmware.fuzz import Probe, judge, replay, run_campaign
 from mcm_firmware.fuzz.report import write_report
-from mcm_firmware.protocol import Birth, Command, FrameFlags, Op, Response, Status, decode, encode
-from mcm_firmware.protocol import PowerCapArgs
+from mcm_firmware.protocol import Birth, Command, FrameFlags, Op, PowerCapArgs, Response, Status, decode, encode
 from mcm_firmware.target import emulated_target
 from mcm_firmware.testing.strategies import fix_crc
 from mcm_firmware.transport import transport_factory
@@ -32,25 +31,60 @@ def _resp(status=Status.OK, rid=7):
     return Response(node_id=NODE, request_id=rid, op=Op.PING, status=status)
 
 
-@pytest.mark.parametrize("frame, replies, finding", [
-    (_cmd(), [_resp()], None),
-    (_cmd(), [_resp(Status.BAD_ARGUMENT)], None),
-    (_cmd(), [], "no-reply"),
-    (_cmd(), [_resp(), _resp()], "unexpected-reply"),
-    (_cmd(), [_resp(Status.INTERNAL)], "internal-error"),
-    (_cmd(node=NODE + 1), [], None),
-    (_cmd(node=NODE + 1), [_resp()], "unexpected-reply"),
-    (_cmd(flags=0), [_resp(Status.BAD_REQUEST)], None),
-    (_cmd(flags=0), [_resp()], "unexpected-reply"),
-    (encode(Birth(node_id=NODE, profile="p", firmware="f", capabilities=0, boot_count=1, bdseq=1,
-                  dies=4, hbm_stacks=8, pumps=2, valves=4)), [], None),
-    (encode(Birth(node_id=NODE, profile="p", firmware="f", capabilities=0, boot_count=1, bdseq=1,
-                  dies=4, hbm_stacks=8, pumps=2, valves=4)), [_resp()], "unexpected-reply"),
-    (_cmd()[:-1] + b"\x00", [], None),  # bad CRC, dropped
-    (_cmd()[:-1] + b"\x00", [_resp()], "executed-malformed"),
-    (fix_crc(_cmd()[:-6] + b"\x77\x77" + _cmd()[-4:]), [_resp(Status.UNKNOWN_OP)], None),  # unknown op, answered
-    (fix_crc(_cmd()[:-6] + b"\x77\x77" + _cmd()[-4:]), [_resp(Status.OK)], "executed-malformed"),
-])
+@pytest.mark.parametrize(
+    "frame, replies, finding",
+    [
+        (_cmd(), [_resp()], None),
+        (_cmd(), [_resp(Status.BAD_ARGUMENT)], None),
+        (_cmd(), [], "no-reply"),
+        (_cmd(), [_resp(), _resp()], "unexpected-reply"),
+        (_cmd(), [_resp(Status.INTERNAL)], "internal-error"),
+        (_cmd(node=NODE + 1), [], None),
+        (_cmd(node=NODE + 1), [_resp()], "unexpected-reply"),
+        (_cmd(flags=0), [_resp(Status.BAD_REQUEST)], None),
+        (_cmd(flags=0), [_resp()], "unexpected-reply"),
+        (
+            encode(
+                Birth(
+                    node_id=NODE,
+                    profile="p",
+                    firmware="f",
+                    capabilities=0,
+                    boot_count=1,
+                    bdseq=1,
+                    dies=4,
+                    hbm_stacks=8,
+                    pumps=2,
+                    valves=4,
+                )
+            ),
+            [],
+            None,
+        ),
+        (
+            encode(
+                Birth(
+                    node_id=NODE,
+                    profile="p",
+                    firmware="f",
+                    capabilities=0,
+                    boot_count=1,
+                    bdseq=1,
+                    dies=4,
+                    hbm_stacks=8,
+                    pumps=2,
+                    valves=4,
+                )
+            ),
+            [_resp()],
+            "unexpected-reply",
+        ),
+        (_cmd()[:-1] + b"\x00", [], None),  # bad CRC, dropped
+        (_cmd()[:-1] + b"\x00", [_resp()], "executed-malformed"),
+        (fix_crc(_cmd()[:-6] + b"\x77\x77" + _cmd()[-4:]), [_resp(Status.UNKNOWN_OP)], None),  # unknown op, answered
+        (fix_crc(_cmd()[:-6] + b"\x77\x77" + _cmd()[-4:]), [_resp(Status.OK)], "executed-malformed"),
+    ],
+)
 def test_the_oracle(frame, replies, finding):
     v = judge(Probe("t", frame), replies, node=NODE, earlier={})
     assert (v.finding.kind if v.finding else None) == finding, v
@@ -67,8 +101,9 @@ def test_a_replay_must_get_the_same_answer():
 async def _campaign(duration: float, seed: int = 1, **kw):
     async with emulated_target(node=NODE) as target:
         tr = transport_factory(target.transport_url)("fuzz-test")
-        return await run_campaign(tr, fleet=target.fleet, node=NODE, target="emulated",
-                                  duration=duration, seed_value=seed, **kw)
+        return await run_campaign(
+            tr, fleet=target.fleet, node=NODE, target="emulated", duration=duration, seed_value=seed, **kw
+        )
 
 
 async def test_campaign_against_an_emulated_node_finds_nothing_and_covers_every_kind():
@@ -150,12 +185,15 @@ def test_cli_fuzz_over_mosquitto_and_a_pty(cli_process, mosquitto):
     assert s["failures"] == [] and s["executions"] > 50
 
 
-@pytest.mark.parametrize("argv, code, needle", [
-    (["fuzz", "--target", "ftp://x"], 2, "expected emulated, mqtt://HOST:PORT/NODE or serial://PORT"),
-    (["fuzz", "--target", "mqtt://127.0.0.1:1"], 2, "node id as the path"),
-    (["fuzz", "--duration", "0"], 2, "--duration"),
-    (["fuzz", "--target", "mqtt://127.0.0.1:1/3", "--duration", "1"], 1, "cannot connect"),
-])
+@pytest.mark.parametrize(
+    "argv, code, needle",
+    [
+        (["fuzz", "--target", "ftp://x"], 2, "expected emulated, mqtt://HOST:PORT/NODE or serial://PORT"),
+        (["fuzz", "--target", "mqtt://127.0.0.1:1"], 2, "node id as the path"),
+        (["fuzz", "--duration", "0"], 2, "--duration"),
+        (["fuzz", "--target", "mqtt://127.0.0.1:1/3", "--duration", "1"], 1, "cannot connect"),
+    ],
+)
 def test_bad_fuzz_arguments(argv, code, needle):
     r = run_cli(*argv, timeout=60)
     assert r.returncode == code and needle in r.stderr, r.stderr

@@ -45,8 +45,9 @@ def test_the_strategies_reach_every_type_operation_and_result():
             seen.add(type(m.data))
 
     for t in MsgType:
-        settings(max_examples=300, database=None, derandomize=True,
-                 suppress_health_check=list(HealthCheck))(given(messages(t))(collect))()
+        settings(max_examples=300, database=None, derandomize=True, suppress_health_check=list(HealthCheck))(
+            given(messages(t))(collect)
+        )()
     missing = ({*MsgType} | {*Op} | set(RESULT_TYPES.values())) - seen
     assert not missing, missing
 
@@ -72,7 +73,7 @@ def test_compiled_and_uncompiled_parsers_agree_on_mutated_bodies(case):
     _, frame = case
     if len(frame) < frames.HEADER_SIZE + frames.CRC_SIZE or frame[3] not in {int(t) for t in MsgType}:
         return
-    payload = frame[frames.HEADER_SIZE:-frames.CRC_SIZE]
+    payload = frame[frames.HEADER_SIZE : -frames.CRC_SIZE]
     t = MsgType(frame[3])
     outcomes = []
     for con in (frames.BODIES[t], frames.COMPILED_BODIES[t]):
@@ -81,7 +82,9 @@ def test_compiled_and_uncompiled_parsers_agree_on_mutated_bodies(case):
         except (c.ConstructError, UnicodeDecodeError, ValueError) as e:
             outcomes.append(("error", type(e).__name__ if not isinstance(e, c.ConstructError) else "construct"))
         except Exception as e:  # noqa: BLE001 - compiled code raises plain Python errors
-            outcomes.append(("error", "construct" if type(e).__name__ in ("StreamError", "error") else type(e).__name__))
+            outcomes.append(
+                ("error", "construct" if type(e).__name__ in ("StreamError", "error") else type(e).__name__)
+            )
     assert outcomes[0][0] == outcomes[1][0], outcomes
     if outcomes[0][0] == "ok":
         assert outcomes[0] == outcomes[1]

@@ -29,14 +29,20 @@ SIM = str(ROOT / "tools" / "rig_sim.py")
 
 
 def _fleet(bus: LoopbackBus) -> Fleet:
-    return Fleet.uniform(nodes=2, profile=load_profile("colossus-mcm"), fleet="t",
-                         transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
-                         clock=RealClock(), seed=3)
+    return Fleet.uniform(
+        nodes=2,
+        profile=load_profile("colossus-mcm"),
+        fleet="t",
+        transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+        clock=RealClock(),
+        seed=3,
+    )
 
 
 def _events(rec: Recorder, node: int, code: EventCode, since: float = 0.0) -> list[tuple[float, Event]]:
-    return [(t, m) for t, m in rec.timed if m.node_id == node and isinstance(m, Event) and m.code == code
-            and t >= since]
+    return [
+        (t, m) for t, m in rec.timed if m.node_id == node and isinstance(m, Event) and m.code == code and t >= since
+    ]
 
 
 class TimedRecorder(Recorder):
@@ -66,8 +72,13 @@ async def _until(pred, timeout: float, what: str) -> float:
 
 
 def _sim(path: str, rig: str = "bench-tc-valve") -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, SIM, path, "--rig", rig], env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, SIM, path, "--rig", rig],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 async def test_rig_backed_node_beside_an_emulated_node_unplug_and_plug_back():
@@ -200,18 +211,21 @@ def test_rig_profiles_are_validated_naming_the_key(tmp_path):
     with pytest.raises(ProfileError, match="no such rig profile"):
         load_rig_profile("nope")
     rig = load_rig_profile("bench-tc-valve")
-    with pytest.raises(ValueError, match="channel 0 targets die:0, but the module has 0$"):
+    with pytest.raises(ValueError, match=r"channel 0 targets die:0, but the module has 0$"):
         rig.check_against(0, 8, 4)
     with pytest.raises(ValueError, match="channel 1 targets flow:0, but the module has 0"):
         rig.check_against(4, 8, 0)
 
 
-@pytest.mark.parametrize("rig, needle", [
-    ("bad", "expected NODE=RIG[@PORT]"),
-    ("7=bench-tc-valve", "node 7 is not in this fleet"),
-    ("0=nosuch", "no such rig profile"),
-    ("0=bench-tc-valve@bogus", "not a device path"),
-])
+@pytest.mark.parametrize(
+    "rig, needle",
+    [
+        ("bad", "expected NODE=RIG[@PORT]"),
+        ("7=bench-tc-valve", "node 7 is not in this fleet"),
+        ("0=nosuch", "no such rig profile"),
+        ("0=bench-tc-valve@bogus", "not a device path"),
+    ],
+)
 def test_bad_rig_options_exit_2_naming_them(rig, needle):
     from .conftest import free_port
 

@@ -11,8 +11,7 @@ import pytest
 
 from mcm_firmware.faults import FaultKind
 from mcm_firmware.host.client import NodeError, RequestTimeout
-from mcm_firmware.protocol import Birth, Op, Status, decode
-from mcm_firmware.protocol import ClearFaultArgs, InjectArgs, PowerCapArgs
+from mcm_firmware.protocol import Birth, ClearFaultArgs, InjectArgs, Op, PowerCapArgs, Status, decode
 from mcm_firmware.target import emulated_target, host_client
 from mcm_firmware.transport import Address, Channel, Subscription, transport_factory
 
@@ -48,12 +47,14 @@ class TestHostContract:
         assert (await host.status(NODE)).snapshot.power_cap_w == 800.0
 
     async def test_inject_and_clear_a_fault(self, host, target):
-        await host.request(NODE, Op.INJECT, InjectArgs(kind=int(FaultKind.PUMP_FAIL), target="A",
-                                                      value=math.nan, value2=math.nan))
+        await host.request(
+            NODE, Op.INJECT, InjectArgs(kind=int(FaultKind.PUMP_FAIL), target="A", value=math.nan, value2=math.nan)
+        )
         assert any(f.startswith("pump-fail A") for f in (await host.status(NODE)).faults)
         with pytest.raises(NodeError, match="pump C"):
-            await host.request(NODE, Op.INJECT, InjectArgs(kind=int(FaultKind.PUMP_FAIL), target="C",
-                                                          value=math.nan, value2=math.nan))
+            await host.request(
+                NODE, Op.INJECT, InjectArgs(kind=int(FaultKind.PUMP_FAIL), target="C", value=math.nan, value2=math.nan)
+            )
         await host.request(NODE, Op.CLEAR_FAULT, ClearFaultArgs(kind=0, target="all"))
         assert (await host.status(NODE)).faults == ()
 

@@ -91,11 +91,14 @@ def test_will_fires_on_crash_not_on_close():
     assert after_crash == {Address("f", 1, Channel.STATE): b"dead"}
 
 
-@pytest.mark.parametrize("faults, expect", [
-    (dict(drop=1.0), 0),
-    (dict(duplicate=1.0), 200),
-    (dict(), 100),
-])
+@pytest.mark.parametrize(
+    "faults, expect",
+    [
+        (dict(drop=1.0), 0),
+        (dict(duplicate=1.0), 200),
+        (dict(), 100),
+    ],
+)
 def test_fault_hook_drops_and_duplicates(faults, expect):
     async def main():
         hook = LinkFaults(seed=3, **faults)

@@ -40,8 +40,14 @@ from .conftest import run_cli
 
 
 def mqtt_fleet(url: str, nodes: int, fleet: str = "t") -> Fleet:
-    return Fleet.uniform(nodes=nodes, profile=load_profile("colossus-mcm"), fleet=fleet,
-                         transport_factory=transport_factory(url), clock=RealClock(), seed=3)
+    return Fleet.uniform(
+        nodes=nodes,
+        profile=load_profile("colossus-mcm"),
+        fleet=fleet,
+        transport_factory=transport_factory(url),
+        clock=RealClock(),
+        seed=3,
+    )
 
 
 async def collect_states(url: str, fleet: str, want: int, timeout: float = 10.0) -> dict[int, Birth | Death]:
@@ -49,11 +55,13 @@ async def collect_states(url: str, fleet: str, want: int, timeout: float = 10.0)
     await tr.connect()
     seen: dict[int, Birth | Death] = {}
     try:
+
         async def loop():
             async for addr, msg in watch_states(tr, fleet):
                 seen[addr.node] = msg
                 if len(seen) >= want:
                     return
+
         await asyncio.wait_for(loop(), timeout)
     finally:
         await tr.close()
@@ -89,8 +97,7 @@ async def test_births_are_retained_and_deaths_replace_them(mosquitto):
     assert {n: type(m) for n, m in states.items()} == {0: Birth, 1: Birth, 2: Birth}
     await fleet.stop()
     states = await collect_states(mosquitto.url, "t", 3)
-    assert {n: (type(m), m.reason) for n, m in states.items()} == {
-        n: (Death, DeathReason.SHUTDOWN) for n in range(3)}
+    assert {n: (type(m), m.reason) for n, m in states.items()} == dict.fromkeys(range(3), (Death, DeathReason.SHUTDOWN))
 
 
 async def test_telemetry_and_events_flow(mosquitto):
@@ -101,10 +108,12 @@ async def test_telemetry_and_events_flow(mosquitto):
     await fleet.start()
     got: list[tuple[Address, object]] = []
     try:
+
         async def loop():
             while sum(isinstance(m, Telemetry) for _, m in got) < 20:
                 d = await tr.receive()
                 got.append((d.address, decode(d.payload)))
+
         await asyncio.wait_for(loop(), 15)
     finally:
         await fleet.stop()
@@ -153,6 +162,7 @@ async def test_malformed_frames_are_rejected_and_the_node_keeps_working(mosquitt
                     responses[m.request_id] = m
                 elif isinstance(m, Event) and m.code == EventCode.FRAME_REJECTED:
                     rejected.append(Reason(m.subject))
+
         await asyncio.wait_for(loop(), 10)
     finally:
         await tr.close()
@@ -199,7 +209,9 @@ async def test_kill_9_leaves_retained_death_wills(mosquitto, cli_process):
             break
         await asyncio.sleep(0.2)
     assert {n: (type(m), m.reason) for n, m in states.items()} == {
-        0: (Death, DeathReason.CONNECTION_LOST), 1: (Death, DeathReason.CONNECTION_LOST)}
+        0: (Death, DeathReason.CONNECTION_LOST),
+        1: (Death, DeathReason.CONNECTION_LOST),
+    }
     assert all(states[n].bdseq == births[n].bdseq for n in states)
 
 
@@ -218,8 +230,21 @@ async def test_ctl_cli_against_mosquitto(mosquitto):
     assert obj["node"] == 1 and obj["ok"] is True and obj["rtt_ms"] > 0
     assert status.returncode == 0, status.stderr
     st = json.loads(status.stdout)
-    for key in ("node", "state", "profile", "uptime_s", "seq", "power_w", "power_cap_w", "failsafe",
-                "rx_rejected", "dies", "hbm", "pumps", "valves"):
+    for key in (
+        "node",
+        "state",
+        "profile",
+        "uptime_s",
+        "seq",
+        "power_w",
+        "power_cap_w",
+        "failsafe",
+        "rx_rejected",
+        "dies",
+        "hbm",
+        "pumps",
+        "valves",
+    ):
         assert key in st, key
     assert set(st["dies"][0]) >= {"temp_c", "power_w", "clock_mhz", "voltage_mv", "reasons"}
     assert set(st["hbm"][0]) >= {"temp_c", "ce", "ue"}

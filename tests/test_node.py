@@ -4,6 +4,7 @@ rejected frames, duplicates, reconnects."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import zlib
 
@@ -82,8 +83,13 @@ def test_birth_comes_after_the_command_subscription():
 
     async def main():
         bus = LoopbackBus()
-        fleet = Fleet.uniform(nodes=1, profile=load_profile("colossus-mcm"), fleet="t",
-                              transport_factory=lambda cid: Spy(bus, client_id=cid), clock=LoopClock())
+        fleet = Fleet.uniform(
+            nodes=1,
+            profile=load_profile("colossus-mcm"),
+            fleet="t",
+            transport_factory=lambda cid: Spy(bus, client_id=cid),
+            clock=LoopClock(),
+        )
         await fleet.start()
         await asyncio.sleep(1)
         await fleet.stop()
@@ -114,7 +120,9 @@ def test_stop_publishes_a_retained_shutdown_death():
 
     deaths = run_virtual(main)
     assert {n: (type(m), m.reason) for n, m in deaths.items()} == {
-        0: (Death, DeathReason.SHUTDOWN), 1: (Death, DeathReason.SHUTDOWN)}
+        0: (Death, DeathReason.SHUTDOWN),
+        1: (Death, DeathReason.SHUTDOWN),
+    }
 
 
 def test_a_crashed_node_leaves_its_will():
@@ -149,7 +157,7 @@ def test_telemetry_at_the_profile_rate_with_rising_sequence_numbers():
         snap = tlm[-1].snapshot
         assert len(snap.dies) == 4 and len(snap.hbm) == 8 and len(snap.pumps) == 2 and len(snap.valves) == 4
         stamps = [m.timestamp_ns for m in tlm]
-        gaps = {round((b - a) / 1e6) for a, b in zip(stamps, stamps[1:])}
+        gaps = {round((b - a) / 1e6) for a, b in itertools.pairwise(stamps)}
         assert gaps == {100}  # absolute deadlines: exactly 100 ms apart
 
 
@@ -189,8 +197,14 @@ def test_rejected_frames_are_counted_reported_and_answered_where_possible():
         body = bytearray(good[:-4])
         body[27:29] = struct.pack("<H", 0x7777)  # unknown operation, CRC fixed up
         unknown_op = bytes(body) + struct.pack("<I", zlib.crc32(body))
-        for frame in (b"garbage", bad_crc, unknown_op, encode(GOLDEN["response-ping"]),
-                      cmd(node=1, request_id=8), cmd(request_id=9, flags=0)):
+        for frame in (
+            b"garbage",
+            bad_crc,
+            unknown_op,
+            encode(GOLDEN["response-ping"]),
+            cmd(node=1, request_id=8),
+            cmd(request_id=9, flags=0),
+        ):
             await host.publish(addr, frame)
         await host.publish(addr, cmd(request_id=10))  # the node still works
         await asyncio.sleep(0.5)
@@ -240,8 +254,7 @@ def test_a_repeated_request_id_is_executed_once_and_answered_again():
         host = await raw_host(bus)
         addr = Address("t", 0, Channel.CMD)
         await host.publish(addr, cmd(request_id=42, op=Op.REBIRTH, seq=1))
-        await host.publish(addr, cmd(request_id=42, op=Op.REBIRTH, seq=2,
-                                     flags=FrameFlags.HOST | FrameFlags.RETRY))
+        await host.publish(addr, cmd(request_id=42, op=Op.REBIRTH, seq=2, flags=FrameFlags.HOST | FrameFlags.RETRY))
         await asyncio.sleep(0.5)
         await host.close()
         return fleet.nodes[0].counters, rec
@@ -277,8 +290,9 @@ def test_reconnect_with_backoff_publishes_birth_again():
 
 def test_commands_survive_a_lossy_link_thanks_to_retries():
     async def main():
-        faults = LinkFaults(drop=0.15, corrupt=0.1, duplicate=0.2, jitter=0.02, seed=7,
-                            channels=frozenset({Channel.CMD, Channel.RSP}))
+        faults = LinkFaults(
+            drop=0.15, corrupt=0.1, duplicate=0.2, jitter=0.02, seed=7, channels=frozenset({Channel.CMD, Channel.RSP})
+        )
         bus = LoopbackBus(hook=faults)
         fleet = loopback_fleet(bus, 1)
         await fleet.start()
@@ -301,6 +315,7 @@ def test_fleet_runs_are_deterministic():
     def digest(seed):
         async def main():
             import hashlib
+
             bus = LoopbackBus()
             rec = await Recorder(bus).start()
             fleet = loopback_fleet(bus, 3, seed=seed)
@@ -325,9 +340,14 @@ def test_an_operation_the_firmware_does_not_run_is_answered_unknown_op():
     async def main():
         bus = LoopbackBus()
         older = {op: h for op, h in HANDLERS.items() if op is not Op.REBIRTH}
-        fleet = Fleet.uniform(nodes=1, profile=load_profile("colossus-mcm"), fleet="t", clock=LoopClock(),
-                              transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
-                              handlers=older)
+        fleet = Fleet.uniform(
+            nodes=1,
+            profile=load_profile("colossus-mcm"),
+            fleet="t",
+            clock=LoopClock(),
+            transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+            handlers=older,
+        )
         await fleet.start()
         try:
             await asyncio.sleep(0.5)

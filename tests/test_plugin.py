@@ -15,9 +15,14 @@ from .conftest import ROOT, cli_env
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "tests/contract", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=cli_env(), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/contract", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=cli_env(),
+        timeout=120,
+    )
 
 
 def _counts(out: str) -> dict[str, int]:
@@ -51,21 +56,27 @@ def test_bad_target_is_a_usage_error():
     assert r.returncode == 4 and "expected emulated, mqtt://HOST:PORT/NODE or serial://PORT" in r.stderr
 
 
-@pytest.mark.parametrize("url, node, transport", [
-    ("mqtt://127.0.0.1:1883/4", 4, "mqtt://127.0.0.1:1883"),
-    ("serial:///dev/ttyUSB0?node=9&baud=921600", 9, "serial:///dev/ttyUSB0?baud=921600"),
-    ("serial://socket://127.0.0.1:7000?node=2", 2, "serial://socket://127.0.0.1:7000"),
-])
+@pytest.mark.parametrize(
+    "url, node, transport",
+    [
+        ("mqtt://127.0.0.1:1883/4", 4, "mqtt://127.0.0.1:1883"),
+        ("serial:///dev/ttyUSB0?node=9&baud=921600", 9, "serial:///dev/ttyUSB0?baud=921600"),
+        ("serial://socket://127.0.0.1:7000?node=2", 2, "serial://socket://127.0.0.1:7000"),
+    ],
+)
 def test_target_urls(url, node, transport):
     t = parse_target(url)
     assert (t.node, t.transport_url, t.emulated) == (node, transport, False)
 
 
-@pytest.mark.parametrize("url, why", [
-    ("mqtt://127.0.0.1:1883", "node id as the path"),
-    ("serial:///dev/x?node=abc", "node='abc' is not a node id"),
-    ("serial://ttyS0?node=1", "not a device path"),
-])
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("mqtt://127.0.0.1:1883", "node id as the path"),
+        ("serial:///dev/x?node=abc", "node='abc' is not a node id"),
+        ("serial://ttyS0?node=1", "not a device path"),
+    ],
+)
 def test_bad_target_urls(url, why):
     with pytest.raises(ValueError, match=re.escape(why)):
         parse_target(url)

@@ -93,6 +93,7 @@ def test_pstates_must_descend(tmp_path):
     def swap(d):
         ps = d["die"]["pstates"]
         ps[0], ps[1] = ps[1], ps[0]
+
     msg = bad_profile(tmp_path, swap)
     assert "key 'die.pstates'" in msg and "slower" in msg
 
@@ -110,12 +111,12 @@ def test_toml_syntax_error_names_the_file(tmp_path):
 
 
 def test_unreadable_file_names_the_file(tmp_path):
-    with pytest.raises(ProfileError, match="nope.toml: cannot read"):
+    with pytest.raises(ProfileError, match=r"nope\.toml: cannot read"):
         load_profile_file(tmp_path / "nope.toml")
 
 
 def test_unknown_profile_name_lists_the_known_ones():
-    with pytest.raises(ProfileError, match="no such profile.*colossus-mcm"):
+    with pytest.raises(ProfileError, match=r"no such profile.*colossus-mcm"):
         load_profile("does-not-exist")
 
 

@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mcm_firmware.control.ras import RasConfig, RasController, RasEventKind
-from mcm_firmware.plant import ecc
 from mcm_firmware.hbm import EccStatus, HbmGeometry, Location
+from mcm_firmware.plant import ecc
 from mcm_firmware.plant.memory import HbmStore
-from mcm_firmware.protocol import EccMode, RecoveryAction
 from mcm_firmware.profile import load_profile
+from mcm_firmware.protocol import EccMode, RecoveryAction
 
 words = st.integers(0, 2**32 - 1)
 bit = st.integers(0, ecc.CODEWORD_BITS - 1)
@@ -134,8 +134,7 @@ def test_a_failed_device_is_corrected_by_chipkill_and_not_by_secded():
     assert all(r.status is EccStatus.CORRECTED and r.data == r.addr & 0xFFFFFFFF for r in results[EccMode.CHIPKILL])
     # SEC-DED sees 1..4 garbage bits per word: one is corrected, two are detected, three or four
     # are detected or silently miscorrected. Either way most words do not come back right.
-    right = [r.status is not EccStatus.UNCORRECTABLE and r.data == r.addr & 0xFFFFFFFF
-             for r in results[EccMode.SECDED]]
+    right = [r.status is not EccStatus.UNCORRECTABLE and r.data == r.addr & 0xFFFFFFFF for r in results[EccMode.SECDED]]
     assert sum(right) < 60 and any(r.status is EccStatus.UNCORRECTABLE for r in results[EccMode.SECDED])
 
 
@@ -172,8 +171,11 @@ def kinds(events) -> list[str]:
 @pytest.mark.parametrize("profile", ["colossus-mcm", "h100-sxm-class"])
 def test_a_transient_upset_is_one_ce_counted_per_stack_and_channel(profile):
     r = controller(profile)
-    addr = GEO.encode(Location(2, 5, 1, 100, 8)) if r.cfg.geometry == GEO else r.cfg.geometry.encode(
-        Location(2, 5, 1, 100, 8))
+    addr = (
+        GEO.encode(Location(2, 5, 1, 100, 8))
+        if r.cfg.geometry == GEO
+        else r.cfg.geometry.encode(Location(2, 5, 1, 100, 8))
+    )
     r.inject(addr, [3])
     res, events = r.read(addr, t=1.0)
     assert res.status is EccStatus.CORRECTED and events == []
@@ -292,19 +294,18 @@ def test_clear_resets_counters_but_not_remap_state():
     assert r.ce.sum() == 0 and r.remap_pending
 
 
-@given(lines, st.lists(st.tuples(device, garbage), max_size=3, unique_by=lambda x: x[0]),
-       st.integers(0, 3))
+@given(lines, st.lists(st.tuples(device, garbage), max_size=3, unique_by=lambda x: x[0]), st.integers(0, 3))
 def test_store_reads_agree_with_the_decoder(line, corruptions, word):
     """The store computes one- and two-symbol outcomes from the true codeword; they must be what
     the real RS decoder says about the same stored bytes."""
     store = HbmStore(GEO, EccMode.CHIPKILL, random.Random(9))
     addr = GEO.encode(Location(1, 2, 3, 4, 8)) + word
     for k in range(4):
-        store.write((addr & ~3) + k, int.from_bytes(line[4 * k:4 * k + 4], "little"))
+        store.write((addr & ~3) + k, int.from_bytes(line[4 * k : 4 * k + 4], "little"))
     bits = [dev * 8 + (junk.bit_length() - 1) for dev, junk in corruptions]
     store.flip(addr, bits)
     raw = bytes(store._lines[addr >> 2])
     status, data, devices = ecc.chipkill_decode(raw)
     res = store.read(addr)
     assert res.status is status and list(res.detail) == devices
-    assert res.data == int.from_bytes(data[4 * word:4 * word + 4], "little")
+    assert res.data == int.from_bytes(data[4 * word : 4 * word + 4], "little")

@@ -109,8 +109,11 @@ def test_same_file_and_seed_give_the_same_digest_another_seed_another():
 def test_the_digest_covers_the_content_of_frames():
     # one fault more on one node changes the digest: it is not a count of frames
     sc = load_scenario_text(SHORT)
-    other = load_scenario_text(SHORT.replace('fault = "pump-fail A"', 'fault = "pump-fail A"\n\n[[fault]]\n'
-                                             'at = 6.0\nnodes = "2"\nfault = "inlet-step 1"'))
+    other = load_scenario_text(
+        SHORT.replace(
+            'fault = "pump-fail A"', 'fault = "pump-fail A"\n\n[[fault]]\nat = 6.0\nnodes = "2"\nfault = "inlet-step 1"'
+        )
+    )
     assert run_scenario(sc).digest != run_scenario(other).digest
 
 
@@ -132,13 +135,16 @@ def test_cli_run_prints_the_digest_and_every_expectation():
 
 
 def test_a_wrong_expectation_fails_naming_it(tmp_path):
-    wrong = SHORT + """
+    wrong = (
+        SHORT
+        + """
 [[expect]]
 name = "the dice stay below 40 C"
 type = "max"
 signal = "die_temp"
 below = 40
 """
+    )
     out = run_cli("scenario", "run", str(write(tmp_path, wrong)))
     assert out.returncode == 1, out.stderr
     fail = [line for line in out.stdout.splitlines() if line.startswith("  FAIL  ")]
@@ -151,31 +157,53 @@ below = 40
 MALFORMED = [
     ("[fleet]\nnodes = 2\ncolour = 'red'", ":7: fleet.colour: unknown key"),
     ("[fleet]\nnodes = 'two'", ":6: fleet.nodes: Input should be a valid integer"),
-    ("[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_tmp'\nbelow = 1",
-     ":10: expect.0.signal: unknown signal 'die_tmp'"),
-    ("[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_temp'\nbelow = 'slowdwn_c'",
-     ":11: expect.0.below: threshold 'slowdwn_c' is neither a number"),
-    ("[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'sometimes'\nsignal = 'die_temp'", ":9: expect.0.type: type must be one of event, max"),
-    ("[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_temp'\nbelow = 90\nabove = 3",
-     ":12: expect.0.above: unknown key for a max expectation"),
-    ("[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0'\nfault = 'pump-fail C'",
-     ":11: fault.0.fault: node 0: no pump C on this module (pumps: A, B)"),
-    ("[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0-7'\nfault = 'pump-fail A'",
-     ":10: fault.0.nodes: node selector '0-7' names nodes that do not exist"),
-    ("[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0'\nfault = 'pump-explode A'",
-     ":11: fault.0.fault: unknown fault 'pump-explode'"),
-    ("[fleet]\nnodes = 2\n\n[[fault]]\nat = 11.0\nnodes = '0'\nfault = 'pump-fail A'",
-     ":9: fault.0.at: at 11 s is after the end (10 s)"),
-    ("[fleet]\nnodes = 2\n\n[[command]]\nat = 1.0\nnodes = '0'\ncommand = 'set-power-cap lots'",
-     ":11: command.0.command"),
-    ("[fleet]\nnodes = 2\n\n[[fleet.group]]\nnodes = '1'\nprofile = 'h200'",
-     ":10: fleet.group.0.profile: h200: no such profile"),
+    (
+        "[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_tmp'\nbelow = 1",
+        ":10: expect.0.signal: unknown signal 'die_tmp'",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_temp'\nbelow = 'slowdwn_c'",
+        ":11: expect.0.below: threshold 'slowdwn_c' is neither a number",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'sometimes'\nsignal = 'die_temp'",
+        ":9: expect.0.type: type must be one of event, max",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[expect]]\ntype = 'max'\nsignal = 'die_temp'\nbelow = 90\nabove = 3",
+        ":12: expect.0.above: unknown key for a max expectation",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0'\nfault = 'pump-fail C'",
+        ":11: fault.0.fault: node 0: no pump C on this module (pumps: A, B)",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0-7'\nfault = 'pump-fail A'",
+        ":10: fault.0.nodes: node selector '0-7' names nodes that do not exist",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[fault]]\nat = 1.0\nnodes = '0'\nfault = 'pump-explode A'",
+        ":11: fault.0.fault: unknown fault 'pump-explode'",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[fault]]\nat = 11.0\nnodes = '0'\nfault = 'pump-fail A'",
+        ":9: fault.0.at: at 11 s is after the end (10 s)",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[command]]\nat = 1.0\nnodes = '0'\ncommand = 'set-power-cap lots'",
+        ":11: command.0.command",
+    ),
+    (
+        "[fleet]\nnodes = 2\n\n[[fleet.group]]\nnodes = '1'\nprofile = 'h200'",
+        ":10: fleet.group.0.profile: h200: no such profile",
+    ),
     ("[fleet]\nnodes = [2", ":6: TOML syntax error"),
 ]
 
 
-@pytest.mark.parametrize("body, needle", MALFORMED, ids=[n.split(": ")[0].strip(":") + "-" + str(i)
-                                                         for i, (_, n) in enumerate(MALFORMED)])
+@pytest.mark.parametrize(
+    "body, needle", MALFORMED, ids=[n.split(": ")[0].strip(":") + "-" + str(i) for i, (_, n) in enumerate(MALFORMED)]
+)
 def test_malformed_scenarios_are_refused_naming_file_line_and_key(tmp_path, body, needle):
     text = 'name = "bad"\nseed = 1\nduration_s = 10\n\n' + body + "\n"
     path = write(tmp_path, text, "bad.toml")
@@ -188,15 +216,18 @@ def test_malformed_scenarios_are_refused_naming_file_line_and_key(tmp_path, body
         assert needle in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("args, needle", [
-    (("scenario", "run", "no-such-scenario"), "no such scenario (shipped: "),
-    (("scenario", "run", "pump-failure", "--realtime"), "--realtime needs --broker URL"),
-    (("scenario", "run", "pump-failure", "--broker", "mqtt://127.0.0.1:1"), "--broker goes with --realtime"),
-    (("scenario", "run", "pump-failure", "--seed", "-1"), "--seed must be within"),
-    (("scenario", "run", "pump-failure", "--speed", "0"), "--speed must be within"),
-    (("scenario", "validate", "/nonexistent/x.toml"), "cannot read"),
-    (("replay", "/nonexistent/x.jsonl.gz"), "x.jsonl.gz"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("scenario", "run", "no-such-scenario"), "no such scenario (shipped: "),
+        (("scenario", "run", "pump-failure", "--realtime"), "--realtime needs --broker URL"),
+        (("scenario", "run", "pump-failure", "--broker", "mqtt://127.0.0.1:1"), "--broker goes with --realtime"),
+        (("scenario", "run", "pump-failure", "--seed", "-1"), "--seed must be within"),
+        (("scenario", "run", "pump-failure", "--speed", "0"), "--speed must be within"),
+        (("scenario", "validate", "/nonexistent/x.toml"), "cannot read"),
+        (("replay", "/nonexistent/x.jsonl.gz"), "x.jsonl.gz"),
+    ],
+)
 def test_bad_scenario_and_replay_arguments_exit_2(args, needle):
     out = run_cli(*args)
     assert out.returncode == 2, (args, out.stdout, out.stderr)
@@ -289,9 +320,22 @@ async def test_scenario_record_then_replay_to_mosquitto(tmp_path, mosquitto):
     watcher = asyncio.create_task(collect(mosquitto.url, "replayed", len(frames), 30))
     await asyncio.sleep(0.5)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcm_firmware", "replay", str(rec), "--broker", mosquitto.url, "--speed", "50",
-        "--fleet", "replayed", cwd=ROOT, env=cli_env(), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "mcm_firmware",
+        "replay",
+        str(rec),
+        "--broker",
+        mosquitto.url,
+        "--speed",
+        "50",
+        "--fleet",
+        "replayed",
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert f"replayed {len(frames)} frames of fleet 'replayed'".encode() in out
@@ -310,8 +354,10 @@ async def test_scenario_record_then_replay_to_mosquitto(tmp_path, mosquitto):
 def test_a_corrupt_recording_is_refused_naming_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl.gz"
     with gzip.open(bad, "wt") as f:
-        f.write(json.dumps({"format": "mcm-emu-record", "version": 1, "fleet": "x", "clock": "real",
-                            "started_ns": 0}) + "\n")
+        f.write(
+            json.dumps({"format": "mcm-emu-record", "version": 1, "fleet": "x", "clock": "real", "started_ns": 0})
+            + "\n"
+        )
         f.write('{"t_ns": 1, "topic": "mcm/v1/x/0/tlm", "retain": false, "frame": "AAAA"}\n')
         f.write("{not json\n")
     out = run_cli("replay", str(bad), "--broker", "mqtt://127.0.0.1:1")
@@ -324,8 +370,7 @@ def test_a_corrupt_recording_is_refused_naming_the_line(tmp_path):
 
 def test_run_record_keeps_every_frame_of_a_live_fleet(tmp_path, cli_process):
     rec = tmp_path / "live.jsonl.gz"
-    p = cli_process("run", "--nodes", "3", "--embedded-port", str(free_port()), "--duration", "2",
-                    "--record", str(rec))
+    p = cli_process("run", "--nodes", "3", "--embedded-port", str(free_port()), "--duration", "2", "--record", str(rec))
     assert p.wait(60) == 0
     line = p.wait_line("recorded ")
     header, frames = read_recording(rec)
@@ -349,9 +394,23 @@ async def test_the_same_scenario_runs_in_real_time_over_mosquitto(tmp_path, mosq
     watcher = asyncio.create_task(collect(mosquitto.url, "scenario", 10**9, 8))
     await asyncio.sleep(0.3)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mcm_firmware", "scenario", "run", str(path), "--realtime", "--broker",
-        mosquitto.url, "--speed", "4", "--json", cwd=ROOT, env=cli_env(), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "mcm_firmware",
+        "scenario",
+        "run",
+        str(path),
+        "--realtime",
+        "--broker",
+        mosquitto.url,
+        "--speed",
+        "4",
+        "--json",
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     summary = json.loads(out)

@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, settings
 from mcm_firmware.testing.stateful import NodeMachine
 
 TestNodeMachine = NodeMachine.TestCase
-TestNodeMachine.settings = settings(settings.default, stateful_step_count=25,
-                                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TestNodeMachine.settings = settings(
+    settings.default, stateful_step_count=25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def test_the_machine_catches_a_planted_bug(monkeypatch):
@@ -25,7 +26,15 @@ def test_the_machine_catches_a_planted_bug(monkeypatch):
 
     monkeypatch.setitem(HANDLERS, Op.SET_POWER_CAP, lax)
     with pytest.raises(AssertionError) as info:
-        run_state_machine_as_test(NodeMachine, settings=settings(
-            max_examples=300, stateful_step_count=20, deadline=None, database=None, derandomize=True,
-            suppress_health_check=list(HealthCheck)))
+        run_state_machine_as_test(
+            NodeMachine,
+            settings=settings(
+                max_examples=300,
+                stateful_step_count=20,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            ),
+        )
     assert "set_power_cap" in "".join(getattr(info.value, "__notes__", [])) or "watts" in str(info.value)

@@ -26,9 +26,20 @@ def test_every_message_has_a_json_and_a_text_view(name):
 
 def test_failed_sensors_read_null_in_json():
     dead = SNAPSHOT._replace(dies=(SNAPSHOT.dies[0]._replace(temp_c=math.nan),) + SNAPSHOT.dies[1:])
-    st = StatusResult(profile="p", firmware="f", boot_count=1, tx_seq=1, rx_frames=0, tx_frames=0,
-                      tx_dropped=0, reconnects=0, link_util_permille=0, pump_names=("A", "B"), faults=(),
-                      snapshot=dead)
+    st = StatusResult(
+        profile="p",
+        firmware="f",
+        boot_count=1,
+        tx_seq=1,
+        rx_frames=0,
+        tx_frames=0,
+        tx_dropped=0,
+        reconnects=0,
+        link_util_permille=0,
+        pump_names=("A", "B"),
+        faults=(),
+        snapshot=dead,
+    )
     obj = json.loads(json.dumps(status_json(4, st), allow_nan=False))
     assert obj["dies"][0]["temp_c"] is None and obj["dies"][1]["temp_c"] == 71.5
     assert obj["dies"][1]["reason_names"] == ["SW_POWER_CAP"]

@@ -17,11 +17,10 @@ import zlib
 
 import numpy as np
 
-from mcm_firmware.protocol import codec, decode, encode, frames
+from mcm_firmware.profile import load_profile
+from mcm_firmware.protocol import MsgType, Telemetry, codec, decode, encode, frames
 from mcm_firmware.protocol.messages import to_container
 from mcm_firmware.runtime.shard import Shard
-from mcm_firmware.profile import load_profile
-from mcm_firmware.protocol import MsgType, Telemetry
 
 
 def per_call(fn, seconds: float) -> float:
@@ -81,11 +80,13 @@ def main() -> None:
         "mcm codec: encode (typed message -> frame)": per_call(lambda: encode(msg), args.seconds),
         "mcm codec: decode (frame -> typed message)": per_call(lambda: decode(frame), args.seconds),
         "mcm node path: frame_bytes(record bytes)": per_call(
-            lambda: codec.frame_bytes(3, 1, 1, 1, 0, rec[0].tobytes()), args.seconds),
+            lambda: codec.frame_bytes(3, 1, 1, 1, 0, rec[0].tobytes()), args.seconds
+        ),
         "construct compiled: build body": per_call(lambda: compiled.build(container), args.seconds),
         "construct compiled: parse body": per_call(lambda: compiled.parse(payload), args.seconds),
         "construct uncompiled: parse whole frame (RawCopy+Checksum)": per_call(
-            lambda: frames.Frame.parse(frame), args.seconds),
+            lambda: frames.Frame.parse(frame), args.seconds
+        ),
     }
     vec = per_call(lambda: shard.records(rows), args.seconds)
     print(f"telemetry frame: {len(frame)} bytes (colossus-mcm: 4 dice, 8 HBM stacks, 2 pumps, 4 valves)")

@@ -52,7 +52,7 @@ def start_mosquitto() -> tuple[subprocess.Popen, str, str]:
 
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 async def bench(url: str, count: int, rate: float) -> list[float]:
@@ -84,8 +84,10 @@ def main() -> None:
     url = args.broker
     if url is None:
         mosq, url, tmp = start_mosquitto()
-    nodes = subprocess.Popen([sys.executable, "-m", "mcm_firmware", "run", "--broker", url, "--nodes",
-                              str(args.nodes), "--fleet", "bench"], stdout=subprocess.DEVNULL)
+    nodes = subprocess.Popen(
+        [sys.executable, "-m", "mcm_firmware", "run", "--broker", url, "--nodes", str(args.nodes), "--fleet", "bench"],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         rtts = asyncio.run(bench(url, args.count, args.rate))
     finally:
@@ -96,10 +98,14 @@ def main() -> None:
             mosq.wait(5)
             shutil.rmtree(tmp, ignore_errors=True)
     ms = [r * 1e3 for r in rtts]
-    print(f"ping over {url} ({'private mosquitto' if mosq else 'given broker'}), {args.nodes} nodes "
-          f"publishing telemetry, {len(ms)} pings at {args.rate:g}/s:")
-    print(f"  p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  p99 {pct(ms, 99):.3f} ms  "
-          f"max {max(ms):.3f} ms  mean {statistics.fmean(ms):.3f} ms")
+    print(
+        f"ping over {url} ({'private mosquitto' if mosq else 'given broker'}), {args.nodes} nodes "
+        f"publishing telemetry, {len(ms)} pings at {args.rate:g}/s:"
+    )
+    print(
+        f"  p50 {pct(ms, 50):.3f} ms  p90 {pct(ms, 90):.3f} ms  p99 {pct(ms, 99):.3f} ms  "
+        f"max {max(ms):.3f} ms  mean {statistics.fmean(ms):.3f} ms"
+    )
 
 
 if __name__ == "__main__":

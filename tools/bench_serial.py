@@ -58,10 +58,9 @@ async def frames_per_s(baud: int, seconds: float) -> tuple[float, float]:
 
 
 async def round_trip(baud: int, n: int) -> list[float]:
-    async with emulated_target("serial", node=3, port=f"pty?baud={baud}") as target:
-        async with host_client(target) as client:
-            await client.ping(3)
-            return [await client.ping(3) for _ in range(n)]
+    async with emulated_target("serial", node=3, port=f"pty?baud={baud}") as target, host_client(target) as client:
+        await client.ping(3)
+        return [await client.ping(3) for _ in range(n)]
 
 
 async def main() -> None:
@@ -76,8 +75,10 @@ async def main() -> None:
         p50 = statistics.median(rtts) * 1e3
         p99 = rtts[int(0.99 * (len(rtts) - 1))] * 1e3
         ideal = f" (line limit {baud / 10 / 150:.0f})" if baud else ""
-        print(f"{'unthrottled' if not baud else f'{baud} baud':>12}: {fps:8.0f} frames/s of 150 B{ideal}, "
-              f"utilisation {util * 100:.0f} %; ping p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        print(
+            f"{'unthrottled' if not baud else f'{baud} baud':>12}: {fps:8.0f} frames/s of 150 B{ideal}, "
+            f"utilisation {util * 100:.0f} %; ping p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from mcm_firmware.protocol import ClockReason  # noqa: E402
-from mcm_firmware.plant.workload import Workload  # noqa: E402
-from mcm_firmware.profile import load_profile  # noqa: E402
-from mcm_firmware.runtime.shard import Shard  # noqa: E402
+from mcm_firmware.plant.workload import Workload
+from mcm_firmware.profile import load_profile
+from mcm_firmware.protocol import ClockReason
+from mcm_firmware.runtime.shard import Shard
 
 PROFILES = ["colossus-mcm", "h100-sxm-class", "mi300x-class"]
 FULL = 1.15  # demand scale of a full load
@@ -29,7 +29,7 @@ FULL = 1.15  # demand scale of a full load
 
 def record(sh: Shard, seconds: float, trace: dict, actions: dict[float, callable]) -> None:
     done = set()
-    for _ in range(int(round(seconds * sh.tick_hz))):
+    for _ in range(round(seconds * sh.tick_hz)):
         t_rel = sh.t - trace["t0"]
         for at, act in actions.items():
             if at not in done and t_rel >= at:
@@ -55,8 +55,24 @@ def record(sh: Shard, seconds: float, trace: dict, actions: dict[float, callable
 def run(profile: str, scenario: str) -> tuple[dict, Shard]:
     prof = load_profile(profile)
     sh = Shard(prof, 1, seed=1)
-    trace: dict = {k: [] for k in ("t", "die", "sensor", "hbm", "outlet", "mhz", "reasons", "power", "cap",
-                                   "avg_long", "valves", "flow", "rpm")}
+    trace: dict = {
+        k: []
+        for k in (
+            "t",
+            "die",
+            "sensor",
+            "hbm",
+            "outlet",
+            "mhz",
+            "reasons",
+            "power",
+            "cap",
+            "avg_long",
+            "valves",
+            "flow",
+            "rpm",
+        )
+    }
     if scenario == "load-step":
         sh.workload.set(0, Workload.IDLE)
         for _ in range(int(30 * sh.tick_hz)):
@@ -79,8 +95,15 @@ def run(profile: str, scenario: str) -> tuple[dict, Shard]:
             sh.tick()
         trace["t0"] = sh.t
         mid = (prof.power.min_cap_w + prof.power.max_cap_w) / 2
-        record(sh, 60, trace, {10.0: lambda s: s.dvfs.cap_w.__setitem__(0, mid),
-                               35.0: lambda s: s.dvfs.cap_w.__setitem__(0, prof.power.default_cap_w)})
+        record(
+            sh,
+            60,
+            trace,
+            {
+                10.0: lambda s: s.dvfs.cap_w.__setitem__(0, mid),
+                35.0: lambda s: s.dvfs.cap_w.__setitem__(0, prof.power.default_cap_w),
+            },
+        )
     else:
         raise ValueError(scenario)
     return trace, sh
@@ -106,8 +129,9 @@ def plot(profile: str, scenario: str, out: Path) -> Path:
     a.plot(t, trace["mhz"], color="tab:purple", label="mean die clock")
     a.set_ylabel("MHz")
     reasons = np.array(trace["reasons"])
-    for k, r in enumerate((ClockReason.SW_POWER_CAP, ClockReason.SW_THERMAL_SLOWDOWN, ClockReason.HW_SLOWDOWN,
-                           ClockReason.GPU_IDLE)):
+    for k, r in enumerate(
+        (ClockReason.SW_POWER_CAP, ClockReason.SW_THERMAL_SLOWDOWN, ClockReason.HW_SLOWDOWN, ClockReason.GPU_IDLE)
+    ):
         on = (reasons & r) != 0
         if on.any():
             y = np.where(on, prof.min_mhz * 0.9 - k * 60, np.nan)

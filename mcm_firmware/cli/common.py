@@ -71,10 +71,15 @@ def client_options(p: argparse.ArgumentParser) -> None:
     """``--broker`` or ``--serial``, ``--fleet``, ``--json``: how a host reaches a fleet."""
     link = p.add_mutually_exclusive_group()
     link.add_argument("--broker", type=broker_url, default=DEFAULT_BROKER)
-    link.add_argument("--serial", type=serial_port, default=None, metavar="PORT",
-                      help="talk to the node(s) on a serial port instead: a device path, the path "
-                           "printed by run --serial pty, socket://HOST:PORT, rfc2217://HOST:PORT; "
-                           "options ?baud=N&mtu=N")
+    link.add_argument(
+        "--serial",
+        type=serial_port,
+        default=None,
+        metavar="PORT",
+        help="talk to the node(s) on a serial port instead: a device path, the path "
+        "printed by run --serial pty, socket://HOST:PORT, rfc2217://HOST:PORT; "
+        "options ?baud=N&mtu=N",
+    )
     p.add_argument("--fleet", type=fleet_name, default="default")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 

@@ -8,15 +8,31 @@ import time
 import uuid
 from typing import Any
 
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, U32_MAX, BadInput, Failure, bounded, client_options, emit, link_url
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    U32_MAX,
+    BadInput,
+    Failure,
+    bounded,
+    client_options,
+    emit,
+    link_url,
+)
 
 
 def add_parser(sub: Any) -> None:
     from ..host.commands import COMMANDS
 
-    ctl = sub.add_parser("ctl", help="send a command to a node", description=(
-        "Send a command to one node and print its reply. Commands: "
-        + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())))
+    ctl = sub.add_parser(
+        "ctl",
+        help="send a command to a node",
+        description=(
+            "Send a command to one node and print its reply. Commands: "
+            + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())
+        ),
+    )
     client_options(ctl)
     ctl.add_argument("--timeout", type=bounded(float, 0.01, 3600, "--timeout"), default=2.0)
     ctl.add_argument("--retries", type=bounded(int, 0, 100, "--retries"), default=2)
@@ -44,11 +60,13 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
             try:
                 resp = await host.request(args.node, spec.op, cmd_args)
             except NodeError as e:
-                out = {"node": args.node, "ok": False, "status": e.response.status.name,
-                       "message": e.response.message}
+                out = {"node": args.node, "ok": False, "status": e.response.status.name, "message": e.response.message}
                 emit(args, out, text=str(e), stream=sys.stderr)
-                return EXIT_USAGE if e.response.status in (Status.BAD_ARGUMENT, Status.UNKNOWN_OP,
-                                                           Status.BAD_REQUEST) else EXIT_FAILURE
+                return (
+                    EXIT_USAGE
+                    if e.response.status in (Status.BAD_ARGUMENT, Status.UNKNOWN_OP, Status.BAD_REQUEST)
+                    else EXIT_FAILURE
+                )
             rtt = time.perf_counter() - t0
     except RequestTimeout as e:
         raise Failure(str(e)) from None

@@ -27,13 +27,21 @@ class Display:
         from rich.table import Table
 
         rows = self._rows()
-        table = Table(title=f"fleet {self.fleet.name}: {len(rows)} nodes, "
-                            f"{time.monotonic() - self._t0:.0f} s", expand=False)
+        table = Table(
+            title=f"fleet {self.fleet.name}: {len(rows)} nodes, {time.monotonic() - self._t0:.0f} s", expand=False
+        )
         for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "clock MHz"):
             table.add_column(col, justify="right")
         for r in rows[:200]:
-            table.add_row(str(r["node"]), r["state"], _mode(r["mode"]), r["link"], f"{r['temp_c']:.1f}",
-                          f"{r['power_w']:.0f}", f"{r['clock_mhz']:.0f}")
+            table.add_row(
+                str(r["node"]),
+                r["state"],
+                _mode(r["mode"]),
+                r["link"],
+                f"{r['temp_c']:.1f}",
+                f"{r['power_w']:.0f}",
+                f"{r['clock_mhz']:.0f}",
+            )
         if len(rows) > 200:
             table.caption = f"... and {len(rows) - 200} more"
         return table
@@ -53,9 +61,11 @@ class Display:
             stamp = f"t={time.monotonic() - self._t0:7.1f}s"
             if len(rows) <= 16:
                 for r in rows:
-                    print(f"{stamp} node={r['node']} state={r['state']} mode={_mode(r['mode'])} link={r['link']} "
-                          f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}W clock={r['clock_mhz']:.0f}MHz",
-                          flush=True)
+                    print(
+                        f"{stamp} node={r['node']} state={r['state']} mode={_mode(r['mode'])} link={r['link']} "
+                        f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}W clock={r['clock_mhz']:.0f}MHz",
+                        flush=True,
+                    )
             else:
                 up = sum(r["link"] == "up" for r in rows)
                 hot = max(r["temp_c"] for r in rows)

@@ -11,17 +11,35 @@ from .common import EXIT_FAILURE, EXIT_OK, U32_MAX, Failure, bounded
 
 
 def add_parser(sub: Any) -> None:
-    fz = sub.add_parser("fuzz", help="fuzz a live node over its transport", description=(
-        "Send generated valid and malformed frames to a node, judge every answer, shrink each "
-        "failure to a minimal frame sequence. Exit 1 when a failure is found."))
-    fz.add_argument("--target", type=fuzz_target, default="emulated", metavar="URL",
-                    help="emulated (an in-process node), mqtt://HOST:PORT/NODE[?fleet=F], serial://PORT?node=N")
+    fz = sub.add_parser(
+        "fuzz",
+        help="fuzz a live node over its transport",
+        description=(
+            "Send generated valid and malformed frames to a node, judge every answer, shrink each "
+            "failure to a minimal frame sequence. Exit 1 when a failure is found."
+        ),
+    )
+    fz.add_argument(
+        "--target",
+        type=fuzz_target,
+        default="emulated",
+        metavar="URL",
+        help="emulated (an in-process node), mqtt://HOST:PORT/NODE[?fleet=F], serial://PORT?node=N",
+    )
     fz.add_argument("--duration", type=bounded(float, 0.1, 7 * 86400, "--duration"), default=60.0)
     fz.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
-    fz.add_argument("--report", metavar="DIR", default=None,
-                    help="write summary.json, coverage.png and per failure its frames and a pytest file")
-    fz.add_argument("--timeout", type=bounded(float, 0.05, 600, "--timeout"), default=2.0,
-                    help="seconds to wait for the node's answers to a case")
+    fz.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="write summary.json, coverage.png and per failure its frames and a pytest file",
+    )
+    fz.add_argument(
+        "--timeout",
+        type=bounded(float, 0.05, 600, "--timeout"),
+        default=2.0,
+        help="seconds to wait for the node's answers to a case",
+    )
     fz.add_argument("--json", action="store_true", help="print the summary as JSON")
     fz.set_defaults(func=cmd_fuzz)
 
@@ -48,14 +66,24 @@ async def cmd_fuzz(args: argparse.Namespace) -> int:
     def progress(r: Any) -> None:
         if r.duration_s - last[0] >= 5 and not args.json:
             last[0] = r.duration_s
-            print(f"t={r.duration_s:7.1f}s cases={r.cases} executions={r.executions} "
-                  f"({r.executions_per_s:.0f}/s) coverage={r.cells} failures={len(r.findings)}", flush=True)
+            print(
+                f"t={r.duration_s:7.1f}s cases={r.cases} executions={r.executions} "
+                f"({r.executions_per_s:.0f}/s) coverage={r.cells} failures={len(r.findings)}",
+                flush=True,
+            )
 
     async def campaign(target: Any) -> Any:
         tr = transport_factory(target.transport_url)(f"mcm-fuzz-{uuid.uuid4().hex[:8]}")
-        return await run_campaign(tr, fleet=target.fleet, node=target.node, target=args.target,
-                                  duration=args.duration, seed_value=args.seed, timeout=args.timeout,
-                                  progress=progress)
+        return await run_campaign(
+            tr,
+            fleet=target.fleet,
+            node=target.node,
+            target=args.target,
+            duration=args.duration,
+            seed_value=args.seed,
+            timeout=args.timeout,
+            progress=progress,
+        )
 
     try:
         if args.target == EMULATED:
@@ -74,9 +102,12 @@ async def cmd_fuzz(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary(result)), flush=True)
     else:
-        print(f"{result.executions} executions in {result.duration_s:.1f} s "
-              f"({result.executions_per_s:.0f}/s), {result.cases} cases, {result.cells} coverage cells "
-              f"(probe kind x outcome), {len(result.findings)} failure(s)", flush=True)
+        print(
+            f"{result.executions} executions in {result.duration_s:.1f} s "
+            f"({result.executions_per_s:.0f}/s), {result.cases} cases, {result.cells} coverage cells "
+            f"(probe kind x outcome), {len(result.findings)} failure(s)",
+            flush=True,
+        )
         for f in result.findings:
             print(f"FAIL {f.kind}: {f.detail}", flush=True)
             for p in f.frames:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -41,8 +42,13 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                     try:
                         msg = decode(d.payload)
                     except FrameError as e:
-                        obj = {"topic": topic(d.address), "node": d.address.node, "error": e.reason.name,
-                               "detail": e.detail, "hex": d.payload[:64].hex()}
+                        obj = {
+                            "topic": topic(d.address),
+                            "node": d.address.node,
+                            "error": e.reason.name,
+                            "detail": e.detail,
+                            "hex": d.payload[:64].hex(),
+                        }
                         print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
                         continue
                     if args.json:
@@ -52,10 +58,8 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                     else:
                         print(message_line(d.address, msg), flush=True)
 
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(consume(), args.duration)
-            except TimeoutError:
-                pass
         finally:
             await transport.close()
     except TransportError as e:

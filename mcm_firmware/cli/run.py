@@ -15,35 +15,70 @@ from .display import Display
 
 
 def add_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="run emulated nodes", description=(
-        "Run emulated nodes. Without --broker an MQTT broker is embedded in the process."))
+    run = sub.add_parser(
+        "run",
+        help="run emulated nodes",
+        description=("Run emulated nodes. Without --broker an MQTT broker is embedded in the process."),
+    )
     run.add_argument("--nodes", type=bounded(int, 1, 100_000, "--nodes"), default=8)
     run.add_argument("--profile", default="colossus-mcm", help="profile name or path to a TOML file")
     run.add_argument("--fleet", type=fleet_name, default="default")
     run.add_argument("--broker", type=broker_url, default=None, help="mqtt://HOST[:PORT] of an external broker")
     run.add_argument("--embedded-port", type=bounded(int, 1, 65535, "--embedded-port"), default=1883)
-    run.add_argument("--duration", type=bounded(float, 0.001, 1e9, "--duration"), default=None,
-                     help="stop after this many seconds (default: until SIGINT/SIGTERM)")
+    run.add_argument(
+        "--duration",
+        type=bounded(float, 0.001, 1e9, "--duration"),
+        default=None,
+        help="stop after this many seconds (default: until SIGINT/SIGTERM)",
+    )
     run.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
-    run.add_argument("--speed", type=bounded(float, 0.01, 10_000, "--speed"), default=1.0,
-                     help="clock speed relative to real time")
-    run.add_argument("--first-id", type=bounded(int, 0, U32_MAX, "--first-id"), default=0,
-                     help="node id of the first node")
-    run.add_argument("--workload", choices=["idle", "steady", "training", "inference", "mixed"],
-                     default="steady", help="what the dice run; mixed cycles through the four by node")
-    run.add_argument("--record", metavar="FILE", default=None,
-                     help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)")
-    run.add_argument("--serial", type=serial_port, action="append", default=None, metavar="PORT",
-                     help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
-                          "node), a device path or URL (once per node, or once for all: one link, "
-                          "one EID per node); options ?baud=N&mtu=N")
-    run.add_argument("--rig", action="append", default=None, metavar="NODE=RIG[@PORT]",
-                     help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
-                          "on PORT (default pty: a new pseudo-terminal, its path printed)")
-    run.add_argument("--serial-mux", action="store_true",
-                     help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID")
-    run.add_argument("--summary-interval", type=bounded(float, 0.1, 3600, "--summary-interval"), default=5.0,
-                     help="seconds between summary lines when stdout is not a terminal")
+    run.add_argument(
+        "--speed", type=bounded(float, 0.01, 10_000, "--speed"), default=1.0, help="clock speed relative to real time"
+    )
+    run.add_argument(
+        "--first-id", type=bounded(int, 0, U32_MAX, "--first-id"), default=0, help="node id of the first node"
+    )
+    run.add_argument(
+        "--workload",
+        choices=["idle", "steady", "training", "inference", "mixed"],
+        default="steady",
+        help="what the dice run; mixed cycles through the four by node",
+    )
+    run.add_argument(
+        "--record",
+        metavar="FILE",
+        default=None,
+        help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)",
+    )
+    run.add_argument(
+        "--serial",
+        type=serial_port,
+        action="append",
+        default=None,
+        metavar="PORT",
+        help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
+        "node), a device path or URL (once per node, or once for all: one link, "
+        "one EID per node); options ?baud=N&mtu=N",
+    )
+    run.add_argument(
+        "--rig",
+        action="append",
+        default=None,
+        metavar="NODE=RIG[@PORT]",
+        help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
+        "on PORT (default pty: a new pseudo-terminal, its path printed)",
+    )
+    run.add_argument(
+        "--serial-mux",
+        action="store_true",
+        help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID",
+    )
+    run.add_argument(
+        "--summary-interval",
+        type=bounded(float, 0.1, 3600, "--summary-interval"),
+        default=5.0,
+        help="seconds between summary lines when stdout is not a terminal",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -73,13 +108,17 @@ async def cmd_run(args: argparse.Namespace) -> int:
             try:
                 await broker.start()
             except PortInUse as e:
-                raise Failure(f"{e}: pass --embedded-port PORT for another port, or --broker URL to use a "
-                              "running broker") from None
+                raise Failure(
+                    f"{e}: pass --embedded-port PORT for another port, or --broker URL to use a running broker"
+                ) from None
             except TransportError as e:
                 raise Failure(str(e)) from None
             url = broker.url
-            print(f"mcm-emu {__version__}: embedded MQTT broker at {url} "
-                  "(for large fleets run Mosquitto and pass --broker)", flush=True)
+            print(
+                f"mcm-emu {__version__}: embedded MQTT broker at {url} "
+                "(for large fleets run Mosquitto and pass --broker)",
+                flush=True,
+            )
         urls = [url]
     try:
         try:
@@ -92,17 +131,31 @@ async def cmd_run(args: argparse.Namespace) -> int:
             raise Failure(str(e)) from None
         try:
             clock = ScaledClock(args.speed)
-            fleet = Fleet.uniform(nodes=args.nodes, profile=profile, first_id=args.first_id, fleet=args.fleet,
-                                  transport_factory=None, links=links, clock=clock, seed=args.seed)
+            fleet = Fleet.uniform(
+                nodes=args.nodes,
+                profile=profile,
+                first_id=args.first_id,
+                fleet=args.fleet,
+                transport_factory=None,
+                links=links,
+                clock=clock,
+                seed=args.seed,
+            )
             fleet.set_workload(args.workload)
             for line in links.describe():
                 print(line, flush=True)
             if args.serial:
-                print(f"mcm-emu {__version__}: running {args.nodes} nodes of {profile.name} in fleet "
-                      f"{args.fleet!r} on serial links (MCTP over DSP0253)", flush=True)
+                print(
+                    f"mcm-emu {__version__}: running {args.nodes} nodes of {profile.name} in fleet "
+                    f"{args.fleet!r} on serial links (MCTP over DSP0253)",
+                    flush=True,
+                )
             else:
-                print(f"running {args.nodes} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
-                      f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...", flush=True)
+                print(
+                    f"running {args.nodes} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
+                    f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...",
+                    flush=True,
+                )
             recorder = await _start_recorder(url, args.fleet, args.record, clock) if args.record else None
             try:
                 await serve(fleet, args)

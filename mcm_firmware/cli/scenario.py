@@ -16,25 +16,33 @@ def add_parser(sub: Any) -> None:
     ssub.add_parser("list", help="the shipped scenarios")
     sval = ssub.add_parser("validate", help="check scenario files without running them")
     sval.add_argument("paths", nargs="+", metavar="FILE|NAME")
-    srun = ssub.add_parser("run", help="run a scenario and check its expectations", description=(
-        "Run a scenario in virtual time (as fast as the CPU allows) and print a digest of the full "
-        "trace; exit 1 naming every failed expectation. With --realtime it runs on real time over "
-        "the MQTT broker given with --broker, so that fleet software can watch it."))
+    srun = ssub.add_parser(
+        "run",
+        help="run a scenario and check its expectations",
+        description=(
+            "Run a scenario in virtual time (as fast as the CPU allows) and print a digest of the full "
+            "trace; exit 1 naming every failed expectation. With --realtime it runs on real time over "
+            "the MQTT broker given with --broker, so that fleet software can watch it."
+        ),
+    )
     srun.add_argument("scenario", metavar="FILE|NAME")
     srun.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=None)
     srun.add_argument("--report", metavar="DIR", default=None, help="write summary.json, plots and index.html")
     srun.add_argument("--record", metavar="FILE", default=None, help="keep every frame in FILE (.jsonl.gz)")
     srun.add_argument("--realtime", action="store_true", help="run on real time over --broker")
     srun.add_argument("--broker", type=broker_url, default=None)
-    srun.add_argument("--speed", type=bounded(float, 0.01, 10_000, "--speed"), default=1.0,
-                      help="with --realtime: clock speed relative to real time")
+    srun.add_argument(
+        "--speed",
+        type=bounded(float, 0.01, 10_000, "--speed"),
+        default=1.0,
+        help="with --realtime: clock speed relative to real time",
+    )
     srun.add_argument("--json", action="store_true", help="print the summary as JSON")
     sc.set_defaults(func=cmd_scenario)
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from ..scenario import (ScenarioError, check_scenario, find_scenario, list_scenarios, load_scenario,
-                           run_scenario)
+    from ..scenario import ScenarioError, check_scenario, find_scenario, list_scenarios, load_scenario, run_scenario
 
     if args.scenario_command == "list":
         for name, path in list_scenarios().items():
@@ -52,8 +60,10 @@ def cmd_scenario(args: argparse.Namespace) -> int:
                 path = find_scenario(item)
                 sc = load_scenario(path)
                 actions = check_scenario(sc, path=str(path))
-                print(f"{item}: ok ({sc.name}: {sc.fleet.nodes} nodes, {sc.duration_s:g} s, "
-                      f"{actions} timed actions, {len(sc.expect)} expectations)")
+                print(
+                    f"{item}: ok ({sc.name}: {sc.fleet.nodes} nodes, {sc.duration_s:g} s, "
+                    f"{actions} timed actions, {len(sc.expect)} expectations)"
+                )
             except ScenarioError as e:
                 print(str(e), file=sys.stderr)
                 bad += 1
@@ -72,14 +82,21 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         print(f"  t={t:9.1f} s", file=sys.stderr, flush=True)
 
     try:
-        result = run_scenario(sc, seed=args.seed, path=str(path), record=args.record, realtime=args.realtime,
-                              broker=args.broker, speed=args.speed,
-                              progress=progress if (args.realtime and not args.json) else None)
+        result = run_scenario(
+            sc,
+            seed=args.seed,
+            path=str(path),
+            record=args.record,
+            realtime=args.realtime,
+            broker=args.broker,
+            speed=args.speed,
+            progress=progress if (args.realtime and not args.json) else None,
+        )
     except ScenarioError as e:
         raise BadInput(str(e)) from None
     except OSError as e:
         raise Failure(f"{e.filename or ''}: {e.strerror or e}") from None
-    except Exception as e:  # noqa: BLE001 - a transport failure in real time, a dead scheduler
+    except Exception as e:
         from ..transport import TransportError
 
         if isinstance(e, TransportError):
@@ -100,8 +117,10 @@ def cmd_scenario(args: argparse.Namespace) -> int:
         out.pop("figures", None)
         print(json.dumps(out))
     else:
-        print(f"scenario {sc.name} (seed {result.seed}): {sc.fleet.nodes} nodes, {result.sim_s:g} s simulated "
-              f"in {result.wall_s:.1f} s ({result.speedup:.0f}x), {result.frames} frames")
+        print(
+            f"scenario {sc.name} (seed {result.seed}): {sc.fleet.nodes} nodes, {result.sim_s:g} s simulated "
+            f"in {result.wall_s:.1f} s ({result.speedup:.0f}x), {result.frames} frames"
+        )
         for o in result.outcomes:
             print(f"  {'PASS' if o.passed else 'FAIL'}  {o.name}: {o.detail}")
         print(f"digest sha256:{result.digest}")

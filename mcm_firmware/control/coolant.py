@@ -161,9 +161,18 @@ class Zones:
         return out
 
 
-def thermal_step(cfg: CoolantConfig, st: CoolantState, t: float, die_temp: np.ndarray,
-                 die_age: np.ndarray, die_failed: np.ndarray, hbm_temp: np.ndarray,
-                 flow_age: np.ndarray, flow_failed: np.ndarray, ts: float) -> np.ndarray:
+def thermal_step(
+    cfg: CoolantConfig,
+    st: CoolantState,
+    t: float,
+    die_temp: np.ndarray,
+    die_age: np.ndarray,
+    die_failed: np.ndarray,
+    hbm_temp: np.ndarray,
+    flow_age: np.ndarray,
+    flow_failed: np.ndarray,
+    ts: float,
+) -> np.ndarray:
     """Thermal period: failsafe decisions and flow setpoints. Returns the failsafe mask before."""
     before = st.failsafe.copy()
     fresh_die = (die_age <= cfg.sensor_timeout_s) & ~die_failed & ~np.isnan(die_temp)
@@ -199,9 +208,17 @@ class PumpTransitions:
     natural: np.ndarray  # [N] natural-convection mode entered
 
 
-def pump_step(cfg: CoolantConfig, st: CoolantState, t: float, rpm: np.ndarray, rpm_age: np.ndarray,
-              rpm_failed: np.ndarray, driver_fault: np.ndarray, current_a: np.ndarray,
-              ts: float) -> PumpTransitions:
+def pump_step(
+    cfg: CoolantConfig,
+    st: CoolantState,
+    t: float,
+    rpm: np.ndarray,
+    rpm_age: np.ndarray,
+    rpm_failed: np.ndarray,
+    driver_fault: np.ndarray,
+    current_a: np.ndarray,
+    ts: float,
+) -> PumpTransitions:
     """Pump supervision every ``ts`` seconds: fault detection, failover, alternation.
 
     A pump's speed feedback is judged only once it has had its spin-up time and at least two

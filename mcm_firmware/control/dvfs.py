@@ -43,7 +43,6 @@ import numpy as np
 from ..profile import Profile
 from ..protocol.vocabulary import ClockReason
 
-
 # plain integers for the array code (IntFlag members are slow inside numpy expressions)
 _IDLE = np.uint32(ClockReason.GPU_IDLE)
 _APP = np.uint32(ClockReason.APPLICATIONS_CLOCKS_SETTING)
@@ -108,7 +107,8 @@ class DvfsConfig:
             vrm_limit_a=p.power.vrm_current_limit_a,
             min_cap_w=p.power.min_cap_w,
             max_cap_w=p.power.max_cap_w,
-            dyn_coef=max(p.die.tdp_w - p.die.leakage_w, 1.0) / ((p.die.pstates[0].mv / 1000) ** 2 * p.die.pstates[0].mhz),
+            dyn_coef=max(p.die.tdp_w - p.die.leakage_w, 1.0)
+            / ((p.die.pstates[0].mv / 1000) ** 2 * p.die.pstates[0].mhz),
             leak_w=p.die.leakage_w,
             leak_ref_c=p.die.leakage_ref_c,
             leak_doubling_c=p.die.leakage_doubling_c,
@@ -205,8 +205,7 @@ def estimate_power(cfg: DvfsConfig, demand: np.ndarray, t_die: np.ndarray) -> np
     return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm[:, None]
 
 
-def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, demand: np.ndarray,
-                       t_die: np.ndarray) -> np.ndarray:
+def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, demand: np.ndarray, t_die: np.ndarray) -> np.ndarray:
     """The clock (MHz, continuous between P-states) at which the estimate meets ``goal_w``."""
     est = estimate_power(cfg, demand, t_die)  # [N,S], falling with S
     goal = goal_w[:, None]
@@ -227,8 +226,9 @@ def update_power_average(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, dt
     st.avg_short += (power_w - st.avg_short) * (-np.expm1(-dt / cfg.short_window_s))
 
 
-def learn_trim(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, util: np.ndarray,
-               t_die_sensor: np.ndarray, dt: float) -> None:
+def learn_trim(
+    cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, util: np.ndarray, t_die_sensor: np.ndarray, dt: float
+) -> None:
     """Correct the estimator by what the module drew (every tick, after the plant ran).
 
     The estimate at the clocks and voltages that ran, the utilisation seen there and the sensed
@@ -248,22 +248,25 @@ def learn_trim(cfg: DvfsConfig, st: DvfsState, power_w: np.ndarray, util: np.nda
     leak = cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
     est = (cfg.dyn_coef * v * v * f * act + leak * (st.mv / cfg.mv[0])).sum(axis=1)
     est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0))
-    err = _clip(np.log(np.maximum(power_w, 1.0) / np.maximum(est, 1.0)) - np.log(st.trim),
-                -TRIM_MAX_STEP, TRIM_MAX_STEP)
+    err = _clip(
+        np.log(np.maximum(power_w, 1.0) / np.maximum(est, 1.0)) - np.log(st.trim), -TRIM_MAX_STEP, TRIM_MAX_STEP
+    )
     gain = -np.expm1(-dt / TRIM_TAU_S)
     st.trim = np.where(on, _clip(st.trim * np.exp(gain * err), *TRIM_RANGE), st.trim)
 
 
-def hw_protect(cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray, vrm_a: np.ndarray,
-               t_die_sensor: np.ndarray) -> None:
+def hw_protect(
+    cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray, vrm_a: np.ndarray, t_die_sensor: np.ndarray
+) -> None:
     """The fast comparators (every plant tick): latch hardware slowdown and shutdown.
 
     Shutdown trips above ``shutdown_c``, or in natural-convection mode (``forced_min``) above
     ``slowdown_c``: at the lowest P-state the module still heats, so it powers its dice off. It is
     released once every die is below ``slowdown_c - hysteresis_c`` and a pump runs again.
     """
-    st.hw_therm = np.where(st.hw_therm, t_die_true > cfg.hw_slowdown_c - cfg.hysteresis_c,
-                           t_die_true > cfg.hw_slowdown_c)
+    st.hw_therm = np.where(
+        st.hw_therm, t_die_true > cfg.hw_slowdown_c - cfg.hysteresis_c, t_die_true > cfg.hw_slowdown_c
+    )
     over = vrm_a > cfg.vrm_limit_a
     st.ocp_until = np.where(over, t + OCP_HOLD_S, st.ocp_until)
     st.hw_ocp = np.where(st.hw_ocp, over | (t < st.ocp_until) | (vrm_a > cfg.vrm_limit_a * OCP_RELEASE), over)
@@ -276,8 +279,7 @@ def hw_protect(cfg: DvfsConfig, st: DvfsState, t: float, t_die_true: np.ndarray,
     st.shutdown = np.where(st.shutdown, ~release, trip)
 
 
-def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np.ndarray,
-              dt: float) -> None:
+def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np.ndarray, dt: float) -> None:
     """One DVFS period: choose every die's P-state, clock, voltage and reasons."""
     f_max, f_min = cfg.f_max, cfg.f_min
     # governor

@@ -50,8 +50,7 @@ class PidState:
         self.last[mask] = output
 
 
-def pid_step(cfg: PidConfig, st: PidState, setpoint: np.ndarray | float, value: np.ndarray,
-             ts: float) -> np.ndarray:
+def pid_step(cfg: PidConfig, st: PidState, setpoint: np.ndarray | float, value: np.ndarray, ts: float) -> np.ndarray:
     """One controller period of ``ts`` seconds; returns the new outputs (and keeps them)."""
     error = (value - setpoint) if cfg.reverse else (setpoint - value)
     p = cfg.kp * error

@@ -98,8 +98,9 @@ class RasConfig:
     @classmethod
     def from_profile(cls, p: Profile) -> RasConfig:
         r = p.ras
-        geo = HbmGeometry(stacks=p.hbm.count, channels=p.hbm.channels, banks=r.banks, rows=r.rows_per_bank,
-                          cols=r.words_per_row)
+        geo = HbmGeometry(
+            stacks=p.hbm.count, channels=p.hbm.channels, banks=r.banks, rows=r.rows_per_bank, cols=r.words_per_row
+        )
         return cls(
             geometry=geo,
             mode=EccMode[r.ecc.upper()],
@@ -222,8 +223,9 @@ class RasController:
             self.poisoned.add(res.addr)
             self._forget(res.addr)
             self.ue[loc.stack, loc.channel] += 1
-            events.append(RasEvent(RasEventKind.UE, loc.stack, res.addr,
-                                   f"uncorrectable error at {res.addr:#x} ({_where(loc)})"))
+            events.append(
+                RasEvent(RasEventKind.UE, loc.stack, res.addr, f"uncorrectable error at {res.addr:#x} ({_where(loc)})")
+            )
             events += self._mark(key, "UE")
             return events
         self.ce[loc.stack, loc.channel] += 1
@@ -238,8 +240,7 @@ class RasController:
             return []
         stack, ch, bank, row = key
         where = f"stack {stack} channel {ch} bank {bank} row {row}"
-        used = self.spares_used[(stack, ch, bank)] + sum(
-            1 for k in self.pending if k[:3] == (stack, ch, bank))
+        used = self.spares_used[(stack, ch, bank)] + sum(1 for k in self.pending if k[:3] == (stack, ch, bank))
         if used >= self.cfg.spare_rows_per_bank:
             self.failed_rows.add(key)
             self.remap_failed = True
@@ -257,8 +258,9 @@ class RasController:
             times.popleft()
         if not self.storm and len(times) > self.cfg.storm_threshold:
             self.storm = True
-            return [RasEvent(RasEventKind.CE_STORM, stack,
-                             text=f"{len(times)} CEs within {self.cfg.storm_window_s:g} s")]
+            return [
+                RasEvent(RasEventKind.CE_STORM, stack, text=f"{len(times)} CEs within {self.cfg.storm_window_s:g} s")
+            ]
         return []
 
     # --- periodic work ----------------------------------------------------------------------------
@@ -310,7 +312,7 @@ class RasController:
         pos = self._scrub_pos(t)
         frac = pos % 1.0
         i = bisect.bisect_left(addrs, int(frac * space) + 1)
-        nxt = (addrs[i] / space if i < len(addrs) else 1.0 + addrs[0] / space)
+        nxt = addrs[i] / space if i < len(addrs) else 1.0 + addrs[0] / space
         return (math.floor(pos) + nxt) * self.cfg.scrub_interval_s
 
     def scrub(self, t: float, dt: float) -> list[RasEvent]:
@@ -332,7 +334,7 @@ class RasController:
         for k in range(k0, k1 + 1):
             lo = int((max(start, k) - k) * space)
             hi = int((min(end, k + 1) - k) * space)
-            for addr in list(addrs[bisect.bisect_left(addrs, lo):bisect.bisect_left(addrs, hi)]):
+            for addr in list(addrs[bisect.bisect_left(addrs, lo) : bisect.bisect_left(addrs, hi)]):
                 events += self.read(addr, t)[1]
         return events
 
@@ -363,8 +365,11 @@ class RasController:
                 self._forget(addr)
             for a in [a for a in self.ce_by_addr if self._row(a) == key]:
                 del self.ce_by_addr[a]
-            events.append(RasEvent(RasEventKind.REMAPPED, stack,
-                                   text=f"stack {stack} channel {ch} bank {bank} row {row} remapped"))
+            events.append(
+                RasEvent(
+                    RasEventKind.REMAPPED, stack, text=f"stack {stack} channel {ch} bank {bank} row {row} remapped"
+                )
+            )
         self.pending.clear()
         return events
 
@@ -413,7 +418,7 @@ def _poisson(rng: random.Random, lam: float) -> int:
     if lam <= 0:
         return 0
     if lam > 30:
-        return max(0, int(round(rng.gauss(lam, math.sqrt(lam)))))
+        return max(0, round(rng.gauss(lam, math.sqrt(lam))))
     limit, k, p = math.exp(-lam), 0, 1.0
     while True:
         p *= rng.random()

@@ -106,8 +106,13 @@ def judge(probe: Probe, replies: list[Response], *, node: int, earlier: dict[byt
         may = e.msg_type == MsgType.COMMAND and e.request_id is not None and e.node_id == node
         bad = [r for r in replies if not (may and r.status in (Status.BAD_REQUEST, Status.UNKNOWN_OP))]
         if bad or len(replies) > 1:
-            return Verdict("executed", Finding("executed-malformed",
-                           f"{probe.label} ({e.reason.name}: {e.detail}) was answered {bad[0].status.name if bad else 'twice'}"))
+            return Verdict(
+                "executed",
+                Finding(
+                    "executed-malformed",
+                    f"{probe.label} ({e.reason.name}: {e.detail}) was answered {bad[0].status.name if bad else 'twice'}",
+                ),
+            )
         return Verdict(replies[0].status.name if replies else "dropped")
     if not isinstance(msg, Command):
         if replies:
@@ -115,7 +120,9 @@ def judge(probe: Probe, replies: list[Response], *, node: int, earlier: dict[byt
         return Verdict("dropped")
     if msg.node_id != node:
         if replies:
-            return Verdict("answered", Finding("unexpected-reply", f"a command for node {msg.node_id} was answered by {node}"))
+            return Verdict(
+                "answered", Finding("unexpected-reply", f"a command for node {msg.node_id} was answered by {node}")
+            )
         return Verdict("dropped")
     if not msg.flags & FrameFlags.HOST:
         if any(r.status is not Status.BAD_REQUEST for r in replies) or len(replies) > 1:
@@ -130,7 +137,9 @@ def judge(probe: Probe, replies: list[Response], *, node: int, earlier: dict[byt
         return Verdict("INTERNAL", Finding("internal-error", f"{probe.label}: {replies[0].message}"))
     first = earlier.get(probe.frame)
     if first is not None and first is not status:
-        return Verdict(status.name, Finding("replay-mismatch", f"{probe.label} answered {first.name}, then {status.name}"))
+        return Verdict(
+            status.name, Finding("replay-mismatch", f"{probe.label} answered {first.name}, then {status.name}")
+        )
     earlier.setdefault(probe.frame, status)
     return Verdict(status.name)
 
@@ -244,7 +253,7 @@ class Session:
         earlier: dict[bytes, Status] = {}
         verdicts = []
         left = Counter(r for r in rids if r is not None)
-        for p, rid in zip(probes, rids):
+        for p, rid in zip(probes, rids, strict=True):
             # probes that share a request id (a replay) take one answer each, the last the rest
             replies: list[Response] = []
             if rid is not None:
@@ -257,7 +266,9 @@ class Session:
             if v.finding is not None:
                 findings.append(v.finding)
         for r in self._stray:
-            findings.append(Finding("unexpected-reply", f"an answer to request {r.request_id:#x}, which no probe carried"))
+            findings.append(
+                Finding("unexpected-reply", f"an answer to request {r.request_id:#x}, which no probe carried")
+            )
         if self.death:
             findings.append(Finding("crash", self.death))
         return verdicts, findings
@@ -300,13 +311,13 @@ class Recipe:
 
 @st.composite
 def recipes(draw: Callable[..., Any], node: int) -> Recipe:
-    kind = draw(st.sampled_from(["command", "replay", "reordered", "malformed", "other-type", "other-node",
-                                 "random"]))
+    kind = draw(st.sampled_from(["command", "replay", "reordered", "malformed", "other-type", "other-node", "random"]))
     if kind == "random":
         return Recipe(kind, raw=draw(st.binary(max_size=300)))
     if kind == "other-type":
-        return Recipe(kind, draw(messages(MsgType.BIRTH, MsgType.DEATH, MsgType.TELEMETRY, MsgType.RESPONSE,
-                                          MsgType.EVENT)))
+        return Recipe(
+            kind, draw(messages(MsgType.BIRTH, MsgType.DEATH, MsgType.TELEMETRY, MsgType.RESPONSE, MsgType.EVENT))
+        )
     cmd = draw(messages(MsgType.COMMAND).filter(lambda m: m.op in SAFE_OPS))
     target = node if kind != "other-node" else (node + 1 + draw(st.integers(0, 1000))) & U32
     flags = int(FrameFlags.HOST) if kind != "other-node" or draw(st.booleans()) else 0
@@ -360,9 +371,19 @@ class _Found(Exception):
         self.finding = finding
 
 
-async def run_campaign(transport: Transport, *, fleet: str, node: int, target: str, duration: float,
-                       seed_value: int = 0, batch: int = 25, timeout: float = 2.0, max_findings: int = 10,
-                       progress: Callable[[CampaignResult], None] | None = None) -> CampaignResult:
+async def run_campaign(
+    transport: Transport,
+    *,
+    fleet: str,
+    node: int,
+    target: str,
+    duration: float,
+    seed_value: int = 0,
+    batch: int = 25,
+    timeout: float = 2.0,
+    max_findings: int = 10,
+    progress: Callable[[CampaignResult], None] | None = None,
+) -> CampaignResult:
     """Fuzz ``node`` through ``transport`` for ``duration`` seconds (Hypothesis in a worker thread,
     the session in this event loop). Each failure is shrunk (Hypothesis, then one probe at a time)
     and kept once per signature; the campaign goes on until ``max_findings`` or a hang/crash."""
@@ -382,7 +403,7 @@ async def run_campaign(transport: Transport, *, fleet: str, node: int, target: s
         verdicts, findings = asyncio.run_coroutine_threadsafe(session.run_case(probes), loop).result(timeout * 4 + 10)
         result.cases += 1
         result.executions += len(probes)
-        for p, v in zip(probes, verdicts):
+        for p, v in zip(probes, verdicts, strict=True):
             result.coverage.setdefault(p.label, Counter())[v.outcome] += 1
         if findings:
             raise _Found(dataclasses.replace(findings[0], frames=list(probes)))
@@ -391,8 +412,15 @@ async def run_campaign(transport: Transport, *, fleet: str, node: int, target: s
         try:
             k = 0
             while time.perf_counter() - t0 < duration:
-                @settings(max_examples=batch, deadline=None, database=None, report_multiple_bugs=False,
-                          phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+
+                @settings(
+                    max_examples=batch,
+                    deadline=None,
+                    database=None,
+                    report_multiple_bugs=False,
+                    phases=[Phase.generate, Phase.shrink],
+                    suppress_health_check=list(HealthCheck),
+                )
                 @seed(seed_value * 1_000_003 + k)
                 @given(st.data())
                 def case(data: st.DataObject) -> None:
@@ -403,7 +431,8 @@ async def run_campaign(transport: Transport, *, fleet: str, node: int, target: s
                 except _Found as e:
                     found = dataclasses.replace(e.finding, frames=list(last))
                     found.frames = asyncio.run_coroutine_threadsafe(
-                        minimize(session, found.frames, found.kind), loop).result(timeout * 40 + 30)
+                        minimize(session, found.frames, found.kind), loop
+                    ).result(timeout * 40 + 30)
                     if found.signature not in {f.signature for f in result.findings}:
                         result.findings.append(found)
                     if found.kind in ("hang", "crash") or len(result.findings) >= max_findings:
@@ -445,7 +474,7 @@ async def minimize(session: Session, probes: list[Probe], kind: str) -> list[Pro
         return probes  # the node is gone: nothing to try the smaller cases on
     i = len(probes) - 1
     while i >= 0 and len(probes) > 1:
-        trial = probes[:i] + probes[i + 1:]
+        trial = probes[:i] + probes[i + 1 :]
         _, findings = await session.run_case(trial)
         if any(f.kind == kind for f in findings):
             probes = trial
@@ -453,8 +482,9 @@ async def minimize(session: Session, probes: list[Probe], kind: str) -> list[Pro
     return probes
 
 
-async def replay(transport: Transport, frames: list[bytes], *, fleet: str, node: int,
-                 timeout: float = 2.0) -> list[Finding]:
+async def replay(
+    transport: Transport, frames: list[bytes], *, fleet: str, node: int, timeout: float = 2.0
+) -> list[Finding]:
     """Send one saved case to a node and judge it again (what a regression test does)."""
     session = Session(transport, fleet=fleet, node=node, timeout=timeout)
     await session.start()
@@ -465,4 +495,3 @@ async def replay(transport: Transport, frames: list[bytes], *, fleet: str, node:
         return findings
     finally:
         await session.close()
-

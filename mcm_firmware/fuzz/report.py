@@ -51,17 +51,31 @@ def summary(result: CampaignResult) -> dict[str, Any]:
         "coverage": {k: dict(v) for k, v in sorted(result.coverage.items())},
         "timeline": [{"t_s": round(t, 2), "executions": e, "cells": c} for t, e, c in result.timeline],
         "ping_ms": {"p50": round(statistics.median(pings), 3), "p99": round(pings[int(0.99 * (len(pings) - 1))], 3)}
-        if pings else None,
-        "failures": [{"kind": f.kind, "detail": f.detail, "flaky": f.flaky,
-                      "frames": [{"label": p.label, "hex": p.frame.hex()} for p in f.frames]}
-                     for f in result.findings],
+        if pings
+        else None,
+        "failures": [
+            {
+                "kind": f.kind,
+                "detail": f.detail,
+                "flaky": f.flaky,
+                "frames": [{"label": p.label, "hex": p.frame.hex()} for p in f.frames],
+            }
+            for f in result.findings
+        ],
     }
 
 
 def regression_test(result: CampaignResult, finding: Finding, node: int, name: str) -> str:
     frames = "".join(f'    bytes.fromhex("{p.frame.hex()}"),  # {p.label}\n' for p in finding.frames)
-    return REGRESSION.format(target=result.target, seed=result.seed, kind=finding.kind,
-                             detail=finding.detail.replace('"""', "'''"), node=node, frames=frames, name=name)
+    return REGRESSION.format(
+        target=result.target,
+        seed=result.seed,
+        kind=finding.kind,
+        detail=finding.detail.replace('"""', "'''"),
+        node=node,
+        frames=frames,
+        name=name,
+    )
 
 
 def write_report(result: CampaignResult, directory: str | Path, *, node: int) -> Path:
@@ -92,8 +106,9 @@ def _plot(result: CampaignResult, path: Path) -> None:
     b.plot(t, [x[1] for x in result.timeline])
     b.set_ylabel("executions")
     b.set_xlabel("seconds")
-    a.set_title(f"mcm-emu fuzz {result.target}: {result.executions_per_s:.0f} executions/s, "
-                f"{len(result.findings)} failure(s)")
+    a.set_title(
+        f"mcm-emu fuzz {result.target}: {result.executions_per_s:.0f} executions/s, {len(result.findings)} failure(s)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

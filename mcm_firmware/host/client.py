@@ -26,8 +26,8 @@ from ..protocol import (
     decode,
     encode,
 )
-from ..transport import Address, Channel, Delivery, Subscription, Transport, TransportError
 from ..tasks import cancel_and_wait
+from ..transport import Address, Channel, Delivery, Subscription, Transport, TransportError
 
 U32 = 0xFFFFFFFF
 
@@ -54,8 +54,7 @@ class NodeError(HostError):
 
 
 class HostClient:
-    def __init__(self, transport: Transport, *, fleet: str = "default", timeout: float = 2.0,
-                 retries: int = 2) -> None:
+    def __init__(self, transport: Transport, *, fleet: str = "default", timeout: float = 2.0, retries: int = 2) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if retries < 0:
@@ -125,11 +124,21 @@ class HostClient:
         seq = self._seq
         self._seq = (seq + 1) & U32
         flags = FrameFlags.HOST | (FrameFlags.RETRY if retry else 0)
-        return encode(Command(node_id=node, seq=seq, timestamp_ns=time.time_ns(), flags=int(flags),
-                              request_id=request_id, op=op, args=args))
+        return encode(
+            Command(
+                node_id=node,
+                seq=seq,
+                timestamp_ns=time.time_ns(),
+                flags=int(flags),
+                request_id=request_id,
+                op=op,
+                args=args,
+            )
+        )
 
-    async def request(self, node: int, op: Op, args: Any = None, *, timeout: float | None = None,
-                      check: bool = True) -> Response:
+    async def request(
+        self, node: int, op: Op, args: Any = None, *, timeout: float | None = None, check: bool = True
+    ) -> Response:
         """Send one command and return its response; NodeError for a status other than OK
         (unless ``check`` is false), RequestTimeout when no answer comes."""
         if self._down is not None:
@@ -144,8 +153,7 @@ class HostClient:
         try:
             for attempt in range(attempts):
                 try:
-                    await self.transport.publish(addr, self._frame(node, rid, op, args, attempt > 0),
-                                                 reliable=True)
+                    await self.transport.publish(addr, self._frame(node, rid, op, args, attempt > 0), reliable=True)
                 except TransportError as e:
                     raise HostError(f"cannot send to node {node}: {e}") from None
                 try:

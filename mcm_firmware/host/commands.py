@@ -95,15 +95,19 @@ def _word_parser(name: str, subcon: c.Construct) -> Callable[[str], Any] | None:
 def derived_parse(spec: OpSpec) -> Parse | None:
     """A parser of ``spec``'s arguments, one word per field; None when a field is not plain."""
     if spec.args is None:
+
         def no_args(words: list[str]) -> None:
             if words:
                 raise UsageError(f"{spec.name} takes no arguments (got {' '.join(words)!r})")
+
         return no_args
     fields = dataclasses.fields(spec.args)
     words_of = spec.usage.split()
     names = words_of if len(words_of) == len(fields) else [fld.name for fld in fields]
-    converters = [(fld.name, _word_parser(f"{spec.name} {shown}", fld.metadata["wire"]))
-                  for fld, shown in zip(fields, names, strict=True)]
+    converters = [
+        (fld.name, _word_parser(f"{spec.name} {shown}", fld.metadata["wire"]))
+        for fld, shown in zip(fields, names, strict=True)
+    ]
     if any(conv is None for _, conv in converters):
         return None
     cls = spec.args
@@ -112,8 +116,9 @@ def derived_parse(spec: OpSpec) -> Parse | None:
     def parse(words: list[str]) -> Any:
         if len(words) != len(converters):
             raise UsageError(f"{spec.name} takes {count}, {spec.usage} (got {len(words)})")
-        return cls(**{name: conv(word) for (name, conv), word in zip(converters, words, strict=True)
-                      if conv is not None})
+        return cls(
+            **{name: conv(word) for (name, conv), word in zip(converters, words, strict=True) if conv is not None}
+        )
 
     return parse
 
@@ -136,8 +141,9 @@ def text_fields(name: str, obj: dict[str, Any]) -> str:
     lines = [f"node {obj['node']}: {name}" + (" " + " ".join(head) if head else "")]
     for key, value in obj.items():
         if isinstance(value, list):
-            lines += [f"  {key}: " + (json.dumps(item) if isinstance(item, (dict, list)) else str(item))
-                      for item in value] or [f"  {key}: none"]
+            lines += [
+                f"  {key}: " + (json.dumps(item) if isinstance(item, (dict, list)) else str(item)) for item in value
+            ] or [f"  {key}: none"]
     return "\n".join(lines)
 
 
@@ -205,7 +211,5 @@ def _entry(spec: OpSpec) -> CtlCommand | None:
     return CtlCommand(spec.name, spec.op, f"{spec.name} {spec.usage}".strip(), spec.help, parse, show, text)
 
 
-COMMANDS: dict[str, CtlCommand] = {
-    e.name: e for e in (_entry(s) for s in OPS.values()) if e is not None
-}
+COMMANDS: dict[str, CtlCommand] = {e.name: e for e in (_entry(s) for s in OPS.values()) if e is not None}
 """By ctl name; an operation missing here has arguments the declaration cannot parse and no override."""

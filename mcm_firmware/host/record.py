@@ -51,9 +51,15 @@ class Recorded:
 class RecordWriter:
     def __init__(self, path: str | Path, *, fleet: str, clock: str, started_ns: int, **meta: Any) -> None:
         self.path = Path(path)
-        self._f: IO[str] = gzip.open(self.path, "wt", encoding="utf-8", compresslevel=6)
-        header = {"format": FORMAT, "version": VERSION, "fleet": fleet, "clock": clock,
-                  "started_ns": started_ns, **meta}
+        self._f: IO[str] = gzip.open(self.path, "wt", encoding="utf-8", compresslevel=6)  # noqa: SIM115 - open until close()
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "fleet": fleet,
+            "clock": clock,
+            "started_ns": started_ns,
+            **meta,
+        }
         self._f.write(json.dumps(header) + "\n")
         self.frames = 0
 
@@ -62,8 +68,12 @@ class RecordWriter:
         flag only on frames retained before it subscribed, so state frames (BIRTH, DEATH), which
         nodes always publish retained, are marked so whatever the delivery said."""
         retain = retain or address.channel is Channel.STATE
-        self._f.write(json.dumps({"t_ns": t_ns, "topic": topic(address), "retain": retain,
-                                  "frame": base64.b64encode(frame).decode()}) + "\n")
+        self._f.write(
+            json.dumps(
+                {"t_ns": t_ns, "topic": topic(address), "retain": retain, "frame": base64.b64encode(frame).decode()}
+            )
+            + "\n"
+        )
         self.frames += 1
 
     def close(self) -> None:
@@ -80,7 +90,7 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Iterator[Recorded]]:
     """The header and an iterator over the frames; RecordError names what is wrong."""
     path = Path(path)
     try:
-        f = gzip.open(path, "rt", encoding="utf-8")
+        f = gzip.open(path, "rt", encoding="utf-8")  # noqa: SIM115 - read lazily by the iterator, which closes it
         first = f.readline()
     except (OSError, EOFError) as e:
         raise RecordError(f"{path}: not a readable recording ({e})") from None
@@ -106,8 +116,12 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Iterator[Recorded]]:
                         addr = parse_topic(obj["topic"])
                         if addr is None:
                             raise ValueError(f"topic {obj['topic']!r} is outside the contract")
-                        rec = Recorded(int(obj["t_ns"]), addr, base64.b64decode(obj["frame"], validate=True),
-                                       bool(obj.get("retain", False)))
+                        rec = Recorded(
+                            int(obj["t_ns"]),
+                            addr,
+                            base64.b64decode(obj["frame"], validate=True),
+                            bool(obj.get("retain", False)),
+                        )
                     except (ValueError, KeyError, TypeError) as e:
                         raise RecordError(f"{path}:{no}: bad frame line ({e})") from None
                     yield rec
@@ -117,11 +131,10 @@ def read_record(path: str | Path) -> tuple[dict[str, Any], Iterator[Recorded]]:
     return header, frames()
 
 
-async def replay(path: str | Path, transport: Transport, *, speed: float = 1.0,
-                 fleet: str | None = None) -> int:
+async def replay(path: str | Path, transport: Transport, *, speed: float = 1.0, fleet: str | None = None) -> int:
     """Publish a recording on a connected transport, keeping its spacing (divided by ``speed``).
     ``fleet`` republishes it under another fleet name. Returns the number of frames sent."""
-    header, frames = read_record(path)
+    _header, frames = read_record(path)
     start_rec: int | None = None
     start = time.monotonic()
     sent = 0

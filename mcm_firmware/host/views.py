@@ -9,18 +9,16 @@ from typing import Any
 from ..protocol import (
     Birth,
     CoolingMode,
-    EccMode,
-    RasFlags,
-    RasResult,
-    RecoveryAction,
-    reason_names,
     Death,
+    EccMode,
     Event,
     EventCode,
     Message,
-    MsgType,
     NodeState,
     PumpFlags,
+    RasFlags,
+    RasResult,
+    RecoveryAction,
     Response,
     Severity,
     Snapshot,
@@ -28,6 +26,7 @@ from ..protocol import (
     StatusResult,
     Telemetry,
     ValveFlags,
+    reason_names,
 )
 from ..protocol.messages import to_container
 from ..transport import Address
@@ -72,16 +71,24 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
         },
         "dies": [
             {
-                "temp_c": _num(d.temp_c), "power_w": _num(d.power_w), "clock_mhz": d.clock_mhz,
-                "voltage_mv": d.voltage_mv, "pstate": d.pstate, "util_pct": d.util_pct,
-                "reasons": d.reasons, "reason_names": reason_names(d.reasons),
+                "temp_c": _num(d.temp_c),
+                "power_w": _num(d.power_w),
+                "clock_mhz": d.clock_mhz,
+                "voltage_mv": d.voltage_mv,
+                "pstate": d.pstate,
+                "util_pct": d.util_pct,
+                "reasons": d.reasons,
+                "reason_names": reason_names(d.reasons),
             }
             for d in s.dies
         ],
         "hbm": [{"temp_c": _num(h.temp_c), "ce": h.ce, "ue": h.ue} for h in s.hbm],
         "valves": [
-            {"position_pct": _num(v.position_pct), "manual": bool(v.flags & ValveFlags.MANUAL),
-             "external": bool(v.flags & ValveFlags.EXTERNAL)}
+            {
+                "position_pct": _num(v.position_pct),
+                "manual": bool(v.flags & ValveFlags.MANUAL),
+                "external": bool(v.flags & ValveFlags.EXTERNAL),
+            }
             for v in s.valves
         ],
     }
@@ -90,13 +97,15 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
 def pumps_json(s: Snapshot, names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     out = []
     for i, p in enumerate(s.pumps):
-        out.append({
-            "name": names[i] if names and i < len(names) else str(i),
-            "running": bool(p.flags & PumpFlags.RUNNING),
-            "lead": bool(p.flags & PumpFlags.LEAD),
-            "fault": bool(p.flags & PumpFlags.FAULT),
-            "rpm": p.rpm,
-        })
+        out.append(
+            {
+                "name": names[i] if names and i < len(names) else str(i),
+                "running": bool(p.flags & PumpFlags.RUNNING),
+                "lead": bool(p.flags & PumpFlags.LEAD),
+                "fault": bool(p.flags & PumpFlags.FAULT),
+                "rpm": p.rpm,
+            }
+        )
     return out
 
 
@@ -115,8 +124,11 @@ def status_json(node: int, st: StatusResult) -> dict[str, Any]:
     out["pumps"] = pumps_json(st.snapshot, st.pump_names)
     out["faults"] = list(st.faults)
     out["counters"] = {
-        "rx_frames": st.rx_frames, "rx_rejected": st.snapshot.rx_rejected, "tx_frames": st.tx_frames,
-        "tx_dropped": st.tx_dropped, "reconnects": st.reconnects,
+        "rx_frames": st.rx_frames,
+        "rx_rejected": st.snapshot.rx_rejected,
+        "tx_frames": st.tx_frames,
+        "tx_dropped": st.tx_dropped,
+        "reconnects": st.reconnects,
     }
     out["link_util_pct"] = st.link_util_permille / 10
     return out
@@ -137,8 +149,12 @@ def ras_json(node: int, r: RasResult) -> dict[str, Any]:
         "scrub_passes": r.scrub_passes,
         "scrubbed_words": r.scrubbed_words,
         "stacks": [
-            {"ce": sum(st.ce), "ue": sum(st.ue), "channels": [{"ce": c, "ue": u} for c, u in zip(st.ce, st.ue)],
-             "failed_devices": list(st.failed_devices)}
+            {
+                "ce": sum(st.ce),
+                "ue": sum(st.ue),
+                "channels": [{"ce": c, "ue": u} for c, u in zip(st.ce, st.ue, strict=True)],
+                "failed_devices": list(st.failed_devices),
+            }
             for st in r.stacks
         ],
         "pending": [{"stack": p.stack, "channel": p.channel, "bank": p.bank, "row": p.row} for p in r.pending],
@@ -159,11 +175,15 @@ def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
         out.update(snapshot_json(msg.snapshot))
         out["pumps"] = pumps_json(msg.snapshot)
     elif isinstance(msg, Event):
-        out.update(severity=_name(msg.severity, Severity), code=_name(msg.code, EventCode),
-                   subject=msg.subject, value=_num(msg.value), text=msg.text)
+        out.update(
+            severity=_name(msg.severity, Severity),
+            code=_name(msg.code, EventCode),
+            subject=msg.subject,
+            value=_num(msg.value),
+            text=msg.text,
+        )
     elif isinstance(msg, Response):
-        out.update(request_id=msg.request_id, op=_op_name(msg.op), status=msg.status.name,
-                   message=msg.message)
+        out.update(request_id=msg.request_id, op=_op_name(msg.op), status=msg.status.name, message=msg.message)
         if isinstance(msg.data, StatusResult):
             out["data"] = status_json(msg.node_id, msg.data)
         elif isinstance(msg.data, RasResult):
@@ -200,15 +220,18 @@ def message_line(address: Address | None, msg: Message) -> str:
         temps = [d.temp_c for d in s.dies]
         hot = max((t for t in temps if math.isfinite(t)), default=float("nan"))
         clocks = "/".join(str(d.clock_mhz) for d in s.dies)
-        return (f"{head} {_name(s.state, NodeState)} {_name(s.mode, CoolingMode)} "
-                f"P={s.power_w:.0f}/{s.power_cap_w:.0f}W Tmax={hot:.1f}C f={clocks}MHz "
-                f"flow={s.flow_lpm:.2f}L/min")
+        return (
+            f"{head} {_name(s.state, NodeState)} {_name(s.mode, CoolingMode)} "
+            f"P={s.power_w:.0f}/{s.power_cap_w:.0f}W Tmax={hot:.1f}C f={clocks}MHz "
+            f"flow={s.flow_lpm:.2f}L/min"
+        )
     if isinstance(msg, Event):
-        return (f"{head} {_name(msg.severity, Severity)} {_name(msg.code, EventCode)} "
-                f"subject={msg.subject} value={msg.value:g} {msg.text}")
+        return (
+            f"{head} {_name(msg.severity, Severity)} {_name(msg.code, EventCode)} "
+            f"subject={msg.subject} value={msg.value:g} {msg.text}"
+        )
     if isinstance(msg, Birth):
-        return (f"{head} profile={msg.profile} firmware={msg.firmware} boot={msg.boot_count} "
-                f"bdseq={msg.bdseq}")
+        return f"{head} profile={msg.profile} firmware={msg.firmware} boot={msg.boot_count} bdseq={msg.bdseq}"
     if isinstance(msg, Death):
         return f"{head} {msg.reason.name} boot={msg.boot_count} bdseq={msg.bdseq}"
     if isinstance(msg, Response):
@@ -218,11 +241,13 @@ def message_line(address: Address | None, msg: Message) -> str:
 
 def ras_text(obj: dict[str, Any]) -> str:
     """``ctl ras`` as text, from :func:`ras_json`."""
-    lines = [f"node {obj['node']}: ecc={obj['ecc']} ce={obj['ce']} ue={obj['ue']} "
-             f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
-             f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
-             f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
-             f"scrub_passes={obj['scrub_passes']}"]
+    lines = [
+        f"node {obj['node']}: ecc={obj['ecc']} ce={obj['ce']} ue={obj['ue']} "
+        f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
+        f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
+        f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
+        f"scrub_passes={obj['scrub_passes']}"
+    ]
     for i, st in enumerate(obj["stacks"]):
         dev = f" failed_devices={st['failed_devices']}" if st["failed_devices"] else ""
         lines.append(f"  stack {i}: ce={st['ce']} ue={st['ue']}{dev}")
@@ -234,25 +259,39 @@ def ras_text(obj: dict[str, Any]) -> str:
 def status_text(obj: dict[str, Any]) -> str:
     """``ctl status`` as text, from :func:`status_json`."""
     ras = obj["ras"]
-    lines = [f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
-             f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
-             f"P{obj['pstate']} vrm={obj['vrm_current_a']} A failsafe={obj['failsafe']} "
-             f"rx_rejected={obj['rx_rejected']}",
-             f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
-             f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}"]
+    lines = [
+        f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
+        f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
+        f"P{obj['pstate']} vrm={obj['vrm_current_a']} A failsafe={obj['failsafe']} "
+        f"rx_rejected={obj['rx_rejected']}",
+        f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
+        f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}",
+    ]
     for i, d in enumerate(obj["dies"]):
-        lines.append(f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
-                     f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
-                     f"reasons={','.join(d['reason_names']) or '-'}")
+        lines.append(
+            f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
+            f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
+            f"reasons={','.join(d['reason_names']) or '-'}"
+        )
     for i, h in enumerate(obj["hbm"]):
         lines.append(f"  hbm {i}: {h['temp_c']} C ce={h['ce']} ue={h['ue']}")
     for p in obj["pumps"]:
-        lines.append(f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
-                     f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}")
+        lines.append(
+            f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
+            f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}"
+        )
     for i, v in enumerate(obj["valves"]):
         lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
     return "\n".join(lines)
 
 
-__all__ = ["message_json", "message_line", "plain", "ras_json", "ras_text", "snapshot_json", "status_json",
-           "status_text"]
+__all__ = [
+    "message_json",
+    "message_line",
+    "plain",
+    "ras_json",
+    "ras_text",
+    "snapshot_json",
+    "status_json",
+    "status_text",
+]

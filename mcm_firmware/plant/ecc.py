@@ -43,9 +43,7 @@ _DATA_POS = tuple(p for p in range(1, HAMMING_POSITIONS + 1) if p & (p - 1))  # 
 assert len(_DATA_POS) == DATA_BITS
 
 # For each Hamming parity bit, the mask of data bits it covers.
-_COVER = tuple(
-    sum(1 << i for i, pos in enumerate(_DATA_POS) if pos & parity) for parity in _PARITY_POS
-)
+_COVER = tuple(sum(1 << i for i, pos in enumerate(_DATA_POS) if pos & parity) for parity in _PARITY_POS)
 # For each data bit, its codeword position (for the syndrome).
 _POS_OF_DATA = _DATA_POS
 

@@ -20,7 +20,6 @@ from ..hbm import EccStatus, HbmGeometry, ReadResult
 from ..protocol.vocabulary import EccMode
 from . import ecc
 
-
 SECDED_DEVICES = 10  # x4 devices carrying the 39 bits of a word
 
 
@@ -115,7 +114,7 @@ class HbmStore:
         stored = self._lines.get(line)
         if stored is None:
             return bytearray(self._rng.randbytes(ecc.LINE_BYTES))
-        status, data, _ = ecc.chipkill_decode(bytes(stored))
+        _status, data, _ = ecc.chipkill_decode(bytes(stored))
         return bytearray(data)
 
     def _materialise(self, addr: int) -> None:
@@ -204,7 +203,7 @@ class HbmStore:
                     bit = dev * 4 + k
                     if bit < ecc.CODEWORD_BITS and garbage >> k & 1:
                         data, check = ecc.flip(data, check, bit)
-            status, fixed, fixed_check, bit = ecc.secded_decode(data, check)
+            status, fixed, _fixed_check, bit = ecc.secded_decode(data, check)
             if write_back and status is EccStatus.CORRECTED:
                 self._store_clean(addr, fixed)
             return ReadResult(addr, status, fixed, (bit,) if bit >= 0 else ())
@@ -246,10 +245,10 @@ class HbmStore:
             self._stuck.pop(key, None)
             if self.mode is EccMode.SECDED:
                 data, check = self._words[addr]
-                status, fixed, _, _ = ecc.secded_decode(data, check)
+                _, fixed, _, _ = ecc.secded_decode(data, check)
                 self._store_clean(key, fixed)
             else:
-                status, fixed_line, _ = self._chipkill(key, bytes(self._lines[key]))
+                _status, fixed_line, _ = self._chipkill(key, bytes(self._lines[key]))
                 self._store_clean(key, fixed_line)
             moved += 1
         return moved

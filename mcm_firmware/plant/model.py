@@ -204,8 +204,9 @@ class PlantState:
         return s
 
 
-def die_power(params: PlantParams, mhz: np.ndarray, mv: np.ndarray, activity: np.ndarray,
-              t_die: np.ndarray) -> np.ndarray:
+def die_power(
+    params: PlantParams, mhz: np.ndarray, mv: np.ndarray, activity: np.ndarray, t_die: np.ndarray
+) -> np.ndarray:
     """Dynamic plus temperature-dependent leakage power of each die, W."""
     v = mv * 1e-3
     dyn = params.c_eff * v * v * (mhz * 1e6) * activity
@@ -252,8 +253,11 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     s.vrm_current = (p_die / np.maximum(u.mv * 1e-3, 0.1)).sum(axis=1) * u.vrm_factor
 
     # --- heat transfer coefficients per die region
-    q_die = q_valve if params.one_die_per_valve else (
-        q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die])
+    q_die = (
+        q_valve
+        if params.one_die_per_valve
+        else (q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die])
+    )
     film = params.g_plate_nom * np.power(np.maximum(q_die, 0.0) / params.q_branch_nom, FLOW_EXPONENT)
     cap = 2.0 * q_die * params.cp_coolant / 60.0  # W/K of the coolant stream (mean temperature)
     forced = np.where(q_die > 1e-6, film * cap / np.maximum(film + cap, 1e-12), 0.0)

@@ -27,9 +27,7 @@ class SensorFault(IntEnum):
 
 
 class SensorBank:
-    def __init__(
-        self, shape: tuple[int, int], *, noise_sd: float, quantum: float, initial: float | np.ndarray
-    ) -> None:
+    def __init__(self, shape: tuple[int, int], *, noise_sd: float, quantum: float, initial: float | np.ndarray) -> None:
         self.noise_sd = noise_sd
         self.quantum = quantum
         self.value = np.broadcast_to(np.asarray(initial, float), shape).copy()
@@ -75,8 +73,9 @@ class SensorBank:
             self.failed[row, col] = False
         self._any_fault = bool(self.fault.any())
 
-    def sample(self, true: np.ndarray, t: float, dt: float, rng: np.random.Generator,
-               noise: np.ndarray | None = None) -> None:
+    def sample(
+        self, true: np.ndarray, t: float, dt: float, rng: np.random.Generator, noise: np.ndarray | None = None
+    ) -> None:
         """Take one reading of every sensor from the true values of this tick. ``noise`` (standard
         normal, the bank's shape) may be drawn by the caller for several banks at once."""
         raw = self._pending

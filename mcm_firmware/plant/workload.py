@@ -57,8 +57,11 @@ class WorkloadModel:
     def _kinds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._masks is None:
             steady = np.where(self._kind == Workload.STEADY, STEADY_DEMAND, 0.0)[:, None] * np.ones(self._dies)
-            self._masks = (steady, np.flatnonzero(self._kind == Workload.TRAINING),
-                           np.flatnonzero(self._kind == Workload.INFERENCE))
+            self._masks = (
+                steady,
+                np.flatnonzero(self._kind == Workload.TRAINING),
+                np.flatnonzero(self._kind == Workload.INFERENCE),
+            )
         return self._masks
 
     def demand(self, t: float, dt: float) -> np.ndarray:
@@ -71,7 +74,8 @@ class WorkloadModel:
             # Ornstein-Uhlenbeck fluctuation around half load, for the inference modules only
             a = math.exp(-dt / INFER_TAU_S)
             ou = self._ou[inference] * a + self._rng.standard_normal((len(inference), self._dies)) * (
-                INFER_SD * math.sqrt(1 - a * a))
+                INFER_SD * math.sqrt(1 - a * a)
+            )
             self._ou[inference] = ou
             d[inference] = np.minimum(np.maximum(INFER_MEAN + ou, 0.05), 1.0)
         return d * self.scale[:, None]

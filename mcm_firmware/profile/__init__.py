@@ -3,5 +3,12 @@
 from .loader import ProfileError, list_profiles, load_profile, load_profile_file, parse_profile, search_path
 from .schema import Profile
 
-__all__ = ["Profile", "ProfileError", "list_profiles", "load_profile", "load_profile_file",
-           "parse_profile", "search_path"]
+__all__ = [
+    "Profile",
+    "ProfileError",
+    "list_profiles",
+    "load_profile",
+    "load_profile_file",
+    "parse_profile",
+    "search_path",
+]

@@ -6,7 +6,6 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError

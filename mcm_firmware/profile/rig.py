@@ -114,8 +114,9 @@ class RigProfile(_Section):
         for c in (*self.sensor, *self.actuator):
             if c.index >= sizes[c.kind]:
                 have = f" ({c.kind}:0..{sizes[c.kind] - 1})" if sizes[c.kind] else ""
-                raise ValueError(f"rig {self.name}: channel {c.channel} targets {c.target}, "
-                                 f"but the module has {sizes[c.kind]}{have}")
+                raise ValueError(
+                    f"rig {self.name}: channel {c.channel} targets {c.target}, but the module has {sizes[c.kind]}{have}"
+                )
 
 
 def rig_search_path() -> list[Path]:

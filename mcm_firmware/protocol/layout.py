@@ -36,9 +36,7 @@ _NUMPY_CODES = {
 def _unwrap(con: c.Construct) -> c.Construct:
     """Strip the wrappers that do not change the bytes (names, enums, docs)."""
     while True:
-        if isinstance(con, c.Renamed):
-            con = con.subcon
-        elif isinstance(con, (c.Enum, c.FlagsEnum)):
+        if isinstance(con, (c.Renamed, c.Enum, c.FlagsEnum)):
             con = con.subcon
         else:
             return con

@@ -290,21 +290,32 @@ def parse_packet(data: bytes) -> Packet:
     b0, dest, src, b3 = _MCTP.unpack_from(data)
     if b0 & 0x0F != HEADER_VERSION:
         raise LinkError(f"MCTP header version {b0 & 0x0F} is not {HEADER_VERSION}")
-    return Packet(dest, src, bool(b3 & 0x80), bool(b3 & 0x40), (b3 >> 4) & 3, bool(b3 & 0x08), b3 & 7,
-                  bytes(data[MCTP_HEADER_SIZE:]))
+    return Packet(
+        dest,
+        src,
+        bool(b3 & 0x80),
+        bool(b3 & 0x40),
+        (b3 >> 4) & 3,
+        bool(b3 & 0x08),
+        b3 & 7,
+        bytes(data[MCTP_HEADER_SIZE:]),
+    )
 
 
-def fragment(message: bytes, *, dest: int, src: int, tag: int, tag_owner: bool = True,
-             mtu: int = BASELINE_MTU, seq: int = 0) -> list[bytes]:
+def fragment(
+    message: bytes, *, dest: int, src: int, tag: int, tag_owner: bool = True, mtu: int = BASELINE_MTU, seq: int = 0
+) -> list[bytes]:
     """Split one message into MCTP packets of at most ``mtu`` message bytes each."""
     if not 1 <= mtu <= MAX_MTU:
         raise ValueError(f"MTU must be 1..{MAX_MTU} bytes, got {mtu}")
     if not message:
         raise ValueError("an MCTP message is at least one byte (its type)")
-    chunks = [message[o:o + mtu] for o in range(0, len(message), mtu)]
+    chunks = [message[o : o + mtu] for o in range(0, len(message), mtu)]
     last = len(chunks) - 1
-    return [Packet(dest, src, k == 0, k == last, (seq + k) & 3, tag_owner, tag, chunk).to_bytes()
-            for k, chunk in enumerate(chunks)]
+    return [
+        Packet(dest, src, k == 0, k == last, (seq + k) & 3, tag_owner, tag, chunk).to_bytes()
+        for k, chunk in enumerate(chunks)
+    ]
 
 
 class Loss(enum.StrEnum):
@@ -383,8 +394,7 @@ class VendorMessage:
     data: bytes = b""
 
     def to_bytes(self) -> bytes:
-        return _VENDOR.pack(MSG_TYPE_VENDOR_IANA, IANA_PEN, self.kind, self.channel, self.flags,
-                            self.node) + self.data
+        return _VENDOR.pack(MSG_TYPE_VENDOR_IANA, IANA_PEN, self.kind, self.channel, self.flags, self.node) + self.data
 
 
 def parse_vendor(message: bytes) -> VendorMessage:

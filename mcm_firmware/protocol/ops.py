@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
 
 import construct as c
 
@@ -48,8 +48,17 @@ class Op(IntEnum):
 
 
 def wire(subcon: c.Construct) -> Any:
-    """A dataclass field whose bytes ``subcon`` declares."""
+    """A field whose bytes ``subcon`` declares (required, keyword-only)."""
     return dataclasses.field(metadata={"wire": subcon})
+
+
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(wire,))
+def record(cls: type[_T]) -> type[_T]:
+    """A typed class of :func:`wire` fields: frozen, slotted, keyword-only."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
 
 
 @cache
@@ -58,30 +67,27 @@ def layout(cls: type) -> c.Struct:
     return c.Struct(*(fld.name / fld.metadata["wire"] for fld in dataclasses.fields(cls)))
 
 
-_record = dataclass(frozen=True, slots=True, kw_only=True)
-
-
 # --- arguments ------------------------------------------------------------------------------------
 
 
-@_record
+@record
 class PowerCapArgs:
     watts: float = wire(c.Float32l)
 
 
-@_record
+@record
 class LockClocksArgs:
     mhz: int = wire(c.Int16ul)
 
 
-@_record
+@record
 class SetValveArgs:
     valve: int = wire(c.Int8ul)
     auto: int = wire(c.Int8ul)  # 1: back to automatic control (pct ignored)
     pct: float = wire(c.Float32l)
 
 
-@_record
+@record
 class InjectArgs:
     """A fault of :mod:`mcm_firmware.faults`: kind, target text, two numbers (NaN: not given)."""
 
@@ -91,7 +97,7 @@ class InjectArgs:
     value2: float = wire(c.Float64l)
 
 
-@_record
+@record
 class ClearFaultArgs:
     kind: int = wire(c.Int8ul)  # 0: every fault
     target: str = wire(f.Text8)  # empty: every target of the kind
@@ -100,7 +106,7 @@ class ClearFaultArgs:
 # --- answers --------------------------------------------------------------------------------------
 
 
-@_record
+@record
 class StatusResult:
     profile: str = wire(f.Text8)
     firmware: str = wire(f.Text8)
@@ -116,14 +122,14 @@ class StatusResult:
     snapshot: Snapshot = wire(f.Snapshot)
 
 
-@_record
+@record
 class StackErrors:
     ce: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))  # per channel
     ue: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))
     failed_devices: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int8ul))
 
 
-@_record
+@record
 class PendingRow:
     stack: int = wire(c.Int8ul)
     channel: int = wire(c.Int8ul)
@@ -131,7 +137,7 @@ class PendingRow:
     row: int = wire(c.Int32ul)
 
 
-@_record
+@record
 class RasResult:
     ecc: int = wire(c.Int8ul)  # EccMode
     flags: int = wire(c.Int8ul)  # RasFlags
@@ -174,21 +180,45 @@ _SPECS = (
     OpSpec(Op.PING, "round trip to the node"),
     OpSpec(Op.STATUS, "the node's state, sensors and actuators", result=StatusResult),
     OpSpec(Op.REBIRTH, "ask the node to publish its BIRTH again"),
-    OpSpec(Op.SET_POWER_CAP, "software power cap of the module, within the profile's range",
-           args=PowerCapArgs, usage="W", example=PowerCapArgs(watts=800.0)),
-    OpSpec(Op.LOCK_CLOCKS, "lock the dice's application clocks (the P-state at or below MHZ)",
-           args=LockClocksArgs, usage="MHZ", example=LockClocksArgs(mhz=1500)),
+    OpSpec(
+        Op.SET_POWER_CAP,
+        "software power cap of the module, within the profile's range",
+        args=PowerCapArgs,
+        usage="W",
+        example=PowerCapArgs(watts=800.0),
+    ),
+    OpSpec(
+        Op.LOCK_CLOCKS,
+        "lock the dice's application clocks (the P-state at or below MHZ)",
+        args=LockClocksArgs,
+        usage="MHZ",
+        example=LockClocksArgs(mhz=1500),
+    ),
     OpSpec(Op.RESET_CLOCKS, "release locked clocks"),
-    OpSpec(Op.SET_VALVE, "hold valve N at PCT %, or give it back to the controller",
-           args=SetValveArgs, usage="N PCT|auto", example=SetValveArgs(valve=2, auto=0, pct=62.5)),
+    OpSpec(
+        Op.SET_VALVE,
+        "hold valve N at PCT %, or give it back to the controller",
+        args=SetValveArgs,
+        usage="N PCT|auto",
+        example=SetValveArgs(valve=2, auto=0, pct=62.5),
+    ),
     OpSpec(Op.RAS, "HBM error counters, remap state, recovery action", result=RasResult),
     OpSpec(Op.CLEAR_RAS, "clear the HBM error counters"),
     OpSpec(Op.RESET, "module reset: applies pending row remaps"),
-    OpSpec(Op.INJECT, "inject a fault (see docs/faults.md)", args=InjectArgs,
-           usage="FAULT [TARGET] [VALUE] [VALUE2]",
-           example=InjectArgs(kind=4, target="die:2", value=95.0, value2=0.0)),
-    OpSpec(Op.CLEAR_FAULT, "clear injected faults", args=ClearFaultArgs, usage="FAULT [TARGET]|all",
-           example=ClearFaultArgs(kind=1, target="A")),
+    OpSpec(
+        Op.INJECT,
+        "inject a fault (see docs/faults.md)",
+        args=InjectArgs,
+        usage="FAULT [TARGET] [VALUE] [VALUE2]",
+        example=InjectArgs(kind=4, target="die:2", value=95.0, value2=0.0),
+    ),
+    OpSpec(
+        Op.CLEAR_FAULT,
+        "clear injected faults",
+        args=ClearFaultArgs,
+        usage="FAULT [TARGET]|all",
+        example=ClearFaultArgs(kind=1, target="A"),
+    ),
 )
 OPS: dict[Op, OpSpec] = {s.op: s for s in _SPECS}
 if set(OPS) != set(Op):

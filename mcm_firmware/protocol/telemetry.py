@@ -11,7 +11,6 @@ from typing import NamedTuple
 from .vocabulary import CoolingMode, NodeState
 
 
-
 class DieTelemetry(NamedTuple):
     temp_c: float
     power_w: float

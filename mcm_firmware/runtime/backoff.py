@@ -9,8 +9,9 @@ class Backoff:
     """Delays ``initial * factor^k`` capped at ``maximum``, each drawn uniformly from its upper
     half ("equal jitter"), so that a fleet that lost its broker does not return in lockstep."""
 
-    def __init__(self, *, initial: float = 0.2, maximum: float = 10.0, factor: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, *, initial: float = 0.2, maximum: float = 10.0, factor: float = 2.0, rng: random.Random | None = None
+    ) -> None:
         if not (0 < initial <= maximum and factor >= 1):
             raise ValueError("need 0 < initial <= maximum and factor >= 1")
         self.initial = initial

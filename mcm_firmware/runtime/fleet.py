@@ -24,11 +24,11 @@ from ..clock import Clock, Deadlines
 from ..plant.workload import Workload
 from ..profile import Profile
 from ..protocol import DeathReason, Op
+from ..tasks import cancel_and_wait
 from ..transport import NodeLinks, TransportFactory
 from .handlers import HANDLERS
 from .node import U32, Handler, Node
 from .shard import Shard
-from ..tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 MAX_TELEMETRY_SLOTS = 10
@@ -73,10 +73,16 @@ class Fleet:
                 factory = links.factory(nid) if links is not None else transport_factory
                 if factory is None:
                     raise ValueError(f"node {nid} has no transport")
-                node = Node(node_id=nid, fleet=fleet, shard=shard, row=row,
-                            transport_factory=factory,
-                            clock=clock, handlers=handlers,
-                            seed=(seed * 7_919 + nid) & U32)
+                node = Node(
+                    node_id=nid,
+                    fleet=fleet,
+                    shard=shard,
+                    row=row,
+                    transport_factory=factory,
+                    clock=clock,
+                    handlers=handlers,
+                    seed=(seed * 7_919 + nid) & U32,
+                )
                 self.nodes[nid] = node
                 rows.append(node)
             self._rows[name] = rows
@@ -100,8 +106,10 @@ class Fleet:
 
     async def start(self) -> None:
         for name, shard in self.shards.items():
-            for task in (asyncio.create_task(self._tick_loop(name, shard), name=f"shard-{name}-tick"),
-                         asyncio.create_task(self._telemetry_loop(name, shard), name=f"shard-{name}-tlm")):
+            for task in (
+                asyncio.create_task(self._tick_loop(name, shard), name=f"shard-{name}-tick"),
+                asyncio.create_task(self._telemetry_loop(name, shard), name=f"shard-{name}-tlm"),
+            ):
                 task.add_done_callback(self._watch)
                 self._tasks.append(task)
         for node in self.nodes.values():
@@ -124,8 +132,7 @@ class Fleet:
         self._tasks = []
 
     async def wait_connected(self, timeout: float | None = None) -> None:
-        await asyncio.wait_for(
-            asyncio.gather(*(n.connected_once.wait() for n in self.nodes.values())), timeout)
+        await asyncio.wait_for(asyncio.gather(*(n.connected_once.wait() for n in self.nodes.values())), timeout)
 
     async def _tick_loop(self, name: str, shard: Shard) -> None:
         nodes = self._rows[name]
@@ -134,8 +141,7 @@ class Fleet:
             await deadlines.wait()
             shard.tick()
             for ev in shard.take_events():
-                nodes[ev.row].emit_event(ev.severity, ev.code, subject=ev.subject, value=ev.value,
-                                         text=ev.text)
+                nodes[ev.row].emit_event(ev.severity, ev.code, subject=ev.subject, value=ev.value, text=ev.text)
 
     async def _telemetry_loop(self, name: str, shard: Shard) -> None:
         nodes = self._rows[name]
@@ -166,7 +172,9 @@ class Fleet:
                 "profile": shard.profile.name,
                 "state": node.state.name if node.state.name != "RUNNING" else shard.node_state(row).name,
                 "link": "up" if node.link_up else "down",
-                "temp_c": float(np.nanmax(shard.s_die.value[row])) if np.isfinite(shard.s_die.value[row]).any() else float("nan"),
+                "temp_c": float(np.nanmax(shard.s_die.value[row]))
+                if np.isfinite(shard.s_die.value[row]).any()
+                else float("nan"),
                 "power_w": float(shard.plant.p_total[row]),
                 "clock_mhz": float(shard.dvfs.mhz[row].mean()),
                 "mode": shard.cooling_mode(np.array([row]))[0],

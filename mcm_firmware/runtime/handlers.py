@@ -30,7 +30,6 @@ def handler(op: Op) -> Callable[[Handler], Handler]:
     return register
 
 
-
 @handler(Op.PING)
 def _ping(node: Node, cmd: Command) -> None:
     pass
@@ -51,8 +50,7 @@ def _set_power_cap(node: Node, cmd: Command) -> None:
     watts = cmd.args.watts
     pw = node.profile.power
     if not math.isfinite(watts) or not pw.min_cap_w <= watts <= pw.max_cap_w:
-        raise CommandError(Status.BAD_ARGUMENT,
-                           f"power cap {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
+        raise CommandError(Status.BAD_ARGUMENT, f"power cap {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
     node.shard.dvfs.cap_w[node.row] = watts
     node.emit_event(Severity.NOTICE, EventCode.POWER_CAP_SET, value=watts, text=f"power cap {watts:g} W")
 
@@ -82,14 +80,20 @@ def _set_valve(node: Node, cmd: Command) -> None:
     manual = node.shard.cool.manual
     if a.auto:
         manual[node.row, a.valve] = math.nan
-        node.emit_event(Severity.NOTICE, EventCode.VALVE_AUTO, subject=a.valve,
-                        text=f"valve {a.valve} under automatic control")
+        node.emit_event(
+            Severity.NOTICE, EventCode.VALVE_AUTO, subject=a.valve, text=f"valve {a.valve} under automatic control"
+        )
         return
     if not (math.isfinite(a.pct) and 0.0 <= a.pct <= 100.0):
         raise CommandError(Status.BAD_ARGUMENT, f"valve position {a.pct:g} % outside 0..100 %")
     manual[node.row, a.valve] = a.pct
-    node.emit_event(Severity.WARNING, EventCode.VALVE_MANUAL, subject=a.valve, value=a.pct,
-                    text=f"valve {a.valve} held at {a.pct:g} % by the operator")
+    node.emit_event(
+        Severity.WARNING,
+        EventCode.VALVE_MANUAL,
+        subject=a.valve,
+        value=a.pct,
+        text=f"valve {a.valve} held at {a.pct:g} % by the operator",
+    )
 
 
 @handler(Op.RAS)
@@ -109,8 +113,9 @@ def _reset(node: Node, cmd: Command) -> None:
     ctl = node.shard.ras[node.row]
     events = ctl.reset()
     node.shard.ras_events(node.row, events)
-    node.emit_event(Severity.NOTICE, EventCode.RESET_DONE, value=len(events),
-                    text=f"reset: {len(events)} pending row(s) remapped")
+    node.emit_event(
+        Severity.NOTICE, EventCode.RESET_DONE, value=len(events), text=f"reset: {len(events)} pending row(s) remapped"
+    )
 
 
 @handler(Op.INJECT)
@@ -120,8 +125,9 @@ def _inject(node: Node, cmd: Command) -> None:
         kind = FaultKind(a.kind)
         fault = apply_fault(node, make_fault(kind, a.target, a.value, a.value2))
     except ValueError as e:  # FaultError, or an unknown kind number
-        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
-                           f"unknown fault kind {a.kind}") from None
+        raise CommandError(
+            Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else f"unknown fault kind {a.kind}"
+        ) from None
     node.emit_event(Severity.WARNING, EventCode.FAULT_INJECTED, subject=int(kind), text=str(fault))
 
 
@@ -134,7 +140,8 @@ def _clear_fault(node: Node, cmd: Command) -> None:
             raise FaultError(f"{kind.label} cannot be cleared")
         cleared = clear_faults(node, ClearSpec(kind, a.target))
     except ValueError as e:
-        raise CommandError(Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else
-                           f"unknown fault kind {a.kind}") from None
+        raise CommandError(
+            Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else f"unknown fault kind {a.kind}"
+        ) from None
     what = ", ".join(str(f) for f in cleared) or "nothing"
     node.emit_event(Severity.NOTICE, EventCode.FAULT_CLEARED, subject=a.kind, text=f"cleared {what}")

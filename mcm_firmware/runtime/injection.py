@@ -51,7 +51,9 @@ def _pump_flag(table: str) -> Effect:
     def set_to(value: bool) -> Action:
         def act(node: Node, fault: Fault) -> None:
             getattr(node.shard.inputs, table)[node.row, _pump(node, fault)] = value
+
         return act
+
     return Effect(set_to(True), set_to(False))
 
 
@@ -95,6 +97,7 @@ EFFECTS[FaultKind.SENSOR_FAILED] = _sensor(SensorFault.FAILED)
 
 def _module_input(table: str, normal: float) -> Effect:
     """A module-wide plant input set to the fault's value, and back to ``normal``."""
+
     def apply(node: Node, fault: Fault) -> None:
         getattr(node.shard.inputs, table)[node.row] = fault.value
 
@@ -111,6 +114,7 @@ EFFECTS[FaultKind.INLET_STEP] = _module_input("inlet_offset_c", 0.0)
 def _brake(value: bool) -> Action:
     def act(node: Node, fault: Fault) -> None:
         node.shard.dvfs.brake[node.row] = value
+
     return act
 
 
@@ -163,6 +167,7 @@ EFFECTS[FaultKind.CE_STORM] = Effect(_storm, _calm)
 def _link(param: str) -> Effect:
     """A link fault: set from just after the answer to the command that set it, so the answer
     still leaves on a clean link."""
+
     def apply(node: Node, fault: Fault) -> None:
         node.set_link_fault(param, fault.value, after_answer=True)
 

@@ -21,8 +21,8 @@ Repeated request ids are executed once and answered again from a cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..clock import Clock
+from ..faults import Fault
 from ..protocol import (
     MODULE_SUBJECT,
     Birth,
@@ -48,18 +49,19 @@ from ..protocol import (
     MsgType,
     NodeState,
     Op,
+    PendingRow,
+    RasFlags,
+    RasResult,
     Reason,
     Response,
     Severity,
+    StackErrors,
     Status,
     StatusResult,
     decode,
-    encode,
     frame_bytes,
 )
 from ..protocol.codec import encode_body, snapshot_from_payload
-from ..protocol import PendingRow, RasFlags, RasResult, StackErrors
-from ..faults import Fault
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -77,8 +79,14 @@ from .shard import Shard
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = (Capability.TELEMETRY | Capability.DVFS | Capability.POWER_CAP | Capability.COOLANT_CONTROL
-                | Capability.RAS | Capability.FAULT_INJECTION)
+CAPABILITIES = (
+    Capability.TELEMETRY
+    | Capability.DVFS
+    | Capability.POWER_CAP
+    | Capability.COOLANT_CONTROL
+    | Capability.RAS
+    | Capability.FAULT_INJECTION
+)
 RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
 BOOT_TIME_S = 2.0  # a rebooting controller is away this long
 LIFECYCLE_GRACE_S = 0.05  # a crash or reboot waits this long, so that its command is answered
@@ -197,9 +205,16 @@ class Node:
     def birth(self) -> Birth:
         p = self.profile
         return Birth(
-            node_id=self.node_id, profile=p.name, firmware=__version__, capabilities=int(CAPABILITIES),
-            boot_count=self.boot_count, bdseq=self.bdseq, dies=p.die.count, hbm_stacks=p.hbm.count,
-            pumps=len(p.cooling.pumps), valves=p.cooling.valves,
+            node_id=self.node_id,
+            profile=p.name,
+            firmware=__version__,
+            capabilities=int(CAPABILITIES),
+            boot_count=self.boot_count,
+            bdseq=self.bdseq,
+            dies=p.die.count,
+            hbm_stacks=p.hbm.count,
+            pumps=len(p.cooling.pumps),
+            valves=p.cooling.valves,
         )
 
     def death(self, reason: DeathReason) -> Death:
@@ -240,8 +255,9 @@ class Node:
             try:
                 await asyncio.wait_for(self._flush(), timeout)
                 await asyncio.wait_for(
-                    tr.publish(self.address(Channel.STATE), self._encode(self.death(reason)),
-                               retain=True, reliable=True),
+                    tr.publish(
+                        self.address(Channel.STATE), self._encode(self.death(reason)), retain=True, reliable=True
+                    ),
                     timeout,
                 )
                 self.counters.tx_frames += 1
@@ -311,7 +327,7 @@ class Node:
         self.start()
 
     async def _flush(self) -> None:
-        while self._urgent or self._events:
+        while self._urgent or self._events:  # noqa: ASYNC110 - polls the tx task's two queues
             await asyncio.sleep(0.005)
 
     @property
@@ -330,8 +346,9 @@ class Node:
             self._link_params.pop(name, None)
         else:
             self._link_params[name] = value
-        self.link_faults = (LinkFaults(seed=self._rng.getrandbits(32), **self._link_params)
-                            if self._link_params else None)
+        self.link_faults = (
+            LinkFaults(seed=self._rng.getrandbits(32), **self._link_params) if self._link_params else None
+        )
 
     def _plan(self, addr: Address, payload: bytes) -> list[tuple[float, Delivery]]:
         d = Delivery(addr, payload)
@@ -350,7 +367,8 @@ class Node:
     def _publish_later(self, tr: Transport, d: Delivery, retain: bool, reliable: bool) -> None:
         task = asyncio.get_running_loop().create_task(
             _publish_quietly(tr, d.address, d.payload, retain=retain, reliable=reliable),
-            name=f"node-{self.node_id}-delayed-tx")
+            name=f"node-{self.node_id}-delayed-tx",
+        )
         self._stray.add(task)
         task.add_done_callback(self._stray.discard)
 
@@ -447,13 +465,25 @@ class Node:
         queue.append(out)
         self._wake.set()
 
-    def emit_event(self, severity: Severity, code: EventCode, *, subject: int = MODULE_SUBJECT,
-                   value: float = 0.0, text: str = "") -> None:
+    def emit_event(
+        self, severity: Severity, code: EventCode, *, subject: int = MODULE_SUBJECT, value: float = 0.0, text: str = ""
+    ) -> None:
         if self._stopping:
             return  # a controller that is down reports nothing
-        self._queue(self._events, _Out(Channel.EVT, Event(
-            node_id=self.node_id, severity=severity, code=int(code), subject=subject, value=value,
-            text=_clip(text))))
+        self._queue(
+            self._events,
+            _Out(
+                Channel.EVT,
+                Event(
+                    node_id=self.node_id,
+                    severity=severity,
+                    code=int(code),
+                    subject=subject,
+                    value=value,
+                    text=_clip(text),
+                ),
+            ),
+        )
 
     def _respond(self, resp: Response) -> None:
         self._queue(self._urgent, _Out(Channel.RSP, resp))
@@ -464,23 +494,39 @@ class Node:
 
     # --- inbound ----------------------------------------------------------------------------
 
-    def _reject(self, reason: Reason, message: str, *, request_id: int | None = None,
-                op: int = 0, status: Status = Status.BAD_REQUEST) -> None:
+    def _reject(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        request_id: int | None = None,
+        op: int = 0,
+        status: Status = Status.BAD_REQUEST,
+    ) -> None:
         self.counters.rx_rejected += 1
         now = self.clock.now()
         if self._reject_limiter.allow(now):
             if self.counters.events_suppressed:
-                self.emit_event(Severity.WARNING, EventCode.EVENTS_SUPPRESSED,
-                                value=self.counters.events_suppressed,
-                                text=f"{self.counters.events_suppressed} rejection events suppressed")
+                self.emit_event(
+                    Severity.WARNING,
+                    EventCode.EVENTS_SUPPRESSED,
+                    value=self.counters.events_suppressed,
+                    text=f"{self.counters.events_suppressed} rejection events suppressed",
+                )
                 self.counters.events_suppressed = 0
-            self.emit_event(Severity.WARNING, EventCode.FRAME_REJECTED, subject=int(reason),
-                            value=-1 if request_id is None else request_id, text=message)
+            self.emit_event(
+                Severity.WARNING,
+                EventCode.FRAME_REJECTED,
+                subject=int(reason),
+                value=-1 if request_id is None else request_id,
+                text=message,
+            )
         else:
             self.counters.events_suppressed += 1
         if request_id is not None:
-            self._respond(Response(node_id=self.node_id, request_id=request_id, op=op, status=status,
-                                   message=_clip(message)))
+            self._respond(
+                Response(node_id=self.node_id, request_id=request_id, op=op, status=status, message=_clip(message))
+            )
 
     def _on_frame(self, data: bytes) -> None:
         self.counters.rx_frames += 1
@@ -491,8 +537,7 @@ class Node:
             status = Status.BAD_REQUEST
             if e.op is not None and e.op not in Op._value2member_map_:
                 status = Status.UNKNOWN_OP
-            self._reject(e.reason, str(e), request_id=e.request_id if answerable else None,
-                         op=e.op or 0, status=status)
+            self._reject(e.reason, str(e), request_id=e.request_id if answerable else None, op=e.op or 0, status=status)
             return
         if not isinstance(msg, Command):
             self._reject(Reason.BAD_FIELD, f"{type(msg).__name__.upper()} frame on the command channel")
@@ -501,8 +546,7 @@ class Node:
             self._reject(Reason.BAD_FIELD, f"command addressed to node {msg.node_id}")
             return
         if not msg.flags & FrameFlags.HOST:
-            self._reject(Reason.BAD_FIELD, "command without the HOST flag", request_id=msg.request_id,
-                         op=msg.op)
+            self._reject(Reason.BAD_FIELD, "command without the HOST flag", request_id=msg.request_id, op=msg.op)
             return
         cached = self._answered.get(msg.request_id)
         if cached is not None:
@@ -527,13 +571,19 @@ class Node:
                 data = fn(self, cmd)
             except CommandError as e:
                 status, message = e.status, str(e)
-            except Exception as e:  # noqa: BLE001 - a handler bug must not stop the node
+            except Exception as e:
                 log.exception("node %s: %s failed", self.node_id, cmd.op.name)
                 status, message = Status.INTERNAL, f"{type(e).__name__}: {e}"
-                self.emit_event(Severity.ERROR, EventCode.FRAME_REJECTED, subject=0,
-                                value=cmd.request_id, text=f"internal error in {cmd.op.name}")
-        return Response(node_id=self.node_id, request_id=cmd.request_id, op=cmd.op, status=status,
-                        message=_clip(message), data=data)
+                self.emit_event(
+                    Severity.ERROR,
+                    EventCode.FRAME_REJECTED,
+                    subject=0,
+                    value=cmd.request_id,
+                    text=f"internal error in {cmd.op.name}",
+                )
+        return Response(
+            node_id=self.node_id, request_id=cmd.request_id, op=cmd.op, status=status, message=_clip(message), data=data
+        )
 
     # --- views ------------------------------------------------------------------------------
 
@@ -546,20 +596,32 @@ class Node:
 
     def ras_result(self) -> RasResult:
         ctl = self.shard.ras[self.row]
-        flags = ((RasFlags.REMAP_PENDING if ctl.remap_pending else 0) | (RasFlags.REMAP_FAILED if ctl.remap_failed else 0)
-                 | (RasFlags.CE_STORM if ctl.storm else 0))
+        flags = (
+            (RasFlags.REMAP_PENDING if ctl.remap_pending else 0)
+            | (RasFlags.REMAP_FAILED if ctl.remap_failed else 0)
+            | (RasFlags.CE_STORM if ctl.storm else 0)
+        )
         stacks = tuple(
-            StackErrors(ce=tuple(int(min(x, U32)) for x in ctl.ce[s]),
-                        ue=tuple(int(min(x, U32)) for x in ctl.ue[s]),
-                        failed_devices=tuple(sorted(ctl.store.failed_devices.get(s, ()))))
+            StackErrors(
+                ce=tuple(int(min(x, U32)) for x in ctl.ce[s]),
+                ue=tuple(int(min(x, U32)) for x in ctl.ue[s]),
+                failed_devices=tuple(sorted(ctl.store.failed_devices.get(s, ()))),
+            )
             for s in range(ctl.ce.shape[0])
         )
         pending = tuple(PendingRow(stack=k[0], channel=k[1], bank=k[2], row=k[3]) for k in sorted(ctl.pending))
         return RasResult(
-            ecc=int(ctl.cfg.mode), flags=int(flags), recovery_action=int(ctl.recovery_action),
-            ce=int(ctl.ce.sum()), ue=int(ctl.ue.sum()), remapped_rows=len(ctl.remapped),
-            spare_rows_free=max(0, ctl.spare_rows_free), scrub_passes=ctl.scrub_passes & U32,
-            scrubbed_words=ctl.scrubbed, stacks=stacks, pending=pending[:1000],
+            ecc=int(ctl.cfg.mode),
+            flags=int(flags),
+            recovery_action=int(ctl.recovery_action),
+            ce=int(ctl.ce.sum()),
+            ue=int(ctl.ue.sum()),
+            remapped_rows=len(ctl.remapped),
+            spare_rows_free=max(0, ctl.spare_rows_free),
+            scrub_passes=ctl.scrub_passes & U32,
+            scrubbed_words=ctl.scrubbed,
+            stacks=stacks,
+            pending=pending[:1000],
         )
 
     def link_util_permille(self) -> int:
@@ -570,9 +632,14 @@ class Node:
     def status(self) -> StatusResult:
         c = self.counters
         return StatusResult(
-            profile=self.profile.name, firmware=__version__, boot_count=self.boot_count,
-            tx_seq=self._seq, rx_frames=c.rx_frames & U32, tx_frames=c.tx_frames & U32,
-            tx_dropped=c.tx_dropped & U32, reconnects=c.reconnects & U32,
+            profile=self.profile.name,
+            firmware=__version__,
+            boot_count=self.boot_count,
+            tx_seq=self._seq,
+            rx_frames=c.rx_frames & U32,
+            tx_frames=c.tx_frames & U32,
+            tx_dropped=c.tx_dropped & U32,
+            reconnects=c.reconnects & U32,
             link_util_permille=self.link_util_permille(),
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),
             faults=tuple(str(f) for f in self.faults.values())[:255],
@@ -580,12 +647,9 @@ class Node:
         )
 
 
-async def _publish_quietly(tr: Transport, addr: Address, frame: bytes, *, retain: bool,
-                           reliable: bool) -> None:
-    try:
+async def _publish_quietly(tr: Transport, addr: Address, frame: bytes, *, retain: bool, reliable: bool) -> None:
+    with contextlib.suppress(TransportError):
         await tr.publish(addr, frame, retain=retain, reliable=reliable)
-    except TransportError:
-        pass
 
 
 __all__ = ["CommandError", "Handler", "Node"]

@@ -53,8 +53,7 @@ log = logging.getLogger(__name__)
 class RigDriver:
     def __init__(self, node: Node, rig: RigProfile, port: str) -> None:
         shard = node.shard
-        rig.check_against(shard.s_die.value.shape[1], shard.s_hbm.value.shape[1],
-                          shard.s_flow.value.shape[1])
+        rig.check_against(shard.s_die.value.shape[1], shard.s_hbm.value.shape[1], shard.s_flow.value.shape[1])
         self.node = node
         self.rig = rig
         spec = parse_port_url(port)
@@ -84,8 +83,10 @@ class RigDriver:
             for c in self.rig.sensor:
                 self._banks[c.kind].attach_external(row, c.index)
         nid = self.node.node_id
-        self._tasks = [asyncio.create_task(self._poll(), name=f"rig-{nid}-poll"),
-                       asyncio.create_task(self._receive(), name=f"rig-{nid}-rx")]
+        self._tasks = [
+            asyncio.create_task(self._poll(), name=f"rig-{nid}-poll"),
+            asyncio.create_task(self._receive(), name=f"rig-{nid}-rx"),
+        ]
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -125,9 +126,12 @@ class RigDriver:
                 self.lost = True
                 if self.controller:
                     self._release_actuators()  # the node's own controller takes the valves back
-                self.node.emit_event(Severity.ERROR, EventCode.RIG_LOST,
-                                     value=silent if math.isfinite(silent) else -1.0,
-                                     text=f"rig {self.rig.name} at {self.path or self.port.spec.url} does not answer")
+                self.node.emit_event(
+                    Severity.ERROR,
+                    EventCode.RIG_LOST,
+                    value=silent if math.isfinite(silent) else -1.0,
+                    text=f"rig {self.rig.name} at {self.path or self.port.spec.url} does not answer",
+                )
 
     async def _receive(self) -> None:
         try:
@@ -153,8 +157,9 @@ class RigDriver:
                 raw = float(parts[2])
                 if not math.isfinite(raw):
                     raise ValueError
-                self._banks[c.kind].set_external(self.node.row, c.index, raw * c.scale + c.offset,
-                                                 self.node.clock.now())
+                self._banks[c.kind].set_external(
+                    self.node.row, c.index, raw * c.scale + c.offset, self.node.clock.now()
+                )
             elif kind == b"A" and ch in self._actuators and len(parts) == 3:
                 c = self._actuators[ch]
                 self.positions[ch] = float(parts[2]) * c.scale + c.offset
@@ -169,5 +174,4 @@ class RigDriver:
         self.last_answer = self.node.clock.now()
         if self.lost:
             self.lost = False
-            self.node.emit_event(Severity.INFO, EventCode.RIG_RESTORED,
-                                 text=f"rig {self.rig.name} answers again")
+            self.node.emit_event(Severity.INFO, EventCode.RIG_RESTORED, text=f"rig {self.rig.name} answers again")

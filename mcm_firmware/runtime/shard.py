@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,8 +24,7 @@ from ..plant.memory import HbmStore
 from ..plant.sensors import SensorBank, SensorFault
 from ..plant.workload import Workload, WorkloadModel, utilisation
 from ..profile import Profile
-from ..protocol import (CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags,
-                        reason_names)
+from ..protocol import CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags, reason_names
 from ..protocol.codec import snapshot_dtype
 
 REASON_HOLD_S = 5.0  # a clock-reason change is reported once it has held this long
@@ -55,7 +55,7 @@ class ShardEvent:
 
 
 def _divider(tick_hz: float, hz: float) -> int:
-    return max(1, int(round(tick_hz / hz)))
+    return max(1, round(tick_hz / hz))
 
 
 class Shard:
@@ -84,10 +84,10 @@ class Shard:
 
         p = self.params
         pl = self.plant  # sensors start from the module's state at power-on
-        self.s_die = SensorBank((n, p.dies), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C,
-                                initial=pl.t_die)
-        self.s_hbm = SensorBank((n, p.hbm), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C,
-                                initial=pl.t_hbm)
+        self.s_die = SensorBank(
+            (n, p.dies), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C, initial=pl.t_die
+        )
+        self.s_hbm = SensorBank((n, p.hbm), noise_sd=DIE_SENSOR_NOISE_C, quantum=DIE_SENSOR_QUANTUM_C, initial=pl.t_hbm)
         self.s_flow = SensorBank((n, p.valves), noise_sd=FLOW_SENSOR_NOISE, quantum=0.01, initial=pl.flow_valve)
         self.s_rpm = SensorBank((n, p.pumps), noise_sd=RPM_SENSOR_NOISE, quantum=1.0, initial=pl.pump_rpm)
         for bank in (self.s_die, self.s_hbm, self.s_flow, self.s_rpm):
@@ -184,26 +184,55 @@ class Shard:
         rng = self.rng
         noise = rng.standard_normal(self._noise_size)  # one draw for every sensor of the shard
         start = 0
-        for name, bank, true in (("die", self.s_die, self.plant.t_die), ("hbm", self.s_hbm, self.plant.t_hbm),
-                                 ("flow", self.s_flow, self.plant.flow_valve), ("rpm", self.s_rpm, self.plant.pump_rpm)):
+        for name, bank, true in (
+            ("die", self.s_die, self.plant.t_die),
+            ("hbm", self.s_hbm, self.plant.t_hbm),
+            ("flow", self.s_flow, self.plant.flow_valve),
+            ("rpm", self.s_rpm, self.plant.pump_rpm),
+        ):
             was_failed = bank.failed
             size = bank.value.size
             bank.sample(true, t, dt, rng, noise[start : start + size].reshape(bank.value.shape))
             start += size
             if bank.faulty and (bank.failed != was_failed).any():
                 for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):
-                    self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.SENSOR_FAULT, int(col),
-                                                  text=f"{name} sensor {col} failed"))
+                    self.events.append(
+                        ShardEvent(
+                            int(row),
+                            Severity.ERROR,
+                            EventCode.SENSOR_FAULT,
+                            int(col),
+                            text=f"{name} sensor {col} failed",
+                        )
+                    )
 
     def _firmware_arrays(self) -> list[tuple[object, str]]:
         """The firmware's outputs and memory: what a controller that is down does not change."""
         st, cool = self.dvfs, self.cool
-        return [(st, "pstate"), (st, "reasons"), (st, "f_cap"), (st, "f_therm"), (st, "trim"), (st, "dither"),
-                (st, "forced_min"), (cool, "valve_cmd"), (cool, "pump_on"), (cool, "lead"),
-                (cool, "flow_setpoint"), (cool, "failsafe"), (cool, "pump_fault"), (cool, "natural"),
-                (cool, "pump_started"), (cool, "last_alternate"), (cool.die_pid, "integral"),
-                (cool.die_pid, "last"), (cool.hbm_pid, "integral"), (cool.hbm_pid, "last"),
-                (cool.valve_pid, "integral"), (cool.valve_pid, "last")]
+        return [
+            (st, "pstate"),
+            (st, "reasons"),
+            (st, "f_cap"),
+            (st, "f_therm"),
+            (st, "trim"),
+            (st, "dither"),
+            (st, "forced_min"),
+            (cool, "valve_cmd"),
+            (cool, "pump_on"),
+            (cool, "lead"),
+            (cool, "flow_setpoint"),
+            (cool, "failsafe"),
+            (cool, "pump_fault"),
+            (cool, "natural"),
+            (cool, "pump_started"),
+            (cool, "last_alternate"),
+            (cool.die_pid, "integral"),
+            (cool.die_pid, "last"),
+            (cool.hbm_pid, "integral"),
+            (cool.hbm_pid, "last"),
+            (cool.valve_pid, "integral"),
+            (cool.valve_pid, "last"),
+        ]
 
     def _hold(self, down: np.ndarray) -> list[np.ndarray]:
         return [np.array(getattr(obj, name)[down], copy=True) for obj, name in self._firmware_arrays()]
@@ -247,20 +276,29 @@ class Shard:
 
     def _cooling_thermal(self, t: float, ts: float) -> None:
         before = cc.thermal_step(
-            self.cool_cfg, self.cool, t,
-            self.s_die.value, self.s_die.age(t), self.s_die.failed,
-            self.s_hbm.value, self.s_flow.age(t), self.s_flow.failed, ts,
+            self.cool_cfg,
+            self.cool,
+            t,
+            self.s_die.value,
+            self.s_die.age(t),
+            self.s_die.failed,
+            self.s_hbm.value,
+            self.s_flow.age(t),
+            self.s_flow.failed,
+            ts,
         )
         after = self.cool.failsafe
         for row, zone in zip(*np.nonzero(after != before), strict=True):
             entered = bool(after[row, zone])
-            self.events.append(ShardEvent(
-                int(row),
-                Severity.WARNING if entered else Severity.NOTICE,
-                EventCode.FAILSAFE_ENTER if entered else EventCode.FAILSAFE_EXIT,
-                int(zone),
-                text=f"zone {zone} {'enters' if entered else 'leaves'} failsafe",
-            ))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.WARNING if entered else Severity.NOTICE,
+                    EventCode.FAILSAFE_ENTER if entered else EventCode.FAILSAFE_EXIT,
+                    int(zone),
+                    text=f"zone {zone} {'enters' if entered else 'leaves'} failsafe",
+                )
+            )
         # A reason change is reported once the new mask has held for REASON_HOLD_S: a die that
         # flips between two states every training step does not flood the link.
         now = self.dvfs.reasons
@@ -270,10 +308,16 @@ class Shard:
         due = (now != self._reported_reasons) & (t - self._reasons_since >= REASON_HOLD_S)
         for row, die in zip(*np.nonzero(due), strict=True):
             mask = int(now[row, die])
-            self.events.append(ShardEvent(
-                int(row), Severity.INFO, EventCode.CLOCK_REASONS, int(die), float(mask),
-                ",".join(reason_names(mask)) or "none",
-            ))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.INFO,
+                    EventCode.CLOCK_REASONS,
+                    int(die),
+                    float(mask),
+                    ",".join(reason_names(mask)) or "none",
+                )
+            )
         self._reported_reasons = np.where(due, now, self._reported_reasons)
 
     def _cooling_fast(self, t: float, ts: float) -> None:
@@ -284,33 +328,71 @@ class Shard:
         speed = self.plant.pump_rpm / self.params.pump_rpm_nom
         self.pump_current = 1.5 * speed * speed * np.where(self.inputs.pump_overcurrent, 3.0, 1.0)
         tr = cc.pump_step(
-            self.cool_cfg, cool, t, self.s_rpm.value, self.s_rpm.age(t), self.s_rpm.failed,
-            self.pump_driver_fault, self.pump_current, ts,
+            self.cool_cfg,
+            cool,
+            t,
+            self.s_rpm.value,
+            self.s_rpm.age(t),
+            self.s_rpm.failed,
+            self.pump_driver_fault,
+            self.pump_current,
+            ts,
         )
         names = [pp.name for pp in self.profile.cooling.pumps]
         for row, pump in zip(*np.nonzero(tr.faulted), strict=True):
-            self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.PUMP_FAULT, int(pump),
-                                          text=f"pump {names[pump]} faulted"))
+            self.events.append(
+                ShardEvent(
+                    int(row), Severity.ERROR, EventCode.PUMP_FAULT, int(pump), text=f"pump {names[pump]} faulted"
+                )
+            )
         for row in np.nonzero(tr.failed_over)[0]:
             lead = int(cool.lead[row])
-            self.events.append(ShardEvent(int(row), Severity.WARNING, EventCode.PUMP_FAILOVER, lead,
-                                          text=f"pump {names[lead]} takes over as lead"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.WARNING,
+                    EventCode.PUMP_FAILOVER,
+                    lead,
+                    text=f"pump {names[lead]} takes over as lead",
+                )
+            )
         for row, pump in zip(*np.nonzero(tr.retried), strict=True):
-            self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.PUMP_RETRY, int(pump),
-                                          text=f"pump {names[pump]} may be tried again"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.NOTICE,
+                    EventCode.PUMP_RETRY,
+                    int(pump),
+                    text=f"pump {names[pump]} may be tried again",
+                )
+            )
         for row in np.nonzero(tr.alternated)[0]:
             lead = int(cool.lead[row])
-            self.events.append(ShardEvent(int(row), Severity.INFO, EventCode.PUMP_ALTERNATE, lead,
-                                          text=f"pump {names[lead]} is lead (periodic alternation)"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.INFO,
+                    EventCode.PUMP_ALTERNATE,
+                    lead,
+                    text=f"pump {names[lead]} is lead (periodic alternation)",
+                )
+            )
         for row in np.nonzero(tr.natural)[0]:
-            self.events.append(ShardEvent(int(row), Severity.CRITICAL, EventCode.NATURAL_CONVECTION,
-                                          text="no pump running: natural convection, lowest P-state"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.CRITICAL,
+                    EventCode.NATURAL_CONVECTION,
+                    text="no pump running: natural convection, lowest P-state",
+                )
+            )
         for row in np.nonzero(was_natural & ~cool.natural)[0]:
-            self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.COOLING_RESTORED,
-                                          text="pump running again"))
+            self.events.append(
+                ShardEvent(int(row), Severity.NOTICE, EventCode.COOLING_RESTORED, text="pump running again")
+            )
         cc.valve_step(self.cool_cfg, cool, self.s_flow.value, ts)
 
-    _RAS_EVENTS = {
+    _RAS_EVENTS: ClassVar[dict[rasmod.RasEventKind, tuple[Severity, EventCode]]] = {
         rasmod.RasEventKind.UE: (Severity.ERROR, EventCode.UE),
         rasmod.RasEventKind.REMAP_PENDING: (Severity.WARNING, EventCode.REMAP_PENDING),
         rasmod.RasEventKind.REMAP_FAILED: (Severity.CRITICAL, EventCode.REMAP_FAILED),
@@ -323,8 +405,9 @@ class Shard:
         """Queue RAS events of a row and refresh its RAS telemetry if anything changed."""
         for ev in events:
             sev, code = self._RAS_EVENTS[ev.kind]
-            self.events.append(ShardEvent(row, sev, code, ev.stack if ev.stack >= 0 else 0xFFFF,
-                                          float(ev.addr), ev.text))
+            self.events.append(
+                ShardEvent(row, sev, code, ev.stack if ev.stack >= 0 else 0xFFFF, float(ev.addr), ev.text)
+            )
         if self.ras[row].dirty:
             self.ras_sync(row)
 
@@ -389,25 +472,45 @@ class Shard:
             settled = self._ocp_reported & ~st.hw_ocp & (self.t - self._ocp_clear_since >= OCP_REPORT_HOLD_S)
             for row in np.nonzero(settled)[0]:
                 self._ocp_reported[row] = False
-                self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.VRM_RECOVERED,
-                                              value=float(self.plant.vrm_current[row])))
+                self.events.append(
+                    ShardEvent(
+                        int(row), Severity.NOTICE, EventCode.VRM_RECOVERED, value=float(self.plant.vrm_current[row])
+                    )
+                )
         if np.array_equal(st.shutdown, was_shut) and np.array_equal(st.hw_ocp, was_ocp):
             return
         hottest = self.plant.t_die.max(axis=1)
         for row in np.nonzero(st.shutdown & ~was_shut)[0]:
             why = "natural convection cannot hold them" if st.forced_min[row] else "over the shutdown temperature"
-            self.events.append(ShardEvent(int(row), Severity.CRITICAL, EventCode.THERMAL_SHUTDOWN,
-                                          value=float(hottest[row]), text=f"dice powered off: {why}"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.CRITICAL,
+                    EventCode.THERMAL_SHUTDOWN,
+                    value=float(hottest[row]),
+                    text=f"dice powered off: {why}",
+                )
+            )
         for row in np.nonzero(~st.shutdown & was_shut)[0]:
-            self.events.append(ShardEvent(int(row), Severity.NOTICE, EventCode.THERMAL_RECOVERY,
-                                          value=float(hottest[row]), text="dice powered on again"))
+            self.events.append(
+                ShardEvent(
+                    int(row),
+                    Severity.NOTICE,
+                    EventCode.THERMAL_RECOVERY,
+                    value=float(hottest[row]),
+                    text="dice powered on again",
+                )
+            )
         # A VRM that keeps tripping is one incident: reported when it first trips, and as
         # recovered once it has stayed clear for OCP_REPORT_HOLD_S.
         for row in np.nonzero(st.hw_ocp & ~was_ocp)[0]:
             if not self._ocp_reported[row]:
                 self._ocp_reported[row] = True
-                self.events.append(ShardEvent(int(row), Severity.ERROR, EventCode.VRM_OVERCURRENT,
-                                              value=float(self.plant.vrm_current[row])))
+                self.events.append(
+                    ShardEvent(
+                        int(row), Severity.ERROR, EventCode.VRM_OVERCURRENT, value=float(self.plant.vrm_current[row])
+                    )
+                )
         for row in np.nonzero(~st.hw_ocp & was_ocp)[0]:
             self._ocp_clear_since[row] = self.t
 
@@ -441,8 +544,7 @@ class Shard:
         span = self.t - self._energy_since[rows]
         fresh = span > 0
         avg = np.where(fresh, self._energy[rows] / np.where(fresh, span, 1.0), pl.p_total[rows])
-        die_avg = np.where(fresh[:, None], self._die_energy[rows] / np.where(fresh, span, 1.0)[:, None],
-                           pl.p_die[rows])
+        die_avg = np.where(fresh[:, None], self._die_energy[rows] / np.where(fresh, span, 1.0)[:, None], pl.p_die[rows])
         if telemetry:
             self._energy[rows] = 0.0
             self._die_energy[rows] = 0.0
@@ -476,8 +578,7 @@ class Shard:
         pumps["flags"] = cool.pump_on[rows] * _P_RUNNING | lead * _P_LEAD | cool.pump_fault[rows] * _P_FAULT
         valves = rec["valves"]
         valves["position_pct"] = pl.valve_pos[rows]
-        valves["flags"] = (~np.isnan(cool.manual[rows]) * _V_MANUAL
-                           | ~np.isnan(cool.external[rows]) * _V_EXTERNAL)
+        valves["flags"] = ~np.isnan(cool.manual[rows]) * _V_MANUAL | ~np.isnan(cool.external[rows]) * _V_EXTERNAL
         return rec
 
     # --- operator actions (called by the command handler) ------------------------------------

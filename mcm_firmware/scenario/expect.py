@@ -45,9 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol import ClockReason
 from ..profile import Profile
-from ..protocol import EventCode
+from ..protocol import ClockReason, EventCode
 from .trace import SIGNAL_ARGS, SIGNALS, Trace
 
 COMMON = {"name", "type", "nodes", "after", "before"}
@@ -185,9 +184,8 @@ def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
             for key in ("min", "max", "count"):
                 if key in args and (not isinstance(args[key], (int, float)) or isinstance(args[key], bool)):
                     raise ExpectationError(i, key, f"{key} must be a number")
-            if kind == "event":
-                if args["code"] not in EventCode.__members__:
-                    raise ExpectationError(i, "code", f"unknown event code {args['code']!r}")
+            if kind == "event" and args["code"] not in EventCode.__members__:
+                raise ExpectationError(i, "code", f"unknown event code {args['code']!r}")
             for key in ("window_s", "within_s", "at", "from", "to"):
                 if key in args and (not isinstance(args[key], (int, float)) or args[key] < 0):
                     raise ExpectationError(i, key, f"{key} must be a non-negative number")
@@ -203,8 +201,17 @@ def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
             key = next((k for k in ("signal", "below", "above", "equals") if k in raw), None)
             raise ExpectationError(i, key, str(e)) from None
         name = raw.get("name") or _auto_name(kind, raw)
-        out.append(Expectation(i, kind, str(name), str(raw.get("nodes", "all")), float(raw.get("after", 0.0)),
-                               None if "before" not in raw else float(raw["before"]), args))
+        out.append(
+            Expectation(
+                i,
+                kind,
+                str(name),
+                str(raw.get("nodes", "all")),
+                float(raw.get("after", 0.0)),
+                None if "before" not in raw else float(raw["before"]),
+                args,
+            )
+        )
     return out
 
 
@@ -234,35 +241,51 @@ def _cmp(values: np.ndarray, th: np.ndarray | float, how: str) -> np.ndarray:
     return np.isclose(values, th)
 
 
-def evaluate(exps: list[Expectation], trace: Trace, profiles: dict[int, Profile], end: float,
-             select: Any) -> list[Outcome]:
+def evaluate(
+    exps: list[Expectation], trace: Trace, profiles: dict[int, Profile], end: float, select: Any
+) -> list[Outcome]:
     """Check every expectation on the trace. ``select(selector)`` gives the node ids."""
     return [_evaluate(e, trace, profiles, end, select(e.nodes)) for e in exps]
 
 
-def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: float,
-              nodes: list[int]) -> Outcome:
+def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: float, nodes: list[int]) -> Outcome:
     fails: list[str] = []
     a = e.args
     if e.type == "event" and a.get("total"):
         code = int(EventCode[a["code"]])
         before = end if e.before is None else e.before
-        k = sum(1 for n in nodes for ev in trace.node(n).events
-                if ev.code == code and e.after <= ev.t <= before
-                and ("subject" not in a or ev.subject == a["subject"]) and ("text" not in a or a["text"] in ev.text))
+        k = sum(
+            1
+            for n in nodes
+            for ev in trace.node(n).events
+            if ev.code == code
+            and e.after <= ev.t <= before
+            and ("subject" not in a or ev.subject == a["subject"])
+            and ("text" not in a or a["text"] in ev.text)
+        )
         lo = a.get("count", a.get("min", 1 if "max" not in a else 0))
         hi = a.get("count", a.get("max", math.inf))
         ok = lo <= k <= hi
-        return Outcome(e.name, ok, f"{k} {a['code']} event(s) over {len(nodes)} node(s)"
-                       + ("" if ok else f", expected {lo}..{hi if hi != math.inf else 'any'}"), nodes)
+        return Outcome(
+            e.name,
+            ok,
+            f"{k} {a['code']} event(s) over {len(nodes)} node(s)"
+            + ("" if ok else f", expected {lo}..{hi if hi != math.inf else 'any'}"),
+            nodes,
+        )
     for n in nodes:
         prof = profiles[n]
         if e.type == "event":
             code = int(EventCode[a["code"]])
             before = end if e.before is None else e.before
-            evs = [ev for ev in trace.node(n).events if ev.code == code and e.after <= ev.t <= before
-                   and ("subject" not in a or ev.subject == a["subject"])
-                   and ("text" not in a or a["text"] in ev.text)]
+            evs = [
+                ev
+                for ev in trace.node(n).events
+                if ev.code == code
+                and e.after <= ev.t <= before
+                and ("subject" not in a or ev.subject == a["subject"])
+                and ("text" not in a or a["text"] in ev.text)
+            ]
             k = len(evs)
             lo = a.get("count", a.get("min", 1 if "max" not in a else 0))
             hi = a.get("count", a.get("max", math.inf))
@@ -273,8 +296,11 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
         if e.type == "online":
             before = end if e.before is None else e.before
             # the scenario's own clean stop at the end is not a node going offline
-            states = [s for s in trace.node(n).states if e.after <= s[0] <= before
-                      and not (s[1] == "DEATH" and s[2] == 0 and s[0] >= end - 1e-6)]
+            states = [
+                s
+                for s in trace.node(n).states
+                if e.after <= s[0] <= before and not (s[1] == "DEATH" and s[2] == 0 and s[0] >= end - 1e-6)
+            ]
             online = bool(states) and states[-1][1] == "BIRTH"
             if online != bool(a.get("equals", True)):
                 fails.append(f"node {n}: {'online' if online else 'offline'} at the end of the window")
@@ -301,8 +327,10 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
             if not ok.all():
                 k = int(np.argmin(ok))
                 limit = th[k] if isinstance(th, np.ndarray) else th
-                fails.append(f"node {n}: {sig} = {v[k]:.4g} at t={t[k]:.2f} s, "
-                             f"{'over' if how == 'below' else 'under'} {a[how]} ({limit:.4g})")
+                fails.append(
+                    f"node {n}: {sig} = {v[k]:.4g} at t={t[k]:.2f} s, "
+                    f"{'over' if how == 'below' else 'under'} {a[how]} ({limit:.4g})"
+                )
         elif e.type == "average":
             span = float(a["window_s"])
             th = a["below"].values(prof, cap)
@@ -320,10 +348,13 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
                 if mean > thv[i] and (worst is None or mean - thv[i] > worst[0]):
                     worst = (mean - thv[i], mean, tt[i], thv[i])
             if worst is not None:
-                fails.append(f"node {n}: mean {sig} over {span:g} s reached {worst[1]:.4g} at t={worst[2]:.2f} s, "
-                             f"over {a['below']} ({worst[3]:.4g})")
+                fails.append(
+                    f"node {n}: mean {sig} over {span:g} s reached {worst[1]:.4g} at t={worst[2]:.2f} s, "
+                    f"over {a['below']} ({worst[3]:.4g})"
+                )
         elif e.type == "delta":
-            def at(time: float) -> float | None:
+
+            def at(time: float, t: np.ndarray = t, v: np.ndarray = v) -> float | None:
                 idx = np.nonzero(t <= time)[0]
                 return float(v[idx[-1]]) if len(idx) else None
 
@@ -337,8 +368,10 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
                 want = float(want[0]) if isinstance(want, np.ndarray) else want
                 if not math.isclose(d, want, abs_tol=1e-9):
                     fails.append(f"node {n}: {sig} changed by {d:g} from {a['from']} to {a['to']} s, expected {want:g}")
-            if "min" in a and d < a["min"] or "max" in a and d > a["max"]:
-                fails.append(f"node {n}: {sig} changed by {d:g}, expected {a.get('min', '-inf')}..{a.get('max', 'inf')}")
+            if ("min" in a and d < a["min"]) or ("max" in a and d > a["max"]):
+                fails.append(
+                    f"node {n}: {sig} changed by {d:g}, expected {a.get('min', '-inf')}..{a.get('max', 'inf')}"
+                )
         elif e.type in ("within", "final"):
             how = next(k for k in ("equals", "below", "above") if k in a)
             th = a[how].values(prof, cap)
@@ -348,8 +381,7 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
                 span = (t > t0) & (t <= t1)
                 if not (good & span).any():
                     last = v[span][-1] if span.any() else math.nan
-                    fails.append(f"node {n}: {sig} {how} {a[how]} never held in {t0:g}..{t1:g} s "
-                                 f"(last {last:.4g})")
+                    fails.append(f"node {n}: {sig} {how} {a[how]} never held in {t0:g}..{t1:g} s (last {last:.4g})")
             else:
                 k = int(np.nonzero(win)[0][-1])
                 if not good[k]:

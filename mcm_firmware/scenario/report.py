@@ -32,7 +32,7 @@ def _figures(r: RunResult) -> dict[str, Any]:
         nt = r.trace.node(n)
         out["nodes"][str(n)] = {
             "profile": r.profiles[n].name,
-            "telemetry_frames": int(len(t)),
+            "telemetry_frames": len(t),
             "max_die_temp_c": None if not len(temp) or np.isnan(temp).all() else round(float(np.nanmax(temp)), 2),
             "mean_power_w": None if not len(power) else round(float(power.mean()), 1),
             "ce": int(ce[-1]) if len(ce) else 0,
@@ -73,8 +73,7 @@ def _gaps(t: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gap = np.flatnonzero(dt > 5 * np.median(dt))
     if not len(gap):
         return t, v
-    return (np.insert(t, gap + 1, t[gap] + dt[gap] / 2),
-            np.insert(np.asarray(v, float), gap + 1, np.nan))
+    return (np.insert(t, gap + 1, t[gap] + dt[gap] / 2), np.insert(np.asarray(v, float), gap + 1, np.nan))
 
 
 def _plot_overview(r: RunResult, path: Path) -> None:
@@ -89,7 +88,7 @@ def _plot_overview(r: RunResult, path: Path) -> None:
         _, power = r.trace.signal(n, "power")
         ax[0].plot(*_gaps(t, temp), lw=0.6)
         ax[1].plot(*_gaps(t, power), lw=0.6)
-    for t, _, what in r.log[:200]:
+    for t, _, _what in r.log[:200]:
         for a in ax:
             a.axvline(t, color="red", lw=0.4, alpha=0.4)
     ax[0].set_ylabel("hottest die °C")
@@ -178,17 +177,24 @@ def write_report(r: RunResult, directory: str | Path) -> Path:
     rows = "\n".join(
         f"<tr class='{'pass' if e['passed'] else 'fail'}'><td>{'PASS' if e['passed'] else 'FAIL'}</td>"
         f"<td>{html.escape(e['name'])}</td><td>{html.escape(e['detail'])}</td></tr>"
-        for e in data["expectations"])
-    pics = "\n".join(f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'>"
-                     f"<figcaption>{html.escape(name)}</figcaption></figure>" for name in images)
-    more = (f"<p>{len(faults) - MAX_FAULT_PLOTS} further faults are listed in summary.json.</p>"
-            if len(faults) > MAX_FAULT_PLOTS else "")
+        for e in data["expectations"]
+    )
+    pics = "\n".join(
+        f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'>"
+        f"<figcaption>{html.escape(name)}</figcaption></figure>"
+        for name in images
+    )
+    more = (
+        f"<p>{len(faults) - MAX_FAULT_PLOTS} further faults are listed in summary.json.</p>"
+        if len(faults) > MAX_FAULT_PLOTS
+        else ""
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(r.scenario.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}} td{{padding:2px 8px;vertical-align:top}}
 tr.pass td:first-child{{color:green;font-weight:bold}} tr.fail td:first-child{{color:#b00;font-weight:bold}}
 img{{max-width:100%}} figure{{margin:1em 0}} code{{background:#eee}}</style></head>
-<body><h1>{html.escape(r.scenario.name)}: {'passed' if r.passed else 'FAILED'}</h1>
+<body><h1>{html.escape(r.scenario.name)}: {"passed" if r.passed else "FAILED"}</h1>
 <p>{html.escape(r.scenario.description)}</p>
 <p>seed {r.seed}, {r.sim_s:g} simulated seconds in {r.wall_s:.1f} s of wall time, {r.frames} frames,
 digest <code>sha256:{r.digest}</code></p>

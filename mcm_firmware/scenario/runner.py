@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..clock import Clock, LoopClock, ScaledClock, run_virtual
-from ..faults import SPECS, Fault, FaultError, parse_fault
+from ..faults import SPECS, ClearSpec, Fault, FaultError, parse_fault
 from ..host.commands import COMMANDS
 from ..host.record import RecordWriter
 from ..plant.workload import Workload
@@ -27,13 +27,12 @@ from ..profile.schema import RatesSpec
 from ..protocol import Command, FrameFlags, Status
 from ..runtime.fleet import Fleet
 from ..runtime.injection import apply_fault, canonical_target, clear_faults
-from ..faults import ClearSpec
+from ..tasks import cancel_and_wait
 from ..transport import Subscription, Transport, TransportError, TransportFactory, transport_factory
 from ..transport.loopback import LoopbackBus, LoopbackTransport
 from .expect import Outcome, evaluate, parse_expectations
 from .schema import Scenario, ScenarioError, parse_selector
 from .trace import Trace
-from ..tasks import cancel_and_wait
 
 VIRTUAL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: virtual runs start here
 
@@ -74,8 +73,8 @@ class RunResult:
 def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tuple[str, float]]]:
     fl = sc.fleet
     ids = [fl.first_id + i for i in range(fl.nodes)]
-    names = {n: fl.profile for n in ids}
-    work = {n: (fl.workload, fl.load) for n in ids}
+    names = dict.fromkeys(ids, fl.profile)
+    work = dict.fromkeys(ids, (fl.workload, fl.load))
     group_of: dict[int, int] = {}  # the group that named a node's profile
     for gi, g in enumerate(fl.group):
         try:
@@ -95,8 +94,11 @@ def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tu
             try:
                 prof = load_profile(name)
             except ProfileError as e:
-                raise (sc.error(str(e), "fleet", "group", group_of[n], "profile") if n in group_of
-                       else sc.error(str(e), "fleet", "profile")) from None
+                raise (
+                    sc.error(str(e), "fleet", "group", group_of[n], "profile")
+                    if n in group_of
+                    else sc.error(str(e), "fleet", "profile")
+                ) from None
             if sc.rates is not None:
                 rates = {**prof.rates.model_dump(), **sc.rates.model_dump(exclude_none=True)}
                 try:
@@ -176,9 +178,13 @@ def check_scenario(sc: Scenario, *, seed: int | None = None, path: str = "<scena
 
     async def build() -> int:
         bus = LoopbackBus()
-        fleet = Fleet(members=sorted(profiles.items()), fleet=sc.fleet.name,
-                      transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
-                      clock=LoopClock(epoch=VIRTUAL_EPOCH), seed=seed)
+        fleet = Fleet(
+            members=sorted(profiles.items()),
+            fleet=sc.fleet.name,
+            transport_factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+            clock=LoopClock(epoch=VIRTUAL_EPOCH),
+            seed=seed,
+        )
         return len(_actions(sc, fleet, seed, path))
 
     return run_virtual(build)
@@ -196,8 +202,9 @@ async def _apply(fleet: Fleet, a: Action, t_rel: float, log: list[tuple[float, i
             log.append((t_rel, a.node, "clear " + (", ".join(str(f) for f in cleared) or "(nothing in force)")))
         else:
             spec, args = a.item
-            resp = node.execute(Command(node_id=a.node, flags=int(FrameFlags.HOST), request_id=0,
-                                        op=spec.op, args=args))
+            resp = node.execute(
+                Command(node_id=a.node, flags=int(FrameFlags.HOST), request_id=0, op=spec.op, args=args)
+            )
             what = f"{spec.name}" + ("" if resp.status is Status.OK else f": {resp.status.name} {resp.message}")
             log.append((t_rel, a.node, what))
     except (FaultError, ValueError) as e:
@@ -206,8 +213,7 @@ async def _apply(fleet: Fleet, a: Action, t_rel: float, log: list[tuple[float, i
         log.append((t_rel, a.node, f"{a.kind} failed: {type(e).__name__}: {e}"))
 
 
-async def _record(tr: Transport, trace: Trace, writer: RecordWriter | None, clock: Clock,
-                  stop: asyncio.Event) -> None:
+async def _record(tr: Transport, trace: Trace, writer: RecordWriter | None, clock: Clock, stop: asyncio.Event) -> None:
     try:
         while True:
             d = await tr.receive()
@@ -218,23 +224,42 @@ async def _record(tr: Transport, trace: Trace, writer: RecordWriter | None, cloc
         stop.set()
 
 
-async def run_async(sc: Scenario, *, seed: int, path: str, factory: TransportFactory, clock: Clock,
-                    record: str | None = None, progress: Callable[[float], None] | None = None,
-                    realtime: bool = False) -> RunResult:
+async def run_async(
+    sc: Scenario,
+    *,
+    seed: int,
+    path: str,
+    factory: TransportFactory,
+    clock: Clock,
+    record: str | None = None,
+    progress: Callable[[float], None] | None = None,
+    realtime: bool = False,
+) -> RunResult:
     profiles, work = _profiles(sc, path)
     exps = parse_expectations(sc.expect)
-    fleet = Fleet(members=sorted(profiles.items()), fleet=sc.fleet.name, transport_factory=factory,
-                  clock=clock, seed=seed)
+    fleet = Fleet(
+        members=sorted(profiles.items()), fleet=sc.fleet.name, transport_factory=factory, clock=clock, seed=seed
+    )
     for i, (n, (w, load)) in enumerate(sorted(work.items())):
         shard, row = fleet.shard_of(n)
         kind = list(Workload)[i % len(Workload)] if w == "mixed" else Workload[w.upper()]
         shard.set_workload(row, kind, load)
     actions = _actions(sc, fleet, seed, path)
     t0 = clock.now()
-    trace = Trace(int(round(t0 * 1e9)))
-    writer = (RecordWriter(record, fleet=sc.fleet.name, clock="real" if realtime else "virtual",
-                           started_ns=trace.t0_ns, source="mcm-emu scenario run", scenario=sc.name, seed=seed)
-              if record else None)
+    trace = Trace(round(t0 * 1e9))
+    writer = (
+        RecordWriter(
+            record,
+            fleet=sc.fleet.name,
+            clock="real" if realtime else "virtual",
+            started_ns=trace.t0_ns,
+            source="mcm-emu scenario run",
+            scenario=sc.name,
+            seed=seed,
+        )
+        if record
+        else None
+    )
     rec_tr = factory(f"mcm-scenario-recorder-{seed}")
     await rec_tr.connect()
     await rec_tr.subscribe(Subscription(sc.fleet.name))
@@ -273,13 +298,20 @@ async def run_async(sc: Scenario, *, seed: int, path: str, factory: TransportFac
             nt.pump_names = tuple(p.name for p in profiles[n].cooling.pumps)
     ids = sorted(profiles)
     outcomes = evaluate(exps, trace, profiles, sc.duration_s, lambda sel: parse_selector(sel, ids))
-    return RunResult(sc, seed, trace.digest, trace.frames, sc.duration_s, wall, outcomes, trace, profiles,
-                     log, path)
+    return RunResult(sc, seed, trace.digest, trace.frames, sc.duration_s, wall, outcomes, trace, profiles, log, path)
 
 
-def run_scenario(sc: Scenario, *, seed: int | None = None, path: str = "<scenario>", record: str | None = None,
-                 realtime: bool = False, broker: str | None = None, speed: float = 1.0,
-                 progress: Callable[[float], None] | None = None) -> RunResult:
+def run_scenario(
+    sc: Scenario,
+    *,
+    seed: int | None = None,
+    path: str = "<scenario>",
+    record: str | None = None,
+    realtime: bool = False,
+    broker: str | None = None,
+    speed: float = 1.0,
+    progress: Callable[[float], None] | None = None,
+) -> RunResult:
     """Run a scenario to the end: in virtual time on the loopback bus, or in real time (scaled by
     ``speed``) over the MQTT broker at ``broker``."""
     seed = sc.seed if seed is None else seed
@@ -287,13 +319,29 @@ def run_scenario(sc: Scenario, *, seed: int | None = None, path: str = "<scenari
         bus = LoopbackBus()
 
         async def main() -> RunResult:
-            return await run_async(sc, seed=seed, path=path, record=record, progress=progress,
-                                   factory=lambda cid: LoopbackTransport(bus, client_id=cid),
-                                   clock=LoopClock(epoch=VIRTUAL_EPOCH))
+            return await run_async(
+                sc,
+                seed=seed,
+                path=path,
+                record=record,
+                progress=progress,
+                factory=lambda cid: LoopbackTransport(bus, client_id=cid),
+                clock=LoopClock(epoch=VIRTUAL_EPOCH),
+            )
 
         return run_virtual(main)
     if broker is None:
         raise ScenarioError(path, "--realtime needs --broker URL")
     factory = transport_factory(broker)
-    return asyncio.run(run_async(sc, seed=seed, path=path, record=record, progress=progress, factory=factory,
-                                 clock=ScaledClock(speed), realtime=True))
+    return asyncio.run(
+        run_async(
+            sc,
+            seed=seed,
+            path=path,
+            record=record,
+            progress=progress,
+            factory=factory,
+            clock=ScaledClock(speed),
+            realtime=True,
+        )
+    )

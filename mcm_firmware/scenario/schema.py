@@ -255,23 +255,26 @@ def load_scenario_text(text: str, path: str = "<scenario>") -> Scenario:
         err = e.errors()[0]
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
-        msg = "unknown key" if err["type"] == "extra_forbidden" else (
-            "missing key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
+        msg = (
+            "unknown key"
+            if err["type"] == "extra_forbidden"
+            else ("missing key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
+        )
         raise ScenarioError(path, msg, line=_locate(text, loc), key=key or None) from None
     scenario._source, scenario._path = text, path
     for section in ("fault", "command"):
         for i, step in enumerate(getattr(scenario, section)):
             if step.at > scenario.duration_s:
-                raise scenario.error(f"at {step.at:g} s is after the end ({scenario.duration_s:g} s)",
-                                     section, i, "at")
+                raise scenario.error(f"at {step.at:g} s is after the end ({scenario.duration_s:g} s)", section, i, "at")
     from .expect import ExpectationError, parse_expectations
 
     try:
         parse_expectations(scenario.expect)
     except ExpectationError as e:
         loc = ("expect", e.index, e.key) if e.key else ("expect", e.index)
-        raise ScenarioError(path, str(e), line=_locate(text, loc),
-                            key=f"expect.{e.index}" + (f".{e.key}" if e.key else "")) from None
+        raise ScenarioError(
+            path, str(e), line=_locate(text, loc), key=f"expect.{e.index}" + (f".{e.key}" if e.key else "")
+        ) from None
     return scenario
 
 

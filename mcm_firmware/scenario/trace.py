@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..protocol import ClockReason
 from ..protocol import (
     Birth,
+    ClockReason,
     CoolingMode,
     Death,
     Event,
@@ -111,8 +111,12 @@ class Trace:
         self._digest.update(len(t_bytes).to_bytes(2, "little") + t_bytes)
         self._digest.update(len(payload).to_bytes(4, "little") + payload)
         nt = self.node(address.node)
-        if (address.channel is Channel.TLM and len(payload) > HEADER_SIZE + CRC_SIZE
-                and payload[3] == MsgType.TELEMETRY and _intact(payload)):
+        if (
+            address.channel is Channel.TLM
+            and len(payload) > HEADER_SIZE + CRC_SIZE
+            and payload[3] == MsgType.TELEMETRY
+            and _intact(payload)
+        ):
             # fast path: header and CRC checked here, the body decoded in bulk when a signal is read
             (ts,) = _TS.unpack_from(payload, 13)
             nt.times.append((ts - self.t0_ns) / 1e9)
@@ -215,8 +219,19 @@ SIGNALS: dict[str, Callable[[np.ndarray, str, NodeTrace], np.ndarray]] = {
     "rx_rejected": lambda r, a, nt: r["rx_rejected"],
 }
 SIGNAL_ARGS = {  # what the part after ':' names, where a signal takes one
-    "die_temp": "die", "clock": "die", "die_power": "die", "util": "die", "pstate": "die",
-    "hbm_temp": "stack", "ce": "stack", "ue": "stack", "valve": "valve", "pump_running": "pump",
-    "pump_lead": "pump", "pump_fault": "pump", "pump_rpm": "pump", "reason": "reason",
+    "die_temp": "die",
+    "clock": "die",
+    "die_power": "die",
+    "util": "die",
+    "pstate": "die",
+    "hbm_temp": "stack",
+    "ce": "stack",
+    "ue": "stack",
+    "valve": "valve",
+    "pump_running": "pump",
+    "pump_lead": "pump",
+    "pump_fault": "pump",
+    "pump_rpm": "pump",
+    "reason": "reason",
 }
 EVENT_CODES = {c.name for c in EventCode}

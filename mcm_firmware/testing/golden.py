@@ -12,34 +12,39 @@ message encodes to exactly that hex.
 
 from __future__ import annotations
 
-from ..protocol import FaultKind
-from ..protocol import encode
-from ..protocol.mctp import VENDOR_RETAIN, ChannelCode, Kind, VendorMessage, encode_frame, fragment
-from ..protocol import InjectArgs, PendingRow, PowerCapArgs, RasResult, SetValveArgs, StackErrors
 from ..protocol import (
+    OPS,
     Birth,
-    CoolingMode,
     Command,
+    CoolingMode,
     Death,
     DeathReason,
     DieTelemetry,
     Event,
     EventCode,
+    FaultKind,
     FrameFlags,
     HbmTelemetry,
+    InjectArgs,
     Message,
-    OPS,
     NodeState,
     Op,
+    PendingRow,
+    PowerCapArgs,
     PumpTelemetry,
+    RasResult,
     Response,
+    SetValveArgs,
     Severity,
     Snapshot,
+    StackErrors,
     Status,
     StatusResult,
     Telemetry,
     ValveTelemetry,
+    encode,
 )
+from ..protocol.mctp import VENDOR_RETAIN, ChannelCode, Kind, VendorMessage, encode_frame, fragment
 
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z in ns
 
@@ -67,62 +72,152 @@ SNAPSHOT = Snapshot(
 
 GOLDEN: dict[str, Message] = {
     "birth": Birth(
-        node_id=3, seq=1, timestamp_ns=T0, profile="colossus-mcm", firmware="0.1.0",
-        capabilities=0x0F, boot_count=1, bdseq=1, dies=4, hbm_stacks=8, pumps=2, valves=4,
+        node_id=3,
+        seq=1,
+        timestamp_ns=T0,
+        profile="colossus-mcm",
+        firmware="0.1.0",
+        capabilities=0x0F,
+        boot_count=1,
+        bdseq=1,
+        dies=4,
+        hbm_stacks=8,
+        pumps=2,
+        valves=4,
     ),
-    "death-will": Death(node_id=3, seq=0, timestamp_ns=T0, boot_count=1, bdseq=1,
-                        reason=DeathReason.CONNECTION_LOST),
+    "death-will": Death(node_id=3, seq=0, timestamp_ns=T0, boot_count=1, bdseq=1, reason=DeathReason.CONNECTION_LOST),
     "telemetry": Telemetry(node_id=3, seq=42, timestamp_ns=T0 + 100_000_000, snapshot=SNAPSHOT),
-    "command-ping": Command(node_id=3, seq=7, timestamp_ns=T0, flags=int(FrameFlags.HOST),
-                            request_id=0x01020304, op=Op.PING),
-    "response-ping": Response(node_id=3, seq=43, timestamp_ns=T0 + 1_000_000, request_id=0x01020304,
-                              op=Op.PING, status=Status.OK),
+    "command-ping": Command(
+        node_id=3, seq=7, timestamp_ns=T0, flags=int(FrameFlags.HOST), request_id=0x01020304, op=Op.PING
+    ),
+    "response-ping": Response(
+        node_id=3, seq=43, timestamp_ns=T0 + 1_000_000, request_id=0x01020304, op=Op.PING, status=Status.OK
+    ),
     "response-status": Response(
-        node_id=3, seq=44, timestamp_ns=T0 + 2_000_000, request_id=0x01020305, op=Op.STATUS,
+        node_id=3,
+        seq=44,
+        timestamp_ns=T0 + 2_000_000,
+        request_id=0x01020305,
+        op=Op.STATUS,
         status=Status.OK,
-        data=StatusResult(profile="colossus-mcm", firmware="0.1.0", boot_count=1, tx_seq=44,
-                          rx_frames=2, tx_frames=44, tx_dropped=0, reconnects=0,
-                          link_util_permille=125,
-                          pump_names=("A", "B"), faults=("pump-fail A",), snapshot=SNAPSHOT),
+        data=StatusResult(
+            profile="colossus-mcm",
+            firmware="0.1.0",
+            boot_count=1,
+            tx_seq=44,
+            rx_frames=2,
+            tx_frames=44,
+            tx_dropped=0,
+            reconnects=0,
+            link_util_permille=125,
+            pump_names=("A", "B"),
+            faults=("pump-fail A",),
+            snapshot=SNAPSHOT,
+        ),
     ),
-    "response-unknown-op": Response(node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777,
-                                    status=Status.UNKNOWN_OP, message="unknown op"),
-    "command-set-power-cap": Command(node_id=3, seq=8, timestamp_ns=T0, flags=int(FrameFlags.HOST),
-                                     request_id=0x01020306, op=Op.SET_POWER_CAP,
-                                     args=PowerCapArgs(watts=800.0)),
-    "command-set-valve": Command(node_id=3, seq=9, timestamp_ns=T0,
-                                 flags=int(FrameFlags.HOST | FrameFlags.RETRY), request_id=0x01020307,
-                                 op=Op.SET_VALVE, args=SetValveArgs(valve=2, auto=0, pct=62.5)),
+    "response-unknown-op": Response(
+        node_id=3, seq=45, timestamp_ns=T0, request_id=9, op=0x7777, status=Status.UNKNOWN_OP, message="unknown op"
+    ),
+    "command-set-power-cap": Command(
+        node_id=3,
+        seq=8,
+        timestamp_ns=T0,
+        flags=int(FrameFlags.HOST),
+        request_id=0x01020306,
+        op=Op.SET_POWER_CAP,
+        args=PowerCapArgs(watts=800.0),
+    ),
+    "command-set-valve": Command(
+        node_id=3,
+        seq=9,
+        timestamp_ns=T0,
+        flags=int(FrameFlags.HOST | FrameFlags.RETRY),
+        request_id=0x01020307,
+        op=Op.SET_VALVE,
+        args=SetValveArgs(valve=2, auto=0, pct=62.5),
+    ),
     "response-ras": Response(
-        node_id=3, seq=47, timestamp_ns=T0, request_id=0x01020308, op=Op.RAS, status=Status.OK,
-        data=RasResult(ecc=1, flags=0x1, recovery_action=1, ce=3, ue=1, remapped_rows=0,
-                       spare_rows_free=8191, scrub_passes=12, scrubbed_words=4096,
-                       stacks=(StackErrors(ce=(2, 1), ue=(0, 1), failed_devices=()),
-                               StackErrors(ce=(0, 0), ue=(0, 0), failed_devices=(7,))),
-                       pending=(PendingRow(stack=0, channel=1, bank=5, row=1234),)),
+        node_id=3,
+        seq=47,
+        timestamp_ns=T0,
+        request_id=0x01020308,
+        op=Op.RAS,
+        status=Status.OK,
+        data=RasResult(
+            ecc=1,
+            flags=0x1,
+            recovery_action=1,
+            ce=3,
+            ue=1,
+            remapped_rows=0,
+            spare_rows_free=8191,
+            scrub_passes=12,
+            scrubbed_words=4096,
+            stacks=(
+                StackErrors(ce=(2, 1), ue=(0, 1), failed_devices=()),
+                StackErrors(ce=(0, 0), ue=(0, 0), failed_devices=(7,)),
+            ),
+            pending=(PendingRow(stack=0, channel=1, bank=5, row=1234),),
+        ),
     ),
-    "response-bad-argument": Response(node_id=3, seq=48, timestamp_ns=T0, request_id=0x01020309,
-                                      op=Op.SET_POWER_CAP, status=Status.BAD_ARGUMENT,
-                                      message="power cap 2000 W outside 500..1400 W"),
-    "command-inject": Command(node_id=3, seq=10, timestamp_ns=T0, flags=int(FrameFlags.HOST),
-                              request_id=0x0102030A, op=Op.INJECT,
-                              args=InjectArgs(kind=int(FaultKind.SENSOR_STUCK), target="die:2", value=95.0,
-                                              value2=0.0)),
-    "event": Event(node_id=3, seq=46, timestamp_ns=T0, severity=Severity.WARNING,
-                   code=int(EventCode.FAILSAFE_ENTER), subject=2, value=0.0,
-                   text="zone 2 enters failsafe"),
+    "response-bad-argument": Response(
+        node_id=3,
+        seq=48,
+        timestamp_ns=T0,
+        request_id=0x01020309,
+        op=Op.SET_POWER_CAP,
+        status=Status.BAD_ARGUMENT,
+        message="power cap 2000 W outside 500..1400 W",
+    ),
+    "command-inject": Command(
+        node_id=3,
+        seq=10,
+        timestamp_ns=T0,
+        flags=int(FrameFlags.HOST),
+        request_id=0x0102030A,
+        op=Op.INJECT,
+        args=InjectArgs(kind=int(FaultKind.SENSOR_STUCK), target="die:2", value=95.0, value2=0.0),
+    ),
+    "event": Event(
+        node_id=3,
+        seq=46,
+        timestamp_ns=T0,
+        severity=Severity.WARNING,
+        code=int(EventCode.FAILSAFE_ENTER),
+        subject=2,
+        value=0.0,
+        text="zone 2 enters failsafe",
+    ),
 }
 
 
 def _from_specs() -> None:
     for k, spec in enumerate(OPS.values()):
-        GOLDEN.setdefault(f"command-{spec.name}", Command(
-            node_id=3, seq=100 + k, timestamp_ns=T0, flags=int(FrameFlags.HOST),
-            request_id=0x01030000 + int(spec.op), op=spec.op, args=spec.example))
+        GOLDEN.setdefault(
+            f"command-{spec.name}",
+            Command(
+                node_id=3,
+                seq=100 + k,
+                timestamp_ns=T0,
+                flags=int(FrameFlags.HOST),
+                request_id=0x01030000 + int(spec.op),
+                op=spec.op,
+                args=spec.example,
+            ),
+        )
         if spec.result is not None and spec.example_result is not None:
-            GOLDEN.setdefault(f"response-{spec.name}", Response(
-                node_id=3, seq=200 + k, timestamp_ns=T0 + 1_000_000, request_id=0x01030000 + int(spec.op),
-                op=spec.op, status=Status.OK, data=spec.example_result))
+            GOLDEN.setdefault(
+                f"response-{spec.name}",
+                Response(
+                    node_id=3,
+                    seq=200 + k,
+                    timestamp_ns=T0 + 1_000_000,
+                    request_id=0x01030000 + int(spec.op),
+                    op=spec.op,
+                    status=Status.OK,
+                    data=spec.example_result,
+                ),
+            )
 
 
 _from_specs()
@@ -135,10 +230,14 @@ SERIAL_GOLDEN: dict[str, tuple[int, int, int, int, VendorMessage | bytes]] = {
     "dsp0253-example": (9, 8, 0, 64, bytes.fromhex("00")),  # an MCTP control message, type 0
     "keepalive": (9, 8, 1, 64, VendorMessage(Kind.KEEPALIVE, 3)),
     "hello": (8, 0xFF, 2, 64, VendorMessage(Kind.HELLO, 0)),
-    "command-ping": (8, 9, 3, 64, VendorMessage(Kind.FRAME, 3, ChannelCode.CMD, 0,
-                                                encode(GOLDEN["command-ping"]))),
-    "state-birth": (9, 8, 4, 64, VendorMessage(Kind.FRAME, 3, ChannelCode.STATE, VENDOR_RETAIN,
-                                               encode(GOLDEN["birth"]))),
+    "command-ping": (8, 9, 3, 64, VendorMessage(Kind.FRAME, 3, ChannelCode.CMD, 0, encode(GOLDEN["command-ping"]))),
+    "state-birth": (
+        9,
+        8,
+        4,
+        64,
+        VendorMessage(Kind.FRAME, 3, ChannelCode.STATE, VENDOR_RETAIN, encode(GOLDEN["birth"])),
+    ),
 }
 """Golden serial messages, framed by :func:`serial_wire` into the bytes on the line."""
 

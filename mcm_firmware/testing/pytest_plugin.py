@@ -39,8 +39,12 @@ __all__ = ["EMULATED", "Target", "emulated_target", "host_client", "parse_target
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("mcm-emu")
-    group.addoption("--mcm-target", default=EMULATED, metavar="URL",
-                    help="node under test: emulated (default), mqtt://HOST:PORT/NODE, serial://PORT?node=N")
+    group.addoption(
+        "--mcm-target",
+        default=EMULATED,
+        metavar="URL",
+        help="node under test: emulated (default), mqtt://HOST:PORT/NODE, serial://PORT?node=N",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

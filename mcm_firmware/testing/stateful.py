@@ -27,21 +27,25 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from ..clock import Clock
-from ..protocol import FaultKind
 from ..plant.workload import Workload
 from ..profile import load_profile
 from ..protocol import (
+    ClearFaultArgs,
     Command,
+    FaultKind,
     FrameError,
     FrameFlags,
+    InjectArgs,
+    LockClocksArgs,
     MsgType,
     Op,
+    PowerCapArgs,
     Response,
+    SetValveArgs,
     Status,
     decode,
     encode,
 )
-from ..protocol import ClearFaultArgs, InjectArgs, LockClocksArgs, PowerCapArgs, SetValveArgs
 from ..runtime.handlers import HANDLERS
 from ..runtime.node import Node
 from ..runtime.shard import Shard
@@ -86,9 +90,15 @@ class NodeMachine(RuleBasedStateMachine):
         super().__init__()
         self.profile = load_profile(self.profile_name)
         self.shard = Shard(self.profile, 1, seed=11)
-        self.node = Node(node_id=NODE, fleet="fuzz", shard=self.shard, row=0,
-                         transport_factory=lambda cid: None,  # type: ignore[arg-type,return-value]
-                         clock=ShardClock(self.shard), handlers=HANDLERS)
+        self.node = Node(
+            node_id=NODE,
+            fleet="fuzz",
+            shard=self.shard,
+            row=0,
+            transport_factory=lambda cid: None,  # type: ignore[arg-type,return-value]
+            clock=ShardClock(self.shard),
+            handlers=HANDLERS,
+        )
         self.model = Model(self.profile)
         self.request_id = 1
         self.last_seq: int | None = None
@@ -124,8 +134,9 @@ class NodeMachine(RuleBasedStateMachine):
         rid = self.request_id if request_id is None else request_id
         if request_id is None:
             self.request_id += 1
-        cmd = Command(node_id=NODE, seq=rid, timestamp_ns=0, flags=int(FrameFlags.HOST),
-                      request_id=rid, op=op, args=args)
+        cmd = Command(
+            node_id=NODE, seq=rid, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=rid, op=op, args=args
+        )
         self.last_command = cmd
         replies = [m for m in self._send(encode(cmd)) if isinstance(m, Response)]
         assert len(replies) == 1 and replies[0].request_id == rid, replies
@@ -135,9 +146,15 @@ class NodeMachine(RuleBasedStateMachine):
         """What a rejected frame must not change."""
         d, c = self.shard.dvfs, self.shard.cool
         ras = self.shard.ras[0]
-        return (float(d.cap_w[0]), float(d.lock_mhz[0]), tuple(np.nan_to_num(c.manual[0], nan=-1.0)),
-                tuple(sorted(str(f) for f in self.node.faults.values())), int(ras.ce.sum()),
-                int(ras.ue.sum()), self.node.counters.rx_duplicates)
+        return (
+            float(d.cap_w[0]),
+            float(d.lock_mhz[0]),
+            tuple(np.nan_to_num(c.manual[0], nan=-1.0)),
+            tuple(sorted(str(f) for f in self.node.faults.values())),
+            int(ras.ce.sum()),
+            int(ras.ue.sum()),
+            self.node.counters.rx_duplicates,
+        )
 
     # --- rules ------------------------------------------------------------------------------
 
@@ -197,11 +214,19 @@ class NodeMachine(RuleBasedStateMachine):
             else:
                 self.model.manual[valve] = pct32
 
-    @rule(fault=st.sampled_from([
-        (FaultKind.PUMP_FAIL, "A"), (FaultKind.PUMP_FAIL, "B"), (FaultKind.PUMP_FAIL, "C"),
-        (FaultKind.SENSOR_FAILED, "die:1"), (FaultKind.SENSOR_FAILED, "die:9"),
-        (FaultKind.SENSOR_STUCK, "die:0"), (FaultKind.CE_STORM, "0"),
-    ]))
+    @rule(
+        fault=st.sampled_from(
+            [
+                (FaultKind.PUMP_FAIL, "A"),
+                (FaultKind.PUMP_FAIL, "B"),
+                (FaultKind.PUMP_FAIL, "C"),
+                (FaultKind.SENSOR_FAILED, "die:1"),
+                (FaultKind.SENSOR_FAILED, "die:9"),
+                (FaultKind.SENSOR_STUCK, "die:0"),
+                (FaultKind.CE_STORM, "0"),
+            ]
+        )
+    )
     def inject(self, fault: tuple[FaultKind, str]) -> None:
         kind, target = fault
         value = {FaultKind.SENSOR_STUCK: 40.0, FaultKind.CE_STORM: 100.0}.get(kind, math.nan)

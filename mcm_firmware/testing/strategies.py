@@ -26,8 +26,7 @@ from typing import Any
 import construct as c
 from hypothesis import strategies as st
 
-from ..protocol import FrameFlags, Message, MsgType, Reason, decode, frame_bytes
-from ..protocol import frames
+from ..protocol import FrameFlags, Message, MsgType, Reason, decode, frame_bytes, frames
 from ..protocol.frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAX_PAYLOAD
 from ..protocol.messages import MESSAGE_TYPES
 from ..protocol.ops import ARG_TYPES, RESULT_TYPES, Op
@@ -58,8 +57,9 @@ def _format(fmt: str, hint: Any, keys: frozenset[int] = frozenset()) -> st.Searc
     if code in "fde":
         width = {"e": 16, "f": 32, "d": 64}[code]
         # anything the width holds, and often a plain magnitude, where set-points and limits live
-        return st.one_of(st.floats(width=width, allow_nan=False),
-                         st.floats(-1e4, 1e4, width=width).map(lambda x: float(round(x))))
+        return st.one_of(
+            st.floats(width=width, allow_nan=False), st.floats(-1e4, 1e4, width=width).map(lambda x: float(round(x)))
+        )
     size = struct.calcsize(fmt)
     if _is_enum(hint):
         return st.sampled_from([int(v) for v in hint])
@@ -167,9 +167,14 @@ def _branch(con: c.Construct, ctx: dict[str, Any], name: str) -> st.SearchStrate
 
 def _header() -> st.SearchStrategy[dict[str, int]]:
     flags = [0] + [int(f) for f in FrameFlags] + [KNOWN_FLAGS]
-    return st.fixed_dictionaries({
-        "node_id": st.integers(0, 2**32 - 1), "seq": st.integers(0, 2**32 - 1),
-        "timestamp_ns": st.integers(0, 2**64 - 1), "flags": st.sampled_from(flags)})
+    return st.fixed_dictionaries(
+        {
+            "node_id": st.integers(0, 2**32 - 1),
+            "seq": st.integers(0, 2**32 - 1),
+            "timestamp_ns": st.integers(0, 2**64 - 1),
+            "flags": st.sampled_from(flags),
+        }
+    )
 
 
 @st.composite
@@ -315,4 +320,3 @@ def malformed(draw: Callable[..., Any], base: st.SearchStrategy[Message] | None 
     msg = draw(base if base is not None else messages())
     mutation = draw(st.sampled_from(MUTATIONS))
     return mutation.name, mutation.apply(draw, encode(msg))
-

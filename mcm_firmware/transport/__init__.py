@@ -45,7 +45,7 @@ def _serial(url: str) -> TransportFactory:
     """``serial://PORT``: a host endpoint on its own link to PORT (``serial:///dev/ttyUSB0``,
     ``serial://socket://HOST:PORT``, ...)."""
     mod = importlib.import_module(".serial", __name__)
-    port = url[len("serial://"):]
+    port = url[len("serial://") :]
     mod.parse_port_url(port)
     return lambda client_id: mod.SerialTransport.host(port)
 
@@ -78,7 +78,7 @@ def node_links(urls: list[str], nodes: list[int], *, fleet: str, mux: bool = Fal
         raise ValueError("no link given")
     if all(urlsplit(u).scheme == "serial" for u in urls):
         mod = importlib.import_module(".serial", __name__)
-        return mod.SerialNodeLinks.plan([u[len("serial://"):] for u in urls], nodes, fleet=fleet, mux=mux)
+        return mod.SerialNodeLinks.plan([u[len("serial://") :] for u in urls], nodes, fleet=fleet, mux=mux)
     if len(urls) > 1 or mux:
         raise ValueError("one link per node and shared links are for serial ports only")
     return SharedLink(urls[0])
@@ -115,6 +115,18 @@ def check_fleet_name(fleet: str) -> str:
 
 
 __all__ = [
-    "BACKENDS", "Address", "Channel", "Delivery", "NodeLinks", "SharedLink", "Subscription", "Transport",
-    "TransportError", "TransportFactory", "Will", "check_fleet_name", "node_links", "transport_factory",
+    "BACKENDS",
+    "Address",
+    "Channel",
+    "Delivery",
+    "NodeLinks",
+    "SharedLink",
+    "Subscription",
+    "Transport",
+    "TransportError",
+    "TransportFactory",
+    "Will",
+    "check_fleet_name",
+    "node_links",
+    "transport_factory",
 ]

@@ -96,9 +96,7 @@ class Transport(ABC):
     async def subscribe(self, sub: Subscription) -> None: ...
 
     @abstractmethod
-    async def publish(
-        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
-    ) -> None:
+    async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         """Send one frame. ``reliable`` asks for acknowledged delivery (MQTT QoS 1)."""
 
     @abstractmethod
@@ -127,10 +125,10 @@ class NodeLinks(ABC):
     nodes start and closed after they stop. One broker serves every node alike; serial nodes each
     have their own port, or share one told apart by EID."""
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional: most links need no opening
         """Make the links usable; TransportError names what failed (and nothing stays open)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional, as open()
         """Release what :meth:`open` took."""
 
     @abstractmethod

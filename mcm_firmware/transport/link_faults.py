@@ -33,8 +33,9 @@ class LinkFaults:
     """Extra uniform random delay in [0, jitter) seconds: frames overtake each other (reorder)."""
     channels: frozenset[Channel] = frozenset()
     seed: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("seen", "dropped", "corrupted", "duplicated", "delayed"), 0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("seen", "dropped", "corrupted", "duplicated", "delayed"), 0)
+    )
 
     def __post_init__(self) -> None:
         for name in ("drop", "corrupt", "duplicate"):

@@ -7,6 +7,7 @@ hook lets tests and scenarios drop, corrupt, delay, duplicate or reorder frames 
 from __future__ import annotations
 
 import asyncio
+from typing import ClassVar
 
 from .base import Address, Delivery, Subscription, Transport, TransportError, Will
 from .link_faults import FaultHook
@@ -15,7 +16,7 @@ from .link_faults import FaultHook
 class LoopbackBus:
     """An in-process message bus with MQTT's retained-message and Last-Will semantics."""
 
-    _named: dict[str, LoopbackBus] = {}
+    _named: ClassVar[dict[str, LoopbackBus]] = {}
 
     def __init__(self, *, hook: FaultHook | None = None) -> None:
         self.hook = hook
@@ -137,9 +138,7 @@ class LoopbackTransport(Transport):
             if sub.matches(addr):
                 self._queue.put_nowait(Delivery(addr, payload, True))
 
-    async def publish(
-        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
-    ) -> None:
+    async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         if not self._connected:
             raise TransportError("loopback link is down")
         self.bus.route(address, bytes(payload), retain=retain)

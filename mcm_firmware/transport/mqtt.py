@@ -6,6 +6,7 @@ Topics as :mod:`.topics` spells them. Frames travel as binary payloads unchanged
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from urllib.parse import urlsplit
@@ -93,10 +94,9 @@ class MqttTransport(Transport):
         client, self._client = self._client, None
         self._messages = None
         if client is not None:
-            try:
+            # already down, or the broker does not answer: nothing to close cleanly
+            with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), self.connect_timeout)
-            except (aiomqtt.MqttError, TimeoutError):
-                pass  # already down, or the broker does not answer: nothing to close cleanly
 
     async def abort(self) -> None:
         """Shut the TCP connection down under the MQTT client: no DISCONNECT is sent, so the
@@ -105,10 +105,8 @@ class MqttTransport(Transport):
         if client is not None:
             sock = client._client.socket()  # paho's socket; aiomqtt exposes no abort
             if sock is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         await self.close()
 
     def _require(self) -> aiomqtt.Client:
@@ -123,9 +121,7 @@ class MqttTransport(Transport):
         except aiomqtt.MqttError as e:
             raise TransportError(f"subscribe failed: {e}") from None
 
-    async def publish(
-        self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False
-    ) -> None:
+    async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         try:
             await self._require().publish(topic(address), payload, qos=1 if reliable else 0, retain=retain)
         except aiomqtt.MqttError as e:

@@ -10,8 +10,7 @@ import time
 import pytest
 
 from mcm_firmware.host.client import NodeError, RequestTimeout
-from mcm_firmware.protocol import NodeState, Op, Status
-from mcm_firmware.protocol import PowerCapArgs
+from mcm_firmware.protocol import NodeState, Op, PowerCapArgs, Status
 
 
 async def test_ping_answers(mcm_host, mcm_target):

@@ -55,5 +55,6 @@ def test_a_removed_handler_or_ctl_entry_or_doc_row_is_named():
     assert missing_pieces(Op.REBIRTH, handlers=handlers) == ["a node handler (runtime/handlers.py)"]
     assert missing_pieces(Op.RAS, commands=commands) == ["a ctl entry (host/commands.py)"]
     assert missing_pieces(Op.STATUS, golden=golden) == [
-        "a golden RESPONSE frame 'response-status' (example_result in its OpSpec)"]
+        "a golden RESPONSE frame 'response-status' (example_result in its OpSpec)"
+    ]
     assert missing_pieces(Op.CLEAR_RAS, doc=doc) == ["a row in the op table of docs/protocol.md"]

@@ -31,6 +31,17 @@ from .nodes import NodeLink, SerialNodeLinks, plan_node_links
 from .port import LinePort, PortSpec, open_port, parse_port_url
 
 __all__ = [
-    "DEFAULT_KEEPALIVE", "FIRST_NODE_EID", "HOST_EID", "LinePort", "LinkStats", "NodeLink", "PortSpec",
-    "SerialLink", "SerialNodeLinks", "SerialTransport", "open_port", "parse_port_url", "plan_node_links",
+    "DEFAULT_KEEPALIVE",
+    "FIRST_NODE_EID",
+    "HOST_EID",
+    "LinePort",
+    "LinkStats",
+    "NodeLink",
+    "PortSpec",
+    "SerialLink",
+    "SerialNodeLinks",
+    "SerialTransport",
+    "open_port",
+    "parse_port_url",
+    "plan_node_links",
 ]

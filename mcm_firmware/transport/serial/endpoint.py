@@ -25,8 +25,13 @@ HOST_EID = 8
 """The host (bus owner) end of every link; MCTP EIDs 0..7 are reserved."""
 FIRST_NODE_EID = 9
 DEFAULT_KEEPALIVE = 1.0
-_CHANNEL_CODE = {Channel.STATE: ChannelCode.STATE, Channel.TLM: ChannelCode.TLM,
-                 Channel.EVT: ChannelCode.EVT, Channel.CMD: ChannelCode.CMD, Channel.RSP: ChannelCode.RSP}
+_CHANNEL_CODE = {
+    Channel.STATE: ChannelCode.STATE,
+    Channel.TLM: ChannelCode.TLM,
+    Channel.EVT: ChannelCode.EVT,
+    Channel.CMD: ChannelCode.CMD,
+    Channel.RSP: ChannelCode.RSP,
+}
 _CODE_CHANNEL = {int(v): k for k, v in _CHANNEL_CODE.items()}
 
 
@@ -39,9 +44,17 @@ class SerialTransport(Transport):
 
     name = "serial"
 
-    def __init__(self, link: SerialLink, *, role: Role, eid: int, fleet: str = "default",
-                 node: int | None = None, owns_link: bool = False,
-                 keepalive: float = DEFAULT_KEEPALIVE) -> None:
+    def __init__(
+        self,
+        link: SerialLink,
+        *,
+        role: Role,
+        eid: int,
+        fleet: str = "default",
+        node: int | None = None,
+        owns_link: bool = False,
+        keepalive: float = DEFAULT_KEEPALIVE,
+    ) -> None:
         if not 8 <= eid <= 254:
             raise ValueError(f"EID {eid} is outside the assignable range 8..254")
         if role == "node" and node is None:
@@ -86,8 +99,10 @@ class SerialTransport(Transport):
         self._last_tx = loop.time()
         if self.role == "node":
             if will is not None:
-                self._send(VendorMessage(Kind.WILL, self.node or 0, _CHANNEL_CODE[will.address.channel],
-                                         0, will.payload), dest=self._peer)
+                self._send(
+                    VendorMessage(Kind.WILL, self.node or 0, _CHANNEL_CODE[will.address.channel], 0, will.payload),
+                    dest=self._peer,
+                )
             self._timer = asyncio.create_task(self._keepalive(), name=f"serial-keepalive-{self.eid}")
         else:
             self._timer = asyncio.create_task(self._watch_nodes(), name=f"serial-watch-{self.eid}")
@@ -124,11 +139,9 @@ class SerialTransport(Transport):
                 if sub.matches(addr):
                     self._queue.put_nowait(Delivery(addr, payload, True))
             if sub.channel in (None, Channel.STATE):
-                self._send(VendorMessage(Kind.HELLO, 0 if sub.node is None else sub.node),
-                           dest=EID_BROADCAST)
+                self._send(VendorMessage(Kind.HELLO, 0 if sub.node is None else sub.node), dest=EID_BROADCAST)
 
-    async def publish(self, address: Address, payload: bytes, *, retain: bool = False,
-                      reliable: bool = False) -> None:
+    async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         if not self._connected:
             raise TransportError("serial link is down")
         code = _CHANNEL_CODE[address.channel]
@@ -176,12 +189,23 @@ class SerialTransport(Transport):
             if vm.kind is Kind.HELLO:
                 if vm.node in (0, self.node):
                     if self._will is not None:
-                        self._send(VendorMessage(Kind.WILL, self.node or 0,
-                                                 _CHANNEL_CODE[self._will.address.channel], 0,
-                                                 self._will.payload), dest=src)
+                        self._send(
+                            VendorMessage(
+                                Kind.WILL,
+                                self.node or 0,
+                                _CHANNEL_CODE[self._will.address.channel],
+                                0,
+                                self._will.payload,
+                            ),
+                            dest=src,
+                        )
                     for addr, payload in self._retained.items():
-                        self._send(VendorMessage(Kind.FRAME, addr.node, _CHANNEL_CODE[addr.channel],
-                                                 mctp.VENDOR_RETAIN, payload), dest=src)
+                        self._send(
+                            VendorMessage(
+                                Kind.FRAME, addr.node, _CHANNEL_CODE[addr.channel], mctp.VENDOR_RETAIN, payload
+                            ),
+                            dest=src,
+                        )
             elif vm.kind is Kind.FRAME and vm.node == self.node:
                 channel = _CODE_CHANNEL[vm.channel]
                 if channel is Channel.CMD:
@@ -233,5 +257,3 @@ class SerialTransport(Transport):
                         addr, payload = will
                         self._retained[addr] = payload
                         self._offer(addr, payload, False)
-
-

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ...protocol import mctp
 from ...protocol.mctp import EID_BROADCAST, VendorMessage
@@ -20,8 +20,15 @@ from ...tasks import cancel_and_wait
 from ..base import TransportError
 from .port import PortSpec, open_port, parse_port_url
 
-if TYPE_CHECKING:
-    from .endpoint import SerialTransport
+
+class Endpoint(Protocol):
+    """What a link needs of an endpoint attached to it (:class:`~.endpoint.Endpoint`)."""
+
+    eid: int
+
+    def _on_message(self, src: int, vm: VendorMessage) -> None: ...
+    def _link_down(self, why: str) -> None: ...
+
 
 BITS_PER_BYTE = 10  # 8N1: start bit, 8 data bits, stop bit
 URGENT_LIMIT = 4096
@@ -29,6 +36,7 @@ URGENT_LIMIT = 4096
 HIGH_WATER = 16 * 1024
 """Bytes buffered under the port before the link stops writing and waits for the OS to drain."""
 UTIL_WINDOW = 1.0
+
 
 class LinkStats:
     """Counters of one link, and its utilisation (share of the line's capacity used lately)."""
@@ -70,7 +78,7 @@ class SerialLink(asyncio.Protocol):
         self.decoder = mctp.FrameDecoder()
         self.reassembler = mctp.Reassembler()
         self._transport: asyncio.BaseTransport | None = None
-        self._endpoints: dict[int, SerialTransport] = {}
+        self._endpoints: dict[int, Endpoint] = {}
         self._urgent: deque[tuple[float, bytes]] = deque()  # (when queued, framed message)
         self._bulk: dict[int, tuple[float, bytes]] = {}  # node id -> its newest telemetry message
         self._wake = asyncio.Event()
@@ -159,7 +167,7 @@ class SerialLink(asyncio.Protocol):
 
     # --- endpoints ---------------------------------------------------------------------------
 
-    def attach(self, ep: SerialTransport) -> None:
+    def attach(self, ep: Endpoint) -> None:
         if self._down is not None:
             raise TransportError(self._down)
         if self._transport is None:
@@ -169,7 +177,7 @@ class SerialLink(asyncio.Protocol):
             raise TransportError(f"EID {ep.eid} is already in use on {self.path or self.spec.url}")
         self._endpoints[ep.eid] = ep
 
-    def detach(self, ep: SerialTransport) -> None:
+    def detach(self, ep: Endpoint) -> None:
         if self._endpoints.get(ep.eid) is ep:
             del self._endpoints[ep.eid]
 
@@ -198,10 +206,12 @@ class SerialLink(asyncio.Protocol):
         """Counters in one line: what went out and came in, and what was dropped and why."""
         s = self.stats
         drops = {k: v for k, v in {**self.decoder.drops, **self.reassembler.losses}.items() if v}
-        return (f"tx {s.tx_messages} messages ({s.tx_bytes} bytes), rx {s.rx_messages} messages "
-                f"({s.rx_bytes} bytes), telemetry decimated {s.decimated}, dropped "
-                + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
-                + (f", not ours {s.rejected}" if s.rejected else ""))
+        return (
+            f"tx {s.tx_messages} messages ({s.tx_bytes} bytes), rx {s.rx_messages} messages "
+            f"({s.rx_bytes} bytes), telemetry decimated {s.decimated}, dropped "
+            + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
+            + (f", not ours {s.rejected}" if s.rejected else "")
+        )
 
     def utilisation(self) -> float:
         if not self.spec.paced:
@@ -245,8 +255,7 @@ class SerialLink(asyncio.Protocol):
     async def flush(self, timeout: float = 2.0) -> None:
         """Wait until everything queued has gone to the port (and, paced, out of the line)."""
         deadline = time.monotonic() + timeout
-        while ((self._urgent or self._bulk or self._sending) and time.monotonic() < deadline
-               and self._down is None):
+        # polled: the writer task drains two queues and then the port
+        busy = lambda: (self._urgent or self._bulk or self._sending) and self._down is None  # noqa: E731
+        while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
-
-

@@ -11,6 +11,7 @@ from .endpoint import FIRST_NODE_EID, SerialTransport
 from .link import SerialLink
 from .port import parse_port_url
 
+
 @dataclass(frozen=True, slots=True)
 class NodeLink:
     node: int
@@ -19,8 +20,7 @@ class NodeLink:
 
     def factory(self, fleet: str) -> TransportFactory:
         """A transport factory (client id -> transport) for this node on its link."""
-        return lambda client_id: SerialTransport(self.link, role="node", eid=self.eid, fleet=fleet,
-                                                 node=self.node)
+        return lambda client_id: SerialTransport(self.link, role="node", eid=self.eid, fleet=fleet, node=self.node)
 
 
 def plan_node_links(urls: list[str], nodes: list[int], *, mux: bool = False) -> list[NodeLink]:
@@ -30,19 +30,21 @@ def plan_node_links(urls: list[str], nodes: list[int], *, mux: bool = False) -> 
     if not specs:
         raise ValueError("no serial port given")
     if len(specs) == len(nodes) and not mux:
-        return [NodeLink(n, SerialLink(s), FIRST_NODE_EID) for n, s in zip(nodes, specs)]
+        return [NodeLink(n, SerialLink(s), FIRST_NODE_EID) for n, s in zip(nodes, specs, strict=True)]
     if len(specs) == 1 and specs[0].url == "pty" and not mux:
         return [NodeLink(n, SerialLink(specs[0]), FIRST_NODE_EID) for n in nodes]
     if len(specs) == 1:
         if len(nodes) > 254 - FIRST_NODE_EID + 1:
-            raise ValueError(f"{len(nodes)} nodes do not fit on one serial link "
-                             f"(EIDs {FIRST_NODE_EID}..254: at most {254 - FIRST_NODE_EID + 1})")
+            raise ValueError(
+                f"{len(nodes)} nodes do not fit on one serial link "
+                f"(EIDs {FIRST_NODE_EID}..254: at most {254 - FIRST_NODE_EID + 1})"
+            )
         link = SerialLink(specs[0])
         return [NodeLink(n, link, FIRST_NODE_EID + k) for k, n in enumerate(nodes)]
-    raise ValueError(f"--serial is given {len(specs)} times for {len(nodes)} nodes: give it once "
-                     "(pty: one pseudo-terminal per node; a port: all nodes on it) or once per node")
-
-
+    raise ValueError(
+        f"--serial is given {len(specs)} times for {len(nodes)} nodes: give it once "
+        "(pty: one pseudo-terminal per node; a port: all nodes on it) or once per node"
+    )
 
 
 class SerialNodeLinks(NodeLinks):
@@ -75,8 +77,14 @@ class SerialNodeLinks(NodeLinks):
     def host_url(self, node: int) -> str:
         link = self.plan[node].link
         spec = link.spec
-        options = "&".join(o for o in (f"baud={spec.baud}" if spec.paced else "",
-                                       f"mtu={spec.mtu}" if spec.mtu != mctp.BASELINE_MTU else "") if o)
+        options = "&".join(
+            o
+            for o in (
+                f"baud={spec.baud}" if spec.paced else "",
+                f"mtu={spec.mtu}" if spec.mtu != mctp.BASELINE_MTU else "",
+            )
+            if o
+        )
         return f"serial://{link.path or spec.url}" + (f"?{options}" if options else "")
 
     def describe(self) -> list[str]:
@@ -84,8 +92,9 @@ class SerialNodeLinks(NodeLinks):
         for p in self.plan.values():
             link = p.link
             rate = f"{link.spec.baud} baud" if link.spec.paced else "unpaced"
-            out.append(f"serial: node {p.node} at {link.path or link.spec.url} (EID {p.eid}, {rate}, "
-                       f"MTU {link.spec.mtu})")
+            out.append(
+                f"serial: node {p.node} at {link.path or link.spec.url} (EID {p.eid}, {rate}, MTU {link.spec.mtu})"
+            )
         return out
 
     def summary(self) -> list[str]:

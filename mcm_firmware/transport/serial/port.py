@@ -45,8 +45,10 @@ def parse_port_url(text: str) -> PortSpec:
         raise ValueError("serial port URL is empty")
     parts = urlsplit(text)
     if parts.scheme not in ("", "loop", "socket", "rfc2217"):
-        raise ValueError(f"serial port URL {text!r}: scheme {parts.scheme!r} is not one of "
-                         "a device path, pty, loop://, socket://, rfc2217://")
+        raise ValueError(
+            f"serial port URL {text!r}: scheme {parts.scheme!r} is not one of "
+            "a device path, pty, loop://, socket://, rfc2217://"
+        )
     rest: list[tuple[str, str]] = []
     baud, mtu = None, mctp.BASELINE_MTU
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -157,7 +159,7 @@ class _ThreadedPort(asyncio.Transport):
         while not self._closing:
             try:
                 data = self._port.read(max(1, self._port.in_waiting))
-            except Exception as e:  # the port went away
+            except Exception as e:  # noqa: BLE001 - whatever the port raised, it went away
                 exc = e
                 break
             if data and not self._closing:
@@ -176,7 +178,7 @@ class _ThreadedPort(asyncio.Transport):
         if not self._closing:
             try:
                 self._port.write(data)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a failed write loses the port, as a read would
                 self._loop.call_soon(self._lost, e)
 
     def get_write_buffer_size(self) -> int:
@@ -215,8 +217,9 @@ async def open_port(spec: PortSpec, protocol: asyncio.Protocol) -> tuple[asyncio
             parts = urlsplit(url)
             transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
         else:
-            port = await loop.run_in_executor(None, lambda: serial.serial_for_url(
-                url, baudrate=spec.baud or 115200, timeout=0.05))
+            port = await loop.run_in_executor(
+                None, lambda: serial.serial_for_url(url, baudrate=spec.baud or 115200, timeout=0.05)
+            )
             try:
                 port.fileno()
             except (OSError, ValueError, AttributeError):
