@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -201,6 +202,15 @@ def cli_process() -> Iterator[type[CliProcess]]:
     for p in started:
         with contextlib.suppress(Exception):
             p.close()
+
+
+@pytest.fixture
+def on_fleet() -> Any:
+    """The fleet harness (:func:`tests.helpers.on_fleet`): ``on_fleet(fn, nodes=2, settle=0.0)``
+    runs ``fn(bus=, fleet=, rec=, host=)`` in virtual time against a loopback fleet."""
+    from .helpers import on_fleet as run
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from mcm_firmware.clock import LoopClock
+from mcm_firmware.clock import LoopClock, run_virtual
+from mcm_firmware.host.client import HostClient
 from mcm_firmware.profile import load_profile
 from mcm_firmware.protocol import FrameError, Message, decode
 from mcm_firmware.runtime.fleet import Fleet
@@ -68,3 +72,33 @@ def loopback_fleet(
         clock=LoopClock(),
         seed=seed,
     )
+
+
+def on_fleet(fn: Callable[..., Coroutine[Any, Any, Any]], *, nodes: int = 2, settle: float = 0.0,
+             host_timeout: float = 2.0, seed: int = 1) -> Any:
+    """Run ``fn`` in virtual time against a fleet of ``nodes`` on a fresh loopback bus (fleet "t",
+    ids 0..), and return what it returns. ``fn`` names what it needs among its parameters:
+    ``bus``, ``fleet``, ``rec`` (a :class:`Recorder` of every frame, started before the fleet) and
+    ``host`` (a connected :class:`HostClient`). It starts ``settle`` virtual seconds after the
+    fleet (and the host); the fleet is stopped afterwards whatever happens."""
+    wants = set(inspect.signature(fn).parameters)
+
+    async def main() -> Any:
+        bus = LoopbackBus()
+        rec = await Recorder(bus).start()
+        fleet = loopback_fleet(bus, nodes, seed=seed)
+        await fleet.start()
+        given: dict[str, Any] = {"bus": bus, "fleet": fleet, "rec": rec}
+        try:
+            if "host" not in wants:
+                await asyncio.sleep(settle)
+                return await fn(**{k: v for k, v in given.items() if k in wants})
+            async with HostClient(LoopbackTransport(bus), fleet="t", timeout=host_timeout) as host:
+                given["host"] = host
+                await asyncio.sleep(settle)
+                return await fn(**{k: v for k, v in given.items() if k in wants})
+        finally:
+            await fleet.stop()
+            await rec.stop()
+
+    return run_virtual(main)

@@ -38,24 +38,7 @@ from mcm_firmware.transport import Address, Channel, Subscription
 from mcm_firmware.transport.link_faults import LinkFaults
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
-from .helpers import Recorder, loopback_fleet
-
-
-def run(scenario):
-    """Run ``scenario(bus, fleet, recorder)`` in virtual time with a 2-node fleet."""
-
-    async def main():
-        bus = LoopbackBus()
-        rec = await Recorder(bus).start()
-        fleet = loopback_fleet(bus, 2)
-        await fleet.start()
-        try:
-            return await scenario(bus, fleet, rec)
-        finally:
-            await fleet.stop()
-            await rec.stop()
-
-    return run_virtual(main)
+from ..helpers import Recorder, loopback_fleet
 
 
 async def raw_host(bus):
@@ -98,12 +81,12 @@ def test_birth_comes_after_the_command_subscription():
     assert calls[:2] == [("subscribe", Channel.CMD), ("publish", Channel.STATE)]
 
 
-def test_retained_birth_then_death_on_clean_stop():
+def test_retained_birth_then_death_on_clean_stop(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(1)
         return bus.retained()
 
-    retained_while_up = run(scenario)
+    retained_while_up = on_fleet(scenario)
     births = {a.node: decode(p) for a, p in retained_while_up.items()}
     assert set(births) == {0, 1} and all(isinstance(b, Birth) for b in births.values())
     assert births[0].profile == "colossus-mcm" and births[0].bdseq == 1
@@ -142,12 +125,12 @@ def test_a_crashed_node_leaves_its_will():
     assert isinstance(state[1], Death) and state[1].reason is DeathReason.CONNECTION_LOST
 
 
-def test_telemetry_at_the_profile_rate_with_rising_sequence_numbers():
+def test_telemetry_at_the_profile_rate_with_rising_sequence_numbers(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(10.0)
         return rec
 
-    rec = run(scenario)
+    rec = on_fleet(scenario)
     for node in (0, 1):
         tlm = rec.of(node, Channel.TLM)
         assert 99 <= len(tlm) <= 101  # 10 Hz for 10 s
@@ -161,18 +144,18 @@ def test_telemetry_at_the_profile_rate_with_rising_sequence_numbers():
         assert gaps == {100}  # absolute deadlines: exactly 100 ms apart
 
 
-def test_node_phases_are_staggered():
+def test_node_phases_are_staggered(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(2.0)
         return rec
 
-    rec = run(scenario)
+    rec = on_fleet(scenario)
     t0 = rec.of(0, Channel.TLM)[-1].timestamp_ns % 100_000_000
     t1 = rec.of(1, Channel.TLM)[-1].timestamp_ns % 100_000_000
     assert t0 != t1
 
 
-def test_ping_and_status_through_the_host_client():
+def test_ping_and_status_through_the_host_client(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(5)
         async with HostClient(LoopbackTransport(bus), fleet="t") as host:
@@ -180,14 +163,14 @@ def test_ping_and_status_through_the_host_client():
             st = await host.status(1)
         return rtt, st
 
-    rtt, st = run(scenario)
+    rtt, st = on_fleet(scenario)
     assert rtt >= 0
     assert st.profile == "colossus-mcm" and st.pump_names == ("A", "B")
     assert st.snapshot.uptime_ns == pytest.approx(5e9, rel=0.05)
     assert len(st.snapshot.dies) == 4
 
 
-def test_rejected_frames_are_counted_reported_and_answered_where_possible():
+def test_rejected_frames_are_counted_reported_and_answered_where_possible(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(1)
         host = await raw_host(bus)
@@ -215,7 +198,7 @@ def test_rejected_frames_are_counted_reported_and_answered_where_possible():
         await host.close()
         return fleet.nodes[0].counters, answers, rec
 
-    counters, answers, rec = run(scenario)
+    counters, answers, rec = on_fleet(scenario)
     assert counters.rx_rejected == 6
     by_id = {a.request_id: a for a in answers if isinstance(a, Response)}
     assert by_id[7].status is Status.UNKNOWN_OP and by_id[7].op == 0x7777
@@ -227,7 +210,7 @@ def test_rejected_frames_are_counted_reported_and_answered_where_possible():
     assert reasons == sorted(["TRUNCATED", "BAD_CRC", "BAD_FIELD", "BAD_FIELD", "BAD_FIELD", "BAD_FIELD"])
 
 
-def test_rejection_events_are_rate_limited_but_all_counted():
+def test_rejection_events_are_rate_limited_but_all_counted(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(0.5)
         host = await raw_host(bus)
@@ -239,7 +222,7 @@ def test_rejection_events_are_rate_limited_but_all_counted():
         await host.close()
         return fleet.nodes[0].counters, rec
 
-    counters, rec = run(scenario)
+    counters, rec = on_fleet(scenario)
     assert counters.rx_rejected == 201
     events = rec.of(0, Channel.EVT)
     rejected = [e for e in events if e.code == EventCode.FRAME_REJECTED]
@@ -248,7 +231,7 @@ def test_rejection_events_are_rate_limited_but_all_counted():
     assert len(rejected) + sum(int(e.value) for e in summary) == 201
 
 
-def test_a_repeated_request_id_is_executed_once_and_answered_again():
+def test_a_repeated_request_id_is_executed_once_and_answered_again(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(1)
         host = await raw_host(bus)
@@ -259,7 +242,7 @@ def test_a_repeated_request_id_is_executed_once_and_answered_again():
         await host.close()
         return fleet.nodes[0].counters, rec
 
-    counters, rec = run(scenario)
+    counters, rec = on_fleet(scenario)
     responses = [m for m in rec.of(0, Channel.RSP) if m.request_id == 42]
     assert len(responses) == 2 and all(r.status is Status.OK for r in responses)
     assert responses[0].seq < responses[1].seq
@@ -268,7 +251,7 @@ def test_a_repeated_request_id_is_executed_once_and_answered_again():
     assert counters.rx_duplicates == 1
 
 
-def test_reconnect_with_backoff_publishes_birth_again():
+def test_reconnect_with_backoff_publishes_birth_again(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(1)
         node = fleet.nodes[0]
@@ -279,7 +262,7 @@ def test_reconnect_with_backoff_publishes_birth_again():
         await asyncio.sleep(3)
         return during, node.link_up, node.counters.reconnects, rec
 
-    during, after, reconnects, rec = run(scenario)
+    during, after, reconnects, rec = on_fleet(scenario)
     assert not during and after and reconnects == 1
     states = rec.of(0, Channel.STATE)
     assert [type(m).__name__ for m in states] == ["Birth", "Death", "Birth", "Death"]
@@ -362,12 +345,12 @@ def test_an_operation_the_firmware_does_not_run_is_answered_unknown_op():
     assert run_virtual(main) == "operation REBIRTH is not implemented"
 
 
-def test_event_and_message_types_on_the_wire():
+def test_event_and_message_types_on_the_wire(on_fleet):
     async def scenario(bus, fleet, rec):
         await asyncio.sleep(3)
         return rec
 
-    rec = run(scenario)
+    rec = on_fleet(scenario)
     kinds = {(a.channel, type(m).__name__) for a, m, _ in rec.frames}
     assert (Channel.STATE, "Birth") in kinds and (Channel.TLM, "Telemetry") in kinds
     boot = [m for m in rec.of(0, Channel.EVT) if isinstance(m, Event) and m.code == EventCode.BOOT]

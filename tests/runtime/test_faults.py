@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 
-from mcm_firmware.clock import run_virtual
 from mcm_firmware.faults import FaultError, FaultKind, make_fault, parse_clear, parse_fault
 from mcm_firmware.hbm import Location
-from mcm_firmware.host.client import HostClient, RequestTimeout
+from mcm_firmware.host.client import RequestTimeout
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.protocol import (
     Birth,
@@ -26,9 +25,6 @@ from mcm_firmware.protocol import (
     Status,
 )
 from mcm_firmware.transport import Channel
-from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
-
-from .helpers import Recorder, loopback_fleet
 
 # --- the model ------------------------------------------------------------------------------------
 
@@ -88,23 +84,6 @@ def test_make_fault_checks_targets():
 # --- applied to a node ----------------------------------------------------------------------------
 
 
-def scenario(fn, nodes=1):
-    async def main():
-        bus = LoopbackBus()
-        rec = await Recorder(bus).start()
-        fleet = loopback_fleet(bus, nodes)
-        await fleet.start()
-        try:
-            async with HostClient(LoopbackTransport(bus), fleet="t", timeout=2.0) as host:
-                await asyncio.sleep(10)
-                return await fn(fleet, host, rec)
-        finally:
-            await fleet.stop()
-            await rec.stop()
-
-    return run_virtual(main)
-
-
 async def inject(host, node, *tokens, check=True):
     f = parse_fault(list(tokens))
     return await host.request(
@@ -119,7 +98,7 @@ async def clear(host, node, *tokens):
     )
 
 
-def test_a_fault_the_module_does_not_have_is_refused():
+def test_a_fault_the_module_does_not_have_is_refused(on_fleet):
     async def fn(fleet, host, rec):
         out = []
         for tokens in (
@@ -135,7 +114,7 @@ def test_a_fault_the_module_does_not_have_is_refused():
             out.append((resp.status, resp.message))
         return out, dict(fleet.nodes[0].faults)
 
-    out, faults = scenario(fn)
+    out, faults = on_fleet(fn, nodes=1, settle=10)
     assert all(status is Status.BAD_ARGUMENT for status, _ in out)
     messages = [m for _, m in out]
     assert messages[0] == "no pump C on this module (pumps: A, B)"
@@ -146,7 +125,7 @@ def test_a_fault_the_module_does_not_have_is_refused():
     assert faults == {}
 
 
-def test_pump_fail_by_name_fails_over_and_clears():
+def test_pump_fail_by_name_fails_over_and_clears(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         await inject(host, 0, "pump-fail", "A")
@@ -156,14 +135,14 @@ def test_pump_fail_by_name_fails_over_and_clears():
         await clear(host, 0, "pump-fail", "0")  # index or name
         return during, st.faults, bool(shard.inputs.pump_failed[row, 0]), rec
 
-    during, faults, after, rec = scenario(fn)
+    during, faults, after, rec = on_fleet(fn, nodes=1, settle=10)
     assert during == (True, 1) and faults == ("pump-fail A",) and after is False
     codes = [e.code for e in rec.of(0, Channel.EVT)]
     assert EventCode.FAULT_INJECTED in codes and EventCode.PUMP_FAILOVER in codes
     assert EventCode.FAULT_CLEARED in codes
 
 
-def test_each_hardware_fault_takes_effect_and_clears():
+def test_each_hardware_fault_takes_effect_and_clears(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         seen = {}
@@ -198,7 +177,7 @@ def test_each_hardware_fault_takes_effect_and_clears():
         )
         return seen
 
-    seen = scenario(fn)
+    seen = on_fleet(fn, nodes=1, settle=10)
     assert seen["overcurrent"] and seen["valve"] == pytest.approx(20.0)
     assert seen["sensor"] == 99.0
     assert seen["vrm"] & ClockReason.HW_SLOWDOWN
@@ -208,7 +187,7 @@ def test_each_hardware_fault_takes_effect_and_clears():
     assert seen["after"] == (False, False, int(SensorFault.OK), 1.0, 0.0, False, 0)
 
 
-def test_hbm_faults_reach_the_ras_firmware():
+def test_hbm_faults_reach_the_ras_firmware(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         ctl = shard.ras[row]
@@ -222,7 +201,7 @@ def test_hbm_faults_reach_the_ras_firmware():
         await clear(host, 0, "hbm-device", "6")
         return ras, shard.ce_storm_rate[row].copy(), dict(ctl.store.failed_devices), rec
 
-    ras, storm, devices, rec = scenario(fn)
+    ras, storm, devices, rec = on_fleet(fn, nodes=1, settle=10)
     assert ras.stacks[1].ce and sum(ras.stacks[1].ce) > 100  # the storm
     assert sum(ras.stacks[6].ce) > 0 and ras.stacks[6].failed_devices == (4,)  # chipkill corrects the device
     assert ras.flags & 1 and any(p.stack == 2 for p in ras.pending)  # the stuck cell's row is pending
@@ -231,7 +210,7 @@ def test_hbm_faults_reach_the_ras_firmware():
     assert EventCode.CE_STORM in codes and EventCode.REMAP_PENDING in codes
 
 
-def test_crash_leaves_the_will_holds_the_hardware_and_reboots():
+def test_crash_leaves_the_will_holds_the_hardware_and_reboots(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         await host.request(
@@ -250,7 +229,7 @@ def test_crash_leaves_the_will_holds_the_hardware_and_reboots():
         st = await host.status(0)
         return down, held, st, rec
 
-    (up, active, pstate), held, st, rec = scenario(fn)
+    (up, active, pstate), held, st, rec = on_fleet(fn, nodes=1, settle=10)
     assert not up and not active and (held == pstate).all()  # the clocks stay where they were
     assert st.boot_count == 2 and st.snapshot.power_cap_w == 1300.0  # firmware state starts afresh
     states = list(rec.of(0, Channel.STATE))
@@ -260,13 +239,13 @@ def test_crash_leaves_the_will_holds_the_hardware_and_reboots():
     assert [b.boot_count for b in births] == [1, 2]
 
 
-def test_clean_reboot():
+def test_clean_reboot(on_fleet):
     async def fn(fleet, host, rec):
         await inject(host, 0, "reboot")
         await asyncio.sleep(5)
         return await host.status(0), rec
 
-    st, rec = scenario(fn)
+    st, rec = on_fleet(fn, nodes=1, settle=10)
     assert st.boot_count == 2
     deaths = [m for m in rec.of(0, Channel.STATE) if isinstance(m, Death)]
     assert deaths[0].reason is DeathReason.REBOOT
@@ -274,7 +253,7 @@ def test_clean_reboot():
     assert [e.value for e in boots] == [1.0, 2.0]
 
 
-def test_link_faults_are_survived_by_retries_and_counted():
+def test_link_faults_are_survived_by_retries_and_counted(on_fleet):
     async def fn(fleet, host, rec):
         host.retries = 6
         await inject(host, 0, "link-drop", "0.3")
@@ -289,12 +268,12 @@ def test_link_faults_are_survived_by_retries_and_counted():
         await asyncio.sleep(1)
         return counts, node.link_faults, node.counters.rx_duplicates
 
-    counts, faults_after, dups = scenario(fn)
+    counts, faults_after, dups = on_fleet(fn, nodes=1, settle=10)
     assert counts["dropped"] > 0 and counts["duplicated"] > 0 and counts["delayed"] > 0
     assert faults_after is None and dups > 0
 
 
-def test_link_corrupt_gets_frames_rejected():
+def test_link_corrupt_gets_frames_rejected(on_fleet):
     async def fn(fleet, host, rec):
         await inject(host, 0, "link-corrupt", "1.0")
         await asyncio.sleep(2)
@@ -306,7 +285,7 @@ def test_link_corrupt_gets_frames_rejected():
         await asyncio.sleep(1)
         return rec
 
-    rec = scenario(fn)
+    rec = on_fleet(fn, nodes=1, settle=10)
     from mcm_firmware.protocol import FrameError
 
     bad = [m for a, m, _ in rec.frames if isinstance(m, FrameError)]

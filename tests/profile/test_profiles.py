@@ -10,7 +10,7 @@ import tomli_w
 
 from mcm_firmware.profile import ProfileError, list_profiles, load_profile, load_profile_file
 
-from .conftest import ROOT, run_cli
+from ..conftest import ROOT, run_cli
 
 SHIPPED = sorted((ROOT / "hw_profiles").glob("*.toml"))
 

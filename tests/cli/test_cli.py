@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from .conftest import free_port, run_cli
+from ..conftest import free_port, run_cli
 
 
 def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):

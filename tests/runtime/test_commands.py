@@ -10,9 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from mcm_firmware.clock import run_virtual
 from mcm_firmware.hbm import Location
-from mcm_firmware.host.client import HostClient, NodeError
+from mcm_firmware.host.client import NodeError
 from mcm_firmware.host.views import status_json
 from mcm_firmware.protocol import (
     ClockReason,
@@ -25,30 +24,11 @@ from mcm_firmware.protocol import (
     Status,
 )
 from mcm_firmware.transport import Channel
-from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
-from .conftest import run_cli
-from .helpers import Recorder, loopback_fleet
+from ..conftest import run_cli
 
 
-def scenario(fn):
-    async def main():
-        bus = LoopbackBus()
-        rec = await Recorder(bus).start()
-        fleet = loopback_fleet(bus, 2)
-        await fleet.start()
-        try:
-            async with HostClient(LoopbackTransport(bus), fleet="t") as host:
-                await asyncio.sleep(5)
-                return await fn(fleet, host, rec)
-        finally:
-            await fleet.stop()
-            await rec.stop()
-
-    return run_virtual(main)
-
-
-def test_set_power_cap_applies_and_bad_values_change_nothing():
+def test_set_power_cap_applies_and_bad_values_change_nothing(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         await host.request(0, Op.SET_POWER_CAP, PowerCapArgs(watts=800.0))
@@ -61,7 +41,7 @@ def test_set_power_cap_applies_and_bad_values_change_nothing():
         await asyncio.sleep(15)
         return applied, float(shard.dvfs.cap_w[row]), errors, shard.dvfs.reasons[row].copy(), rec
 
-    applied, after, errors, reasons, rec = scenario(fn)
+    applied, after, errors, reasons, rec = on_fleet(fn, settle=5)
     assert applied == after == 800.0
     assert all(e.status is Status.BAD_ARGUMENT and "outside 500..1400 W" in e.message for e in errors)
     assert (reasons & ClockReason.SW_POWER_CAP).all()
@@ -69,7 +49,7 @@ def test_set_power_cap_applies_and_bad_values_change_nothing():
     assert [e.value for e in caps] == [800.0]
 
 
-def test_lock_and_reset_clocks():
+def test_lock_and_reset_clocks(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(1)
         await host.request(1, Op.LOCK_CLOCKS, LockClocksArgs(mhz=1100))
@@ -82,13 +62,13 @@ def test_lock_and_reset_clocks():
         await asyncio.sleep(1)
         return locked, st, shard.dvfs.mhz[row].copy()
 
-    locked, st, released = scenario(fn)
+    locked, st, released = on_fleet(fn, settle=5)
     assert (locked == 1100).all() and (released == 2000).all()
     assert st["clocks_locked"] is True and st["pstate"] == 5
     assert all("APPLICATIONS_CLOCKS_SETTING" in d["reason_names"] for d in st["dies"])
 
 
-def test_set_valve_manual_and_auto():
+def test_set_valve_manual_and_auto(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         await host.request(0, Op.SET_VALVE, SetValveArgs(valve=3, auto=0, pct=25.0))
@@ -103,14 +83,14 @@ def test_set_valve_manual_and_auto():
         await host.request(0, Op.SET_VALVE, SetValveArgs(valve=3, auto=1, pct=0.0))
         return held, st, bad, bool(np.isnan(shard.cool.manual[row]).all())
 
-    held, st, bad, all_auto = scenario(fn)
+    held, st, bad, all_auto = on_fleet(fn, settle=5)
     assert held == pytest.approx(25.0, abs=0.5)
     assert st["valves"][3]["manual"] is True and st["valves"][0]["manual"] is False
     assert bad == ["no valve 9 (valves 0..3)", "valve position 120 % outside 0..100 %"]
     assert all_auto
 
 
-def test_ras_remap_reset_and_clear_through_commands():
+def test_ras_remap_reset_and_clear_through_commands(on_fleet):
     async def fn(fleet, host, rec):
         shard, row = fleet.shard_of(0)
         ctl = shard.ras[row]
@@ -126,7 +106,7 @@ def test_ras_remap_reset_and_clear_through_commands():
         cleared = (await host.request(0, Op.RAS)).data
         return before, st, after, cleared, rec
 
-    before, st, after, cleared, rec = scenario(fn)
+    before, st, after, cleared, rec = on_fleet(fn, settle=5)
     assert isinstance(before, RasResult)
     assert before.ce >= 2 and before.flags & 1 and before.recovery_action == 1
     assert [(p.stack, p.channel, p.bank, p.row) for p in before.pending] == [(3, 4, 5, 678)]
@@ -140,11 +120,11 @@ def test_ras_remap_reset_and_clear_through_commands():
         assert code in codes, code.name
 
 
-def test_status_carries_mode_pstate_and_ras():
+def test_status_carries_mode_pstate_and_ras(on_fleet):
     async def fn(fleet, host, rec):
         return status_json(0, await host.status(0))
 
-    st = scenario(fn)
+    st = on_fleet(fn, settle=5)
     assert st["mode"] == "NORMAL" and st["pstate"] == 0
     assert st["ras"] == {
         "ce": 0,

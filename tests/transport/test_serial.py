@@ -39,7 +39,7 @@ from mcm_firmware.transport.serial import (
 )
 from mcm_firmware.transport.serial.port import GuardedSerialTransport, _PtyPort
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "serial.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "serial.md"
 
 
 # --- DSP0253 check values ------------------------------------------------------------------------
@@ -546,7 +546,7 @@ def test_run_on_ptys_with_ctl_and_monitor_over_serial(cli_process):
     import json
     import signal
 
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     run = cli_process("run", "--nodes", "2", "--serial", "pty", "--summary-interval", "0.5")
     paths = _paths(run, 2)
@@ -577,7 +577,7 @@ def test_run_on_ptys_with_ctl_and_monitor_over_serial(cli_process):
 def test_several_nodes_on_one_paced_pty(cli_process):
     import json
 
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     run = cli_process(
         "run",
@@ -616,14 +616,14 @@ def test_several_nodes_on_one_paced_pty(cli_process):
     ],
 )
 def test_bad_serial_arguments_exit_2_naming_them(argv, needle):
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     r = run_cli(*argv)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
 
 
 def test_a_port_that_does_not_exist_exits_1():
-    from .conftest import run_cli
+    from ..conftest import run_cli
 
     r = run_cli("ctl", "--serial", "/dev/does-not-exist", "--timeout", "0.5", "1", "ping")
     assert r.returncode == 1 and "cannot open serial port /dev/does-not-exist" in r.stderr, r.stderr

@@ -23,7 +23,7 @@ from mcm_firmware.scenario import (
 )
 from mcm_firmware.transport import Channel, Subscription, TransportError, transport_factory
 
-from .conftest import ROOT, cli_env, free_port, run_cli
+from ..conftest import ROOT, cli_env, free_port, run_cli
 
 LIBRARY = list_scenarios()
 

@@ -14,7 +14,7 @@ from mcm_firmware.protocol import FrameError, MsgType, Op, Reason, decode, encod
 from mcm_firmware.protocol.ops import RESULT_TYPES
 from mcm_firmware.testing.strategies import MUTATIONS, fix_crc, malformed, messages
 
-from .test_protocol import _strip
+from ..protocol.test_codec import _strip
 
 relaxed = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

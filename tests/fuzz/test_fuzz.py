@@ -18,7 +18,7 @@ from mcm_firmware.target import emulated_target
 from mcm_firmware.testing.strategies import fix_crc
 from mcm_firmware.transport import transport_factory
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 NODE = 4
 

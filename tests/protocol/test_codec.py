@@ -40,7 +40,7 @@ from mcm_firmware.protocol import (
 from mcm_firmware.protocol.messages import to_container
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 def golden_from_doc() -> dict[str, bytes]:

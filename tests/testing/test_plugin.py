@@ -11,7 +11,7 @@ import pytest
 
 from mcm_firmware.target import parse_target
 
-from .conftest import ROOT, cli_env
+from ..conftest import ROOT, cli_env
 
 
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:

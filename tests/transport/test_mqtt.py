@@ -36,7 +36,7 @@ from mcm_firmware.transport import Address, Channel, Subscription, TransportErro
 from mcm_firmware.transport.mqtt import MqttTransport, parse_broker_url
 from mcm_firmware.transport.topics import parse_topic, topic
 
-from .conftest import run_cli
+from ..conftest import run_cli
 
 
 def mqtt_fleet(url: str, nodes: int, fleet: str = "t") -> Fleet:
@@ -82,7 +82,7 @@ def test_topic_mapping():
 
 
 async def test_unreachable_broker_is_a_transport_error():
-    from .conftest import free_port
+    from ..conftest import free_port
 
     tr = MqttTransport(port=free_port(), connect_timeout=2)
     with pytest.raises(TransportError, match="cannot connect to broker"):
@@ -260,7 +260,7 @@ async def test_embedded_broker_deliveries_match_our_own_subscriptions():
     ever subscribed; the transport must still hand over only what matches its own filters."""
     from mcm_firmware.transport.broker import EmbeddedBroker
 
-    from .conftest import free_port
+    from ..conftest import free_port
 
     async with EmbeddedBroker(port=free_port()) as broker:
         factory = transport_factory(broker.url)

@@ -22,8 +22,8 @@ from mcm_firmware.runtime.rig import RigDriver
 from mcm_firmware.transport import Channel
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
-from .conftest import ROOT, cli_env, run_cli
-from .helpers import Recorder
+from ..conftest import ROOT, cli_env, run_cli
+from ..helpers import Recorder
 
 SIM = str(ROOT / "tools" / "rig_sim.py")
 
@@ -227,7 +227,7 @@ def test_rig_profiles_are_validated_naming_the_key(tmp_path):
     ],
 )
 def test_bad_rig_options_exit_2_naming_them(rig, needle):
-    from .conftest import free_port
+    from ..conftest import free_port
 
     r = run_cli("run", "--nodes", "2", "--embedded-port", str(free_port()), "--duration", "5", "--rig", rig)
     assert r.returncode == 2 and needle in r.stderr, r.stderr
