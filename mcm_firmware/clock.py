@@ -17,7 +17,7 @@ import asyncio
 import selectors
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -151,11 +151,11 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             self._virtual_now += seconds
 
 
-def run_virtual(main: Awaitable[T] | Callable[[], Awaitable[T]], *, start: float = 0.0) -> T:
+def run_virtual(main: Coroutine[Any, Any, T] | Callable[[], Coroutine[Any, Any, T]], *, start: float = 0.0) -> T:
     """Run a coroutine to completion on a fresh :class:`VirtualTimeLoop`."""
     with asyncio.Runner(loop_factory=lambda: VirtualTimeLoop(start=start)) as runner:
         coro = main() if callable(main) else main
-        return runner.run(coro)  # type: ignore[arg-type]
+        return runner.run(coro)
 
 
 class Deadlines:

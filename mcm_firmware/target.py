@@ -49,9 +49,9 @@ def parse_target(url: str) -> Target:
         return Target(url, base, int(node_text), query.get("fleet", "default"))
     if parts.scheme == "serial":
         port = url[len("serial://") :]
-        base, _, query = port.partition("?")
+        base, _, options = port.partition("?")
         keep, node, fleet = [], 0, "default"
-        for key, value in parse_qsl(query):
+        for key, value in parse_qsl(options):
             if key == "node":
                 if not value.isdigit():
                     raise ValueError(f"--mcm-target {url!r}: node={value!r} is not a node id")

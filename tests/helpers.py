@@ -74,8 +74,14 @@ def loopback_fleet(
     )
 
 
-def on_fleet(fn: Callable[..., Coroutine[Any, Any, Any]], *, nodes: int = 2, settle: float = 0.0,
-             host_timeout: float = 2.0, seed: int = 1) -> Any:
+def on_fleet(
+    fn: Callable[..., Coroutine[Any, Any, Any]],
+    *,
+    nodes: int = 2,
+    settle: float = 0.0,
+    host_timeout: float = 2.0,
+    seed: int = 1,
+) -> Any:
     """Run ``fn`` in virtual time against a fleet of ``nodes`` on a fresh loopback bus (fleet "t",
     ids 0..), and return what it returns. ``fn`` names what it needs among its parameters:
     ``bus``, ``fleet``, ``rec`` (a :class:`Recorder` of every frame, started before the fleet) and

@@ -26,7 +26,18 @@ def add_parser(sub: Any) -> None:
         metavar="URL",
         help="emulated (an in-process node), mqtt://HOST:PORT/NODE[?fleet=F], serial://PORT?node=N",
     )
-    fz.add_argument("--duration", type=bounded(float, 0.1, 7 * 86400, "--duration"), default=60.0)
+    fz.add_argument(
+        "--duration",
+        type=bounded(float, 0.1, 7 * 86400, "--duration"),
+        default=60.0,
+        help="seconds to fuzz (default 60)",
+    )
+    fz.add_argument(
+        "--batches",
+        type=bounded(int, 1, 10**9, "--batches"),
+        default=None,
+        help="stop after this many batches of 25 cases (a budget of work; with --duration, whichever ends first)",
+    )
     fz.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
     fz.add_argument(
         "--report",
@@ -80,6 +91,7 @@ async def cmd_fuzz(args: argparse.Namespace) -> int:
             node=target.node,
             target=args.target,
             duration=args.duration,
+            max_batches=args.batches,
             seed_value=args.seed,
             timeout=args.timeout,
             progress=progress,

@@ -33,6 +33,7 @@ Pure numpy; the runtime calls these at their rates and turns the returned transi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -239,7 +240,8 @@ def pump_step(
     st.pump_fault &= ~retried
     healthy = ~st.pump_fault
     lead_bad = st.pump_fault[rows, st.lead]
-    stopped = ~st.pump_on.any(axis=1) & healthy.any(axis=1)  # none runs, one could: start it
+    # any(axis=1) of an [N,P] array is an [N] array (numpy's stubs also allow a scalar)
+    stopped = ~cast(np.ndarray, st.pump_on.any(axis=1)) & healthy.any(axis=1)  # none runs, one could: start it
     # alternation: hand over to the next healthy pump once the period has passed
     due = (t - st.last_alternate >= cfg.alternate_s) & ~lead_bad & (healthy.sum(axis=1) > 1)
     change = lead_bad | due | stopped
@@ -262,7 +264,7 @@ def pump_step(
                 break
     st.pump_on &= healthy
     was_natural = st.natural.copy()
-    st.natural = ~st.pump_on.any(axis=1)
+    st.natural = ~cast(np.ndarray, st.pump_on.any(axis=1))
     return PumpTransitions(newly, retried, failed_over, alternated, st.natural & ~was_natural)
 
 

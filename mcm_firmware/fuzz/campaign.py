@@ -64,7 +64,7 @@ from ..protocol import (
     encode,
 )
 from ..tasks import cancel_and_wait
-from ..testing.strategies import MUTATIONS, messages
+from ..testing.strategies import MUTATIONS, commands, messages
 from ..transport import Address, Channel, Subscription, Transport, TransportError
 
 U32 = 0xFFFFFFFF
@@ -318,7 +318,7 @@ def recipes(draw: Callable[..., Any], node: int) -> Recipe:
         return Recipe(
             kind, draw(messages(MsgType.BIRTH, MsgType.DEATH, MsgType.TELEMETRY, MsgType.RESPONSE, MsgType.EVENT))
         )
-    cmd = draw(messages(MsgType.COMMAND).filter(lambda m: m.op in SAFE_OPS))
+    cmd = draw(commands(SAFE_OPS))
     target = node if kind != "other-node" else (node + 1 + draw(st.integers(0, 1000))) & U32
     flags = int(FrameFlags.HOST) if kind != "other-node" or draw(st.booleans()) else 0
     cmd = dataclasses.replace(cmd, node_id=target, request_id=0, flags=flags)
@@ -382,11 +382,13 @@ async def run_campaign(
     batch: int = 25,
     timeout: float = 2.0,
     max_findings: int = 10,
+    max_batches: int | None = None,
     progress: Callable[[CampaignResult], None] | None = None,
 ) -> CampaignResult:
-    """Fuzz ``node`` through ``transport`` for ``duration`` seconds (Hypothesis in a worker thread,
-    the session in this event loop). Each failure is shrunk (Hypothesis, then one probe at a time)
-    and kept once per signature; the campaign goes on until ``max_findings`` or a hang/crash."""
+    """Fuzz ``node`` through ``transport`` for ``duration`` seconds, or ``max_batches`` batches of
+    ``batch`` cases, whichever ends first (Hypothesis in a worker thread, the session in this event
+    loop). Each failure is shrunk (Hypothesis, then one probe at a time) and kept once per
+    signature; the campaign goes on until ``max_findings`` or a hang/crash."""
     loop = asyncio.get_running_loop()
     session = Session(transport, fleet=fleet, node=node, timeout=timeout)
     result = CampaignResult(target=target, seed=seed_value)
@@ -411,7 +413,7 @@ async def run_campaign(
     def drive() -> None:
         try:
             k = 0
-            while time.perf_counter() - t0 < duration:
+            while time.perf_counter() - t0 < duration and (max_batches is None or k < max_batches):
 
                 @settings(
                     max_examples=batch,

@@ -210,11 +210,11 @@ class HbmStore:
         stored = bytearray(self._lines[addr >> 2])
         for dev in failed:
             stored[dev] ^= self._garbage(addr >> 2, dev)
-        status, data, devices = self._chipkill(key, bytes(stored))
+        status, line, devices = self._chipkill(key, bytes(stored))
         if write_back and status is EccStatus.CORRECTED:
-            self._store_clean(addr >> 2, data)
+            self._store_clean(addr >> 2, line)
         off = (addr & 3) * 4
-        return ReadResult(addr, status, int.from_bytes(data[off : off + 4], "little"), tuple(devices))
+        return ReadResult(addr, status, int.from_bytes(line[off : off + 4], "little"), tuple(devices))
 
     def _chipkill(self, key: int, stored: bytes) -> tuple[EccStatus, bytes, list[int]]:
         """What the RS(20,16) decoder returns for ``stored``. With minimum distance 5 it corrects

@@ -28,7 +28,7 @@ towards their command at a limited slew rate (or stay put when stuck).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -173,13 +173,13 @@ class PlantState:
     valve_pos: np.ndarray  # [N,V] % stem position
     pump_rpm: np.ndarray  # [N,P]
     # results of the last step
-    p_die: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N,D] W
-    p_hbm: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N,H] W
-    p_total: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N] W
-    vrm_current: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N] A
-    flow_valve: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N,V] L/min
-    flow_total: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N] L/min
-    t_outlet: np.ndarray = field(default=None)  # type: ignore[assignment]  # [N] °C
+    p_die: np.ndarray  # [N,D] W
+    p_hbm: np.ndarray  # [N,H] W
+    p_total: np.ndarray  # [N] W
+    vrm_current: np.ndarray  # [N] A
+    flow_valve: np.ndarray  # [N,V] L/min
+    flow_total: np.ndarray  # [N] L/min
+    t_outlet: np.ndarray  # [N] °C
 
     @classmethod
     def initial(cls, params: PlantParams, profile: Profile) -> PlantState:
@@ -192,15 +192,15 @@ class PlantState:
             t_inlet=np.full(n, t0),
             valve_pos=np.full((n, params.valves), 100.0),
             pump_rpm=np.zeros((n, params.pumps)),
+            p_die=np.zeros((n, params.dies)),
+            p_hbm=np.zeros((n, params.hbm)),
+            p_total=np.zeros(n),
+            vrm_current=np.zeros(n),
+            flow_valve=np.zeros((n, params.valves)),
+            flow_total=np.zeros(n),
+            t_outlet=np.full(n, t0),
         )
         s.pump_rpm[:, 0] = params.pump_rpm_nom[0]
-        s.p_die = np.zeros((n, params.dies))
-        s.p_hbm = np.zeros((n, params.hbm))
-        s.p_total = np.zeros(n)
-        s.vrm_current = np.zeros(n)
-        s.flow_valve = np.zeros((n, params.valves))
-        s.flow_total = np.zeros(n)
-        s.t_outlet = np.full(n, t0)
         return s
 
 

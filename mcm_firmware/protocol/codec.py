@@ -19,14 +19,14 @@ id could be read, the request id too, so that a node can answer instead of dropp
 
 Telemetry, the hot path, bypasses construct: its payload is a packed numpy record whose layout is
 derived from the ``Snapshot`` declaration (see :mod:`.layout`); the other bodies use construct's
-compiled parsers. ``tests/test_codec.py`` checks all paths against the uncompiled declarations.
+compiled parsers. ``tests/protocol/test_codec.py`` checks all paths against the uncompiled declarations.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import construct as c
 import numpy as np
@@ -49,7 +49,11 @@ from .vocabulary import CoolingMode, MsgType, NodeState, Reason
 
 
 class FrameError(ValueError):
-    """A frame that cannot be decoded. ``reason`` says why; header fields are set where readable."""
+    """A frame that cannot be decoded. ``reason`` says why; header fields are set where readable.
+
+    ``unforeseen`` marks an error that no check of the decoder classified, caught by its last
+    safety net so that the caller still gets a FrameError: a decoder bug, which the tests look for.
+    """
 
     def __init__(
         self,
@@ -61,8 +65,10 @@ class FrameError(ValueError):
         seq: int | None = None,
         request_id: int | None = None,
         op: int | None = None,
+        unforeseen: bool = False,
     ) -> None:
         super().__init__(f"{reason.name.lower()}: {detail}")
+        self.unforeseen = unforeseen
         self.reason = reason
         self.detail = detail
         self.msg_type = msg_type
@@ -95,7 +101,7 @@ def frame_bytes(msg_type: int, node_id: int, seq: int, timestamp_ns: int, flags:
 # vectorised node-side path, a numpy record dtype) is derived from the declaration per count tuple.
 
 _ARRAYS = layout.array_names(frames.Snapshot)  # dies, hbm, pumps, valves
-_PART_TYPES = (DieTelemetry, HbmTelemetry, PumpTelemetry, ValveTelemetry)
+_PART_TYPES: tuple[type[NamedTuple], ...] = (DieTelemetry, HbmTelemetry, PumpTelemetry, ValveTelemetry)
 _N_SCALARS = len(Snapshot._fields) - len(_ARRAYS)  # fields before the counts
 _COUNTS_OFFSET = struct.calcsize(layout.struct_format(frames.Snapshot, **dict.fromkeys(_ARRAYS, 0))) - len(_ARRAYS)
 
@@ -131,7 +137,8 @@ def snapshot_dtype(dies: int, hbm: int, pumps: int, valves: int) -> np.dtype:
 
 def snapshot_payload(snap: Snapshot) -> bytes:
     """Telemetry payload bytes of one snapshot."""
-    parts = snap[_N_SCALARS:]
+    # _check_field_order: the fields from _N_SCALARS on are the arrays of records
+    parts = cast("tuple[tuple[NamedTuple, ...], ...]", snap[_N_SCALARS:])
     counts = tuple(len(p) for p in parts)
     flat = [*snap[:_N_SCALARS], *counts]
     for part in parts:
@@ -161,7 +168,7 @@ def snapshot_from_payload(payload: bytes | memoryview) -> Snapshot:
     except ValueError:
         raise FieldValueError("mode", vals[2], "not a known CoolingMode") from None
     i = _N_SCALARS + len(_ARRAYS)
-    parts = []
+    parts: list[tuple[NamedTuple, ...]] = []
     new = tuple.__new__
     for cls, n in zip(_PART_TYPES, counts, strict=True):
         w = len(cls._fields)
@@ -206,17 +213,17 @@ def _typed(msg_type: MsgType, body: Any, header: dict[str, int]) -> Message:
         return Command(**header, request_id=msg.request_id, op=op, args=args)
     if isinstance(msg, Response):
         try:
-            op: int = Op(msg.op)
+            response_op: int = Op(msg.op)
         except ValueError:
-            op = int(msg.op)
-        result_type = RESULT_TYPES.get(op) if isinstance(op, Op) else None
+            response_op = int(msg.op)
+        result_type = RESULT_TYPES.get(response_op) if isinstance(response_op, Op) else None
         data = None
         if msg.data is not None and result_type is not None:
             data = from_container(result_type, msg.data)
         return Response(
             **header,
             request_id=msg.request_id,
-            op=op,
+            op=response_op,
             status=msg.status,
             message=msg.message,
             data=data,
@@ -231,7 +238,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     except FrameError:
         raise
     except Exception as e:
-        raise FrameError(Reason.BAD_FIELD, f"undecodable ({type(e).__name__}: {e})") from e
+        raise FrameError(Reason.BAD_FIELD, f"undecodable ({type(e).__name__}: {e})", unforeseen=True) from e
 
 
 def _decode(data: bytes | bytearray | memoryview) -> Message:

@@ -29,7 +29,7 @@ def _text8() -> c.Construct:
         code.append(_READ_EXACT)
         return f"read_exact(io, {c.Int8ul._compileparse(code)}).decode('utf8')"
 
-    macro._emitparse = _emitparse  # type: ignore[method-assign]
+    macro._emitparse = _emitparse
     return macro
 
 

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from enum import IntEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, cast
 
 from .ops import Op
 from .telemetry import Snapshot
@@ -123,7 +123,8 @@ def _names(cls: type) -> list[str]:
         if issubclass(cls, Message):
             names = [n for n in names if n not in HEADER_FIELDS]
         return names
-    return list(cls._fields)
+    # _is_record: a record that is not a dataclass is a NamedTuple
+    return list(cast("type[NamedTuple]", cls)._fields)
 
 
 def to_container(obj: Any) -> Any:

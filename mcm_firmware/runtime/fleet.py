@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,8 @@ class Fleet:
             self._rows[name] = rows
 
     @classmethod
-    def uniform(cls, *, nodes: int, profile: Profile, first_id: int = 0, **kw: object) -> Fleet:
-        return cls(members=[(first_id + i, profile) for i in range(nodes)], **kw)  # type: ignore[arg-type]
+    def uniform(cls, *, nodes: int, profile: Profile, first_id: int = 0, **kw: Any) -> Fleet:
+        return cls(members=[(first_id + i, profile) for i in range(nodes)], **kw)
 
     def set_workload(self, name: str) -> None:
         """``idle``, ``steady``, ``training``, ``inference`` for every node, or ``mixed``: the four

@@ -26,6 +26,7 @@ from ..faults import (
     sensor_of,
 )
 from ..plant.sensors import SensorFault
+from ..transport.link_faults import LinkFaultParam
 
 if TYPE_CHECKING:
     from .node import Node
@@ -164,7 +165,7 @@ def _calm(node: Node, fault: Fault) -> None:
 EFFECTS[FaultKind.CE_STORM] = Effect(_storm, _calm)
 
 
-def _link(param: str) -> Effect:
+def _link(param: LinkFaultParam) -> Effect:
     """A link fault: set from just after the answer to the command that set it, so the answer
     still leaves on a clean link."""
 

@@ -73,7 +73,7 @@ from ..transport import (
     TransportFactory,
     Will,
 )
-from ..transport.link_faults import LinkFaults
+from ..transport.link_faults import LinkFaultParam, LinkFaultParams, LinkFaults
 from .backoff import Backoff, RateLimiter
 from .shard import Shard
 
@@ -177,7 +177,7 @@ class Node:
         self._stopping = False
         self.connected_once = asyncio.Event()
         self.link_faults: LinkFaults | None = None
-        self._link_params: dict[str, float] = {}
+        self._link_params: LinkFaultParams = {}
         self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
 
     # --- identity and framing ---------------------------------------------------------------
@@ -321,7 +321,7 @@ class Node:
         self.boot_count = (self.boot_count + 1) & U32
         self.counters = Counters()
         self._answered.clear()
-        self._link_params.clear()
+        self._link_params = {}
         self.link_faults = None
         self.shard.reset_row(self.row)
         self.start()
@@ -336,7 +336,7 @@ class Node:
 
     # --- link faults (applied by the node's own link layer, on any transport) -------------------
 
-    def set_link_fault(self, name: str, value: float | None, *, after_answer: bool = False) -> None:
+    def set_link_fault(self, name: LinkFaultParam, value: float | None, *, after_answer: bool = False) -> None:
         """``drop``, ``corrupt``, ``duplicate`` (probabilities), ``delay``, ``jitter`` (seconds);
         None removes it. ``after_answer``: from just after the answer to the command that set it."""
         if after_answer:
@@ -407,10 +407,9 @@ class Node:
                     self._transport = None
                 if not self._stopping:
                     await tr.close()
-            if self._stopping:
-                return
-            self._telemetry = None
-            await asyncio.sleep(self._backoff.next())
+            if not self._stopping:  # else the loop ends: stop() ran meanwhile
+                self._telemetry = None
+                await asyncio.sleep(self._backoff.next())
 
     async def _tx_task(self) -> None:
         while True:

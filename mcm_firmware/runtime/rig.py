@@ -111,10 +111,10 @@ class RigDriver:
         while True:
             await deadlines.wait()
             if self.controller:
-                for ch, c in self._sensors.items():
-                    value = float(self._banks[c.kind].value[row, c.index])
+                for ch, sc in self._sensors.items():
+                    value = float(self._banks[sc.kind].value[row, sc.index])
                     if math.isfinite(value):  # a failed sensor is not sent: the rig sees it stale
-                        self.port.write_line(f"S {ch} {(value - c.offset) / c.scale:.6g}")
+                        self.port.write_line(f"S {ch} {(value - sc.offset) / sc.scale:.6g}")
             else:
                 for ch in self._sensors:
                     self.port.write_line(f"R {ch}")
@@ -153,12 +153,12 @@ class RigDriver:
                     raise ValueError
                 self.node.shard.cool.external[self.node.row, c.index] = min(100.0, max(0.0, value))
             elif kind == b"V" and ch in self._sensors and len(parts) == 3:
-                c = self._sensors[ch]
+                sc = self._sensors[ch]
                 raw = float(parts[2])
                 if not math.isfinite(raw):
                     raise ValueError
-                self._banks[c.kind].set_external(
-                    self.node.row, c.index, raw * c.scale + c.offset, self.node.clock.now()
+                self._banks[sc.kind].set_external(
+                    self.node.row, sc.index, raw * sc.scale + sc.offset, self.node.clock.now()
                 )
             elif kind == b"A" and ch in self._actuators and len(parts) == 3:
                 c = self._actuators[ch]

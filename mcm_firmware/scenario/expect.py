@@ -198,8 +198,8 @@ def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
         except ValueError as e:
             if isinstance(e, ExpectationError):
                 raise
-            key = next((k for k in ("signal", "below", "above", "equals") if k in raw), None)
-            raise ExpectationError(i, key, str(e)) from None
+            bad_key = next((k for k in ("signal", "below", "above", "equals") if k in raw), None)
+            raise ExpectationError(i, bad_key, str(e)) from None
         name = raw.get("name") or _auto_name(kind, raw)
         out.append(
             Expectation(
@@ -364,10 +364,12 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
                 continue
             d = v1 - v0
             if "equals" in a:
-                want = a["equals"].values(prof, cap[-1:])
-                want = float(want[0]) if isinstance(want, np.ndarray) else want
-                if not math.isclose(d, want, abs_tol=1e-9):
-                    fails.append(f"node {n}: {sig} changed by {d:g} from {a['from']} to {a['to']} s, expected {want:g}")
+                expected = a["equals"].values(prof, cap[-1:])
+                expected = float(expected[0]) if isinstance(expected, np.ndarray) else expected
+                if not math.isclose(d, expected, abs_tol=1e-9):
+                    fails.append(
+                        f"node {n}: {sig} changed by {d:g} from {a['from']} to {a['to']} s, expected {expected:g}"
+                    )
             if ("min" in a and d < a["min"]) or ("max" in a and d > a["max"]):
                 fails.append(
                     f"node {n}: {sig} changed by {d:g}, expected {a.get('min', '-inf')}..{a.get('max', 'inf')}"
@@ -378,9 +380,9 @@ def _evaluate(e: Expectation, trace: Trace, profiles: dict[int, Profile], end: f
             good = _cmp(v, th, how)
             if e.type == "within":
                 t0, t1 = float(a["at"]), float(a["at"]) + float(a["within_s"])
-                span = (t > t0) & (t <= t1)
-                if not (good & span).any():
-                    last = v[span][-1] if span.any() else math.nan
+                inside = (t > t0) & (t <= t1)
+                if not (good & inside).any():
+                    last = v[inside][-1] if inside.any() else math.nan
                     fails.append(f"node {n}: {sig} {how} {a[how]} never held in {t0:g}..{t1:g} s (last {last:.4g})")
             else:
                 k = int(np.nonzero(win)[0][-1])

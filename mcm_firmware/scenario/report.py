@@ -88,9 +88,9 @@ def _plot_overview(r: RunResult, path: Path) -> None:
         _, power = r.trace.signal(n, "power")
         ax[0].plot(*_gaps(t, temp), lw=0.6)
         ax[1].plot(*_gaps(t, power), lw=0.6)
-    for t, _, _what in r.log[:200]:
+    for when, _, _what in r.log[:200]:
         for a in ax:
-            a.axvline(t, color="red", lw=0.4, alpha=0.4)
+            a.axvline(when, color="red", lw=0.4, alpha=0.4)
     ax[0].set_ylabel("hottest die °C")
     ax[1].set_ylabel("module power W")
     ax[1].set_xlabel("s")

@@ -74,7 +74,7 @@ def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tu
     fl = sc.fleet
     ids = [fl.first_id + i for i in range(fl.nodes)]
     names = dict.fromkeys(ids, fl.profile)
-    work = dict.fromkeys(ids, (fl.workload, fl.load))
+    work: dict[int, tuple[str, float]] = dict.fromkeys(ids, (fl.workload, fl.load))
     group_of: dict[int, int] = {}  # the group that named a node's profile
     for gi, g in enumerate(fl.group):
         try:
@@ -136,15 +136,15 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
                 if not SPECS[fault.kind].clearable:
                     raise sc.error(f"{fault.kind.label} cannot be cleared", "fault", i, "clear_at")
                 add(step.clear_at, "clear", n, ClearSpec(fault.kind, fault.target), f"fault.{i}")
-    for i, step in enumerate(sc.command):
+    for i, cstep in enumerate(sc.command):
         try:
-            chosen = parse_selector(step.nodes, ids)
+            chosen = parse_selector(cstep.nodes, ids)
         except ValueError as e:
             raise sc.error(str(e), "command", i, "nodes") from None
-        words = step.command.split()
+        words = cstep.command.split()
         spec = COMMANDS[words[0]]
         for n in chosen:
-            add(step.at, "command", n, (spec, spec.parse(words[1:])), f"command.{i}")
+            add(cstep.at, "command", n, (spec, spec.parse(words[1:])), f"command.{i}")
     rf = sc.random_faults
     if rf is not None and rf.per_node_per_hour > 0:
         rng = random.Random(seed * 7_777_777 + 1)
@@ -278,8 +278,8 @@ async def run_async(
             while queue and queue[0].t <= due:
                 a = queue.pop(0)
                 await _apply(fleet, a, a.t, log)
-            if due >= next_report:
-                progress(due)  # type: ignore[misc]
+            if progress is not None and due >= next_report:
+                progress(due)
                 next_report += step
             if due >= sc.duration_s or fleet.failure is not None:
                 break

@@ -216,7 +216,8 @@ def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
     want_table = ".".join(tables[:-1]) if len(tables) > 1 else (tables[0] if indices else "")
     want_key = tables[-1] if tables else None
     want_index = indices[0] if indices else None
-    current, count, best = "", {}, None
+    count: dict[str, int] = {}  # array-of-tables name -> index of the last one seen
+    current, best = "", None
     for no, line in enumerate(lines, 1):
         m = header_re.match(line)
         if m:

@@ -6,7 +6,7 @@ made from the example arguments and result of the operation's spec in
 :mod:`mcm_firmware.protocol.ops`.
 
 ``docs/protocol.md`` lists their frames in hex (``python tools/golden_frames.py`` prints them);
-``tests/test_protocol.py`` checks that each hex block decodes to the message here and that the
+``tests/protocol/test_codec.py`` checks that each hex block decodes to the message here and that the
 message encodes to exactly that hex.
 """
 

@@ -19,17 +19,18 @@ The same test file runs in CI against emulation and on a bench against hardware.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from ..target import EMULATED, Target, emulated_target, host_client, parse_target
+
+async_fixture: Callable[..., Any]  # pytest-asyncio's decorator, else pytest's (their signatures differ)
 try:
     from pytest_asyncio import fixture as async_fixture
 except ImportError:  # pytest-asyncio absent: the options and marker still work
     async_fixture = pytest.fixture
-
-from ..target import EMULATED, Target, emulated_target, host_client, parse_target
 
 __all__ = ["EMULATED", "Target", "emulated_target", "host_client", "parse_target"]  # re-exported
 

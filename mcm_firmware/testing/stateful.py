@@ -14,7 +14,7 @@ increase; a rejected frame changes no state; the long-window average power stays
 the cap (+2 %) once the window has passed since the last change; RAS counters never decrease
 except on clear; every answer matches the reference model's verdict.
 
-Run it with ``NodeMachine.TestCase`` (see ``tests/test_stateful.py``).
+Run it with ``NodeMachine.TestCase`` (see ``tests/testing/test_stateful.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from ..protocol import (
 from ..runtime.handlers import HANDLERS
 from ..runtime.node import Node
 from ..runtime.shard import Shard
+from ..transport import Transport
 from .strategies import MUTATIONS, messages
 
 NODE = 5
@@ -66,6 +67,10 @@ class ShardClock(Clock):
 
     async def sleep_until(self, deadline: float) -> None:  # pragma: no cover - not used here
         raise RuntimeError("a stepped node does not sleep")
+
+
+def _no_transport(client_id: str) -> Transport:  # pragma: no cover - not used here
+    raise RuntimeError("a stepped node opens no link")
 
 
 class Model:
@@ -95,7 +100,7 @@ class NodeMachine(RuleBasedStateMachine):
             fleet="fuzz",
             shard=self.shard,
             row=0,
-            transport_factory=lambda cid: None,  # type: ignore[arg-type,return-value]
+            transport_factory=_no_transport,
             clock=ShardClock(self.shard),
             handlers=HANDLERS,
         )

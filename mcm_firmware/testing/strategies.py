@@ -21,12 +21,12 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Literal, cast
 
 import construct as c
 from hypothesis import strategies as st
 
-from ..protocol import FrameFlags, Message, MsgType, Reason, decode, frame_bytes, frames
+from ..protocol import Command, FrameFlags, Message, MsgType, Reason, decode, frame_bytes, frames
 from ..protocol.frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAX_PAYLOAD
 from ..protocol.messages import MESSAGE_TYPES
 from ..protocol.ops import ARG_TYPES, RESULT_TYPES, Op
@@ -55,7 +55,8 @@ def _element(tp: Any) -> Any:
 def _format(fmt: str, hint: Any, keys: frozenset[int] = frozenset()) -> st.SearchStrategy[Any]:
     code = fmt[-1]
     if code in "fde":
-        width = {"e": 16, "f": 32, "d": 64}[code]
+        widths: dict[str, Literal[16, 32, 64]] = {"e": 16, "f": 32, "d": 64}
+        width = widths[code]
         # anything the width holds, and often a plain magnitude, where set-points and limits live
         return st.one_of(
             st.floats(width=width, allow_nan=False), st.floats(-1e4, 1e4, width=width).map(lambda x: float(round(x)))
@@ -196,9 +197,9 @@ def messages(*types: MsgType) -> st.SearchStrategy[Message]:
     return st.one_of(*(_message(t) for t in chosen))
 
 
-def commands(ops: tuple[Op, ...] | None = None) -> st.SearchStrategy[Message]:
+def commands(ops: tuple[Op, ...] | None = None) -> st.SearchStrategy[Command]:
     """Valid COMMAND messages (optionally only some operations)."""
-    m = messages(MsgType.COMMAND)
+    m = cast("st.SearchStrategy[Command]", messages(MsgType.COMMAND))  # a COMMAND message is a Command
     return m if ops is None else m.filter(lambda x: x.op in ops)
 
 
@@ -224,8 +225,8 @@ _VERSION, _TYPE = 2, 3
 @dataclass(frozen=True)
 class Mutation:
     name: str
-    expect: frozenset[Reason]
-    """What the decoder may answer; empty: the frame still decodes (the node judges it)."""
+    expect: frozenset[Reason | None]
+    """What the decoder may answer; ``None`` in it: the frame may still decode (the node judges it)."""
     apply: Callable[[Callable[..., Any], bytes], bytes]
 
 
@@ -300,13 +301,13 @@ _ANY = frozenset(Reason)
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation("truncate", frozenset({Reason.TRUNCATED, Reason.BAD_CRC}), _truncate),
     Mutation("bit-flip", _ANY, _bit_flip),
-    Mutation("bit-flip-crc-fixed", _ANY | {None}, _bit_flip_fixed),  # type: ignore[operator]
+    Mutation("bit-flip-crc-fixed", _ANY | {None}, _bit_flip_fixed),
     Mutation("length-lies", frozenset({Reason.TRUNCATED, Reason.TRAILING_BYTES}), _length_lies),
     Mutation("length-lies-crc-fixed", frozenset({Reason.TRUNCATED, Reason.TRAILING_BYTES}), _length_lies_fixed),
     Mutation("unknown-type", frozenset({Reason.UNKNOWN_TYPE}), _unknown_type),
     Mutation("unknown-version", frozenset({Reason.UNSUPPORTED_VERSION}), _unknown_version),
-    Mutation("oversized-payload", frozenset({Reason.LENGTH_MISMATCH, Reason.BAD_FIELD}) | {None}, _oversized),  # type: ignore[operator]
-    Mutation("body-byte-crc-fixed", _ANY | {None}, _body_byte),  # type: ignore[operator]
+    Mutation("oversized-payload", frozenset({Reason.LENGTH_MISMATCH, Reason.BAD_FIELD}) | {None}, _oversized),
+    Mutation("body-byte-crc-fixed", _ANY | {None}, _body_byte),
     Mutation("reserved-flags", frozenset({Reason.BAD_FIELD}), _reserved_flags),
 )
 """Ways a frame goes wrong; ``None`` in ``expect``: the mutated frame may still be valid."""

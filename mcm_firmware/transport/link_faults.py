@@ -9,12 +9,26 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal, TypedDict
 
 from .base import Channel, Delivery
 
 FaultHook = Callable[[Delivery], Iterable[tuple[float, Delivery]]]
 """Given a frame on its way, return what arrives instead: (delay in seconds, delivery) pairs.
 An empty result drops the frame; two results duplicate it."""
+
+LinkFaultParam = Literal["drop", "corrupt", "duplicate", "delay", "jitter"]
+"""A probability or delay of :class:`LinkFaults` that is set on its own."""
+
+
+class LinkFaultParams(TypedDict, total=False):
+    """Those of :class:`LinkFaults`' probabilities and delays that are set (keyword arguments)."""
+
+    drop: float
+    corrupt: float
+    duplicate: float
+    delay: float
+    jitter: float
 
 
 @dataclass

@@ -7,10 +7,12 @@ hook lets tests and scenarios drop, corrupt, delay, duplicate or reorder frames 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from .base import Address, Delivery, Subscription, Transport, TransportError, Will
 from .link_faults import FaultHook
+
+_K = TypeVar("_K")
 
 
 class LoopbackBus:
@@ -72,11 +74,8 @@ class LoopbackBus:
 
     def detach(self, ep: LoopbackTransport, *, will: Will | None) -> None:
         self._endpoints.discard(ep)
-        for table in (self._by_fleet, self._by_node):
-            for key in [k for k, subs in table.items() if any(e is ep for e, _ in subs)]:
-                table[key] = [(e, s) for e, s in table[key] if e is not ep]
-                if not table[key]:
-                    del table[key]
+        _unindex(self._by_fleet, ep)
+        _unindex(self._by_node, ep)
         if will is not None:
             self.route(will.address, will.payload, retain=True)
 
@@ -87,6 +86,14 @@ class LoopbackBus:
 
     def endpoints(self) -> list[LoopbackTransport]:
         return list(self._endpoints)
+
+
+def _unindex(table: dict[_K, list[tuple[LoopbackTransport, Subscription]]], ep: LoopbackTransport) -> None:
+    """Remove every subscription of ``ep`` from one index, dropping keys left empty."""
+    for key in [k for k, subs in table.items() if any(e is ep for e, _ in subs)]:
+        table[key] = [(e, s) for e, s in table[key] if e is not ep]
+        if not table[key]:
+            del table[key]
 
 
 _DOWN = object()

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -54,15 +56,15 @@ class MqttTransport(Transport):
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self._client: aiomqtt.Client | None = None
-        self._messages: object | None = None
+        self._messages: AsyncIterator[aiomqtt.Message] | None = None
         self.foreign = 0  # frames on topics outside the contract, ignored
         self.unsolicited = 0  # frames matching none of our subscriptions, ignored
         self._subs: list[Subscription] = []
 
     @classmethod
-    def from_url(cls, url: str, **kw: object) -> MqttTransport:
+    def from_url(cls, url: str, **kw: Any) -> MqttTransport:
         host, port = parse_broker_url(url)
-        return cls(host=host, port=port, **kw)  # type: ignore[arg-type]
+        return cls(host=host, port=port, **kw)
 
     @property
     def url(self) -> str:
@@ -103,7 +105,9 @@ class MqttTransport(Transport):
         broker publishes the Last Will at once."""
         client = self._client
         if client is not None:
-            sock = client._client.socket()  # paho's socket; aiomqtt exposes no abort
+            # paho's socket; aiomqtt exposes no abort. paho types it as its SocketLike protocol
+            # (no shutdown); over plain TCP, the only connection made here, it is a socket.socket.
+            sock = cast("socket.socket | None", client._client.socket())
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
@@ -130,8 +134,11 @@ class MqttTransport(Transport):
     async def receive(self) -> Delivery:
         self._require()
         while True:
+            messages = self._messages  # set and cleared with _client
+            if messages is None:  # close() ran while the last message was awaited
+                raise TransportError(f"connection to {self.url} closed")
             try:
-                msg = await self._messages.__anext__()  # type: ignore[union-attr]
+                msg = await messages.__anext__()
             except aiomqtt.MqttError as e:
                 raise TransportError(f"connection to {self.url} lost: {e}") from None
             except StopAsyncIteration:

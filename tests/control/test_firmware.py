@@ -499,6 +499,7 @@ def test_sensor_readings_are_quantised_and_one_tick_late():
     assert np.allclose(sim.sh.s_die.value[0], np.round(prev / q) * q)
 
 
+@pytest.mark.slow
 def test_a_latched_pump_is_retried_after_its_cool_down_and_cooling_returns():
     from mcm_firmware.control.coolant import PUMP_RETRY_S
 

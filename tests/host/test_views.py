@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from mcm_firmware.host.views import message_json, message_line, status_json
-from mcm_firmware.protocol import Snapshot, StatusResult
+from mcm_firmware.protocol import Snapshot, StatusResult, Telemetry
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
 from mcm_firmware.transport import Address, Channel
 
@@ -22,6 +23,14 @@ def test_every_message_has_a_json_and_a_text_view(name):
     assert again["topic"] == f"mcm/v1/f/{msg.node_id}/state"
     line = message_line(None, msg)
     assert msg.TYPE.name in line and str(msg.seq) in line
+    # every field the message carries shows in its JSON view
+    if isinstance(msg, Telemetry):
+        shown = {"uptime_ns": "uptime_s", "flags": "failsafe", "recovery_action": "ras"}
+        names = [shown.get(n, n) for n in Snapshot._fields]
+    else:
+        names = [f.name for f in dataclasses.fields(msg) if f.name not in ("node_id", "seq", "timestamp_ns", "flags")]
+        names = [n for n in names if getattr(msg, n) is not None]
+    assert [n for n in names if n not in again] == [], again
 
 
 def test_failed_sensors_read_null_in_json():
@@ -44,4 +53,3 @@ def test_failed_sensors_read_null_in_json():
     assert obj["dies"][0]["temp_c"] is None and obj["dies"][1]["temp_c"] == 71.5
     assert obj["dies"][1]["reason_names"] == ["SW_POWER_CAP"]
     assert [p["name"] for p in obj["pumps"]] == ["A", "B"] and obj["pumps"][0]["lead"] is True
-    assert isinstance(dead, Snapshot)

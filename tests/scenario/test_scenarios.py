@@ -83,7 +83,12 @@ def test_the_library_covers_every_fault_kind_and_the_soak():
     assert not missing, f"no shipped scenario injects {sorted(missing)}"
 
 
-@pytest.mark.parametrize("name", sorted(LIBRARY))
+SLOW_SCENARIOS = {"soak-24h", "natural-convection", "mixed-profiles"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SCENARIOS else n for n in sorted(LIBRARY)]
+)
 def test_every_shipped_scenario_passes(name):
     sc = load_scenario(LIBRARY[name])
     r = run_scenario(sc, path=str(LIBRARY[name]))
@@ -120,6 +125,7 @@ def test_the_digest_covers_the_content_of_frames():
 # --- the CLI: run, failing expectations, malformed files ------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_run_prints_the_digest_and_every_expectation():
     out = run_cli("scenario", "run", "pump-failure")
     assert out.returncode == 0, out.stderr
@@ -389,6 +395,7 @@ def test_run_record_keeps_every_frame_of_a_live_fleet(tmp_path, cli_process):
 # --- real time over Mosquitto ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_the_same_scenario_runs_in_real_time_over_mosquitto(tmp_path, mosquitto):
     path = write(tmp_path, SHORT.replace('name = "short"', 'name = "short-rt"'))
     watcher = asyncio.create_task(collect(mosquitto.url, "scenario", 10**9, 8))

@@ -3,19 +3,21 @@ time, malformed and wrong-direction frames, replays, against a reference model."
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 from mcm_firmware.testing.stateful import NodeMachine
 
 TestNodeMachine = NodeMachine.TestCase
+TestNodeMachine.pytestmark = [pytest.mark.slow]
 TestNodeMachine.settings = settings(
     settings.default, stateful_step_count=25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 
+@pytest.mark.slow
 def test_the_machine_catches_a_planted_bug(monkeypatch):
     """A node that takes a cap 50 W above its profile's limit fails the model, shrunk to one rule."""
-    import pytest
     from hypothesis.stateful import run_state_machine_as_test
 
     from mcm_firmware.protocol import Op

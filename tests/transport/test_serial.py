@@ -305,6 +305,7 @@ async def _next(tr: SerialTransport, pred, timeout: float = 3.0):
     return await asyncio.wait_for(loop(), timeout)
 
 
+@pytest.mark.slow
 async def test_node_and_host_over_a_pty_birth_commands_will_and_bye():
     link = await SerialLink("pty").open()
     node = SerialTransport(link, role="node", eid=FIRST_NODE_EID, node=7, fleet="f")

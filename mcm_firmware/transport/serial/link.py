@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from ...protocol import mctp
 from ...protocol.mctp import EID_BROADCAST, VendorMessage
@@ -77,7 +77,7 @@ class SerialLink(asyncio.Protocol):
         self.stats = LinkStats()
         self.decoder = mctp.FrameDecoder()
         self.reassembler = mctp.Reassembler()
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._endpoints: dict[int, Endpoint] = {}
         self._urgent: deque[tuple[float, bytes]] = deque()  # (when queued, framed message)
         self._bulk: dict[int, tuple[float, bytes]] = {}  # node id -> its newest telemetry message
@@ -122,9 +122,10 @@ class SerialLink(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        # open_port makes every port a full asyncio.Transport (read and write)
+        self._transport = cast(asyncio.Transport, transport)
         if hasattr(transport, "set_write_buffer_limits"):
-            transport.set_write_buffer_limits(high=HIGH_WATER)  # type: ignore[attr-defined]
+            transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed.set()
@@ -153,11 +154,11 @@ class SerialLink(asyncio.Protocol):
                 for ep in list(self._endpoints.values()):
                     ep._on_message(head.src, vm)
             else:
-                ep = self._endpoints.get(head.dest)
-                if ep is None:
+                target = self._endpoints.get(head.dest)
+                if target is None:
                     self.stats.not_for_us += 1
                 else:
-                    ep._on_message(head.src, vm)
+                    target._on_message(head.src, vm)
 
     def _fail(self, why: str) -> None:
         if self._down is None:
@@ -247,7 +248,7 @@ class SerialLink(asyncio.Protocol):
                 tr = self._transport
                 if tr is None or self._down is not None:
                     return
-                tr.write(wire)  # type: ignore[attr-defined]
+                tr.write(wire)
                 self._sending = False
                 self.stats.tx_bytes += len(wire)
                 self.stats.tx_messages += 1

@@ -51,7 +51,7 @@ class SerialNodeLinks(NodeLinks):
     """The serial links of a fleet's nodes (:func:`plan_node_links`)."""
 
     def __init__(self, plan: list[NodeLink], *, fleet: str) -> None:
-        self.plan = {p.node: p for p in plan}
+        self.by_node = {p.node: p for p in plan}
         self.fleet = fleet
         self.links = list({id(p.link): p.link for p in plan}.values())
 
@@ -72,10 +72,10 @@ class SerialNodeLinks(NodeLinks):
             await link.close()
 
     def factory(self, node: int) -> TransportFactory:
-        return self.plan[node].factory(self.fleet)
+        return self.by_node[node].factory(self.fleet)
 
     def host_url(self, node: int) -> str:
-        link = self.plan[node].link
+        link = self.by_node[node].link
         spec = link.spec
         options = "&".join(
             o
@@ -89,7 +89,7 @@ class SerialNodeLinks(NodeLinks):
 
     def describe(self) -> list[str]:
         out = []
-        for p in self.plan.values():
+        for p in self.by_node.values():
             link = p.link
             rate = f"{link.spec.baud} baud" if link.spec.paced else "unpaced"
             out.append(

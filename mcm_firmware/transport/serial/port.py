@@ -155,7 +155,7 @@ class _ThreadedPort(asyncio.Transport):
         self._thread.start()
 
     def _reader(self) -> None:
-        exc: BaseException | None = None
+        exc: Exception | None = None
         while not self._closing:
             try:
                 data = self._port.read(max(1, self._port.in_waiting))
@@ -171,8 +171,8 @@ class _ThreadedPort(asyncio.Transport):
         if not self._closing:
             self._protocol.data_received(data)
 
-    def _lost(self, exc: BaseException | None) -> None:
-        self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+    def _lost(self, exc: Exception | None) -> None:
+        self._protocol.connection_lost(exc)
 
     def write(self, data: Any) -> None:
         if not self._closing:
@@ -201,7 +201,7 @@ class _ThreadedPort(asyncio.Transport):
         self.close()
 
 
-async def open_port(spec: PortSpec, protocol: asyncio.Protocol) -> tuple[asyncio.BaseTransport, str | None]:
+async def open_port(spec: PortSpec, protocol: asyncio.Protocol) -> tuple[asyncio.Transport, str | None]:
     """Open the port ``spec`` names with ``protocol`` on it: an asyncio transport and the port's
     path (the slave side of a new pty, a device's path; None for URLs). TransportError names
     what failed."""
@@ -212,9 +212,11 @@ async def open_port(spec: PortSpec, protocol: asyncio.Protocol) -> tuple[asyncio
         if url == "pty":
             port: Any = _PtyPort()
             path = port.path
-            transport: asyncio.BaseTransport = GuardedSerialTransport(loop, protocol, port)
+            transport: asyncio.Transport = GuardedSerialTransport(loop, protocol, port)
         elif url.startswith("socket://"):
             parts = urlsplit(url)
+            if not parts.hostname or parts.port is None:  # parse_port_url has checked this
+                raise ValueError("socket:// needs HOST:PORT")
             transport, _ = await loop.create_connection(lambda: protocol, parts.hostname, parts.port)
         else:
             port = await loop.run_in_executor(
@@ -248,7 +250,7 @@ class LinePort:
         protocol = asyncio.StreamReaderProtocol(reader)
         transport, self.path = await open_port(self.spec, protocol)
         self._reader = reader
-        self._writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())  # type: ignore[arg-type]
+        self._writer = asyncio.StreamWriter(transport, protocol, reader, asyncio.get_running_loop())
         return self
 
     async def readline(self) -> bytes:
