@@ -30,8 +30,7 @@ from ..protocol import (
     SetValveArgs,
     StatusResult,
 )
-from ..protocol.messages import to_container
-from .views import plain, ras_json, ras_text, status_json, status_text
+from .views import ras_json, ras_text, status_json, status_text, typed_json
 
 
 class UsageError(ValueError):
@@ -128,7 +127,7 @@ def show_ok(node: int, resp: Response, rtt: float) -> dict[str, Any]:
 
 
 def show_data(node: int, resp: Response, rtt: float) -> dict[str, Any]:
-    return {"node": node, **plain(to_container(resp.data))}
+    return {"node": node, **typed_json(resp.data)}
 
 
 def text_ok(name: str, obj: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from enum import IntEnum
 from typing import Any
@@ -210,6 +211,20 @@ def plain(x: Any) -> Any:
     if isinstance(x, float):
         return _num(x)
     return x
+
+
+def typed_json(x: Any) -> Any:
+    """A typed value (answer data, arguments) as JSON-ready data: enum values by name, NaN as
+    null, records as objects."""
+    if isinstance(x, IntEnum):
+        return x.name
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: typed_json(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return {k: typed_json(v) for k, v in zip(x._fields, x, strict=True)}
+    if isinstance(x, (tuple, list)):
+        return [typed_json(v) for v in x]
+    return _num(x) if isinstance(x, float) else x
 
 
 def message_line(address: Address | None, msg: Message) -> str:

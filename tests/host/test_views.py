@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from mcm_firmware.host.views import message_json, message_line, status_json
+from mcm_firmware.host.views import message_json, message_line, status_json, typed_json
 from mcm_firmware.protocol import Snapshot, StatusResult, Telemetry
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
 from mcm_firmware.transport import Address, Channel
@@ -53,3 +53,12 @@ def test_failed_sensors_read_null_in_json():
     assert obj["dies"][0]["temp_c"] is None and obj["dies"][1]["temp_c"] == 71.5
     assert obj["dies"][1]["reason_names"] == ["SW_POWER_CAP"]
     assert [p["name"] for p in obj["pumps"]] == ["A", "B"] and obj["pumps"][0]["lead"] is True
+
+
+def test_typed_json_names_enum_values_and_keeps_every_field():
+    data = GOLDEN["response-status"].data
+    obj = json.loads(json.dumps(typed_json(data), allow_nan=False))
+    assert [f.name for f in dataclasses.fields(data)] == list(obj)
+    assert obj["snapshot"]["state"] == "RUNNING" and obj["snapshot"]["mode"] == "NORMAL"
+    assert obj["snapshot"]["dies"][1] == dict(SNAPSHOT.dies[1]._asdict())
+    assert obj["pump_names"] == ["A", "B"]
