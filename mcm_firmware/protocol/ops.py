@@ -23,6 +23,7 @@ import construct as c
 
 from . import fields as f
 from .telemetry import Snapshot
+from .vocabulary import FaultKind
 
 
 class Op(IntEnum):
@@ -40,6 +41,7 @@ class Op(IntEnum):
     RESET = 0x0022
     INJECT = 0x0030
     CLEAR_FAULT = 0x0031
+    GET_FAULTS = 0x0032
 
     @property
     def label(self) -> str:
@@ -152,6 +154,19 @@ class RasResult:
     pending: tuple[PendingRow, ...] = wire(c.PrefixedArray(c.Int16ul, layout(PendingRow)))
 
 
+@record
+class FaultInForce:
+    kind: FaultKind = wire(c.Int8ul)
+    target: str = wire(f.Text8)  # as the node names it (pump A, die:2, 0x944d2310)
+    value: float = wire(c.Float64l)  # NaN: not given
+    value2: float = wire(c.Float64l)
+
+
+@record
+class FaultList:
+    faults: tuple[FaultInForce, ...] = wire(c.PrefixedArray(c.Int8ul, layout(FaultInForce)))
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 
@@ -218,6 +233,17 @@ _SPECS = (
         args=ClearFaultArgs,
         usage="FAULT [TARGET]|all",
         example=ClearFaultArgs(kind=1, target="A"),
+    ),
+    OpSpec(
+        Op.GET_FAULTS,
+        "the injected faults in force",
+        result=FaultList,
+        example_result=FaultList(
+            faults=(
+                FaultInForce(kind=FaultKind.HBM_FLIP, target="0x944d2310", value=2.0, value2=1.0),
+                FaultInForce(kind=FaultKind.INLET_STEP, target="", value=5.0, value2=0.0),
+            )
+        ),
     ),
 )
 OPS: dict[Op, OpSpec] = {s.op: s for s in _SPECS}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from ..faults import SPECS, ClearSpec, FaultError, FaultKind, make_fault
 from ..protocol import Command, EventCode, Op, RasResult, Severity, Status, StatusResult
+from ..protocol.ops import FaultInForce, FaultList
 from .injection import apply_fault, clear_faults
 from .node import CommandError, Handler, Node
 
@@ -145,3 +146,13 @@ def _clear_fault(node: Node, cmd: Command) -> None:
         ) from None
     what = ", ".join(str(f) for f in cleared) or "nothing"
     node.emit_event(Severity.NOTICE, EventCode.FAULT_CLEARED, subject=a.kind, text=f"cleared {what}")
+
+
+@handler(Op.GET_FAULTS)
+def _get_faults(node: Node, cmd: Command) -> FaultList:
+    return FaultList(
+        faults=tuple(
+            FaultInForce(kind=f.kind, target=f.target, value=f.value, value2=f.value2)
+            for f in list(node.faults.values())[:255]
+        )
+    )

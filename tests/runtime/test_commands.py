@@ -10,12 +10,16 @@ import math
 import numpy as np
 import pytest
 
+from mcm_firmware.faults import parse_fault
 from mcm_firmware.hbm import Location
 from mcm_firmware.host.client import NodeError
 from mcm_firmware.host.views import status_json
 from mcm_firmware.protocol import (
+    ClearFaultArgs,
     ClockReason,
     EventCode,
+    FaultKind,
+    InjectArgs,
     LockClocksArgs,
     Op,
     PowerCapArgs,
@@ -174,3 +178,34 @@ async def test_ctl_cli_commands_against_mosquitto(mosquitto):
     assert ras.returncode == 0 and json.loads(ras.stdout)["ecc"] == "SECDED"
     st = json.loads(status.stdout)
     assert st["power_cap_w"] == 450.0 and st["profile"] == "h100-sxm-class"
+
+
+def test_get_faults_lists_the_faults_in_force(on_fleet):
+    async def fn(host):
+        empty = await host.request(0, Op.GET_FAULTS)
+        for f in (parse_fault(["pump-fail", "1"]), parse_fault(["inlet-step", "5"])):
+            args = InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2)
+            await host.request(0, Op.INJECT, args)
+        listed = await host.request(0, Op.GET_FAULTS)
+        await host.request(0, Op.CLEAR_FAULT, ClearFaultArgs(kind=int(FaultKind.PUMP_FAIL), target="B"))
+        return empty.data, listed.data, (await host.request(0, Op.GET_FAULTS)).data
+
+    empty, listed, after = on_fleet(fn, settle=5)
+    assert empty.faults == ()
+    assert [(f.kind, f.target, f.value) for f in listed.faults] == [
+        (FaultKind.PUMP_FAIL, "B", pytest.approx(math.nan, nan_ok=True)),  # pump 1 is B on this module
+        (FaultKind.INLET_STEP, "", 5.0),
+    ]
+    assert [f.kind for f in after.faults] == [FaultKind.INLET_STEP]
+
+
+def test_ctl_get_faults_shows_them_by_name(mosquitto, cli_process):
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "gf")
+    run.wait_line("running 1 nodes")
+    base = ("--broker", mosquitto.url, "--fleet", "gf")
+    assert run_cli("ctl", *base, "0", "inject", "inlet-step", "5").returncode == 0
+    out = run_cli("ctl", *base, "--json", "0", "get-faults")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["faults"] == [{"kind": "INLET_STEP", "target": "", "value": 5.0, "value2": None}]
+    text = run_cli("ctl", *base, "0", "get-faults").stdout
+    assert text.startswith("node 0: get-faults") and "INLET_STEP" in text
