@@ -52,7 +52,6 @@ class CoolantConfig:
     valves: int
     pumps: int
     die_valve: np.ndarray  # [D] valve of each die
-    hbm_valve: np.ndarray  # [H] valve of each stack
     target_c: float
     hbm_target_c: float
     failsafe_pct: float
@@ -76,7 +75,6 @@ class CoolantConfig:
             valves=c.valves,
             pumps=len(c.pumps),
             die_valve=die_valve,
-            hbm_valve=die_valve[hbm_region],
             die_zones=Zones(die_valve, c.valves),
             hbm_zones=Zones(die_valve[hbm_region], c.valves),
             target_c=p.thermal.target_c,
@@ -266,12 +264,3 @@ def pump_step(
     was_natural = st.natural.copy()
     st.natural = ~cast(np.ndarray, st.pump_on.any(axis=1))
     return PumpTransitions(newly, retried, failed_over, alternated, st.natural & ~was_natural)
-
-
-def clear_pump_faults(cfg: CoolantConfig, st: CoolantState, row: int, t: float) -> None:
-    """Operator action: forget latched pump faults and restart the lead pump."""
-    st.pump_fault[row, :] = False
-    if not st.pump_on[row].any():
-        st.pump_on[row, st.lead[row]] = True
-        st.pump_started[row, st.lead[row]] = t
-    st.natural[row] = False

@@ -162,9 +162,6 @@ class HbmStore:
             raise ValueError(f"device {device} outside 0..{self.devices - 1}")
         self.failed_devices.setdefault(stack, set()).add(device)
 
-    def repair_devices(self) -> None:
-        self.failed_devices.clear()
-
     def repair_device(self, stack: int, device: int) -> None:
         self.failed_devices.get(stack, set()).discard(device)
         if not self.failed_devices.get(stack, True):

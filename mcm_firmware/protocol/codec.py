@@ -103,7 +103,7 @@ def frame_bytes(msg_type: int, node_id: int, seq: int, timestamp_ns: int, flags:
 _ARRAYS = layout.array_names(frames.Snapshot)  # dies, hbm, pumps, valves
 _PART_TYPES: tuple[type[NamedTuple], ...] = (DieTelemetry, HbmTelemetry, PumpTelemetry, ValveTelemetry)
 _N_SCALARS = len(Snapshot._fields) - len(_ARRAYS)  # fields before the counts
-_COUNTS_OFFSET = struct.calcsize(layout.struct_format(frames.Snapshot, **dict.fromkeys(_ARRAYS, 0))) - len(_ARRAYS)
+COUNTS_OFFSET = struct.calcsize(layout.struct_format(frames.Snapshot, **dict.fromkeys(_ARRAYS, 0))) - len(_ARRAYS)
 
 
 def _check_field_order() -> None:
@@ -149,9 +149,9 @@ def snapshot_payload(snap: Snapshot) -> bytes:
 
 def snapshot_from_payload(payload: bytes | memoryview) -> Snapshot:
     """A typed Snapshot from telemetry payload bytes; FrameError if they do not fit."""
-    if len(payload) < _COUNTS_OFFSET + len(_ARRAYS):
+    if len(payload) < COUNTS_OFFSET + len(_ARRAYS):
         raise FrameError(Reason.LENGTH_MISMATCH, "telemetry payload shorter than its fixed part")
-    counts = tuple(payload[_COUNTS_OFFSET : _COUNTS_OFFSET + len(_ARRAYS)])
+    counts = tuple(payload[COUNTS_OFFSET : COUNTS_OFFSET + len(_ARRAYS)])
     st = _tlm_struct(counts)
     if len(payload) != st.size:
         raise FrameError(
@@ -241,7 +241,20 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
         raise FrameError(Reason.BAD_FIELD, f"undecodable ({type(e).__name__}: {e})", unforeseen=True) from e
 
 
-def _decode(data: bytes | bytearray | memoryview) -> Message:
+class Envelope(NamedTuple):
+    """A frame whose envelope (checks 1 to 5) holds: its header fields and its undecoded payload."""
+
+    msg_type: int
+    flags: int
+    node_id: int
+    seq: int
+    timestamp_ns: int
+    payload: memoryview
+
+
+def envelope(data: bytes | bytearray | memoryview) -> Envelope:
+    """Checks 1 to 5 of :func:`decode` (length, magic, version, declared length, CRC) and nothing
+    more; FrameError for a frame that fails one. For readers that decode payloads in bulk."""
     n = len(data)
     if n < HEADER_SIZE + CRC_SIZE:
         raise FrameError(Reason.TRUNCATED, f"{n} bytes, an empty frame has {HEADER_SIZE + CRC_SIZE}")
@@ -255,11 +268,18 @@ def _decode(data: bytes | bytearray | memoryview) -> Message:
         raise FrameError(Reason.TRUNCATED, f"{n} bytes, the header announces {need}")
     if n > need:
         raise FrameError(Reason.TRAILING_BYTES, f"{n - need} bytes after the frame's {need}")
+    view = memoryview(data)
     (crc,) = _CRC.unpack_from(data, n - CRC_SIZE)
-    calc = zlib.crc32(memoryview(data)[: n - CRC_SIZE])
+    calc = zlib.crc32(view[: n - CRC_SIZE])
     if crc != calc:
         raise FrameError(Reason.BAD_CRC, f"crc {crc:08x}, computed {calc:08x}")
-    known = dict(msg_type=msg_type, node_id=node_id, seq=seq)
+    return Envelope(msg_type, flags, node_id, seq, ts, view[HEADER_SIZE : n - CRC_SIZE])
+
+
+def _decode(data: bytes | bytearray | memoryview) -> Message:
+    msg_type, flags, node_id, seq, ts, body = envelope(data)
+    plen = len(body)
+    known: dict[str, Any] = {"msg_type": msg_type, "node_id": node_id, "seq": seq}
     try:
         mtype = MsgType(msg_type)
     except ValueError:
@@ -268,7 +288,7 @@ def _decode(data: bytes | bytearray | memoryview) -> Message:
         known["request_id"], known["op"] = _REQ.unpack_from(data, HEADER_SIZE)
     if flags & ~KNOWN_FLAGS:
         raise FrameError(Reason.BAD_FIELD, f"reserved flag bits {flags & ~KNOWN_FLAGS:#04x} set", **known)
-    payload = bytes(data[HEADER_SIZE : HEADER_SIZE + plen])
+    payload = bytes(body)
     header = dict(node_id=node_id, seq=seq, timestamp_ns=ts, flags=flags)
     try:
         if mtype is MsgType.TELEMETRY:

@@ -87,10 +87,6 @@ def _format_body(struct: c.Struct, counts: dict[str, int]) -> str:
     return "".join(parts)
 
 
-def array_count_field(name: str) -> str:
-    return f"n_{name}"
-
-
 def _dtype(struct: c.Struct, counts: dict[str, int]) -> list[tuple]:
     spec: list[tuple] = []
     for name, con in fields(struct):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,26 +28,9 @@ from ..protocol import (
     SnapshotFlags,
     decode,
 )
-from ..protocol.codec import _COUNTS_OFFSET, snapshot_dtype
-from ..protocol.frames import CRC_SIZE, HEADER_SIZE, MAGIC, VERSION
+from ..protocol.codec import COUNTS_OFFSET, envelope, snapshot_dtype
 from ..transport import Address, Channel
 from ..transport.topics import topic
-
-_TS = struct.Struct("<Q")  # the header's timestamp, at byte 13
-_COUNTS = _COUNTS_OFFSET  # where the four array counts sit in a Snapshot payload
-
-
-_LEN = struct.Struct("<H")
-_CRC = struct.Struct("<I")
-
-
-def _intact(frame: bytes) -> bool:
-    """Magic, version, declared length and CRC-32 of a frame (what decode checks first)."""
-    if frame[:2] != MAGIC or frame[2] != VERSION:
-        return False
-    if HEADER_SIZE + _LEN.unpack_from(frame, 21)[0] + CRC_SIZE != len(frame):
-        return False
-    return zlib.crc32(memoryview(frame)[:-CRC_SIZE]) == _CRC.unpack_from(frame, len(frame) - CRC_SIZE)[0]
 
 
 @dataclass
@@ -77,7 +58,7 @@ class NodeTrace:
         if self._records is None or len(self._records) != len(self.payloads):
             if not self.payloads:
                 return np.zeros(0, snapshot_dtype(0, 0, 0, 0))
-            counts = tuple(self.payloads[0][_COUNTS : _COUNTS + 4])
+            counts = tuple(self.payloads[0][COUNTS_OFFSET : COUNTS_OFFSET + 4])
             dt = snapshot_dtype(*counts)
             same = [p for p in self.payloads if len(p) == dt.itemsize]
             self._records = np.frombuffer(b"".join(same), dt)
@@ -111,17 +92,16 @@ class Trace:
         self._digest.update(len(t_bytes).to_bytes(2, "little") + t_bytes)
         self._digest.update(len(payload).to_bytes(4, "little") + payload)
         nt = self.node(address.node)
-        if (
-            address.channel is Channel.TLM
-            and len(payload) > HEADER_SIZE + CRC_SIZE
-            and payload[3] == MsgType.TELEMETRY
-            and _intact(payload)
-        ):
-            # fast path: header and CRC checked here, the body decoded in bulk when a signal is read
-            (ts,) = _TS.unpack_from(payload, 13)
-            nt.times.append((ts - self.t0_ns) / 1e9)
-            nt.payloads.append(payload[HEADER_SIZE:-CRC_SIZE])
-            return
+        if address.channel is Channel.TLM:
+            # fast path: the envelope checked here, the body decoded in bulk when a signal is read
+            try:
+                env = envelope(payload)
+            except FrameError:
+                env = None
+            if env is not None and env.msg_type == MsgType.TELEMETRY:
+                nt.times.append((env.timestamp_ns - self.t0_ns) / 1e9)
+                nt.payloads.append(bytes(env.payload))
+                return
         try:
             msg = decode(payload)
         except FrameError:

@@ -10,7 +10,7 @@ import contextlib
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -60,11 +60,6 @@ class MqttTransport(Transport):
         self.foreign = 0  # frames on topics outside the contract, ignored
         self.unsolicited = 0  # frames matching none of our subscriptions, ignored
         self._subs: list[Subscription] = []
-
-    @classmethod
-    def from_url(cls, url: str, **kw: Any) -> MqttTransport:
-        host, port = parse_broker_url(url)
-        return cls(host=host, port=port, **kw)
 
     @property
     def url(self) -> str:

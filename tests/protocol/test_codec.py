@@ -185,7 +185,7 @@ def test_error_before_the_crc_carries_nothing_untrusted():
 
 def test_telemetry_with_lying_counts_is_a_length_mismatch():
     frame = bytearray(encode(GOLDEN["telemetry"]))
-    offset = frames.HEADER_SIZE + codec._COUNTS_OFFSET
+    offset = frames.HEADER_SIZE + codec.COUNTS_OFFSET
     frame[offset] += 1  # one more die than the payload holds
     with pytest.raises(FrameError) as info:
         decode(refit(bytes(frame)))
