@@ -133,12 +133,17 @@ class Shard:
 
     # --- the tick ---------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Advance every module by one tick period."""
-        dt, p = self.dt, self.params
-        k = self.k
-        self.k += 1
-        self.t = self.t0 + self.k * dt  # no drift over a long run
+    def tick(self, periods: int = 1) -> None:
+        """Advance every module by ``periods`` tick periods at once (more than one when the
+        scheduler woke late in real time: the plant integrates over the time that really passed,
+        stable for any step, and each controller whose period came round runs once, over the time
+        since it last ran)."""
+        if periods < 1:
+            raise ValueError(f"periods must be at least 1, got {periods}")
+        dt, p = self.dt * periods, self.params
+        k0 = self.k
+        self.k += periods
+        self.t = self.t0 + self.k * self.dt  # no drift over a long run
         t = self.t
         st = self.dvfs
 
@@ -149,14 +154,17 @@ class Shard:
 
         down = ~self.active
         held = self._hold(down) if down.any() else None
-        if k % self.div_valve == 0:
-            self._cooling_fast(t, dt * self.div_valve)
-        if k % self.div_thermal == 0:
-            self._cooling_thermal(t, dt * self.div_thermal)
-            self._ras_step(t, dt * self.div_thermal)
-        if k % self.div_dvfs == 0:
+        n = self._periods_due(k0, self.div_valve)
+        if n:
+            self._cooling_fast(t, self.dt * self.div_valve * n)
+        n = self._periods_due(k0, self.div_thermal)
+        if n:
+            self._cooling_thermal(t, self.dt * self.div_thermal * n)
+            self._ras_step(t, self.dt * self.div_thermal * n)
+        n = self._periods_due(k0, self.div_dvfs)
+        if n:
             st.forced_min = self.cool.natural.copy()
-            dvfs.dvfs_step(self.dvfs_cfg, st, self.util, self.s_die.value, dt * self.div_dvfs)
+            dvfs.dvfs_step(self.dvfs_cfg, st, self.util, self.s_die.value, self.dt * self.div_dvfs * n)
         if held is not None:
             self._restore(held, down)
 
@@ -233,6 +241,11 @@ class Shard:
             (cool.valve_pid, "integral"),
             (cool.valve_pid, "last"),
         ]
+
+    def _periods_due(self, k0: int, div: int) -> int:
+        """How many periods of a controller that runs every ``div`` ticks came round in the ticks
+        ``k0 .. self.k - 1`` (it runs on the ticks that are multiples of ``div``)."""
+        return (self.k - 1) // div - (k0 - 1) // div
 
     def _hold(self, down: np.ndarray) -> list[np.ndarray]:
         return [np.array(getattr(obj, name)[down], copy=True) for obj, name in self._firmware_arrays()]
