@@ -44,6 +44,11 @@ class Clock(ABC):
         """Clock seconds per real second (1 for real time; virtual time has no such ratio)."""
         return 1.0
 
+    @property
+    def virtual(self) -> bool:
+        """Time that stands still while the CPU works (nothing can be late in it)."""
+        return False
+
 
 class ScaledClock(Clock):
     """Real time multiplied by ``speed`` (``--speed X``); ``speed=1`` is plain real time.
@@ -96,6 +101,10 @@ class LoopClock(Clock):
 
     def now(self) -> float:
         return self._epoch + self._time()
+
+    @property
+    def virtual(self) -> bool:
+        return True
 
     async def sleep_until(self, deadline: float) -> None:
         delay = deadline - self.now()

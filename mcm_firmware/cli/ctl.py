@@ -68,10 +68,16 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
                     else EXIT_FAILURE
                 )
             rtt = time.perf_counter() - t0
+            more = None
+            if spec.follow is not None:
+                try:
+                    more = await host.request(args.node, spec.follow)
+                except NodeError:
+                    more = None  # firmware without the operation: the view goes without it
     except RequestTimeout as e:
         raise Failure(str(e)) from None
     except (TransportError, HostError) as e:
         raise Failure(str(e)) from None
-    out = spec.show(args.node, resp, rtt)
+    out = spec.show(args.node, resp, rtt, more)
     emit(args, out, text=spec.text(spec.name, out))
     return EXIT_OK

@@ -1,4 +1,5 @@
-"""The live view of ``mcm-emu run``: a table on a terminal, summary lines otherwise."""
+"""The live view of ``mcm-emu run``: a table on a terminal, summary lines otherwise, and the run's
+own measurement of itself in both (a run that falls behind says so on stderr, in one line)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ import time
 from typing import Any
 
 from ..protocol import CoolingMode
+from ..runtime.meter import Window
+
+TABLE_ROWS = 200
+
+
+def meter_line(w: Window) -> str:
+    """The self-measurement of a window in one line."""
+    late, lag = w.tick_late, w.loop_lag
+    parts = [
+        f"tick late p50/p99/max {late.p50 * 1e3:.1f}/{late.p99 * 1e3:.1f}/{late.max * 1e3:.1f} ms",
+        f"telemetry {w.tlm_sent}/{w.tlm_due} sent ({w.tlm_share:.2%})",
+    ]
+    if w.tlm_dropped or w.tlm_decimated:
+        parts.append(f"dropped {w.tlm_dropped}, decimated {w.tlm_decimated}")
+    if w.periods_merged:
+        parts.append(f"{w.periods_merged} periods late")
+    if lag.n:
+        parts.append(f"loop lag p99 {lag.p99 * 1e3:.1f} ms")
+    parts.append(f"gc {w.gc_s * 1e3:.0f} ms (max pause {w.gc_max_s * 1e3:.0f} ms)")
+    return ", ".join(parts)
 
 
 class Display:
@@ -19,20 +40,34 @@ class Display:
         self.tty = sys.stdout.isatty()
         self._live: Any = None
         self._t0 = time.monotonic()
+        self._last: Window | None = None
+        self._behind_since: float | None = None
 
-    def _rows(self) -> list[dict[str, Any]]:
-        return list(self.fleet.summary())
+    def _check(self) -> Window:
+        """Close the meter's window; say on stderr when the run falls behind or catches up."""
+        w = self.fleet.meter.next_window()
+        self._last = w
+        verdict = self.fleet.meter.verdict(w)
+        now = time.monotonic()
+        if verdict is not None:
+            if self._behind_since is None:
+                self._behind_since = now
+            behind = now - self._behind_since
+            print(f"mcm-emu: falling behind (for {behind:.0f} s): {verdict}", file=sys.stderr, flush=True)
+        elif self._behind_since is not None:
+            print(f"mcm-emu: keeping up again after {now - self._behind_since:.0f} s", file=sys.stderr, flush=True)
+            self._behind_since = None
+        return w
 
     def _table(self) -> Any:
         from rich.table import Table
 
-        rows = self._rows()
-        table = Table(
-            title=f"fleet {self.fleet.name}: {len(rows)} nodes, {time.monotonic() - self._t0:.0f} s", expand=False
-        )
+        rows = list(self.fleet.summary(limit=TABLE_ROWS))
+        n = len(self.fleet.nodes)
+        table = Table(title=f"fleet {self.fleet.name}: {n} nodes, {time.monotonic() - self._t0:.0f} s", expand=False)
         for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "clock MHz"):
             table.add_column(col, justify="right")
-        for r in rows[:200]:
+        for r in rows:
             table.add_row(
                 str(r["node"]),
                 r["state"],
@@ -42,8 +77,12 @@ class Display:
                 f"{r['power_w']:.0f}",
                 f"{r['clock_mhz']:.0f}",
             )
-        if len(rows) > 200:
-            table.caption = f"... and {len(rows) - 200} more"
+        caption = [f"... and {n - len(rows)} more"] if n > len(rows) else []
+        if self._last is not None:
+            caption.append(meter_line(self._last))
+        if self._behind_since is not None:
+            caption.append(f"[red]FALLING BEHIND for {time.monotonic() - self._behind_since:.0f} s[/red]")
+        table.caption = "\n".join(caption) or None
         return table
 
     async def run(self) -> None:
@@ -52,25 +91,31 @@ class Display:
 
             self._live = Live(self._table(), refresh_per_second=2, transient=False)
             self._live.start()
+            next_check = time.monotonic() + self.interval
             while True:
                 await asyncio.sleep(0.5)
+                if time.monotonic() >= next_check:
+                    self._check()
+                    next_check += self.interval
                 self._live.update(self._table())
         while True:
             await asyncio.sleep(self.interval)
-            rows = self._rows()
+            w = self._check()
             stamp = f"t={time.monotonic() - self._t0:7.1f}s"
-            if len(rows) <= 16:
-                for r in rows:
+            if len(self.fleet.nodes) <= 16:
+                for r in self.fleet.summary():
                     print(
                         f"{stamp} node={r['node']} state={r['state']} mode={_mode(r['mode'])} link={r['link']} "
                         f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}W clock={r['clock_mhz']:.0f}MHz",
                         flush=True,
                     )
             else:
-                up = sum(r["link"] == "up" for r in rows)
-                hot = max(r["temp_c"] for r in rows)
-                kw = sum(r["power_w"] for r in rows) / 1e3
-                print(f"{stamp} nodes={len(rows)} up={up} Tmax={hot:.1f}C power={kw:.1f}kW", flush=True)
+                t = self.fleet.totals()
+                print(
+                    f"{stamp} nodes={t['nodes']} up={t['up']} Tmax={t['temp_c']:.1f}C power={t['power_w'] / 1e3:.1f}kW",
+                    flush=True,
+                )
+            print(f"{stamp} {meter_line(w)}", flush=True)
 
     def close(self) -> None:
         if self._live is not None:

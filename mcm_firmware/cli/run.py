@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import sys
 import uuid
 from typing import Any
 
 from .. import __version__
 from ..tasks import cancel_and_wait
 from .common import EXIT_OK, U32_MAX, BadInput, Failure, bounded, broker_url, fleet_name, serial_port
-from .display import Display
+from .display import Display, meter_line
 
 
 def add_parser(sub: Any) -> None:
@@ -244,3 +245,8 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print(f"stopped {len(fleet.nodes)} nodes (DEATH published)", flush=True)
+    w = fleet.meter.since_start()
+    print(f"run: {w.seconds:.1f} s, {w.ticks} ticks; {meter_line(w)}", flush=True)
+    verdict = fleet.meter.verdict(w)
+    if verdict is not None:
+        print(f"mcm-emu: this run did not keep its rates: {verdict}", file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from ..protocol import (
     SetValveArgs,
     StatusResult,
 )
+from ..protocol.ops import StatsResult
 from .views import ras_json, ras_text, status_json, status_text, typed_json
 
 
@@ -38,7 +39,8 @@ class UsageError(ValueError):
 
 
 Parse = Callable[[list[str]], Any]
-Show = Callable[[int, Response, float], dict[str, Any]]
+Show = Callable[[int, Response, float, Response | None], dict[str, Any]]
+"""node, the answer, its round trip, the answer to the entry's ``follow`` operation (if any)."""
 Text = Callable[[str, dict[str, Any]], str]
 
 
@@ -51,6 +53,9 @@ class CtlCommand:
     parse: Parse
     show: Show
     text: Text
+    follow: Op | None = None
+    """An operation asked right after, whose answer the view shows too (None when the node
+    does not run it)."""
 
 
 def parse_float(text: str, what: str) -> float:
@@ -122,11 +127,11 @@ def derived_parse(spec: OpSpec) -> Parse | None:
     return parse
 
 
-def show_ok(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+def show_ok(node: int, resp: Response, rtt: float, more: Response | None = None) -> dict[str, Any]:
     return {"node": node, "ok": True, "rtt_ms": round(rtt * 1e3, 3)}
 
 
-def show_data(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+def show_data(node: int, resp: Response, rtt: float, more: Response | None = None) -> dict[str, Any]:
     return {"node": node, **typed_json(resp.data)}
 
 
@@ -174,12 +179,13 @@ def _parse_clear(words: list[str]) -> ClearFaultArgs:
     return ClearFaultArgs(kind=0 if cs.kind is None else int(cs.kind), target=cs.target)
 
 
-def _show_status(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+def _show_status(node: int, resp: Response, rtt: float, more: Response | None = None) -> dict[str, Any]:
     assert isinstance(resp.data, StatusResult)
-    return status_json(node, resp.data)
+    stats = more.data if more is not None and isinstance(more.data, StatsResult) else None
+    return status_json(node, resp.data, stats)
 
 
-def _show_ras(node: int, resp: Response, rtt: float) -> dict[str, Any]:
+def _show_ras(node: int, resp: Response, rtt: float, more: Response | None = None) -> dict[str, Any]:
     assert isinstance(resp.data, RasResult)
     return ras_json(node, resp.data)
 
@@ -189,13 +195,14 @@ class Override:
     parse: Parse | None = None
     show: Show | None = None
     text: Text | None = None
+    follow: Op | None = None
 
 
 OVERRIDES: dict[Op, Override] = {
     Op.SET_VALVE: Override(parse=_parse_valve),
     Op.INJECT: Override(parse=_parse_inject),
     Op.CLEAR_FAULT: Override(parse=_parse_clear),
-    Op.STATUS: Override(show=_show_status, text=lambda name, obj: status_text(obj)),
+    Op.STATUS: Override(show=_show_status, text=lambda name, obj: status_text(obj), follow=Op.STATS),
     Op.RAS: Override(show=_show_ras, text=lambda name, obj: ras_text(obj)),
 }
 
@@ -207,7 +214,8 @@ def _entry(spec: OpSpec) -> CtlCommand | None:
         return None
     show = o.show or (show_ok if spec.result is None else show_data)
     text = o.text or (text_ok if spec.result is None else text_fields)
-    return CtlCommand(spec.name, spec.op, f"{spec.name} {spec.usage}".strip(), spec.help, parse, show, text)
+    usage = f"{spec.name} {spec.usage}".strip()
+    return CtlCommand(spec.name, spec.op, usage, spec.help, parse, show, text, follow=o.follow)
 
 
 COMMANDS: dict[str, CtlCommand] = {e.name: e for e in (_entry(s) for s in OPS.values()) if e is not None}

@@ -24,6 +24,7 @@ from ..protocol import (
     Severity,
     Snapshot,
     SnapshotFlags,
+    StatsResult,
     StatusResult,
     Telemetry,
     ValveFlags,
@@ -110,7 +111,27 @@ def pumps_json(s: Snapshot, names: tuple[str, ...] | None = None) -> list[dict[s
     return out
 
 
-def status_json(node: int, st: StatusResult) -> dict[str, Any]:
+def stats_json(st: StatsResult) -> dict[str, Any]:
+    """The runtime figures of STATS: telemetry, drops, tick lateness (ms), loop lag (ms), GC."""
+    return {
+        "telemetry": {"due": st.tlm_due, "sent": st.tlm_sent, "dropped": st.tlm_dropped, "decimated": st.tlm_decimated},
+        "dropped": {"responses": st.rsp_dropped, "events": st.evt_dropped},
+        "rx_duplicates": st.rx_duplicates,
+        "tx_queued": st.tx_queued,
+        "tick_late_ms": {
+            "ticks": st.ticks,
+            "p50": st.tick_late_p50_us / 1e3,
+            "p99": st.tick_late_p99_us / 1e3,
+            "max": st.tick_late_max_us / 1e3,
+        },
+        "periods_late": st.periods_late,
+        "loop_lag_ms": {"p99": st.loop_lag_p99_us / 1e3, "max": st.loop_lag_max_us / 1e3},
+        "gc_ms": st.gc_ms,
+    }
+
+
+def status_json(node: int, st: StatusResult, stats: StatsResult | None = None) -> dict[str, Any]:
+    """STATUS as data; with the node's STATS (``ctl status`` asks for both) under ``runtime``."""
     snap = snapshot_json(st.snapshot)
     out: dict[str, Any] = {
         "node": node,
@@ -132,6 +153,8 @@ def status_json(node: int, st: StatusResult) -> dict[str, Any]:
         "reconnects": st.reconnects,
     }
     out["link_util_pct"] = st.link_util_permille / 10
+    if stats is not None:
+        out["runtime"] = stats_json(stats)
     return out
 
 
@@ -297,6 +320,15 @@ def status_text(obj: dict[str, Any]) -> str:
         )
     for i, v in enumerate(obj["valves"]):
         lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
+    rt = obj.get("runtime")
+    if rt is not None:
+        t, late, lag = rt["telemetry"], rt["tick_late_ms"], rt["loop_lag_ms"]
+        lines.append(
+            f"  runtime: telemetry {t['sent']}/{t['due']} sent (dropped {t['dropped']}, decimated {t['decimated']}); "
+            f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}; "
+            f"tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over {late['ticks']} ticks, "
+            f"{rt['periods_late']} periods late; loop lag p99 {lag['p99']:.1f} ms; gc {rt['gc_ms']} ms"
+        )
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from .ops import (
     RasResult,
     SetValveArgs,
     StackErrors,
+    StatsResult,
     StatusResult,
 )
 from .telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
@@ -81,6 +82,7 @@ __all__ = [
     "Snapshot",
     "SnapshotFlags",
     "StackErrors",
+    "StatsResult",
     "Status",
     "StatusResult",
     "Telemetry",

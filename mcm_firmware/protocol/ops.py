@@ -32,6 +32,7 @@ class Op(IntEnum):
     PING = 0x0001
     STATUS = 0x0002
     REBIRTH = 0x0003
+    STATS = 0x0004
     SET_POWER_CAP = 0x0010
     LOCK_CLOCKS = 0x0011
     RESET_CLOCKS = 0x0012
@@ -125,6 +126,28 @@ class StatusResult:
 
 
 @record
+class StatsResult:
+    """How the node and the emulator around it keep their rates (the run's self-measurement)."""
+
+    tlm_due: int = wire(c.Int32ul)  # telemetry frames due since boot
+    tlm_sent: int = wire(c.Int32ul)  # handed to the link
+    tlm_dropped: int = wire(c.Int32ul)  # the link was down or refused them
+    tlm_decimated: int = wire(c.Int32ul)  # replaced by a newer frame before they could leave
+    rsp_dropped: int = wire(c.Int32ul)  # responses lost to a full outbox
+    evt_dropped: int = wire(c.Int32ul)  # events lost to a full outbox
+    rx_duplicates: int = wire(c.Int32ul)  # commands answered again from the cache
+    tx_queued: int = wire(c.Int16ul)  # frames waiting in the node's outbox now
+    ticks: int = wire(c.Int16ul)  # control ticks of the node's shard the three figures below cover
+    tick_late_p50_us: int = wire(c.Int32ul)
+    tick_late_p99_us: int = wire(c.Int32ul)
+    tick_late_max_us: int = wire(c.Int32ul)
+    periods_late: int = wire(c.Int32ul)  # tick periods the shard integrated late (real time only)
+    loop_lag_p99_us: int = wire(c.Int32ul)  # of the emulator's event loop, recently
+    loop_lag_max_us: int = wire(c.Int32ul)
+    gc_ms: int = wire(c.Int32ul)  # time the emulator's garbage collector held the loop, since start
+
+
+@record
 class StackErrors:
     ce: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))  # per channel
     ue: tuple[int, ...] = wire(c.PrefixedArray(c.Int8ul, c.Int32ul))
@@ -195,6 +218,29 @@ _SPECS = (
     OpSpec(Op.PING, "round trip to the node"),
     OpSpec(Op.STATUS, "the node's state, sensors and actuators", result=StatusResult),
     OpSpec(Op.REBIRTH, "ask the node to publish its BIRTH again"),
+    OpSpec(
+        Op.STATS,
+        "how the node and the emulator keep their rates: telemetry due and sent, drops, tick lateness",
+        result=StatsResult,
+        example_result=StatsResult(
+            tlm_due=1200,
+            tlm_sent=1190,
+            tlm_dropped=4,
+            tlm_decimated=6,
+            rsp_dropped=0,
+            evt_dropped=0,
+            rx_duplicates=2,
+            tx_queued=1,
+            ticks=1200,
+            tick_late_p50_us=350,
+            tick_late_p99_us=4200,
+            tick_late_max_us=9100,
+            periods_late=0,
+            loop_lag_p99_us=2100,
+            loop_lag_max_us=6300,
+            gc_ms=12,
+        ),
+    ),
     OpSpec(
         Op.SET_POWER_CAP,
         "software power cap of the module, within the profile's range",

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from ..protocol import DeathReason, Op
 from ..tasks import cancel_and_wait
 from ..transport import NodeLinks, TransportFactory
 from .handlers import HANDLERS
+from .meter import DROPPED, DUE, RunMeter, telemetry_counters
 from .node import U32, Handler, Node
 from .shard import Shard
 
@@ -60,8 +62,11 @@ class Fleet:
         self.nodes: dict[int, Node] = {}
         self._rows: dict[str, list[Node]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._skipped: dict[str, int] = {}  # telemetry slots skipped so far, per shard
         self.failure: BaseException | None = None  # a scheduler that died: the fleet is not simulating
         self.failed = asyncio.Event()
+        self.meter = RunMeter(tick_period_s=min((1.0 / p.rates.tick_hz for _, p in members), default=0.05))
+        self.tlm: dict[str, np.ndarray] = {}  # telemetry counters per shard, [4, rows] (meter.DUE ...)
         groups: dict[str, list[tuple[int, Profile]]] = {}
         for nid, prof in members:
             groups.setdefault(prof.name, []).append((nid, prof))
@@ -69,6 +74,9 @@ class Fleet:
         for k, (name, group) in enumerate(sorted(groups.items())):
             shard = Shard(group[0][1], len(group), seed=(seed * 1_000_003 + k) & U32, start_t=now)
             self.shards[name] = shard
+            counters = self.tlm[name] = telemetry_counters(len(group))
+            self._skipped[name] = 0
+            self.meter.tlm.append(counters)
             rows = []
             for row, (nid, _) in enumerate(group):
                 factory = links.factory(nid) if links is not None else transport_factory
@@ -83,6 +91,8 @@ class Fleet:
                     clock=clock,
                     handlers=handlers,
                     seed=(seed * 7_919 + nid) & U32,
+                    meter=self.meter,
+                    tlm=counters[:, row],
                 )
                 self.nodes[nid] = node
                 rows.append(node)
@@ -106,6 +116,7 @@ class Fleet:
         return node.shard, node.row
 
     async def start(self) -> None:
+        self.meter.start(probe=not self.clock.virtual)
         for name, shard in self.shards.items():
             for task in (
                 asyncio.create_task(self._tick_loop(name, shard), name=f"shard-{name}-tick"),
@@ -131,16 +142,24 @@ class Fleet:
         await asyncio.gather(*(n.stop(reason=reason) for n in self.nodes.values()))
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        await self.meter.stop()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(asyncio.gather(*(n.connected_once.wait() for n in self.nodes.values())), timeout)
 
     async def _tick_loop(self, name: str, shard: Shard) -> None:
+        """On absolute deadlines; a tick that wakes a period or more late integrates every period
+        that passed (the modules keep the clock's time) and the lateness is measured."""
         nodes = self._rows[name]
-        deadlines = Deadlines(self.clock, shard.dt)
+        clock, period = self.clock, shard.dt
+        deadlines = Deadlines(clock, period, skip_after=math.inf)
         while True:
-            await deadlines.wait()
-            shard.tick()
+            due = await deadlines.wait()
+            late = clock.now() - due
+            periods = 1 + int(late // period) if late >= period else 1
+            deadlines.k += periods - 1
+            shard.tick(periods)
+            self.meter.tick(name, late / clock.speed, periods)
             for ev in shard.take_events():
                 nodes[ev.row].emit_event(ev.severity, ev.code, subject=ev.subject, value=ev.value, text=ev.text)
 
@@ -150,12 +169,23 @@ class Fleet:
         slots = max(1, min(len(nodes), MAX_TELEMETRY_SLOTS))
         members = [np.arange(s, len(nodes), slots) for s in range(slots)]
         deadlines = Deadlines(self.clock, period / slots, phase=period / slots / 2)
+        counters = self.tlm[name]
         k = 0
         while True:
             await deadlines.wait()
+            skipped, self._skipped[name] = deadlines.overruns - self._skipped[name], deadlines.overruns
+            for j in range(k, k + skipped):  # slots the process was too late for: due, not sent
+                rows = np.array([r for r in members[j % slots] if nodes[r].up], dtype=np.intp)
+                counters[DUE, rows] += 1
+                counters[DROPPED, rows] += 1
+            k += skipped
             rows = members[k % slots]
             k += 1
-            live = [r for r in rows if nodes[r].link_up]
+            running = [r for r in rows if nodes[r].up]
+            counters[DUE, running] += 1
+            live = [r for r in running if nodes[r].link_up]
+            if len(live) < len(running):
+                counters[DROPPED, [r for r in running if not nodes[r].link_up]] += 1
             if not live:
                 continue
             rec = shard.records(np.array(live))
@@ -163,20 +193,29 @@ class Fleet:
             for i, r in enumerate(live):
                 nodes[r].offer_telemetry(rec[i].tobytes())
 
-    def summary(self) -> Iterable[dict[str, object]]:
-        """One line of figures per node, for the live display."""
-        for nid in sorted(self.nodes):
+    def summary(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """One line of figures per node (the first ``limit`` by id), for the live display."""
+        for nid in sorted(self.nodes)[:limit]:
             node = self.nodes[nid]
             shard, row = node.shard, node.row
+            temps = shard.s_die.value[row]
             yield {
                 "node": nid,
                 "profile": shard.profile.name,
                 "state": node.state.name if node.state.name != "RUNNING" else shard.node_state(row).name,
                 "link": "up" if node.link_up else "down",
-                "temp_c": float(np.nanmax(shard.s_die.value[row]))
-                if np.isfinite(shard.s_die.value[row]).any()
-                else float("nan"),
+                "temp_c": float(np.nanmax(temps)) if np.isfinite(temps).any() else float("nan"),
                 "power_w": float(shard.plant.p_total[row]),
                 "clock_mhz": float(shard.dvfs.mhz[row].mean()),
                 "mode": shard.cooling_mode(np.array([row]))[0],
             }
+
+    def totals(self) -> dict[str, Any]:
+        """The whole fleet in a few figures: nodes, links up, hottest die (sensed), total power."""
+        hot = [np.nanmax(s.s_die.value) for s in self.shards.values() if np.isfinite(s.s_die.value).any()]
+        return {
+            "nodes": len(self.nodes),
+            "up": sum(n.link_up for n in self.nodes.values()),
+            "temp_c": float(max(hot)) if hot else float("nan"),
+            "power_w": float(sum(s.plant.p_total.sum() for s in self.shards.values())),
+        }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..faults import SPECS, ClearSpec, FaultError, FaultKind, make_fault
 from ..protocol import Command, EventCode, Op, RasResult, Severity, Status, StatusResult
-from ..protocol.ops import FaultInForce, FaultList
+from ..protocol.ops import FaultInForce, FaultList, StatsResult
 from .injection import apply_fault, clear_faults
 from .node import CommandError, Handler, Node
 
@@ -156,3 +156,8 @@ def _get_faults(node: Node, cmd: Command) -> FaultList:
             for f in list(node.faults.values())[:255]
         )
     )
+
+
+@handler(Op.STATS)
+def _stats(node: Node, cmd: Command) -> StatsResult:
+    return node.stats()

@@ -62,6 +62,7 @@ from ..protocol import (
     frame_bytes,
 )
 from ..protocol.codec import encode_body, snapshot_from_payload
+from ..protocol.ops import StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -75,6 +76,7 @@ from ..transport import (
 )
 from ..transport.link_faults import LinkFaultParam, LinkFaultParams, LinkFaults
 from .backoff import Backoff, RateLimiter
+from .meter import DECIMATED, DROPPED, DUE, SENT, Quantiles, RunMeter, telemetry_counters
 from .shard import Shard
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,8 @@ class Counters:
     rx_rejected: int = 0
     rx_duplicates: int = 0
     tx_frames: int = 0
-    tx_dropped: int = 0
+    rsp_dropped: int = 0  # lost to a full outbox
+    evt_dropped: int = 0
     reconnects: int = 0
     events_suppressed: int = 0
 
@@ -143,8 +146,12 @@ class Node:
         boot_count: int = 1,
         handlers: Mapping[Op, Handler],
         backoff: Backoff | None = None,
+        meter: RunMeter | None = None,
+        tlm: np.ndarray | None = None,
     ) -> None:
-        """``handlers``: the command set this firmware runs (:data:`.handlers.HANDLERS`)."""
+        """``handlers``: the command set this firmware runs (:data:`.handlers.HANDLERS`); ``meter``:
+        the fleet's self-measurement; ``tlm``: this node's column of its shard's telemetry counters
+        (:func:`.meter.telemetry_counters`), its own when not given."""
         if not 0 <= node_id <= U32:
             raise ValueError(f"node id {node_id} is not a u32")
         self.node_id = node_id
@@ -155,6 +162,8 @@ class Node:
         self.clock = clock
         self.boot_count = boot_count
         self.counters = Counters()
+        self.meter = meter
+        self.tlm = tlm if tlm is not None else telemetry_counters(1)[:, 0]
         self.state = NodeState.BOOTING
         self._handlers = handlers
         self._factory = transport_factory
@@ -420,7 +429,7 @@ class Node:
                 if tr is None or not self._link_up.is_set():
                     if self._telemetry is not None:
                         self._telemetry = None
-                        self.counters.tx_dropped += 1
+                        self.tlm[DROPPED] += 1
                     await self._link_up.wait()
                     continue
                 queue = self._urgent if self._urgent else self._events if self._events else None
@@ -440,10 +449,13 @@ class Node:
                         else:
                             await tr.publish(d.address, d.payload, retain=retain, reliable=reliable)
                     self.counters.tx_frames += 1
+                    if queue is None:
+                        self.tlm[SENT] += 1
                 except TransportError:
-                    self.counters.tx_dropped += 1
                     if queue is not None:
                         queue.appendleft(out)  # sent again once the link is back
+                    else:
+                        self.tlm[DROPPED] += 1
                     await asyncio.sleep(0)
                 if cancelled_under_way():  # a cancel a library's wait_for swallowed
                     raise asyncio.CancelledError
@@ -451,16 +463,24 @@ class Node:
     # --- outbound ---------------------------------------------------------------------------
 
     def offer_telemetry(self, payload: bytes) -> None:
-        """The newest telemetry payload; an unsent older one is replaced (and counted dropped)."""
+        """The newest telemetry payload; an unsent older one is replaced (and counted decimated)."""
         if self._telemetry is not None:
-            self.counters.tx_dropped += 1
+            self.tlm[DECIMATED] += 1
         self._telemetry = payload
         self._wake.set()
 
+    def telemetry_frame(self, payload: bytes) -> bytes:
+        """A TELEMETRY frame of ``payload`` with the node's next sequence number, for a link that
+        sends a whole slot of telemetry at once (the node's own transmit task then has none)."""
+        return self._frame(MsgType.TELEMETRY, payload)
+
     def _queue(self, queue: deque[_Out], out: _Out) -> None:
         if len(queue) >= OUTBOX_LIMIT:
-            queue.popleft()
-            self.counters.tx_dropped += 1
+            dropped = queue.popleft()
+            if dropped.channel is Channel.RSP:
+                self.counters.rsp_dropped += 1
+            else:
+                self.counters.evt_dropped += 1
         queue.append(out)
         self._wake.set()
 
@@ -628,6 +648,39 @@ class Node:
         util = tr.utilisation() if tr is not None else None
         return 0 if util is None else max(0, min(1000, round(util * 1000)))
 
+    @property
+    def tx_dropped(self) -> int:
+        """Every frame lost on the way out: telemetry dropped or decimated, responses and events."""
+        c = self.counters
+        return int(self.tlm[DROPPED] + self.tlm[DECIMATED]) + c.rsp_dropped + c.evt_dropped
+
+    def stats(self) -> StatsResult:
+        c, t = self.counters, self.tlm
+        late = self.meter.recent_tick_late(self.shard.profile.name) if self.meter else Quantiles.of(np.zeros(0))
+        lag = Quantiles.of(self.meter.loop_lag.recent(600) if self.meter else np.zeros(0))
+
+        def us(seconds: float) -> int:
+            return min(U32, round(seconds * 1e6))
+
+        return StatsResult(
+            tlm_due=int(t[DUE]) & U32,
+            tlm_sent=int(t[SENT]) & U32,
+            tlm_dropped=int(t[DROPPED]) & U32,
+            tlm_decimated=int(t[DECIMATED]) & U32,
+            rsp_dropped=c.rsp_dropped & U32,
+            evt_dropped=c.evt_dropped & U32,
+            rx_duplicates=c.rx_duplicates & U32,
+            tx_queued=min(0xFFFF, len(self._urgent) + len(self._events)),
+            ticks=min(0xFFFF, late.n),
+            tick_late_p50_us=us(late.p50),
+            tick_late_p99_us=us(late.p99),
+            tick_late_max_us=us(late.max),
+            periods_late=self.shard.periods_late & U32,
+            loop_lag_p99_us=us(lag.p99),
+            loop_lag_max_us=us(lag.max),
+            gc_ms=min(U32, round(self.meter.totals.gc_s * 1e3)) if self.meter else 0,
+        )
+
     def status(self) -> StatusResult:
         c = self.counters
         return StatusResult(
@@ -637,7 +690,7 @@ class Node:
             tx_seq=self._seq,
             rx_frames=c.rx_frames & U32,
             tx_frames=c.tx_frames & U32,
-            tx_dropped=c.tx_dropped & U32,
+            tx_dropped=self.tx_dropped & U32,
             reconnects=c.reconnects & U32,
             link_util_permille=self.link_util_permille(),
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),

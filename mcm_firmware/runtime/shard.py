@@ -66,6 +66,7 @@ class Shard:
         self.n = n
         self.rng = np.random.default_rng(seed)
         self.tick_hz = profile.rates.tick_hz
+        self.periods_late = 0  # tick periods integrated in a later tick (real time fell behind)
         self.dt = 1.0 / self.tick_hz
         self.k = 0
         self.t0 = start_t
@@ -143,6 +144,7 @@ class Shard:
         dt, p = self.dt * periods, self.params
         k0 = self.k
         self.k += periods
+        self.periods_late += periods - 1
         self.t = self.t0 + self.k * self.dt  # no drift over a long run
         t = self.t
         st = self.dvfs

@@ -192,12 +192,12 @@ GOLDEN: dict[str, Message] = {
 
 
 def _from_specs() -> None:
-    for k, spec in enumerate(OPS.values()):
+    for spec in OPS.values():  # sequence numbers and request ids from the op, not the table's order
         GOLDEN.setdefault(
             f"command-{spec.name}",
             Command(
                 node_id=3,
-                seq=100 + k,
+                seq=0x100 + int(spec.op),
                 timestamp_ns=T0,
                 flags=int(FrameFlags.HOST),
                 request_id=0x01030000 + int(spec.op),
@@ -210,7 +210,7 @@ def _from_specs() -> None:
                 f"response-{spec.name}",
                 Response(
                     node_id=3,
-                    seq=200 + k,
+                    seq=0x200 + int(spec.op),
                     timestamp_ns=T0 + 1_000_000,
                     request_id=0x01030000 + int(spec.op),
                     op=spec.op,
