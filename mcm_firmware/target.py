@@ -93,18 +93,18 @@ async def emulated_target(
     ]
     assert url is not None
     links = node_links([url], [node], fleet=fleet)
+    fl = Fleet.uniform(
+        nodes=1,
+        profile=load_profile(profile),
+        first_id=node,
+        fleet=fleet,
+        transport_factory=None,
+        clock=RealClock(),
+        seed=seed,
+        links=links,
+    )
     await links.open()
     try:
-        fl = Fleet.uniform(
-            nodes=1,
-            profile=load_profile(profile),
-            first_id=node,
-            fleet=fleet,
-            transport_factory=None,
-            clock=RealClock(),
-            seed=seed,
-            links=links,
-        )
         await fl.start()
         try:
             await fl.wait_connected(10)

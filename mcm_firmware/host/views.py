@@ -14,6 +14,7 @@ from ..protocol import (
     EccMode,
     Event,
     EventCode,
+    Link,
     Message,
     NodeState,
     PumpFlags,
@@ -272,6 +273,9 @@ def message_line(address: Address | None, msg: Message) -> str:
         return f"{head} profile={msg.profile} firmware={msg.firmware} boot={msg.boot_count} bdseq={msg.bdseq}"
     if isinstance(msg, Death):
         return f"{head} {msg.reason.name} boot={msg.boot_count} bdseq={msg.bdseq}"
+    if isinstance(msg, Link):
+        ranges = ",".join(f"{r.first}-{r.last}" for r in msg.ranges)
+        return f"{head} {msg.condition.name} link={msg.link} bdseq={msg.bdseq} nodes={ranges}"
     if isinstance(msg, Response):
         return f"{head} request={msg.request_id} {_op_name(msg.op)} {msg.status.name} {msg.message}"
     return f"{head} {message_json(address, msg)}"

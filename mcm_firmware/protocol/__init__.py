@@ -2,7 +2,7 @@
 No I/O here."""
 
 from .codec import FrameError, decode, encode, frame_bytes, snapshot_dtype
-from .messages import Birth, Command, Death, Event, Message, Response, Telemetry
+from .messages import Birth, Command, Death, Event, Link, Message, NodeRange, Response, Telemetry
 from .ops import (
     OPS,
     ClearFaultArgs,
@@ -29,6 +29,7 @@ from .vocabulary import (
     EventCode,
     FaultKind,
     FrameFlags,
+    LinkCondition,
     MsgType,
     NodeState,
     PumpFlags,
@@ -62,9 +63,12 @@ __all__ = [
     "FrameFlags",
     "HbmTelemetry",
     "InjectArgs",
+    "Link",
+    "LinkCondition",
     "LockClocksArgs",
     "Message",
     "MsgType",
+    "NodeRange",
     "NodeState",
     "Op",
     "OpSpec",

@@ -96,6 +96,32 @@ def frame_bytes(msg_type: int, node_id: int, seq: int, timestamp_ns: int, flags:
     return b"".join((head, payload, _CRC.pack(crc)))
 
 
+_HEADER_DTYPE = layout.record_dtype(frames.Header)
+
+
+def frame_block(
+    msg_type: int, node_ids: np.ndarray, seqs: np.ndarray, timestamp_ns: int, payloads: np.ndarray
+) -> np.ndarray:
+    """Many frames of one type and payload layout at once: ``payloads`` is a packed record array
+    (one payload a row), the result a ``[rows, frame size]`` uint8 array whose row ``i`` is exactly
+    ``frame_bytes(msg_type, node_ids[i], seqs[i], timestamp_ns, 0, payloads[i].tobytes())``. The
+    header is filled in one vectorised pass; only the CRC is computed a frame at a time."""
+    n, plen = len(payloads), payloads.dtype.itemsize
+    if plen > MAX_PAYLOAD:
+        raise ValueError(f"payload of {plen} bytes exceeds {MAX_PAYLOAD}")
+    block = np.empty(n, [("h", _HEADER_DTYPE), ("p", payloads.dtype), ("crc", "<u4")])
+    head = block["h"]
+    head["magic"], head["version"], head["type"], head["flags"] = MAGIC, VERSION, msg_type, 0
+    head["node_id"], head["seq"], head["timestamp_ns"], head["payload_len"] = node_ids, seqs, timestamp_ns, plen
+    block["p"] = payloads
+    size = block.dtype.itemsize
+    raw = block.view(np.uint8).reshape(n, size)
+    view = memoryview(raw.data).cast("B")
+    crc32 = zlib.crc32
+    block["crc"] = [crc32(view[i * size : (i + 1) * size - CRC_SIZE]) for i in range(n)]
+    return raw
+
+
 # --- telemetry fast path ------------------------------------------------------------------------
 # The Snapshot payload is fixed once its four counts are known: a struct format (and, for the
 # vectorised node-side path, a numpy record dtype) is derived from the declaration per count tuple.

@@ -95,6 +95,14 @@ Response = c.Struct(
     c.Terminated,
 )
 
+Link = c.Struct(
+    "link" / Text8,  # the link's name (its MQTT client id)
+    "bdseq" / c.Int32ul,  # increments on every connection of the link; its will carries the same
+    "condition" / c.Int8ul,  # LinkCondition
+    "ranges" / c.PrefixedArray(c.Int16ul, c.Struct("first" / c.Int32ul, "last" / c.Int32ul)),  # nodes carried
+    c.Terminated,
+)
+
 Event = c.Struct(
     "severity" / c.Int8ul,  # Severity
     "code" / c.Int16ul,  # EventCode; codes a reader does not know are kept as numbers
@@ -111,6 +119,7 @@ BODIES: dict[MsgType, c.Construct] = {
     MsgType.COMMAND: Command,
     MsgType.RESPONSE: Response,
     MsgType.EVENT: Event,
+    MsgType.LINK: Link,
 }
 
 # The whole frame as one declaration: the reference the fast codec is tested against, and the

@@ -19,6 +19,7 @@ from .telemetry import Snapshot
 from .vocabulary import (
     MODULE_SUBJECT,
     DeathReason,
+    LinkCondition,
     MsgType,
     Severity,
     Status,
@@ -104,8 +105,29 @@ class Event(Message):
     text: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRange:
+    first: int
+    last: int  # inclusive
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link(Message):
+    """The state of a carrier link; ``node_id`` is the first node it carries, and the frame is
+    retained on that node's ``link`` channel."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LINK
+    link: str
+    bdseq: int
+    condition: LinkCondition
+    ranges: tuple[NodeRange, ...]
+
+    def carries(self, node: int) -> bool:
+        return any(r.first <= node <= r.last for r in self.ranges)
+
+
 MESSAGE_TYPES: dict[MsgType, type[Message]] = {
-    cls.TYPE: cls for cls in (Birth, Death, Telemetry, Command, Response, Event)
+    cls.TYPE: cls for cls in (Birth, Death, Telemetry, Command, Response, Event, Link)
 }
 HEADER_FIELDS = ("node_id", "seq", "timestamp_ns", "flags")
 

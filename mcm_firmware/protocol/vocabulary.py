@@ -21,6 +21,7 @@ class MsgType(IntEnum):
     COMMAND = 4
     RESPONSE = 5
     EVENT = 6
+    LINK = 7  # the state of a carrier link: one connection that carries many nodes
 
 
 class FrameFlags(IntFlag):
@@ -61,6 +62,14 @@ class DeathReason(IntEnum):
     SHUTDOWN = 0  # clean shutdown, published by the node itself
     CONNECTION_LOST = 1  # registered as the Last Will; published by the broker
     REBOOT = 2
+
+
+class LinkCondition(IntEnum):
+    """What a LINK frame says of its link and of every node it carries."""
+
+    LOST = 0  # the link's Last Will, published by the broker: its nodes are offline
+    ONLINE = 1  # the link is up; its nodes' own BIRTH and DEATH frames tell each node's state
+    SHUTDOWN = 2  # the link closed cleanly (its nodes published their DEATH first)
 
 
 class Severity(IntEnum):

@@ -25,16 +25,21 @@ import numpy as np
 from ..clock import Clock, Deadlines
 from ..plant.workload import Workload
 from ..profile import Profile
-from ..protocol import DeathReason, Op
+from ..protocol import DeathReason, Link, LinkCondition, MsgType, NodeRange, Op, encode
+from ..protocol.codec import frame_block
 from ..tasks import cancel_and_wait
-from ..transport import NodeLinks, TransportFactory
+from ..transport import LinkFrames, NodeLinks, TransportFactory
+from ..transport.topics import topic
 from .handlers import HANDLERS
-from .meter import DROPPED, DUE, RunMeter, telemetry_counters
+from .meter import DROPPED, DUE, SENT, RunMeter, telemetry_counters
 from .node import U32, Handler, Node
 from .shard import Shard
 
 log = logging.getLogger(__name__)
 MAX_TELEMETRY_SLOTS = 10
+MAX_SHARD = 2048
+"""Modules of one profile beyond this many are cut into shards of equal size whose ticks are
+spread over the tick period: a tick of a few milliseconds at a time keeps the loop responsive."""
 
 
 class Fleet:
@@ -71,9 +76,18 @@ class Fleet:
         for nid, prof in members:
             groups.setdefault(prof.name, []).append((nid, prof))
         now = clock.now()
-        for k, (name, group) in enumerate(sorted(groups.items())):
+        shards: list[tuple[str, list[tuple[int, Profile]], float]] = []  # name, members, phase (share of a period)
+        for pname, group in sorted(groups.items()):
+            parts = -(-len(group) // MAX_SHARD)
+            size = -(-len(group) // parts)
+            for j in range(parts):
+                shards.append((pname if parts == 1 else f"{pname}/{j}", group[j * size : (j + 1) * size], j / parts))
+        self._phase: dict[str, float] = {}
+        for k, (name, group, phase) in enumerate(shards):
             shard = Shard(group[0][1], len(group), seed=(seed * 1_000_003 + k) & U32, start_t=now)
+            shard.name = name
             self.shards[name] = shard
+            self._phase[name] = phase
             counters = self.tlm[name] = telemetry_counters(len(group))
             self._skipped[name] = 0
             self.meter.tlm.append(counters)
@@ -97,6 +111,27 @@ class Fleet:
                 self.nodes[nid] = node
                 rows.append(node)
             self._rows[name] = rows
+        self._sink = links.telemetry_sink() if links is not None else None
+        if links is not None:
+            links.set_link_frames(self._link_frames)
+
+    def _link_frames(self, name: str, runs: Sequence[tuple[int, int]], bdseq: int) -> LinkFrames:
+        """The state frames of a carrier link that carries ``runs`` of this fleet's nodes."""
+
+        def frame(condition: LinkCondition) -> bytes:
+            return encode(
+                Link(
+                    node_id=runs[0][0],
+                    seq=0,
+                    timestamp_ns=self.clock.now_ns(),
+                    link=name,
+                    bdseq=bdseq,
+                    condition=condition,
+                    ranges=tuple(NodeRange(first=a, last=b) for a, b in runs),
+                )
+            )
+
+        return LinkFrames(frame(LinkCondition.ONLINE), frame(LinkCondition.LOST), frame(LinkCondition.SHUTDOWN))
 
     @classmethod
     def uniform(cls, *, nodes: int, profile: Profile, first_id: int = 0, **kw: Any) -> Fleet:
@@ -152,7 +187,7 @@ class Fleet:
         that passed (the modules keep the clock's time) and the lateness is measured."""
         nodes = self._rows[name]
         clock, period = self.clock, shard.dt
-        deadlines = Deadlines(clock, period, skip_after=math.inf)
+        deadlines = Deadlines(clock, period, phase=self._phase[name] * period, skip_after=math.inf)
         while True:
             due = await deadlines.wait()
             late = clock.now() - due
@@ -168,30 +203,50 @@ class Fleet:
         period = 1.0 / shard.profile.rates.telemetry_hz
         slots = max(1, min(len(nodes), MAX_TELEMETRY_SLOTS))
         members = [np.arange(s, len(nodes), slots) for s in range(slots)]
-        deadlines = Deadlines(self.clock, period / slots, phase=period / slots / 2)
+        slot = period / slots
+        deadlines = Deadlines(self.clock, slot, phase=slot * (0.5 + self._phase[name]) % slot)
         counters = self.tlm[name]
+        ids = np.array([n.node_id for n in nodes], np.uint32)
+        prepared = None  # the topics of this shard's nodes, for the sink
         k = 0
         while True:
             await deadlines.wait()
             skipped, self._skipped[name] = deadlines.overruns - self._skipped[name], deadlines.overruns
             for j in range(k, k + skipped):  # slots the process was too late for: due, not sent
-                rows = np.array([r for r in members[j % slots] if nodes[r].up], dtype=np.intp)
-                counters[DUE, rows] += 1
-                counters[DROPPED, rows] += 1
+                late = members[j % slots]
+                late = late[shard.reporting[late]]
+                counters[DUE, late] += 1
+                counters[DROPPED, late] += 1
             k += skipped
             rows = members[k % slots]
             k += 1
-            running = [r for r in rows if nodes[r].up]
-            counters[DUE, running] += 1
-            live = [r for r in running if nodes[r].link_up]
-            if len(live) < len(running):
-                counters[DROPPED, [r for r in running if not nodes[r].link_up]] += 1
-            if not live:
+            rows = rows[shard.reporting[rows]]  # owing telemetry now
+            counters[DUE, rows] += 1
+            up = shard.linked[rows]
+            counters[DROPPED, rows[~up]] += 1
+            live = rows[up]
+            if not len(live):
                 continue
-            rec = shard.records(np.array(live))
-            rec["rx_rejected"] = [nodes[r].counters.rx_rejected & U32 for r in live]
-            for i, r in enumerate(live):
-                nodes[r].offer_telemetry(rec[i].tobytes())
+            rec = shard.records(live)
+            sink = self._sink
+            if sink is None:
+                for i, r in enumerate(live):
+                    nodes[r].offer_telemetry(rec[i].tobytes())
+                continue
+            # the whole slot in one write; a node with link faults in force sends its own (they act there)
+            faulty = shard.link_faulty[live]
+            if faulty.any():
+                for f in np.nonzero(faulty)[0]:
+                    nodes[live[f]].offer_telemetry(rec[f].tobytes())
+                keep = ~faulty
+                live, rec = live[keep], rec[keep]
+            seqs = shard.seq[live]
+            shard.seq[live] = seqs + np.uint32(1)  # wraps at 2^32 like every sequence number
+            block = frame_block(MsgType.TELEMETRY, ids[live], seqs, self.clock.now_ns(), rec)
+            if prepared is None:
+                prepared = sink.prepare([topic(n.tlm_address) for n in nodes], block.shape[1])
+            ok = sink.send_prepared(prepared, live, block)
+            counters[SENT if ok else DROPPED, live] += 1
 
     def summary(self, limit: int | None = None) -> Iterator[dict[str, Any]]:
         """One line of figures per node (the first ``limit`` by id), for the live display."""

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..backoff import Backoff, RateLimiter
 from ..clock import Clock
 from ..faults import Fault
 from ..protocol import (
@@ -75,7 +76,6 @@ from ..transport import (
     Will,
 )
 from ..transport.link_faults import LinkFaultParam, LinkFaultParams, LinkFaults
-from .backoff import Backoff, RateLimiter
 from .meter import DECIMATED, DROPPED, DUE, SENT, Quantiles, RunMeter, telemetry_counters
 from .shard import Shard
 
@@ -169,7 +169,6 @@ class Node:
         self._factory = transport_factory
         self._rng = random.Random(seed)
         self._backoff = backoff or Backoff(rng=self._rng)
-        self._seq = 0
         self.bdseq = 0
         self._transport: Transport | None = None
         self._link_up = asyncio.Event()
@@ -188,6 +187,7 @@ class Node:
         self.link_faults: LinkFaults | None = None
         self._link_params: LinkFaultParams = {}
         self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
+        self.tlm_address = self.address(Channel.TLM)
 
     # --- identity and framing ---------------------------------------------------------------
 
@@ -200,12 +200,13 @@ class Node:
 
     @property
     def seq(self) -> int:
-        """The sequence number the next frame will carry."""
-        return self._seq
+        """The sequence number the next frame will carry (kept in the shard: telemetry of many
+        nodes is framed there in one pass)."""
+        return int(self.shard.seq[self.row])
 
     def _frame(self, msg_type: MsgType, payload: bytes) -> bytes:
-        seq = self._seq
-        self._seq = (seq + 1) & U32
+        seq = int(self.shard.seq[self.row])
+        self.shard.seq[self.row] = (seq + 1) & U32
         return frame_bytes(msg_type, self.node_id, seq, self.clock.now_ns(), 0, payload)
 
     def _encode(self, msg: Message) -> bytes:
@@ -280,6 +281,7 @@ class Node:
         self._stopping = True
         tr, self._transport = self._transport, None
         self._link_up.clear()
+        self.shard.linked[self.row] = False
         if tr is not None and abort:
             await tr.abort()
         current = asyncio.current_task()
@@ -295,6 +297,7 @@ class Node:
         self._events.clear()
         self._telemetry = None
         self.shard.active[self.row] = False
+        self.shard.reporting[self.row] = False
 
     def crash(self, *, reboot_after: float = 0.0) -> None:
         """Vanish without a word: the link is aborted (the will fires); after ``reboot_after``
@@ -332,6 +335,7 @@ class Node:
         self._answered.clear()
         self._link_params = {}
         self.link_faults = None
+        self.shard.link_faulty[self.row] = False
         self.shard.reset_row(self.row)
         self.start()
 
@@ -358,6 +362,7 @@ class Node:
         self.link_faults = (
             LinkFaults(seed=self._rng.getrandbits(32), **self._link_params) if self._link_params else None
         )
+        self.shard.link_faulty[self.row] = self.link_faults is not None
 
     def _plan(self, addr: Address, payload: bytes) -> list[tuple[float, Delivery]]:
         d = Delivery(addr, payload)
@@ -385,9 +390,11 @@ class Node:
         first = True
         while not self._stopping:
             tr = self._factory(self.client_id)
-            self.bdseq = (self.bdseq + 1) & U32
-            will = Will(self.address(Channel.STATE), self._encode(self.death(DeathReason.CONNECTION_LOST)))
             try:
+                # a carried node's bdseq is its carrier's (docs/protocol.md, "Carrier links")
+                session = await tr.link_session()
+                self.bdseq = (self.bdseq + 1) & U32 if session is None else session
+                will = Will(self.address(Channel.STATE), self._encode(self.death(DeathReason.CONNECTION_LOST)))
                 await tr.connect(will=will)
                 await tr.subscribe(Subscription(self.fleet, self.node_id, Channel.CMD))
                 await tr.publish(self.address(Channel.STATE), self._encode(self.birth()), retain=True, reliable=True)
@@ -398,6 +405,7 @@ class Node:
                 first = False
                 self._backoff.reset()
                 self._link_up.set()
+                self.shard.linked[self.row] = self.shard.reporting[self.row] = True
                 self._wake.set()
                 self.connected_once.set()
                 while True:
@@ -412,6 +420,7 @@ class Node:
                     log.info("node %s: link down: %s", self.node_id, e)
             finally:
                 self._link_up.clear()
+                self.shard.linked[self.row] = False
                 if self._transport is tr:
                     self._transport = None
                 if not self._stopping:
@@ -469,11 +478,6 @@ class Node:
         self._telemetry = payload
         self._wake.set()
 
-    def telemetry_frame(self, payload: bytes) -> bytes:
-        """A TELEMETRY frame of ``payload`` with the node's next sequence number, for a link that
-        sends a whole slot of telemetry at once (the node's own transmit task then has none)."""
-        return self._frame(MsgType.TELEMETRY, payload)
-
     def _queue(self, queue: deque[_Out], out: _Out) -> None:
         if len(queue) >= OUTBOX_LIMIT:
             dropped = queue.popleft()
@@ -523,6 +527,7 @@ class Node:
         status: Status = Status.BAD_REQUEST,
     ) -> None:
         self.counters.rx_rejected += 1
+        self.shard.rx_rejected[self.row] = self.counters.rx_rejected & U32
         now = self.clock.now()
         if self._reject_limiter.allow(now):
             if self.counters.events_suppressed:
@@ -608,7 +613,6 @@ class Node:
 
     def record(self, *, telemetry: bool = True) -> np.void:
         rec = self.shard.records(np.array([self.row]), telemetry=telemetry)
-        rec["rx_rejected"] = self.counters.rx_rejected & U32
         if self.state is NodeState.STOPPING:
             rec["state"] = NodeState.STOPPING
         return rec[0]
@@ -656,7 +660,7 @@ class Node:
 
     def stats(self) -> StatsResult:
         c, t = self.counters, self.tlm
-        late = self.meter.recent_tick_late(self.shard.profile.name) if self.meter else Quantiles.of(np.zeros(0))
+        late = self.meter.recent_tick_late(self.shard.name) if self.meter else Quantiles.of(np.zeros(0))
         lag = Quantiles.of(self.meter.loop_lag.recent(600) if self.meter else np.zeros(0))
 
         def us(seconds: float) -> int:
@@ -687,7 +691,7 @@ class Node:
             profile=self.profile.name,
             firmware=__version__,
             boot_count=self.boot_count,
-            tx_seq=self._seq,
+            tx_seq=self.seq,
             rx_frames=c.rx_frames & U32,
             tx_frames=c.tx_frames & U32,
             tx_dropped=self.tx_dropped & U32,

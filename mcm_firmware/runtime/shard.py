@@ -67,6 +67,7 @@ class Shard:
         self.rng = np.random.default_rng(seed)
         self.tick_hz = profile.rates.tick_hz
         self.periods_late = 0  # tick periods integrated in a later tick (real time fell behind)
+        self.name = profile.name  # the fleet's name for it (the profile's, or profile/k)
         self.dt = 1.0 / self.tick_hz
         self.k = 0
         self.t0 = start_t
@@ -123,6 +124,11 @@ class Shard:
         self._die_energy = np.zeros((n, p.dies))
         self._energy_since = np.full(n, start_t)
         self.active = np.ones(n, bool)  # rows whose controller is running; others hold their outputs
+        self.linked = np.zeros(n, bool)  # rows whose node's link is up (BIRTH published)
+        self.rx_rejected = np.zeros(n, np.uint32)  # frames each node could not decode (its counter)
+        self.link_faulty = np.zeros(n, bool)  # rows whose node has link faults in force
+        self.seq = np.zeros(n, np.uint32)  # the sequence number of each node's next frame
+        self.reporting = np.zeros(n, bool)  # rows owing telemetry: running, and linked once this life
         self.events: list[ShardEvent] = []
         self._reported_reasons = np.zeros((n, p.dies), np.uint32)
         self._ocp_reported = np.zeros(n, bool)
@@ -262,6 +268,7 @@ class Shard:
         """The controller of ``row`` boots again: its firmware state starts afresh (zones in
         failsafe, default power cap, no locked clocks, no latched pump faults, volatile RAS
         counters cleared and pending remaps applied). The hardware keeps its state."""
+        self.rx_rejected[row] = 0
         cfg, st = self.dvfs_cfg, self.dvfs
         st.pstate[row] = len(cfg.mhz) - 1
         st.f_cap[row] = cfg.f_max
@@ -544,7 +551,7 @@ class Shard:
 
     def records(self, rows: np.ndarray, *, telemetry: bool = True) -> np.ndarray:
         """Telemetry records (the wire layout) of the given rows, filled in one vectorised pass;
-        ``rx_rejected`` is left for the node runtime to fill. Power (module and die) is the average
+        ``rx_rejected`` is what the node runtime counted. Power (module and die) is the average
         since the row's previous telemetry record, as management controllers report it;
         temperatures, clocks and everything else are the latest readings. A record that is not
         telemetry (``telemetry=False``, e.g. a STATUS snapshot) leaves that interval running."""
@@ -570,7 +577,7 @@ class Shard:
         rec["outlet_c"] = pl.t_outlet[rows]
         rec["flow_lpm"] = pl.flow_total[rows]
         rec["vrm_current_a"] = pl.vrm_current[rows]
-        rec["rx_rejected"] = 0
+        rec["rx_rejected"] = self.rx_rejected[rows]
         rec["recovery_action"] = self.ras_action[rows]
         rec["n_dies"], rec["n_hbm"], rec["n_pumps"], rec["n_valves"] = p.dies, p.hbm, p.pumps, p.valves
         d = rec["dies"]

@@ -15,8 +15,11 @@ from urllib.parse import urlsplit
 
 from .base import (
     Address,
+    BlockSink,
     Channel,
     Delivery,
+    LinkFrameBuilder,
+    LinkFrames,
     NodeLinks,
     Subscription,
     Transport,
@@ -50,9 +53,10 @@ def _serial(url: str) -> TransportFactory:
     return lambda client_id: mod.SerialTransport.host(port)
 
 
-class SharedLink(NodeLinks):
-    """Every node on one transport URL (a broker, an in-process bus); opening checks that a client
-    can connect, so that an unreachable broker is one clear error before any node starts."""
+class PerNodeLinks(NodeLinks):
+    """Every node with a connection of its own to one transport URL (a broker, an in-process bus),
+    as real modules have; opening checks that a client can connect, so that an unreachable broker
+    is one clear error before any node starts."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -70,18 +74,45 @@ class SharedLink(NodeLinks):
         return self.url
 
 
-def node_links(urls: list[str], nodes: list[int], *, fleet: str, mux: bool = False) -> NodeLinks:
+PER_NODE_LIMIT = 100
+"""With ``connection="auto"``, up to this many nodes get a connection each; more share a carrier."""
+CONNECTIONS = ("auto", "node", "carrier")
+
+
+def node_links(
+    urls: list[str], nodes: list[int], *, fleet: str, mux: bool = False, connection: str = "auto"
+) -> NodeLinks:
     """The links of ``nodes``: one broker or bus URL for all, or ``serial://PORT`` URLs (once for
     all nodes, or once per node; ``serial://pty``: a new pseudo-terminal per node, or with ``mux``
-    one shared by all). ValueError names what is wrong."""
+    one shared by all). On a broker, ``connection`` is ``node`` (a connection per node, as real
+    modules have), ``carrier`` (one connection carrying them all, and over MQTT a second one for
+    telemetry: :mod:`.carrier`) or ``auto`` (per node up to :data:`PER_NODE_LIMIT` nodes).
+    ValueError names what is wrong."""
     if not urls:
         raise ValueError("no link given")
+    if connection not in CONNECTIONS:
+        raise ValueError(f"connection {connection!r} is not one of {', '.join(CONNECTIONS)}")
     if all(urlsplit(u).scheme == "serial" for u in urls):
+        if connection == "carrier":
+            raise ValueError("serial nodes share a link by EID (--serial-mux), not through a carrier")
         mod = importlib.import_module(".serial", __name__)
         return mod.SerialNodeLinks.plan([u[len("serial://") :] for u in urls], nodes, fleet=fleet, mux=mux)
     if len(urls) > 1 or mux:
         raise ValueError("one link per node and shared links are for serial ports only")
-    return SharedLink(urls[0])
+    url = urls[0]
+    if connection == "node" or (connection == "auto" and len(nodes) <= PER_NODE_LIMIT):
+        return PerNodeLinks(url)
+    from .carrier import Carrier, CarrierLinks
+
+    client_id = f"mcm-{fleet}-link-{min(nodes)}-{max(nodes)}"
+    carrier = Carrier(transport_factory(url), client_id=client_id, fleet=fleet, nodes=nodes)
+    sink = None
+    if urlsplit(url).scheme in ("mqtt", "tcp"):
+        mqtt = importlib.import_module(".mqtt", __name__)
+        fast = importlib.import_module(".mqtt_fast", __name__)
+        host, port = mqtt.parse_broker_url(url)
+        sink = fast.FastPublisher(host=host, port=port, client_id=f"{client_id}-tlm")
+    return CarrierLinks(url, carrier, sink)
 
 
 BACKENDS: dict[str, Callable[[str], TransportFactory]] = {
@@ -117,10 +148,13 @@ def check_fleet_name(fleet: str) -> str:
 __all__ = [
     "BACKENDS",
     "Address",
+    "BlockSink",
     "Channel",
     "Delivery",
+    "LinkFrameBuilder",
+    "LinkFrames",
     "NodeLinks",
-    "SharedLink",
+    "PerNodeLinks",
     "Subscription",
     "Transport",
     "TransportError",

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
 
 
 class Channel(enum.StrEnum):
@@ -30,6 +33,7 @@ class Channel(enum.StrEnum):
     EVT = "evt"
     CMD = "cmd"
     RSP = "rsp"
+    LINK = "link"  # the state of a carrier link, on the channel of the first node it carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,12 @@ class Transport(ABC):
     async def receive(self) -> Delivery:
         """The next frame for one of this endpoint's subscriptions; TransportError when down."""
 
+    async def link_session(self) -> int | None:
+        """For an endpoint that shares a connection with others (a carried node): the sequence
+        number of that connection, which the endpoint's BIRTH and DEATH carry as their ``bdseq``;
+        it waits until the connection is up. None for an endpoint with a connection of its own."""
+        return None
+
     def utilisation(self) -> float | None:
         """Share of the link's capacity in use lately (0..1), where the link has a fixed rate
         (a serial line); None otherwise."""
@@ -118,6 +128,39 @@ class Transport(ABC):
 
 TransportFactory = Callable[[str], Transport]
 """Makes a fresh, unconnected transport for one client id."""
+
+
+@dataclass(frozen=True)
+class LinkFrames:
+    """The three frames of a carrier link's state for one of its connections (one ``bdseq``)."""
+
+    online: bytes
+    lost: bytes  # its Last Will
+    shutdown: bytes
+
+
+LinkFrameBuilder = Callable[[str, Sequence[tuple[int, int]], int], LinkFrames]
+"""Given by the runtime: a carrier's state frames from its name, the (first, last) runs of node
+ids it carries and the ``bdseq`` of a connection."""
+
+
+class BlockSink(Protocol):
+    """Where a whole telemetry slot goes in one write (:class:`.mqtt_fast.FastPublisher`): the
+    topics of a shard's nodes are prepared once, then each slot is the rows of the nodes that send
+    and their frames (a ``[rows, frame size]`` uint8 array)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    def prepare(self, topics: Sequence[str], payload_size: int) -> Any: ...
+
+    def send_prepared(self, topics: Any, rows: np.ndarray, payloads: np.ndarray) -> bool:
+        """Hand the frames to the connection; False (nothing sent) when it is down or backed up."""
+        ...
+
+    async def wait_up(self, timeout: float | None = None) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class NodeLinks(ABC):
@@ -142,6 +185,13 @@ class NodeLinks(ABC):
     def describe(self) -> list[str]:
         """Lines to print once the links are open (where each node can be reached)."""
         return []
+
+    def set_link_frames(self, build: LinkFrameBuilder) -> None:  # noqa: B027 - only carriers have frames
+        """Carrier links publish their own state: how to build its frames (call before open)."""
+
+    def telemetry_sink(self) -> BlockSink | None:
+        """A connection that takes a whole telemetry slot at once, or None: each node sends its own."""
+        return None
 
     def summary(self) -> list[str]:
         """Lines to print once they are closed (counters)."""

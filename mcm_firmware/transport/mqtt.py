@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,9 @@ from .base import Address, Delivery, Subscription, Transport, TransportError, Wi
 from .topics import parse_topic, topic, topic_filter
 
 DEFAULT_PORT = 1883
+# aiomqtt warns whenever more than ten publishes are pending, as a carrier's are by design
+_LIBRARY_LOG = logging.getLogger(__name__ + ".aiomqtt")
+_LIBRARY_LOG.setLevel(logging.ERROR)
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
@@ -77,6 +81,10 @@ class MqttTransport(Transport):
             timeout=self.connect_timeout,
             clean_session=True,
             socket_options=_NODELAY,
+            logger=_LIBRARY_LOG,
+            # paho's default of 20 messages in flight rescans every queued message on each PUBACK:
+            # quadratic for a carrier with thousands of BIRTHs and DEATHs at once
+            max_inflight_messages=0,
         )
         try:
             await client.__aenter__()

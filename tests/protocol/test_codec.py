@@ -301,3 +301,21 @@ def test_encode_rejects_values_out_of_range():
 
 def test_snapshot_of_golden_is_self_consistent():
     assert decode(encode(GOLDEN["telemetry"])).snapshot == SNAPSHOT
+
+
+@given(st.lists(st.tuples(u32, u32, snapshots), min_size=1, max_size=12), st.integers(0, 2**64 - 1))
+def test_a_frame_block_is_frame_bytes_row_by_row(rows, ts):
+    def shape(snap):
+        return len(snap.dies), len(snap.hbm), len(snap.pumps), len(snap.valves)
+
+    first = shape(rows[0][2])  # one payload layout a block: the rows of the first row's shape
+    same = [r for r in rows if shape(r[2]) == first]
+    dt = codec.snapshot_dtype(*first)
+    payloads = np.frombuffer(b"".join(codec.snapshot_payload(s) for _, _, s in same), dt)
+    ids = np.array([n for n, _, _ in same], np.uint32)
+    seqs = np.array([q for _, q, _ in same], np.uint32)
+    block = codec.frame_block(MsgType.TELEMETRY, ids, seqs, ts, payloads)
+    for i, (node, seq, snap) in enumerate(same):
+        expect = frame_bytes(MsgType.TELEMETRY, node, seq, ts, 0, codec.snapshot_payload(snap))
+        assert block[i].tobytes() == expect
+        assert decode(block[i].tobytes()).snapshot == snap

@@ -46,7 +46,9 @@ def test_the_strategies_reach_every_type_operation_and_result():
             seen.add(type(m.data))
 
     for t in MsgType:
-        settings(max_examples=300, database=None, derandomize=True, suppress_health_check=list(HealthCheck))(
+        # an answer with data needs its operation and status OK drawn together: more examples
+        examples = 1500 if t is MsgType.RESPONSE else 300
+        settings(max_examples=examples, database=None, derandomize=True, suppress_health_check=list(HealthCheck))(
             given(messages(t))(collect)
         )()
     missing = ({*MsgType} | {*Op} | set(RESULT_TYPES.values())) - seen

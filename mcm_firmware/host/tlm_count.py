@@ -1,0 +1,102 @@
+"""Count a fleet's telemetry as it arrives at a broker: an independent subscriber.
+
+``python -m mcm_firmware.host.tlm_count --broker mqtt://HOST:PORT --fleet F --duration S`` subscribes
+to ``mcm/v1/F/+/tlm`` (QoS 0, parsed in bulk: :class:`~mcm_firmware.transport.mqtt_fast.FastSubscriber`)
+and prints one JSON object: frames received in all and per node, per whole second, the telemetry
+frames whose CRC or length is wrong, and the span of the count. ``mcm-emu bench`` runs it in a
+process of its own, so that what it counts is what the broker delivered, not what the emulator
+believes it sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..transport.mqtt import parse_broker_url
+from ..transport.mqtt_fast import FastSubscriber
+
+_HEADER, _CRC = 23, 4
+
+
+@dataclass
+class TelemetryCount:
+    fleet: str
+    started: float = field(default_factory=time.monotonic)
+    per_node: Counter[int] = field(default_factory=Counter)
+    per_second: Counter[int] = field(default_factory=Counter)
+    damaged: int = 0
+
+    def add(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        node = int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else -1
+        self.per_node[node] += 1
+        self.per_second[int(time.monotonic() - self.started)] += 1
+        if len(payload) < _HEADER + _CRC or zlib.crc32(payload[:-_CRC]) != int.from_bytes(payload[-_CRC:], "little"):
+            self.damaged += 1
+
+    @property
+    def received(self) -> int:
+        return sum(self.per_node.values())
+
+    def as_json(self, seconds: float) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet,
+            "seconds": round(seconds, 3),
+            "received": self.received,
+            "damaged": self.damaged,
+            "nodes": len(self.per_node),
+            "per_second": [self.per_second.get(s, 0) for s in range(int(seconds) + 1)],
+            "per_node": {str(k): v for k, v in sorted(self.per_node.items())},
+        }
+
+
+async def count(url: str, fleet: str, duration: float, *, ready: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Count ``duration`` seconds of the fleet's telemetry; ``ready`` is called once subscribed."""
+    host, port = parse_broker_url(url)
+    counter = TelemetryCount(fleet)
+    sub = FastSubscriber(
+        host=host,
+        port=port,
+        client_id=f"mcm-count-{uuid.uuid4().hex[:8]}",
+        topic_filter=f"mcm/v1/{fleet}/+/tlm",
+        on_publish=counter.add,
+    )
+    await sub.start()
+    counter.started = time.monotonic()
+    if ready is not None:
+        ready()
+    try:
+        end = counter.started + duration
+        while (left := end - time.monotonic()) > 0 and not sub.closed.is_set():
+            await asyncio.sleep(min(left, 5.0))
+            sub.ping()
+    finally:
+        sub.close()
+    return counter.as_json(time.monotonic() - counter.started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mcm_firmware.host.tlm_count", description=__doc__)
+    p.add_argument("--broker", required=True)
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--duration", type=float, required=True)
+    args = p.parse_args(argv)
+    out = asyncio.run(
+        count(args.broker, args.fleet, args.duration, ready=lambda: print("subscribed", file=sys.stderr, flush=True))
+    )
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""A publish-only MQTT connection for telemetry: a whole slot of frames in one write.
+
+A carrier's telemetry leaves here, beside (not through) its control connection: the packets of a
+slot are assembled in one vectorised pass (:class:`.mqtt_wire.TopicSet`, byte for byte what
+paho-mqtt encodes) and handed to the socket in one ``write``; commands, responses and events keep the
+control connection, so they never queue behind a slot of telemetry. QoS 0, no will, a clean
+session; keep-alive by PINGREQ when the connection has been quiet, a lost connection retried with
+exponential backoff and jitter. A slot that finds the connection down, or more than
+``max_backlog`` bytes still waiting for the socket, is refused (the caller counts it dropped):
+telemetry is only worth its newest value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ..backoff import Backoff
+from ..tasks import cancel_and_wait
+from . import mqtt_wire as wire
+from .base import TransportError
+
+MAX_BACKLOG = 4 << 20  # bytes waiting for the socket before slots are refused
+
+
+class FastPublisher(asyncio.Protocol):
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        keepalive: int = 10,
+        max_backlog: int = MAX_BACKLOG,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.max_backlog = max_backlog
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._connack: asyncio.Future[int] | None = None
+        self._lost: asyncio.Event = asyncio.Event()
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._backoff = Backoff(rng=rng or random.Random())
+        self.last_error = ""
+        self.sent_packets = 0
+        self.sent_bytes = 0
+        self.refused_down = 0  # slots refused while the connection was down
+        self.refused_backlog = 0  # slots refused because the socket was backed up
+        self.connects = 0
+
+    # --- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            packets = wire.split_packets(self._buffer)
+        except wire.WireError as e:
+            self.last_error = str(e)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        for kind, body in packets:
+            if kind == wire.CONNACK and self._connack is not None and not self._connack.done():
+                self._connack.set_result(wire.parse_connack(bytes((kind, len(body))) + body))
+            # PINGRESP needs no answer: any byte from the broker shows the connection lives
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._up.clear()
+        if exc is not None:
+            self.last_error = str(exc)
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(TransportError(f"connection closed: {exc or 'by the broker'}"))
+        self._lost.set()
+
+    # --- the connection's life -------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self._up.is_set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._keep(), name=f"fast-publisher-{self.client_id}")
+
+    async def wait_up(self, timeout: float | None = None) -> None:
+        self.start()
+        try:
+            await asyncio.wait_for(self._up.wait(), 10.0 if timeout is None else timeout)
+        except TimeoutError:
+            raise TransportError(
+                f"telemetry connection {self.client_id} to {self.host}:{self.port} is not up: "
+                f"{self.last_error or 'no answer'}"
+            ) from None
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._buffer.clear()
+        self._lost.clear()
+        self._connack = loop.create_future()
+        try:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        except OSError as e:
+            raise TransportError(f"cannot connect to broker {self.host}:{self.port}: {e.strerror or e}") from None
+        assert self._transport is not None
+        self._transport.write(wire.connect(self.client_id, keepalive=self.keepalive))
+        try:
+            code = await asyncio.wait_for(self._connack, 10.0)
+        except TimeoutError:
+            self._transport.abort()
+            raise TransportError(f"no CONNACK from {self.host}:{self.port}") from None
+        if code != 0:
+            self._transport.close()
+            raise TransportError(f"broker refused the telemetry connection: {wire.CONNACK_RETURN.get(code, code)}")
+
+    async def _keep(self) -> None:
+        while not self._closing:
+            try:
+                await self._connect()
+                self.connects += 1
+                self._backoff.reset()
+                self._up.set()
+                await self._ping_until_lost()
+            except TransportError as e:
+                self.last_error = str(e)
+            self._up.clear()
+            if not self._closing:
+                await asyncio.sleep(self._backoff.next())
+
+    async def _ping_until_lost(self) -> None:
+        """PINGREQ every half keep-alive; the broker drops a silent client after 1.5 keep-alives."""
+        period = max(1.0, self.keepalive / 2)
+        while not self._lost.is_set():
+            try:
+                await asyncio.wait_for(self._lost.wait(), period)
+            except TimeoutError:
+                tr = self._transport
+                if tr is not None and not tr.is_closing():
+                    tr.write(wire.PINGREQ_PACKET)
+
+    async def close(self) -> None:
+        """DISCONNECT and close."""
+        self._closing = True
+        tr = self._transport
+        if tr is not None and not tr.is_closing():
+            tr.write(wire.DISCONNECT_PACKET)
+            tr.close()
+        if self._task is not None:
+            await cancel_and_wait([self._task])
+            self._task = None
+
+    # --- telemetry -------------------------------------------------------------------------------
+
+    def prepare(self, topics: Sequence[str], payload_size: int) -> wire.TopicSet:
+        """The headers of ``topics`` for payloads of ``payload_size`` bytes, built once."""
+        return wire.TopicSet(topics, payload_size)
+
+    def send_prepared(self, topics: wire.TopicSet, rows: np.ndarray, payloads: np.ndarray) -> bool:
+        tr = self._transport
+        if tr is None or not self._up.is_set() or tr.is_closing():
+            self.refused_down += 1
+            return False
+        if tr.get_write_buffer_size() > self.max_backlog:
+            self.refused_backlog += 1
+            return False
+        blob = topics.encode(rows, payloads)
+        tr.write(blob)
+        self.sent_packets += len(rows)
+        self.sent_bytes += len(blob)
+        return True
+
+    def summary(self) -> str:
+        return (
+            f"telemetry connection {self.client_id}: {self.sent_packets} packets ({self.sent_bytes} bytes), "
+            f"{self.connects} connects, slots refused: {self.refused_down} down, {self.refused_backlog} backed up"
+        )
+
+
+class FastSubscriber(asyncio.Protocol):
+    """A QoS 0 subscriber that hands every PUBLISH it receives to ``on_publish(topic, payload)``,
+    parsing the stream in bulk: for counting traffic at rates a library client cannot keep up with
+    (``mcm-emu bench``'s independent subscriber)."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        topic_filter: str,
+        on_publish: Callable[[str, bytes], None],
+        keepalive: int = 30,
+    ) -> None:
+        self.host, self.port, self.client_id = host, port, client_id
+        self.topic_filter = topic_filter
+        self.on_publish = on_publish
+        self.keepalive = keepalive
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._suback: asyncio.Future[None] | None = None
+        self._connack: asyncio.Future[int] | None = None
+        self.closed = asyncio.Event()
+        self.packets = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        for first, body in wire.split_packets(self._buffer):
+            kind = first & 0xF0
+            if kind == wire.PUBLISH:
+                self.packets += 1
+                self.on_publish(*wire.parse_publish(first, body))
+            elif kind == wire.CONNACK and self._connack is not None and not self._connack.done():
+                self._connack.set_result(body[1])
+            elif kind == wire.SUBACK and self._suback is not None and not self._suback.done():
+                self._suback.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.closed.set()
+        for fut in (self._connack, self._suback):
+            if fut is not None and not fut.done():
+                fut.set_exception(TransportError(f"connection closed: {exc or 'by the broker'}"))
+
+    async def start(self) -> None:
+        """Connect and subscribe; TransportError when either fails."""
+        loop = asyncio.get_running_loop()
+        self._connack, self._suback = loop.create_future(), loop.create_future()
+        try:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        except OSError as e:
+            raise TransportError(f"cannot connect to broker {self.host}:{self.port}: {e.strerror or e}") from None
+        assert self._transport is not None
+        self._transport.write(wire.connect(self.client_id, keepalive=self.keepalive))
+        code = await asyncio.wait_for(self._connack, 10)
+        if code != 0:
+            raise TransportError(f"broker refused the subscriber: {wire.CONNACK_RETURN.get(code, code)}")
+        self._transport.write(wire.subscribe(1, self.topic_filter))
+        await asyncio.wait_for(self._suback, 10)
+
+    def ping(self) -> None:
+        if self._transport is not None:
+            self._transport.write(wire.PINGREQ_PACKET)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.write(wire.DISCONNECT_PACKET)
+            self._transport.close()
