@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import ctl, fuzz, monitor, profiles, replay, run, scenario
+from . import bench, ctl, fuzz, monitor, profiles, replay, run, scenario
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
 
-GROUPS = (run, ctl, monitor, scenario, replay, fuzz, profiles)
+GROUPS = (run, ctl, monitor, scenario, replay, fuzz, bench, profiles)
 
 
 def build_parser() -> argparse.ArgumentParser:

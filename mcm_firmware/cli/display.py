@@ -34,8 +34,9 @@ def meter_line(w: Window) -> str:
 class Display:
     """A live table on a terminal; plain summary lines otherwise."""
 
-    def __init__(self, fleet: Any, *, interval: float) -> None:
+    def __init__(self, fleet: Any, *, interval: float, stats: Any = None) -> None:
         self.fleet = fleet
+        self.stats = stats
         self.interval = interval
         self.tty = sys.stdout.isatty()
         self._live: Any = None
@@ -47,6 +48,8 @@ class Display:
         """Close the meter's window; say on stderr when the run falls behind or catches up."""
         w = self.fleet.meter.next_window()
         self._last = w
+        if self.stats is not None:
+            self.stats.write("window", w)
         verdict = self.fleet.meter.verdict(w)
         now = time.monotonic()
         if verdict is not None:

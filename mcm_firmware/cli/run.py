@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import signal
 import sys
 import time
@@ -70,6 +71,13 @@ def add_parser(sub: Any) -> None:
         metavar="NODE=RIG[@PORT]",
         help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
         "on PORT (default pty: a new pseudo-terminal, its path printed)",
+    )
+    run.add_argument(
+        "--stats-file",
+        metavar="FILE",
+        default=None,
+        help="measurements as JSON lines: each summary window, and on SIGUSR2 what happened since the "
+        "last SIGUSR1 (or the start); the whole run at the end",
     )
     run.add_argument(
         "--connection",
@@ -222,6 +230,29 @@ def rig_drivers(fleet: Any, specs: list[str] | None) -> list[Any]:
     return drivers
 
 
+class StatsFile:
+    """The run's measurements as JSON lines (``--stats-file``): ``{"what": "window"|"mark"|"run", ...}``."""
+
+    def __init__(self, path: str, meter: Any) -> None:
+        self.path = path
+        self.meter = meter
+        self._mark = meter.mark()
+        try:
+            open(path, "w").close()  # created (emptied) now, appended to later
+        except OSError as e:
+            raise BadInput(f"--stats-file {path}: {e.strerror or e}") from None
+
+    def write(self, what: str, window: Any) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"what": what, "t": time.time(), **window.as_json()}) + "\n")
+
+    def mark(self) -> None:
+        self._mark = self.meter.mark()
+
+    def since_mark(self) -> None:
+        self.write("mark", self.meter.since(self._mark))
+
+
 GC_THRESHOLDS = (50_000, 50, 100)
 """Young collections every 50,000 allocations instead of 700: a fleet allocates a little per frame
 and keeps what it builds at start-up for the whole run."""
@@ -247,9 +278,13 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     t_start = time.monotonic()
     gc.set_threshold(*GC_THRESHOLDS)
+    stats = StatsFile(args.stats_file, fleet.meter) if args.stats_file else None
+    if stats is not None:
+        loop.add_signal_handler(signal.SIGUSR1, stats.mark)
+        loop.add_signal_handler(signal.SIGUSR2, stats.since_mark)
     await fleet.start()
     started = []
-    display = Display(fleet, interval=args.summary_interval)
+    display = Display(fleet, interval=args.summary_interval, stats=stats)
     try:
         for rig in rigs:
             try:
@@ -272,6 +307,10 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
             loop.remove_signal_handler(sig)
     print(f"stopped {len(fleet.nodes)} nodes (DEATH published)", flush=True)
     w = fleet.meter.since_start()
+    if stats is not None:
+        stats.write("run", w)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            loop.remove_signal_handler(sig)
     print(f"run: {w.seconds:.1f} s, {w.ticks} ticks; {meter_line(w)}", flush=True)
     verdict = fleet.meter.verdict(w)
     if verdict is not None:

@@ -32,21 +32,27 @@ _HEADER, _CRC = 23, 4
 class TelemetryCount:
     fleet: str
     started: float = field(default_factory=time.monotonic)
-    per_node: Counter[int] = field(default_factory=Counter)
+    per_topic: dict[bytes, int] = field(default_factory=dict)
     per_second: Counter[int] = field(default_factory=Counter)
     damaged: int = 0
 
-    def add(self, topic: str, payload: bytes) -> None:
-        parts = topic.split("/")
-        node = int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else -1
-        self.per_node[node] += 1
-        self.per_second[int(time.monotonic() - self.started)] += 1
+    def add(self, topic: bytes, payload: memoryview) -> None:
+        per_topic = self.per_topic
+        per_topic[topic] = per_topic.get(topic, 0) + 1
         if len(payload) < _HEADER + _CRC or zlib.crc32(payload[:-_CRC]) != int.from_bytes(payload[-_CRC:], "little"):
             self.damaged += 1
 
     @property
+    def per_node(self) -> Counter[int]:
+        out: Counter[int] = Counter()
+        for topic, n in self.per_topic.items():
+            parts = topic.split(b"/")
+            out[int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else -1] += n
+        return out
+
+    @property
     def received(self) -> int:
-        return sum(self.per_node.values())
+        return sum(self.per_topic.values())
 
     def as_json(self, seconds: float) -> dict[str, Any]:
         return {
@@ -54,13 +60,15 @@ class TelemetryCount:
             "seconds": round(seconds, 3),
             "received": self.received,
             "damaged": self.damaged,
-            "nodes": len(self.per_node),
+            "nodes": len(self.per_topic),
             "per_second": [self.per_second.get(s, 0) for s in range(int(seconds) + 1)],
             "per_node": {str(k): v for k, v in sorted(self.per_node.items())},
         }
 
 
-async def count(url: str, fleet: str, duration: float, *, ready: Callable[[], None] | None = None) -> dict[str, Any]:
+async def count(
+    url: str, fleet: str, duration: float, *, channel: str = "tlm", ready: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """Count ``duration`` seconds of the fleet's telemetry; ``ready`` is called once subscribed."""
     host, port = parse_broker_url(url)
     counter = TelemetryCount(fleet)
@@ -68,7 +76,7 @@ async def count(url: str, fleet: str, duration: float, *, ready: Callable[[], No
         host=host,
         port=port,
         client_id=f"mcm-count-{uuid.uuid4().hex[:8]}",
-        topic_filter=f"mcm/v1/{fleet}/+/tlm",
+        topic_filter=f"mcm/v1/{fleet}/+/{channel}",
         on_publish=counter.add,
     )
     await sub.start()
@@ -77,9 +85,13 @@ async def count(url: str, fleet: str, duration: float, *, ready: Callable[[], No
         ready()
     try:
         end = counter.started + duration
+        second, seen = 0, 0
         while (left := end - time.monotonic()) > 0 and not sub.closed.is_set():
-            await asyncio.sleep(min(left, 5.0))
-            sub.ping()
+            await asyncio.sleep(min(left, counter.started + second + 1 - time.monotonic()))
+            counter.per_second[second] = sub.packets - seen
+            second, seen = second + 1, sub.packets
+            if second % 5 == 0:
+                sub.ping()
     finally:
         sub.close()
     return counter.as_json(time.monotonic() - counter.started)
@@ -90,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", required=True)
     p.add_argument("--fleet", default="default")
     p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--channel", default="tlm", help="count another channel's frames instead (evt, rsp, state)")
     args = p.parse_args(argv)
     out = asyncio.run(
-        count(args.broker, args.fleet, args.duration, ready=lambda: print("subscribed", file=sys.stderr, flush=True))
+        count(
+            args.broker,
+            args.fleet,
+            args.duration,
+            channel=args.channel,
+            ready=lambda: print("subscribed", file=sys.stderr, flush=True),
+        )
     )
     print(json.dumps(out), flush=True)
     return 0

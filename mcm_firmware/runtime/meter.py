@@ -39,12 +39,11 @@ def telemetry_counters(nodes: int) -> np.ndarray:
 
 
 class Samples:
-    """A window of float samples (the last ``size`` at most) with exact percentiles, and totals."""
+    """Float samples, the newest ``size`` of them kept for exact percentiles, and their maximum."""
 
     def __init__(self, size: int = 65_536) -> None:
         self._buf = np.zeros(size)
         self._n = 0  # samples recorded since start
-        self._mark = 0  # ``_n`` at the start of the window
         self.max_total = 0.0
 
     def record(self, x: float) -> None:
@@ -57,17 +56,9 @@ class Samples:
     def count(self) -> int:
         return self._n
 
-    def window(self) -> np.ndarray:
-        """The samples since the window began (the newest ``size`` of them)."""
-        k = min(self._n - self._mark, len(self._buf))
-        if k == 0:
-            return self._buf[:0]
-        end = self._n % len(self._buf)
-        start = end - k
-        return np.concatenate((self._buf[start:], self._buf[:end])) if start < 0 else self._buf[start:end].copy()
-
-    def next_window(self) -> None:
-        self._mark = self._n
+    def since(self, count: int) -> np.ndarray:
+        """The samples recorded after the first ``count`` (the newest ``size`` of them)."""
+        return self.recent(self._n - count)
 
     def recent(self, n: int) -> np.ndarray:
         """The newest ``n`` samples (fewer if fewer were recorded)."""
@@ -108,6 +99,28 @@ class Window:
     tlm_dropped: int
     tlm_decimated: int
 
+    def as_json(self) -> dict[str, object]:
+        """Plain data: seconds, counts, and lateness, lag and GC in milliseconds."""
+
+        def ms(q: Quantiles) -> dict[str, float]:
+            return {"n": q.n, "p50": round(q.p50 * 1e3, 3), "p99": round(q.p99 * 1e3, 3), "max": round(q.max * 1e3, 3)}
+
+        return {
+            "seconds": round(self.seconds, 3),
+            "ticks": self.ticks,
+            "periods_late": self.periods_merged,
+            "tick_late_ms": ms(self.tick_late),
+            "loop_lag_ms": ms(self.loop_lag),
+            "gc_ms": round(self.gc_s * 1e3, 3),
+            "gc_max_pause_ms": round(self.gc_max_s * 1e3, 3),
+            "telemetry": {
+                "due": self.tlm_due,
+                "sent": self.tlm_sent,
+                "dropped": self.tlm_dropped,
+                "decimated": self.tlm_decimated,
+            },
+        }
+
     @property
     def tlm_share(self) -> float:
         """Share of due telemetry handed to the link (1 when none was due)."""
@@ -125,6 +138,16 @@ class _Counts:
         return _Counts(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in dataclasses.fields(self)})
 
 
+@dataclass(frozen=True)
+class Mark:
+    t: float
+    totals: _Counts
+    tlm: np.ndarray
+    ticks: dict[str, int]
+    lag: int
+    gc: int
+
+
 @dataclass
 class RunMeter:
     """Self-measurement of one fleet (see the module docstring)."""
@@ -138,13 +161,11 @@ class RunMeter:
 
     def __post_init__(self) -> None:
         self._t0 = time.monotonic()
-        self._window_t0 = self._t0
-        self._window_start = _Counts()
-        self._window_tlm = np.zeros(4, np.int64)
         self._gc_started = 0.0
-        self._gc_window_max = 0.0
         self._probe: asyncio.Task[None] | None = None
-        self.behind = False  # the last verdict
+        self.gc_pauses = Samples()
+        self._start = self.mark()
+        self._window = self._start
 
     # --- what the schedulers and nodes record --------------------------------------------------
 
@@ -189,7 +210,7 @@ class RunMeter:
             self._gc_started = 0.0
             self.totals.gc_s += pause
             self.totals.gc_max_s = max(self.totals.gc_max_s, pause)
-            self._gc_window_max = max(self._gc_window_max, pause)
+            self.gc_pauses.record(pause)
 
     async def _lag_probe(self) -> None:
         loop = asyncio.get_running_loop()
@@ -217,41 +238,41 @@ class RunMeter:
             tlm_decimated=int(tlm[DECIMATED]),
         )
 
-    def window(self) -> Window:
-        """The window so far (since the last :meth:`next_window`)."""
-        now = time.monotonic()
-        late = [s.window() for s in self.tick_late.values()]
-        return self._window_of(
-            self.totals.minus(self._window_start),
-            self.tlm_totals() - self._window_tlm,
-            now - self._window_t0,
-            np.concatenate(late) if late else np.zeros(0),
-            self.loop_lag.window(),
-            self._gc_window_max,
+    def mark(self) -> Mark:
+        """A point to measure from (:meth:`since`)."""
+        return Mark(
+            t=time.monotonic(),
+            totals=dataclasses.replace(self.totals),
+            tlm=self.tlm_totals(),
+            ticks={name: samples.count for name, samples in self.tick_late.items()},
+            lag=self.loop_lag.count,
+            gc=self.gc_pauses.count,
         )
 
-    def since_start(self) -> Window:
-        """Everything since the meter was made (lateness of the newest samples kept)."""
-        late = [s.recent(len(s._buf)) for s in self.tick_late.values()]
+    def since(self, mark: Mark) -> Window:
+        """What happened since ``mark`` (lateness and lag of the newest samples kept)."""
+        late = [samples.since(mark.ticks.get(name, 0)) for name, samples in self.tick_late.items()]
+        gc_pauses = self.gc_pauses.since(mark.gc)
         return self._window_of(
-            self.totals,
-            self.tlm_totals(),
-            time.monotonic() - self._t0,
+            self.totals.minus(mark.totals),
+            self.tlm_totals() - mark.tlm,
+            time.monotonic() - mark.t,
             np.concatenate(late) if late else np.zeros(0),
-            self.loop_lag.recent(len(self.loop_lag._buf)),
-            self.totals.gc_max_s,
+            self.loop_lag.since(mark.lag),
+            float(gc_pauses.max()) if len(gc_pauses) else 0.0,
         )
+
+    def window(self) -> Window:
+        """The window so far (since the last :meth:`next_window`)."""
+        return self.since(self._window)
+
+    def since_start(self) -> Window:
+        return self.since(self._start)
 
     def next_window(self) -> Window:
         """Close the window: its report; the next one starts now."""
         w = self.window()
-        self._window_start = dataclasses.replace(self.totals)
-        self._window_tlm = self.tlm_totals()
-        self._window_t0 = time.monotonic()
-        self._gc_window_max = 0.0
-        for samples in self.tick_late.values():
-            samples.next_window()
-        self.loop_lag.next_window()
+        self._window = self.mark()
         return w
 
     def verdict(self, w: Window) -> str | None:

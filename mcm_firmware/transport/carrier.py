@@ -95,6 +95,7 @@ class Carrier:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight = asyncio.Semaphore(IN_FLIGHT)
+        self._urgent = asyncio.Semaphore(IN_FLIGHT)
 
     @property
     def up(self) -> bool:
@@ -166,7 +167,9 @@ class Carrier:
                 raise TransportError(f"carrier {self.client_id} is down")
             await tr.publish(address, payload, retain=retain, reliable=False)
             return
-        async with self._in_flight:
+        # responses and state changes never wait behind a burst of events
+        lane = self._urgent if address.channel in (Channel.RSP, Channel.STATE) else self._in_flight
+        async with lane:
             tr = self._transport
             if tr is None:
                 raise TransportError(f"carrier {self.client_id} is down")

@@ -26,10 +26,10 @@ def test_samples_keep_a_window_and_exact_quantiles():
     for x in range(20):
         s.record(float(x))
     assert s.count == 20 and s.max_total == 19.0
-    assert list(s.window()) == [12.0, 13, 14, 15, 16, 17, 18, 19]  # the newest 8 of the first window
-    s.next_window()
+    assert list(s.since(0)) == [12.0, 13, 14, 15, 16, 17, 18, 19]  # the newest 8 of all 20
+    mark = s.count
     s.record(100.0)
-    assert list(s.window()) == [100.0] and list(s.recent(3)) == [18.0, 19.0, 100.0]
+    assert list(s.since(mark)) == [100.0] and list(s.recent(3)) == [18.0, 19.0, 100.0]
     q = Quantiles.of(np.arange(101.0))
     assert (q.n, q.p50, q.p99, q.max) == (101, 50.0, 99.0, 100.0)
 

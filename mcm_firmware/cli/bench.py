@@ -1,0 +1,390 @@
+"""``mcm-emu bench``: how many modules one ``mcm-emu run`` keeps in real time, measured from outside.
+
+For each node count: a Mosquitto of its own (or ``--broker``), ``mcm-emu run`` as users start it
+(a subprocess), an independent subscriber process counting the telemetry the broker delivers
+(``python -m mcm_firmware.host.tlm_count``), and ``ctl``-style pings from this process during the
+measurement. The run's own measurement (tick lateness, loop lag, GC) covers exactly the measured
+seconds (SIGUSR1 / SIGUSR2 to its ``--stats-file``); CPU and memory are read from ``/proc``.
+Prints a table (markdown) and, with ``--json``, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
+
+FLEET = "bench"
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="measure how many emulated modules one run keeps in real time",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    b.add_argument(
+        "--nodes", default="1000,10000", metavar="N[,N...]", help="node counts to measure (default 1000,10000)"
+    )
+    b.add_argument(
+        "--seconds",
+        type=bounded(float, 5, 3600, "--seconds"),
+        default=60.0,
+        help="measured seconds per node count (default 60)",
+    )
+    b.add_argument(
+        "--warmup",
+        type=bounded(float, 0, 600, "--warmup"),
+        default=10.0,
+        help="seconds after every node is up before measuring (default 10)",
+    )
+    b.add_argument("--profile", default="colossus-mcm", help="profile of the nodes (default colossus-mcm)")
+    b.add_argument(
+        "--broker",
+        type=broker_url,
+        default=None,
+        help="an external broker (default: a Mosquitto of the bench's own on a free port)",
+    )
+    b.add_argument(
+        "--ping-rate",
+        type=bounded(float, 0, 10_000, "--ping-rate"),
+        default=20.0,
+        help="command round trips per second during the measurement (default 20)",
+    )
+    b.add_argument(
+        "--connection",
+        choices=["auto", "node", "carrier"],
+        default="auto",
+        help="passed to run (default auto: what a user gets)",
+    )
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    b.add_argument("--out", metavar="FILE", default=None, help="also write the JSON results to FILE")
+    b.set_defaults(func=cmd_bench)
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Broker:
+    """A Mosquitto of the bench's own on a free loopback port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("mosquitto") or next(
+            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+        )
+        if binary is None:
+            raise Failure("bench: mosquitto is not installed (apt-get install mosquitto), or pass --broker URL")
+        self.port = _free_port()
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "set_tcp_nodelay true\nlog_dest none\n"
+        )
+        self.binary, self.conf = binary, conf
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, "-c", str(self.conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.1):
+                return
+            await asyncio.sleep(0.025)
+        raise Failure(f"bench: mosquitto did not listen on port {self.port}")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+
+
+async def _lines_until(stream: asyncio.StreamReader, needle: str, timeout: float, seen: list[str]) -> str:
+    async def read() -> str:
+        while True:
+            raw = await stream.readline()
+            if not raw:
+                raise Failure(f"bench: the process ended before printing {needle!r}: {' | '.join(seen[-5:])}")
+            line = raw.decode(errors="replace").rstrip()
+            seen.append(line)
+            if needle in line:
+                return line
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise Failure(f"bench: no {needle!r} within {timeout:g} s: {' | '.join(seen[-5:])}") from None
+
+
+async def _drain(stream: asyncio.StreamReader, into: list[str]) -> None:
+    while raw := await stream.readline():
+        into.append(raw.decode(errors="replace").rstrip())
+
+
+# --- one measurement -------------------------------------------------------------------------------
+
+
+async def _pings(url: str, nodes: int, rate: float, seconds: float) -> dict[str, Any]:
+    """Command round trips at ``rate`` per second to random nodes during ``seconds``."""
+    import uuid
+
+    from ..host.client import HostClient, HostError
+    from ..protocol import Op
+    from ..transport import TransportError, transport_factory
+
+    rtts: list[float] = []
+    lost = 0
+    if rate <= 0:
+        return {"sent": 0, "lost": 0}
+    rng = random.Random(1)
+    tr = transport_factory(url)(f"mcm-bench-{uuid.uuid4().hex[:8]}")
+    async with HostClient(tr, fleet=FLEET, timeout=2.0, retries=0) as host:
+        period, end = 1.0 / rate, time.monotonic() + seconds
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(node: int) -> None:
+            nonlocal lost
+            t0 = time.perf_counter()
+            try:
+                await host.request(node, Op.PING)
+                rtts.append(time.perf_counter() - t0)
+            except (HostError, TransportError):
+                lost += 1
+
+        next_at = time.monotonic()
+        while next_at < end:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            task = asyncio.create_task(one(rng.randrange(nodes)), name="bench-ping")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            next_at += period
+        if pending:
+            await asyncio.wait(pending)
+    qs = statistics.quantiles(rtts, n=100) if len(rtts) >= 2 else [0.0] * 99
+    return {
+        "sent": len(rtts) + lost,
+        "lost": lost,
+        "p50_ms": round(qs[49] * 1e3, 3),
+        "p99_ms": round(qs[98] * 1e3, 3),
+        "max_ms": round(max(rtts, default=0.0) * 1e3, 3),
+    }
+
+
+async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | None, workdir: Path) -> dict[str, Any]:
+    from ..profile import load_profile
+
+    profile = load_profile(args.profile)
+    stats_file = workdir / f"stats-{n}.jsonl"
+    out_lines: list[str] = []
+    t0 = time.monotonic()
+    run = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mcm_firmware",
+        "run",
+        "--broker",
+        url,
+        "--nodes",
+        str(n),
+        "--fleet",
+        FLEET,
+        "--profile",
+        args.profile,
+        "--connection",
+        args.connection,
+        "--stats-file",
+        str(stats_file),
+        "--summary-interval",
+        "5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert run.stdout is not None and run.stderr is not None
+    err_lines: list[str] = []
+    err_task = asyncio.create_task(_drain(run.stderr, err_lines), name="bench-run-stderr")
+    out_task: asyncio.Task[None] | None = None
+    try:
+        await _lines_until(run.stdout, "up: ", 600, out_lines)
+        startup = time.monotonic() - t0
+        out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
+        await asyncio.sleep(args.warmup)
+        counter = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "mcm_firmware.host.tlm_count",
+            "--broker",
+            url,
+            "--fleet",
+            FLEET,
+            "--duration",
+            str(args.seconds),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert counter.stdout is not None and counter.stderr is not None
+        await _lines_until(counter.stderr, "subscribed", 30, [])
+        run.send_signal(signal.SIGUSR1)
+        cpu0 = {"run": _cpu_seconds(run.pid), "counter": _cpu_seconds(counter.pid)}
+        if broker_pid is not None:
+            cpu0["broker"] = _cpu_seconds(broker_pid)
+        w0 = time.monotonic()
+        pings = await _pings(url, n, args.ping_rate, args.seconds)
+        await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - w0)))
+        wall = time.monotonic() - w0
+        cpu = {
+            k: (_cpu_seconds(pid) - cpu0[k]) / wall * 100
+            for k, pid in (("run", run.pid), ("counter", counter.pid), ("broker", broker_pid))
+            if pid is not None
+        }
+        rss = _rss_mb(run.pid)
+        run.send_signal(signal.SIGUSR2)
+        counted = json.loads((await counter.communicate())[0].decode().strip().splitlines()[-1])
+        t_stop = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(run.wait(), 120)
+        stop_s = time.monotonic() - t_stop
+    finally:
+        if run.returncode is None:
+            run.kill()
+            await run.wait()
+        await asyncio.gather(err_task, *(t for t in (out_task,) if t is not None), return_exceptions=True)
+    marks = [json.loads(line) for line in stats_file.read_text().splitlines() if '"what": "mark"' in line]
+    if not marks:
+        raise Failure(f"bench: the run wrote no measurement ({stats_file}): {' | '.join(err_lines[-5:])}")
+    own = marks[-1]
+    hz = profile.rates.telemetry_hz
+    due = n * hz * counted["seconds"]
+    per_node = counted["per_node"]
+    tracebacks = sum("Traceback" in line for line in err_lines)
+    return {
+        "nodes": n,
+        "profile": profile.name,
+        "seconds": round(counted["seconds"], 1),
+        "startup_s": round(startup, 1),
+        "stop_s": round(stop_s, 1),
+        "ticks_per_s": round(own["ticks"] / own["seconds"], 1),
+        "tick_late_ms": own["tick_late_ms"],
+        "periods_late": own["periods_late"],
+        "loop_lag_ms": own["loop_lag_ms"],
+        "gc_ms": own["gc_ms"],
+        "telemetry": {
+            "due_per_s": round(due / counted["seconds"]),
+            "received_per_s": round(counted["received"] / counted["seconds"]),
+            "received": counted["received"],
+            "due": round(due),
+            "share": round(counted["received"] / due, 5) if due else 1.0,
+            "damaged": counted["damaged"],
+            "silent_nodes": n - len(per_node),
+            "sent_by_run": own["telemetry"]["sent"],
+        },
+        "ping": pings,
+        "cpu_pct": {k: round(v, 1) for k, v in cpu.items()},
+        "rss_mb": round(rss, 1),
+        "rss_mb_per_1000": round(rss / n * 1000, 1),
+        "run_stderr_tracebacks": tracebacks,
+        "run_fell_behind": any("falling behind" in line for line in err_lines),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (
+        "| nodes | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost | silent "
+        "| ping p50 / p99 ms (lost) | CPU run / broker / counter % | RSS MB per 1,000 | start-up s | stop s |"
+    )
+    rows = [head, "|" + "---|" * 11]
+    for r in results:
+        t, p, c = r["telemetry"], r["ping"], r["cpu_pct"]
+        late = r["tick_late_ms"]
+        lost = max(0, t["due"] - t["received"])
+        rows.append(
+            f"| {r['nodes']:,} | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
+            f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} | {t['silent_nodes']} "
+            f"| {p.get('p50_ms', 0):.1f} / {p.get('p99_ms', 0):.1f} ({p['lost']} of {p['sent']}) "
+            f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} "
+            f"| {r['rss_mb_per_1000']:.0f} | {r['startup_s']:.1f} | {r['stop_s']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        counts = [int(x) for x in args.nodes.split(",") if x.strip()]
+    except ValueError:
+        raise BadInput(f"--nodes {args.nodes!r}: give node counts separated by commas, e.g. 1000,10000") from None
+    if not counts or any(not 1 <= n <= 100_000 for n in counts):
+        raise BadInput(f"--nodes {args.nodes!r}: each count must be within 1..100000")
+    from ..profile import ProfileError, load_profile
+
+    try:
+        load_profile(args.profile)
+    except ProfileError as e:
+        raise BadInput(str(e)) from None
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mcm-bench-") as tmp:
+        work = Path(tmp)
+        for n in counts:
+            broker = None
+            url = args.broker
+            if url is None:
+                broker = Broker(work)
+                await broker.start()
+                url = broker.url
+            try:
+                if not args.json:
+                    print(
+                        f"bench: {n} nodes of {args.profile} on {url}: start-up, {args.warmup:g} s warm-up, "
+                        f"{args.seconds:g} s measured ...",
+                        flush=True,
+                    )
+                pid = broker.proc.pid if broker is not None and broker.proc is not None else None
+                results.append(await measure(n, args, url, pid, work))
+            finally:
+                if broker is not None:
+                    await broker.stop()
+    out = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "results": results}
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")  # noqa: ASYNC240 - after the measurements
+    if args.json:
+        print(json.dumps(out), flush=True)
+    else:
+        print(table(results), flush=True)
+    bad = [r for r in results if r["run_stderr_tracebacks"]]
+    return EXIT_FAILURE if bad else EXIT_OK
