@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import signal
 import sys
 import time
@@ -73,6 +74,13 @@ def add_parser(sub: Any) -> None:
         "on PORT (default pty: a new pseudo-terminal, its path printed)",
     )
     run.add_argument(
+        "--priority",
+        choices=["auto", "realtime", "normal"],
+        default="auto",
+        help="scheduling of the emulator: a real-time priority where the OS grants it, as the controllers' "
+        "RTOS has (auto), required (realtime), or not asked for (normal); default auto",
+    )
+    run.add_argument(
         "--stats-file",
         metavar="FILE",
         default=None,
@@ -116,6 +124,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.serial and (args.broker is not None or args.record):
         raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
     ids = list(range(args.first_id, args.first_id + args.nodes))
+    sched = scheduling(args.priority)
     broker = None
     url = args.broker
     if args.serial:
@@ -171,7 +180,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             else:
                 print(
                     f"running {args.nodes} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
-                    f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...",
+                    f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...; {sched}",
                     flush=True,
                 )
             recorder = await _start_recorder(url, args.fleet, args.record, clock) if args.record else None
@@ -258,13 +267,31 @@ GC_THRESHOLDS = (50_000, 50, 100)
 and keeps what it builds at start-up for the whole run."""
 
 
+RT_PRIORITY = 10
+
+
+def scheduling(want: str) -> str:
+    """Ask the OS to run this process as the firmware it emulates runs: at a real-time priority
+    (``SCHED_RR``, a low one) so that control ticks are not late behind the broker or other load;
+    what was granted, in words. Linux keeps a share of every CPU for ordinary processes
+    (``sched_rt_runtime_us``), and this process waits in the event loop when it has nothing to do."""
+    if want == "normal":
+        return "normal priority"
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(RT_PRIORITY))
+    except (PermissionError, OSError, AttributeError) as e:
+        if want == "realtime":
+            raise Failure(f"--priority realtime: not permitted ({getattr(e, 'strerror', None) or e})") from None
+        return "normal priority (real-time priority not permitted: ticks may be late on a busy machine)"
+    return f"real-time priority (SCHED_RR {RT_PRIORITY})"
+
+
 async def _up_and_settled(fleet: Any, t_start: float) -> None:
     """Once every node has connected: say how long start-up took, then move everything built so
     far out of the collector's way (``gc.freeze``: full collections no longer walk it)."""
     await fleet.wait_connected(None)
     print(f"up: {len(fleet.nodes)} nodes connected in {time.monotonic() - t_start:.1f} s", flush=True)
-    gc.collect()
-    gc.freeze()
+    gc.freeze()  # no collection first: a full one over a large fleet is a pause of its own
 
 
 async def serve(fleet: Any, args: argparse.Namespace) -> None:
