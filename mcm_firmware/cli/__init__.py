@@ -11,14 +11,27 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import __version__
 from . import bench, ctl, fuzz, monitor, profiles, replay, run, scenario
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
 
 GROUPS = (run, ctl, monitor, scenario, replay, fuzz, bench, profiles)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (a dependency on Linux and macOS) and not turned off with
+    ``MCM_EMU_UVLOOP=0``: about twice as many wake-ups per second as asyncio's own loop."""
+    if os.environ.get("MCM_EMU_UVLOOP", "1") == "0":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
     try:
         result = args.func(args)
-        return asyncio.run(result) if inspect.iscoroutine(result) else int(result)
+        if not inspect.iscoroutine(result):
+            return int(result)
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(result)
     except BadInput as e:
         print(f"mcm-emu: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -115,9 +115,17 @@ Handler = Callable[["Node", Command], object]
 
 @dataclass(frozen=True, slots=True)
 class _Out:
+    """A frame waiting to leave: its body is encoded already (plain bytes, which the garbage
+    collector does not track however many wait); the header is added when it is sent."""
+
     channel: Channel
-    msg: Message
+    msg_type: MsgType
+    body: bytes
     retain: bool = False
+
+    @classmethod
+    def of(cls, channel: Channel, msg: Message, *, retain: bool = False) -> _Out:
+        return cls(channel, msg.TYPE, encode_body(msg), retain)
 
 
 @dataclass
@@ -176,7 +184,7 @@ class Node:
         self._urgent: deque[_Out] = deque()  # responses and rebirths
         self._events: deque[_Out] = deque()
         self._telemetry: bytes | None = None
-        self._answered: OrderedDict[int, Response] = OrderedDict()
+        self._answered: OrderedDict[int, bytes] = OrderedDict()  # request id -> encoded response body
         self._reject_limiter = RateLimiter(rate=10.0, burst=20.0)
         self._tasks: list[asyncio.Task[None]] = []
         self._life: asyncio.Task[None] | None = None  # a crash or reboot under way
@@ -444,7 +452,7 @@ class Node:
                 queue = self._urgent if self._urgent else self._events if self._events else None
                 if queue is not None:
                     out = queue.popleft()
-                    frame = self._encode(out.msg)
+                    frame = self._frame(out.msg_type, out.body)
                     addr, retain, reliable = self.address(out.channel), out.retain, True
                 else:
                     payload, self._telemetry = self._telemetry, None
@@ -495,7 +503,7 @@ class Node:
             return  # a controller that is down reports nothing
         self._queue(
             self._events,
-            _Out(
+            _Out.of(
                 Channel.EVT,
                 Event(
                     node_id=self.node_id,
@@ -508,12 +516,14 @@ class Node:
             ),
         )
 
-    def _respond(self, resp: Response) -> None:
-        self._queue(self._urgent, _Out(Channel.RSP, resp))
+    def _respond(self, resp: Response) -> bytes:
+        out = _Out.of(Channel.RSP, resp)
+        self._queue(self._urgent, out)
+        return out.body
 
     def rebirth(self) -> None:
         """Publish BIRTH again (the host asked: it lost track of this node)."""
-        self._queue(self._urgent, _Out(Channel.STATE, self.birth(), retain=True))
+        self._queue(self._urgent, _Out.of(Channel.STATE, self.birth(), retain=True))
 
     # --- inbound ----------------------------------------------------------------------------
 
@@ -576,13 +586,11 @@ class Node:
         if cached is not None:
             self.counters.rx_duplicates += 1
             self._answered.move_to_end(msg.request_id)
-            self._respond(cached)
+            self._queue(self._urgent, _Out(Channel.RSP, MsgType.RESPONSE, cached))
             return
-        resp = self.execute(msg)
-        self._answered[msg.request_id] = resp
+        self._answered[msg.request_id] = self._respond(self.execute(msg))
         if len(self._answered) > RESPONSE_CACHE:
             self._answered.popitem(last=False)
-        self._respond(resp)
 
     def execute(self, cmd: Command) -> Response:
         """Run one command against the node and its shard row; never raises."""

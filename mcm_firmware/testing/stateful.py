@@ -122,7 +122,8 @@ class NodeMachine(RuleBasedStateMachine):
         out = []
         for queue in (node._urgent, node._events):
             while queue:
-                frame = node._encode(queue.popleft().msg)
+                out_frame = queue.popleft()
+                frame = node._frame(out_frame.msg_type, out_frame.body)
                 msg = decode(frame)
                 if self.last_seq is not None:
                     assert msg.seq == (self.last_seq + 1) & 0xFFFFFFFF, "sequence numbers must increase by one"

@@ -16,6 +16,7 @@ import asyncio
 import random
 import socket
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -64,7 +65,7 @@ class FastPublisher(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -227,7 +228,7 @@ class FastSubscriber(asyncio.Protocol):
         self.batch_s = batch_s
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
