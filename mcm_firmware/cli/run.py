@@ -74,6 +74,25 @@ def add_parser(sub: Any) -> None:
         "on PORT (default pty: a new pseudo-terminal, its path printed)",
     )
     run.add_argument(
+        "--shard",
+        metavar="K/N",
+        default=None,
+        help="run the K-th of N equal slices of the node ids (K from 0); 'index/N' takes K from "
+        "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or the ordinal at the end of HOSTNAME "
+        "(a StatefulSet pod), so that N machines run one fleet; also MCM_EMU_SHARD=K/N",
+    )
+    run.add_argument(
+        "--processes",
+        type=bounded(int, 1, 256, "--processes"),
+        default=1,
+        help="spread the nodes over this many worker processes on this machine (default 1)",
+    )
+    run.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="start even when nodes with the same ids answer on the broker (default: refuse)",
+    )
+    run.add_argument(
         "--priority",
         choices=["auto", "realtime", "normal"],
         default="auto",
@@ -123,7 +142,9 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise BadInput("--serial-mux goes with --serial")
     if args.serial and (args.broker is not None or args.record):
         raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
-    ids = list(range(args.first_id, args.first_id + args.nodes))
+    if args.processes > 1:
+        return await run_processes(args)
+    ids = shard_ids(args)
     sched = scheduling(args.priority)
     broker = None
     url = args.broker
@@ -147,16 +168,16 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         urls = [url]
+        if not args.allow_overlap:
+            await refuse_overlap(url, args.fleet, ids, broker is not None)
     try:
         try:
             links = node_links(urls, ids, fleet=args.fleet, mux=args.serial_mux, connection=args.connection)
         except ValueError as e:
             raise BadInput(str(e)) from None
         clock = ScaledClock(args.speed)
-        fleet = Fleet.uniform(
-            nodes=args.nodes,
-            profile=profile,
-            first_id=args.first_id,
+        fleet = Fleet(
+            members=[(i, profile) for i in ids],
             fleet=args.fleet,
             transport_factory=None,
             links=links,
@@ -173,13 +194,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
             if args.serial:
                 print(
-                    f"mcm-emu {__version__}: running {args.nodes} nodes of {profile.name} in fleet "
+                    f"mcm-emu {__version__}: running {len(ids)} nodes of {profile.name} in fleet "
                     f"{args.fleet!r} on serial links (MCTP over DSP0253)",
                     flush=True,
                 )
             else:
                 print(
-                    f"running {args.nodes} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
+                    f"running {len(ids)} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
                     f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...; {sched}",
                     flush=True,
                 )
@@ -265,6 +286,136 @@ class StatsFile:
 GC_THRESHOLDS = (5_000, 10, 10)
 """Young collections every 5,000 allocations instead of 700 (measured: ``mcm-emu bench`` with
 1,000 pings a second; higher thresholds make each collection, and so each pause, longer)."""
+
+
+def shard_spec(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--shard K/N`` (or ``MCM_EMU_SHARD``) as (K, N), K from the environment for ``index/N``."""
+    spec = args.shard or os.environ.get("MCM_EMU_SHARD")
+    if not spec:
+        return None
+    k_text, sep, n_text = spec.partition("/")
+    if not sep or not n_text.isdigit() or int(n_text) < 1:
+        raise BadInput(f"--shard {spec!r}: expected K/N, e.g. 0/4, or index/N")
+    n = int(n_text)
+    if k_text == "index":
+        k_text = os.environ.get("JOB_COMPLETION_INDEX", "")
+        if not k_text:
+            tail = os.environ.get("HOSTNAME", "").rsplit("-", 1)[-1]
+            k_text = tail if tail.isdigit() else ""
+        if not k_text:
+            raise BadInput(f"--shard {spec!r}: no JOB_COMPLETION_INDEX, and HOSTNAME ends in no ordinal")
+    if not k_text.isdigit() or not 0 <= int(k_text) < n:
+        raise BadInput(f"--shard {spec!r}: K must be a whole number within 0..{n - 1}, got {k_text!r}")
+    if n > args.nodes:
+        raise BadInput(f"--shard {spec!r}: {n} slices of {args.nodes} nodes leave some empty")
+    return int(k_text), n
+
+
+def shard_ids(args: argparse.Namespace) -> list[int]:
+    """The node ids this process runs: all of ``--first-id .. --first-id + --nodes - 1``, or the
+    ``--shard K/N`` slice of them (contiguous slices of sizes differing by one at most)."""
+    ids = list(range(args.first_id, args.first_id + args.nodes))
+    spec = shard_spec(args)
+    if spec is None:
+        return ids
+    k, n = spec
+    return ids[k * len(ids) // n : (k + 1) * len(ids) // n]
+
+
+async def refuse_overlap(url: str, fleet: str, ids: list[int], embedded: bool) -> None:
+    """Refuse to start nodes that something else on the broker runs already (a second fleet with
+    the same ids would take over their client ids, or answer their commands twice)."""
+    if embedded:
+        return  # a broker this process just started has nothing on it
+    from ..host.discovery import running_elsewhere
+    from ..transport import TransportError, transport_factory
+
+    try:
+        alive = await running_elsewhere(transport_factory(url), fleet, ids)
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    if alive:
+        names = ", ".join(map(str, alive))
+        raise Failure(
+            f"node(s) {names} of fleet {fleet!r} already run on {url} (they answer a ping): refusing to start "
+            f"a second copy; choose other ids (--first-id) or another --fleet, or stop the other run "
+            f"(--allow-overlap starts anyway)"
+        )
+
+
+async def run_processes(args: argparse.Namespace) -> int:
+    """``--processes P``: P workers, each ``mcm-emu run`` of its own slice of the ids, against one
+    broker (the one given, or this process's embedded broker); their lines prefixed ``[k/P]``."""
+    from ..transport import TransportError
+    from ..transport.broker import EmbeddedBroker, PortInUse
+
+    if args.serial or args.record or args.rig:
+        raise BadInput("--processes runs nodes on a broker: --serial, --record and --rig do not go with it")
+    base_k, base_n = shard_spec(args) or (0, 1)
+    p = args.processes
+    broker = None
+    url = args.broker
+    if url is None:
+        broker = EmbeddedBroker(port=args.embedded_port)
+        try:
+            await broker.start()
+        except (PortInUse, TransportError) as e:
+            raise Failure(str(e)) from None
+        url = broker.url
+        print(f"mcm-emu {__version__}: embedded MQTT broker at {url} for {p} worker processes", flush=True)
+    skip = {"--processes", "--shard", "--broker"}
+    cleaned: list[str] = []
+    it = iter(args.argv)
+    for a in it:
+        if a in skip:
+            next(it, None)
+        elif not any(a.startswith(f"{o}=") for o in skip):
+            cleaned.append(a)
+    env = {k: v for k, v in os.environ.items() if k != "MCM_EMU_SHARD"}
+    env["PYTHONUNBUFFERED"] = "1"
+    procs = []
+    for i in range(p):
+        shard = f"{base_k * p + i}/{base_n * p}"
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "mcm_firmware",
+                *cleaned,
+                "--broker",
+                url,
+                "--shard",
+                shard,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+            )
+        )
+    loop = asyncio.get_running_loop()
+
+    def forward(sig: int) -> None:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, forward, sig)
+
+    async def relay(i: int, proc: asyncio.subprocess.Process) -> int:
+        assert proc.stdout is not None
+        while raw := await proc.stdout.readline():
+            print(f"[{i}/{p}] {raw.decode(errors='replace').rstrip()}", flush=True)
+        return await proc.wait()
+
+    try:
+        codes = await asyncio.gather(*(relay(i, proc) for i, proc in enumerate(procs)))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        forward(signal.SIGTERM)
+        if broker is not None:
+            await broker.stop()
+    return max(codes)
 
 
 RT_PRIORITY = 10

@@ -173,7 +173,9 @@ class Fleet:
             log.error("fleet %s: %s died: %r", self.name, task.get_name(), exc, exc_info=exc)
 
     async def stop(self, *, reason: DeathReason = DeathReason.SHUTDOWN) -> None:
-        """Every node publishes its DEATH; then the schedulers stop."""
+        """Telemetry stops (nothing more is due), every node publishes its DEATH, then the control
+        ticks stop."""
+        await cancel_and_wait([t for t in self._tasks if t.get_name().endswith("-tlm")])
         await asyncio.gather(*(n.stop(reason=reason) for n in self.nodes.values()))
         await cancel_and_wait(self._tasks)
         self._tasks = []

@@ -45,6 +45,10 @@ from .base import (
     Will,
 )
 
+CARRIED = 0x8000_0000
+"""Bit 31 of a carrier's ``bdseq``, which its nodes' BIRTH and DEATH frames carry: a BIRTH with it
+set says the node is carried (its LINK frame tells whether the link still lives); a node with a
+connection of its own counts its ``bdseq`` up from 1 and never reaches it."""
 IN_FLIGHT = 128
 """Acknowledged publishes of a carrier waiting for their acknowledgement at once."""
 
@@ -83,7 +87,7 @@ class Carrier:
         self.address = Address(fleet, min(nodes), Channel.LINK)
         self.connect_timeout = connect_timeout
         self.build: LinkFrameBuilder | None = None  # set by the runtime before start()
-        self.bdseq = 0
+        self.bdseq = CARRIED  # of the present connection: bit 31 set, the count in the rest
         self.connects = 0
         self.failures = 0
         self.others = 0  # commands for nodes another carrier carries (one wildcard subscription)
@@ -123,7 +127,7 @@ class Carrier:
         nodes, and after a loss try again with exponential backoff and jitter."""
         while not self._closing:
             tr = self.factory(self.client_id)
-            self.bdseq = (self.bdseq + 1) & 0xFFFFFFFF
+            self.bdseq = CARRIED | ((self.bdseq + 1) & 0x7FFFFFFF)
             frames = self._frames()
             try:
                 await tr.connect(will=Will(self.address, frames.lost) if frames else None)

@@ -13,7 +13,7 @@ from mcm_firmware.profile import load_profile
 from mcm_firmware.protocol import Birth, Death, DeathReason, Link, LinkCondition, Op, decode
 from mcm_firmware.runtime.fleet import Fleet
 from mcm_firmware.transport import Channel, TransportError, node_links
-from mcm_firmware.transport.carrier import CarriedTransport, CarrierLinks, ranges
+from mcm_firmware.transport.carrier import CARRIED, CarriedTransport, CarrierLinks, ranges
 from mcm_firmware.transport.loopback import LoopbackBus, LoopbackTransport
 
 from ..helpers import Recorder
@@ -105,10 +105,10 @@ def test_a_lost_carrier_leaves_its_link_will_and_comes_back():
         return retained, up, rec, links.carrier
 
     retained, up, rec, carrier = run_virtual(main)
-    assert isinstance(retained, Link) and retained.condition is LinkCondition.LOST and retained.bdseq == 1
-    assert up and carrier.connects == 2 and carrier.bdseq == 2
+    assert isinstance(retained, Link) and retained.condition is LinkCondition.LOST and retained.bdseq == CARRIED | 1
+    assert up and carrier.connects == 2 and carrier.bdseq == CARRIED | 2
     births = [m for m in rec.of(5, Channel.STATE) if isinstance(m, Birth)]
-    assert [b.bdseq for b in births] == [1, 2]  # every node re-born on the new connection
+    assert [b.bdseq for b in births] == [CARRIED | 1, CARRIED | 2]  # every node re-born on the new connection
 
 
 def test_a_carried_endpoint_takes_its_own_commands_only():

@@ -1,0 +1,106 @@
+"""What a broker says of a fleet: the retained state of its nodes and carrier links, and which of
+them are alive.
+
+Retained frames outlive the run that published them (a broker with persistence keeps a BIRTH
+across a restart; a killed run's nodes may not have had their will published yet), so a BIRTH is
+not proof of life: :func:`live_nodes` asks the node itself with a PING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..protocol import Birth, Death, FrameError, Link, LinkCondition, Op, decode
+from ..tasks import cancel_and_wait
+from ..transport import Channel, Subscription, TransportError, TransportFactory
+from ..transport.carrier import CARRIED
+from .client import HostClient, HostError
+
+
+@dataclass
+class FleetState:
+    """The newest retained state frame of each node, and each carrier link's newest LINK frame."""
+
+    fleet: str
+    nodes: dict[int, Birth | Death] = field(default_factory=dict)
+    links: dict[int, Link] = field(default_factory=dict)  # by the link's first node
+
+    def online(self, node: int) -> bool:
+        """The node's retained state says online: a BIRTH, and for a carried node (bit 31 of its
+        ``bdseq`` set) a LINK frame that carries it, ONLINE with the same ``bdseq``
+        (docs/protocol.md, "Carrier links")."""
+        state = self.nodes.get(node)
+        if not isinstance(state, Birth):
+            return False
+        if not state.bdseq & CARRIED:
+            return True
+        return any(
+            link.carries(node) and link.condition is LinkCondition.ONLINE and link.bdseq == state.bdseq
+            for link in self.links.values()
+        )
+
+
+async def read_state(factory: TransportFactory, fleet: str, *, settle: float = 0.5) -> FleetState:
+    """The retained state frames of ``fleet``: everything the broker hands a new subscriber, read
+    until ``settle`` seconds pass without another."""
+    state = FleetState(fleet)
+    tr = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+    await tr.connect()
+    try:
+        await tr.subscribe(Subscription(fleet, None, Channel.STATE))
+        await tr.subscribe(Subscription(fleet, None, Channel.LINK))
+        while True:
+            try:
+                d = await asyncio.wait_for(tr.receive(), settle)
+            except TimeoutError:
+                break
+            try:
+                msg = decode(d.payload)
+            except FrameError:
+                continue
+            if isinstance(msg, (Birth, Death)):
+                state.nodes[d.address.node] = msg
+            elif isinstance(msg, Link):
+                state.links[d.address.node] = msg
+    finally:
+        await tr.close()
+    return state
+
+
+async def live_nodes(
+    factory: TransportFactory, fleet: str, candidates: Iterable[int], *, timeout: float = 1.0, most: int = 3
+) -> list[int]:
+    """Which of (at most ``most`` of, spread over the list) ``candidates`` answer a PING within
+    ``timeout``."""
+    every = sorted(candidates)
+    picked = sorted({every[i * (len(every) - 1) // max(1, most - 1)] for i in range(most)}) if every else []
+    if not picked:
+        return []
+    tr = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+    alive: list[int] = []
+    async with HostClient(tr, fleet=fleet, timeout=timeout, retries=0) as host:
+
+        async def ping(node: int) -> None:
+            with contextlib.suppress(HostError, TransportError):
+                await host.request(node, Op.PING)
+                alive.append(node)
+
+        tasks = [asyncio.create_task(ping(n), name=f"probe-ping-{n}") for n in picked]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await cancel_and_wait(tasks)
+    return sorted(alive)
+
+
+async def running_elsewhere(factory: TransportFactory, fleet: str, ids: Iterable[int]) -> list[int]:
+    """Nodes among ``ids`` that something else on the broker runs now: retained online state, and
+    an answer to a PING (none of ours runs yet)."""
+    wanted = set(ids)
+    state = await read_state(factory, fleet)
+    candidates = sorted(n for n in wanted if state.online(n))
+    return await live_nodes(factory, fleet, candidates)
