@@ -269,6 +269,11 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         pings = await _pings(url, n, args.ping_rate, args.seconds)
         await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - w0)))
         wall = time.monotonic() - w0
+        if run.returncode is not None:
+            raise Failure(
+                f"bench: the run of {n} nodes ended during the measurement (exit {run.returncode}): "
+                + " | ".join(err_lines[-5:])
+            )
         cpu = {
             k: (_cpu_seconds(pid) - cpu0[k]) / wall * 100
             for k, pid in (("run", run.pid), ("counter", counter.pid), ("broker", broker_pid))

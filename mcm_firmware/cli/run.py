@@ -74,6 +74,21 @@ def add_parser(sub: Any) -> None:
         "on PORT (default pty: a new pseudo-terminal, its path printed)",
     )
     run.add_argument(
+        "--metrics-port",
+        type=bounded(int, 1, 65535, "--metrics-port"),
+        default=None,
+        help="serve Prometheus metrics on this port (names after dcgm-exporter's; docs/performance.md)",
+    )
+    run.add_argument(
+        "--metrics-address", default="127.0.0.1", help="address the metrics server listens on (default 127.0.0.1)"
+    )
+    run.add_argument(
+        "--metrics-detail",
+        choices=["module", "die"],
+        default="module",
+        help="module: 11 series a node (default); die: 4 more a die",
+    )
+    run.add_argument(
         "--shard",
         metavar="K/N",
         default=None,
@@ -146,6 +161,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         return await run_processes(args)
     ids = shard_ids(args)
     sched = scheduling(args.priority)
+    gc.disable()  # what start-up builds lives for the whole run: frozen once up (_up_and_settled)
     broker = None
     url = args.broker
     if args.serial:
@@ -283,6 +299,8 @@ class StatsFile:
         self.write("mark", self.meter.since(self._mark))
 
 
+STARTUP_LIMIT_S = 60.0
+"""The collector is off while the fleet starts, and on again at the latest this long after."""
 GC_THRESHOLDS = (5_000, 10, 10)
 """Young collections every 5,000 allocations instead of 700 (measured: ``mcm-emu bench`` with
 1,000 pings a second; higher thresholds make each collection, and so each pause, longer)."""
@@ -418,6 +436,26 @@ async def run_processes(args: argparse.Namespace) -> int:
     return max(codes)
 
 
+def serve_metrics(fleet: Any, args: argparse.Namespace) -> Any:
+    """The Prometheus endpoint (``--metrics-port``); None without one."""
+    if args.metrics_port is None:
+        return None
+    from ..runtime.metrics import FleetCollector, MetricsServer, Renderer
+
+    try:
+        server = MetricsServer(
+            Renderer(FleetCollector(fleet, detail=args.metrics_detail)),
+            asyncio.get_running_loop(),
+            address=args.metrics_address,
+            port=args.metrics_port,
+        )
+    except OSError as e:
+        raise Failure(f"--metrics-port {args.metrics_port}: {e.strerror or e}") from None
+    server.start()
+    print(f"metrics: http://{args.metrics_address}:{args.metrics_port}/metrics", flush=True)
+    return server
+
+
 RT_PRIORITY = 10
 
 
@@ -440,9 +478,14 @@ def scheduling(want: str) -> str:
 async def _up_and_settled(fleet: Any, t_start: float) -> None:
     """Once every node has connected: say how long start-up took, then move everything built so
     far out of the collector's way (``gc.freeze``: full collections no longer walk it)."""
-    await fleet.wait_connected(None)
-    print(f"up: {len(fleet.nodes)} nodes connected in {time.monotonic() - t_start:.1f} s", flush=True)
+    try:
+        await fleet.wait_connected(STARTUP_LIMIT_S)
+        print(f"up: {len(fleet.nodes)} nodes connected in {time.monotonic() - t_start:.1f} s", flush=True)
+    except TimeoutError:
+        up = sum(n.link_up for n in fleet.nodes.values())
+        print(f"up: only {up} of {len(fleet.nodes)} nodes connected after {STARTUP_LIMIT_S:g} s", flush=True)
     gc.freeze()  # no collection first: a full one over a large fleet is a pause of its own
+    gc.enable()
 
 
 async def serve(fleet: Any, args: argparse.Namespace) -> None:
@@ -460,6 +503,7 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
     if stats is not None:
         loop.add_signal_handler(signal.SIGUSR1, stats.mark)
         loop.add_signal_handler(signal.SIGUSR2, stats.since_mark)
+    metrics = serve_metrics(fleet, args)
     await fleet.start()
     started = []
     display = Display(fleet, interval=args.summary_interval, stats=stats)
@@ -476,11 +520,14 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
         booted = asyncio.create_task(_up_and_settled(fleet, t_start), name="run-startup")
         await asyncio.wait({waiter, shown}, timeout=args.duration, return_when=asyncio.FIRST_COMPLETED)
         await cancel_and_wait([waiter, shown, booted])
+        gc.enable()
     finally:
         display.close()
         for rig in started:
             await rig.stop()
         await fleet.stop()
+        if metrics is not None:
+            metrics.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     print(f"stopped {len(fleet.nodes)} nodes (DEATH published)", flush=True)

@@ -146,6 +146,10 @@ class Fleet:
             shard, row = self.shard_of(nid)
             shard.set_workload(row, kind)
 
+    def members(self, shard: str) -> list[Node]:
+        """The nodes of a shard, by row."""
+        return self._rows[shard]
+
     def shard_of(self, node_id: int) -> tuple[Shard, int]:
         node = self.nodes[node_id]
         return node.shard, node.row
