@@ -81,8 +81,9 @@ def on_fleet(
     settle: float = 0.0,
     host_timeout: float = 2.0,
     seed: int = 1,
+    profile: str = "colossus-mcm",
 ) -> Any:
-    """Run ``fn`` in virtual time against a fleet of ``nodes`` on a fresh loopback bus (fleet "t",
+    """Run ``fn`` in virtual time against a fleet of ``nodes`` (of ``profile``) on a fresh loopback bus (fleet "t",
     ids 0..), and return what it returns. ``fn`` names what it needs among its parameters:
     ``bus``, ``fleet``, ``rec`` (a :class:`Recorder` of every frame, started before the fleet) and
     ``host`` (a connected :class:`HostClient`). It starts ``settle`` virtual seconds after the
@@ -92,7 +93,7 @@ def on_fleet(
     async def main() -> Any:
         bus = LoopbackBus()
         rec = await Recorder(bus).start()
-        fleet = loopback_fleet(bus, nodes, seed=seed)
+        fleet = loopback_fleet(bus, nodes, seed=seed, profile=profile)
         await fleet.start()
         given: dict[str, Any] = {"bus": bus, "fleet": fleet, "rec": rec}
         try:

@@ -316,7 +316,18 @@ def recipes(draw: Callable[..., Any], node: int) -> Recipe:
         return Recipe(kind, raw=draw(st.binary(max_size=300)))
     if kind == "other-type":
         return Recipe(
-            kind, draw(messages(MsgType.BIRTH, MsgType.DEATH, MsgType.TELEMETRY, MsgType.RESPONSE, MsgType.EVENT))
+            kind,
+            draw(
+                messages(
+                    MsgType.BIRTH,
+                    MsgType.DEATH,
+                    MsgType.TELEMETRY,
+                    MsgType.RESPONSE,
+                    MsgType.EVENT,
+                    MsgType.LINK,
+                    MsgType.SAMPLES,
+                )
+            ),
         )
     cmd = draw(commands(SAFE_OPS))
     target = node if kind != "other-node" else (node + 1 + draw(st.integers(0, 1000))) & U32

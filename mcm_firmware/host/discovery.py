@@ -32,7 +32,7 @@ class FleetState:
     def online(self, node: int) -> bool:
         """The node's retained state says online: a BIRTH, and for a carried node (bit 31 of its
         ``bdseq`` set) a LINK frame that carries it, ONLINE with the same ``bdseq``
-        (docs/protocol.md, "Carrier links")."""
+        (docs/protocol.md, "LINK (7)")."""
         state = self.nodes.get(node)
         if not isinstance(state, Birth):
             return False

@@ -22,6 +22,7 @@ from ..protocol import (
     RasResult,
     RecoveryAction,
     Response,
+    Samples,
     Severity,
     Snapshot,
     SnapshotFlags,
@@ -196,9 +197,12 @@ def message_json(address: Address | None, msg: Message) -> dict[str, Any]:
         "timestamp_ns": msg.timestamp_ns,
         "flags": msg.flags,
     }
-    if isinstance(msg, Telemetry):
+    if isinstance(msg, (Telemetry, Samples)):
         out.update(snapshot_json(msg.snapshot))
         out["pumps"] = pumps_json(msg.snapshot)
+        if isinstance(msg, Samples):
+            out["period_us"] = msg.period_us
+            out["samples"] = typed_json(msg.samples)
     elif isinstance(msg, Event):
         out.update(
             severity=_name(msg.severity, Severity),
@@ -254,16 +258,20 @@ def typed_json(x: Any) -> Any:
 def message_line(address: Address | None, msg: Message) -> str:
     """One human line per message, for ``monitor`` without ``--json``."""
     head = f"{msg.node_id:>5} {msg.TYPE.name:<9} seq={msg.seq:<8}"
-    if isinstance(msg, Telemetry):
+    if isinstance(msg, (Telemetry, Samples)):
         s = msg.snapshot
         temps = [d.temp_c for d in s.dies]
         hot = max((t for t in temps if math.isfinite(t)), default=float("nan"))
         clocks = "/".join(str(d.clock_mhz) for d in s.dies)
-        return (
+        line = (
             f"{head} {_name(s.state, NodeState)} {_name(s.mode, CoolingMode)} "
             f"P={s.power_w:.0f}/{s.power_cap_w:.0f}W Tmax={hot:.1f}C f={clocks}MHz "
             f"flow={s.flow_lpm:.2f}L/min"
         )
+        if isinstance(msg, Samples) and msg.samples:
+            powers = [x.power_w for x in msg.samples]
+            line += f" samples={len(powers)}x{msg.period_us / 1000:g}ms P={min(powers):.0f}..{max(powers):.0f}W"
+        return line
     if isinstance(msg, Event):
         return (
             f"{head} {_name(msg.severity, Severity)} {_name(msg.code, EventCode)} "

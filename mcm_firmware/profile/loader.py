@@ -79,7 +79,57 @@ def parse_model(model: type[M], data: dict, path: str | Path) -> M:
 
 
 def load_profile_file(path: str | Path) -> Profile:
-    return parse_profile(read_toml(path), path)
+    return parse_profile(resolve_extends(read_toml(path), path), path)
+
+
+EXTENDS_DEPTH = 8
+
+
+def resolve_extends(data: dict, path: str | Path, _chain: tuple[str, ...] = ()) -> dict:
+    """The profile data with its ``extends = "<name or path>"`` base merged under it: tables merge
+    key by key (the file's own keys win), anything else (numbers, strings, arrays) is replaced
+    whole. A base may extend another; a cycle or a chain deeper than 8 is an error."""
+    base_ref = data.get("extends")
+    if base_ref is None:
+        return data
+    if not isinstance(base_ref, str) or not base_ref:
+        raise ProfileError(path, f"must name a profile or a .toml file (got {base_ref!r})", key="extends")
+    here = str(Path(path).resolve())
+    chain = (*_chain, here)
+    if len(chain) > EXTENDS_DEPTH:
+        raise ProfileError(path, f"profiles extend each other more than {EXTENDS_DEPTH} deep", key="extends")
+    base_path = _find_base(base_ref, Path(path))
+    if str(base_path.resolve()) in chain:
+        raise ProfileError(path, f"'{base_ref}' extends this profile again (a cycle)", key="extends")
+    base = resolve_extends(read_toml(base_path), base_path, chain)
+    own = {k: v for k, v in data.items() if k != "extends"}
+    return _merge(base, own)
+
+
+def _find_base(ref: str, path: Path) -> Path:
+    if ref.endswith(".toml") or "/" in ref or os.sep in ref:
+        base = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        if not base.is_file():
+            raise ProfileError(path, f"base profile file {ref!r} not found", key="extends")
+        return base
+    sibling = path.parent / f"{ref}.toml"
+    if sibling.is_file():
+        return sibling
+    profiles = list_profiles()
+    if ref not in profiles:
+        known = ", ".join(sorted(profiles)) or "none found"
+        raise ProfileError(path, f"no base profile {ref!r} (known: {known})", key="extends")
+    return profiles[ref]
+
+
+def _merge(base: dict, own: dict) -> dict:
+    out = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def read_toml(path: str | Path) -> dict:

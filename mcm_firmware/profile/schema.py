@@ -199,6 +199,14 @@ class RatesSpec(_Section):
     dvfs_hz: Hz
     thermal_hz: Hz
     valve_hz: Hz
+    samples_per_frame: Annotated[int, Field(ge=1, le=64)] = 1
+    """Samples each telemetry frame carries: 1 sends TELEMETRY frames; more sends SAMPLES frames
+    with that many (module power, die temperature and power) taken at ``telemetry_hz *
+    samples_per_frame`` since the previous frame: the same sample rate for fewer messages."""
+
+    @property
+    def sample_hz(self) -> float:
+        return self.telemetry_hz * self.samples_per_frame
 
     @model_validator(mode="after")
     def _divides(self) -> RatesSpec:
@@ -206,6 +214,15 @@ class RatesSpec(_Section):
             rate = getattr(self, name)
             if rate > self.tick_hz:
                 raise ValueError(f"{name} ({rate}) exceeds tick_hz ({self.tick_hz})")
+        if self.sample_hz > self.tick_hz:
+            raise ValueError(
+                f"telemetry_hz x samples_per_frame ({self.sample_hz:g} samples/s) exceeds tick_hz ({self.tick_hz})"
+            )
+        ratio = self.tick_hz / self.sample_hz
+        if self.samples_per_frame > 1 and abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(
+                f"tick_hz ({self.tick_hz}) is not a whole multiple of the sample rate ({self.sample_hz:g}/s)"
+            )
         return self
 
 

@@ -2,7 +2,7 @@
 No I/O here."""
 
 from .codec import FrameError, decode, encode, frame_bytes, snapshot_dtype
-from .messages import Birth, Command, Death, Event, Link, Message, NodeRange, Response, Telemetry
+from .messages import Birth, Command, Death, Event, Link, Message, NodeRange, Response, Samples, Telemetry
 from .ops import (
     OPS,
     ClearFaultArgs,
@@ -18,7 +18,7 @@ from .ops import (
     StatsResult,
     StatusResult,
 )
-from .telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
+from .telemetry import DieSample, DieTelemetry, HbmTelemetry, PumpTelemetry, Sample, Snapshot, ValveTelemetry
 from .vocabulary import (
     MODULE_SUBJECT,
     Capability,
@@ -54,6 +54,7 @@ __all__ = [
     "CoolingMode",
     "Death",
     "DeathReason",
+    "DieSample",
     "DieTelemetry",
     "EccMode",
     "Event",
@@ -81,6 +82,8 @@ __all__ = [
     "Reason",
     "RecoveryAction",
     "Response",
+    "Sample",
+    "Samples",
     "SetValveArgs",
     "Severity",
     "Snapshot",

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple, cast
 import construct as c
 import numpy as np
 
-from . import frames, layout
+from . import fields, frames, layout
 from .frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_PAYLOAD, VERSION
 from .messages import (
     MESSAGE_TYPES,
@@ -159,6 +159,34 @@ def _tlm_struct(counts: tuple[int, ...]) -> struct.Struct:
 def snapshot_dtype(dies: int, hbm: int, pumps: int, valves: int) -> np.dtype:
     """The packed numpy record of one telemetry payload with these array lengths."""
     return layout.record_dtype(frames.Snapshot, dies=dies, hbm=hbm, pumps=pumps, valves=valves)
+
+
+def samples_dtype(samples: int, dies: int, hbm: int, pumps: int, valves: int) -> np.dtype:
+    """The packed numpy record of one SAMPLES payload: ``samples`` samples of ``dies`` dice, then
+    a Snapshot with these array lengths."""
+    return layout.record_dtype(frames.Samples, samples=samples, dies=dies, hbm=hbm, pumps=pumps, valves=valves)
+
+
+def samples_snapshot_offset(payload: bytes | memoryview) -> int:
+    """Where the Snapshot starts in a SAMPLES payload (its samples walked by their counts);
+    FrameError if the payload ends first."""
+    off, n = SAMPLES_HEAD, len(payload)
+    if n < off:
+        raise FrameError(Reason.LENGTH_MISMATCH, "SAMPLES payload shorter than its head")
+    for _ in range(payload[off - 1]):
+        if off + _SAMPLE_HEAD > n:
+            raise FrameError(Reason.LENGTH_MISMATCH, "SAMPLES payload ends inside a sample")
+        off += _SAMPLE_HEAD + payload[off + _SAMPLE_HEAD - 1] * _DIE_SAMPLE
+    if off > n:
+        raise FrameError(Reason.LENGTH_MISMATCH, "SAMPLES payload ends inside a sample")
+    return off
+
+
+SAMPLES_HEAD = struct.calcsize(layout.struct_format(frames.Samples, samples=0, dies=0, hbm=0, pumps=0, valves=0)) - (
+    COUNTS_OFFSET + len(_ARRAYS)
+)  # layout, period_us, n_samples
+_SAMPLE_HEAD = struct.calcsize(layout.struct_format(fields.Sample, dies=0))  # power_w, n_dies
+_DIE_SAMPLE = struct.calcsize(layout.struct_format(fields.DieSample))
 
 
 def snapshot_payload(snap: Snapshot) -> bytes:

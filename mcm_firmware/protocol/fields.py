@@ -61,6 +61,20 @@ ValveTlm = c.Struct(
     "flags" / c.Int8ul,  # ValveFlags
 )
 
+DieSample = c.Struct(
+    "temp_c" / c.Float32l,
+    "power_w" / c.Float32l,
+)
+
+Sample = c.Struct(
+    "power_w" / c.Float32l,  # module power at the sample
+    "n_dies" / c.Int8ul,
+    "dies" / c.Array(this.n_dies, DieSample),
+)
+
+SAMPLES_LAYOUT = 1
+"""Version of the SAMPLES body's layout; a decoder that meets another refuses the frame."""
+
 # The telemetry body. Counts come first so that a reader knows the whole layout after 4 bytes
 # of it; an array field ``x`` is always sized by a count field named ``n_x``.
 Snapshot = c.Struct(

@@ -26,7 +26,7 @@ import zlib
 import construct as c
 from construct import this
 
-from .fields import Snapshot, Text8
+from .fields import SAMPLES_LAYOUT, Sample, Snapshot, Text8
 from .ops import ARG_LAYOUTS, RESULT_LAYOUTS
 from .vocabulary import FrameFlags, MsgType, Status
 
@@ -71,6 +71,17 @@ Death = c.Struct(
 )
 
 Telemetry = c.Struct(
+    "snapshot" / Snapshot,
+    c.Terminated,
+)
+
+# Telemetry with the samples taken since the previous frame, oldest first, every ``period_us``;
+# the snapshot is the module's state at the newest of them (as in TELEMETRY).
+Samples = c.Struct(
+    "layout" / c.Const(SAMPLES_LAYOUT, c.Int8ul),
+    "period_us" / c.Int32ul,
+    "n_samples" / c.Int8ul,
+    "samples" / c.Array(this.n_samples, Sample),
     "snapshot" / Snapshot,
     c.Terminated,
 )
@@ -120,6 +131,7 @@ BODIES: dict[MsgType, c.Construct] = {
     MsgType.RESPONSE: Response,
     MsgType.EVENT: Event,
     MsgType.LINK: Link,
+    MsgType.SAMPLES: Samples,
 }
 
 # The whole frame as one declaration: the reference the fast codec is tested against, and the

@@ -75,13 +75,17 @@ def _format_body(struct: c.Struct, counts: dict[str, int]) -> str:
     for name, con in fields(struct):
         if isinstance(con, c.FormatField):
             parts.append(_format_char(con))
-        elif isinstance(con, c.Const):
+        elif isinstance(con, c.Const) and isinstance(con.value, bytes):
             parts.append(f"{len(con.value)}s")
+        elif isinstance(con, c.Const) and isinstance(_unwrap(con.subcon), c.FormatField):
+            parts.append(_format_char(_unwrap(con.subcon)))
         elif isinstance(con, c.Array):
             item = _unwrap(con.subcon)
             if not isinstance(item, c.Struct) or name not in counts:
                 raise TypeError(f"array {name!r} needs a Struct item and a count")
             parts.append(_format_body(item, counts) * counts[name])
+        elif isinstance(con, c.Struct):
+            parts.append(_format_body(con, counts))
         else:
             raise TypeError(f"field {name!r} ({type(con).__name__}) has no fixed struct format")
     return "".join(parts)
@@ -92,8 +96,10 @@ def _dtype(struct: c.Struct, counts: dict[str, int]) -> list[tuple]:
     for name, con in fields(struct):
         if isinstance(con, c.FormatField):
             spec.append((name, "<" + _NUMPY_CODES[_format_char(con)]))
-        elif isinstance(con, c.Const):
+        elif isinstance(con, c.Const) and isinstance(con.value, bytes):
             spec.append((name, f"S{len(con.value)}"))
+        elif isinstance(con, c.Const) and isinstance(_unwrap(con.subcon), c.FormatField):
+            spec.append((name, "<" + _NUMPY_CODES[_format_char(_unwrap(con.subcon))]))
         elif isinstance(con, c.Array):
             item = _unwrap(con.subcon)
             if not isinstance(item, c.Struct):

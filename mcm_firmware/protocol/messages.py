@@ -15,7 +15,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, NamedTuple, cast
 
 from .ops import Op
-from .telemetry import Snapshot
+from .telemetry import Sample, Snapshot
 from .vocabulary import (
     MODULE_SUBJECT,
     DeathReason,
@@ -106,6 +106,17 @@ class Event(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Samples(Message):
+    """TELEMETRY with the high-rate samples taken since the previous frame (oldest first, one every
+    ``period_us``); ``snapshot`` is as in TELEMETRY."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SAMPLES
+    period_us: int
+    samples: tuple[Sample, ...]
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeRange:
     first: int
     last: int  # inclusive
@@ -127,7 +138,7 @@ class Link(Message):
 
 
 MESSAGE_TYPES: dict[MsgType, type[Message]] = {
-    cls.TYPE: cls for cls in (Birth, Death, Telemetry, Command, Response, Event, Link)
+    cls.TYPE: cls for cls in (Birth, Death, Telemetry, Command, Response, Event, Link, Samples)
 }
 HEADER_FIELDS = ("node_id", "seq", "timestamp_ns", "flags")
 

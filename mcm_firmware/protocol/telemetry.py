@@ -37,6 +37,16 @@ class ValveTelemetry(NamedTuple):
     flags: int
 
 
+class DieSample(NamedTuple):
+    temp_c: float
+    power_w: float
+
+
+class Sample(NamedTuple):
+    power_w: float
+    dies: tuple[DieSample, ...]
+
+
 class Snapshot(NamedTuple):
     uptime_ns: int
     state: NodeState

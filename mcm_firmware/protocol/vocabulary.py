@@ -22,6 +22,7 @@ class MsgType(IntEnum):
     RESPONSE = 5
     EVENT = 6
     LINK = 7  # the state of a carrier link: one connection that carries many nodes
+    SAMPLES = 8  # telemetry with a batch of high-rate samples (a profile's samples_per_frame > 1)
 
 
 class FrameFlags(IntFlag):

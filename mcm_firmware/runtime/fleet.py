@@ -25,7 +25,7 @@ import numpy as np
 from ..clock import Clock, Deadlines
 from ..plant.workload import Workload
 from ..profile import Profile
-from ..protocol import DeathReason, Link, LinkCondition, MsgType, NodeRange, Op, encode
+from ..protocol import DeathReason, Link, LinkCondition, NodeRange, Op, encode
 from ..protocol.codec import frame_block
 from ..tasks import cancel_and_wait
 from ..transport import LinkFrames, NodeLinks, TransportFactory
@@ -233,22 +233,22 @@ class Fleet:
             live = rows[up]
             if not len(live):
                 continue
-            rec = shard.records(live)
+            mtype, rec = shard.telemetry_records(live)
             sink = self._sink
             if sink is None:
                 for i, r in enumerate(live):
-                    nodes[r].offer_telemetry(rec[i].tobytes())
+                    nodes[r].offer_telemetry(rec[i].tobytes(), mtype)
                 continue
             # the whole slot in one write; a node with link faults in force sends its own (they act there)
             faulty = shard.link_faulty[live]
             if faulty.any():
                 for f in np.nonzero(faulty)[0]:
-                    nodes[live[f]].offer_telemetry(rec[f].tobytes())
+                    nodes[live[f]].offer_telemetry(rec[f].tobytes(), mtype)
                 keep = ~faulty
                 live, rec = live[keep], rec[keep]
             seqs = shard.seq[live]
             shard.seq[live] = seqs + np.uint32(1)  # wraps at 2^32 like every sequence number
-            block = frame_block(MsgType.TELEMETRY, ids[live], seqs, self.clock.now_ns(), rec)
+            block = frame_block(mtype, ids[live], seqs, self.clock.now_ns(), rec)
             if prepared is None:
                 prepared = sink.prepare([topic(n.tlm_address) for n in nodes], block.shape[1])
             ok = sink.send_prepared(prepared, live, block)

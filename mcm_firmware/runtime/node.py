@@ -184,6 +184,7 @@ class Node:
         self._urgent: deque[_Out] = deque()  # responses and rebirths
         self._events: deque[_Out] = deque()
         self._telemetry: bytes | None = None
+        self._telemetry_type = MsgType.TELEMETRY
         self._answered: OrderedDict[int, bytes] = OrderedDict()  # request id -> encoded response body
         self._reject_limiter = RateLimiter(rate=10.0, burst=20.0)
         self._tasks: list[asyncio.Task[None]] = []
@@ -250,7 +251,7 @@ class Node:
         if self._tasks:
             raise RuntimeError("node already started")
         self._stopping = False
-        self.shard.boot_t[self.row] = self.shard.t
+        self.shard.booted(self.row)
         self.shard.active[self.row] = True
         self.state = NodeState.RUNNING
         self.emit_event(Severity.INFO, EventCode.BOOT, value=self.boot_count, text=f"firmware {__version__}")
@@ -457,7 +458,7 @@ class Node:
                 else:
                     payload, self._telemetry = self._telemetry, None
                     assert payload is not None
-                    frame = self._frame(MsgType.TELEMETRY, payload)
+                    frame = self._frame(self._telemetry_type, payload)
                     addr, retain, reliable = self.address(Channel.TLM), False, False
                 try:
                     for delay, d in self._plan(addr, frame):
@@ -479,11 +480,13 @@ class Node:
 
     # --- outbound ---------------------------------------------------------------------------
 
-    def offer_telemetry(self, payload: bytes) -> None:
-        """The newest telemetry payload; an unsent older one is replaced (and counted decimated)."""
+    def offer_telemetry(self, payload: bytes, msg_type: MsgType = MsgType.TELEMETRY) -> None:
+        """The newest telemetry payload (TELEMETRY or SAMPLES); an unsent older one is replaced
+        (and counted decimated)."""
         if self._telemetry is not None:
             self.tlm[DECIMATED] += 1
         self._telemetry = payload
+        self._telemetry_type = msg_type
         self._wake.set()
 
     def _queue(self, queue: deque[_Out], out: _Out) -> None:

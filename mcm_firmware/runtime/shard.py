@@ -24,8 +24,19 @@ from ..plant.memory import HbmStore
 from ..plant.sensors import SensorBank, SensorFault
 from ..plant.workload import Workload, WorkloadModel, utilisation
 from ..profile import Profile
-from ..protocol import CoolingMode, EventCode, NodeState, PumpFlags, Severity, SnapshotFlags, ValveFlags, reason_names
-from ..protocol.codec import snapshot_dtype
+from ..protocol import (
+    CoolingMode,
+    EventCode,
+    MsgType,
+    NodeState,
+    PumpFlags,
+    Severity,
+    SnapshotFlags,
+    ValveFlags,
+    reason_names,
+)
+from ..protocol.codec import samples_dtype, snapshot_dtype
+from ..protocol.fields import SAMPLES_LAYOUT
 
 REASON_HOLD_S = 5.0  # a clock-reason change is reported once it has held this long
 OCP_REPORT_HOLD_S = 10.0  # VRM recovery is reported once the over-current has stayed away this long
@@ -76,6 +87,8 @@ class Shard:
         self.div_dvfs = _divider(self.tick_hz, r.dvfs_hz)
         self.div_thermal = _divider(self.tick_hz, r.thermal_hz)
         self.div_valve = _divider(self.tick_hz, r.valve_hz)
+        self.samples_per_frame = r.samples_per_frame
+        self.div_sample = _divider(self.tick_hz, r.sample_hz)
 
         self.params = model.PlantParams.from_profile(profile, n, self.rng)
         self.plant = model.PlantState.initial(self.params, profile)
@@ -136,6 +149,18 @@ class Shard:
         self._seen_reasons = np.zeros((n, p.dies), np.uint32)
         self._reasons_since = np.zeros((n, p.dies))
         self._dtype = snapshot_dtype(p.dies, p.hbm, p.pumps, p.valves)
+        # the high-rate samples a SAMPLES frame carries: a ring of the last samples_per_frame,
+        # taken every div_sample ticks (power averaged over the sample's interval)
+        spf = self.samples_per_frame
+        self._samples_dtype = samples_dtype(spf, p.dies, p.hbm, p.pumps, p.valves) if spf > 1 else None
+        # (a sample not taken yet, since the controller booted, reads NaN)
+        self._smp_power = np.full((spf, n), np.nan, np.float32)
+        self._smp_die_t = np.full((spf, n, p.dies), np.nan, np.float32)
+        self._smp_die_p = np.full((spf, n, p.dies), np.nan, np.float32)
+        self._smp_k = 0
+        self._smp_energy = np.zeros(n)
+        self._smp_die_energy = np.zeros((n, p.dies))
+        self._smp_since = start_t
         self._pump_index = np.arange(p.pumps)[None, :]
 
     # --- the tick ---------------------------------------------------------------------------
@@ -196,6 +221,9 @@ class Shard:
         dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
         self._energy += self.plant.p_total * dt
         self._die_energy += self.plant.p_die * dt
+        if self._samples_dtype is not None:
+            self._smp_energy += self.plant.p_total * dt
+            self._smp_die_energy += self.plant.p_die * dt
 
         rng = self.rng
         noise = rng.standard_normal(self._noise_size)  # one draw for every sensor of the shard
@@ -221,6 +249,28 @@ class Shard:
                             text=f"{name} sensor {col} failed",
                         )
                     )
+
+        if self._samples_dtype is not None:
+            n = self._periods_due(k0, self.div_sample)
+            if n:
+                self._take_samples(n)
+
+    def _take_samples(self, n: int) -> None:
+        """Samples came due ``n`` times since the last (more than once after a late tick: each
+        gets the same readings, the power averaged over the whole span)."""
+        span = self.t - self._smp_since
+        p = self._smp_energy / span if span > 0 else self.plant.p_total
+        dp = self._smp_die_energy / span if span > 0 else self.plant.p_die
+        spf = self.samples_per_frame
+        for i in range(min(n, spf)):
+            slot = (self._smp_k + n - 1 - i) % spf
+            self._smp_power[slot] = p
+            self._smp_die_t[slot] = self.s_die.value
+            self._smp_die_p[slot] = dp
+        self._smp_k += n
+        self._smp_energy[:] = 0.0
+        self._smp_die_energy[:] = 0.0
+        self._smp_since = self.t
 
     def _firmware_arrays(self) -> list[tuple[object, str]]:
         """The firmware's outputs and memory: what a controller that is down does not change."""
@@ -294,7 +344,15 @@ class Shard:
         cool.valve_pid.last[row] = 100.0
         self.ras_events(row, self.ras[row].reboot())
         self._reported_reasons[row] = 0
+        self.booted(row)
+
+    def booted(self, row: int) -> None:
+        """The controller of ``row`` starts now: its uptime counts from here, and it has taken no
+        samples yet (those of a previous life went with it)."""
         self.boot_t[row] = self.t
+        self._smp_power[:, row] = np.nan
+        self._smp_die_t[:, row] = np.nan
+        self._smp_die_p[:, row] = np.nan
 
     def _cooling_thermal(self, t: float, ts: float) -> None:
         before = cc.thermal_step(
@@ -602,6 +660,28 @@ class Shard:
         valves["position_pct"] = pl.valve_pos[rows]
         valves["flags"] = ~np.isnan(cool.manual[rows]) * _V_MANUAL | ~np.isnan(cool.external[rows]) * _V_EXTERNAL
         return rec
+
+    def telemetry_records(self, rows: np.ndarray) -> tuple[MsgType, np.ndarray]:
+        """The telemetry the given rows owe now, and its message type: TELEMETRY records, or
+        SAMPLES records (the last ``samples_per_frame`` samples, oldest first, and the snapshot)
+        when the profile batches samples."""
+        snap = self.records(rows)
+        if self._samples_dtype is None:
+            return MsgType.TELEMETRY, snap
+        p, spf = self.params, self.samples_per_frame
+        rec = np.empty(len(rows), self._samples_dtype)
+        rec["layout"] = SAMPLES_LAYOUT
+        rec["period_us"] = round(1e6 * self.dt * self.div_sample)
+        rec["n_samples"] = spf
+        order = (self._smp_k + np.arange(spf)) % spf  # oldest first
+        smp = rec["samples"]
+        smp["power_w"] = self._smp_power[order][:, rows].T
+        smp["n_dies"] = p.dies
+        d = smp["dies"]
+        d["temp_c"] = self._smp_die_t[order][:, rows].transpose(1, 0, 2)
+        d["power_w"] = self._smp_die_p[order][:, rows].transpose(1, 0, 2)
+        rec["snapshot"] = snap
+        return MsgType.SAMPLES, rec
 
     # --- operator actions (called by the command handler) ------------------------------------
 

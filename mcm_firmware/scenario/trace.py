@@ -28,7 +28,7 @@ from ..protocol import (
     SnapshotFlags,
     decode,
 )
-from ..protocol.codec import COUNTS_OFFSET, envelope, snapshot_dtype
+from ..protocol.codec import COUNTS_OFFSET, envelope, samples_snapshot_offset, snapshot_dtype
 from ..transport import Address, Channel
 from ..transport.topics import topic
 
@@ -101,6 +101,15 @@ class Trace:
             if env is not None and env.msg_type == MsgType.TELEMETRY:
                 nt.times.append((env.timestamp_ns - self.t0_ns) / 1e9)
                 nt.payloads.append(bytes(env.payload))
+                return
+            if env is not None and env.msg_type == MsgType.SAMPLES:  # its snapshot, as TELEMETRY's
+                try:
+                    start = samples_snapshot_offset(env.payload)
+                except FrameError:
+                    self.rejected += 1
+                    return
+                nt.times.append((env.timestamp_ns - self.t0_ns) / 1e9)
+                nt.payloads.append(bytes(env.payload[start:]))
                 return
         try:
             msg = decode(payload)

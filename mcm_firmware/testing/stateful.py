@@ -267,7 +267,17 @@ class NodeMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def wrong_direction(self, data: st.DataObject) -> None:
-        msg = data.draw(messages(MsgType.BIRTH, MsgType.DEATH, MsgType.TELEMETRY, MsgType.RESPONSE, MsgType.EVENT))
+        msg = data.draw(
+            messages(
+                MsgType.BIRTH,
+                MsgType.DEATH,
+                MsgType.TELEMETRY,
+                MsgType.RESPONSE,
+                MsgType.EVENT,
+                MsgType.LINK,
+                MsgType.SAMPLES,
+            )
+        )
         before, rejected = self._state(), self.node.counters.rx_rejected
         replies = self._send(encode(msg))
         assert not any(isinstance(m, Response) for m in replies)

@@ -9,7 +9,7 @@ Channels follow the MQTT contract ``mcm/v1/<fleet>/<node>/<channel>``:
 channel   direction  content
 ========  =========  =====================================================================
 state     node->host BIRTH (retained) while online, DEATH (retained, also the Last Will)
-tlm       node->host TELEMETRY
+tlm       node->host TELEMETRY or SAMPLES
 evt       node->host EVENT
 cmd       host->node COMMAND
 rsp       node->host RESPONSE

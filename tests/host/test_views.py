@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mcm_firmware.host.views import message_json, message_line, status_json, typed_json
-from mcm_firmware.protocol import Snapshot, StatusResult, Telemetry
+from mcm_firmware.protocol import Samples, Snapshot, StatusResult, Telemetry
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
 from mcm_firmware.transport import Address, Channel
 
@@ -24,9 +24,13 @@ def test_every_message_has_a_json_and_a_text_view(name):
     line = message_line(None, msg)
     assert msg.TYPE.name in line and str(msg.seq) in line
     # every field the message carries shows in its JSON view
-    if isinstance(msg, Telemetry):
+    if isinstance(msg, (Telemetry, Samples)):  # the snapshot's fields at the top level
         shown = {"uptime_ns": "uptime_s", "flags": "failsafe", "recovery_action": "ras"}
         names = [shown.get(n, n) for n in Snapshot._fields]
+        if isinstance(msg, Samples):
+            names += ["period_us", "samples"]
+            assert len(again["samples"]) == len(msg.samples)
+            assert again["samples"][1]["dies"][0] == msg.samples[1].dies[0]._asdict()
     else:
         names = [f.name for f in dataclasses.fields(msg) if f.name not in ("node_id", "seq", "timestamp_ns", "flags")]
         names = [n for n in names if getattr(msg, n) is not None]

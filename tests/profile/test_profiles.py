@@ -143,3 +143,82 @@ def test_cli_validate_bad_profile_exits_2_naming_file_and_key(tmp_path):
 def test_cli_show_unknown_profile_exits_2():
     out = run_cli("profiles", "show", "nope")
     assert out.returncode == 2 and "no such profile" in out.stderr
+
+
+# --- extends -------------------------------------------------------------------------------------
+
+
+def test_batched_profile_extends_the_reference_and_changes_only_its_rates():
+    ref, batched = load_profile("colossus-mcm"), load_profile("colossus-mcm-batched")
+    assert (batched.rates.telemetry_hz, batched.rates.samples_per_frame) == (1.0, 10)
+    assert batched.rates.sample_hz == ref.rates.telemetry_hz  # the same sample rate, a tenth the frames
+    assert batched.model_dump(exclude={"name", "description", "rates"}) == ref.model_dump(
+        exclude={"name", "description", "rates"}
+    )
+
+
+def test_extends_merges_tables_key_by_key_and_replaces_arrays(tmp_path):
+    (tmp_path / "child.toml").write_text(
+        'extends = "colossus-mcm"\nname = "child"\ndescription = "d"\n'
+        "[thermal]\nslowdown_c = 84.0\n"
+        "[die]\npstates = [{ mhz = 1500, mv = 800 }, { mhz = 500, mv = 650 }]\n"
+    )
+    child, ref = load_profile_file(tmp_path / "child.toml"), load_profile("colossus-mcm")
+    assert child.thermal.slowdown_c == 84.0
+    assert child.thermal.shutdown_c == ref.thermal.shutdown_c  # the rest of the table inherited
+    assert [p.mhz for p in child.die.pstates] == [1500, 500]  # an array is replaced whole
+    assert child.die.tdp_w == ref.die.tdp_w
+
+
+def test_extends_a_sibling_file_and_a_chain(tmp_path):
+    data = base()
+    data["name"] = "mid"
+    (tmp_path / "mid.toml").write_text(dump(data))
+    (tmp_path / "leaf.toml").write_text('extends = "mid.toml"\nname = "leaf"\n[die]\ntdp_w = 280.0\n')
+    leaf = load_profile_file(tmp_path / "leaf.toml")
+    assert (leaf.name, leaf.die.tdp_w, leaf.die.count) == ("leaf", 280.0, 4)
+
+
+def test_an_extends_cycle_is_refused_naming_the_key(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b"\nname = "a"\n')
+    (tmp_path / "b.toml").write_text('extends = "a"\nname = "b"\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(tmp_path / "a.toml")
+    assert "key 'extends'" in str(info.value) and "cycle" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('extends = "no-such-profile"', "no base profile 'no-such-profile'"),
+        ('extends = "missing/base.toml"', "base profile file 'missing/base.toml' not found"),
+        ("extends = 3", "must name a profile"),
+    ],
+)
+def test_a_bad_extends_is_refused_naming_the_key(tmp_path, line, says):
+    path = tmp_path / "p.toml"
+    path.write_text(f'{line}\nname = "p"\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(path)
+    assert str(path) in str(info.value) and "key 'extends'" in str(info.value) and says in str(info.value)
+
+
+def test_an_error_in_the_inherited_part_is_still_named(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('extends = "colossus-mcm"\nname = "p"\n[rates]\nsamples_per_frame = 0\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(path)
+    assert "key 'rates.samples_per_frame'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rates", "says"),
+    [
+        ({"telemetry_hz": 5.0, "samples_per_frame": 8}, "exceeds tick_hz"),  # 40 samples/s > 20 Hz ticks
+        ({"telemetry_hz": 1.0, "samples_per_frame": 3}, "not a whole multiple"),  # every 6.67 ticks
+        ({"samples_per_frame": 65}, "less than or equal to 64"),
+    ],
+)
+def test_sample_rates_the_tick_cannot_keep_are_refused(tmp_path, rates, says):
+    msg = bad_profile(tmp_path, lambda d: d["rates"].update(rates))
+    assert "key 'rates" in msg and says in msg

@@ -36,8 +36,11 @@ from mcm_firmware.protocol import (
     frames,
     layout,
 )
+from mcm_firmware.protocol.codec import samples_snapshot_offset, snapshot_from_payload
+from mcm_firmware.protocol.frames import CRC_SIZE, HEADER_SIZE
 from mcm_firmware.protocol.messages import to_container
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
+from mcm_firmware.testing.strategies import fix_crc
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -50,6 +53,10 @@ def golden_from_doc() -> dict[str, bytes]:
 
 def test_doc_lists_every_golden_frame():
     assert sorted(golden_from_doc()) == sorted(GOLDEN)
+
+
+def test_every_message_type_has_a_golden_frame():
+    assert {m.TYPE for m in GOLDEN.values()} == set(MsgType)
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -319,3 +326,22 @@ def test_a_frame_block_is_frame_bytes_row_by_row(rows, ts):
         expect = frame_bytes(MsgType.TELEMETRY, node, seq, ts, 0, codec.snapshot_payload(snap))
         assert block[i].tobytes() == expect
         assert decode(block[i].tobytes()).snapshot == snap
+
+
+def test_a_samples_frame_of_another_layout_is_refused_naming_the_field():
+    frame = bytearray(golden_from_doc()["samples"])
+    frame[HEADER_SIZE] = 2  # layout
+    with pytest.raises(FrameError) as info:
+        decode(fix_crc(frame))
+    assert info.value.reason is Reason.BAD_FIELD and "SAMPLES" in str(info.value)
+
+
+def test_the_snapshot_of_a_samples_payload_is_found_by_walking_its_counts():
+    msg = GOLDEN["samples"]
+    payload = encode(msg)[HEADER_SIZE:-CRC_SIZE]
+    start = samples_snapshot_offset(payload)
+    assert snapshot_from_payload(payload[start:]) == msg.snapshot
+    for cut in (3, 8, 20, start - 1):  # a payload that ends in its head or inside a sample
+        with pytest.raises(FrameError) as info:
+            samples_snapshot_offset(payload[:cut])
+        assert info.value.reason is Reason.LENGTH_MISMATCH
