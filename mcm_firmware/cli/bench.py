@@ -71,9 +71,31 @@ def add_parser(sub: Any) -> None:
         default="auto",
         help="passed to run (default auto: what a user gets)",
     )
+    b.add_argument(
+        "--parts",
+        type=_parts,
+        default=",".join(PARTS),
+        metavar="P[,P...]",
+        help="what to measure: fleet (the runs), ceiling (what the broker itself accepts), codec (us per "
+        "frame against the struct floor), soak (virtual-time speed-up of soak-24h) (default: all)",
+    )
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", metavar="FILE", default=None, help="also write the JSON results to FILE")
     b.set_defaults(func=cmd_bench)
+
+
+PARTS = ("fleet", "ceiling", "codec", "soak")
+OWN_RATES_SOAK_S = 600  # simulated seconds of the soak run at the profile's own rates
+
+
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {', '.join(bad) or '(none)'}; choose among {', '.join(PARTS)}"
+        )
+    return parts
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -320,6 +342,10 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             "silent_nodes": n - len(per_node),
             "sent_by_run": own["telemetry"]["sent"],
         },
+        "samples_per_frame": profile.rates.samples_per_frame,
+        "publish_per_s_per_core": round(own["telemetry"]["sent"] / own["seconds"] / (cpu["run"] / 100))
+        if cpu.get("run")
+        else None,
         "ping": pings,
         "cpu_pct": {k: round(v, 1) for k, v in cpu.items()},
         "rss_mb": round(rss, 1),
@@ -349,6 +375,39 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def report(out: dict[str, Any]) -> str:
+    """The whole bench as markdown: the fleet table, then the broker's ceiling, codec and soak."""
+    lines = [table(out["results"])] if out["results"] else []
+    ceiling = out.get("ceiling")
+    if ceiling:
+        lines += [
+            "",
+            f"Broker ceiling (one connection publishing {ceiling['written_per_s']:,} telemetry frames/s, one "
+            f"subscriber): {ceiling['received_per_s']:,} frames/s delivered, broker CPU "
+            f"{ceiling['broker_cpu_pct']}%.",
+        ]
+        for r in out["results"]:
+            if r.get("ceiling_per_publish_core"):
+                lines.append(
+                    f"{r['nodes']:,} nodes: {r['publish_per_s_per_core']:,} frames/s per core of the run "
+                    f"(all its work included); the broker's ceiling is {r['ceiling_per_publish_core']:.2f}x that."
+                )
+    codec = out.get("codec")
+    if codec:
+        lines += ["", f"| codec, {codec['frame_bytes']}-byte telemetry frame | us/frame |", "|---|---|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in codec["us_per_frame"].items()]
+        lines.append(
+            f"\nencode {codec['encode_vs_floor']}x, decode {codec['decode_vs_floor']}x, fleet path "
+            f"{codec['fleet_path_vs_floor']}x the struct floor."
+        )
+    for soak in out.get("soak", []):
+        lines.append(
+            f"\nsoak-24h at the {soak['rates']}'s rates: {soak['simulated_s']:,.0f} simulated s in {soak['wall_s']:.1f} s "
+            f"({soak['speedup']:,.0f}x real time), {soak['frames']:,} frames"
+        )
+    return "\n".join(lines)
+
+
 async def cmd_bench(args: argparse.Namespace) -> int:
     try:
         counts = [int(x) for x in args.nodes.split(",") if x.strip()]
@@ -362,34 +421,59 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         load_profile(args.profile)
     except ProfileError as e:
         raise BadInput(str(e)) from None
+    from . import bench_parts
+
+    def say(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
     results = []
+    out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     with tempfile.TemporaryDirectory(prefix="mcm-bench-") as tmp:
         work = Path(tmp)
-        for n in counts:
-            broker = None
-            url = args.broker
-            if url is None:
-                broker = Broker(work)
-                await broker.start()
-                url = broker.url
-            try:
-                if not args.json:
-                    print(
-                        f"bench: {n} nodes of {args.profile} on {url}: start-up, {args.warmup:g} s warm-up, "
-                        f"{args.seconds:g} s measured ...",
-                        flush=True,
-                    )
+        for part in [p for p in args.parts if p in ("fleet", "ceiling")]:
+            for n in counts if part == "fleet" else [0]:
+                broker = None
+                url = args.broker
+                if url is None:
+                    broker = Broker(work)
+                    await broker.start()
+                    url = broker.url
                 pid = broker.proc.pid if broker is not None and broker.proc is not None else None
-                results.append(await measure(n, args, url, pid, work))
-            finally:
-                if broker is not None:
-                    await broker.stop()
-    out = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "results": results}
+                try:
+                    if part == "fleet":
+                        say(
+                            f"bench: {n} nodes of {args.profile} on {url}: start-up, {args.warmup:g} s warm-up, "
+                            f"{args.seconds:g} s measured ..."
+                        )
+                        results.append(await measure(n, args, url, pid, work))
+                    else:
+                        seconds = min(args.seconds, 20.0)
+                        say(f"bench: the broker's ceiling on {url}: one connection publishing for {seconds:g} s ...")
+                        out["ceiling"] = await bench_parts.broker_ceiling(url, seconds, pid)
+                finally:
+                    if broker is not None:
+                        await broker.stop()
+    if "codec" in args.parts:
+        say("bench: codec cost per frame ...")
+        out["codec"] = bench_parts.codec_costs()
+    if "soak" in args.parts:
+        say(f"bench: soak-24h in virtual time, and its first {OWN_RATES_SOAK_S} s at the profile's own rates ...")
+        out["soak"] = [
+            await bench_parts.soak_speedup(),
+            await bench_parts.soak_speedup(own_rates=True, duration_s=OWN_RATES_SOAK_S),
+        ]
+    out["results"] = results
+    ceiling = out.get("ceiling")
+    if ceiling:
+        for r in results:
+            per_core = r["publish_per_s_per_core"]
+            r["ceiling_per_publish_core"] = round(ceiling["received_per_s"] / per_core, 2) if per_core else None
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")  # noqa: ASYNC240 - after the measurements
     if args.json:
         print(json.dumps(out), flush=True)
     else:
-        print(table(results), flush=True)
+        print(report(out), flush=True)
     bad = [r for r in results if r["run_stderr_tracebacks"]]
     return EXIT_FAILURE if bad else EXIT_OK

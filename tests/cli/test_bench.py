@@ -13,11 +13,28 @@ from ..conftest import run_cli
 def test_bench_measures_a_small_fleet_from_outside(tmp_path):
     out = tmp_path / "bench.json"
     r = run_cli(
-        "bench", "--nodes", "20", "--seconds", "5", "--warmup", "1", "--ping-rate", "10", "--out", str(out), timeout=180
+        "bench",
+        "--nodes",
+        "20",
+        "--seconds",
+        "5",
+        "--warmup",
+        "1",
+        "--ping-rate",
+        "10",
+        "--parts",
+        "fleet,ceiling",
+        "--out",
+        str(out),
+        timeout=180,
     )
     assert r.returncode == 0, r.stderr
-    assert "| nodes | ticks/s |" in r.stdout and "| 20 |" in r.stdout
-    (res,) = json.loads(out.read_text())["results"]
+    assert "| nodes | ticks/s |" in r.stdout and "| 20 |" in r.stdout and "Broker ceiling" in r.stdout
+    data = json.loads(out.read_text())
+    (res,) = data["results"]
+    ceiling = data["ceiling"]  # a flood publisher, counted by the same independent subscriber
+    assert ceiling["received"] > 0 and ceiling["damaged"] == 0 and ceiling["received_per_s"] > 0
+    assert res["ceiling_per_publish_core"] > 0 and "codec" not in data and "soak" not in data
     t = res["telemetry"]
     assert t["received"] > 0 and t["damaged"] == 0 and t["silent_nodes"] == 0
     assert res["ping"]["sent"] >= 40 and res["ping"]["lost"] == 0
@@ -25,6 +42,29 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
     assert res["run_stderr_tracebacks"] == 0 and res["rss_mb"] > 0
 
 
-def test_bench_refuses_bad_node_counts():
+def test_bench_refuses_bad_node_counts_and_parts():
     r = run_cli("bench", "--nodes", "ten")
     assert r.returncode == 2 and "--nodes 'ten'" in r.stderr
+    r = run_cli("bench", "--parts", "fleet,warp")
+    assert r.returncode == 2 and "unknown part(s) warp" in r.stderr
+
+
+def test_codec_costs_are_measured_against_the_struct_floor():
+    from mcm_firmware.cli.bench_parts import codec_costs
+
+    out = codec_costs(seconds=0.02)
+    us = out["us_per_frame"]
+    assert out["frame_bytes"] == 266 and all(v > 0 for v in us.values())
+    assert out["encode_vs_floor"] == pytest.approx(
+        us["codec: encode (typed message -> frame)"] / us["struct floor: build"], rel=0.01
+    )
+
+
+async def test_the_soak_speedup_comes_from_the_scenarios_own_measurement():
+    from mcm_firmware.cli.bench_parts import soak_speedup
+
+    short = await soak_speedup(duration_s=1800)  # its first half hour at the scenario's coarse rates
+    assert short["simulated_s"] == 1800 and short["rates"] == "scenario"
+    assert short["speedup"] == pytest.approx(1800 / short["wall_s"], rel=0.05) and short["frames"] > 0
+    own = await soak_speedup(own_rates=True, duration_s=20)  # the profile's own rates: far more frames
+    assert own["simulated_s"] == 20 and own["frames"] > 20 * 64 * 9
