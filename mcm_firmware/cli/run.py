@@ -129,6 +129,14 @@ def add_parser(sub: Any) -> None:
         "(plus one for telemetry), or auto: per node up to 100 nodes (default auto)",
     )
     run.add_argument(
+        "--source-addresses",
+        metavar="auto|A-B|A,B,...",
+        default="auto",
+        help="local addresses per-node connections come from, node i from the (i mod k)th: one address "
+        "reaches one broker port through its ephemeral ports only (28,232 by default); auto: one "
+        "address while it has ports enough, else loopback addresses 127.0.0.2 ... for a loopback broker",
+    )
+    run.add_argument(
         "--serial-mux",
         action="store_true",
         help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID",
@@ -146,7 +154,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from ..clock import ScaledClock
     from ..profile import ProfileError, load_profile
     from ..runtime.fleet import Fleet
-    from ..transport import TransportError, node_links
+    from ..transport import PerNodeLinks, TransportError, node_links
     from ..transport.broker import EmbeddedBroker, PortInUse
 
     try:
@@ -188,9 +196,18 @@ async def cmd_run(args: argparse.Namespace) -> int:
             await refuse_overlap(url, args.fleet, ids, broker is not None)
     try:
         try:
-            links = node_links(urls, ids, fleet=args.fleet, mux=args.serial_mux, connection=args.connection)
+            links = node_links(
+                urls,
+                ids,
+                fleet=args.fleet,
+                mux=args.serial_mux,
+                connection=args.connection,
+                sources=args.source_addresses,
+            )
         except ValueError as e:
             raise BadInput(str(e)) from None
+        if isinstance(links, PerNodeLinks):
+            ensure_descriptors(len(ids), "--connection carrier")
         clock = ScaledClock(args.speed)
         fleet = Fleet(
             members=[(i, profile) for i in ids],
@@ -540,3 +557,22 @@ async def serve(fleet: Any, args: argparse.Namespace) -> None:
     verdict = fleet.meter.verdict(w)
     if verdict is not None:
         print(f"mcm-emu: this run did not keep its rates: {verdict}", file=sys.stderr, flush=True)
+
+
+FD_MARGIN = 256  # descriptors beside the connections: the broker's, pipes, files, the metrics server
+
+
+def ensure_descriptors(connections: int, instead: str) -> None:
+    """Raise this process's open-file limit to what ``connections`` sockets need (up to the hard
+    limit); BadInput, naming the limit and ``instead``, when even the hard limit is too low."""
+    import resource
+
+    need = connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise BadInput(
+                f"{connections} connections need about {need} file descriptors; this process may open "
+                f"{hard} (ulimit -Hn): raise the limit, or use {instead}"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

@@ -8,9 +8,11 @@ add schemes through the entry-point group ``mcm_emu.transports``; an entry point
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import uuid
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from .base import (
@@ -55,23 +57,90 @@ def _serial(url: str) -> TransportFactory:
 
 class PerNodeLinks(NodeLinks):
     """Every node with a connection of its own to one transport URL (a broker, an in-process bus),
-    as real modules have; opening checks that a client can connect, so that an unreachable broker
-    is one clear error before any node starts."""
+    as real modules have; opening checks that a client can connect (from every source address),
+    so that an unreachable broker is one clear error before any node starts. Over MQTT the
+    connections may come from several local ``sources`` (node ``i`` from ``sources[i % k]``): one
+    source address reaches one broker port through at most its ephemeral port range."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sources: list[str] | None = None) -> None:
         self.url = url
+        self.sources = sources or []
         self._factory = transport_factory(url)
+        if self.sources:
+            mod = importlib.import_module(".mqtt", __name__)
+            host, port = mod.parse_broker_url(url)
+            self._by_source = [
+                (lambda cid, src=src: mod.MqttTransport(host=host, port=port, client_id=cid, bind_address=src))
+                for src in self.sources
+            ]
 
     async def open(self) -> None:
-        probe = self._factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
-        await probe.connect()
-        await probe.close()
+        for factory in self._by_source if self.sources else [self._factory]:
+            probe = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+            await probe.connect()
+            await probe.close()
 
     def factory(self, node: int) -> TransportFactory:
-        return self._factory
+        return self._by_source[node % len(self._by_source)] if self.sources else self._factory
+
+    def describe(self) -> list[str]:
+        if not self.sources:
+            return []
+        return [f"connections from {len(self.sources)} source addresses ({self.sources[0]} .. {self.sources[-1]})"]
 
     def host_url(self, node: int) -> str:
         return self.url
+
+
+def ephemeral_ports() -> int:
+    """How many local ports one source address has for outgoing connections (Linux's
+    ``ip_local_port_range``; 28,232 by default)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 28_232
+    return high - low + 1
+
+
+def source_addresses(spec: str, nodes: int, broker_host: str) -> list[str]:
+    """Local addresses to spread per-node connections over: ``auto`` (none while one address has
+    ports enough for ``nodes`` connections, else as many loopback addresses 127.0.0.2, 127.0.0.3
+    ... as they need, for a loopback broker), a range ``A-B`` or a comma-separated list of IPv4
+    addresses. ValueError names what is wrong."""
+    if spec == "auto":
+        per_source = int(ephemeral_ports() * 0.9)  # leave the rest to everything else on the box
+        if nodes <= per_source:
+            return []
+        loopback = broker_host == "localhost" or (_is_ip(broker_host) and ipaddress.ip_address(broker_host).is_loopback)
+        if not loopback:  # other addresses of this machine are for the operator to name
+            raise ValueError(
+                f"{nodes} connections from one address exceed its {ephemeral_ports():,} ephemeral ports; give "
+                "--source-addresses (addresses of this machine) or use --connection carrier"
+            )
+        need = -(-nodes // per_source)
+        return [f"127.0.0.{2 + i}" for i in range(need)]
+    try:
+        if "-" in spec:
+            first_text, last_text = spec.split("-", 1)
+            first, last = ipaddress.IPv4Address(first_text.strip()), ipaddress.IPv4Address(last_text.strip())
+            if last < first or int(last) - int(first) >= 1024:
+                raise ValueError(f"range {spec!r} must run upwards over at most 1024 addresses")
+            return [str(ipaddress.IPv4Address(a)) for a in range(int(first), int(last) + 1)]
+        return [str(ipaddress.IPv4Address(a.strip())) for a in spec.split(",") if a.strip()] or _no_sources(spec)
+    except ipaddress.AddressValueError as e:
+        raise ValueError(f"source addresses {spec!r}: {e}") from None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _no_sources(spec: str) -> list[str]:
+    raise ValueError(f"source addresses {spec!r}: no address given")
 
 
 PER_NODE_LIMIT = 100
@@ -80,14 +149,21 @@ CONNECTIONS = ("auto", "node", "carrier")
 
 
 def node_links(
-    urls: list[str], nodes: list[int], *, fleet: str, mux: bool = False, connection: str = "auto"
+    urls: list[str],
+    nodes: list[int],
+    *,
+    fleet: str,
+    mux: bool = False,
+    connection: str = "auto",
+    sources: str = "auto",
 ) -> NodeLinks:
     """The links of ``nodes``: one broker or bus URL for all, or ``serial://PORT`` URLs (once for
     all nodes, or once per node; ``serial://pty``: a new pseudo-terminal per node, or with ``mux``
     one shared by all). On a broker, ``connection`` is ``node`` (a connection per node, as real
     modules have), ``carrier`` (one connection carrying them all, and over MQTT a second one for
-    telemetry: :mod:`.carrier`) or ``auto`` (per node up to :data:`PER_NODE_LIMIT` nodes).
-    ValueError names what is wrong."""
+    telemetry: :mod:`.carrier`) or ``auto`` (per node up to :data:`PER_NODE_LIMIT` nodes); per-node
+    connections come from the ``sources`` addresses (:func:`source_addresses`). ValueError names
+    what is wrong."""
     if not urls:
         raise ValueError("no link given")
     if connection not in CONNECTIONS:
@@ -101,6 +177,11 @@ def node_links(
         raise ValueError("one link per node and shared links are for serial ports only")
     url = urls[0]
     if connection == "node" or (connection == "auto" and len(nodes) <= PER_NODE_LIMIT):
+        if urlsplit(url).scheme in ("mqtt", "tcp"):
+            host, _ = importlib.import_module(".mqtt", __name__).parse_broker_url(url)
+            return PerNodeLinks(url, source_addresses(sources, len(nodes), host))
+        if sources != "auto":
+            raise ValueError("source addresses are for connections to an MQTT broker")
         return PerNodeLinks(url)
     from .carrier import Carrier, CarrierLinks
 

@@ -53,8 +53,10 @@ class MqttTransport(Transport):
         client_id: str | None = None,
         keepalive: int = 10,
         connect_timeout: float = 5.0,
+        bind_address: str = "",
     ) -> None:
         self.host = host
+        self.bind_address = bind_address  # the local address to connect from ("": the OS chooses)
         self.port = port
         self.client_id = client_id or f"mcm-{uuid.uuid4().hex[:12]}"
         self.keepalive = keepalive
@@ -85,6 +87,7 @@ class MqttTransport(Transport):
             # paho's default of 20 messages in flight rescans every queued message on each PUBACK:
             # quadratic for a carrier with thousands of BIRTHs and DEATHs at once
             max_inflight_messages=0,
+            bind_address=self.bind_address,
         )
         try:
             await client.__aenter__()
