@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
+from .run import worker_stats
 
 FLEET = "bench"
 
@@ -70,6 +71,12 @@ def add_parser(sub: Any) -> None:
         choices=["auto", "node", "carrier"],
         default="auto",
         help="passed to run (default auto: what a user gets)",
+    )
+    b.add_argument(
+        "--processes",
+        type=bounded(int, 1, 64, "--processes"),
+        default=1,
+        help="passed to run: worker processes sharing the nodes (default 1); CPU and RSS are the whole tree's",
     )
     b.add_argument(
         "--parts",
@@ -118,6 +125,40 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its children (``run --processes``' workers), from ``/proc/PID/task/*/children``."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
+def _tree_cpu_seconds(pids: list[int]) -> float:
+    return sum(_cpu_seconds(p) for p in pids)
+
+
+def merge_marks(marks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One measurement of several worker processes: counts added, seconds the longest, lateness,
+    lag and GC pauses the worst worker's (so a p99 is an upper bound of the whole fleet's)."""
+    if len(marks) == 1:
+        return marks[0]
+    worst = {
+        key: {q: max(m[key][q] for m in marks) for q in ("p50", "p99", "max")} | {"n": sum(m[key]["n"] for m in marks)}
+        for key in ("tick_late_ms", "loop_lag_ms")
+    }
+    return {
+        "seconds": max(m["seconds"] for m in marks),
+        "ticks": sum(m["ticks"] for m in marks),
+        "periods_late": sum(m["periods_late"] for m in marks),
+        **worst,
+        "gc_ms": max(m["gc_ms"] for m in marks),
+        "gc_max_pause_ms": max(m["gc_max_pause_ms"] for m in marks),
+        "telemetry": {k: sum(m["telemetry"][k] for m in marks) for k in marks[0]["telemetry"]},
+        "workers": len(marks),
+    }
 
 
 class Broker:
@@ -251,6 +292,8 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         args.profile,
         "--connection",
         args.connection,
+        "--processes",
+        str(args.processes),
         "--stats-file",
         str(stats_file),
         "--summary-interval",
@@ -264,8 +307,10 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
     err_task = asyncio.create_task(_drain(run.stderr, err_lines), name="bench-run-stderr")
     out_task: asyncio.Task[None] | None = None
     try:
-        await _lines_until(run.stdout, "up: ", 600, out_lines)
+        for _ in range(args.processes):  # each worker says when its nodes are up
+            await _lines_until(run.stdout, "up: ", 600, out_lines)
         startup = time.monotonic() - t0
+        pids = _tree(run.pid)
         out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
         await asyncio.sleep(args.warmup)
         counter = await asyncio.create_subprocess_exec(
@@ -284,7 +329,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         assert counter.stdout is not None and counter.stderr is not None
         await _lines_until(counter.stderr, "subscribed", 30, [])
         run.send_signal(signal.SIGUSR1)
-        cpu0 = {"run": _cpu_seconds(run.pid), "counter": _cpu_seconds(counter.pid)}
+        cpu0 = {"run": _tree_cpu_seconds(pids), "counter": _cpu_seconds(counter.pid)}
         if broker_pid is not None:
             cpu0["broker"] = _cpu_seconds(broker_pid)
         w0 = time.monotonic()
@@ -297,11 +342,11 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
                 + " | ".join(err_lines[-5:])
             )
         cpu = {
-            k: (_cpu_seconds(pid) - cpu0[k]) / wall * 100
-            for k, pid in (("run", run.pid), ("counter", counter.pid), ("broker", broker_pid))
+            k: (_tree_cpu_seconds(pid) - cpu0[k]) / wall * 100
+            for k, pid in (("run", pids), ("counter", [counter.pid]), ("broker", [broker_pid] if broker_pid else None))
             if pid is not None
         }
-        rss = _rss_mb(run.pid)
+        rss = sum(_rss_mb(p) for p in pids)
         run.send_signal(signal.SIGUSR2)
         counted = json.loads((await counter.communicate())[0].decode().strip().splitlines()[-1])
         t_stop = time.monotonic()
@@ -313,14 +358,20 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             run.kill()
             await run.wait()
         await asyncio.gather(err_task, *(t for t in (out_task,) if t is not None), return_exceptions=True)
-    marks = [json.loads(line) for line in stats_file.read_text().splitlines() if '"what": "mark"' in line]
-    if not marks:
-        raise Failure(f"bench: the run wrote no measurement ({stats_file}): {' | '.join(err_lines[-5:])}")
-    own = marks[-1]
+    files = [stats_file] if args.processes == 1 else [worker_stats(str(stats_file), i) for i in range(args.processes)]
+    own_marks = []
+    for f in files:
+        marks = (
+            [json.loads(line) for line in f.read_text().splitlines() if '"what": "mark"' in line] if f.exists() else []
+        )
+        if not marks:
+            raise Failure(f"bench: the run wrote no measurement ({f}): {' | '.join((err_lines or out_lines)[-5:])}")
+        own_marks.append(marks[-1])
+    own = merge_marks(own_marks)
     hz = profile.rates.telemetry_hz
     due = n * hz * counted["seconds"]
     per_node = counted["per_node"]
-    tracebacks = sum("Traceback" in line for line in err_lines)
+    tracebacks = sum("Traceback" in line for line in err_lines + out_lines)
     return {
         "nodes": n,
         "profile": profile.name,
@@ -351,22 +402,23 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         "rss_mb": round(rss, 1),
         "rss_mb_per_1000": round(rss / n * 1000, 1),
         "run_stderr_tracebacks": tracebacks,
-        "run_fell_behind": any("falling behind" in line for line in err_lines),
+        "run_fell_behind": any("falling behind" in line for line in err_lines + out_lines),
+        "processes": args.processes,
     }
 
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| nodes | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost | silent "
+        "| nodes | profile (processes) | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost | silent "
         "| ping p50 / p99 ms (lost) | CPU run / broker / counter % | RSS MB per 1,000 | start-up s | stop s |"
     )
-    rows = [head, "|" + "---|" * 11]
+    rows = [head, "|" + "---|" * 12]
     for r in results:
         t, p, c = r["telemetry"], r["ping"], r["cpu_pct"]
         late = r["tick_late_ms"]
         lost = max(0, t["due"] - t["received"])
         rows.append(
-            f"| {r['nodes']:,} | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
+            f"| {r['nodes']:,} | {r['profile']} ({r.get('processes', 1)}) | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
             f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} | {t['silent_nodes']} "
             f"| {p.get('p50_ms', 0):.1f} / {p.get('p99_ms', 0):.1f} ({p['lost']} of {p['sent']}) "
             f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} "

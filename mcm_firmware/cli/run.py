@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from .. import __version__
@@ -119,7 +120,8 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         default=None,
         help="measurements as JSON lines: each summary window, and on SIGUSR2 what happened since the "
-        "last SIGUSR1 (or the start); the whole run at the end",
+        "last SIGUSR1 (or the start); the whole run at the end (with --processes, a file per worker: "
+        "FILE's stem suffixed .0, .1 ...)",
     )
     run.add_argument(
         "--connection",
@@ -398,7 +400,7 @@ async def run_processes(args: argparse.Namespace) -> int:
             raise Failure(str(e)) from None
         url = broker.url
         print(f"mcm-emu {__version__}: embedded MQTT broker at {url} for {p} worker processes", flush=True)
-    skip = {"--processes", "--shard", "--broker"}
+    skip = {"--processes", "--shard", "--broker", "--stats-file"}
     cleaned: list[str] = []
     it = iter(args.argv)
     for a in it:
@@ -421,6 +423,7 @@ async def run_processes(args: argparse.Namespace) -> int:
                 url,
                 "--shard",
                 shard,
+                *(["--stats-file", str(worker_stats(args.stats_file, i))] if args.stats_file else []),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
@@ -433,7 +436,8 @@ async def run_processes(args: argparse.Namespace) -> int:
             if proc.returncode is None:
                 proc.send_signal(sig)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    for sig in forwarded:
         loop.add_signal_handler(sig, forward, sig)
 
     async def relay(i: int, proc: asyncio.subprocess.Process) -> int:
@@ -445,12 +449,19 @@ async def run_processes(args: argparse.Namespace) -> int:
     try:
         codes = await asyncio.gather(*(relay(i, proc) for i, proc in enumerate(procs)))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in forwarded:
             loop.remove_signal_handler(sig)
         forward(signal.SIGTERM)
         if broker is not None:
             await broker.stop()
     return max(codes)
+
+
+def worker_stats(path: str, worker: int) -> Path:
+    """The ``--stats-file`` of worker ``worker`` under ``--processes``: ``stats.jsonl`` becomes
+    ``stats.0.jsonl``, ``stats.1.jsonl`` ... (SIGUSR1/SIGUSR2 reach every worker)."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{worker}{p.suffix}")
 
 
 def serve_metrics(fleet: Any, args: argparse.Namespace) -> Any:

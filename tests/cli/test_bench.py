@@ -29,7 +29,8 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
         timeout=180,
     )
     assert r.returncode == 0, r.stderr
-    assert "| nodes | ticks/s |" in r.stdout and "| 20 |" in r.stdout and "Broker ceiling" in r.stdout
+    assert "| nodes | profile (processes) | ticks/s |" in r.stdout and "| 20 | colossus-mcm (1) |" in r.stdout
+    assert "Broker ceiling" in r.stdout
     data = json.loads(out.read_text())
     (res,) = data["results"]
     ceiling = data["ceiling"]  # a flood publisher, counted by the same independent subscriber
@@ -40,6 +41,46 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
     assert res["ping"]["sent"] >= 40 and res["ping"]["lost"] == 0
     assert res["ticks_per_s"] > 0 and res["tick_late_ms"]["n"] > 0
     assert res["run_stderr_tracebacks"] == 0 and res["rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_bench_measures_a_run_of_two_worker_processes_as_one(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli(
+        "bench",
+        *("--nodes", "20", "--seconds", "5", "--warmup", "1", "--ping-rate", "10"),
+        *("--processes", "2", "--parts", "fleet", "--out", str(out)),
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr
+    (res,) = json.loads(out.read_text())["results"]
+    assert res["processes"] == 2 and "| 20 | colossus-mcm (2) |" in r.stdout
+    t = res["telemetry"]  # both workers' nodes reach the independent counter; both files are read
+    assert t["silent_nodes"] == 0 and t["damaged"] == 0 and t["share"] > 0.9
+    assert t["sent_by_run"] >= t["received"] * 0.9 and res["ping"]["lost"] == 0
+    assert res["run_stderr_tracebacks"] == 0 and res["cpu_pct"]["run"] > 0
+
+
+def test_marks_of_workers_merge_into_one_measurement():
+    from mcm_firmware.cli.bench import merge_marks
+
+    def mark(ticks, p99, sent):
+        late = {"n": ticks, "p50": 0.1, "p99": p99, "max": p99 * 2}
+        return {
+            "seconds": 60.0,
+            "ticks": ticks,
+            "periods_late": 1,
+            "gc_ms": 3.0,
+            "gc_max_pause_ms": 1.0,
+            "tick_late_ms": late,
+            "loop_lag_ms": late,
+            "telemetry": {"due": sent, "sent": sent},
+        }
+
+    merged = merge_marks([mark(1200, 2.0, 5000), mark(1199, 7.5, 4000)])
+    assert merged["ticks"] == 2399 and merged["periods_late"] == 2 and merged["workers"] == 2
+    assert merged["tick_late_ms"] == {"p50": 0.1, "p99": 7.5, "max": 15.0, "n": 2399}
+    assert merged["telemetry"] == {"due": 9000, "sent": 9000}
 
 
 def test_bench_refuses_bad_node_counts_and_parts():
