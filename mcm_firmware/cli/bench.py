@@ -121,23 +121,37 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident set of a process in MB (0 when it has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its children (``run --processes``' workers), from ``/proc/PID/task/*/children``."""
+def _workers(pid: int) -> list[int]:
+    """``pid`` and its worker processes (``run --processes``: children running ``mcm_firmware``),
+    from ``/proc/PID/task/*/children``."""
     pids = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            pids += [int(c) for c in (task / "children").read_text().split()]
+            for child in (task / "children").read_text().split():
+                if b"mcm_firmware" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pids.append(int(child))
     return pids
 
 
 def _tree_cpu_seconds(pids: list[int]) -> float:
-    return sum(_cpu_seconds(p) for p in pids)
+    """CPU seconds of ``pids`` (a process that has ended counts nothing: the run's failure is
+    reported on its own)."""
+    total = 0.0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            total += _cpu_seconds(p)
+    return total
 
 
 def merge_marks(marks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -310,7 +324,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         for _ in range(args.processes):  # each worker says when its nodes are up
             await _lines_until(run.stdout, "up: ", 600, out_lines)
         startup = time.monotonic() - t0
-        pids = _tree(run.pid)
+        pids = _workers(run.pid) if args.processes > 1 else [run.pid]
         out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
         await asyncio.sleep(args.warmup)
         counter = await asyncio.create_subprocess_exec(
