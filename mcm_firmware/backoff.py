@@ -1,4 +1,4 @@
-"""Reconnect delays: exponential backoff with jitter."""
+"""Reconnect delays: exponential backoff with full jitter; a token bucket."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import random
 
 
 class Backoff:
-    """Delays ``initial * factor^k`` capped at ``maximum``, each drawn uniformly from its upper
-    half ("equal jitter"), so that a fleet that lost its broker does not return in lockstep."""
+    """Delays drawn uniformly from ``[0, min(maximum, initial * factor^k)]`` for the k-th retry
+    ("full jitter"): a fleet that lost its broker all at once comes back spread over the whole
+    first window instead of in lockstep. With the defaults the first retries of a fleet spread
+    evenly over 4 s (2.5 % of them in any 100 ms, so that even a fleet of a thousand stays under
+    5 % in every window), later ones over 8 s and then ``maximum``; a retry comes at most
+    ``maximum`` after the previous one failed."""
 
     def __init__(
-        self, *, initial: float = 0.2, maximum: float = 10.0, factor: float = 2.0, rng: random.Random | None = None
+        self, *, initial: float = 4.0, maximum: float = 10.0, factor: float = 2.0, rng: random.Random | None = None
     ) -> None:
         if not (0 < initial <= maximum and factor >= 1):
             raise ValueError("need 0 < initial <= maximum and factor >= 1")
@@ -20,10 +24,14 @@ class Backoff:
         self.attempt = 0
         self._rng = rng or random.Random()
 
+    def ceiling(self) -> float:
+        """The longest the next delay can be."""
+        return min(self.maximum, self.initial * self.factor ** min(self.attempt, 64))
+
     def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * self.factor**self.attempt)
+        delay = self._rng.uniform(0, self.ceiling())
         self.attempt += 1
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0

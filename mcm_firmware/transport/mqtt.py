@@ -11,7 +11,7 @@ import logging
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -40,6 +40,42 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"broker URL {url!r} must not have a path or query")
     return parts.hostname, port
+
+
+def _guard_socket_callbacks(client: aiomqtt.Client) -> None:
+    """aiomqtt (2.x) hands paho's "socket wants writing" to the loop as ``add_writer(fd)`` through
+    ``call_soon_threadsafe``; when the connection breaks in between, the socket is closed by the
+    time the loop runs it and the loop logs an ``OSError: Bad file descriptor`` traceback (hundreds
+    of them when a broker with a thousand connections goes away). The same callbacks, with the
+    descriptor read when the loop runs them and a closed socket skipped."""
+    inner: Any = client
+    paho = inner._client
+    loop = inner._loop
+
+    def register_write(_paho: Any, _userdata: Any, sock: Any) -> None:
+        def write() -> None:
+            try:
+                _paho.loop_write()
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt does: a broken connection ends the client
+                if not inner._disconnected.done():
+                    inner._disconnected.set_exception(exc)
+
+        def add() -> None:
+            fd = sock.fileno()
+            if fd >= 0:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.add_writer(fd, write)
+
+        loop.call_soon_threadsafe(add)
+
+    def unregister_write(_paho: Any, _userdata: Any, sock: Any) -> None:
+        fd = sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                loop.remove_writer(fd)
+
+    paho.on_socket_register_write = register_write
+    paho.on_socket_unregister_write = unregister_write
 
 
 class MqttTransport(Transport):
@@ -89,6 +125,7 @@ class MqttTransport(Transport):
             max_inflight_messages=0,
             bind_address=self.bind_address,
         )
+        _guard_socket_callbacks(client)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as e:

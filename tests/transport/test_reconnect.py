@@ -1,0 +1,98 @@
+"""Reconnecting after the broker is lost: exponential backoff with full jitter, so that a fleet that
+lost its broker at once does not come back in lockstep."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+
+import pytest
+
+from mcm_firmware.backoff import Backoff
+
+
+def test_delays_are_drawn_from_zero_to_a_ceiling_that_doubles_up_to_the_maximum():
+    b = Backoff(initial=2.0, maximum=10.0, rng=random.Random(1))
+    ceilings = []
+    for _ in range(6):
+        ceilings.append(b.ceiling())
+        assert 0 <= b.next() <= ceilings[-1]
+    assert ceilings == [2.0, 4.0, 8.0, 10.0, 10.0, 10.0]
+    b.reset()
+    assert b.ceiling() == 2.0 and Backoff(initial=1, maximum=5).ceiling() == 1
+    with pytest.raises(ValueError):
+        Backoff(initial=0)
+
+
+def test_first_delays_of_a_fleet_spread_over_the_whole_first_window():
+    rng = random.Random(7)
+    first = [Backoff(rng=rng).next() for _ in range(20_000)]
+    windows = Counter(int(d / 0.1) for d in first)
+    assert max(windows.values()) / len(first) <= 0.05  # no 100 ms window holds more than 5 %
+    assert min(first) < 0.05 and max(first) > Backoff().ceiling() - 0.05  # from at once to the ceiling
+
+
+def _client_id(packet: bytes) -> str:
+    """The client id of an MQTT 3.1.1 CONNECT's variable part (after the fixed header)."""
+    name_len = int.from_bytes(packet[0:2], "big")
+    at = 2 + name_len + 1 + 1 + 2  # protocol name, level, flags, keep-alive
+    cid_len = int.from_bytes(packet[at : at + 2], "big")
+    return packet[at + 2 : at + 2 + cid_len].decode()
+
+
+async def _first_connects(port: int, seconds: float, t0: float) -> dict[str, float]:
+    """Listen where the broker was and note when each client id first tries to connect (each
+    attempt is then closed unanswered, as a broker that is still down would)."""
+    first: dict[str, float] = {}
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readexactly(1)
+            length, shift = 0, 0
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            body = await reader.readexactly(length)
+            if head[0] >> 4 == 1:
+                first.setdefault(_client_id(body), time.monotonic() - t0)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", port, reuse_address=True, backlog=4096)
+    async with server:
+        await asyncio.sleep(seconds)
+    return first
+
+
+@pytest.mark.slow
+def test_a_thousand_nodes_that_lost_their_broker_retry_spread_out(mosquitto, cli_process):
+    n = 1000
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", str(n), "--fleet", "storm", "--connection", "node")
+    run.wait_line(f"up: {n} nodes connected", timeout=120)
+    assert mosquitto.proc is not None
+    mosquitto.proc.kill()  # every connection reset at once
+    t0 = time.monotonic()
+    mosquitto.proc.wait()
+    first = asyncio.run(_first_connects(mosquitto.port, Backoff().ceiling() + 2.0, t0))
+    t_stop = time.monotonic()
+    run.proc.terminate()  # with the broker still gone
+    code = run.proc.wait(30)
+    stop_s = time.monotonic() - t_stop
+    assert run.proc.stderr is not None
+    err = run.proc.stderr.read()
+    assert code == 0 and "Traceback" not in err, err[-2000:]  # a lost broker is no crash
+    assert stop_s < 5.0
+    ids = {f"mcm-storm-{i}" for i in range(n)}
+    assert set(first) <= ids and len(first) >= 0.98 * n, f"{len(first)} of {n} nodes retried"
+    windows = Counter(int(t / 0.1) for t in first.values())
+    busiest = max(windows.values())
+    # the measured histogram, for the record when it fails
+    assert busiest <= 0.05 * len(first), sorted(windows.items())
+    assert max(first.values()) <= Backoff().ceiling() + 1.0
