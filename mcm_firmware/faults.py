@@ -23,16 +23,18 @@ power-brake             —                   —                               
 hbm-flip                word address        bits flipped (default 1); value2=1: stuck   stuck cells
 hbm-device              stack               device number                               repaired
 ce-storm                stack               single-bit upsets per second                stops
-link-drop               —                   probability (0..1)                          clean link
-link-corrupt            —                   probability (0..1)                          clean link
-link-duplicate          —                   probability (0..1)                          clean link
-link-delay              —                   seconds                                     clean link
-link-reorder            —                   jitter, seconds                             clean link
+link-drop               [out|in|both]       probability (0..1)                          clean link
+link-corrupt            [out|in|both]       probability (0..1)                          clean link
+link-duplicate          [out|in|both]       probability (0..1)                          clean link
+link-delay              [out|in|both]       seconds                                     clean link
+link-reorder            [out|in|both]       jitter, seconds                             clean link
 crash                   —                   reboot after this many seconds (0: never)   —
 reboot                  —                   —                                           —
 ======================  ==================  ==========================================  ============
 
-``BANK`` is one of ``die``, ``hbm``, ``flow`` (one per valve) and ``rpm`` (one per pump).
+``BANK`` is one of ``die``, ``hbm``, ``flow`` (one per valve) and ``rpm`` (one per pump). A link
+fault acts on the frames the node sends (``out``, the default), receives (``in``) or both; the
+fault control plane (INJECT, CLEAR_FAULT, GET_FAULTS and their answers) passes by link faults.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def fault_kind(text: str) -> FaultKind:
 
 
 SENSOR_BANKS = ("die", "hbm", "flow", "rpm")
+DIRECTIONS = ("out", "in", "both")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Spec:
     value: Param | None = None
     value2: Param | None = None
     clearable: bool = True
+    default_target: str | None = None  # the target when none is given (None: one is required)
 
 
 PROB = Param("probability", 0.0, 1.0)
@@ -91,11 +95,11 @@ SPECS: dict[FaultKind, Spec] = {
     FaultKind.HBM_FLIP: Spec("address", Param("bits", 1, 160, 1), Param("stuck (0 or 1)", 0, 1, 0)),
     FaultKind.HBM_DEVICE: Spec("stack", Param("device", 0, 255)),
     FaultKind.CE_STORM: Spec("stack", Param("upsets per second", 0.0, 1e5)),
-    FaultKind.LINK_DROP: Spec(None, PROB),
-    FaultKind.LINK_CORRUPT: Spec(None, PROB),
-    FaultKind.LINK_DUPLICATE: Spec(None, PROB),
-    FaultKind.LINK_DELAY: Spec(None, Param("seconds", 0.0, 60.0)),
-    FaultKind.LINK_REORDER: Spec(None, Param("jitter seconds", 0.0, 60.0)),
+    FaultKind.LINK_DROP: Spec("direction", PROB, default_target="out"),
+    FaultKind.LINK_CORRUPT: Spec("direction", PROB, default_target="out"),
+    FaultKind.LINK_DUPLICATE: Spec("direction", PROB, default_target="out"),
+    FaultKind.LINK_DELAY: Spec("direction", Param("seconds", 0.0, 60.0), default_target="out"),
+    FaultKind.LINK_REORDER: Spec("direction", Param("jitter seconds", 0.0, 60.0), default_target="out"),
     FaultKind.CRASH: Spec(None, Param("reboot after s (0: never)", 0.0, 1e6, 0.0), clearable=False),
     FaultKind.REBOOT: Spec(None, clearable=False),
 }
@@ -144,7 +148,11 @@ def make_fault(
     if spec.target is None and target:
         raise FaultError(f"{kind.label} takes no target (got {target!r})")
     if spec.target is not None and not target:
-        raise FaultError(f"{kind.label} needs a {spec.target}")
+        if spec.default_target is None:
+            raise FaultError(f"{kind.label} needs a {spec.target}")
+        target = spec.default_target
+    if spec.target == "direction":
+        target = link_direction(target)
     values = []
     for param, given in ((spec.value, value), (spec.value2, value2)):
         if param is None:
@@ -169,14 +177,28 @@ def parse_fault(tokens: list[str]) -> Fault:
     rest = list(tokens[1:])
     target = ""
     if spec.target is not None:
-        if not rest:
+        if spec.default_target is not None and (not rest or _looks_numeric(rest[0])):
+            target = spec.default_target
+        elif spec.target == "direction" and rest[0] not in DIRECTIONS:
+            what = spec.value.name if spec.value is not None else "number"
+            raise FaultError(f"{kind.label}: {rest[0]!r} is neither a direction (out, in, both) nor a {what}")
+        elif not rest:
             raise FaultError(f"{kind.label} needs a {spec.target}")
-        target = rest.pop(0)
+        else:
+            target = rest.pop(0)
     params = [p for p in (spec.value, spec.value2) if p is not None]
     if len(rest) > len(params):
         raise FaultError(f"{kind.label}: too many arguments ({' '.join(rest)})")
     nums = [_number(text, p, kind) for text, p in zip(rest, params, strict=False)]
     return make_fault(kind, target, *(nums + [None] * (2 - len(nums))))
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(int(text, 0)) if text.lower().startswith("0x") else float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -224,6 +246,13 @@ def sensor_of(target: str, counts: dict[str, int]) -> tuple[str, int]:
     if not sep or bank not in SENSOR_BANKS:
         raise FaultError(f"sensor must be BANK:N with BANK one of {', '.join(SENSOR_BANKS)} (got {target!r})")
     return bank, index_in(idx, counts[bank], f"{bank} sensor")
+
+
+def link_direction(target: str) -> str:
+    """``out``, ``in`` or ``both``: the frames a link fault acts on."""
+    if target not in DIRECTIONS:
+        raise FaultError(f"a link fault's direction is out, in or both (got {target!r})")
+    return target
 
 
 def address_of(target: str) -> int:

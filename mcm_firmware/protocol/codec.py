@@ -330,6 +330,18 @@ def envelope(data: bytes | bytearray | memoryview) -> Envelope:
     return Envelope(msg_type, flags, node_id, seq, ts, view[HEADER_SIZE : n - CRC_SIZE])
 
 
+def command_op(data: bytes | bytearray | memoryview) -> int | None:
+    """The operation of a COMMAND frame whose envelope holds (checks 1 to 5), else None: what a
+    link layer may look at before the frame is decoded."""
+    try:
+        env = envelope(data)
+    except FrameError:
+        return None
+    if env.msg_type != MsgType.COMMAND or len(env.payload) < 6:
+        return None
+    return int.from_bytes(env.payload[4:6], "little")  # after request_id u32 (frames.Command)
+
+
 def _decode(data: bytes | bytearray | memoryview) -> Message:
     msg_type, flags, node_id, seq, ts, body = envelope(data)
     plen = len(body)

@@ -293,6 +293,10 @@ _SPECS = (
     ),
 )
 OPS: dict[Op, OpSpec] = {s.op: s for s in _SPECS}
+FAULT_CONTROL = frozenset({Op.INJECT, Op.CLEAR_FAULT, Op.GET_FAULTS})
+"""The fault control plane: these commands and their answers pass by the node's emulated link
+faults (as an emulator's monitor port is apart from the link it emulates), so a fault on the link
+can always be seen and cleared."""
 if set(OPS) != set(Op):
     raise TypeError(f"operations without a spec: {sorted(o.name for o in set(Op) - set(OPS))}")
 

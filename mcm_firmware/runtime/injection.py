@@ -22,6 +22,7 @@ from ..faults import (
     FaultKind,
     address_of,
     index_in,
+    link_direction,
     pump_index,
     sensor_of,
 )
@@ -170,10 +171,10 @@ def _link(param: LinkFaultParam) -> Effect:
     still leaves on a clean link."""
 
     def apply(node: Node, fault: Fault) -> None:
-        node.set_link_fault(param, fault.value, after_answer=True)
+        node.set_link_fault(param, fault.value, direction=fault.target, after_answer=True)
 
     def undo(node: Node, fault: Fault) -> None:
-        node.set_link_fault(param, None)
+        node.set_link_fault(param, None, direction=fault.target)
 
     return Effect(apply, undo)
 
@@ -213,6 +214,8 @@ def canonical_target(node: Node, fault: Fault) -> str:
         return f"{bank}:{idx}"
     if spec.target == "stack":
         return str(index_in(fault.target, p.hbm.count, "HBM stack"))
+    if spec.target == "direction":
+        return link_direction(fault.target or spec.default_target or "")
     if spec.target == "address":
         addr = address_of(fault.target)
         if not node.shard.ras_cfg.geometry.valid(addr):

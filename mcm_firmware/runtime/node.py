@@ -62,8 +62,8 @@ from ..protocol import (
     decode,
     frame_bytes,
 )
-from ..protocol.codec import encode_body, snapshot_from_payload
-from ..protocol.ops import StatsResult
+from ..protocol.codec import command_op, encode_body, snapshot_from_payload
+from ..protocol.ops import FAULT_CONTROL, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -122,10 +122,12 @@ class _Out:
     msg_type: MsgType
     body: bytes
     retain: bool = False
+    control: bool = False
+    """An answer of the fault control plane (:data:`FAULT_CONTROL`): it passes by the link faults."""
 
     @classmethod
-    def of(cls, channel: Channel, msg: Message, *, retain: bool = False) -> _Out:
-        return cls(channel, msg.TYPE, encode_body(msg), retain)
+    def of(cls, channel: Channel, msg: Message, *, retain: bool = False, control: bool = False) -> _Out:
+        return cls(channel, msg.TYPE, encode_body(msg), retain, control)
 
 
 @dataclass
@@ -193,8 +195,8 @@ class Node:
         self._stray: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.connected_once = asyncio.Event()
-        self.link_faults: LinkFaults | None = None
-        self._link_params: LinkFaultParams = {}
+        self.link_faults: dict[str, LinkFaults] = {}  # per direction ("out", "in") where any is set
+        self._link_params: dict[str, LinkFaultParams] = {"out": {}, "in": {}}
         self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
         self.tlm_address = self.address(Channel.TLM)
 
@@ -342,8 +344,8 @@ class Node:
         self.boot_count = (self.boot_count + 1) & U32
         self.counters = Counters()
         self._answered.clear()
-        self._link_params = {}
-        self.link_faults = None
+        self._link_params = {"out": {}, "in": {}}
+        self.link_faults = {}
         self.shard.link_faulty[self.row] = False
         self.shard.reset_row(self.row)
         self.start()
@@ -358,24 +360,39 @@ class Node:
 
     # --- link faults (applied by the node's own link layer, on any transport) -------------------
 
-    def set_link_fault(self, name: LinkFaultParam, value: float | None, *, after_answer: bool = False) -> None:
-        """``drop``, ``corrupt``, ``duplicate`` (probabilities), ``delay``, ``jitter`` (seconds);
-        None removes it. ``after_answer``: from just after the answer to the command that set it."""
+    def set_link_fault(
+        self, name: LinkFaultParam, value: float | None, *, direction: str = "out", after_answer: bool = False
+    ) -> None:
+        """``drop``, ``corrupt``, ``duplicate`` (probabilities), ``delay``, ``jitter`` (seconds) on
+        the frames the node sends (``direction`` ``out``), receives (``in``) or both; None removes
+        it. ``after_answer``: from just after the answer to the command that set it. The fault
+        control plane (:data:`FAULT_CONTROL`) passes by them either way."""
         if after_answer:
-            self._later(LIFECYCLE_GRACE_S, self.set_link_fault, name, value)
+            self._later(LIFECYCLE_GRACE_S, self._set_link_fault, name, value, direction)
             return
-        if value is None:
-            self._link_params.pop(name, None)
-        else:
-            self._link_params[name] = value
-        self.link_faults = (
-            LinkFaults(seed=self._rng.getrandbits(32), **self._link_params) if self._link_params else None
-        )
-        self.shard.link_faulty[self.row] = self.link_faults is not None
+        self._set_link_fault(name, value, direction)
 
-    def _plan(self, addr: Address, payload: bytes) -> list[tuple[float, Delivery]]:
+    def _set_link_fault(self, name: LinkFaultParam, value: float | None, direction: str) -> None:
+        for way in ("out", "in") if direction == "both" else (direction,):
+            params = self._link_params[way]
+            if value is None:
+                params.pop(name, None)
+            else:
+                params[name] = value
+            old = self.link_faults.pop(way, None)
+            if params:
+                hook = LinkFaults(seed=self._rng.getrandbits(32), **params)
+                if old is not None:  # what the link did so far stays counted
+                    hook.counts = old.counts
+                self.link_faults[way] = hook
+        self.shard.link_faulty[self.row] = bool(self.link_faults)
+
+    def _plan(self, addr: Address, payload: bytes, way: str) -> list[tuple[float, Delivery]]:
         d = Delivery(addr, payload)
-        return self.link_faults(d) if self.link_faults is not None else [(0.0, d)]
+        hook = self.link_faults.get(way)
+        if hook is None or (way == "in" and command_op(payload) in FAULT_CONTROL):
+            return [(0.0, d)]
+        return hook(d)
 
     def _later(self, delay: float, fn: Callable[..., None], *args: object) -> None:
         handle: asyncio.TimerHandle
@@ -419,7 +436,7 @@ class Node:
                 self.connected_once.set()
                 while True:
                     delivery = await tr.receive()
-                    for delay, d in self._plan(delivery.address, delivery.payload):
+                    for delay, d in self._plan(delivery.address, delivery.payload, "in"):
                         if delay > 0:
                             self._later(delay, self._on_frame, d.payload)
                         else:
@@ -455,13 +472,15 @@ class Node:
                     out = queue.popleft()
                     frame = self._frame(out.msg_type, out.body)
                     addr, retain, reliable = self.address(out.channel), out.retain, True
+                    way = "control" if out.control else "out"
                 else:
                     payload, self._telemetry = self._telemetry, None
                     assert payload is not None
                     frame = self._frame(self._telemetry_type, payload)
                     addr, retain, reliable = self.address(Channel.TLM), False, False
+                    way = "out"
                 try:
-                    for delay, d in self._plan(addr, frame):
+                    for delay, d in self._plan(addr, frame, way):
                         if delay > 0:
                             self._publish_later(tr, d, retain, reliable)
                         else:
@@ -520,7 +539,7 @@ class Node:
         )
 
     def _respond(self, resp: Response) -> bytes:
-        out = _Out.of(Channel.RSP, resp)
+        out = _Out.of(Channel.RSP, resp, control=resp.op in FAULT_CONTROL)
         self._queue(self._urgent, out)
         return out.body
 
@@ -589,7 +608,7 @@ class Node:
         if cached is not None:
             self.counters.rx_duplicates += 1
             self._answered.move_to_end(msg.request_id)
-            self._queue(self._urgent, _Out(Channel.RSP, MsgType.RESPONSE, cached))
+            self._queue(self._urgent, _Out(Channel.RSP, MsgType.RESPONSE, cached, control=msg.op in FAULT_CONTROL))
             return
         self._answered[msg.request_id] = self._respond(self.execute(msg))
         if len(self._answered) > RESPONSE_CACHE:

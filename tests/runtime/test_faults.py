@@ -39,7 +39,9 @@ from mcm_firmware.transport import Channel
         (["hbm-flip", "0x1000", "2", "1"], "hbm-flip 0x1000 2 1"),
         (["hbm-flip", "4096"], "hbm-flip 4096 1 0"),
         (["vrm-overcurrent"], "vrm-overcurrent 1.5"),
-        (["link-drop", "0.25"], "link-drop 0.25"),
+        (["link-drop", "0.25"], "link-drop out 0.25"),
+        (["link-drop", "in", "0.25"], "link-drop in 0.25"),
+        (["link-delay", "both", "0.1"], "link-delay both 0.1"),
         (["crash", "5"], "crash 5"),
         (["reboot"], "reboot"),
     ],
@@ -56,7 +58,8 @@ def test_faults_parse(tokens, expected):
         (["pump-fail"], "pump-fail needs a pump"),
         (["sensor-stuck", "die:1"], "needs a value"),
         (["link-drop", "1.5"], "probability must be within 0..1"),
-        (["link-drop", "lots"], "must be a number"),
+        (["link-drop", "lots"], "'lots' is neither a direction .* nor a probability"),
+        (["link-drop", "sideways", "0.5"], "'sideways' is neither a direction"),
         (["inlet-step", "5", "6"], "too many arguments"),
         (["hbm-device", "3"], "needs a device"),
     ],
@@ -263,14 +266,14 @@ def test_link_faults_are_survived_by_retries_and_counted(on_fleet):
         node = fleet.nodes[0]
         for _ in range(30):
             await host.ping(0, timeout=3.0)
-        counts = dict(node.link_faults.counts)
+        counts = dict(node.link_faults["out"].counts)
         await clear(host, 0, "all")
         await asyncio.sleep(1)
         return counts, node.link_faults, node.counters.rx_duplicates
 
     counts, faults_after, dups = on_fleet(fn, nodes=1, settle=10)
     assert counts["dropped"] > 0 and counts["duplicated"] > 0 and counts["delayed"] > 0
-    assert faults_after is None and dups > 0
+    assert faults_after == {} and dups > 0
 
 
 def test_link_corrupt_gets_frames_rejected(on_fleet):
@@ -278,15 +281,42 @@ def test_link_corrupt_gets_frames_rejected(on_fleet):
         await inject(host, 0, "link-corrupt", "1.0")
         await asyncio.sleep(2)
         node = fleet.nodes[0]
-        from mcm_firmware.faults import ClearSpec
-        from mcm_firmware.runtime.injection import clear_faults
 
-        clear_faults(node, ClearSpec(None))  # over the wire the clear would be corrupted too
+        await clear(host, 0, "link-corrupt")  # the fault control plane passes by the link's faults
         await asyncio.sleep(1)
-        return rec
+        await host.ping(0)  # and the link is clean again
+        return rec, dict(node.faults)
 
-    rec = on_fleet(fn, nodes=1, settle=10)
+    rec, in_force = on_fleet(fn, nodes=1, settle=10)
     from mcm_firmware.protocol import FrameError
 
     bad = [m for a, m, _ in rec.frames if isinstance(m, FrameError)]
-    assert len(bad) > 10  # every frame the node sent while corrupting
+    assert len(bad) > 10 and in_force == {}  # every frame the node sent while corrupting
+
+
+@pytest.mark.parametrize("direction", ["in", "out", "both"])
+def test_a_link_fault_acts_in_the_direction_it_names_and_can_always_be_cleared(on_fleet, direction):
+    async def fn(fleet, host, rec):
+        node = fleet.nodes[0]
+        await inject(host, 0, "link-drop", direction, "1.0")
+        await asyncio.sleep(0.5)  # from just after the answer
+        rx0 = node.counters.rx_frames
+        with pytest.raises(RequestTimeout):
+            await host.ping(0, timeout=0.5)
+        faults = await host.request(0, Op.GET_FAULTS)  # the control plane reaches the node both ways
+        counts = {way: dict(hook.counts) for way, hook in node.link_faults.items()}
+        rx = node.counters.rx_frames - rx0
+        await clear(host, 0, "link-drop")
+        await asyncio.sleep(0.5)
+        await host.ping(0)
+        return faults.data.faults, counts, rx, node.link_faults
+
+    faults, counts, rx, after = on_fleet(fn, nodes=1, settle=5)
+    assert [(f.kind, f.target) for f in faults] == [(FaultKind.LINK_DROP, direction)]
+    ways = {"in": {"in"}, "out": {"out"}, "both": {"in", "out"}}[direction]
+    assert set(counts) == ways and all(c["dropped"] > 0 for c in counts.values())
+    if direction == "out":  # the pings reached the node; their answers were lost
+        assert rx >= 2 and counts["out"]["dropped"] >= 2
+    else:  # the pings never reached the node; only the control plane's GET_FAULTS did
+        assert rx == 1 and counts["in"]["dropped"] >= 2
+    assert after == {}
