@@ -15,11 +15,9 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -239,49 +237,24 @@ async def _drain(stream: asyncio.StreamReader, into: list[str]) -> None:
 
 
 async def _pings(url: str, nodes: int, rate: float, seconds: float) -> dict[str, Any]:
-    """Command round trips at ``rate`` per second to random nodes during ``seconds``."""
-    import uuid
-
-    from ..host.client import HostClient, HostError
-    from ..protocol import Op
-    from ..transport import TransportError, transport_factory
-
-    rtts: list[float] = []
-    lost = 0
+    """Command round trips at ``rate`` per second to random nodes during ``seconds``, measured by
+    an independent requester in a process of its own (:mod:`mcm_firmware.host.pinger`)."""
     if rate <= 0:
         return {"sent": 0, "lost": 0}
-    rng = random.Random(1)
-    tr = transport_factory(url)(f"mcm-bench-{uuid.uuid4().hex[:8]}")
-    async with HostClient(tr, fleet=FLEET, timeout=2.0, retries=0) as host:
-        period, end = 1.0 / rate, time.monotonic() + seconds
-        pending: set[asyncio.Task[None]] = set()
-
-        async def one(node: int) -> None:
-            nonlocal lost
-            t0 = time.perf_counter()
-            try:
-                await host.request(node, Op.PING)
-                rtts.append(time.perf_counter() - t0)
-            except (HostError, TransportError):
-                lost += 1
-
-        next_at = time.monotonic()
-        while next_at < end:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            task = asyncio.create_task(one(rng.randrange(nodes)), name="bench-ping")
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            next_at += period
-        if pending:
-            await asyncio.wait(pending)
-    qs = statistics.quantiles(rtts, n=100) if len(rtts) >= 2 else [0.0] * 99
-    return {
-        "sent": len(rtts) + lost,
-        "lost": lost,
-        "p50_ms": round(qs[49] * 1e3, 3),
-        "p99_ms": round(qs[98] * 1e3, 3),
-        "max_ms": round(max(rtts, default=0.0) * 1e3, 3),
-    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mcm_firmware.host.pinger",
+        *("--broker", url, "--fleet", FLEET, "--nodes", str(nodes)),
+        *("--rate", str(rate), "--duration", str(seconds)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise Failure(f"bench: the pinger failed (exit {proc.returncode}): {err.decode(errors='replace')[-300:]}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
 
 
 async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | None, workdir: Path) -> dict[str, Any]:
@@ -360,6 +333,8 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             for k, pid in (("run", pids), ("counter", [counter.pid]), ("broker", [broker_pid] if broker_pid else None))
             if pid is not None
         }
+        if "pinger_cpu_pct" in pings:
+            cpu["pinger"] = pings["pinger_cpu_pct"]
         rss = sum(_rss_mb(p) for p in pids)
         run.send_signal(signal.SIGUSR2)
         counted = json.loads((await counter.communicate())[0].decode().strip().splitlines()[-1])
@@ -424,7 +399,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| nodes | profile (processes) | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost | silent "
-        "| ping p50 / p99 ms (lost) | CPU run / broker / counter % | RSS MB per 1,000 | start-up s | stop s |"
+        "| ping p50 / p99 ms (lost) | CPU run / broker / counter / pinger % | RSS MB per 1,000 | start-up s | stop s |"
     )
     rows = [head, "|" + "---|" * 12]
     for r in results:
@@ -435,7 +410,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"| {r['nodes']:,} | {r['profile']} ({r.get('processes', 1)}) | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
             f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} | {t['silent_nodes']} "
             f"| {p.get('p50_ms', 0):.1f} / {p.get('p99_ms', 0):.1f} ({p['lost']} of {p['sent']}) "
-            f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} "
+            f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} / {c.get('pinger', 0):.0f} "
             f"| {r['rss_mb_per_1000']:.0f} | {r['startup_s']:.1f} | {r['stop_s']:.1f} |"
         )
     return "\n".join(rows)

@@ -304,6 +304,13 @@ class FastSubscriber(asyncio.Protocol):
         if self._transport is not None:
             self._transport.write(wire.PINGREQ_PACKET)
 
+    def send(self, packet: bytes) -> bool:
+        """Write a packet of one's own on the connection (e.g. a PUBLISH); False when it is down."""
+        if self._transport is None or self._transport.is_closing():
+            return False
+        self._transport.write(packet)
+        return True
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.write(wire.DISCONNECT_PACKET)

@@ -100,6 +100,20 @@ def publish(topic: str, payload: bytes) -> bytes:
     return publish_header(topic.encode(), len(payload)) + payload
 
 
+def publish_qos1(topic: str, packet_id: int, payload: bytes) -> bytes:
+    """One QoS 1 PUBLISH packet (no DUP, no RETAIN); the broker answers with PUBACK ``packet_id``."""
+    if not 1 <= packet_id <= 0xFFFF:
+        raise ValueError(f"packet id {packet_id} outside 1..65535")
+    t = topic.encode()
+    return (
+        bytes((PUBLISH | 0x02,))
+        + remaining_length(2 + len(t) + 2 + len(payload))
+        + _str16(t)
+        + struct.pack("!H", packet_id)
+        + payload
+    )
+
+
 def subscribe(packet_id: int, topic_filter: str, qos: int = 0) -> bytes:
     """A SUBSCRIBE packet for one topic filter."""
     body = struct.pack("!H", packet_id) + _str16(topic_filter.encode()) + bytes((qos,))

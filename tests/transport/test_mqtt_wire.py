@@ -1,5 +1,5 @@
 """The telemetry fast path's MQTT packets are byte for byte what paho-mqtt (the library under
-aiomqtt) encodes for the same call: CONNECT, PUBLISH at QoS 0, PINGREQ, DISCONNECT."""
+aiomqtt) encodes for the same call: CONNECT, PUBLISH at QoS 0 and 1, SUBSCRIBE, PINGREQ, DISCONNECT."""
 
 from __future__ import annotations
 
@@ -113,6 +113,24 @@ def test_subscribe_equals_paho(mid, topic_filter, qos):
         a.close()
         b.close()
     assert w.subscribe(mid, topic_filter, qos) == packet
+
+
+@given(st.integers(1, 65535), topics, st.binary(max_size=600))
+def test_qos1_publish_equals_paho(mid, topic, payload):
+    c, a, b = _paho()
+    try:
+        c._last_mid = mid - 1
+        assert c.publish(topic, payload, qos=1, retain=False).mid == mid
+        (packet,) = _queued(c)
+    finally:
+        a.close()
+        b.close()
+    assert w.publish_qos1(topic, mid, payload) == packet
+
+
+def test_qos1_publish_refuses_packet_id_zero():
+    with pytest.raises(ValueError, match="packet id 0"):
+        w.publish_qos1("t", 0, b"")
 
 
 @given(topics, st.binary(max_size=300))
