@@ -16,10 +16,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import bench, ctl, fuzz, monitor, profiles, replay, run, scenario
+from . import bench, broker_config, ctl, fuzz, monitor, profiles, replay, run, scenario
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
 
-GROUPS = (run, ctl, monitor, scenario, replay, fuzz, bench, profiles)
+GROUPS = (run, ctl, monitor, scenario, replay, fuzz, bench, profiles, broker_config)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -320,8 +320,9 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         if broker_pid is not None:
             cpu0["broker"] = _cpu_seconds(broker_pid)
         w0 = time.monotonic()
-        pings = await _pings(url, n, args.ping_rate, args.seconds)
-        await asyncio.sleep(max(0.0, args.seconds - (time.monotonic() - w0)))
+        pinger = asyncio.create_task(_pings(url, n, args.ping_rate, args.seconds), name="bench-pinger")
+        # CPU is read while the counter still runs (an ended process reads as having used none)
+        await asyncio.sleep(max(0.0, args.seconds - 0.5 - (time.monotonic() - w0)))
         wall = time.monotonic() - w0
         if run.returncode is not None:
             raise Failure(
@@ -333,6 +334,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             for k, pid in (("run", pids), ("counter", [counter.pid]), ("broker", [broker_pid] if broker_pid else None))
             if pid is not None
         }
+        pings = await pinger
         if "pinger_cpu_pct" in pings:
             cpu["pinger"] = pings["pinger_cpu_pct"]
         rss = sum(_rss_mb(p) for p in pids)

@@ -67,6 +67,45 @@ def bounded(kind: Callable[[str], Any], lo: float, hi: float, what: str) -> Call
     return convert
 
 
+def security_options(p: argparse.ArgumentParser, *, nodes: bool = False) -> None:
+    """Credentials and TLS for the broker (docs/security.md); they become the broker URL's query
+    parameters (:mod:`mcm_firmware.transport.security`)."""
+    g = p.add_argument_group("broker security (docs/security.md)")
+    g.add_argument("--username", default=None, help="MQTT user name (a host's role, e.g. fleet-host)")
+    g.add_argument("--password-file", default=None, metavar="FILE", help="file whose first line is the password")
+    if nodes:
+        g.add_argument(
+            "--node-secret",
+            default=None,
+            metavar="FILE",
+            help="the fleet's node secret: every node connects as its own client id with a password "
+            "derived from it (mcm-emu broker-config writes the broker's side)",
+        )
+    g.add_argument("--cafile", default=None, metavar="FILE", help="CA the broker's certificate must chain to (TLS)")
+    g.add_argument("--cert", default=None, metavar="FILE", help="this client's certificate (TLS)")
+    g.add_argument("--key", default=None, metavar="FILE", help="this client's private key (TLS)")
+
+
+def secured(url: str, args: argparse.Namespace) -> str:
+    """``url`` with the command's security options; BadInput names what does not fit."""
+    from ..transport.security import security_of, with_security
+
+    given = {
+        "username": getattr(args, "username", None),
+        "password_file": getattr(args, "password_file", None),
+        "node_secret": getattr(args, "node_secret", None),
+        "cafile": getattr(args, "cafile", None),
+        "cert": getattr(args, "cert", None),
+        "key": getattr(args, "key", None),
+    }
+    out = with_security(url, **given)
+    try:
+        security_of(out)
+    except ValueError as e:
+        raise BadInput(str(e).replace("broker URL", "broker").replace("password_file", "--password-file")) from None
+    return out
+
+
 def client_options(p: argparse.ArgumentParser) -> None:
     """``--broker`` or ``--serial``, ``--fleet``, ``--json``: how a host reaches a fleet."""
     link = p.add_mutually_exclusive_group()
@@ -82,11 +121,12 @@ def client_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fleet", type=fleet_name, default="default")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    security_options(p)
 
 
 def link_url(args: argparse.Namespace) -> str:
-    """The transport URL of a host command's ``--broker`` / ``--serial``."""
-    return f"serial://{args.serial}" if args.serial else str(args.broker)
+    """The transport URL of a host command's ``--broker`` (with its security options) / ``--serial``."""
+    return f"serial://{args.serial}" if args.serial else secured(str(args.broker), args)
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: Any = None) -> None:

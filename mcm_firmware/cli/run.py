@@ -16,7 +16,18 @@ from typing import Any
 
 from .. import __version__
 from ..tasks import cancel_and_wait
-from .common import EXIT_OK, U32_MAX, BadInput, Failure, bounded, broker_url, fleet_name, serial_port
+from .common import (
+    EXIT_OK,
+    U32_MAX,
+    BadInput,
+    Failure,
+    bounded,
+    broker_url,
+    fleet_name,
+    secured,
+    security_options,
+    serial_port,
+)
 from .display import Display, meter_line
 
 
@@ -149,6 +160,7 @@ def add_parser(sub: Any) -> None:
         default=5.0,
         help="seconds between summary lines when stdout is not a terminal",
     )
+    security_options(run, nodes=True)
     run.set_defaults(func=cmd_run)
 
 
@@ -167,6 +179,20 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise BadInput("--serial-mux goes with --serial")
     if args.serial and (args.broker is not None or args.record):
         raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
+    if args.broker is not None:
+        args.broker = secured(args.broker, args)
+        if args.node_secret and not args.username:
+            raise BadInput(
+                "--node-secret needs --username and --password-file too: the run's own checks connect as a host"
+            )
+        if args.node_secret and args.connection == "carrier":
+            raise BadInput(
+                "--node-secret gives every node a connection of its own: it does not go with --connection carrier"
+            )
+        if args.node_secret:
+            args.connection = "node"
+    elif any(getattr(args, k) for k in ("username", "password_file", "node_secret", "cafile", "cert", "key")):
+        raise BadInput("broker security options are for an external broker (--broker); the embedded one is open")
     if args.processes > 1:
         return await run_processes(args)
     ids = shard_ids(args)
@@ -239,7 +265,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
                     f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...; {sched}",
                     flush=True,
                 )
-            recorder = await _start_recorder(url, args.fleet, args.record, clock) if args.record else None
+            recorder = await _start_recorder(str(url), args.fleet, args.record, clock) if args.record else None
             try:
                 await serve(fleet, args)
             finally:

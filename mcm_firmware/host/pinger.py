@@ -26,6 +26,7 @@ from ..protocol.codec import FrameError, envelope
 from ..transport import mqtt_wire as wire
 from ..transport.mqtt import parse_broker_url
 from ..transport.mqtt_fast import FastSubscriber
+from ..transport.security import security_of
 
 
 class Pings:
@@ -68,6 +69,7 @@ async def ping(
     host, port = parse_broker_url(url)
     pings = Pings()
     sub = FastSubscriber(
+        security=security_of(url),
         host=host,
         port=port,
         client_id=f"mcm-pinger-{uuid.uuid4().hex[:8]}",

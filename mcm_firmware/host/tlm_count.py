@@ -24,6 +24,7 @@ from typing import Any
 
 from ..transport.mqtt import parse_broker_url
 from ..transport.mqtt_fast import FastSubscriber
+from ..transport.security import security_of
 
 _HEADER, _CRC = 23, 4
 
@@ -73,6 +74,7 @@ async def count(
     host, port = parse_broker_url(url)
     counter = TelemetryCount(fleet)
     sub = FastSubscriber(
+        security=security_of(url),
         host=host,
         port=port,
         client_id=f"mcm-count-{uuid.uuid4().hex[:8]}",

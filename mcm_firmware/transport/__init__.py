@@ -36,7 +36,8 @@ ENTRY_POINT_GROUP = "mcm_emu.transports"
 def _mqtt(url: str) -> TransportFactory:
     mod = importlib.import_module(".mqtt", __name__)
     host, port = mod.parse_broker_url(url)
-    return lambda client_id: mod.MqttTransport(host=host, port=port, client_id=client_id)
+    security = importlib.import_module(".security", __name__).security_of(url)
+    return lambda client_id: mod.MqttTransport(host=host, port=port, client_id=client_id, security=security)
 
 
 def _loopback(url: str) -> TransportFactory:
@@ -69,8 +70,13 @@ class PerNodeLinks(NodeLinks):
         if self.sources:
             mod = importlib.import_module(".mqtt", __name__)
             host, port = mod.parse_broker_url(url)
+            security = importlib.import_module(".security", __name__).security_of(url)
             self._by_source = [
-                (lambda cid, src=src: mod.MqttTransport(host=host, port=port, client_id=cid, bind_address=src))
+                (
+                    lambda cid, src=src: mod.MqttTransport(
+                        host=host, port=port, client_id=cid, bind_address=src, security=security
+                    )
+                )
                 for src in self.sources
             ]
 
@@ -177,7 +183,7 @@ def node_links(
         raise ValueError("one link per node and shared links are for serial ports only")
     url = urls[0]
     if connection == "node" or (connection == "auto" and len(nodes) <= PER_NODE_LIMIT):
-        if urlsplit(url).scheme in ("mqtt", "tcp"):
+        if urlsplit(url).scheme in ("mqtt", "tcp", "mqtts"):
             host, _ = importlib.import_module(".mqtt", __name__).parse_broker_url(url)
             return PerNodeLinks(url, source_addresses(sources, len(nodes), host))
         if sources != "auto":
@@ -188,16 +194,18 @@ def node_links(
     client_id = f"mcm-{fleet}-link-{min(nodes)}-{max(nodes)}"
     carrier = Carrier(transport_factory(url), client_id=client_id, fleet=fleet, nodes=nodes)
     sink = None
-    if urlsplit(url).scheme in ("mqtt", "tcp"):
+    if urlsplit(url).scheme in ("mqtt", "tcp", "mqtts"):
         mqtt = importlib.import_module(".mqtt", __name__)
         fast = importlib.import_module(".mqtt_fast", __name__)
         host, port = mqtt.parse_broker_url(url)
-        sink = fast.FastPublisher(host=host, port=port, client_id=f"{client_id}-tlm")
+        security = importlib.import_module(".security", __name__).security_of(url)
+        sink = fast.FastPublisher(host=host, port=port, client_id=f"{client_id}-tlm", security=security)
     return CarrierLinks(url, carrier, sink)
 
 
 BACKENDS: dict[str, Callable[[str], TransportFactory]] = {
     "mqtt": _mqtt,
+    "mqtts": _mqtt,
     "tcp": _mqtt,
     "loopback": _loopback,
     "serial": _serial,

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from .base import Address, Delivery, Subscription, Transport, TransportError, Will
+from .security import TLS_PORT, BrokerSecurity, security_of
 from .topics import parse_topic, topic, topic_filter
 
 DEFAULT_PORT = 1883
@@ -27,18 +28,21 @@ _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://HOST[:PORT]`` (also ``tcp://``) -> (host, port); ValueError names what is wrong."""
+    """``mqtt://HOST[:PORT]`` (also ``tcp://``), or ``mqtts://HOST[:PORT]`` for TLS, with the
+    security parameters of :mod:`.security` as a query -> (host, port); ValueError names what is
+    wrong."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// (got {parts.scheme or 'none'!r})")
+    if parts.scheme not in ("mqtt", "tcp", "mqtts"):
+        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts:// (got {parts.scheme or 'none'!r})")
     if not parts.hostname:
         raise ValueError(f"broker URL {url!r} names no host")
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port or (TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT)
     except ValueError:
         raise ValueError(f"broker URL {url!r} has an invalid port") from None
-    if parts.path not in ("", "/") or parts.query:
-        raise ValueError(f"broker URL {url!r} must not have a path or query")
+    if parts.path not in ("", "/"):
+        raise ValueError(f"broker URL {url!r} must not have a path")
+    security_of(url)
     return parts.hostname, port
 
 
@@ -90,8 +94,10 @@ class MqttTransport(Transport):
         keepalive: int = 10,
         connect_timeout: float = 5.0,
         bind_address: str = "",
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.host = host
+        self.security = security or BrokerSecurity()
         self.bind_address = bind_address  # the local address to connect from ("": the OS chooses)
         self.port = port
         self.client_id = client_id or f"mcm-{uuid.uuid4().hex[:12]}"
@@ -105,15 +111,23 @@ class MqttTransport(Transport):
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.security.tls else 'mqtt'}://{self.host}:{self.port}"
 
     async def connect(self, *, will: Will | None = None) -> None:
         if self._client is not None:
             raise TransportError("already connected")
+        try:
+            username, password = self.security.credentials(self.client_id)
+            tls_context = self.security.ssl_context()
+        except (ValueError, OSError) as e:  # a secret file or certificate that cannot be read
+            raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
         client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=self.client_id,
+            username=username,
+            password=password,
+            tls_context=tls_context,
             will=aiomqtt.Will(topic(will.address), will.payload, qos=1, retain=True) if will else None,
             keepalive=self.keepalive,
             timeout=self.connect_timeout,

@@ -24,9 +24,31 @@ from ..backoff import Backoff
 from ..tasks import cancel_and_wait
 from . import mqtt_wire as wire
 from .base import TransportError
+from .security import BrokerSecurity
 
 MAX_BACKLOG = 4 << 20  # bytes waiting for the socket before slots are refused
 READ_CHUNK = 256 * 1024  # what asyncio reads at once; a shorter read means the socket ran dry
+
+
+async def open_connection(protocol: asyncio.Protocol, host: str, port: int, security: BrokerSecurity) -> None:
+    """A TCP (or, for ``mqtts``, TLS) connection to the broker run by ``protocol``."""
+    loop = asyncio.get_running_loop()
+    try:
+        ctx = security.ssl_context()
+        await loop.create_connection(lambda: protocol, host, port, ssl=ctx, server_hostname=host if ctx else None)
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise TransportError(f"cannot connect to broker {host}:{port}: {reason}") from None
+
+
+def connect_packet(client_id: str, keepalive: int, security: BrokerSecurity) -> bytes:
+    try:
+        username, password = security.credentials(client_id)
+    except ValueError as e:
+        raise TransportError(f"cannot connect as {client_id}: {e}") from None
+    return wire.connect(
+        client_id, keepalive=keepalive, username=username, password=password.encode() if password else None
+    )
 
 
 class FastPublisher(asyncio.Protocol):
@@ -41,7 +63,9 @@ class FastPublisher(asyncio.Protocol):
         keepalive: int = 10,
         max_backlog: int = MAX_BACKLOG,
         rng: random.Random | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
+        self.security = security or BrokerSecurity()
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -120,12 +144,9 @@ class FastPublisher(asyncio.Protocol):
         self._buffer.clear()
         self._lost.clear()
         self._connack = loop.create_future()
-        try:
-            await loop.create_connection(lambda: self, self.host, self.port)
-        except OSError as e:
-            raise TransportError(f"cannot connect to broker {self.host}:{self.port}: {e.strerror or e}") from None
+        await open_connection(self, self.host, self.port, self.security)
         assert self._transport is not None
-        self._transport.write(wire.connect(self.client_id, keepalive=self.keepalive))
+        self._transport.write(connect_packet(self.client_id, self.keepalive, self.security))
         try:
             code = await asyncio.wait_for(self._connack, 10.0)
         except TimeoutError:
@@ -214,7 +235,9 @@ class FastSubscriber(asyncio.Protocol):
         on_publish: Callable[[bytes, memoryview], None],
         keepalive: int = 30,
         batch_s: float = 0.002,
+        security: BrokerSecurity | None = None,
     ) -> None:
+        self.security = security or BrokerSecurity()
         self.host, self.port, self.client_id = host, port, client_id
         self.topic_filter = topic_filter
         self.on_publish = on_publish
@@ -288,12 +311,9 @@ class FastSubscriber(asyncio.Protocol):
         """Connect and subscribe; TransportError when either fails."""
         loop = asyncio.get_running_loop()
         self._connack, self._suback = loop.create_future(), loop.create_future()
-        try:
-            await loop.create_connection(lambda: self, self.host, self.port)
-        except OSError as e:
-            raise TransportError(f"cannot connect to broker {self.host}:{self.port}: {e.strerror or e}") from None
+        await open_connection(self, self.host, self.port, self.security)
         assert self._transport is not None
-        self._transport.write(wire.connect(self.client_id, keepalive=self.keepalive))
+        self._transport.write(connect_packet(self.client_id, self.keepalive, self.security))
         code = await asyncio.wait_for(self._connack, 10)
         if code != 0:
             raise TransportError(f"broker refused the subscriber: {wire.CONNACK_RETURN.get(code, code)}")

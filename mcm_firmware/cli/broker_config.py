@@ -1,0 +1,166 @@
+"""``mcm-emu broker-config``: the broker's side of a secured fleet, for Eclipse Mosquitto 2.
+
+Writes into ``--out DIR``:
+
+- ``passwords``: every node as its own user (its client id ``mcm-<fleet>-<id>``, the password
+  :func:`~mcm_firmware.transport.security.node_password` derives from the fleet's node secret) and
+  the host user, hashed as ``mosquitto_passwd`` does;
+- ``acl``: node N may publish only its own ``state``, ``tlm``, ``evt`` and ``rsp`` topics and read
+  only its own ``cmd``; the host user reads and writes the fleet's topics;
+- ``mosquitto.conf``: a listener for the nodes on which the user name is the client id (so that
+  nobody can connect under a node's client id without that node's password, and no node under
+  another's), a listener for hosts, anonymous access denied on both, TLS where certificates are
+  given. See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .common import EXIT_OK, U32_MAX, BadInput, bounded, fleet_name
+
+CHANNELS_OUT = ("state", "tlm", "evt", "rsp")
+
+
+def add_parser(sub: Any) -> None:
+    b = sub.add_parser(
+        "broker-config",
+        help="write a Mosquitto password file, ACL and configuration for a secured fleet",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    b.add_argument("--fleet", type=fleet_name, default="default", help="fleet name (default: default)")
+    b.add_argument("--nodes", type=bounded(int, 1, 1_000_000, "--nodes"), required=True, help="nodes in the fleet")
+    b.add_argument(
+        "--first-id", type=bounded(int, 0, U32_MAX, "--first-id"), default=0, help="first node id (default 0)"
+    )
+    b.add_argument(
+        "--node-secret",
+        required=True,
+        metavar="FILE",
+        help="the fleet's node secret (created, 32 random bytes in hex, mode 0600, when FILE does not exist)",
+    )
+    b.add_argument("--host-user", default="fleet-host", help="the hosts' user name (default fleet-host)")
+    b.add_argument("--host-password-file", required=True, metavar="FILE", help="file holding the hosts' password")
+    b.add_argument("--out", required=True, metavar="DIR", help="directory to write passwords, acl, mosquitto.conf")
+    b.add_argument("--port", type=bounded(int, 1, 65535, "--port"), default=1883, help="node listener (default 1883)")
+    b.add_argument(
+        "--host-port", type=bounded(int, 1, 65535, "--host-port"), default=1884, help="host listener (default 1884)"
+    )
+    b.add_argument("--address", default="127.0.0.1", help="address the listeners bind (default 127.0.0.1)")
+    b.add_argument(
+        "--broker-user",
+        default="mosquitto",
+        help="the user Mosquitto runs as once started (its 'user' option; default mosquitto): it must read the "
+        "password file and ACL, which are handed to it when broker-config runs as root",
+    )
+    b.add_argument("--tls-cert", metavar="FILE", default=None, help="the broker's certificate (TLS on both listeners)")
+    b.add_argument("--tls-key", metavar="FILE", default=None, help="the broker's private key")
+    b.add_argument("--tls-cafile", metavar="FILE", default=None, help="CA of client certificates (then required)")
+    b.set_defaults(func=cmd_broker_config)
+
+
+def _hand_over(paths: list[Path], user: str) -> None:
+    """Make ``paths`` the broker user's (only root can; as anyone else the files stay the caller's)."""
+    if os.geteuid() != 0:
+        return
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise BadInput(f"--broker-user {user!r}: no such user on this machine") from None
+    for p in paths:
+        os.chown(p, entry.pw_uid, entry.pw_gid)
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from ..transport.security import mosquitto_hash, node_password, read_secret
+
+    if args.port == args.host_port:
+        raise BadInput("--port and --host-port must differ: nodes and hosts have listeners of their own")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise BadInput("--tls-cert and --tls-key go together")
+    if args.tls_cafile and not args.tls_cert:
+        raise BadInput("--tls-cafile (client certificates) needs --tls-cert and --tls-key")
+    if not args.host_user or ":" in args.host_user:
+        raise BadInput(f"--host-user {args.host_user!r}: a user name without ':'")
+    secret_path = Path(args.node_secret)
+    if not secret_path.exists():
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        print(f"broker-config: new node secret in {secret_path}")
+    try:
+        secret = read_secret(str(secret_path))
+        host_password = read_secret(args.host_password_file).decode()
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"--out {out}: {e.strerror or e}") from None
+    ids = range(args.first_id, args.first_id + args.nodes)
+    fleet = args.fleet
+    users = [f"{args.host_user}:{mosquitto_hash(host_password)}"]
+    acl = [
+        f"# mcm-emu broker-config: fleet {fleet!r}, nodes {ids[0]}..{ids[-1]}",
+        "",
+        "# hosts: every topic of the fleet",
+        f"user {args.host_user}",
+        f"topic readwrite mcm/v1/{fleet}/#",
+    ]
+    for n in ids:
+        cid = f"mcm-{fleet}-{n}"
+        users.append(f"{cid}:{mosquitto_hash(node_password(secret, cid))}")
+        acl += ["", f"user {cid}"]
+        acl += [f"topic write mcm/v1/{fleet}/{n}/{ch}" for ch in CHANNELS_OUT]
+        acl.append(f"topic read mcm/v1/{fleet}/{n}/cmd")
+    (out / "passwords").write_text("\n".join(users) + "\n")
+    os.chmod(out / "passwords", 0o600)
+    (out / "acl").write_text("\n".join(acl) + "\n")
+    _hand_over([out / "passwords", out / "acl"], args.broker_user)
+
+    def listener(port: int, role: str, node_side: bool) -> list[str]:
+        lines = [f"# {role}", f"listener {port} {args.address}"]
+        if node_side:
+            lines.append("use_username_as_clientid true")
+        lines += [
+            "allow_anonymous false",
+            f"password_file {(out / 'passwords').resolve()}",
+            f"acl_file {(out / 'acl').resolve()}",
+        ]
+        if args.tls_cert:
+            lines += [f"certfile {Path(args.tls_cert).resolve()}", f"keyfile {Path(args.tls_key).resolve()}"]
+            if args.tls_cafile:
+                lines += [f"cafile {Path(args.tls_cafile).resolve()}", "require_certificate true"]
+        return lines
+
+    conf = [
+        f"# mcm-emu broker-config: fleet {fleet!r}, {args.nodes} nodes; docs/security.md",
+        "per_listener_settings true",
+        f"user {args.broker_user}",
+        "set_tcp_nodelay true",
+        "",
+        *listener(args.port, "nodes: each connects as its own client id, which is its user name", True),
+        "",
+        *listener(args.host_port, "hosts (ctl, monitor, fleet software) and a run's own checks", False),
+    ]
+    (out / "mosquitto.conf").write_text("\n".join(conf) + "\n")
+    scheme = "mqtts" if args.tls_cert else "mqtt"
+    print(f"broker-config: {args.nodes} node users and {args.host_user!r} in {out}/passwords, acl, mosquitto.conf")
+    print(f"  mosquitto -c {out}/mosquitto.conf")
+    print(
+        f"  mcm-emu run --broker {scheme}://{args.address}:{args.port} --nodes {args.nodes} --first-id {args.first_id} "
+        f"--fleet {fleet} --node-secret {secret_path} --username {args.host_user} --password-file "
+        f"{args.host_password_file}"
+    )
+    print(
+        f"  mcm-emu ctl --broker {scheme}://{args.address}:{args.host_port} --fleet {fleet} --username "
+        f"{args.host_user} --password-file {args.host_password_file} {ids[0]} status"
+    )
+    return EXIT_OK

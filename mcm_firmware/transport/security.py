@@ -1,0 +1,152 @@
+"""Who a connection to the broker is, and how it is protected: credentials and TLS, carried in the
+broker URL so that every client made from it (nodes, carriers, hosts, the bench's counters) is
+secured alike.
+
+``mqtt://HOST:PORT`` or ``mqtts://HOST:PORT`` (TLS; port 8883 by default) with query parameters:
+
+=================  ===========================================================================
+``username``       the MQTT user name (a host's role, e.g. ``fleet-host``)
+``password_file``  a file whose first line is that user's password (read at every connect, so a
+                   changed file takes effect at the next reconnect)
+``node_secret``    a file holding the fleet's node secret: each node connects as its own client
+                   id with the password :func:`node_password` derives from it, so that the
+                   broker's ACL can give every node its own topics and nothing else
+``cafile``         CA certificate(s) the broker's certificate must chain to (``mqtts``)
+``cert``, ``key``  this client's certificate and key, where the broker asks for one
+=================  ===========================================================================
+
+``mcm-emu`` commands take ``--username``, ``--password-file``, ``--node-secret``, ``--cafile``,
+``--cert`` and ``--key``, which add these parameters. No I/O here but reading the named files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+PARAMS = ("username", "password_file", "node_secret", "cafile", "cert", "key")
+TLS_PORT = 8883
+_NODE_ID = re.compile(r"mcm-.+-\d+")
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """The credentials and TLS settings of one broker URL (all optional)."""
+
+    tls: bool = False
+    username: str | None = None
+    password_file: str | None = None
+    node_secret: str | None = None
+    cafile: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return self.tls or bool(self.username or self.node_secret)
+
+    def credentials(self, client_id: str) -> tuple[str | None, str | None]:
+        """(user name, password) for a client: a node's own (from the node secret) when the URL
+        has a node secret and ``client_id`` is a node's (``mcm-<fleet>-<id>``), else the URL's
+        user (hosts, and a run's own checks), else none."""
+        if self.node_secret and is_node_client_id(client_id):
+            return client_id, node_password(read_secret(self.node_secret), client_id)
+        if self.username:
+            password = read_secret(self.password_file).decode() if self.password_file else None
+            return self.username, password
+        return None, None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client's TLS context (certificate and host name checked), or None without TLS."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.cafile)
+        if self.cert:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+def is_node_client_id(client_id: str) -> bool:
+    """``mcm-<fleet>-<node id>``, as a node connects (a carrier's ``mcm-<fleet>-link-...`` is not)."""
+    return bool(_NODE_ID.fullmatch(client_id)) and "-link-" not in client_id
+
+
+def read_secret(path: str | None) -> bytes:
+    """The first line of a secret file, without its line end; ValueError names a missing or empty
+    file (the files are the operator's: their permissions are checked by nobody but them)."""
+    if not path:
+        raise ValueError("no secret file given")
+    try:
+        text = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"secret file {path}: {e.strerror or e}") from None
+    line = text.splitlines()[0].strip() if text.strip() else b""
+    if not line:
+        raise ValueError(f"secret file {path} is empty")
+    return line
+
+
+def node_password(secret: bytes, client_id: str) -> str:
+    """A node's broker password: HMAC-SHA256 of its client id under the fleet's node secret, in
+    base64url without padding (43 characters). One secret provisions a whole fleet; knowing one
+    node's password tells nothing of another's."""
+    digest = hmac.new(secret, client_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = 101) -> str:
+    """A password as Mosquitto 2's password file stores it (what ``mosquitto_passwd`` writes):
+    ``$7$ITERATIONS$base64(salt)$base64(PBKDF2-HMAC-SHA512)``, a 12-byte random salt."""
+    salt = os.urandom(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def security_of(url: str) -> BrokerSecurity:
+    """The security parameters of a broker URL; ValueError names an unknown or repeated one."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False) if parts.query else {}
+    unknown = sorted(set(query) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"broker URL {url!r}: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(PARAMS)})")
+    for name, given in query.items():
+        if len(given) > 1 or not given[0]:
+            raise ValueError(f"broker URL {url!r}: {name} must be given once, with a value")
+    one = {k: v[0] for k, v in query.items()}
+    sec = BrokerSecurity(
+        tls=parts.scheme == "mqtts",
+        username=one.get("username"),
+        password_file=one.get("password_file"),
+        node_secret=one.get("node_secret"),
+        cafile=one.get("cafile"),
+        cert=one.get("cert"),
+        key=one.get("key"),
+    )
+    if (sec.cafile or sec.cert or sec.key) and not sec.tls:
+        raise ValueError(f"broker URL {url!r}: cafile, cert and key are for mqtts:// (TLS)")
+    if bool(sec.cert) != bool(sec.key):
+        raise ValueError(f"broker URL {url!r}: cert and key go together")
+    if sec.password_file and not sec.username:
+        raise ValueError(f"broker URL {url!r}: password_file needs a username")
+    return sec
+
+
+def with_security(url: str, **params: str | None) -> str:
+    """``url`` with the given parameters added (None values left out); the command-line options
+    ``--username`` ... become these."""
+    given = {k: v for k, v in params.items() if v is not None}
+    if not given:
+        return url
+    parts = urlsplit(url)
+    query = parse_qs(parts.query) if parts.query else {}
+    for k, v in given.items():
+        query[k] = [v]
+    flat = {k: v[0] for k, v in query.items()}
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(flat), parts.fragment))

@@ -1,0 +1,270 @@
+"""Who may connect and what they may do: per-node credentials derived from a fleet secret, a host
+role, Mosquitto's password file and ACL written by ``mcm-emu broker-config``, TLS with a CA made by
+the test. A real Mosquitto in every case."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import pwd
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mcm_firmware.protocol import Command, FrameFlags, Op, decode, encode
+from mcm_firmware.transport import Address, Channel, Subscription, TransportError
+from mcm_firmware.transport.mqtt import MqttTransport, parse_broker_url
+from mcm_firmware.transport.security import (
+    BrokerSecurity,
+    is_node_client_id,
+    mosquitto_hash,
+    node_password,
+    security_of,
+    with_security,
+)
+
+from ..conftest import free_port, mosquitto_binary, run_cli, wait_port
+
+# --- the pieces ------------------------------------------------------------------------------------
+
+
+def test_a_password_is_hashed_as_mosquitto_passwd_does():
+    # written by `mosquitto_passwd -b pw alice s3cret` (Mosquitto 2.0.11)
+    known = "$7$101$ctjytcjEKWfc6GZ2$9tAv/9zRvUO5nNXfG0bObDlkMKz7inAa9m1AU62gvCllBlKbSmOonTRAqH6x/wEO2LbGHzeOX1MBuCH26CjD9g=="
+    assert mosquitto_hash("s3cret", salt=base64.b64decode("ctjytcjEKWfc6GZ2")) == known
+
+
+def test_node_passwords_are_derived_per_client_id():
+    a, b = node_password(b"k", "mcm-f-1"), node_password(b"k", "mcm-f-2")
+    assert a != b and len(a) == 43 and a == node_password(b"k", "mcm-f-1") and a != node_password(b"j", "mcm-f-1")
+    assert is_node_client_id("mcm-f-1") and is_node_client_id("mcm-my-fleet-20")
+    assert not is_node_client_id("mcm-f-link-0-99") and not is_node_client_id("mcm-ctl-abc")
+
+
+def test_credentials_follow_the_client(tmp_path):
+    (tmp_path / "s").write_text("secret\n")
+    (tmp_path / "p").write_text("hostpw\n")
+    sec = BrokerSecurity(username="fleet-host", password_file=str(tmp_path / "p"), node_secret=str(tmp_path / "s"))
+    assert sec.credentials("mcm-f-3") == ("mcm-f-3", node_password(b"secret", "mcm-f-3"))
+    assert sec.credentials("mcm-f-link-0-9") == ("fleet-host", "hostpw")  # carriers and checks: the host role
+    assert BrokerSecurity().credentials("mcm-f-3") == (None, None)
+    with pytest.raises(ValueError, match="empty"):
+        (tmp_path / "e").write_text("")
+        BrokerSecurity(username="u", password_file=str(tmp_path / "e")).credentials("x")
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("mqtt://h?user=x", "unknown parameter"),
+        ("mqtt://h?cafile=ca.pem", "are for mqtts"),
+        ("mqtts://h?cert=c.pem", "cert and key go together"),
+        ("mqtt://h?password_file=p", "needs a username"),
+        ("mqtt://h?username=a&username=b", "given once"),
+    ],
+)
+def test_bad_security_parameters_are_refused(url, says):
+    with pytest.raises(ValueError, match=says):
+        parse_broker_url(url)
+
+
+def test_options_become_url_parameters():
+    url = with_security("mqtts://broker:8883", username="h", password_file="/p", cafile="/ca.pem", cert=None)
+    assert parse_broker_url(url) == ("broker", 8883)
+    sec = security_of(url)
+    assert sec.tls and sec.username == "h" and sec.cafile == "/ca.pem" and sec.cert is None
+    assert parse_broker_url("mqtts://broker") == ("broker", 8883)
+
+
+# --- a secured Mosquitto ---------------------------------------------------------------------------
+
+
+class SecuredBroker:
+    def __init__(self, tmp: Path, *, tls: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.port, self.host_port = free_port(), free_port()
+        self.secret = tmp / "node.secret"
+        self.host_pw = tmp / "host.pw"
+        self.host_pw.write_text("correct horse\n")
+        extra = []
+        for opt, path in (tls or {}).items():
+            extra += [f"--{opt}", path]
+        r = run_cli(
+            "broker-config",
+            *("--fleet", "sec", "--nodes", "4", "--node-secret", str(self.secret)),
+            *("--host-password-file", str(self.host_pw), "--out", str(tmp / "broker")),
+            *("--port", str(self.port), "--host-port", str(self.host_port), *extra),
+            *("--broker-user", "root" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name),
+        )
+        assert r.returncode == 0, r.stderr
+        assert "new node secret" in r.stdout and self.secret.stat().st_mode & 0o077 == 0
+        self.proc = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(tmp / "broker" / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        wait_port(self.port)
+        wait_port(self.host_port)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        assert self.proc.stderr is not None
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def secured(tmp_path):
+    broker = SecuredBroker(tmp_path)
+    yield broker
+    broker.stop()
+
+
+def _host(broker: SecuredBroker, port: int | None = None, *, password: str | None = None) -> MqttTransport:
+    pw = broker.tmp / "other.pw"
+    if password is not None:
+        pw.write_text(password + "\n")
+    return MqttTransport(
+        port=port or broker.host_port,
+        client_id="mcm-test-host",
+        security=BrokerSecurity(username="fleet-host", password_file=str(pw if password else broker.host_pw)),
+    )
+
+
+def _as_node(broker: SecuredBroker, user: int, client_id: str | None = None) -> MqttTransport:
+    return MqttTransport(
+        port=broker.port,
+        client_id=client_id or f"mcm-sec-{user}",
+        security=BrokerSecurity(node_secret=str(broker.secret)),
+    )
+
+
+def _ping(node: int) -> bytes:
+    return encode(Command(node_id=node, seq=1, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=77, op=Op.PING))
+
+
+def test_a_secured_fleet_answers_its_hosts_and_nobody_else(secured, cli_process):
+    url = f"mqtt://127.0.0.1:{secured.port}"
+    host_url = f"mqtt://127.0.0.1:{secured.host_port}"
+    creds = ("--username", "fleet-host", "--password-file", str(secured.host_pw))
+    run = cli_process(
+        "run", "--broker", url, "--nodes", "4", "--fleet", "sec", "--node-secret", str(secured.secret), *creds
+    )
+    run.wait_line("up: 4 nodes", timeout=30)
+
+    ok = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *creds, "--json", "2", "ping")
+    assert ok.returncode == 0 and '"ok": true' in ok.stdout, ok.stderr
+    anon = run_cli("ctl", "--broker", host_url, "--fleet", "sec", "--timeout", "3", "2", "ping")
+    assert anon.returncode == 1 and "not authori" in anon.stderr.lower(), anon.stderr
+    bad = run_cli("ctl", "--broker", url, "--fleet", "sec", "--username", "fleet-host", "2", "ping")
+    assert bad.returncode == 1 and "not authori" in bad.stderr.lower()
+
+    async def probe() -> dict[str, object]:
+        seen: list[tuple[int, Channel]] = []
+        watcher = _host(secured)
+        await watcher.connect()
+        for n in range(4):
+            for ch in (Channel.CMD, Channel.EVT, Channel.STATE):
+                await watcher.subscribe(Subscription("sec", n, ch))
+
+        async def watch() -> None:
+            while True:
+                d = await watcher.receive()
+                if not d.retained:
+                    seen.append((d.address.node, d.address.channel))
+
+        task = asyncio.create_task(watch())
+        node1 = _as_node(secured, 1)
+        await node1.connect()
+        # node 1 may speak on its own topics, and only there: a command to node 2 is dropped
+        await node1.publish(Address("sec", 1, Channel.EVT), b"mine", reliable=True)
+        await node1.publish(Address("sec", 2, Channel.CMD), _ping(2), reliable=True)
+        await node1.publish(Address("sec", 2, Channel.STATE), b"forged", reliable=True)
+        await node1.close()
+        out: dict[str, object] = {}
+        for name, tr in (
+            ("anonymous", MqttTransport(port=secured.port, client_id="mcm-sec-0")),
+            ("wrong password", _host(secured, secured.port, password="guess")),
+            ("impostor", MqttTransport(port=secured.port, client_id="mcm-sec-0", security=BrokerSecurity())),
+        ):
+            try:
+                await tr.connect()
+                out[name] = "connected"
+                await tr.close()
+            except TransportError as e:
+                out[name] = str(e)
+        await asyncio.sleep(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watcher.close()
+        out["seen"] = seen
+        return out
+
+    out = asyncio.run(probe())
+    seen = out.pop("seen")
+    assert (1, Channel.EVT) in seen  # what node 1 may say arrives ...
+    assert (2, Channel.CMD) not in seen and (2, Channel.STATE) not in seen  # ... what it may not does not
+    assert (0, Channel.STATE) not in seen  # nobody knocked node 0 off: no DEATH
+    for name, result in out.items():
+        assert "not authori" in str(result).lower(), (name, result)
+    status = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *creds, "--json", "0", "ping")
+    assert status.returncode == 0  # node 0 still answers
+
+
+def test_run_refuses_security_options_that_do_not_fit(tmp_path):
+    r = run_cli("run", "--nodes", "1", "--username", "x", "--duration", "1")
+    assert r.returncode == 2 and "external broker" in r.stderr
+    r = run_cli("run", "--broker", "mqtt://127.0.0.1:1", "--node-secret", str(tmp_path / "s"), "--duration", "1")
+    assert r.returncode == 2 and "--node-secret needs --username" in r.stderr
+    r = run_cli("ctl", "--broker", "mqtt://127.0.0.1:1", "--cafile", "ca.pem", "0", "ping")
+    assert r.returncode == 2 and "mqtts" in r.stderr
+    r = run_cli("broker-config", "--nodes", "2", "--node-secret", "s", "--host-password-file", "p", "--out", "o")
+    assert (r.returncode == 2 and "secret file" in r.stderr) or "p:" in r.stderr
+
+
+def test_tls_with_a_ca_of_the_test(tmp_path, cli_process):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    broker = SecuredBroker(
+        tmp_path, tls={"tls-cert": str(tmp_path / "server.pem"), "tls-key": str(tmp_path / "server.key")}
+    )
+    try:
+        creds = ("--username", "fleet-host", "--password-file", str(broker.host_pw))
+        tls = ("--cafile", str(tmp_path / "ca.pem"))
+        run = cli_process(
+            "run",
+            *("--broker", f"mqtts://127.0.0.1:{broker.port}", "--nodes", "2", "--fleet", "sec"),
+            *("--node-secret", str(broker.secret), *creds, *tls),
+        )
+        run.wait_line("up: 2 nodes", timeout=30)
+        host_url = f"mqtts://127.0.0.1:{broker.host_port}"
+        ok = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *creds, *tls, "--json", "1", "status")
+        assert ok.returncode == 0 and '"node": 1' in ok.stdout, ok.stderr
+        assert decode is not None
+        other = trustme.CA()
+        other.cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+        wrong = run_cli(
+            "ctl",
+            "--broker",
+            host_url,
+            "--fleet",
+            "sec",
+            *creds,
+            "--cafile",
+            str(tmp_path / "other-ca.pem"),
+            "1",
+            "ping",
+        )
+        assert wrong.returncode == 1 and "certificate" in wrong.stderr.lower(), wrong.stderr
+        plain = run_cli(
+            "ctl", "--broker", f"mqtt://127.0.0.1:{broker.host_port}", "--fleet", "sec", *creds, "1", "ping"
+        )
+        assert plain.returncode == 1
+    finally:
+        broker.stop()
