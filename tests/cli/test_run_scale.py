@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +18,7 @@ from mcm_firmware.host.discovery import read_state
 from mcm_firmware.protocol import Birth, Death, DeathReason
 from mcm_firmware.transport import transport_factory
 
-from ..conftest import run_cli
+from ..conftest import cli_env, run_cli
 
 
 def _args(nodes=10, first=0, shard=None):
@@ -109,3 +112,34 @@ def test_a_second_fleet_with_the_same_ids_is_refused(mosquitto, cli_process):
         "run", "--broker", mosquitto.url, "--nodes", "4", "--first-id", "6", "--fleet", "dup", "--duration", "1"
     )
     assert again.returncode == 0, again.stderr  # stopped: the retained DEATHs do not block a new run
+
+
+def test_two_worker_processes_lose_no_telemetry_frame(mosquitto, tmp_path):
+    """Every frame the two workers handed to their links reaches an independent subscriber that
+    listens from before the run starts until after it ends: received equals sent, to the frame."""
+    counter = subprocess.Popen(
+        [sys.executable, "-m", "mcm_firmware.host.tlm_count", "--broker", mosquitto.url, "--fleet", "nl"]
+        + ["--duration", "25"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert counter.stderr is not None and "subscribed" in counter.stderr.readline()
+    stats = tmp_path / "stats.jsonl"
+    r = run_cli(
+        *("run", "--broker", mosquitto.url, "--nodes", "400", "--processes", "2", "--fleet", "nl"),
+        *("--duration", "8", "--stats-file", str(stats)),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    out, _ = counter.communicate(timeout=60)
+    counted = json.loads(out.strip().splitlines()[-1])
+    sent = 0
+    for worker in (0, 1):
+        lines = (tmp_path / f"stats.{worker}.jsonl").read_text().splitlines()
+        whole = [json.loads(line) for line in lines if '"what": "run"' in line]
+        assert whole, lines[-3:]
+        sent += whole[-1]["telemetry"]["sent"]
+    assert counted["damaged"] == 0 and counted["nodes"] == 400
+    assert sent > 400 * 10 * 5 and counted["received"] == sent  # 10 Hz for the best part of 8 s each
