@@ -220,8 +220,16 @@ def test_run_refuses_security_options_that_do_not_fit(tmp_path):
     assert r.returncode == 2 and "--node-secret needs --username" in r.stderr
     r = run_cli("ctl", "--broker", "mqtt://127.0.0.1:1", "--cafile", "ca.pem", "0", "ping")
     assert r.returncode == 2 and "mqtts" in r.stderr
-    r = run_cli("broker-config", "--nodes", "2", "--node-secret", "s", "--host-password-file", "p", "--out", "o")
-    assert (r.returncode == 2 and "secret file" in r.stderr) or "p:" in r.stderr
+    r = run_cli(
+        *("broker-config", "--nodes", "2", "--node-secret", str(tmp_path / "s")),
+        *("--host-password-file", str(tmp_path / "missing.pw"), "--out", str(tmp_path / "o")),
+    )
+    assert r.returncode == 2 and "missing.pw" in r.stderr and not (tmp_path / "o").exists()
+    r = run_cli(
+        *("broker-config", "--nodes", "2", "--node-secret", str(tmp_path / "s"), "--port", "1883"),
+        *("--host-port", "1883", "--host-password-file", str(tmp_path / "s"), "--out", str(tmp_path / "o")),
+    )
+    assert r.returncode == 2 and "must differ" in r.stderr
 
 
 def test_tls_with_a_ca_of_the_test(tmp_path, cli_process):
