@@ -330,6 +330,18 @@ def envelope(data: bytes | bytearray | memoryview) -> Envelope:
     return Envelope(msg_type, flags, node_id, seq, ts, view[HEADER_SIZE : n - CRC_SIZE])
 
 
+def request_id(data: bytes | bytearray | memoryview) -> int | None:
+    """The request id of a COMMAND or RESPONSE frame whose envelope holds, else None (a link
+    binding matches responses to requests by it: :attr:`Transport.correlate`)."""
+    try:
+        env = envelope(data)
+    except FrameError:
+        return None
+    if env.msg_type not in (MsgType.COMMAND, MsgType.RESPONSE) or len(env.payload) < 4:
+        return None
+    return int.from_bytes(env.payload[:4], "little")  # frames.Command and frames.Response begin so
+
+
 def command_op(data: bytes | bytearray | memoryview) -> int | None:
     """The operation of a COMMAND frame whose envelope holds (checks 1 to 5), else None: what a
     link layer may look at before the frame is decoded."""

@@ -62,7 +62,7 @@ from ..protocol import (
     decode,
     frame_bytes,
 )
-from ..protocol.codec import command_op, encode_body, snapshot_from_payload
+from ..protocol.codec import command_op, encode_body, request_id, snapshot_from_payload
 from ..protocol.ops import FAULT_CONTROL, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
@@ -416,6 +416,7 @@ class Node:
         first = True
         while not self._stopping:
             tr = self._factory(self.client_id)
+            tr.correlate = request_id  # a serial binding answers a command with its MCTP tag
             try:
                 # a carried node's bdseq is its carrier's (docs/protocol.md, "Carrier links")
                 session = await tr.link_session()

@@ -82,6 +82,9 @@ class Transport(ABC):
     """One endpoint's link. Connect once; after a TransportError, make a new one."""
 
     name: str = "?"
+    correlate: Callable[[bytes], int | None] | None = None
+    """Reads the request id of a command or response frame; set by who knows the frames (the node
+    runtime), for a binding that matches responses to requests below the frames (MCTP tags)."""
 
     @abstractmethod
     async def connect(self, *, will: Will | None = None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from typing import Literal
 
 from ...protocol import mctp
@@ -78,6 +79,8 @@ class SerialTransport(Transport):
         self._last_tx = 0.0
         self._timer: asyncio.Task[None] | None = None
         self.rejected = 0  # frames for a channel this role does not receive
+        # node side: (requester EID, request id) -> the MCTP tag its command came with
+        self._request_tags: OrderedDict[tuple[int, int], int] = OrderedDict()
         self._why = "serial link closed"
 
     @classmethod
@@ -149,9 +152,13 @@ class SerialTransport(Transport):
         if self.role == "node":
             if retain:
                 self._retained[address] = payload
-            self._send(vm, dest=self._peer, bulk=address.channel is Channel.TLM)
+            reply_tag = None
+            if address.channel is Channel.RSP:  # answers its command's tag, with TO=0
+                rid = self.correlate(payload) if self.correlate else None
+                reply_tag = None if rid is None else self._request_tags.pop((self._peer, rid), None)
+            self._send(vm, dest=self._peer, bulk=address.channel is Channel.TLM, reply_tag=reply_tag)
         else:
-            self._send(vm, dest=self._eids.get(address.node, EID_BROADCAST))
+            self._send(vm, dest=self._eids.get(address.node, EID_BROADCAST), request=address.channel is Channel.CMD)
 
     async def receive(self) -> Delivery:
         if not self._connected and self._queue.empty():
@@ -167,8 +174,10 @@ class SerialTransport(Transport):
 
     # --- link side ---------------------------------------------------------------------------
 
-    def _send(self, vm: VendorMessage, *, dest: int, bulk: bool = False) -> None:
-        self.link.send(vm, src=self.eid, dest=dest, bulk=bulk)
+    def _send(
+        self, vm: VendorMessage, *, dest: int, bulk: bool = False, request: bool = False, reply_tag: int | None = None
+    ) -> None:
+        self.link.send(vm, src=self.eid, dest=dest, bulk=bulk, request=request, reply_tag=reply_tag)
         self._last_tx = asyncio.get_running_loop().time()
 
     def _link_down(self, why: str) -> None:
@@ -181,7 +190,7 @@ class SerialTransport(Transport):
         if any(s.matches(addr) for s in self._subs):
             self._queue.put_nowait(Delivery(addr, payload, retained))
 
-    def _on_message(self, src: int, vm: VendorMessage) -> None:
+    def _on_message(self, src: int, vm: VendorMessage, tag_owner: bool = True, tag: int = 0) -> None:
         if not self._connected:
             return
         if self.role == "node":
@@ -209,6 +218,11 @@ class SerialTransport(Transport):
             elif vm.kind is Kind.FRAME and vm.node == self.node:
                 channel = _CODE_CHANNEL[vm.channel]
                 if channel is Channel.CMD:
+                    rid = self.correlate(vm.data) if self.correlate else None
+                    if tag_owner and rid is not None:
+                        self._request_tags[(src, rid)] = tag
+                        while len(self._request_tags) > REQUEST_TAGS:
+                            self._request_tags.popitem(last=False)
                     self._offer(Address(self.fleet, vm.node, channel), vm.data, False)
                 else:
                     self.rejected += 1
@@ -257,3 +271,7 @@ class SerialTransport(Transport):
                         addr, payload = will
                         self._retained[addr] = payload
                         self._offer(addr, payload, False)
+
+
+REQUEST_TAGS = 64
+"""Commands a node remembers the tag of until it answers them (more than any host has in flight)."""

@@ -26,7 +26,7 @@ class Endpoint(Protocol):
 
     eid: int
 
-    def _on_message(self, src: int, vm: VendorMessage) -> None: ...
+    def _on_message(self, src: int, vm: VendorMessage, tag_owner: bool = True, tag: int = 0) -> None: ...
     def _link_down(self, why: str) -> None: ...
 
 
@@ -36,6 +36,9 @@ URGENT_LIMIT = 4096
 HIGH_WATER = 16 * 1024
 """Bytes buffered under the port before the link stops writing and waits for the OS to drain."""
 UTIL_WINDOW = 1.0
+TAG_EXPIRY_S = 6.0
+"""A request's tag is the requester's until its response arrives or this long after it was sent
+(as the Linux kernel's MCTP stack does: longer than any upper layer's response timeout)."""
 
 
 class LinkStats:
@@ -50,6 +53,7 @@ class LinkStats:
         self.overflow = 0  # urgent messages dropped because the line was down for too long
         self.rejected = 0  # messages that reassembled but did not parse as ours
         self.not_for_us = 0  # messages for an EID no endpoint here has
+        self.tags_reused = 0  # requests sent while all 8 tags to their destination were outstanding
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of line occupation
 
     def occupy(self, start: float, end: float) -> None:
@@ -90,6 +94,8 @@ class SerialLink(asyncio.Protocol):
         self._down: str | None = None
         self._closed = asyncio.Event()
         self._tags: dict[int, int] = {}
+        # (our EID, their EID, tag) -> until when the tag is ours: a request awaiting its response
+        self._owned: dict[tuple[int, int, int], float] = {}
 
     # --- opening and closing ---------------------------------------------------------------
 
@@ -144,6 +150,9 @@ class SerialLink(asyncio.Protocol):
             if got is None:
                 continue
             head, message = got
+            # a response (TO=0): the tag of the request it answers is free again
+            if not head.tag_owner and self._owned.pop((head.dest, head.src, head.tag), None) is None:
+                self._owned.pop((head.dest, EID_BROADCAST, head.tag), None)
             try:
                 vm = mctp.parse_vendor(message)
             except mctp.LinkError:
@@ -152,13 +161,13 @@ class SerialLink(asyncio.Protocol):
             self.stats.rx_messages += 1
             if head.dest == EID_BROADCAST:
                 for ep in list(self._endpoints.values()):
-                    ep._on_message(head.src, vm)
+                    ep._on_message(head.src, vm, head.tag_owner, head.tag)
             else:
                 target = self._endpoints.get(head.dest)
                 if target is None:
                     self.stats.not_for_us += 1
                 else:
-                    target._on_message(head.src, vm)
+                    target._on_message(head.src, vm, head.tag_owner, head.tag)
 
     def _fail(self, why: str) -> None:
         if self._down is None:
@@ -184,13 +193,29 @@ class SerialLink(asyncio.Protocol):
 
     # --- sending -----------------------------------------------------------------------------
 
-    def send(self, vm: VendorMessage, *, src: int, dest: int, bulk: bool = False) -> None:
-        """Queue one message; it leaves as soon as the line allows, telemetry after the rest."""
+    def send(
+        self,
+        vm: VendorMessage,
+        *,
+        src: int,
+        dest: int,
+        bulk: bool = False,
+        request: bool = False,
+        reply_tag: int | None = None,
+    ) -> None:
+        """Queue one message; it leaves as soon as the line allows, telemetry after the rest.
+
+        Tags as DSP0236 has them: a response (``reply_tag``, the tag of the request it answers)
+        goes with TO=0 and that tag; anything else with TO=1 and a tag of the sender's. A
+        ``request`` keeps its tag owned until its response arrives or :data:`TAG_EXPIRY_S`
+        passes, and no other message to the same destination gets an owned tag meanwhile."""
         if self._down is not None:
             raise TransportError(self._down)
-        tag = self._tags.get(src, 0)
-        self._tags[src] = (tag + 1) & 7
-        packets = mctp.fragment(vm.to_bytes(), dest=dest, src=src, tag=tag, mtu=self.spec.mtu)
+        if reply_tag is not None:
+            tag, owner = reply_tag & 7, False
+        else:
+            tag, owner = self._own_tag(src, dest, request), True
+        packets = mctp.fragment(vm.to_bytes(), dest=dest, src=src, tag=tag, tag_owner=owner, mtu=self.spec.mtu)
         item = (asyncio.get_running_loop().time(), b"".join(mctp.encode_frame(p) for p in packets))
         if bulk:
             if vm.node in self._bulk:
@@ -202,6 +227,22 @@ class SerialLink(asyncio.Protocol):
                 self.stats.overflow += 1
             self._urgent.append(item)
         self._wake.set()
+
+    def _own_tag(self, src: int, dest: int, request: bool) -> int:
+        now = asyncio.get_running_loop().time()
+        start = self._tags.get(src, 0)
+        for k in range(8):
+            tag = (start + k) & 7
+            until = self._owned.get((src, dest, tag))
+            if until is None or until <= now:
+                break
+        else:  # eight requests in flight to one destination: the oldest tag is taken back
+            tag = min(range(8), key=lambda t: self._owned[(src, dest, t)])
+            self.stats.tags_reused += 1
+        self._tags[src] = (tag + 1) & 7
+        if request:
+            self._owned[(src, dest, tag)] = now + TAG_EXPIRY_S
+        return tag
 
     def summary(self) -> str:
         """Counters in one line: what went out and came in, and what was dropped and why."""

@@ -95,6 +95,12 @@ class SerialNodeLinks(NodeLinks):
             out.append(
                 f"serial: node {p.node} at {link.path or link.spec.url} (EID {p.eid}, {rate}, MTU {link.spec.mtu})"
             )
+        mtus = sorted({p.link.spec.mtu for p in self.by_node.values() if p.link.spec.mtu > mctp.BASELINE_MTU})
+        if mtus:
+            out.append(
+                f"serial: warning: MTU {', '.join(map(str, mtus))} is above DSP0236's baseline of "
+                f"{mctp.BASELINE_MTU}: a standard MCTP peer drops larger packets unless it is set to the same unit"
+            )
         return out
 
     def summary(self) -> list[str]:
