@@ -354,6 +354,22 @@ def command_op(data: bytes | bytearray | memoryview) -> int | None:
     return int.from_bytes(env.payload[4:6], "little")  # after request_id u32 (frames.Command)
 
 
+def _misfit(mtype: MsgType, payload: bytes) -> str:
+    """Why a payload does not fit its layout, in plain words: the field it ends in, or how many
+    bytes are left over (the declaration parsed again, uncompiled, for construct's field path)."""
+    head = f"{mtype.name} payload of {len(payload)} bytes"
+    try:
+        frames.BODIES[mtype].parse(payload)
+    except c.TerminatedError:
+        return f"{head} has bytes after its last field"
+    except c.StreamError as e:
+        field = (e.path or "").replace("(parsing)", "").strip(" ->").replace(" -> ", ".")
+        return f"{head} ends inside field '{field}'" if field else f"{head} is too short"
+    except c.ConstructError:
+        pass
+    return f"{head} does not fit its layout"
+
+
 def _decode(data: bytes | bytearray | memoryview) -> Message:
     msg_type, flags, node_id, seq, ts, body = envelope(data)
     plen = len(body)
@@ -375,10 +391,8 @@ def _decode(data: bytes | bytearray | memoryview) -> Message:
         return _typed(mtype, body, header)
     except FrameError as e:
         raise FrameError(e.reason, e.detail, **known) from None
-    except (c.StreamError, c.TerminatedError, struct.error) as e:  # compiled parsers raise struct.error
-        raise FrameError(
-            Reason.LENGTH_MISMATCH, f"{mtype.name} payload of {plen} bytes does not fit its layout ({e})", **known
-        ) from None
+    except (c.StreamError, c.TerminatedError, struct.error):  # compiled parsers raise struct.error
+        raise FrameError(Reason.LENGTH_MISMATCH, _misfit(mtype, payload), **known) from None
     except FieldValueError as e:
         raise FrameError(Reason.BAD_FIELD, f"{mtype.name} {e}", **known) from None
     except Exception as e:  # noqa: BLE001 - undecodable strings, bad counts ...

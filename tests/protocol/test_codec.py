@@ -345,3 +345,19 @@ def test_the_snapshot_of_a_samples_payload_is_found_by_walking_its_counts():
         with pytest.raises(FrameError) as info:
             samples_snapshot_offset(payload[:cut])
         assert info.value.reason is Reason.LENGTH_MISMATCH
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (b"\x01\x00\x00\x00\x10", "COMMAND payload of 5 bytes ends inside field 'op'"),
+        (b"\x01\x00\x00\x00\x01\x00\x00\x00\x00", "COMMAND payload of 9 bytes has bytes after its last field"),
+    ],
+)
+def test_a_payload_that_does_not_fit_is_named_in_plain_words(payload, says):
+    from mcm_firmware.protocol.codec import frame_bytes
+
+    with pytest.raises(FrameError) as info:
+        decode(frame_bytes(int(MsgType.COMMAND), 1, 1, 0, 1, payload))
+    assert info.value.reason is Reason.LENGTH_MISMATCH and says in str(info.value)
+    assert "Error in path" not in str(info.value) and "???" not in str(info.value)
