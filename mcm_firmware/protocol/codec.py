@@ -296,7 +296,7 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
 
 
 class Envelope(NamedTuple):
-    """A frame whose envelope (checks 1 to 5) holds: its header fields and its undecoded payload."""
+    """A frame whose envelope (checks 1 to 6) holds: its header fields and its undecoded payload."""
 
     msg_type: int
     flags: int
@@ -307,7 +307,7 @@ class Envelope(NamedTuple):
 
 
 def envelope(data: bytes | bytearray | memoryview) -> Envelope:
-    """Checks 1 to 5 of :func:`decode` (length, magic, version, declared length, CRC) and nothing
+    """Checks 1 to 6 of :func:`decode` (length, magic, version, declared length both ways, CRC) and nothing
     more; FrameError for a frame that fails one. For readers that decode payloads in bulk."""
     n = len(data)
     if n < HEADER_SIZE + CRC_SIZE:
@@ -343,7 +343,7 @@ def request_id(data: bytes | bytearray | memoryview) -> int | None:
 
 
 def command_op(data: bytes | bytearray | memoryview) -> int | None:
-    """The operation of a COMMAND frame whose envelope holds (checks 1 to 5), else None: what a
+    """The operation of a COMMAND frame whose envelope holds (checks 1 to 6), else None: what a
     link layer may look at before the frame is decoded."""
     try:
         env = envelope(data)
