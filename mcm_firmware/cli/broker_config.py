@@ -9,8 +9,8 @@ Writes into ``--out DIR``:
   only its own ``cmd``; the host user reads and writes the fleet's topics;
 - ``mosquitto.conf``: a listener for the nodes on which the user name is the client id (so that
   nobody can connect under a node's client id without that node's password, and no node under
-  another's), a listener for hosts, anonymous access denied on both, TLS where certificates are
-  given. See docs/security.md.
+  another's), a listener for hosts, anonymous access denied on both, packets above the largest
+  frame refused, TLS where certificates are given. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from typing import Any
 from .common import EXIT_OK, U32_MAX, BadInput, bounded, fleet_name
 
 CHANNELS_OUT = ("state", "tlm", "evt", "rsp")
+MAX_PACKET = 66_000
+"""Mosquitto's max_packet_size: the largest frame (27 + 65,535 bytes) with its topic and MQTT header
+fits; anything larger is refused by the broker (which drops the sender) before any node sees it."""
 
 
 def add_parser(sub: Any) -> None:
@@ -143,6 +146,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     conf = [
         f"# mcm-emu broker-config: fleet {fleet!r}, {args.nodes} nodes; docs/security.md",
         "per_listener_settings true",
+        f"max_packet_size {MAX_PACKET}",
         f"user {args.broker_user}",
         "set_tcp_nodelay true",
         "",

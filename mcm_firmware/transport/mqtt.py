@@ -156,6 +156,11 @@ class MqttTransport(Transport):
             # already down, or the broker does not answer: nothing to close cleanly
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), self.connect_timeout)
+            # a connection the broker dropped leaves aiomqtt's "disconnected" future failed and
+            # unread, which asyncio would report at exit: it is read here, the loss being known
+            gone: Any = getattr(client, "_disconnected", None)
+            if gone is not None and gone.done() and not gone.cancelled():
+                gone.exception()
 
     async def abort(self) -> None:
         """Shut the TCP connection down under the MQTT client: no DISCONNECT is sent, so the

@@ -183,6 +183,15 @@ def test_a_secured_fleet_answers_its_hosts_and_nobody_else(secured, cli_process)
         await node1.publish(Address("sec", 2, Channel.CMD), _ping(2), reliable=True)
         await node1.publish(Address("sec", 2, Channel.STATE), b"forged", reliable=True)
         await node1.close()
+        big = _host(secured)  # a payload above the largest frame: the broker drops its sender
+        await big.connect()
+        oversize = "delivered"
+        try:
+            await big.publish(Address("sec", 2, Channel.CMD), bytes(1_000_000), reliable=True)
+            await asyncio.wait_for(big.receive(), 3)
+        except (TransportError, TimeoutError) as e:
+            oversize = f"refused: {type(e).__name__}"
+        await big.close()
         out: dict[str, object] = {}
         for name, tr in (
             ("anonymous", MqttTransport(port=secured.port, client_id="mcm-sec-0")),
@@ -200,10 +209,12 @@ def test_a_secured_fleet_answers_its_hosts_and_nobody_else(secured, cli_process)
         await asyncio.gather(task, return_exceptions=True)
         await watcher.close()
         out["seen"] = seen
+        out["oversize"] = oversize
         return out
 
     out = asyncio.run(probe())
     seen = out.pop("seen")
+    assert out.pop("oversize") == "refused: TransportError", "an oversize command reached the broker's subscribers"
     assert (1, Channel.EVT) in seen  # what node 1 may say arrives ...
     assert (2, Channel.CMD) not in seen and (2, Channel.STATE) not in seen  # ... what it may not does not
     assert (0, Channel.STATE) not in seen  # nobody knocked node 0 off: no DEATH
