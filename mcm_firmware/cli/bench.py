@@ -152,6 +152,16 @@ def _tree_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+async def _marked(files: list[Path], timeout: float) -> None:
+    """Wait until each stats file holds a measurement (SIGUSR2 reaches the workers through their
+    parent; the stop must not overtake it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(f.exists() and '"what": "mark"' in f.read_text() for f in files):
+            return
+        await asyncio.sleep(0.05)
+
+
 def merge_marks(marks: list[dict[str, Any]]) -> dict[str, Any]:
     """One measurement of several worker processes: counts added, seconds the longest, lateness,
     lag and GC pauses the worst worker's (so a p99 is an upper bound of the whole fleet's)."""
@@ -262,6 +272,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
 
     profile = load_profile(args.profile)
     stats_file = workdir / f"stats-{n}.jsonl"
+    files = [stats_file] if args.processes == 1 else [worker_stats(str(stats_file), i) for i in range(args.processes)]
     out_lines: list[str] = []
     t0 = time.monotonic()
     run = await asyncio.create_subprocess_exec(
@@ -340,6 +351,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         rss = sum(_rss_mb(p) for p in pids)
         run.send_signal(signal.SIGUSR2)
         counted = json.loads((await counter.communicate())[0].decode().strip().splitlines()[-1])
+        await _marked(files, 10.0)  # every worker has written its measurement before it is stopped
         t_stop = time.monotonic()
         run.send_signal(signal.SIGTERM)
         await asyncio.wait_for(run.wait(), 120)
@@ -349,14 +361,15 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             run.kill()
             await run.wait()
         await asyncio.gather(err_task, *(t for t in (out_task,) if t is not None), return_exceptions=True)
-    files = [stats_file] if args.processes == 1 else [worker_stats(str(stats_file), i) for i in range(args.processes)]
     own_marks = []
     for f in files:
-        marks = (
-            [json.loads(line) for line in f.read_text().splitlines() if '"what": "mark"' in line] if f.exists() else []
-        )
+        records = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+        marks = [r for r in records if r.get("what") == "mark"]
         if not marks:
-            raise Failure(f"bench: the run wrote no measurement ({f}): {' | '.join((err_lines or out_lines)[-5:])}")
+            kinds = sorted({str(r.get("what")) for r in records}) if f.exists() else "no file"
+            raise Failure(
+                f"bench: the run wrote no measurement ({f}: {kinds}): {' | '.join((err_lines or out_lines)[-5:])}"
+            )
         own_marks.append(marks[-1])
     own = merge_marks(own_marks)
     hz = profile.rates.telemetry_hz
