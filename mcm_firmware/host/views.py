@@ -118,6 +118,7 @@ def stats_json(st: StatsResult) -> dict[str, Any]:
     return {
         "telemetry": {"due": st.tlm_due, "sent": st.tlm_sent, "dropped": st.tlm_dropped, "decimated": st.tlm_decimated},
         "dropped": {"responses": st.rsp_dropped, "events": st.evt_dropped},
+        "refused": {"commands": st.cmd_refused},
         "rx_duplicates": st.rx_duplicates,
         "tx_queued": st.tx_queued,
         "tick_late_ms": {
@@ -337,7 +338,8 @@ def status_text(obj: dict[str, Any]) -> str:
         t, late, lag = rt["telemetry"], rt["tick_late_ms"], rt["loop_lag_ms"]
         lines.append(
             f"  runtime: telemetry {t['sent']}/{t['due']} sent (dropped {t['dropped']}, decimated {t['decimated']}); "
-            f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}; "
+            f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}, "
+            f"commands refused {rt['refused']['commands']}; "
             f"tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over {late['ticks']} ticks, "
             f"{rt['periods_late']} periods late; loop lag p99 {lag['p99']:.1f} ms; gc {rt['gc_ms']} ms"
         )

@@ -136,6 +136,7 @@ class StatsResult:
     rsp_dropped: int = wire(c.Int32ul)  # responses lost to a full outbox
     evt_dropped: int = wire(c.Int32ul)  # events lost to a full outbox
     rx_duplicates: int = wire(c.Int32ul)  # commands answered again from the cache
+    cmd_refused: int = wire(c.Int32ul)  # commands above the node's rate, answered REFUSED
     tx_queued: int = wire(c.Int16ul)  # frames waiting in the node's outbox now
     ticks: int = wire(c.Int16ul)  # control ticks of the node's shard the three figures below cover
     tick_late_p50_us: int = wire(c.Int32ul)
@@ -230,6 +231,7 @@ _SPECS = (
             rsp_dropped=0,
             evt_dropped=0,
             rx_duplicates=2,
+            cmd_refused=3,
             tx_queued=1,
             ticks=1200,
             tick_late_p50_us=350,

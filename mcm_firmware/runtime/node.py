@@ -93,6 +93,11 @@ RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
 BOOT_TIME_S = 2.0  # a rebooting controller is away this long
 LIFECYCLE_GRACE_S = 0.05  # a crash or reboot waits this long, so that its command is answered
 OUTBOX_LIMIT = 1024  # events/responses kept while the link is down
+COMMAND_RATE = 200.0
+"""Commands a node runs per second, in bursts of up to :data:`COMMAND_BURST`; more are answered
+REFUSED and counted (``cmd_refused``), so that a flood cannot take the controller's time. The
+fault control plane (INJECT, CLEAR_FAULT, GET_FAULTS) is not limited."""
+COMMAND_BURST = 400.0
 U32 = 0xFFFFFFFF
 
 
@@ -138,6 +143,7 @@ class Counters:
     tx_frames: int = 0
     rsp_dropped: int = 0  # lost to a full outbox
     evt_dropped: int = 0
+    cmd_refused: int = 0  # commands above the node's rate, answered REFUSED and not run
     reconnects: int = 0
     events_suppressed: int = 0
 
@@ -189,6 +195,7 @@ class Node:
         self._telemetry_type = MsgType.TELEMETRY
         self._answered: OrderedDict[int, bytes] = OrderedDict()  # request id -> encoded response body
         self._reject_limiter = RateLimiter(rate=10.0, burst=20.0)
+        self._cmd_limiter = RateLimiter(rate=COMMAND_RATE, burst=COMMAND_BURST)
         self._tasks: list[asyncio.Task[None]] = []
         self._life: asyncio.Task[None] | None = None  # a crash or reboot under way
         self._delayed: set[asyncio.TimerHandle] = set()
@@ -611,6 +618,21 @@ class Node:
             self._answered.move_to_end(msg.request_id)
             self._queue(self._urgent, _Out(Channel.RSP, MsgType.RESPONSE, cached, control=msg.op in FAULT_CONTROL))
             return
+        if msg.op not in FAULT_CONTROL and not self._cmd_limiter.allow(self.clock.now()):
+            self.counters.cmd_refused += 1  # not cached: a retry after the flood is run
+            self._respond(
+                Response(
+                    node_id=self.node_id,
+                    seq=0,
+                    timestamp_ns=0,
+                    flags=0,
+                    request_id=msg.request_id,
+                    op=msg.op,
+                    status=Status.REFUSED,
+                    message=f"over the node's command rate ({COMMAND_RATE:g}/s, bursts of {COMMAND_BURST:g})",
+                )
+            )
+            return
         self._answered[msg.request_id] = self._respond(self.execute(msg))
         if len(self._answered) > RESPONSE_CACHE:
             self._answered.popitem(last=False)
@@ -705,6 +727,7 @@ class Node:
             rsp_dropped=c.rsp_dropped & U32,
             evt_dropped=c.evt_dropped & U32,
             rx_duplicates=c.rx_duplicates & U32,
+            cmd_refused=c.cmd_refused & U32,
             tx_queued=min(0xFFFF, len(self._urgent) + len(self._events)),
             ticks=min(0xFFFF, late.n),
             tick_late_p50_us=us(late.p50),

@@ -358,3 +358,27 @@ def test_event_and_message_types_on_the_wire(on_fleet):
     exits = [m for m in rec.of(0, Channel.EVT) if m.code == EventCode.FAILSAFE_EXIT]
     assert sorted(m.subject for m in exits) == [0, 1, 2, 3]  # zones start in failsafe and leave it
     assert all(m.TYPE is MsgType.EVENT for m in rec.of(0, Channel.EVT))
+
+
+def test_a_command_flood_is_refused_above_the_node_rate_and_counted(on_fleet):
+    from mcm_firmware.protocol import Op, Status
+    from mcm_firmware.runtime.node import COMMAND_BURST, OUTBOX_LIMIT
+
+    async def scenario(bus, fleet, rec, host):
+        node = fleet.nodes[0]
+        flood = [host.request(0, Op.PING, check=False) for _ in range(1000)]  # at once: 10x a second's worth
+        answers = await asyncio.gather(*flood)
+        faults = await host.request(0, Op.GET_FAULTS)  # the fault control plane is not limited
+        peak = len(node._urgent)
+        await asyncio.sleep(3.0)  # the bucket refills: commands run again
+        after = await host.request(0, Op.PING, check=False)
+        stats = await host.request(0, Op.STATS)
+        return answers, faults, after, stats.data, node.counters.cmd_refused, peak
+
+    answers, faults, after, stats, refused, peak = on_fleet(scenario, nodes=1, settle=2)
+    statuses = [a.status for a in answers]
+    ok, no = statuses.count(Status.OK), statuses.count(Status.REFUSED)
+    assert ok + no == 1000 and COMMAND_BURST - 5 <= ok <= COMMAND_BURST + 20 and no == refused
+    assert "command rate" in next(a.message for a in answers if a.status is Status.REFUSED)
+    assert faults.status is Status.OK and after.status is Status.OK
+    assert stats.cmd_refused == refused and peak <= OUTBOX_LIMIT  # counted where STATS shows it; memory bounded
