@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -18,50 +19,73 @@ def add_parser(sub: Any) -> None:
     mon.add_argument("--node", type=bounded(int, 0, U32_MAX, "--node"), default=None)
     mon.add_argument("--count", type=bounded(int, 1, 2**63, "--count"), default=None)
     mon.add_argument("--duration", type=bounded(float, 0.001, 1e9, "--duration"), default=None)
+    mon.add_argument(
+        "--exit-on-loss",
+        action="store_true",
+        help="exit (1) when the link to the broker is lost, instead of connecting again",
+    )
     mon.set_defaults(func=cmd_monitor)
 
 
 async def cmd_monitor(args: argparse.Namespace) -> int:
+    from ..backoff import Backoff
     from ..host.views import message_json, message_line
     from ..protocol import FrameError, decode
-    from ..transport import Subscription, TransportError, transport_factory
+    from ..transport import Subscription, Transport, TransportError, transport_factory
     from ..transport.topics import topic
 
-    transport = transport_factory(link_url(args))(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+    factory = transport_factory(link_url(args))
     seen = 0
-    try:
-        await transport.connect()
-        try:
-            await transport.subscribe(Subscription(args.fleet, args.node, None))
 
-            async def consume() -> None:
-                nonlocal seen
-                while args.count is None or seen < args.count:
-                    d = await transport.receive()
-                    seen += 1
-                    try:
-                        msg = decode(d.payload)
-                    except FrameError as e:
-                        obj = {
-                            "topic": topic(d.address),
-                            "node": d.address.node,
-                            "error": e.reason.name,
-                            "detail": e.detail,
-                            "hex": d.payload[:64].hex(),
-                        }
-                        print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
-                        continue
-                    if args.json:
-                        obj = message_json(d.address, msg)
-                        obj["retained"] = d.retained
-                        print(json.dumps(obj), flush=True)
-                    else:
-                        print(message_line(d.address, msg), flush=True)
+    async def consume(transport: Transport) -> None:
+        nonlocal seen
+        while args.count is None or seen < args.count:
+            d = await transport.receive()
+            seen += 1
+            try:
+                msg = decode(d.payload)
+            except FrameError as e:
+                obj = {
+                    "topic": topic(d.address),
+                    "node": d.address.node,
+                    "error": e.reason.name,
+                    "detail": e.detail,
+                    "hex": d.payload[:64].hex(),
+                }
+                print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
+                continue
+            if args.json:
+                obj = message_json(d.address, msg)
+                obj["retained"] = d.retained
+                print(json.dumps(obj), flush=True)
+            else:
+                print(message_line(d.address, msg), flush=True)
 
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(consume(), args.duration)
-        finally:
-            await transport.close()
-    except TransportError as e:
-        raise Failure(str(e)) from None
+    async def follow() -> None:
+        """Connect, subscribe and print; after a lost link, connect again (with backoff) unless
+        --exit-on-loss. A broker unreachable at the start is an error at once."""
+        backoff = Backoff(initial=0.5, maximum=5.0)
+        connected_once = False
+        while True:
+            transport = factory(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+            try:
+                await transport.connect()
+                await transport.subscribe(Subscription(args.fleet, args.node, None))
+                if connected_once:
+                    print("monitor: reconnected", file=sys.stderr, flush=True)
+                connected_once = True
+                backoff.reset()
+                await consume(transport)
+                return
+            except TransportError as e:
+                if not connected_once or args.exit_on_loss:
+                    raise Failure(str(e)) from None
+                delay = backoff.next()
+                print(f"monitor: link lost ({e}); connecting again in {delay:.1f} s", file=sys.stderr, flush=True)
+                await asyncio.sleep(delay)
+            finally:
+                await transport.close()
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(follow(), args.duration)
     return EXIT_OK

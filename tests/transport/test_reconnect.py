@@ -96,3 +96,23 @@ def test_a_thousand_nodes_that_lost_their_broker_retry_spread_out(mosquitto, cli
     # the measured histogram, for the record when it fails
     assert busiest <= 0.05 * len(first), sorted(windows.items())
     assert max(first.values()) <= Backoff().ceiling() + 1.0
+
+
+def test_monitor_follows_the_fleet_across_a_broker_restart(mosquitto, cli_process):
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", "mr")
+    run.wait_line("up: 2 nodes")
+    mon = cli_process("monitor", "--broker", mosquitto.url, "--fleet", "mr", "--json")
+    quitter = cli_process("monitor", "--broker", mosquitto.url, "--fleet", "mr", "--exit-on-loss")
+    mon.wait_line('"type": "TELEMETRY"')
+    quitter.wait_line("TELEMETRY")
+    mosquitto.stop()
+    assert quitter.proc.wait(20) == 1  # asked to exit on loss: it does, with a failure
+    time.sleep(1.0)
+    before = len(mon.lines)
+    mosquitto.start()  # the same port: nodes and monitor come back by themselves
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any('"type": "BIRTH"' in line for line in mon.lines[before:]):
+        time.sleep(0.1)
+    assert mon.proc.poll() is None, "monitor exited on a lost broker"
+    assert any('"type": "BIRTH"' in line for line in mon.lines[before:]), mon.lines[-5:]
+    assert quitter.proc.stderr is not None and "mcm-emu" in quitter.proc.stderr.read()
