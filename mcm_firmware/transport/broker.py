@@ -6,6 +6,8 @@ Eclipse Mosquitto.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -14,6 +16,9 @@ from amqtt.broker import Broker
 from amqtt.errors import BrokerError
 
 from .base import TransportError
+
+STOP_GRACE_S = 0.5
+STOP_TIMEOUT_S = 2.0
 
 
 class PortInUse(TransportError):
@@ -68,10 +73,16 @@ class EmbeddedBroker:
             raise TransportError(f"embedded broker failed to start: {e}") from None
         self._broker = broker
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace: float = STOP_GRACE_S, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop after ``grace`` seconds in which what the nodes said last (their DEATH frames)
+        reaches the subscribers still connected; amqtt's shutdown waits for its clients' sessions,
+        which a connected monitor keeps open, so it gets ``timeout`` seconds and is then left to
+        the loop's cancellation."""
         broker, self._broker = self._broker, None
         if broker is not None:
-            await broker.shutdown()
+            await asyncio.sleep(grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(broker.shutdown(), timeout)
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

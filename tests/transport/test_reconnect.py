@@ -116,3 +116,22 @@ def test_monitor_follows_the_fleet_across_a_broker_restart(mosquitto, cli_proces
     assert mon.proc.poll() is None, "monitor exited on a lost broker"
     assert any('"type": "BIRTH"' in line for line in mon.lines[before:]), mon.lines[-5:]
     assert quitter.proc.stderr is not None and "mcm-emu" in quitter.proc.stderr.read()
+
+
+def test_a_stop_on_the_embedded_broker_reaches_live_subscribers_and_does_not_wait_for_them(cli_process):
+    import signal
+
+    from ..conftest import free_port
+
+    port = free_port()
+    run = cli_process("run", "--nodes", "8", "--embedded-port", str(port), "--fleet", "es")
+    run.wait_line("up: 8 nodes")
+    mon = cli_process("monitor", "--broker", f"mqtt://127.0.0.1:{port}", "--fleet", "es")
+    mon.wait_line("TELEMETRY")
+    t0 = time.monotonic()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(10) == 0
+    stop_s = time.monotonic() - t0
+    deaths = [line for line in mon.lines if " DEATH " in line and "SHUTDOWN" in line]
+    assert len({line.split()[0] for line in deaths}) == 8, deaths  # every node's DEATH, live
+    assert stop_s < 3.0 and mon.proc.poll() is None  # the monitor still connected did not hold the run
