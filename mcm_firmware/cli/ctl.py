@@ -33,13 +33,37 @@ def add_parser(sub: Any) -> None:
             + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())
         ),
     )
-    client_options(ctl)
-    ctl.add_argument("--timeout", type=bounded(float, 0.01, 3600, "--timeout"), default=2.0)
-    ctl.add_argument("--retries", type=bounded(int, 0, 100, "--retries"), default=2)
+    ctl_options(ctl)
     ctl.add_argument("node", type=bounded(int, 0, U32_MAX, "NODE"), metavar="NODE")
     ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND")
     ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     ctl.set_defaults(func=cmd_ctl)
+
+
+def ctl_options(p: argparse.ArgumentParser) -> None:
+    client_options(p)
+    p.add_argument(
+        "--timeout", type=bounded(float, 0.01, 3600, "--timeout"), default=2.0, help="seconds to wait (default 2)"
+    )
+    p.add_argument(
+        "--retries", type=bounded(int, 0, 100, "--retries"), default=2, help="sends again before giving up (default 2)"
+    )
+
+
+def options_after(args: argparse.Namespace) -> None:
+    """Options given after NODE COMMAND (``ctl 3 status --json``), as tools such as git and kubectl
+    take them: moved out of the command's arguments into ``args``."""
+    late = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    ctl_options(late)
+    for action in late._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        found, rest = late.parse_known_args(list(args.args))
+    except argparse.ArgumentError as e:
+        raise BadInput(str(e)) from None
+    for key, value in vars(found).items():
+        setattr(args, key, value)
+    args.args = rest
 
 
 async def cmd_ctl(args: argparse.Namespace) -> int:
@@ -49,6 +73,7 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     from ..transport import TransportError, transport_factory
 
     spec = COMMANDS[args.op]
+    options_after(args)
     try:
         cmd_args = spec.parse(list(args.args))
     except UsageError as e:

@@ -104,3 +104,22 @@ def test_help_and_version():
     assert out.returncode == 0 and "run" in out.stdout and "ctl" in out.stdout
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("mcm-emu ")
+
+
+def test_ctl_takes_its_options_after_the_command_too(mosquitto, cli_process):
+    import json
+
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "oa")
+    run.wait_line("up: 1 nodes")
+    r = run_cli("ctl", "--broker", mosquitto.url, "0", "status", "--json", "--fleet", "oa")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[0])["node"] == 0
+    r = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "oa", "0", "inject", "inlet-step", "-5", "--timeout", "5")
+    assert r.returncode == 0, r.stderr  # "-5" stays the fault's value, not an option
+    r = run_cli("ctl", "--broker", mosquitto.url, "0", "get-faults", "--fleet", "oa", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["faults"][0] | {"target": ""} == {
+        "kind": "INLET_STEP",
+        "target": "",
+        "value": -5.0,
+        "value2": None,
+    }
