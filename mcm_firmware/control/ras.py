@@ -148,6 +148,7 @@ class RasController:
         self._ce_times: deque[float] = deque()
         self._scrubbed_to: float | None = None  # the time up to which the patrol scrub has run
         self.scrub_passes = 0
+        self._scrub_origin: float | None = None  # where the cursor was when this controller began
         self.scrubbed = 0
         self.on_work: Callable[[], None] | None = None  # told when errors arrive (the runtime's hook)
         self.dirty = True  # counters or flags changed since the runtime last looked
@@ -325,7 +326,9 @@ class RasController:
         end = self._scrub_pos(t)
         self._scrubbed_to = t
         self.scrubbed += int(self.cfg.geometry.words * (end - start))
-        self.scrub_passes = int(end)
+        if self._scrub_origin is None:
+            self._scrub_origin = start
+        self.scrub_passes = math.floor(end - self._scrub_origin)  # whole passes since the controller booted
         addrs = self.store.addresses()
         if not addrs or end <= start:
             return []
@@ -379,6 +382,8 @@ class RasController:
         counters start from zero."""
         events = self.reset()
         self.clear()
+        self.scrub_passes = self.scrubbed = 0
+        self._scrub_origin = None
         for addr in [a for a in self.latent if not self.store.stuck_bits(a)]:
             self._forget(addr)
         return events

@@ -309,3 +309,15 @@ def test_store_reads_agree_with_the_decoder(line, corruptions, word):
     res = store.read(addr)
     assert res.status is status and list(res.detail) == devices
     assert res.data == int.from_bytes(data[4 * word : 4 * word + 4], "little")
+
+
+def test_scrub_passes_count_from_boot_not_from_the_epoch():
+    r = controller(scrub_interval_s=100.0, access_rate_hz=0.0)
+    t0 = 1_796_000_000.0  # a real run's clock reads Unix time
+    r.step(t0, 0.5, np.zeros(8))
+    r.step(t0 + 10.0, 10.0, np.zeros(8))
+    assert r.scrub_passes == 0  # ten seconds into a 100 s pass: none completed yet
+    r.step(t0 + 250.0, 240.0, np.zeros(8))
+    assert r.scrub_passes == 2  # the cursor crossed two pass boundaries since
+    r.reboot()
+    assert r.scrub_passes == 0 and r.scrubbed == 0
