@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from .security import TLS_PORT, BrokerSecurity, security_of
 from .topics import parse_topic, topic, topic_filter
 
 DEFAULT_PORT = 1883
+log = logging.getLogger(__name__)
 # aiomqtt warns whenever more than ten publishes are pending, as a carrier's are by design
 _LIBRARY_LOG = logging.getLogger(__name__ + ".aiomqtt")
 _LIBRARY_LOG.setLevel(logging.ERROR)
@@ -44,6 +47,17 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         raise ValueError(f"broker URL {url!r} must not have a path")
     security_of(url)
     return parts.hostname, port
+
+
+def _read_disconnect(client: aiomqtt.Client) -> None:
+    """A connection the broker dropped (or one that never came up) leaves aiomqtt's
+    "disconnected" future failed and unread, which asyncio would report as an error at exit: it
+    is read here, the loss being known and handled by the caller."""
+    gone: Any = getattr(client, "_disconnected", None)
+    if gone is not None and gone.done() and not gone.cancelled():
+        gone.exception()
+    elif gone is not None and not gone.done():
+        gone.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _guard_socket_callbacks(client: aiomqtt.Client) -> None:
@@ -80,6 +94,49 @@ def _guard_socket_callbacks(client: aiomqtt.Client) -> None:
 
     paho.on_socket_register_write = register_write
     paho.on_socket_unregister_write = unregister_write
+
+
+class _Watchdog:
+    """One task per event loop that looks at every live MQTT connection once a second and aborts
+    the half-open ones (:meth:`MqttTransport._half_open`): one wake-up a second for a whole fleet
+    instead of one per connection."""
+
+    def __init__(self) -> None:
+        self.live: set[MqttTransport] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.aborted = 0
+
+    def add(self, tr: MqttTransport) -> None:
+        self.live.add(tr)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run(), name="mqtt-keepalive-watchdog")
+
+    def discard(self, tr: MqttTransport) -> None:
+        self.live.discard(tr)
+        if not self.live and self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self) -> None:
+        while self.live:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for tr in [t for t in self.live if t._half_open(now)]:
+                self.live.discard(tr)
+                self.aborted += 1
+                log.info("%s: no answer to a keep-alive ping: the connection is half-open, closing it", tr.client_id)
+                tr._shut_socket()
+
+
+_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog] = weakref.WeakKeyDictionary()
+
+
+def _watchdog() -> _Watchdog:
+    loop = asyncio.get_running_loop()
+    dog = _WATCHDOGS.get(loop)
+    if dog is None:
+        dog = _WATCHDOGS[loop] = _Watchdog()
+    return dog
 
 
 class MqttTransport(Transport):
@@ -143,37 +200,54 @@ class MqttTransport(Transport):
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as e:
+            _read_disconnect(client)
             raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
         except OSError as e:
+            _read_disconnect(client)
             raise TransportError(f"cannot connect to broker {self.url}: {e.strerror or e}") from None
         self._client = client
+        _watchdog().add(self)
         self._messages = client.messages.__aiter__()
 
+    def _half_open(self, now: float) -> bool:
+        """True when the broker has not answered a keep-alive ping for half a keep-alive period:
+        paho pings after a keep-alive period without traffic, so a connection over which nothing
+        comes back is known dead within 1.5 x keep-alive (paho itself would wait a second
+        period)."""
+        client = self._client
+        if client is None:
+            return False
+        paho: Any = client._client
+        sent = getattr(paho, "_ping_t", 0)
+        return bool(sent) and now - sent > self.keepalive / 2
+
     async def close(self) -> None:
+        _watchdog().discard(self)
         client, self._client = self._client, None
         self._messages = None
         if client is not None:
             # already down, or the broker does not answer: nothing to close cleanly
             with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                 await asyncio.wait_for(client.__aexit__(None, None, None), self.connect_timeout)
-            # a connection the broker dropped leaves aiomqtt's "disconnected" future failed and
-            # unread, which asyncio would report at exit: it is read here, the loss being known
-            gone: Any = getattr(client, "_disconnected", None)
-            if gone is not None and gone.done() and not gone.cancelled():
-                gone.exception()
+            _read_disconnect(client)
 
     async def abort(self) -> None:
         """Shut the TCP connection down under the MQTT client: no DISCONNECT is sent, so the
         broker publishes the Last Will at once."""
+        self._shut_socket()
+        await self.close()
+
+    def _shut_socket(self) -> None:
+        """Shut the TCP connection down under the MQTT client (no DISCONNECT): the client sees
+        the connection lost, the broker publishes the will."""
         client = self._client
         if client is not None:
             # paho's socket; aiomqtt exposes no abort. paho types it as its SocketLike protocol
-            # (no shutdown); over plain TCP, the only connection made here, it is a socket.socket.
+            # (no shutdown); it is a socket.socket or an ssl.SSLSocket, both of which have it.
             sock = cast("socket.socket | None", client._client.socket())
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        await self.close()
 
     def _require(self) -> aiomqtt.Client:
         if self._client is None:

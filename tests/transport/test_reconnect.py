@@ -135,3 +135,87 @@ def test_a_stop_on_the_embedded_broker_reaches_live_subscribers_and_does_not_wai
     deaths = [line for line in mon.lines if " DEATH " in line and "SHUTDOWN" in line]
     assert len({line.split()[0] for line in deaths}) == 8, deaths  # every node's DEATH, live
     assert stop_s < 3.0 and mon.proc.poll() is None  # the monitor still connected did not hold the run
+
+
+class StallingProxy:
+    """A TCP proxy in front of the broker that, when stalled, stops forwarding either way without
+    closing anything: a half-open link, as a dead switch port or a NAT that forgot the flow."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.stalled = False
+        self.server: asyncio.base_events.Server | None = None
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                if not self.stalled:
+                    w.write(data)
+                    await w.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            w.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            br, bw = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(self._pipe(r, bw), self._pipe(br, w), return_exceptions=True)
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_half_open_link_is_noticed_and_healed_without_a_spurious_death(mosquitto, cli_process):
+    from mcm_firmware.protocol import Birth, Death, DeathReason, decode
+    from mcm_firmware.transport import Channel, Subscription
+    from mcm_firmware.transport.mqtt import MqttTransport
+
+    keepalive = MqttTransport().keepalive
+
+    async def main() -> tuple[list[tuple[float, object]], float]:
+        proxy = StallingProxy(mosquitto.port)
+        port = await proxy.start()
+        run = cli_process("run", "--broker", f"mqtt://127.0.0.1:{port}", "--nodes", "1", "--fleet", "ho")
+        watcher = MqttTransport(port=mosquitto.port, client_id="ho-watcher")
+        await watcher.connect()
+        await watcher.subscribe(Subscription("ho", 0, Channel.STATE))
+        seen: list[tuple[float, object]] = []
+
+        async def watch() -> None:
+            while True:
+                d = await watcher.receive()
+                seen.append((time.monotonic(), decode(d.payload)))
+
+        task = asyncio.create_task(watch())
+        while not any(isinstance(m, Birth) for _, m in seen):  # noqa: ASYNC110 - polls what the watcher collects
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        t0 = time.monotonic()
+        proxy.stalled = True
+        await asyncio.sleep(1.5 * keepalive + 5)
+        proxy.stalled = False  # healed: new connections get through
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(isinstance(m, Birth) and t > t0 for t, m in seen):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await watcher.close()
+        assert proxy.server is not None
+        proxy.server.close()
+        run.close()
+        return [(t - t0, m) for t, m in seen if t > t0], t0
+
+    after, _ = asyncio.run(main())
+    deaths = [(t, m) for t, m in after if isinstance(m, Death)]
+    births = [(t, m) for t, m in after if isinstance(m, Birth)]
+    assert len(deaths) == 1, after  # one DEATH for the lost connection, none spurious after the heal
+    t_death, death = deaths[0]
+    assert death.reason is DeathReason.CONNECTION_LOST and t_death <= 1.5 * keepalive + 1.0
+    assert births and births[0][0] > t_death and births[0][1].bdseq > death.bdseq  # a new BIRTH replaces it
