@@ -44,6 +44,29 @@ class FleetState:
         )
 
 
+@dataclass
+class Liveness:
+    """Which nodes are alive, judged from what they say now rather than from what a broker
+    remembers: a retained BIRTH can outlive its node (a broker with persistence restores it
+    after a restart before any node is back), so a node counts as alive only while a frame of
+    it that was *not* retained (telemetry, an event, a fresh BIRTH) arrived within ``window``
+    seconds (three telemetry periods is the rule of docs/protocol.md)."""
+
+    window: float
+    last: dict[int, float] = field(default_factory=dict)
+
+    def saw(self, node: int, *, retained: bool, now: float) -> None:
+        if not retained:
+            self.last[node] = now
+
+    def alive(self, node: int, now: float) -> bool:
+        t = self.last.get(node)
+        return t is not None and now - t <= self.window
+
+    def alive_nodes(self, now: float) -> list[int]:
+        return sorted(n for n, t in self.last.items() if now - t <= self.window)
+
+
 async def read_state(factory: TransportFactory, fleet: str, *, settle: float = 0.5) -> FleetState:
     """The retained state frames of ``fleet``: everything the broker hands a new subscriber, read
     until ``settle`` seconds pass without another."""
