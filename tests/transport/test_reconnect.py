@@ -260,3 +260,32 @@ def test_crash_and_reboot_loops_leak_no_descriptor(mosquitto, cli_process):
     run.proc.terminate()
     assert run.proc.wait(30) == 0
     assert run.proc.stderr is not None and "Traceback" not in run.proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_commands_sent_around_a_broker_restart_are_all_executed_once(mosquitto, cli_process):
+    """Nodes use clean sessions, so a command the broker took while a node was not yet subscribed
+    again is not queued for it; the equivalent of a persistent session is the host's: it sends
+    again with the same request id until answered, and the node runs a request id once
+    (docs/reliability.md)."""
+    import json
+
+    from ..conftest import run_cli
+
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "64", "--fleet", "rs", "--connection", "node")
+    run.wait_line("up: 64 nodes")
+    mosquitto.stop()
+    time.sleep(5.0)
+    mosquitto.start()  # right after the restart: the nodes are still waiting out their backoff
+    answers = []
+    for node in range(0, 64, 8):
+        r = run_cli(
+            *("ctl", "--broker", mosquitto.url, "--fleet", "rs", "--json", "--timeout", "20", "--retries", "10"),
+            *(str(node), "set-power-cap", "900"),
+            timeout=60,
+        )
+        answers.append((node, r.returncode, r.stdout))
+    assert all(code == 0 for _, code, _ in answers), answers  # 8 of 8 executed
+    for node in range(0, 64, 8):
+        r = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rs", "--json", str(node), "status", timeout=30)
+        assert r.returncode == 0 and json.loads(r.stdout)["power_cap_w"] == 900.0, r.stdout[:300]
