@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, cast
 
 from .. import __version__
 from . import bench, broker_config, ctl, fuzz, monitor, profiles, replay, run, scenario
@@ -34,11 +35,28 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line and a hint, as ``mcm-emu: error: ...`` (not a usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"mcm-emu: error: {message}\n  (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcm-emu", description="Emulated MCM management controllers.")
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (repeatable)"
+    )
+    p = _Parser(prog="mcm-emu", description="Emulated MCM management controllers.", parents=[common])
     p.add_argument("--version", action="version", version=f"mcm-emu {__version__}")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.set_defaults(verbose=0)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    real_add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:  # -v before or after the command
+        return real_add(name, parents=[common, *kw.pop("parents", [])], **kw)
+
+    cast(Any, sub).add_parser = add_parser
     for group in GROUPS:
         group.add_parser(sub)
     return p

@@ -61,7 +61,8 @@ def bounded(kind: Callable[[str], Any], lo: float, hi: float, what: str) -> Call
             noun = "whole number" if kind is int else "number"
             raise argparse.ArgumentTypeError(f"{what} must be a {noun}, got {text!r}") from None
         if not (lo <= value <= hi) or (isinstance(value, float) and math.isnan(value)):
-            raise argparse.ArgumentTypeError(f"{what} must be within {lo:g}..{hi:g}, got {text}")
+            span = f"{int(lo)}..{int(hi)}" if kind is int else f"{lo:g}..{hi:g}"
+            raise argparse.ArgumentTypeError(f"{what} must be within {span}, got {text}")
         return value
 
     return convert

@@ -36,7 +36,10 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     wrong."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp", "mqtts"):
-        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts:// (got {parts.scheme or 'none'!r})")
+        raise ValueError(
+            f"broker URL {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
+            + (f" (the scheme {parts.scheme!r} is not one)" if parts.scheme else "")
+        )
     if not parts.hostname:
         raise ValueError(f"broker URL {url!r} names no host")
     try:

@@ -81,7 +81,9 @@ def test_ctl_timeout_exits_1(mosquitto):
         (("run", "--nodes", "many"), "--nodes must be a whole number"),
         (("run", "--speed", "-1"), "--speed must be within"),
         (("run", "--workload", "mining"), "invalid choice"),
-        (("run", "--broker", "http://x"), "scheme must be mqtt://"),
+        (("run", "--broker", "http://x"), "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (the scheme 'http'"),
+        (("run", "--broker", "nonsense"), "broker URL 'nonsense': expected mqtt://HOST[:PORT]"),
+        (("ctl", "99999999999", "ping"), "NODE must be within 0..4294967295"),
         (("run", "--fleet", "a/b"), "fleet name"),
         (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),
         (("ctl", "1", "dance"), "invalid choice"),
@@ -97,6 +99,8 @@ def test_bad_usage_exits_2_naming_the_problem(args, needle):
     assert out.returncode == 2, (args, out.stdout, out.stderr)
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()  # one line and a hint, not a usage block
+    assert lines[0].startswith("mcm-emu: error: ") and len(lines) <= 2, out.stderr
 
 
 def test_help_and_version():
@@ -123,3 +127,10 @@ def test_ctl_takes_its_options_after_the_command_too(mosquitto, cli_process):
         "value": -5.0,
         "value2": None,
     }
+
+
+def test_verbose_is_taken_before_or_after_the_command():
+    for args in (("-v", "run", "--nodes", "0"), ("run", "-v", "--nodes", "0")):
+        out = run_cli(*args)
+        assert out.returncode == 2 and "--nodes must be within 1..100000" in out.stderr  # -v itself accepted
+        assert "unrecognized arguments" not in out.stderr
