@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import time
 
 import pytest
 
@@ -134,3 +135,20 @@ def test_verbose_is_taken_before_or_after_the_command():
         out = run_cli(*args)
         assert out.returncode == 2 and "--nodes must be within 1..100000" in out.stderr  # -v itself accepted
         assert "unrecognized arguments" not in out.stderr
+
+
+def test_a_node_that_does_not_answer_is_explained(mosquitto, cli_process):
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "3", "--fleet", "ws")
+    run.wait_line("up: 3 nodes")
+    base = ("ctl", "--broker", mosquitto.url, "--timeout", "0.6")
+    r = run_cli(*base, "--fleet", "ws", "99", "ping")
+    assert r.returncode == 1 and "node 99 has never been seen in fleet 'ws' (nodes seen: 0..2)" in r.stderr
+    r = run_cli(*base, "--fleet", "nope", "1", "ping")
+    assert r.returncode == 1 and "no node of fleet 'nope' is known" in r.stderr
+    assert run_cli(*base, "--fleet", "ws", "0", "inject", "crash").returncode == 0  # gone, no reboot
+    deadline = time.monotonic() + 10
+    while True:
+        r = run_cli(*base, "--fleet", "ws", "0", "ping")
+        if "DEATH" in r.stderr or time.monotonic() > deadline:
+            break
+    assert r.returncode == 1 and "node 0 is offline: its last state is a DEATH (CONNECTION_LOST" in r.stderr
