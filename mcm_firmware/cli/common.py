@@ -136,3 +136,29 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: An
         print(json.dumps(obj), flush=True)
     else:
         print(text, file=stream or sys.stdout, flush=True)
+
+
+async def why_silent(args: argparse.Namespace, node: int) -> str | None:
+    """What the broker's retained state says of a node that did not answer: never seen in this
+    fleet (a wrong id or --fleet), offline since its DEATH, or a BIRTH without an answer (crashed,
+    or a BIRTH the broker kept of a node that is gone)."""
+    from ..host.discovery import read_state
+    from ..protocol import Birth, Death
+    from ..transport import TransportError, transport_factory
+
+    try:
+        state = await read_state(transport_factory(link_url(args)), args.fleet, settle=0.3)
+    except TransportError:
+        return None
+    if not state.nodes:
+        return f"no node of fleet {args.fleet!r} is known to this broker (is --fleet right?)"
+    last = state.nodes.get(node)
+    if last is None:
+        ids = sorted(state.nodes)
+        seen = f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids[:10]))
+        return f"node {node} has never been seen in fleet {args.fleet!r} (nodes seen: {seen})"
+    if isinstance(last, Death):
+        return f"node {node} is offline: its last state is a DEATH ({last.reason.name}, bdseq {last.bdseq})"
+    if isinstance(last, Birth) and not state.online(node):
+        return f"node {node} is offline: its carrier link is down"
+    return f"node {node} has a BIRTH (bdseq {last.bdseq}) but does not answer: crashed, hung, or gone"

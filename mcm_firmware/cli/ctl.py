@@ -19,6 +19,7 @@ from .common import (
     client_options,
     emit,
     link_url,
+    why_silent,
 )
 
 
@@ -100,36 +101,10 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
                 except NodeError:
                     more = None  # firmware without the operation: the view goes without it
     except RequestTimeout as e:
-        why = await _why_silent(args) if not args.serial else None
+        why = await why_silent(args, args.node) if not args.serial else None
         raise Failure(f"{e}: {why}" if why else str(e)) from None
     except (TransportError, HostError) as e:
         raise Failure(str(e)) from None
     out = spec.show(args.node, resp, rtt, more)
     emit(args, out, text=spec.text(spec.name, out))
     return EXIT_OK
-
-
-async def _why_silent(args: argparse.Namespace) -> str | None:
-    """What the broker's retained state says of a node that did not answer: never seen in this
-    fleet (a wrong id or --fleet), offline since its DEATH, or a BIRTH without an answer (crashed,
-    or a BIRTH the broker kept of a node that is gone)."""
-    from ..host.discovery import read_state
-    from ..protocol import Birth, Death
-    from ..transport import TransportError, transport_factory
-
-    try:
-        state = await read_state(transport_factory(link_url(args)), args.fleet, settle=0.3)
-    except TransportError:
-        return None
-    if not state.nodes:
-        return f"no node of fleet {args.fleet!r} is known to this broker (is --fleet right?)"
-    last = state.nodes.get(args.node)
-    if last is None:
-        ids = sorted(state.nodes)
-        seen = f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids[:10]))
-        return f"node {args.node} has never been seen in fleet {args.fleet!r} (nodes seen: {seen})"
-    if isinstance(last, Death):
-        return f"node {args.node} is offline: its last state is a DEATH ({last.reason.name}, bdseq {last.bdseq})"
-    if isinstance(last, Birth) and not state.online(args.node):
-        return f"node {args.node} is offline: its carrier link is down"
-    return f"node {args.node} has a BIRTH (bdseq {last.bdseq}) but does not answer: crashed, hung, or gone"

@@ -10,7 +10,7 @@ import sys
 import uuid
 from typing import Any
 
-from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, link_url
+from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, link_url, why_silent
 
 
 def add_parser(sub: Any) -> None:
@@ -86,6 +86,10 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             finally:
                 await transport.close()
 
+    if args.node is not None and not args.serial:
+        why = await why_silent(args, args.node)
+        if why is not None and "has a BIRTH" not in why:  # a node that is up is no news
+            print(f"monitor: {why}; waiting for it", file=sys.stderr, flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(follow(), args.duration)
     return EXIT_OK

@@ -145,6 +145,10 @@ def test_a_node_that_does_not_answer_is_explained(mosquitto, cli_process):
     assert r.returncode == 1 and "node 99 has never been seen in fleet 'ws' (nodes seen: 0..2)" in r.stderr
     r = run_cli(*base, "--fleet", "nope", "1", "ping")
     assert r.returncode == 1 and "no node of fleet 'nope' is known" in r.stderr
+    r = run_cli("monitor", "--broker", mosquitto.url, "--fleet", "ws", "--node", "99", "--duration", "1")
+    assert r.returncode == 0 and "monitor: node 99 has never been seen in fleet 'ws'" in r.stderr
+    r = run_cli("monitor", "--broker", mosquitto.url, "--fleet", "ws", "--node", "1", "--count", "1")
+    assert r.returncode == 0 and "monitor:" not in r.stderr  # a node that is up: no warning
     assert run_cli(*base, "--fleet", "ws", "0", "inject", "crash").returncode == 0  # gone, no reboot
     deadline = time.monotonic() + 10
     while True:
