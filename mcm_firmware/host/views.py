@@ -307,32 +307,44 @@ def ras_text(obj: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _shown(value: Any, digits: int = 1, unit: str = "") -> str:
+    """A reading for people: fixed decimals, ``n/a`` for one not taken (NaN or missing)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}{unit}"
+
+
 def status_text(obj: dict[str, Any]) -> str:
     """``ctl status`` as text, from :func:`status_json`."""
-    ras = obj["ras"]
+    ras, c = obj["ras"], obj.get("counters", {})
     lines = [
-        f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} "
-        f"uptime={obj['uptime_s']:.1f}s power={obj['power_w']}/{obj['power_cap_w']} W "
-        f"P{obj['pstate']} vrm={obj['vrm_current_a']} A failsafe={obj['failsafe']} "
-        f"rx_rejected={obj['rx_rejected']}",
+        f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} boot={obj['boot_count']} "
+        f"uptime={_shown(obj['uptime_s'], 1, ' s')}",
+        f"  power {_shown(obj['power_w'], 1)}/{_shown(obj['power_cap_w'], 0)} W P{obj['pstate']} "
+        f"vrm {_shown(obj['vrm_current_a'], 1, ' A')} failsafe={obj['failsafe']}",
+        f"  coolant: inlet {_shown(obj['inlet_c'], 1, ' C')} outlet {_shown(obj['outlet_c'], 1, ' C')} "
+        f"flow {_shown(obj['flow_lpm'], 2, ' L/min')}",
         f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
         f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}",
+        f"  faults in force: {', '.join(obj.get('faults', [])) or 'none'}",
+        f"  link: rx {c.get('rx_frames', 0)} frames ({obj['rx_rejected']} rejected), tx {c.get('tx_frames', 0)} "
+        f"({c.get('tx_dropped', 0)} dropped), {c.get('reconnects', 0)} reconnects",
     ]
     for i, d in enumerate(obj["dies"]):
         lines.append(
-            f"  die {i}: {d['temp_c']} C {d['power_w']} W {d['clock_mhz']} MHz "
+            f"  die {i}: {_shown(d['temp_c'], 1, ' C')} {_shown(d['power_w'], 1, ' W')} {d['clock_mhz']} MHz "
             f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
             f"reasons={','.join(d['reason_names']) or '-'}"
         )
     for i, h in enumerate(obj["hbm"]):
-        lines.append(f"  hbm {i}: {h['temp_c']} C ce={h['ce']} ue={h['ue']}")
+        lines.append(f"  hbm {i}: {_shown(h['temp_c'], 1, ' C')} ce={h['ce']} ue={h['ue']}")
     for p in obj["pumps"]:
         lines.append(
             f"  pump {p['name']}: {'running' if p['running'] else 'stopped'} {p['rpm']} rpm"
             f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}"
         )
     for i, v in enumerate(obj["valves"]):
-        lines.append(f"  valve {i}: {v['position_pct']} %{' manual' if v['manual'] else ''}")
+        lines.append(f"  valve {i}: {_shown(v['position_pct'], 1, ' %')}{' manual' if v['manual'] else ''}")
     rt = obj.get("runtime")
     if rt is not None:
         t, late, lag = rt["telemetry"], rt["tick_late_ms"], rt["loop_lag_ms"]

@@ -66,3 +66,16 @@ def test_typed_json_names_enum_values_and_keeps_every_field():
     assert obj["snapshot"]["state"] == "RUNNING" and obj["snapshot"]["mode"] == "NORMAL"
     assert obj["snapshot"]["dies"][1] == dict(SNAPSHOT.dies[1]._asdict())
     assert obj["pump_names"] == ["A", "B"]
+
+
+def test_status_text_shows_coolant_faults_counters_and_readings_not_taken():
+    from mcm_firmware.host.views import status_text
+
+    status = GOLDEN["response-status"].data
+    obj = status_json(3, status)
+    obj["dies"][0]["temp_c"] = None  # a die waiting for its rig: no reading yet
+    text = status_text(obj)
+    assert "coolant: inlet" in text and "faults in force:" in text and f"boot={status.boot_count}" in text
+    assert "link: rx" in text and "die 0: n/a" in text and "None" not in text
+    power = next(line for line in text.splitlines() if line.startswith("  power "))
+    assert power.split()[1].count(".") == 1 and len(power.split()[1].split("/")[0].split(".")[1]) == 1  # 1 decimal
