@@ -61,6 +61,7 @@ def test_the_dsp0253_example_frame_checks():
 def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_process):
     run = cli_process("run", "--nodes", "1", "--serial", "pty", "--fleet", "tags")
     line = run.wait_line("serial: node 0 at", timeout=30)
+    run.wait_line("up: 1 nodes", timeout=30)  # the node listens: a request now is not lost
     path, eid = re.search(r"at (\S+) \(EID (\d+)", line).groups()
     node_eid = int(eid)
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
