@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .bench_parts import start_counter
 from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
 from .run import worker_stats
 
@@ -311,21 +312,7 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         pids = _workers(run.pid) if args.processes > 1 else [run.pid]
         out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
         await asyncio.sleep(args.warmup)
-        counter = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "mcm_firmware.host.tlm_count",
-            "--broker",
-            url,
-            "--fleet",
-            FLEET,
-            "--duration",
-            str(args.seconds),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert counter.stdout is not None and counter.stderr is not None
-        await _lines_until(counter.stderr, "subscribed", 30, [])
+        counter = await start_counter(url, FLEET, args.seconds)
         run.send_signal(signal.SIGUSR1)
         cpu0 = {"run": _tree_cpu_seconds(pids), "counter": _cpu_seconds(counter.pid)}
         if broker_pid is not None:

@@ -28,21 +28,12 @@ def _cpu_seconds(pid: int) -> float:
 # --- the broker's ceiling --------------------------------------------------------------------------
 
 
-async def broker_ceiling(url: str, seconds: float, broker_pid: int | None, nodes: int = 10_000) -> dict[str, Any]:
-    """What the broker delivers to one subscriber while one connection offers telemetry frames as
-    fast as the socket takes them (``python -m mcm_firmware.host.flood``), counted by the same
-    independent subscriber as the fleet runs."""
-    fleet = "ceiling"
+async def start_counter(url: str, fleet: str, seconds: float) -> asyncio.subprocess.Process:
+    """The independent telemetry counter (``python -m mcm_firmware.host.tlm_count``) for
+    ``seconds``, returned once it has subscribed; its JSON result is its last line of stdout."""
     counter = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mcm_firmware.host.tlm_count",
-        "--broker",
-        url,
-        "--fleet",
-        fleet,
-        "--duration",
-        str(seconds + 2),
+        *(sys.executable, "-m", "mcm_firmware.host.tlm_count", "--broker", url, "--fleet", fleet),
+        *("--duration", str(seconds)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -50,6 +41,15 @@ async def broker_ceiling(url: str, seconds: float, broker_pid: int | None, nodes
     while b"subscribed" not in (line := await asyncio.wait_for(counter.stderr.readline(), 30)):
         if not line:
             raise Failure("bench: the counter ended before it subscribed")
+    return counter
+
+
+async def broker_ceiling(url: str, seconds: float, broker_pid: int | None, nodes: int = 10_000) -> dict[str, Any]:
+    """What the broker delivers to one subscriber while one connection offers telemetry frames as
+    fast as the socket takes them (``python -m mcm_firmware.host.flood``), counted by the same
+    independent subscriber as the fleet runs."""
+    fleet = "ceiling"
+    counter = await start_counter(url, fleet, seconds + 2)
     flood = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

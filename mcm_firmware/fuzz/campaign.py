@@ -64,7 +64,7 @@ from ..protocol import (
     encode,
 )
 from ..tasks import cancel_and_wait
-from ..testing.strategies import MUTATIONS, commands, messages
+from ..testing.strategies import MUTATIONS, NODE_SENT, commands, messages
 from ..transport import Address, Channel, Subscription, Transport, TransportError
 
 U32 = 0xFFFFFFFF
@@ -317,17 +317,7 @@ def recipes(draw: Callable[..., Any], node: int) -> Recipe:
     if kind == "other-type":
         return Recipe(
             kind,
-            draw(
-                messages(
-                    MsgType.BIRTH,
-                    MsgType.DEATH,
-                    MsgType.TELEMETRY,
-                    MsgType.RESPONSE,
-                    MsgType.EVENT,
-                    MsgType.LINK,
-                    MsgType.SAMPLES,
-                )
-            ),
+            draw(messages(*NODE_SENT)),
         )
     cmd = draw(commands(SAFE_OPS))
     target = node if kind != "other-node" else (node + 1 + draw(st.integers(0, 1000))) & U32

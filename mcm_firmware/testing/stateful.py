@@ -50,7 +50,7 @@ from ..runtime.handlers import HANDLERS
 from ..runtime.node import Node
 from ..runtime.shard import Shard
 from ..transport import Transport
-from .strategies import MUTATIONS, messages
+from .strategies import MUTATIONS, NODE_SENT, messages
 
 NODE = 5
 CAP_TOLERANCE = 1.02
@@ -267,17 +267,7 @@ class NodeMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def wrong_direction(self, data: st.DataObject) -> None:
-        msg = data.draw(
-            messages(
-                MsgType.BIRTH,
-                MsgType.DEATH,
-                MsgType.TELEMETRY,
-                MsgType.RESPONSE,
-                MsgType.EVENT,
-                MsgType.LINK,
-                MsgType.SAMPLES,
-            )
-        )
+        msg = data.draw(messages(*NODE_SENT))
         before, rejected = self._state(), self.node.counters.rx_rejected
         replies = self._send(encode(msg))
         assert not any(isinstance(m, Response) for m in replies)

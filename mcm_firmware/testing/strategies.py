@@ -191,6 +191,18 @@ def _message(draw: Callable[..., Any], msg_type: MsgType) -> Message:
     return decode(frame_bytes(msg_type, head["node_id"], head["seq"], head["timestamp_ns"], head["flags"], payload))
 
 
+NODE_SENT = (
+    MsgType.BIRTH,
+    MsgType.DEATH,
+    MsgType.TELEMETRY,
+    MsgType.RESPONSE,
+    MsgType.EVENT,
+    MsgType.LINK,
+    MsgType.SAMPLES,
+)
+"""The message types nodes and carriers send and a node must refuse on its command channel."""
+
+
 def messages(*types: MsgType) -> st.SearchStrategy[Message]:
     """Valid messages of the given types (all types when none is given)."""
     chosen = types or tuple(MESSAGE_TYPES)
