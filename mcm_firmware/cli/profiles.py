@@ -16,8 +16,20 @@ def add_parser(sub: Any) -> None:
     psub.add_parser("list", help="the profiles found")
     show = psub.add_parser("show", help="one profile, validated, as JSON")
     show.add_argument("name")
-    val = psub.add_parser("validate", help="check profile files")
+    val = psub.add_parser(
+        "validate",
+        help="check profile files (hardware or rig profiles)",
+        description="Check profile files; every problem is named by file, line and key. A file in a"
+        " rigs/ directory, or one with rig-only keys ([[sensor]], [[actuator]], poll_hz, ...) and no"
+        " [die], is checked as a rig profile, any other as a hardware profile.",
+    )
     val.add_argument("paths", nargs="+", metavar="PATH")
+    val.add_argument(
+        "--kind",
+        choices=("auto", "hardware", "rig"),
+        default="auto",
+        help="check every PATH as this kind of profile (default: auto, decided per file)",
+    )
     prof.set_defaults(func=cmd_profiles)
 
 
@@ -42,9 +54,23 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.paths:
         try:
-            prof = load_profile_file(path)
-            print(f"{path}: ok ({prof.name})")
+            kind, name = _validate(path, args.kind)
+            print(f"{path}: ok ({kind + ' ' if kind == 'rig' else ''}{name})")
         except ProfileError as e:
-            print(str(e), file=sys.stderr)
+            for line in e.lines():
+                print(line, file=sys.stderr)
             bad += 1
     return EXIT_USAGE if bad else EXIT_OK
+
+
+def _validate(path: str, kind: str) -> tuple[str, str]:
+    """The kind of the profile file at ``path`` and its name; ProfileError when it is not valid."""
+    from ..profile import load_profile_file
+    from ..profile.loader import read_toml
+    from ..profile.rig import is_rig_profile, load_rig_profile_file
+
+    if kind == "auto":
+        kind = "rig" if is_rig_profile(path, read_toml(path)) else "hardware"
+    if kind == "rig":
+        return kind, load_rig_profile_file(path).name
+    return kind, load_profile_file(path).name

@@ -11,6 +11,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from .lines import locate
 from .schema import Profile
 
 ENV_PATH = "MCM_EMU_PROFILES"
@@ -18,13 +19,25 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class ProfileError(ValueError):
-    """A profile that cannot be used; the message names the file and, where known, the key."""
+    """A profile that cannot be used; the message names the file and, where known, the line and
+    the key. ``errors`` holds every problem found as (line, key, message), the first one being
+    the one in the message's prefix."""
 
-    def __init__(self, path: str | Path, message: str, *, key: str | None = None) -> None:
+    def __init__(self, path: str | Path, message: str, *, key: str | None = None, line: int | None = None) -> None:
         self.path = str(path)
         self.key = key
-        where = f"{self.path}: key '{key}'" if key else self.path
-        super().__init__(f"{where}: {message}")
+        self.line = line
+        self.errors: list[tuple[int | None, str | None, str]] = [(line, key, message)]
+        super().__init__(f"{_where(self.path, line, key)}: {message}")
+
+    def lines(self) -> list[str]:
+        """One line per problem, each naming file, line and key: ``path:12: key 'k': message``."""
+        return [f"{_where(self.path, line, key)}: {msg}" for line, key, msg in self.errors]
+
+
+def _where(path: str, line: int | None, key: str | None) -> str:
+    where = f"{path}:{line}" if line else path
+    return f"{where}: key '{key}'" if key else where
 
 
 def search_path() -> list[Path]:
@@ -62,20 +75,36 @@ def _describe(err: ErrorDetails) -> tuple[str, str]:
 
 
 def parse_profile(data: dict, path: str | Path) -> Profile:
-    """Validate already-read TOML data; ProfileError names the first bad key (all are listed)."""
+    """Validate already-read TOML data; ProfileError names every bad key."""
     return parse_model(Profile, data, path)
 
 
 def parse_model(model: type[M], data: dict, path: str | Path) -> M:
+    """Validate ``data`` read from ``path``; a ProfileError lists every bad key, each with its
+    line in the file where the file is there to read."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        errors = [_describe(err) for err in e.errors()]
-        key, msg = errors[0]
-        if len(errors) > 1:
-            more = "; ".join(f"key '{k}': {m}" for k, m in errors[1:])
-            msg = f"{msg}; also {more}"
-        raise ProfileError(path, msg, key=key or None) from None
+        details = e.errors()
+    text = _source(path)
+    errors: list[tuple[int | None, str | None, str]] = []
+    for err in details:
+        path_key, message = _describe(err)
+        errors.append((locate(text, tuple(err["loc"])) if text and err["loc"] else None, path_key or None, message))
+    line, key, msg = errors[0]
+    if len(errors) > 1:
+        more = "; ".join(f"key '{k}'{f' (line {n})' if n else ''}: {m}" for n, k, m in errors[1:])
+        msg = f"{msg}; also {more}"
+    error = ProfileError(path, msg, key=key, line=line)
+    error.errors = errors
+    raise error from None
+
+
+def _source(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
 
 
 def load_profile_file(path: str | Path) -> Profile:

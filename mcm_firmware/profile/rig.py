@@ -134,11 +134,26 @@ def list_rig_profiles() -> dict[str, Path]:
     return found
 
 
+def load_rig_profile_file(path: str | Path) -> RigProfile:
+    return parse_model(RigProfile, read_toml(path), path)
+
+
 def load_rig_profile(name_or_path: str | Path) -> RigProfile:
     text = str(name_or_path)
     if text.endswith(".toml") or os.sep in text:
-        return parse_model(RigProfile, read_toml(text), text)
+        return load_rig_profile_file(text)
     rigs = list_rig_profiles()
     if text not in rigs:
         raise ProfileError(text, f"no such rig profile (known: {', '.join(sorted(rigs)) or 'none found'})")
-    return parse_model(RigProfile, read_toml(rigs[text]), rigs[text])
+    return load_rig_profile_file(rigs[text])
+
+
+RIG_ONLY_KEYS = frozenset({"sensor", "actuator", "poll_hz", "timeout_s", "baud", "mode"})
+
+
+def is_rig_profile(path: str | Path, data: dict) -> bool:
+    """Whether a profile file is a rig profile: it lies in a ``rigs/`` directory, or it has a key
+    only rig profiles have (``[[sensor]]``, ``[[actuator]]``, ``poll_hz``, ...) and no ``[die]``."""
+    if Path(path).resolve().parent.name == "rigs":
+        return True
+    return "die" not in data and bool(RIG_ONLY_KEYS & data.keys())

@@ -136,7 +136,8 @@ def test_cli_validate_bad_profile_exits_2_naming_file_and_key(tmp_path):
     path.write_text(dump(data))
     out = run_cli("profiles", "validate", str(path))
     assert out.returncode == 2
-    assert f"{path}: key 'power'" in out.stderr and "default_cap_w" in out.stderr
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if text == "[power]")
+    assert f"{path}:{line}: key 'power'" in out.stderr and "default_cap_w" in out.stderr
     assert "Traceback" not in out.stderr
 
 
@@ -222,3 +223,62 @@ def test_an_error_in_the_inherited_part_is_still_named(tmp_path):
 def test_sample_rates_the_tick_cannot_keep_are_refused(tmp_path, rates, says):
     msg = bad_profile(tmp_path, lambda d: d["rates"].update(rates))
     assert "key 'rates" in msg and says in msg
+
+
+def test_every_bad_key_is_named_with_its_line(tmp_path):
+    text = (ROOT / "hw_profiles" / "colossus-mcm.toml").read_text()
+    text = text.replace("[rates]\n", "[rates]\nbogus = 1\n", 1).replace("[cooling]\n", "[cooling]\npump_count = 3\n", 1)
+    path = tmp_path / "two.toml"
+    path.write_text(text)
+    lines = text.splitlines()
+    with pytest.raises(ProfileError) as info:
+        load_profile_file(path)
+    assert sorted(info.value.lines()) == sorted(
+        [
+            f"{path}:{lines.index('pump_count = 3') + 1}: key 'cooling.pump_count': unknown key",
+            f"{path}:{lines.index('bogus = 1') + 1}: key 'rates.bogus': unknown key",
+        ]
+    )
+    assert info.value.line in (lines.index("pump_count = 3") + 1, lines.index("bogus = 1") + 1)
+
+
+# --- rig profiles through `profiles validate` ----------------------------------------------------
+
+RIG = ROOT / "hw_profiles" / "rigs" / "bench-tc-valve.toml"
+
+
+def test_cli_validates_the_shipped_rig_profiles_as_rig_profiles():
+    rigs = sorted((ROOT / "hw_profiles" / "rigs").glob("*.toml"))
+    out = run_cli("profiles", "validate", *map(str, rigs), str(ROOT / "hw_profiles" / "colossus-mcm.toml"))
+    assert out.returncode == 0, out.stderr
+    assert [line.split(": ", 1)[1] for line in out.stdout.splitlines()] == [
+        *(f"ok (rig {p.stem})" for p in rigs),
+        "ok (colossus-mcm)",
+    ]
+
+
+def test_cli_names_file_line_and_key_of_every_error_of_a_rig_profile(tmp_path):
+    (tmp_path / "rigs").mkdir()
+    path = tmp_path / "rigs" / "bad.toml"
+    text = "colour = 'red'\n" + RIG.read_text().replace('target = "flow:0"', 'target = "cpu:0"')
+    path.write_text(text)
+    out = run_cli("profiles", "validate", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    target_line = text.splitlines().index('target = "cpu:0"') + 1
+    assert sorted(out.stderr.splitlines()) == sorted(
+        [
+            f"{path}:1: key 'colour': unknown key",
+            f"{path}:{target_line}: key 'sensor.1.target': target must be one of die:N, hbm:N, flow:N",
+        ]
+    )
+
+
+def test_cli_recognises_a_rig_profile_outside_rigs_by_its_keys_and_kind_forces_one(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text(RIG.read_text())
+    out = run_cli("profiles", "validate", str(path))
+    assert out.returncode == 0 and out.stdout == f"{path}: ok (rig bench-tc-valve)\n"
+    out = run_cli("profiles", "validate", "--kind", "hardware", str(path))
+    assert out.returncode == 2 and f"{path}: key 'die': missing key" in out.stderr
+    out = run_cli("profiles", "validate", "--kind", "rig", str(ROOT / "hw_profiles" / "colossus-mcm.toml"))
+    assert out.returncode == 2 and "key 'die': unknown key" in out.stderr
