@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import tomli_w
 
 from mcm_firmware.profile import ProfileError, list_profiles, load_profile, load_profile_file
 
-from ..conftest import ROOT, run_cli
+from ..conftest import ROOT, cli_env, run_cli
 
 SHIPPED = sorted((ROOT / "hw_profiles").glob("*.toml"))
 
@@ -282,3 +284,53 @@ def test_cli_recognises_a_rig_profile_outside_rigs_by_its_keys_and_kind_forces_o
     assert out.returncode == 2 and f"{path}: key 'die': missing key" in out.stderr
     out = run_cli("profiles", "validate", "--kind", "rig", str(ROOT / "hw_profiles" / "colossus-mcm.toml"))
     assert out.returncode == 2 and "key 'die': unknown key" in out.stderr
+
+
+# --- profiles list: files and $MCM_EMU_PROFILES ---------------------------------------------------
+
+
+def test_cli_list_shows_each_profile_with_its_kind_and_file():
+    out = run_cli("profiles", "list")
+    assert out.returncode == 0
+    rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()[1:]}
+    assert out.stdout.split()[:4] == ["NAME", "KIND", "FILE", "DESCRIPTION"]
+    assert rows["colossus-mcm"] == ["hardware", "hw_profiles/colossus-mcm.toml"]
+    assert rows["bench-tc-valve"] == ["rig", "hw_profiles/rigs/bench-tc-valve.toml"]
+
+
+def test_mcm_emu_profiles_directories_come_first_and_list_shows_where_each_is_from(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "rigs").mkdir(parents=True)
+    data = base()
+    data["description"] = "my own colossus"
+    (mine / "colossus-mcm.toml").write_text(dump(data))
+    data["name"] = "extra"
+    (mine / "extra.toml").write_text(dump(data))
+    (mine / "rigs" / "my-rig.toml").write_text(RIG.read_text().replace('"bench-tc-valve"', '"my-rig"'))
+    out = subprocess.run(
+        [sys.executable, "-m", "mcm_firmware", "profiles", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**cli_env(), "MCM_EMU_PROFILES": str(mine)},
+    )
+    assert out.returncode == 0, out.stderr
+    rows = {line.split()[0]: line for line in out.stdout.splitlines()[1:]}
+    assert rows["colossus-mcm"].split()[1:3] == ["hardware", "mine/colossus-mcm.toml"]
+    assert rows["colossus-mcm"].endswith("my own colossus")
+    assert rows["extra"].split()[1:3] == ["hardware", "mine/extra.toml"]
+    assert rows["my-rig"].split()[1:3] == ["rig", "mine/rigs/my-rig.toml"]
+    assert rows["h100-sxm-class"].split()[2] == str(ROOT / "hw_profiles" / "h100-sxm-class.toml")
+
+
+@pytest.mark.parametrize("args", [("profiles", "--help"), ("profiles", "list", "--help")])
+def test_help_says_where_profiles_are_found(args):
+    out = run_cli(*args)
+    assert out.returncode == 0
+    assert "$MCM_EMU_PROFILES" in out.stdout and "rigs/" in out.stdout
+
+
+def test_cli_show_falls_back_to_rig_profiles():
+    out = run_cli("profiles", "show", "bench-tc-valve")
+    assert out.returncode == 0 and '"name": "bench-tc-valve"' in out.stdout and '"sensor"' in out.stdout
