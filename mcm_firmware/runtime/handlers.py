@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..faults import SPECS, ClearSpec, FaultError, FaultKind, make_fault
+from ..faults import SPECS, ClearSpec, Fault, FaultError, FaultKind, make_fault
 from ..protocol import Command, EventCode, Op, RasResult, Severity, Status, StatusResult
 from ..protocol.ops import FaultInForce, FaultList, StatsResult
-from .injection import apply_fault, clear_faults
+from .injection import apply_fault, canonical_target, clear_faults
 from .node import CommandError, Handler, Node
 
 HANDLERS: dict[Op, Handler] = {}
@@ -134,12 +134,18 @@ def _inject(node: Node, cmd: Command) -> None:
 
 @handler(Op.CLEAR_FAULT)
 def _clear_fault(node: Node, cmd: Command) -> None:
+    """Clear the injected faults of a kind (on a target); BAD_ARGUMENT when none of them is in
+    force, naming the faults that are. ``all`` (kind 0) clears whatever is in force, even nothing."""
     a = cmd.args
     try:
         kind = None if a.kind == 0 else FaultKind(a.kind)
         if kind is not None and not SPECS[kind].clearable:
             raise FaultError(f"{kind.label} cannot be cleared")
         cleared = clear_faults(node, ClearSpec(kind, a.target))
+        if kind is not None and not cleared:
+            wanted = Fault(kind, canonical_target(node, Fault(kind, a.target)) if a.target else "")
+            in_force = ", ".join(str(f) for f in node.faults.values()) or "none"
+            raise FaultError(f"no fault '{wanted}' in force (in force: {in_force})")
     except ValueError as e:
         raise CommandError(
             Status.BAD_ARGUMENT, str(e) if isinstance(e, FaultError) else f"unknown fault kind {a.kind}"

@@ -199,6 +199,29 @@ def test_get_faults_lists_the_faults_in_force(on_fleet):
     assert [f.kind for f in after.faults] == [FaultKind.INLET_STEP]
 
 
+def test_clearing_a_fault_not_in_force_is_refused_naming_those_in_force(on_fleet):
+    async def fn(fleet, host, rec):
+        f = parse_fault(["pump-fail", "B"])
+        await host.request(0, Op.INJECT, InjectArgs(kind=int(f.kind), target=f.target, value=f.value, value2=f.value2))
+        answers = [
+            await host.request(0, Op.CLEAR_FAULT, ClearFaultArgs(kind=int(kind), target=target), check=False)
+            for kind, target in ((FaultKind.PUMP_FAIL, "0"), (FaultKind.INLET_STEP, ""))
+        ]
+        await asyncio.sleep(1)
+        in_force = dict(fleet.nodes[0].faults)
+        cleared = await host.request(0, Op.CLEAR_FAULT, ClearFaultArgs(kind=0, target="all"))
+        again = await host.request(0, Op.CLEAR_FAULT, ClearFaultArgs(kind=0, target="all"))
+        return answers, in_force, cleared, again
+
+    answers, in_force, cleared, again = on_fleet(fn, settle=5)
+    assert [(a.status, a.message) for a in answers] == [
+        (Status.BAD_ARGUMENT, "no fault 'pump-fail A' in force (in force: pump-fail B)"),  # pump 0 is A
+        (Status.BAD_ARGUMENT, "no fault 'inlet-step' in force (in force: pump-fail B)"),
+    ]
+    assert [f"{f}" for f in in_force.values()] == ["pump-fail B"]  # a refusal changes nothing
+    assert cleared.status is again.status is Status.OK  # `all` clears whatever is in force, even nothing
+
+
 def test_ctl_get_faults_shows_them_by_name(mosquitto, cli_process):
     run = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "gf")
     run.wait_line("running 1 nodes")
@@ -209,3 +232,10 @@ def test_ctl_get_faults_shows_them_by_name(mosquitto, cli_process):
     assert json.loads(out.stdout)["faults"] == [{"kind": "INLET_STEP", "target": "", "value": 5.0, "value2": None}]
     text = run_cli("ctl", *base, "0", "get-faults").stdout
     assert text.startswith("node 0: get-faults") and "INLET_STEP" in text
+    out = run_cli("ctl", *base, "0", "clear-fault", "pump-fail", "A")
+    assert out.returncode == 2
+    assert (
+        out.stderr.strip() == "node 0 answered BAD_ARGUMENT: no fault 'pump-fail A' in force (in force: inlet-step 5)"
+    )
+    out = run_cli("ctl", *base, "--json", "0", "clear-fault", "inlet-step")
+    assert out.returncode == 0 and json.loads(out.stdout)["ok"] is True
