@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite on a fresh machine: installs Mosquitto (Debian package) when missing, makes a
+# Run the test suite on a fresh machine: installs Mosquitto and tshark (Debian packages) when missing, makes a
 # virtualenv in .venv with the package and its test extras, runs the gates (ruff lint and format,
 # mypy, the import-linter contracts), then pytest with coverage and its floor (pyproject.toml, [tool.coverage.report]). Arguments go to
 # pytest (e.g. -m "not slow" for the quick part, or a test path); GATES=0 skips the gates.
@@ -7,13 +7,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 have_mosquitto() { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; }
-if ! have_mosquitto; then
+have_tshark() { command -v tshark >/dev/null 2>&1; }
+if ! have_mosquitto || ! have_tshark; then
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 \
-        || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
+    # tshark's package asks whether non-root users may capture: answer no, without a prompt
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
+    PKGS="mosquitto mosquitto-clients tshark"
+    $SUDO apt-get install -y -qq $PKGS >/dev/null 2>&1 \
+        || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $PKGS >/dev/null; }
     have_mosquitto || { echo "tools/test.sh: could not install mosquitto" >&2; exit 1; }
+    have_tshark || { echo "tools/test.sh: could not install tshark" >&2; exit 1; }
 fi
 
 PY="${PYTHON:-python3}"

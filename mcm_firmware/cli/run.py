@@ -150,6 +150,12 @@ def add_parser(sub: Any) -> None:
         "address while it has ports enough, else loopback addresses 127.0.0.2 ... for a loopback broker",
     )
     run.add_argument(
+        "--capture",
+        metavar="FILE.pcap",
+        help="with --serial: keep every frame on the serial lines, both ways, in a pcap for Wireshark "
+        "(one file per line when there are several: FILE-<first node>.pcap); see docs/wireshark.md",
+    )
+    run.add_argument(
         "--serial-mux",
         action="store_true",
         help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID",
@@ -177,6 +183,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         raise BadInput(str(e)) from None
     if args.serial_mux and not args.serial:
         raise BadInput("--serial-mux goes with --serial")
+    if args.capture and not args.serial:
+        raise BadInput("--capture goes with --serial (on MQTT: --record, then 'mcm-emu record to-pcap')")
     if args.serial and (args.broker is not None or args.record):
         raise BadInput("--serial replaces the MQTT link: --broker and --record do not go with it")
     if args.broker is not None:
@@ -251,6 +259,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
         except TransportError as e:
             raise Failure(str(e)) from None
         try:
+            if args.capture:
+                try:
+                    files = links.capture(args.capture)
+                except OSError as e:
+                    raise BadInput(f"--capture {args.capture}: {e.strerror or e}") from None
+                print(
+                    f"serial: capturing to {', '.join(files)} (open with the plugin of 'mcm-emu wireshark')", flush=True
+                )
             for line in links.describe():
                 print(line, flush=True)
             if args.serial:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import binascii
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import construct as c
@@ -120,13 +121,25 @@ class FrameDecoder:
     Flags may be shared (one 7E closing a frame and opening the next) or repeated (idle flags).
     ``drops`` counts dropped frames per reason (for ``garbage``: runs of bytes outside frames);
     ``garbage_bytes`` counts those bytes.
+
+    ``tap`` (for captures) is called with the bytes of every accepted frame, opening and closing
+    flag included, and ``True``; bytes the decoder dropped are handed over as one run, with
+    ``False``, before the next accepted frame (or on :meth:`flush_tap`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tap: Callable[[bytes, bool], None] | None = None) -> None:
         self._buf = bytearray()
         self.frames = 0
         self.drops: dict[str, int] = dict.fromkeys(Drop, 0)
         self.garbage_bytes = 0
+        self.tap = tap
+        self._junk = bytearray()
+
+    def flush_tap(self) -> None:
+        """Hand the dropped bytes held for the tap over now."""
+        if self._junk and self.tap is not None:
+            self.tap(bytes(self._junk), False)
+        self._junk.clear()
 
     @property
     def dropped(self) -> int:
@@ -134,6 +147,10 @@ class FrameDecoder:
 
     def _drop(self, why: Drop) -> None:
         self.drops[why] += 1
+
+    def _skip(self, buf: bytearray, i: int, j: int) -> None:
+        if self.tap is not None:
+            self._junk += buf[i:j]
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         buf = self._buf
@@ -148,10 +165,12 @@ class FrameDecoder:
                     if i < n:
                         self.garbage_bytes += n - i
                         self._drop(Drop.GARBAGE)
+                        self._skip(buf, i, n)
                     i = n
                     break
                 self.garbage_bytes += j - i
                 self._drop(Drop.GARBAGE)
+                self._skip(buf, i, j)
                 i = j
             # buf[i] is a flag
             if i + 1 >= n:
@@ -161,6 +180,7 @@ class FrameDecoder:
                 continue
             if buf[i + 1] != REVISION:
                 self._drop(Drop.BAD_REVISION)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             if i + 2 >= n:
@@ -169,6 +189,7 @@ class FrameDecoder:
             start = i + 3
             if count == 0:
                 self._drop(Drop.BAD_COUNT)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             # the escaped body is the shortest region holding `count` unescaped bytes
@@ -181,27 +202,34 @@ class FrameDecoder:
             cut = buf.find(_FLAG_BYTES, start, min(k, n))
             if cut >= 0:
                 self._drop(Drop.TRUNCATED)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             if k + 3 > n:
                 break  # wait for the rest
             if buf[k + 2] != FLAG:
                 self._drop(Drop.BAD_COUNT)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             region = bytes(buf[start:k])
             packet = unescape(region)
             if len(packet) != count or escape(packet) != region:
                 self._drop(Drop.BAD_ESCAPE)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             fcs = (buf[k] << 8) | buf[k + 1]
             if crc16_mcrf4xx(bytes((REVISION, count)) + packet) != fcs:
                 self._drop(Drop.BAD_FCS)
+                self._skip(buf, i, i + 1)
                 i += 1
                 continue
             self.frames += 1
             out.append(packet)
+            if self.tap is not None:
+                self.flush_tap()
+                self.tap(bytes(buf[i : k + 3]), True)
             i = k + 2  # the closing flag may open the next frame
         del buf[:i]
         return out

@@ -189,6 +189,10 @@ class NodeLinks(ABC):
         """Lines to print once the links are open (where each node can be reached)."""
         return []
 
+    def capture(self, path: str) -> list[str]:
+        """Keep the frames on the links in pcap files for Wireshark (serial links); the files."""
+        raise TransportError(f"{type(self).__name__} cannot capture to {path}: captures are of serial links")
+
     def set_link_frames(self, build: LinkFrameBuilder) -> None:  # noqa: B027 - only carriers have frames
         """Carrier links publish their own state: how to build its frames (call before open)."""
 

@@ -18,6 +18,7 @@ from ...protocol import mctp
 from ...protocol.mctp import EID_BROADCAST, VendorMessage
 from ...tasks import cancel_and_wait
 from ..base import TransportError
+from ..pcap import SerialCapture
 from .port import PortSpec, open_port, parse_port_url
 
 
@@ -96,6 +97,15 @@ class SerialLink(asyncio.Protocol):
         self._tags: dict[int, int] = {}
         # (our EID, their EID, tag) -> until when the tag is ours: a request awaiting its response
         self._owned: dict[tuple[int, int, int], float] = {}
+        self._capture: SerialCapture | None = None
+        self._tx_tap: mctp.FrameDecoder | None = None
+
+    def capture(self, cap: SerialCapture) -> None:
+        """Keep every frame that crosses the line, both ways, in ``cap`` (a pcap, one frame a
+        record); received bytes the decoder drops are kept as they came, as one record a run."""
+        self._capture = cap
+        self.decoder.tap = lambda raw, ok: cap.frame(raw)
+        self._tx_tap = mctp.FrameDecoder(tap=lambda raw, ok: cap.frame(raw))
 
     # --- opening and closing ---------------------------------------------------------------
 
@@ -118,6 +128,7 @@ class SerialLink(asyncio.Protocol):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), 2.0)
         self._fail("link closed")
+        self.decoder.flush_tap()
 
     async def __aenter__(self) -> SerialLink:
         return await self.open()
@@ -290,6 +301,8 @@ class SerialLink(asyncio.Protocol):
                 if tr is None or self._down is not None:
                     return
                 tr.write(wire)
+                if self._tx_tap is not None:
+                    self._tx_tap.feed(wire)
                 self._sending = False
                 self.stats.tx_bytes += len(wire)
                 self.stats.tx_messages += 1

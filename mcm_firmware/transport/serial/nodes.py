@@ -4,9 +4,11 @@ all of them, told apart by EID."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ...protocol import mctp
 from ..base import NodeLinks, TransportError, TransportFactory
+from ..pcap import SerialCapture
 from .endpoint import FIRST_NODE_EID, SerialTransport
 from .link import SerialLink
 from .port import parse_port_url
@@ -54,6 +56,7 @@ class SerialNodeLinks(NodeLinks):
         self.by_node = {p.node: p for p in plan}
         self.fleet = fleet
         self.links = list({id(p.link): p.link for p in plan}.values())
+        self._captures: list[tuple[str, SerialCapture]] = []
 
     @classmethod
     def plan(cls, urls: list[str], nodes: list[int], *, fleet: str, mux: bool = False) -> SerialNodeLinks:
@@ -70,6 +73,8 @@ class SerialNodeLinks(NodeLinks):
     async def close(self) -> None:
         for link in self.links:
             await link.close()
+        for _, cap in self._captures:
+            cap.close()
 
     def factory(self, node: int) -> TransportFactory:
         return self.by_node[node].factory(self.fleet)
@@ -104,4 +109,20 @@ class SerialNodeLinks(NodeLinks):
         return out
 
     def summary(self) -> list[str]:
-        return [f"serial: {link.path or link.spec.url}: {link.summary()}" for link in self.links]
+        out = [f"serial: {link.path or link.spec.url}: {link.summary()}" for link in self.links]
+        out += [f"serial: captured {cap.records} frames to {path}" for path, cap in self._captures]
+        return out
+
+    def capture(self, path: str) -> list[str]:
+        """Capture every link (call after :meth:`open`): to ``path`` when there is one link, else
+        to ``<stem>-<first node>.pcap`` per link. The files written, for the user to be told."""
+        base = Path(path)
+        firsts = {id(link): min(n for n, p in self.by_node.items() if p.link is link) for link in self.links}
+        paths = []
+        for link in self.links:
+            target = base if len(self.links) == 1 else base.with_name(f"{base.stem}-{firsts[id(link)]}{base.suffix}")
+            cap = SerialCapture(target)
+            link.capture(cap)
+            self._captures.append((str(target), cap))
+            paths.append(str(target))
+        return paths
