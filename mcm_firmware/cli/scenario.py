@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import sys
+import textwrap
 from typing import Any
 
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, U32_MAX, BadInput, Failure, bounded, broker_url
@@ -13,8 +16,19 @@ from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, U32_MAX, BadInput, Failur
 def add_parser(sub: Any) -> None:
     sc = sub.add_parser("scenario", help="run fault scenarios in deterministic virtual time")
     ssub = sc.add_subparsers(dest="scenario_command", required=True, metavar="ACTION")
-    ssub.add_parser("list", help="the shipped scenarios")
-    sval = ssub.add_parser("validate", help="check scenario files without running them")
+    ssub.add_parser(
+        "list",
+        help="the shipped scenarios",
+        description="The shipped scenarios: name, nodes, duration and the first sentence of the description"
+        " (wrapped to the terminal's width on a terminal, one line each otherwise).",
+    )
+    sval = ssub.add_parser(
+        "validate",
+        help="check scenario files without running them",
+        description="Check scenario files as far as they can be without running them, naming the file,"
+        " line and key of every problem, one a line: all of the schema's, else all of timing,"
+        " expectations, profiles, faults and node selectors.",
+    )
     sval.add_argument("paths", nargs="+", metavar="FILE|NAME")
     srun = ssub.add_parser(
         "run",
@@ -41,31 +55,48 @@ def add_parser(sub: Any) -> None:
     sc.set_defaults(func=cmd_scenario)
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a description, its lines joined (the whole text when it has one)."""
+    flat = " ".join(text.split())
+    m = re.search(r"(?<=[.!?])\s+(?=[A-Z0-9])", flat)
+    return flat[: m.start()] if m else flat
+
+
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from ..scenario import ScenarioError, check_scenario, find_scenario, list_scenarios, load_scenario, run_scenario
+    from ..scenario import ScenarioError, find_scenario, list_scenarios, load_scenario, run_scenario, validate_scenario
 
     if args.scenario_command == "list":
+        rows = []
         for name, path in list_scenarios().items():
             try:
                 sc = load_scenario(path)
-                first = sc.description.strip().splitlines()[0] if sc.description.strip() else ""
-                print(f"{name:<22} {sc.fleet.nodes:>3} nodes {sc.duration_s:>8g} s  {first}")
+                rows.append((name, f"{sc.fleet.nodes:>3} nodes {sc.duration_s:>8g} s", first_sentence(sc.description)))
             except ScenarioError as e:
-                print(f"{name:<22} INVALID: {e}")
+                rows.append((name, "INVALID:", str(e)))
+        width = shutil.get_terminal_size((0, 24)).columns if sys.stdout.isatty() else 0
+        for name, size, about in rows:
+            head = f"{name:<22} {size}  "
+            if width and len(head) + len(about) > width and width - len(head) >= 30:
+                lines = textwrap.wrap(about, width - len(head)) or [""]
+                print(head + lines[0])
+                for more in lines[1:]:
+                    print(" " * len(head) + more)
+            else:
+                print(head + about)
         return EXIT_OK
     if args.scenario_command == "validate":
         bad = 0
         for item in args.paths:
             try:
                 path = find_scenario(item)
-                sc = load_scenario(path)
-                actions = check_scenario(sc, path=str(path))
+                sc, actions = validate_scenario(path)
                 print(
                     f"{item}: ok ({sc.name}: {sc.fleet.nodes} nodes, {sc.duration_s:g} s, "
                     f"{actions} timed actions, {len(sc.expect)} expectations)"
                 )
             except ScenarioError as e:
-                print(str(e), file=sys.stderr)
+                for line in e.lines():
+                    print(line, file=sys.stderr)
                 bad += 1
         return EXIT_USAGE if bad else EXIT_OK
     try:

@@ -155,64 +155,75 @@ def _keyed(index: int, key: str, fn: Any, value: Any) -> Any:
 
 
 def parse_expectations(items: list[dict[str, Any]]) -> list[Expectation]:
-    out = []
+    """The expectations of a scenario; ExpectationError for the first bad one."""
+    return [parse_expectation(i, raw) for i, raw in enumerate(items)]
+
+
+def expectation_errors(items: list[dict[str, Any]]) -> list[ExpectationError]:
+    """Every bad expectation's error (the first of each), none when all are good."""
+    errors = []
     for i, raw in enumerate(items):
-        if not isinstance(raw, dict):
-            raise ExpectationError(i, None, "an [[expect]] entry must be a table")
-        kind = raw.get("type")
-        if kind not in TYPES:
-            raise ExpectationError(i, "type", f"type must be one of {', '.join(TYPES)} (got {kind!r})")
-        required, optional = TYPES[kind]
-        for key in raw:
-            if key not in COMMON | required | optional:
-                raise ExpectationError(i, key, f"unknown key for a {kind} expectation")
-        for key in required:
-            if key not in raw:
-                raise ExpectationError(i, key, f"a {kind} expectation needs {key!r}")
-        args = {k: v for k, v in raw.items() if k not in COMMON}
         try:
-            for num in ("after", "before"):
-                if num in raw and not isinstance(raw[num], (int, float)):
-                    raise ExpectationError(i, num, f"{num} must be a number of seconds")
-            if "signal" in args:
-                _keyed(i, "signal", check_signal, args["signal"])
-            for key in ("below", "above"):
-                if key in args:
-                    args[key] = _keyed(i, key, parse_threshold, args[key])
-            if "equals" in args and kind not in ("online",):
-                args["equals"] = _keyed(i, "equals", parse_threshold, args["equals"])
-            for key in ("min", "max", "count"):
-                if key in args and (not isinstance(args[key], (int, float)) or isinstance(args[key], bool)):
-                    raise ExpectationError(i, key, f"{key} must be a number")
-            if kind == "event" and args["code"] not in EventCode.__members__:
-                raise ExpectationError(i, "code", f"unknown event code {args['code']!r}")
-            for key in ("window_s", "within_s", "at", "from", "to"):
-                if key in args and (not isinstance(args[key], (int, float)) or args[key] < 0):
-                    raise ExpectationError(i, key, f"{key} must be a non-negative number")
-            for group in (("equals", "below", "above"),):
-                given = [k for k in group if k in args]
-                if kind in ("within", "final") and len(given) != 1:
-                    raise ExpectationError(i, None, f"a {kind} expectation needs exactly one of equals, below, above")
-            if kind == "delta" and not {"equals", "min", "max"} & set(args):
-                raise ExpectationError(i, None, "a delta expectation needs equals, min or max")
-        except ValueError as e:
-            if isinstance(e, ExpectationError):
-                raise
-            bad_key = next((k for k in ("signal", "below", "above", "equals") if k in raw), None)
-            raise ExpectationError(i, bad_key, str(e)) from None
-        name = raw.get("name") or _auto_name(kind, raw)
-        out.append(
-            Expectation(
-                i,
-                kind,
-                str(name),
-                str(raw.get("nodes", "all")),
-                float(raw.get("after", 0.0)),
-                None if "before" not in raw else float(raw["before"]),
-                args,
-            )
-        )
-    return out
+            parse_expectation(i, raw)
+        except ExpectationError as e:
+            errors.append(e)
+    return errors
+
+
+def parse_expectation(i: int, raw: Any) -> Expectation:
+    if not isinstance(raw, dict):
+        raise ExpectationError(i, None, "an [[expect]] entry must be a table")
+    kind = raw.get("type")
+    if kind not in TYPES:
+        raise ExpectationError(i, "type", f"type must be one of {', '.join(TYPES)} (got {kind!r})")
+    required, optional = TYPES[kind]
+    for key in raw:
+        if key not in COMMON | required | optional:
+            raise ExpectationError(i, key, f"unknown key for a {kind} expectation")
+    for key in required:
+        if key not in raw:
+            raise ExpectationError(i, key, f"a {kind} expectation needs {key!r}")
+    args = {k: v for k, v in raw.items() if k not in COMMON}
+    try:
+        for num in ("after", "before"):
+            if num in raw and not isinstance(raw[num], (int, float)):
+                raise ExpectationError(i, num, f"{num} must be a number of seconds")
+        if "signal" in args:
+            _keyed(i, "signal", check_signal, args["signal"])
+        for key in ("below", "above"):
+            if key in args:
+                args[key] = _keyed(i, key, parse_threshold, args[key])
+        if "equals" in args and kind not in ("online",):
+            args["equals"] = _keyed(i, "equals", parse_threshold, args["equals"])
+        for key in ("min", "max", "count"):
+            if key in args and (not isinstance(args[key], (int, float)) or isinstance(args[key], bool)):
+                raise ExpectationError(i, key, f"{key} must be a number")
+        if kind == "event" and args["code"] not in EventCode.__members__:
+            raise ExpectationError(i, "code", f"unknown event code {args['code']!r}")
+        for key in ("window_s", "within_s", "at", "from", "to"):
+            if key in args and (not isinstance(args[key], (int, float)) or args[key] < 0):
+                raise ExpectationError(i, key, f"{key} must be a non-negative number")
+        for group in (("equals", "below", "above"),):
+            given = [k for k in group if k in args]
+            if kind in ("within", "final") and len(given) != 1:
+                raise ExpectationError(i, None, f"a {kind} expectation needs exactly one of equals, below, above")
+        if kind == "delta" and not {"equals", "min", "max"} & set(args):
+            raise ExpectationError(i, None, "a delta expectation needs equals, min or max")
+    except ValueError as e:
+        if isinstance(e, ExpectationError):
+            raise
+        bad_key = next((k for k in ("signal", "below", "above", "equals") if k in raw), None)
+        raise ExpectationError(i, bad_key, str(e)) from None
+    name = raw.get("name") or _auto_name(kind, raw)
+    return Expectation(
+        i,
+        kind,
+        str(name),
+        str(raw.get("nodes", "all")),
+        float(raw.get("after", 0.0)),
+        None if "before" not in raw else float(raw["before"]),
+        args,
+    )
 
 
 def _auto_name(kind: str, raw: dict[str, Any]) -> str:

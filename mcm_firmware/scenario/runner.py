@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..clock import Clock, LoopClock, ScaledClock, run_virtual
@@ -31,7 +32,7 @@ from ..tasks import cancel_and_wait
 from ..transport import Subscription, Transport, TransportError, TransportFactory, transport_factory
 from ..transport.loopback import LoopbackBus, LoopbackTransport
 from .expect import Outcome, evaluate, parse_expectations
-from .schema import Scenario, ScenarioError, parse_selector
+from .schema import Scenario, ScenarioError, parse_selector, read_scenario, scenario_and_problems
 from .trace import Trace
 
 VIRTUAL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: virtual runs start here
@@ -71,42 +72,52 @@ class RunResult:
 
 
 def _profiles(sc: Scenario, path: str) -> tuple[dict[int, Profile], dict[int, tuple[str, float]]]:
+    """Each node's profile and workload; a ScenarioError standing for every problem found."""
     fl = sc.fleet
     ids = [fl.first_id + i for i in range(fl.nodes)]
     names = dict.fromkeys(ids, fl.profile)
     work: dict[int, tuple[str, float]] = dict.fromkeys(ids, (fl.workload, fl.load))
     group_of: dict[int, int] = {}  # the group that named a node's profile
+    problems: list[ScenarioError] = []
     for gi, g in enumerate(fl.group):
         try:
             chosen = parse_selector(g.nodes, ids)
         except ValueError as e:
-            raise sc.error(str(e), "fleet", "group", gi, "nodes") from None
+            problems.append(sc.error(str(e), "fleet", "group", gi, "nodes"))
+            continue
         for n in chosen:
             if g.profile:
                 names[n] = g.profile
                 group_of[n] = gi
             w, load = work[n]
             work[n] = (g.workload or w, g.load or load)
-    cache: dict[str, Profile] = {}
+    cache: dict[str, Profile | None] = {}  # None: refused, said once
     profiles = {}
     for n, name in names.items():
         if name not in cache:
+            cache[name] = None
             try:
                 prof = load_profile(name)
             except ProfileError as e:
-                raise (
+                problems.append(
                     sc.error(str(e), "fleet", "group", group_of[n], "profile")
                     if n in group_of
                     else sc.error(str(e), "fleet", "profile")
-                ) from None
+                )
+                continue
             if sc.rates is not None:
                 rates = {**prof.rates.model_dump(), **sc.rates.model_dump(exclude_none=True)}
                 try:
                     prof = prof.model_copy(update={"rates": RatesSpec(**rates)})
                 except ValueError as e:
-                    raise sc.error(f"rates do not fit {name}: {e}", "rates") from None
+                    problems.append(sc.error(f"rates do not fit {name}: {e}", "rates"))
+                    continue
             cache[name] = prof
-        profiles[n] = cache[name]
+        found = cache[name]
+        if found is not None:
+            profiles[n] = found
+    if problems:
+        raise ScenarioError.of(problems)
     return profiles, work
 
 
@@ -114,6 +125,8 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
     ids = sorted(fleet.nodes)
     actions: list[Action] = []
     order = 0
+
+    problems: list[ScenarioError] = []
 
     def add(t: float, kind: str, node: int, item: Any, source: str) -> None:
         nonlocal order
@@ -124,23 +137,27 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
         try:
             chosen = parse_selector(step.nodes, ids)
         except ValueError as e:
-            raise sc.error(str(e), "fault", i, "nodes") from None
+            problems.append(sc.error(str(e), "fault", i, "nodes"))
+            continue
         fault = parse_fault(step.fault.split())
+        if step.clear_at is not None and not SPECS[fault.kind].clearable:
+            problems.append(sc.error(f"{fault.kind.label} cannot be cleared", "fault", i, "clear_at"))
+            continue
         for n in chosen:
             try:
                 canonical_target(fleet.nodes[n], fault)
             except FaultError as e:
-                raise sc.error(f"node {n}: {e}", "fault", i, "fault") from None
+                problems.append(sc.error(f"node {n}: {e}", "fault", i, "fault"))
+                break
             add(step.at, "fault", n, fault, f"fault.{i}")
             if step.clear_at is not None:
-                if not SPECS[fault.kind].clearable:
-                    raise sc.error(f"{fault.kind.label} cannot be cleared", "fault", i, "clear_at")
                 add(step.clear_at, "clear", n, ClearSpec(fault.kind, fault.target), f"fault.{i}")
     for i, cstep in enumerate(sc.command):
         try:
             chosen = parse_selector(cstep.nodes, ids)
         except ValueError as e:
-            raise sc.error(str(e), "command", i, "nodes") from None
+            problems.append(sc.error(str(e), "command", i, "nodes"))
+            continue
         words = cstep.command.split()
         spec = COMMANDS[words[0]]
         for n in chosen:
@@ -150,12 +167,15 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
         rng = random.Random(seed * 7_777_777 + 1)
         faults = [parse_fault(text.split()) for text in rf.faults]
         rate = rf.per_node_per_hour / 3600.0
+        refused = set()
         for n in ids:
             for f in faults:
                 try:
                     canonical_target(fleet.nodes[n], f)
                 except FaultError as e:
-                    raise sc.error(f"node {n}: {e}", "random_faults", "faults") from None
+                    if str(e) not in refused:
+                        refused.add(str(e))
+                        problems.append(sc.error(f"node {n}: {e}", "random_faults", "faults"))
             t = rf.start_s
             while True:
                 t += rng.expovariate(rate)
@@ -166,7 +186,25 @@ def _actions(sc: Scenario, fleet: Fleet, seed: int, path: str) -> list[Action]:
                 hold = rng.uniform(*rf.hold_s)
                 if SPECS[f.kind].clearable and t + hold < sc.duration_s:
                     add(t + hold, "clear", n, ClearSpec(f.kind, f.target), "random_faults")
+    if problems:
+        raise ScenarioError.of(problems)
     return sorted(actions)
+
+
+def validate_scenario(path: str | Path, *, seed: int | None = None) -> tuple[Scenario, int]:
+    """A scenario file checked as far as it can be without running it: the scenario and how many
+    timed actions it would play, or a ScenarioError standing for every problem found (all of the
+    schema's; else all of timing, expectations, profiles, faults and node selectors)."""
+    scenario, problems = scenario_and_problems(read_scenario(path), str(path))
+    actions = 0
+    if scenario is not None:
+        try:
+            actions = check_scenario(scenario, seed=seed, path=str(path))
+        except ScenarioError as e:
+            problems = [*problems, *e.problems]
+    if problems or scenario is None:
+        raise ScenarioError.of(problems)
+    return scenario, actions
 
 
 def check_scenario(sc: Scenario, *, seed: int | None = None, path: str = "<scenario>") -> int:

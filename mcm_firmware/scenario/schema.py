@@ -58,14 +58,39 @@ from ..profile.lines import locate as _locate
 
 
 class ScenarioError(ValueError):
-    """A scenario that cannot run; the message names file, line and key where known."""
+    """A scenario that cannot run; the message names file, line and key where known.
+
+    ``problems`` holds every problem found (this one alone, unless it stands for several: see
+    :meth:`of`); :meth:`lines` gives one line per problem."""
 
     def __init__(self, path: str, message: str, *, line: int | None = None, key: str | None = None) -> None:
         where = path + (f":{line}" if line else "")
         if key:
             where += f": {key}"
         super().__init__(f"{where}: {message}")
-        self.path, self.line, self.key = path, line, key
+        self.path, self.line, self.key, self.message = path, line, key, message
+        self.problems: list[ScenarioError] = [self]
+
+    @classmethod
+    def of(cls, problems: list[ScenarioError]) -> ScenarioError:
+        """One error for several problems, ordered by line: the first one's message, saying how
+        many more there are."""
+        problems = sorted((p for e in problems for p in e.problems), key=lambda p: p.line or 0)
+        first = problems[0]
+        if len(problems) == 1:
+            return first
+        more = len(problems) - 1
+        error = cls(
+            first.path,
+            f"{first.message} (and {more} more problem{'s' if more > 1 else ''}; 'mcm-emu scenario validate' lists all)",
+            line=first.line,
+            key=first.key,
+        )
+        error.problems = problems
+        return error
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
 
 
 class _Model(BaseModel):
@@ -91,7 +116,8 @@ def parse_selector(text: str, ids: list[int]) -> list[int]:
         chosen.update(range(a, b + 1))
     missing = sorted(chosen - set(ids))
     if missing:
-        raise ValueError(f"node selector {text!r} names nodes that do not exist: {missing[:5]}")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"node selector {text!r} names nodes that do not exist: {missing[:5]}{more}")
     return sorted(chosen)
 
 
@@ -203,50 +229,67 @@ class Scenario(_Model):
 
 
 def load_scenario_text(text: str, path: str = "<scenario>") -> Scenario:
+    """The scenario in ``text``; a ScenarioError names its first problem and stands for all of
+    them (``problems``)."""
+    scenario, problems = scenario_and_problems(text, path)
+    if problems or scenario is None:
+        raise ScenarioError.of(problems)
+    return scenario
+
+
+def scenario_and_problems(text: str, path: str = "<scenario>") -> tuple[Scenario | None, list[ScenarioError]]:
+    """The scenario in ``text`` (None when it does not fit the schema) and every problem found:
+    all the schema's, else all the timing and expectation problems."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         line = int(m.group(1)) if m else (len(text.splitlines()) or 1) if "end of document" in str(e) else None
-        raise ScenarioError(path, f"TOML syntax error: {e}", line=line) from None
+        return None, [ScenarioError(path, f"TOML syntax error: {e}", line=line)]
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc)
-        msg = (
-            "unknown key"
-            if err["type"] == "extra_forbidden"
-            else ("missing key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
-        )
-        raise ScenarioError(path, msg, line=_locate(text, loc), key=key or None) from None
+        problems = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc)
+            msg = (
+                "unknown key"
+                if err["type"] == "extra_forbidden"
+                else ("missing key" if err["type"] == "missing" else err["msg"].removeprefix("Value error, "))
+            )
+            problems.append(ScenarioError(path, msg, line=_locate(text, loc), key=key or None))
+        return None, problems
     scenario._source, scenario._path = text, path
+    problems = []
     for section in ("fault", "command"):
         for i, step in enumerate(getattr(scenario, section)):
             if step.at > scenario.duration_s:
-                raise scenario.error(f"at {step.at:g} s is after the end ({scenario.duration_s:g} s)", section, i, "at")
-    from .expect import ExpectationError, parse_expectations
+                problems.append(
+                    scenario.error(f"at {step.at:g} s is after the end ({scenario.duration_s:g} s)", section, i, "at")
+                )
+    from .expect import expectation_errors
 
-    try:
-        parse_expectations(scenario.expect)
-    except ExpectationError as e:
-        loc = ("expect", e.index, e.key) if e.key else ("expect", e.index)
-        raise ScenarioError(
-            path, str(e), line=_locate(text, loc), key=f"expect.{e.index}" + (f".{e.key}" if e.key else "")
-        ) from None
-    return scenario
+    for bad in expectation_errors(scenario.expect):
+        loc = ("expect", bad.index, bad.key) if bad.key else ("expect", bad.index)
+        key = f"expect.{bad.index}" + (f".{bad.key}" if bad.key else "")
+        problems.append(ScenarioError(path, str(bad), line=_locate(text, loc), key=key))
+    return scenario, problems
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def read_scenario(path: str | Path) -> str:
+    """The text of a scenario file; ScenarioError when it cannot be read."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise ScenarioError(str(path), f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ScenarioError(str(path), "not UTF-8 text") from None
-    return load_scenario_text(text, str(path))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    return load_scenario_text(read_scenario(path), str(path))
 
 
 LIBRARY = Path(__file__).resolve().parent / "library"

@@ -256,6 +256,115 @@ def test_list_names_every_shipped_scenario():
     assert out.returncode == 0 and out.stdout.count(": ok (") == len(LIBRARY)
 
 
+def test_list_shows_the_first_full_sentence_of_every_description():
+    out = run_cli("scenario", "list")
+    assert out.returncode == 0
+    shown = {line.split()[0]: line.split(" s  ", 1)[1] for line in out.stdout.splitlines()}
+    for name, path in LIBRARY.items():
+        flat = " ".join(load_scenario(path).description.split())
+        assert flat.startswith(shown[name]), name
+        assert shown[name].endswith("."), (name, shown[name])  # a sentence, not cut in the middle
+
+
+def test_list_wraps_descriptions_to_the_terminal(tmp_path):
+    import os
+    import pty
+    import subprocess
+
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcm_firmware", "scenario", "list"],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env={**cli_env(), "COLUMNS": "90"},
+        cwd=ROOT,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0
+    lines = b"".join(chunks).decode().splitlines()
+    assert lines and all(len(line) <= 90 for line in lines), [line for line in lines if len(line) > 90]
+    names = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert names == sorted(LIBRARY)
+    joined = " ".join(line.strip() for line in lines)
+    assert "a stuck cell (a CE at every read: its row is marked for remapping, applied by a reset)." in joined
+
+
+MANY_PROBLEMS = """name = "bad"
+seed = 1
+duration_s = 10
+
+[fleet]
+nodes = 2
+
+[[fault]]
+at = 11.0
+nodes = '0'
+fault = 'pump-fail A'
+
+[[fault]]
+at = 1.0
+nodes = '0'
+fault = 'pump-fail C'
+
+[[command]]
+at = 1.0
+nodes = '0-7'
+command = 'set-power-cap 800'
+
+[[expect]]
+type = 'sometimes'
+signal = 'die_temp'
+
+[[expect]]
+type = 'max'
+signal = 'die_temp'
+below = 90
+above = 3
+"""
+
+
+def test_validate_names_every_problem_of_a_file(tmp_path):
+    path = write(tmp_path, MANY_PROBLEMS, "many.toml")
+    out = run_cli("scenario", "validate", str(path))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"{path}:9: fault.0.at: at 11 s is after the end (10 s)",
+        f"{path}:16: fault.1.fault: node 0: no pump C on this module (pumps: A, B)",
+        f"{path}:20: command.0.nodes: node selector '0-7' names nodes that do not exist: [2, 3, 4, 5, 6] and 1 more",
+        f"{path}:24: expect.0.type: type must be one of event, max, min, average, delta, within, final, online, "
+        "telemetry (got 'sometimes')",
+        f"{path}:31: expect.1.above: unknown key for a max expectation",
+    ]
+    out = run_cli("scenario", "run", str(path))  # run names the first and says there are more
+    assert out.returncode == 2
+    assert f"{path}:9: fault.0.at: at 11 s is after the end (10 s) (and 2 more problems" in out.stderr
+
+
+def test_validate_names_every_schema_problem(tmp_path):
+    text = 'name = "bad"\nseed = 1\nduration_s = 10\ncolour = "red"\n\n[fleet]\nnodes = 2\nsizes = 3\n'
+    path = write(tmp_path, text, "schema.toml")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(path)
+    assert [(p.line, p.key, p.message) for p in info.value.problems] == [
+        (4, "colour", "unknown key"),
+        (8, "fleet.sizes", "unknown key"),
+    ]
+    out = run_cli("scenario", "validate", str(path), "pump-failure")
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [f"{path}:4: colour: unknown key", f"{path}:8: fleet.sizes: unknown key"]
+    assert out.stdout.startswith("pump-failure: ok (")
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 
