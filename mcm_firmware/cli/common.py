@@ -123,6 +123,38 @@ def client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet", type=fleet_name, default="default")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     security_options(p)
+    frame_keys_option(p)
+
+
+def frame_keys_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--frame-keys",
+        default=None,
+        metavar="FILE",
+        help="the fleet's frame keys: frames are sealed with an HMAC tag and verified, replays refused "
+        "(mcm-emu frame-keys new FILE makes one; docs/security.md)",
+    )
+
+
+def key_ring(args: argparse.Namespace) -> Any:
+    """The KeyRing of ``--frame-keys``, None without it; BadInput for a file that cannot be used."""
+    from ..keyring import KeyFileError, KeyRing
+
+    path = getattr(args, "frame_keys", None)
+    if path is None:
+        return None
+    try:
+        return KeyRing(path)
+    except KeyFileError as e:
+        raise BadInput(f"--frame-keys: {e}") from None
+
+
+def frame_auth(args: argparse.Namespace, fleet: str) -> Any:
+    """The FrameAuth of a host command (``--frame-keys``), None without it."""
+    from ..protocol.auth import FrameAuth
+
+    ring = key_ring(args)
+    return None if ring is None else FrameAuth(fleet, ring.secret, ring.current)
 
 
 def link_url(args: argparse.Namespace) -> str:
@@ -143,7 +175,7 @@ async def why_silent(args: argparse.Namespace, node: int) -> str | None:
     fleet (a wrong id or --fleet), offline since its DEATH, or a BIRTH without an answer (crashed,
     or a BIRTH the broker kept of a node that is gone)."""
     from ..host.discovery import read_state
-    from ..protocol import Birth, Death
+    from ..protocol import Birth, Death, FrameFlags
     from ..transport import TransportError, transport_factory
 
     try:
@@ -161,4 +193,8 @@ async def why_silent(args: argparse.Namespace, node: int) -> str | None:
         return f"node {node} is offline: its last state is a DEATH ({last.reason.name}, bdseq {last.bdseq})"
     if isinstance(last, Birth) and not state.online(node):
         return f"node {node} is offline: its carrier link is down"
+    if last.flags & FrameFlags.AUTH and getattr(args, "frame_keys", None) is None:
+        return (
+            f"node {node} is up, and its fleet authenticates its frames (its BIRTH is sealed): pass --frame-keys FILE"
+        )
     return f"node {node} has a BIRTH (bdseq {last.bdseq}) but does not answer: crashed, hung, or gone"

@@ -18,6 +18,7 @@ from .common import (
     bounded,
     client_options,
     emit,
+    frame_auth,
     link_url,
     why_silent,
 )
@@ -81,7 +82,9 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
         raise BadInput(f"ctl {spec.name}: {e}") from None
     transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
     try:
-        async with HostClient(transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries) as host:
+        async with HostClient(
+            transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries, auth=frame_auth(args, args.fleet)
+        ) as host:
             t0 = time.perf_counter()
             try:
                 resp = await host.request(args.node, spec.op, cmd_args)

@@ -7,10 +7,11 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 import uuid
 from typing import Any
 
-from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, link_url, why_silent
+from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, frame_auth, link_url, why_silent
 
 
 def add_parser(sub: Any) -> None:
@@ -31,10 +32,12 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     from ..backoff import Backoff
     from ..host.views import message_json, message_line
     from ..protocol import FrameError, decode
+    from ..protocol.auth import AuthError, trailer
     from ..transport import Subscription, Transport, TransportError, transport_factory
     from ..transport.topics import topic
 
     factory = transport_factory(link_url(args))
+    auth = frame_auth(args, args.fleet)
     seen = 0
 
     async def consume(transport: Transport) -> None:
@@ -43,13 +46,15 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             d = await transport.receive()
             seen += 1
             try:
+                if auth is not None:  # retained frames are legitimately old: their tag only
+                    auth.open(d.payload, time.time_ns(), window=not d.retained)
                 msg = decode(d.payload)
-            except FrameError as e:
+            except (FrameError, AuthError) as e:
                 obj = {
                     "topic": topic(d.address),
                     "node": d.address.node,
                     "error": e.reason.name,
-                    "detail": e.detail,
+                    "detail": e.detail if isinstance(e, FrameError) else str(e),
                     "hex": d.payload[:64].hex(),
                 }
                 print(json.dumps(obj) if args.json else f"{d.address.node:>5} REJECTED  {e}", flush=True)
@@ -57,6 +62,9 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             if args.json:
                 obj = message_json(d.address, msg)
                 obj["retained"] = d.retained
+                t = trailer(d.payload)
+                if t is not None:  # sealed: verified with --frame-keys, else shown as it came
+                    obj["auth"] = {"key_id": t[0], "sender": t[1], "verified": auth is not None}
                 print(json.dumps(obj), flush=True)
             else:
                 print(message_line(d.address, msg), flush=True)

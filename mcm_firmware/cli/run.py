@@ -24,6 +24,8 @@ from .common import (
     bounded,
     broker_url,
     fleet_name,
+    frame_keys_option,
+    key_ring,
     secured,
     security_options,
     serial_port,
@@ -149,6 +151,7 @@ def add_parser(sub: Any) -> None:
         "reaches one broker port through its ephemeral ports only (28,232 by default); auto: one "
         "address while it has ports enough, else loopback addresses 127.0.0.2 ... for a loopback broker",
     )
+    frame_keys_option(run)
     run.add_argument(
         "--capture",
         metavar="FILE.pcap",
@@ -204,6 +207,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.processes > 1:
         return await run_processes(args)
     ids = shard_ids(args)
+    ring = key_ring(args)  # a key file that cannot be used is refused before anything starts
     sched = scheduling(args.priority)
     gc.disable()  # what start-up builds lives for the whole run: frozen once up (_up_and_settled)
     broker = None
@@ -252,6 +256,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             links=links,
             clock=clock,
             seed=args.seed,
+            frame_keys=ring,
         )
         fleet.set_workload(args.workload)
         try:

@@ -26,6 +26,7 @@ from ..protocol import (
     decode,
     encode,
 )
+from ..protocol.auth import AuthError, FrameAuth
 from ..tasks import cancel_and_wait
 from ..transport import Address, Channel, Delivery, Subscription, Transport, TransportError
 
@@ -54,7 +55,17 @@ class NodeError(HostError):
 
 
 class HostClient:
-    def __init__(self, transport: Transport, *, fleet: str = "default", timeout: float = 2.0, retries: int = 2) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        fleet: str = "default",
+        timeout: float = 2.0,
+        retries: int = 2,
+        auth: FrameAuth | None = None,
+    ) -> None:
+        """``auth``: the fleet's frame authentication: commands are sealed, answers verified (an
+        answer that does not verify is dropped and counted in ``auth_refused``)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         if retries < 0:
@@ -70,6 +81,9 @@ class HostClient:
         self._down: BaseException | None = None
         self.rejected = 0  # frames that failed to decode
         self.unmatched = 0  # answers to nobody's request (late or duplicate)
+        self.auth = auth
+        self.sender = int.from_bytes(os.urandom(4), "little")  # this client's session
+        self.auth_refused = 0
 
     async def __aenter__(self) -> HostClient:
         await self.transport.connect()
@@ -102,6 +116,12 @@ class HostClient:
                     fut.set_exception(HostError(f"link lost: {e}"))
 
     def _on_delivery(self, d: Delivery) -> None:
+        if self.auth is not None:
+            try:
+                self.auth.open(d.payload, time.time_ns(), window=not d.retained)
+            except AuthError:
+                self.auth_refused += 1
+                return
         try:
             msg = decode(d.payload)
         except FrameError:
@@ -124,7 +144,7 @@ class HostClient:
         seq = self._seq
         self._seq = (seq + 1) & U32
         flags = FrameFlags.HOST | (FrameFlags.RETRY if retry else 0)
-        return encode(
+        frame = encode(
             Command(
                 node_id=node,
                 seq=seq,
@@ -135,6 +155,7 @@ class HostClient:
                 args=args,
             )
         )
+        return frame if self.auth is None else self.auth.seal(frame, self.sender)
 
     async def request(
         self, node: int, op: Op, args: Any = None, *, timeout: float | None = None, check: bool = True

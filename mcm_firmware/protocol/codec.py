@@ -32,7 +32,7 @@ import construct as c
 import numpy as np
 
 from . import fields, frames, layout
-from .frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_PAYLOAD, VERSION
+from .frames import AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAGIC, MAX_PAYLOAD, VERSION
 from .messages import (
     MESSAGE_TYPES,
     Command,
@@ -45,7 +45,9 @@ from .messages import (
 )
 from .ops import ARG_TYPES, RESULT_TYPES, Op
 from .telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
-from .vocabulary import CoolingMode, MsgType, NodeState, Reason
+from .vocabulary import CoolingMode, FrameFlags, MsgType, NodeState, Reason
+
+_AUTH = int(FrameFlags.AUTH)
 
 
 class FrameError(ValueError):
@@ -248,7 +250,8 @@ def encode(msg: Message) -> bytes:
         payload = encode_body(msg)
     except (c.ConstructError, KeyError, TypeError, struct.error, OverflowError) as e:
         raise ValueError(f"cannot encode {type(msg).__name__}: {e}") from e
-    return frame_bytes(msg.TYPE, msg.node_id, msg.seq, msg.timestamp_ns, msg.flags, payload)
+    # AUTH is the sealing's (protocol.auth): a message decoded from a sealed frame encodes plain
+    return frame_bytes(msg.TYPE, msg.node_id, msg.seq, msg.timestamp_ns, msg.flags & ~_AUTH, payload)
 
 
 # --- decode -------------------------------------------------------------------------------------
@@ -317,17 +320,18 @@ def envelope(data: bytes | bytearray | memoryview) -> Envelope:
         raise FrameError(Reason.BAD_MAGIC, f"magic {bytes(magic).hex()} is not {MAGIC.hex()}")
     if version != VERSION:
         raise FrameError(Reason.UNSUPPORTED_VERSION, f"version {version}, this decoder speaks {VERSION}")
-    need = HEADER_SIZE + plen + CRC_SIZE
+    end = HEADER_SIZE + plen + CRC_SIZE  # the CRC's end; an authentication trailer may follow
+    need = end + (AUTH_TRAILER_SIZE if flags & _AUTH else 0)
     if n < need:
         raise FrameError(Reason.TRUNCATED, f"{n} bytes, the header announces {need}")
     if n > need:
         raise FrameError(Reason.TRAILING_BYTES, f"{n - need} bytes after the frame's {need}")
     view = memoryview(data)
-    (crc,) = _CRC.unpack_from(data, n - CRC_SIZE)
-    calc = zlib.crc32(view[: n - CRC_SIZE])
+    (crc,) = _CRC.unpack_from(data, end - CRC_SIZE)
+    calc = zlib.crc32(view[: end - CRC_SIZE])
     if crc != calc:
         raise FrameError(Reason.BAD_CRC, f"crc {crc:08x}, computed {calc:08x}")
-    return Envelope(msg_type, flags, node_id, seq, ts, view[HEADER_SIZE : n - CRC_SIZE])
+    return Envelope(msg_type, flags, node_id, seq, ts, view[HEADER_SIZE : end - CRC_SIZE])
 
 
 def request_id(data: bytes | bytearray | memoryview) -> int | None:

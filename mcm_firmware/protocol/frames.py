@@ -37,7 +37,17 @@ CRC_SIZE = 4
 MAX_PAYLOAD = 0xFFFF
 
 
-KNOWN_FLAGS = int(FrameFlags.HOST | FrameFlags.RETRY)
+KNOWN_FLAGS = int(FrameFlags.HOST | FrameFlags.RETRY | FrameFlags.AUTH)
+AUTH_TAG_SIZE = 16
+
+# After the CRC of a frame whose AUTH flag is set (protocol.auth seals and opens it): the key, the
+# sender's session and HMAC-SHA256(node key, frame with its CRC + key_id + sender), truncated.
+AuthTrailer = c.Struct(
+    "key_id" / c.Int8ul,
+    "sender" / c.Int32ul,
+    "tag" / c.Bytes(AUTH_TAG_SIZE),
+)
+AUTH_TRAILER_SIZE = AuthTrailer.sizeof()
 
 Header = c.Struct(
     "magic" / c.Const(MAGIC),
@@ -149,6 +159,7 @@ Frame = c.Struct(
         )
     ),
     "crc" / c.Checksum(c.Int32ul, lambda data: zlib.crc32(data), this.raw.data),
+    "auth" / c.If(this.raw.value.header.flags & int(FrameFlags.AUTH), AuthTrailer),
     c.Terminated,
 )
 

@@ -137,6 +137,7 @@ class StatsResult:
     evt_dropped: int = wire(c.Int32ul)  # events lost to a full outbox
     rx_duplicates: int = wire(c.Int32ul)  # commands answered again from the cache
     cmd_refused: int = wire(c.Int32ul)  # commands above the node's rate, answered REFUSED
+    auth_refused: int = wire(c.Int32ul)  # frames refused by frame authentication (bad tag, replayed ...)
     tx_queued: int = wire(c.Int16ul)  # frames waiting in the node's outbox now
     ticks: int = wire(c.Int16ul)  # control ticks of the node's shard the three figures below cover
     tick_late_p50_us: int = wire(c.Int32ul)
@@ -232,6 +233,7 @@ _SPECS = (
             evt_dropped=0,
             rx_duplicates=2,
             cmd_refused=3,
+            auth_refused=0,
             tx_queued=1,
             ticks=1200,
             tick_late_p50_us=350,

@@ -30,9 +30,12 @@ class FrameFlags(IntFlag):
 
     HOST = 0x01  # sent by a host (commands); node frames leave it clear
     RETRY = 0x02  # a retransmission of a command with the same request id
+    AUTH = 0x04  # an authentication trailer follows the CRC (set by sealing: protocol.auth)
 
 
-KNOWN_FLAGS = int(FrameFlags.HOST | FrameFlags.RETRY)
+KNOWN_FLAGS = int(FrameFlags.HOST | FrameFlags.RETRY | FrameFlags.AUTH)
+MESSAGE_FLAGS = int(FrameFlags.HOST | FrameFlags.RETRY)
+"""The flags a message carries by itself; AUTH is the sealing's, never the encoder's."""
 
 
 class Status(IntEnum):
@@ -202,6 +205,14 @@ class Reason(IntEnum):
     UNKNOWN_TYPE = 6
     LENGTH_MISMATCH = 7
     BAD_FIELD = 8
+    UNAUTHENTICATED = 9  # a fleet with frame authentication: a frame without its trailer
+    BAD_TAG = 10  # the tag does not verify, or names a key this side does not have
+    REPLAYED = 11  # a sequence number seen already, or older than the replay window
+    STALE = 12  # a new sender whose timestamp is outside the freshness limit
+
+
+AUTH_REASONS = frozenset({Reason.UNAUTHENTICATED, Reason.BAD_TAG, Reason.REPLAYED, Reason.STALE})
+"""The reasons of frame authentication (protocol.auth); the others are the decoder's."""
 
 
 class FaultKind(IntEnum):

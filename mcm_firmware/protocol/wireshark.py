@@ -29,7 +29,7 @@ import construct as c
 
 from . import fields as f
 from . import mctp
-from .frames import BODIES, MAGIC, VERSION, Header
+from .frames import AUTH_TRAILER_SIZE, BODIES, MAGIC, VERSION, AuthTrailer, Header
 from .layout import _unwrap
 from .ops import ARG_LAYOUTS, RESULT_LAYOUTS, Op
 from .vocabulary import (
@@ -83,6 +83,9 @@ ENUMS: dict[str, type[IntEnum] | type[IntFlag]] = {
 }
 """Which enumeration names the numbers of a field, by the last two parts of its path."""
 
+HEX_FIELDS = frozenset({"auth.sender"})
+"""Numbers shown in hex: identifiers rather than quantities."""
+
 _NUMBERS = {
     "<B": ("uint8", 1, "u"),
     "<H": ("uint16", 2, "u"),
@@ -122,7 +125,7 @@ class _Generator:
     def _enum_args(self, path: str) -> tuple[str, str | None]:
         e = _enum_of(path)
         if e is None:
-            return "base.DEC", None
+            return ("base.HEX" if path in HEX_FIELDS else "base.DEC"), None
         if issubclass(e, IntFlag):
             self.flag_tables[e.__name__] = "{" + ", ".join(f"{{{int(m)}, {_lua_str(str(m.name))}}}" for m in e) + "}"
             return "base.HEX", f"FLAGS_{e.__name__}"
@@ -160,6 +163,10 @@ class _Generator:
         if isinstance(con, c.FormatField):
             call, _ = self.number(path, con)
             return [f"off, val = {call}"]
+        if isinstance(con, c.Bytes) and isinstance(con.length, int):
+            label = path.rsplit(".", 1)[-1]
+            ref = self._field(path, f"ProtoField.bytes({_lua_str('mcm.' + path)}, {_lua_str(label)})")
+            return [f"off, val = raw(ctx, off, tree, {ref}, {con.length}, {_lua_str(path)})"]
         if isinstance(con, c.Struct):
             fn = self.struct(path, con)
             ref = self.node(path)
@@ -294,7 +301,9 @@ BODY[{int(MsgType.RESPONSE)}] = {_ident("response")}"""
 
 def _header(gen: _Generator) -> list[str]:
     fn = gen.struct("header", Header)
-    return [f"HEADER = {fn}"]
+    auth = gen.struct("auth", AuthTrailer)
+    gen.node("auth")
+    return [f"HEADER = {fn}", f"AUTH = {auth}"]
 
 
 _RUNTIME = r"""
@@ -342,6 +351,12 @@ function sub(ctx, off, tree, fld, fn, what)
   end
   st:set_len(new_off - off)
   return new_off, v
+end
+
+function raw(ctx, off, tree, fld, n, what)
+  need(ctx, off, n, what)
+  tree:add(fld, ctx.tvb(off, n))
+  return off + n, nil
 end
 
 function const_bytes(ctx, off, tree, fld, hex, what)
@@ -455,8 +470,17 @@ local function dissect_frame(tvb, pinfo, tree, info_prefix)
       problems[#problems + 1] = "bad CRC"
       info = info .. " [BAD CRC]"
     end
-    if body_end + CRC_SIZE < total then
-      root:add_proto_expert_info(E.trailing, string.format("%d bytes after the CRC", total - body_end - CRC_SIZE))
+    local rest = total - body_end - CRC_SIZE
+    if bit32.band(h.flags, FLAG_AUTH) ~= 0 and rest == AUTH_TRAILER_SIZE then
+      local actx = {tvb = tvb, limit = total}
+      local at = root:add(F["auth"], tvb(body_end + CRC_SIZE, rest))
+      AUTH(actx, body_end + CRC_SIZE, at)
+      at:append_text(" (sealed; the tag is not verified here: the dissector holds no keys)")
+      info = info .. " [sealed]"
+    elseif bit32.band(h.flags, FLAG_AUTH) ~= 0 then
+      problems[#problems + 1] = string.format("AUTH flag set: %d trailer bytes after the CRC, %d expected", rest, AUTH_TRAILER_SIZE)
+    elseif rest > 0 then
+      root:add_proto_expert_info(E.trailing, string.format("%d bytes after the CRC", rest))
     end
   end
   for _, p in ipairs(problems) do
@@ -788,7 +812,21 @@ def dissector(version: str = "", topic_prefix: str = "mcm/v1/") -> str:
         "",
         'local mcm = Proto("mcm", "MCM management protocol (mcm-emu)")',
         "local "
-        + ", ".join(["num", "text", "sub", "const_bytes", "expect", "HEADER", "d_command", "d_response", *functions]),
+        + ", ".join(
+            [
+                "num",
+                "text",
+                "sub",
+                "raw",
+                "const_bytes",
+                "expect",
+                "HEADER",
+                "AUTH",
+                "d_command",
+                "d_response",
+                *functions,
+            ]
+        ),
         f"local HEADER_SIZE = {Header.sizeof()}",
         "local CRC_SIZE = 4",
         f"local VERSION = {VERSION}",
@@ -798,6 +836,7 @@ def dissector(version: str = "", topic_prefix: str = "mcm/v1/") -> str:
         f"local FLAG, ESC, REVISION = {mctp.FLAG}, {mctp.ESC}, {mctp.REVISION}",
         f"local IANA_PEN, VENDOR_HEADER_SIZE, VENDOR_RETAIN = {mctp.IANA_PEN}, {mctp.VENDOR_HEADER_SIZE}, {mctp.VENDOR_RETAIN}",
         f"local KIND_FRAME = {int(mctp.Kind.FRAME)}",
+        f"local FLAG_AUTH, AUTH_TRAILER_SIZE = {int(FrameFlags.AUTH)}, {AUTH_TRAILER_SIZE}",
         "local VS_Kind = {" + ", ".join(f"[{int(k)}] = {_lua_str(k.name)}" for k in mctp.Kind) + "}",
         "local VS_Channel = {" + ", ".join(f"[{int(k)}] = {_lua_str(k.name)}" for k in mctp.ChannelCode) + "}",
         "local OP_NAMES = {" + ", ".join(f"[{int(o)}] = {_lua_str(o.label)}" for o in Op) + "}",

@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..clock import Clock, Deadlines
+from ..keyring import KeyRing
 from ..plant.workload import Workload
 from ..profile import Profile
 from ..protocol import DeathReason, Link, LinkCondition, NodeRange, Op, encode
+from ..protocol.auth import FRESHNESS_S, FrameAuth
 from ..protocol.codec import frame_block
 from ..tasks import cancel_and_wait
 from ..transport import LinkFrames, NodeLinks, TransportFactory
@@ -53,10 +55,12 @@ class Fleet:
         seed: int = 0,
         links: NodeLinks | None = None,
         handlers: Mapping[Op, Handler] = HANDLERS,
+        frame_keys: KeyRing | None = None,
     ) -> None:
         """Each node's transport comes from ``links`` (:func:`mcm_firmware.transport.node_links`)
         when given, else from ``transport_factory``; ``handlers`` is the command set the nodes'
-        firmware runs (all of them by default)."""
+        firmware runs (all of them by default); ``frame_keys``: the fleet authenticates its frames
+        with these keys (docs/protocol.md, "Frame authentication")."""
         ids = [nid for nid, _ in members]
         if len(set(ids)) != len(ids):
             raise ValueError("node ids must be unique")
@@ -107,11 +111,20 @@ class Fleet:
                     seed=(seed * 7_919 + nid) & U32,
                     meter=self.meter,
                     tlm=counters[:, row],
+                    auth=None
+                    if frame_keys is None
+                    else FrameAuth(
+                        fleet,
+                        frame_keys.secret,
+                        frame_keys.current,
+                        freshness_s=FRESHNESS_S if not clock.virtual and clock.speed == 1 else None,
+                    ),
                 )
                 self.nodes[nid] = node
                 rows.append(node)
             self._rows[name] = rows
-        self._sink = links.telemetry_sink() if links is not None else None
+        # the batched telemetry path writes frames without a node's hands: not for sealed frames
+        self._sink = links.telemetry_sink() if links is not None and frame_keys is None else None
         if links is not None:
             links.set_link_frames(self._link_frames)
 

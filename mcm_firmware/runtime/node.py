@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -62,6 +63,7 @@ from ..protocol import (
     decode,
     frame_bytes,
 )
+from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.codec import command_op, encode_body, request_id, snapshot_from_payload
 from ..protocol.ops import FAULT_CONTROL, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
@@ -144,6 +146,7 @@ class Counters:
     rsp_dropped: int = 0  # lost to a full outbox
     evt_dropped: int = 0
     cmd_refused: int = 0  # commands above the node's rate, answered REFUSED and not run
+    auth_refused: int = 0  # frames frame authentication refused (also in rx_rejected)
     reconnects: int = 0
     events_suppressed: int = 0
 
@@ -164,10 +167,12 @@ class Node:
         backoff: Backoff | None = None,
         meter: RunMeter | None = None,
         tlm: np.ndarray | None = None,
+        auth: FrameAuth | None = None,
     ) -> None:
         """``handlers``: the command set this firmware runs (:data:`.handlers.HANDLERS`); ``meter``:
         the fleet's self-measurement; ``tlm``: this node's column of its shard's telemetry counters
-        (:func:`.meter.telemetry_counters`), its own when not given."""
+        (:func:`.meter.telemetry_counters`), its own when not given; ``auth``: the fleet's frame
+        authentication (every frame sealed, every command verified), None for none."""
         if not 0 <= node_id <= U32:
             raise ValueError(f"node id {node_id} is not a u32")
         self.node_id = node_id
@@ -206,6 +211,8 @@ class Node:
         self._link_params: dict[str, LinkFaultParams] = {"out": {}, "in": {}}
         self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
         self.tlm_address = self.address(Channel.TLM)
+        self.auth = auth
+        self.sender = _new_sender()  # this boot's session, in the trailer of sealed frames
 
     # --- identity and framing ---------------------------------------------------------------
 
@@ -225,7 +232,8 @@ class Node:
     def _frame(self, msg_type: MsgType, payload: bytes) -> bytes:
         seq = int(self.shard.seq[self.row])
         self.shard.seq[self.row] = (seq + 1) & U32
-        return frame_bytes(msg_type, self.node_id, seq, self.clock.now_ns(), 0, payload)
+        frame = frame_bytes(msg_type, self.node_id, seq, self.clock.now_ns(), 0, payload)
+        return frame if self.auth is None else self.auth.seal(frame, self.sender)
 
     def _encode(self, msg: Message) -> bytes:
         return self._frame(msg.TYPE, encode_body(msg))
@@ -350,6 +358,7 @@ class Node:
     def _boot_again(self) -> None:
         self.boot_count = (self.boot_count + 1) & U32
         self.counters = Counters()
+        self.sender = _new_sender()
         self._answered.clear()
         self._link_params = {"out": {}, "in": {}}
         self.link_faults = {}
@@ -594,6 +603,13 @@ class Node:
 
     def _on_frame(self, data: bytes) -> None:
         self.counters.rx_frames += 1
+        if self.auth is not None:
+            try:  # before anything else: a refused frame changes nothing but the counters
+                self.auth.open(data, self.clock.now_ns())
+            except AuthError as e:
+                self.counters.auth_refused += 1
+                self._reject(e.reason, str(e))
+                return
         try:
             msg = decode(data)
         except FrameError as e:
@@ -728,6 +744,7 @@ class Node:
             evt_dropped=c.evt_dropped & U32,
             rx_duplicates=c.rx_duplicates & U32,
             cmd_refused=c.cmd_refused & U32,
+            auth_refused=c.auth_refused & U32,
             tx_queued=min(0xFFFF, len(self._urgent) + len(self._events)),
             ticks=min(0xFFFF, late.n),
             tick_late_p50_us=us(late.p50),
@@ -755,6 +772,10 @@ class Node:
             faults=tuple(str(f) for f in self.faults.values())[:255],
             snapshot=snapshot_from_payload(self.record(telemetry=False).tobytes()),
         )
+
+
+def _new_sender() -> int:
+    return int.from_bytes(os.urandom(4), "little")
 
 
 async def _publish_quietly(tr: Transport, addr: Address, frame: bytes, *, retain: bool, reliable: bool) -> None:

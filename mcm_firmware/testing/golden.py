@@ -272,3 +272,23 @@ def serial_wire(name: str) -> bytes:
     src, dest, tag, mtu, msg = SERIAL_GOLDEN[name]
     body = msg if isinstance(msg, bytes) else msg.to_bytes()
     return b"".join(encode_frame(p) for p in fragment(body, dest=dest, src=src, tag=tag, mtu=mtu))
+
+
+AUTH_SECRET = bytes(range(32))
+"""Fleet secret of the sealed golden frames (key id 1): 00 01 02 ... 1f."""
+AUTH_FLEET = "default"
+AUTH_GOLDEN: dict[str, tuple[str, int, int]] = {
+    # name: (the golden message sealed, key id, sender)
+    "command-ping": ("command-ping", 1, 0x11223344),
+    "response-ping": ("response-ping", 1, 0xA5A5A5A5),
+}
+"""Golden sealed frames (docs/protocol.md, "Frame authentication")."""
+
+
+def sealed(name: str) -> bytes:
+    """The golden frame ``name`` of :data:`AUTH_GOLDEN`, sealed."""
+    from ..protocol.auth import node_key, seal
+
+    message, key_id, sender = AUTH_GOLDEN[name]
+    msg = GOLDEN[message]
+    return seal(encode(msg), node_key(AUTH_SECRET, AUTH_FLEET, msg.node_id), key_id, sender)

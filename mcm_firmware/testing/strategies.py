@@ -30,6 +30,7 @@ from ..protocol import Command, FrameFlags, Message, MsgType, Reason, decode, fr
 from ..protocol.frames import CRC_SIZE, HEADER_SIZE, KNOWN_FLAGS, MAX_PAYLOAD
 from ..protocol.messages import MESSAGE_TYPES
 from ..protocol.ops import ARG_TYPES, RESULT_TYPES, Op
+from ..protocol.vocabulary import MESSAGE_FLAGS
 
 MAX_ITEMS = 6
 """Arrays drawn hold at most this many items (the count fields allow far more)."""
@@ -167,7 +168,7 @@ def _branch(con: c.Construct, ctx: dict[str, Any], name: str) -> st.SearchStrate
 
 
 def _header() -> st.SearchStrategy[dict[str, int]]:
-    flags = [0] + [int(f) for f in FrameFlags] + [KNOWN_FLAGS]
+    flags = [0] + [int(f) for f in FrameFlags if f & MESSAGE_FLAGS] + [MESSAGE_FLAGS]
     return st.fixed_dictionaries(
         {
             "node_id": st.integers(0, 2**32 - 1),
