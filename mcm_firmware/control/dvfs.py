@@ -87,6 +87,7 @@ class DvfsConfig:
     # the firmware's power model (nominal part, no process spread)
     dyn_coef: float  # W per (V^2 * MHz) at full activity
     leak_w: float
+    uncore_w: float  # per die, whatever the clock
     leak_ref_c: float
     leak_doubling_c: float
     idle_activity: float
@@ -107,9 +108,10 @@ class DvfsConfig:
             vrm_limit_a=p.power.vrm_current_limit_a,
             min_cap_w=p.power.min_cap_w,
             max_cap_w=p.power.max_cap_w,
-            dyn_coef=max(p.die.tdp_w - p.die.leakage_w, 1.0)
+            dyn_coef=max(p.die.tdp_w - p.die.leakage_w - p.die.uncore_w, 1.0)
             / ((p.die.pstates[0].mv / 1000) ** 2 * p.die.pstates[0].mhz),
             leak_w=p.die.leakage_w,
+            uncore_w=p.die.uncore_w,
             leak_ref_c=p.die.leakage_ref_c,
             leak_doubling_c=p.die.leakage_doubling_c,
             idle_activity=p.die.idle_activity,
@@ -165,6 +167,7 @@ class DvfsState:
         self.shutdown = np.zeros(n, bool)
         self.forced_min = np.zeros(n, bool)  # natural-convection mode
         self.brake = np.zeros(n, bool)  # external power-brake input asserted
+        self.hw_slow = np.zeros((n, dies), bool)  # a hardware slowdown held the clock last tick
 
 
 def _pstate_at_least(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:
@@ -193,7 +196,8 @@ def estimate_power(cfg: DvfsConfig, demand: np.ndarray, t_die: np.ndarray) -> np
     the given demand (:func:`work_demand`).
 
     Per die and P-state ``s``: ``A_s * activity_s + L_die * B_s`` with ``A_s = C_eff V_s^2 f_s``,
-    ``B_s = V_s / V_0`` and the leakage ``L_die`` at the die's temperature; summed over the dice.
+    ``B_s = V_s / V_0`` and the leakage ``L_die`` at the die's temperature, plus the die's uncore
+    power; summed over the dice, plus the HBM.
     """
     u = np.minimum(demand[:, None, :] * cfg.speedup[:, None], 1.0)  # [N,S,D] utilisation per P-state
     busy = u.sum(axis=2)  # [N,S]
@@ -201,7 +205,7 @@ def estimate_power(cfg: DvfsConfig, demand: np.ndarray, t_die: np.ndarray) -> np
     act = cfg.idle_activity * dies + (1.0 - cfg.idle_activity) * busy
     temp = np.where(np.isnan(t_die), cfg.slowdown_c, t_die)
     leak = (cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)).sum(axis=1)  # [N]
-    hbm = cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0))
+    hbm = cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0)) + cfg.uncore_w * dies
     return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm[:, None]
 
 
@@ -247,7 +251,7 @@ def learn_trim(
     temp = np.where(np.isnan(t_die_sensor), cfg.slowdown_c, t_die_sensor)
     leak = cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
     est = (cfg.dyn_coef * v * v * f * act + leak * (st.mv / cfg.mv[0])).sum(axis=1)
-    est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0))
+    est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0)) + cfg.uncore_w * st.mv.shape[1]
     err = _clip(
         np.log(np.maximum(power_w, 1.0) / np.maximum(est, 1.0)) - np.log(st.trim), -TRIM_MAX_STEP, TRIM_MAX_STEP
     )
@@ -345,13 +349,20 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
 
 
 def apply_hw_limits(cfg: DvfsConfig, st: DvfsState) -> None:
-    """Clock and voltage from the P-state, at least halved by a hardware slowdown, zero when off."""
+    """Clock and voltage from the P-state, at least halved by a hardware slowdown, zero when off.
+
+    A slowdown that starts now halves the lower of the clock asked for and the clock that ran (the
+    comparator cuts the running clock, whatever the governor asks in the same tick); one in force
+    halves the clock asked for."""
     mhz = cfg.mhz[st.pstate]
     mv = cfg.mv[st.pstate]
     hw = st.hw_therm | (st.hw_ocp | st.brake)[:, None]
     reasons = st.reasons & ~_HW_BITS
+    onset = hw & ~st.hw_slow & (st.mhz > 0)
+    st.hw_slow = hw
     if hw.any():
-        p_half = _pstate_at_most(cfg, mhz / 2.0)
+        base = np.where(onset, np.minimum(mhz, st.mhz), mhz)
+        p_half = _pstate_at_most(cfg, base / 2.0)
         mhz = np.where(hw, cfg.mhz[p_half], mhz)
         mv = np.where(hw, cfg.mv[p_half], mv)
         reasons = reasons | hw * _HW | st.hw_therm * _HWTHERM | st.brake[:, None] * _BRAKE

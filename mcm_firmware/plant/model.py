@@ -7,7 +7,10 @@ from the generator the caller passes.
 
 Power of a die (W)::
 
-    P = C_eff * V^2 * f * activity  +  P_leak_ref * (V / V_0) * 2^((T - T_ref) / T_double)
+    P = C_eff * V^2 * f * activity  +  P_leak_ref * (V / V_0) * 2^((T - T_ref) / T_double)  +  P_uncore
+
+``P_uncore`` is drawn whenever the die is powered, whatever its clock: fabric, I/O and memory PHYs,
+caches, board losses. With the leakage at a low voltage it is most of the idle power.
 
 Thermal network per die region (one cold-plate region per die, HBM stacks beside it)::
 
@@ -51,6 +54,7 @@ class PlantParams:
     pumps: int
     c_eff: np.ndarray  # [N,D] F, effective switched capacitance (with manufacturing spread)
     leak_w: np.ndarray  # [N,D] W at the reference temperature and V_0
+    uncore_w: float  # W per powered die, independent of clock and activity
     v0: float  # V of P0
     leak_ref_c: float
     leak_doubling_c: float
@@ -80,7 +84,7 @@ class PlantParams:
         die, hbm, cool = profile.die, profile.hbm, profile.cooling
         p0 = die.pstates[0]
         v0 = p0.mv / 1000.0
-        dyn_w = max(die.tdp_w - die.leakage_w, 1.0)
+        dyn_w = max(die.tdp_w - die.leakage_w - die.uncore_w, 1.0)
         c_eff = dyn_w / (v0 * v0 * p0.mhz * 1e6)
         # Process spread: +-3 % dynamic, +-15 % leakage, fixed per die by the seed.
         spread_dyn = 1.0 + 0.03 * rng.uniform(-1, 1, (n, die.count))
@@ -98,6 +102,7 @@ class PlantParams:
             pumps=len(cool.pumps),
             c_eff=c_eff * spread_dyn,
             leak_w=die.leakage_w * spread_leak,
+            uncore_w=die.uncore_w,
             v0=v0,
             leak_ref_c=die.leakage_ref_c,
             leak_doubling_c=die.leakage_doubling_c,
@@ -246,7 +251,7 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
 
     # --- power
     on = u.powered[:, None]
-    p_die = np.where(on, die_power(params, u.mhz, u.mv, u.activity, s.t_die), 0.0)
+    p_die = np.where(on, die_power(params, u.mhz, u.mv, u.activity, s.t_die) + params.uncore_w, 0.0)
     p_hbm = np.where(on, params.hbm_power_w * (0.25 + 0.75 * u.hbm_util), 0.0)
     s.p_die, s.p_hbm = p_die, p_hbm
     s.p_total = p_die.sum(axis=1) + p_hbm.sum(axis=1)

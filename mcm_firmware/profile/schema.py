@@ -37,6 +37,10 @@ class DieSpec(_Section):
     """Leakage doubles for every this many degrees above the reference (roughly exponential)."""
     idle_activity: Annotated[float, Field(ge=0, le=1)]
     """Switching activity of an idle die, as a fraction of full load."""
+    uncore_w: NonNeg = 0.0
+    """Always-on power of one die while it is powered, whatever its core clock and activity: fabric,
+    I/O and memory PHYs, caches and the die's share of board losses (part of tdp_w). With the
+    leakage it sets the idle power."""
     heat_capacity_j_per_k: Pos
     r_die_plate_c_per_w: Pos
     """Thermal resistance from a die's junction to its cold-plate region."""
@@ -53,6 +57,12 @@ class DieSpec(_Section):
                     "and not need more voltage"
                 )
         return pstates
+
+    @model_validator(mode="after")
+    def _static_within_tdp(self) -> DieSpec:
+        if not self.leakage_w + self.uncore_w < self.tdp_w:
+            raise ValueError("leakage_w + uncore_w must be below tdp_w (the rest is the dynamic power at P0)")
+        return self
 
 
 class HbmSpec(_Section):

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""The fidelity tables of docs/firmware.md, measured in virtual time on shards of each profile.
+
+    python tools/fidelity_tables.py [--profiles NAME ...] [idle]
+
+idle: 16 modules idle for 60 s, the 1 s mean power of each (min..max) and the idle clock.
+The tests in tests/control/test_fidelity.py hold the same figures to their limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from mcm_firmware.plant.workload import Workload
+from mcm_firmware.profile import load_profile
+from mcm_firmware.runtime.shard import Shard
+
+PROFILES = ["colossus-mcm", "h100-sxm-class", "mi300x-class"]
+PUBLIC_IDLE = {
+    "colossus-mcm": "139-188 W (H100 range scaled to 1300 W)",
+    "h100-sxm-class": "75-101 W (nvidia-smi captures 68-75 W without a context)",
+    "mi300x-class": "131-191 W, SCLK 131-141 MHz (rocm-smi captures)",
+}
+
+
+def run(sh: Shard, seconds: float) -> np.ndarray:
+    out = []
+    for _ in range(round(seconds * sh.tick_hz)):
+        sh.tick()
+        out.append(sh.plant.p_total.copy())
+    return np.array(out)
+
+
+def idle(profiles: list[str]) -> None:
+    print("| profile | public idle | emulated idle, 1 s mean (16 modules) | idle clock |")
+    print("|---------|-------------|--------------------------------------|------------|")
+    for name in profiles:
+        sh = Shard(load_profile(name), 16, seed=7)
+        sh.workload.set(slice(None), Workload.IDLE)
+        power = run(sh, 60.0)
+        m = power[-round(sh.tick_hz) :].mean(axis=0)
+        print(
+            f"| `{name}` | {PUBLIC_IDLE.get(name, '')} | {m.min():.1f}..{m.max():.1f} W (mean {m.mean():.1f}) "
+            f"| {sh.dvfs.mhz.min():.0f} MHz |"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("tables", nargs="*", default=["idle"], choices=["idle"])
+    ap.add_argument("--profiles", nargs="+", default=PROFILES)
+    args = ap.parse_args()
+    for table in args.tables:
+        {"idle": idle}[table](args.profiles)
+        print()
+
+
+if __name__ == "__main__":
+    main()
