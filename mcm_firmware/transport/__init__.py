@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 from .base import (
@@ -192,15 +193,22 @@ def node_links(
     from .carrier import Carrier, CarrierLinks
 
     client_id = f"mcm-{fleet}-link-{min(nodes)}-{max(nodes)}"
-    carrier = Carrier(transport_factory(url), client_id=client_id, fleet=fleet, nodes=nodes)
-    sink = None
     if urlsplit(url).scheme in ("mqtt", "tcp", "mqtts"):
+        # over MQTT a carrier talks on the packets of mqtt_wire (commands in, answers out: no client
+        # library's cost per message), and telemetry leaves on a second, publish-only connection
         mqtt = importlib.import_module(".mqtt", __name__)
         fast = importlib.import_module(".mqtt_fast", __name__)
+        raw = importlib.import_module(".mqtt_raw", __name__)
         host, port = mqtt.parse_broker_url(url)
         security = importlib.import_module(".security", __name__).security_of(url)
+
+        def control(cid: str) -> Transport:
+            return cast(Transport, raw.RawMqttTransport(host=host, port=port, client_id=cid, security=security))
+
+        carrier = Carrier(control, client_id=client_id, fleet=fleet, nodes=nodes)
         sink = fast.FastPublisher(host=host, port=port, client_id=f"{client_id}-tlm", security=security)
-    return CarrierLinks(url, carrier, sink)
+        return CarrierLinks(url, carrier, sink)
+    return CarrierLinks(url, Carrier(transport_factory(url), client_id=client_id, fleet=fleet, nodes=nodes))
 
 
 BACKENDS: dict[str, Callable[[str], TransportFactory]] = {

@@ -3,9 +3,10 @@
 A fleet's telemetry is the bulk of its traffic: tens of thousands of QoS 0 PUBLISH packets a
 second. Through a client library each one costs a call chain, a future and a ``send()``; here the
 packets of a whole telemetry slot are assembled in one vectorised pass (:class:`TopicSet`: the
-header before each topic is built once) and leave in one write. Only what a publish-only connection (and a counting subscriber
-at QoS 0) needs is here: CONNECT, CONNACK, PUBLISH at QoS 0, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP,
-DISCONNECT (OASIS MQTT 3.1.1, section 3).
+header before each topic is built once) and leave in one write. What the fast paths need is here: CONNECT (with a will), CONNACK,
+PUBLISH at QoS 0 and 1, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT (OASIS MQTT 3.1.1,
+section 3): a publish-only telemetry connection, a counting subscriber, and a carrier's control
+connection (:mod:`.mqtt_raw`).
 ``tests/transport/test_mqtt_wire.py`` checks every packet byte for byte against what paho-mqtt
 (the library under aiomqtt) encodes for the same call.
 """
@@ -17,10 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-CONNECT, CONNACK, PUBLISH, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = (
+CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = (
     0x10,
     0x20,
     0x30,
+    0x40,
     0x82,
     0x90,
     0xC0,
@@ -69,13 +71,18 @@ def connect(
     clean_session: bool = True,
     username: str | None = None,
     password: bytes | None = None,
+    will: tuple[str, bytes, int, bool] | None = None,
 ) -> bytes:
-    """A CONNECT packet (protocol level 4), without a will: the fast path publishes telemetry only."""
+    """A CONNECT packet (protocol level 4); ``will``: (topic, payload, QoS, retain)."""
     if not 0 <= keepalive <= 0xFFFF:
         raise ValueError(f"keepalive {keepalive} outside 0..65535")
     flags = (0x02 if clean_session else 0) | (0x80 if username is not None else 0)
     flags |= 0x40 if password is not None else 0
+    if will is not None:
+        flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
     body = _str16(b"MQTT") + bytes((4, flags)) + struct.pack("!H", keepalive) + _str16(client_id.encode())
+    if will is not None:
+        body += _str16(will[0].encode()) + _str16(will[1])
     if username is not None:
         body += _str16(username.encode())
     if password is not None:
@@ -95,23 +102,29 @@ def publish_header(topic: bytes, payload_len: int) -> bytes:
     return bytes((PUBLISH,)) + remaining_length(2 + len(topic) + payload_len) + _str16(topic)
 
 
-def publish(topic: str, payload: bytes) -> bytes:
+def publish(topic: str, payload: bytes, *, retain: bool = False) -> bytes:
     """One QoS 0 PUBLISH packet."""
-    return publish_header(topic.encode(), len(payload)) + payload
+    t = topic.encode()
+    return bytes((PUBLISH | retain,)) + remaining_length(2 + len(t) + len(payload)) + _str16(t) + payload
 
 
-def publish_qos1(topic: str, packet_id: int, payload: bytes) -> bytes:
-    """One QoS 1 PUBLISH packet (no DUP, no RETAIN); the broker answers with PUBACK ``packet_id``."""
+def publish_qos1(topic: str, packet_id: int, payload: bytes, *, retain: bool = False) -> bytes:
+    """One QoS 1 PUBLISH packet (no DUP); the broker answers with PUBACK ``packet_id``."""
     if not 1 <= packet_id <= 0xFFFF:
         raise ValueError(f"packet id {packet_id} outside 1..65535")
     t = topic.encode()
     return (
-        bytes((PUBLISH | 0x02,))
+        bytes((PUBLISH | 0x02 | retain,))
         + remaining_length(2 + len(t) + 2 + len(payload))
         + _str16(t)
         + struct.pack("!H", packet_id)
         + payload
     )
+
+
+def puback(packet_id: int) -> bytes:
+    """The PUBACK of a QoS 1 PUBLISH received."""
+    return bytes((PUBACK, 2)) + struct.pack("!H", packet_id)
 
 
 def subscribe(packet_id: int, topic_filter: str, qos: int = 0) -> bytes:
