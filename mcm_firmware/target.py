@@ -78,9 +78,11 @@ async def emulated_target(
     profile: str = "colossus-mcm",
     seed: int = 0,
     fleet: str = "default",
+    frame_keys: Any = None,
 ) -> AsyncIterator[Target]:
     """One emulated node on real time, reachable over ``link``; stopped on exit. Over serial the
-    node gets a new pty (``port``, e.g. ``pty?baud=921600``); the host end uses the same options."""
+    node gets a new pty (``port``, e.g. ``pty?baud=921600``); the host end uses the same options.
+    ``frame_keys``: a :class:`~mcm_firmware.keyring.KeyRing` the node seals its frames with."""
     from .clock import RealClock
     from .profile import load_profile
     from .runtime.fleet import Fleet
@@ -102,6 +104,7 @@ async def emulated_target(
         clock=RealClock(),
         seed=seed,
         links=links,
+        frame_keys=frame_keys,
     )
     await links.open()
     try:

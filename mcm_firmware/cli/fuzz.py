@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from .common import EXIT_FAILURE, EXIT_OK, U32_MAX, Failure, bounded
+from .common import EXIT_FAILURE, EXIT_OK, U32_MAX, Failure, bounded, frame_keys_option, key_ring
 
 
 def add_parser(sub: Any) -> None:
@@ -52,6 +52,7 @@ def add_parser(sub: Any) -> None:
         help="seconds to wait for the node's answers to a case",
     )
     fz.add_argument("--json", action="store_true", help="print the summary as JSON")
+    frame_keys_option(fz)
     fz.set_defaults(func=cmd_fuzz)
 
 
@@ -69,10 +70,12 @@ def fuzz_target(text: str) -> str:
 async def cmd_fuzz(args: argparse.Namespace) -> int:
     from ..fuzz import run_campaign
     from ..fuzz.report import summary, write_report
+    from ..protocol.auth import FrameAuth
     from ..target import EMULATED, emulated_target, parse_target
     from ..transport import TransportError, transport_factory
 
     last = [0.0]
+    ring = key_ring(args)  # with --target emulated, the node seals with the same keys
 
     def progress(r: Any) -> None:
         if r.duration_s - last[0] >= 5 and not args.json:
@@ -95,11 +98,12 @@ async def cmd_fuzz(args: argparse.Namespace) -> int:
             seed_value=args.seed,
             timeout=args.timeout,
             progress=progress,
+            auth=None if ring is None else FrameAuth(target.fleet, ring.secret, ring.current),
         )
 
     try:
         if args.target == EMULATED:
-            async with emulated_target() as target:
+            async with emulated_target(frame_keys=ring) as target:
                 result = await campaign(target)
         else:
             target = parse_target(args.target)

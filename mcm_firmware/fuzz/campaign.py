@@ -63,6 +63,7 @@ from ..protocol import (
     decode,
     encode,
 )
+from ..protocol.auth import FrameAuth, seal_probe
 from ..tasks import cancel_and_wait
 from ..testing.strategies import MUTATIONS, NODE_SENT, commands, messages
 from ..transport import Address, Channel, Subscription, Transport, TransportError
@@ -159,7 +160,15 @@ def _request_id(frame: bytes) -> int | None:
 class Session:
     """Sends cases to one node and collects its answers (runs in the event loop)."""
 
-    def __init__(self, transport: Transport, *, fleet: str, node: int, timeout: float = 2.0) -> None:
+    def __init__(
+        self, transport: Transport, *, fleet: str, node: int, timeout: float = 2.0, auth: FrameAuth | None = None
+    ) -> None:
+        """``auth``: the fleet seals its frames; every probe is sealed as a host would seal it
+        (:func:`~mcm_firmware.protocol.auth.seal_probe`), so the node judges its bytes as it
+        would without authentication."""
+        self.auth = auth
+        self._sender = int.from_bytes(os.urandom(4), "little")
+        self._seq = 0
         self.transport = transport
         self.fleet = fleet
         self.node = node
@@ -219,15 +228,30 @@ class Session:
             if self._waiter is not None and not self._waiter[1].done():
                 self._waiter[1].set_exception(e)
 
+    def _out(self, frame: bytes) -> bytes:
+        if self.auth is None:
+            return frame
+        self._seq = (self._seq + 1) & U32
+        return seal_probe(self.auth, frame, node=self.node, sender=self._sender, seq=self._seq)
+
     async def ping(self) -> float | None:
         """Round trip of a PING, or None when the node does not answer in time."""
         rid = self.fresh_id()
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiter = (rid, fut)
-        frame = encode(Command(node_id=self.node, seq=rid, flags=int(FrameFlags.HOST), request_id=rid, op=Op.PING))
+        frame = encode(
+            Command(
+                node_id=self.node,
+                seq=rid,
+                timestamp_ns=time.time_ns(),  # a sealed fleet takes a new sender only with a fresh time
+                flags=int(FrameFlags.HOST),
+                request_id=rid,
+                op=Op.PING,
+            )
+        )
         t0 = time.perf_counter()
         try:
-            await self.transport.publish(Address(self.fleet, self.node, Channel.CMD), frame, reliable=True)
+            await self.transport.publish(Address(self.fleet, self.node, Channel.CMD), self._out(frame), reliable=True)
             await asyncio.wait_for(fut, self.timeout)
         except (TimeoutError, TransportError):
             return None
@@ -244,7 +268,7 @@ class Session:
         findings: list[Finding] = []
         try:
             for p in probes:
-                await self.transport.publish(addr, p.frame, reliable=True)
+                await self.transport.publish(addr, self._out(p.frame), reliable=True)
         except TransportError as e:
             return [], [Finding("crash", f"link down while sending: {e}")]
         if await self.ping() is None:
@@ -385,13 +409,14 @@ async def run_campaign(
     max_findings: int = 10,
     max_batches: int | None = None,
     progress: Callable[[CampaignResult], None] | None = None,
+    auth: FrameAuth | None = None,
 ) -> CampaignResult:
     """Fuzz ``node`` through ``transport`` for ``duration`` seconds, or ``max_batches`` batches of
     ``batch`` cases, whichever ends first (Hypothesis in a worker thread, the session in this event
     loop). Each failure is shrunk (Hypothesis, then one probe at a time) and kept once per
     signature; the campaign goes on until ``max_findings`` or a hang/crash."""
     loop = asyncio.get_running_loop()
-    session = Session(transport, fleet=fleet, node=node, timeout=timeout)
+    session = Session(transport, fleet=fleet, node=node, timeout=timeout, auth=auth)
     result = CampaignResult(target=target, seed=seed_value)
     await session.start()
     if await session.ping() is None:
@@ -486,10 +511,16 @@ async def minimize(session: Session, probes: list[Probe], kind: str) -> list[Pro
 
 
 async def replay(
-    transport: Transport, frames: list[bytes], *, fleet: str, node: int, timeout: float = 2.0
+    transport: Transport,
+    frames: list[bytes],
+    *,
+    fleet: str,
+    node: int,
+    timeout: float = 2.0,
+    auth: FrameAuth | None = None,
 ) -> list[Finding]:
     """Send one saved case to a node and judge it again (what a regression test does)."""
-    session = Session(transport, fleet=fleet, node=node, timeout=timeout)
+    session = Session(transport, fleet=fleet, node=node, timeout=timeout, auth=auth)
     await session.start()
     try:
         if await session.ping() is None:

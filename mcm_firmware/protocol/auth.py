@@ -70,6 +70,27 @@ def seal(frame: bytes, key: bytes, key_id: int, sender: int) -> bytes:
     return bytes(b) + _tag(key, b)
 
 
+def seal_probe(auth: FrameAuth, data: bytes, *, node: int, sender: int, seq: int) -> bytes:
+    """Seal any bytes as a host would seal a frame for ``node`` (for fuzzing a sealed fleet):
+    sequence number ``seq`` written, the AUTH flag set, the CRC-32 changed so that it keeps
+    whatever error it had (right stays right, wrong stays as wrong), the trailer added. Bytes too
+    short to be a frame go as they are (refused unauthenticated, as they are refused undecodable
+    without authentication)."""
+    if len(data) < HEADER_SIZE + CRC_SIZE:
+        return data
+    b = bytearray(data)
+    error = _CRC.unpack_from(b, len(b) - CRC_SIZE)[0] ^ zlib.crc32(memoryview(b)[: len(b) - CRC_SIZE])
+    _SEQ.pack_into(b, 9, seq & _U32)
+    b[_FLAGS_OFFSET] |= _AUTH
+    _CRC.pack_into(b, len(b) - CRC_SIZE, zlib.crc32(memoryview(b)[: len(b) - CRC_SIZE]) ^ error)
+    key_id = auth.current_key_id()
+    key = auth.key(key_id, node)
+    if key is None:
+        raise ValueError(f"no fleet secret with key id {key_id}")
+    b += _HEAD.pack(key_id, sender)
+    return bytes(b) + _tag(key, b)
+
+
 def is_sealed(data: bytes | bytearray | memoryview) -> bool:
     return len(data) > HEADER_SIZE and bool(data[_FLAGS_OFFSET] & _AUTH)
 
@@ -161,6 +182,9 @@ class FrameAuth:
             key = self._keys[k] = node_key(secret, self.fleet, node)
         return key
 
+    def current_key_id(self) -> int:
+        return self._current()
+
     def seal(self, frame: bytes, sender: int) -> bytes:
         """Seal a frame of node ``node_id`` (its header's) under the current key."""
         key_id = self._current()
@@ -174,15 +198,24 @@ class FrameAuth:
         self.refused[reason.name] += 1
         return AuthError(reason, detail)
 
-    def open(self, data: bytes | bytearray | memoryview, now_ns: int | None = None, *, window: bool = True) -> int:
+    def open(
+        self,
+        data: bytes | bytearray | memoryview,
+        now_ns: int | None = None,
+        *,
+        window: bool = True,
+        node: int | None = None,
+    ) -> int:
         """Verify a sealed frame; its sender. AuthError (counted) for one refused, with nothing
         changed. ``window=False`` checks the tag only (retained frames: a subscriber is handed
-        the latest again, legitimately old)."""
+        the latest again, legitimately old). ``node``: verify with this node's key only (a node
+        verifying what it receives), else with the key of the node the header names."""
         t = trailer(data)
         if t is None:
             raise self._refuse(Reason.UNAUTHENTICATED, "frame is not authenticated (no AUTH flag and trailer)")
         key_id, sender, tag = t
-        node = int.from_bytes(bytes(data[5:9]), "little")
+        if node is None:
+            node = int.from_bytes(bytes(data[5:9]), "little")
         key = self.key(key_id, node)
         if key is None:
             raise self._refuse(Reason.BAD_TAG, f"frame sealed with key id {key_id}, which this side does not have")

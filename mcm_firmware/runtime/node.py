@@ -605,7 +605,7 @@ class Node:
         self.counters.rx_frames += 1
         if self.auth is not None:
             try:  # before anything else: a refused frame changes nothing but the counters
-                self.auth.open(data, self.clock.now_ns())
+                self.auth.open(data, self.clock.now_ns(), node=self.node_id)  # its own key only
             except AuthError as e:
                 self.counters.auth_refused += 1
                 self._reject(e.reason, str(e))
@@ -702,6 +702,9 @@ class Node:
             for s in range(ctl.ce.shape[0])
         )
         pending = tuple(PendingRow(stack=k[0], channel=k[1], bank=k[2], row=k[3]) for k in sorted(ctl.pending))
+        corr, unc = ctl.remapped_rows_by_cause()
+        hist = ctl.histogram()
+        t = self.shard.t
         return RasResult(
             ecc=int(ctl.cfg.mode),
             flags=int(flags),
@@ -710,8 +713,16 @@ class Node:
             ue=int(ctl.ue.sum()),
             remapped_rows=len(ctl.remapped),
             spare_rows_free=max(0, ctl.spare_rows_free),
-            scrub_passes=ctl.scrub_passes & U32,
-            scrubbed_words=ctl.scrubbed,
+            remapped_correctable=corr,
+            remapped_uncorrectable=unc,
+            banks_max=hist[0],
+            banks_high=hist[1],
+            banks_partial=hist[2],
+            banks_low=hist[3],
+            banks_none=hist[4],
+            last_xid=ctl.last_xid,
+            scrub_passes=ctl.passes_at(t) & U32,
+            scrubbed_words=ctl.scrubbed_at(t),
             stacks=stacks,
             pending=pending[:1000],
         )

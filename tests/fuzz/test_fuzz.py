@@ -121,6 +121,33 @@ async def test_campaign_against_an_emulated_node_finds_nothing_and_covers_every_
     assert r.timeline[-1][1] == r.executions and r.cells == sum(len(c) for c in r.coverage.values())
 
 
+@pytest.mark.slow
+async def test_a_sealed_fleet_is_fuzzed_behind_its_authentication(tmp_path):
+    """With --frame-keys every probe is sealed as a host would seal it: the node judges the same
+    bytes, so the campaign finds nothing and reaches the decoder (answers BAD_REQUEST), not only
+    the authentication; the node counts no refusal but the probes too short to be frames."""
+    from mcm_firmware.host.client import HostClient
+    from mcm_firmware.keyring import KeyRing, new_key_line
+    from mcm_firmware.protocol.auth import FrameAuth
+
+    new_key_line(tmp_path / "k")
+    ring = KeyRing(tmp_path / "k")
+    async with emulated_target(node=NODE, frame_keys=ring) as target:
+        auth = FrameAuth(target.fleet, ring.secret, ring.current)
+        tr = transport_factory(target.transport_url)("fuzz-sealed")
+        r = await run_campaign(
+            tr, fleet=target.fleet, node=NODE, target="emulated", duration=600, seed_value=5, max_batches=6, auth=auth
+        )
+        async with HostClient(transport_factory(target.transport_url)("h"), fleet=target.fleet, auth=auth) as host:
+            stats = (await host.request(NODE, Op.STATS)).data
+    assert r.findings == [], [(f.kind, f.detail) for f in r.findings]
+    outcomes = {o for label, c in r.coverage.items() if label.startswith("malformed/") for o in c}
+    assert outcomes & {"BAD_REQUEST", "UNKNOWN_OP"}
+    # only bytes too short to be sealed (random junk, truncated frames) are refused unsealed
+    short = sum(sum(r.coverage.get(label, {}).values()) for label in ("random", "malformed/truncate"))
+    assert 0 < stats.auth_refused <= short, (stats.auth_refused, short)
+
+
 def _skip_crc(data):
     """The planted bug: a node build that does not check the CRC (it recomputes it instead)."""
     b = bytes(data)

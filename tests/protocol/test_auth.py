@@ -187,3 +187,11 @@ def test_keys_rotate_under_a_running_ring(tmp_path, monkeypatch):
     assert ring.current() == 2 and ring.key_ids == [2] and ring.error is None  # step 3: the old key is gone
     with pytest.raises(AuthError, match="key id 1"):
         FrameAuth("f", ring.secret, ring.current).open(old, None)
+
+
+def test_a_node_verifies_with_its_own_key_only():
+    data = sealed("command-ping")  # sealed with node 3's key, addressed to node 3
+    assert fixed_auth().open(data, None, node=3) == 0x11223344
+    with pytest.raises(AuthError) as e:  # node 4 does not take it, whatever the header says
+        fixed_auth().open(data, None, node=4)
+    assert e.value.reason is Reason.BAD_TAG
