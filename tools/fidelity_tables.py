@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """The fidelity tables of docs/firmware.md, measured in virtual time on shards of each profile.
 
-    python tools/fidelity_tables.py [--profiles NAME ...] [idle]
+    python tools/fidelity_tables.py [--profiles NAME ...] [idle] [heat] [cap]
 
 idle: 16 modules idle for 60 s, the 1 s mean power of each (min..max) and the idle clock.
+heat: 4 modules at steady full load for 150 s: over the last 30 s, the coolant's heat balance
+      (power against flow x c_p x outlet rise) and flow per kW.
+cap:  power-cap steps and load steps, the 1 s means of module power against the cap.
 The tests in tests/control/test_fidelity.py hold the same figures to their limits.
 """
 
@@ -47,13 +50,40 @@ def idle(profiles: list[str]) -> None:
         )
 
 
+def heat(profiles: list[str]) -> None:
+    print("| profile | power | flow | flow per kW | outlet (inlet 30 °C) | heat balance error | hottest die |")
+    print("|---------|-------|------|-------------|----------------------|--------------------|-------------|")
+    for name in profiles:
+        prof = load_profile(name)
+        sh = Shard(prof, 4, seed=3)
+        sh.workload.set(slice(None), Workload.STEADY, 1.15)
+        run(sh, 120.0)
+        rows: dict[str, list] = {"p": [], "carried": [], "q": [], "out": [], "die": []}
+        cp = prof.cooling.coolant_heat_capacity_j_per_l_k
+        for _ in range(round(30.0 * sh.tick_hz)):
+            sh.tick()
+            pl = sh.plant
+            rows["p"].append(pl.p_total.copy())
+            rows["carried"].append(pl.flow_total / 60.0 * cp * (pl.t_outlet - pl.t_inlet))
+            rows["q"].append(pl.flow_total.copy())
+            rows["out"].append(pl.t_outlet.copy())
+            rows["die"].append(pl.t_die.max(axis=1))
+        m = {k: np.mean(v, axis=0) for k, v in rows.items()}
+        err = np.abs(m["p"] - m["carried"]) / m["p"] * 100
+        per_kw = m["q"] / m["p"] * 1000
+        print(
+            f"| `{name}` | {m['p'].mean():.0f} W | {m['q'].mean():.2f} L/min | {per_kw.min():.2f}..{per_kw.max():.2f} "
+            f"| {m['out'].mean():.1f} °C | ≤ {err.max():.2f} % | {m['die'].mean():.1f} °C |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("tables", nargs="*", default=["idle"], choices=["idle"])
+    ap.add_argument("tables", nargs="*", default=["idle"], choices=["idle", "heat"])
     ap.add_argument("--profiles", nargs="+", default=PROFILES)
     args = ap.parse_args()
     for table in args.tables:
-        {"idle": idle}[table](args.profiles)
+        {"idle": idle, "heat": heat}[table](args.profiles)
         print()
 
 

@@ -20,7 +20,8 @@ Thermal network per die region (one cold-plate region per die, HBM stacks beside
 
 ``G_pc`` is the forced-convection film conductance (growing with flow^0.8) in series with the
 coolant's own heat-capacity rate, plus a small natural-convection path that remains when no pump
-runs. Each node is integrated by exponential relaxation towards its equilibrium with its
+runs. While coolant flows it carries all the plates' heat, so at steady state the outlet is
+``T_in + P / (q * c_p)``. Each node is integrated by exponential relaxation towards its equilibrium with its
 neighbours' present temperatures, which is stable for any ``dt``.
 
 Coolant: pumps spin up and down with a first-order lag; the loop's flow capacity is shared among
@@ -286,6 +287,9 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     eq = (s.t_die * g_dp + hbm_sum * g_hp + g_pc * t_in) / g_total
     s.t_plate = eq + (s.t_plate - eq) * np.exp(-dt * g_total / params.c_plate)
 
-    heat_to_coolant = (forced * (s.t_plate - t_in)).sum(axis=1)
+    # While coolant flows, all the heat the plates give off ends in it, the natural-convection
+    # path's share too (it warms the coolant in the plate, which the flow carries out); with no
+    # flow the coolant stands and the outlet reads the inlet.
+    heat_to_coolant = (g_pc * (s.t_plate - t_in)).sum(axis=1)
     rate = s.flow_total * params.cp_coolant / 60.0
     s.t_outlet = s.t_inlet + np.where(rate > 1e-6, heat_to_coolant / np.maximum(rate, 1e-6), 0.0)
