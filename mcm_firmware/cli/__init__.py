@@ -17,10 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from .. import __version__
-from . import bench, broker_config, ctl, fuzz, keys, monitor, profiles, replay, rigsim, run, scenario, wireshark
+from . import bench, broker_config, ctl, fuzz, keys, monitor, nodes, profiles, replay, rigsim, run, scenario, wireshark
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
 
-GROUPS = (run, ctl, monitor, scenario, replay, wireshark, fuzz, bench, profiles, rigsim, broker_config, keys)
+GROUPS = (run, ctl, nodes, monitor, scenario, replay, wireshark, fuzz, bench, profiles, rigsim, broker_config, keys)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -1,8 +1,10 @@
-"""``mcm-emu ctl``: one command to one node, its reply shown."""
+"""``mcm-emu ctl``: a command to a node (or a selection of nodes), the reply shown."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
 import uuid
@@ -29,14 +31,16 @@ def add_parser(sub: Any) -> None:
 
     ctl = sub.add_parser(
         "ctl",
-        help="send a command to a node",
+        help="send a command to a node, or to several",
         description=(
-            "Send a command to one node and print its reply. Commands: "
-            + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())
+            "Send a command to a node and print its reply. NODE is a node id, or a selection: "
+            "ids and ranges separated by commas (0-7, 1,3,5-9) or 'all' (every node online in the "
+            "fleet, from the broker's retained state); a selection prints one result a node and "
+            "exits 1 when any failed. Commands: " + "; ".join(f"{c.usage} ({c.help})" for c in COMMANDS.values())
         ),
     )
     ctl_options(ctl)
-    ctl.add_argument("node", type=bounded(int, 0, U32_MAX, "NODE"), metavar="NODE")
+    ctl.add_argument("node", type=node_selection, metavar="NODE")
     ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND")
     ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
     ctl.set_defaults(func=cmd_ctl)
@@ -50,6 +54,33 @@ def ctl_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--retries", type=bounded(int, 0, 100, "--retries"), default=2, help="sends again before giving up (default 2)"
     )
+
+
+MAX_SELECTION = 100_000
+PARALLEL = 64
+"""Requests of a selection in flight at once."""
+
+
+def node_selection(text: str) -> list[int] | None:
+    """``3``, ``0-7``, ``1,3,5-9`` -> the ids in order; ``all`` -> None (resolved from the broker)."""
+    if text == "all":
+        return None
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"NODE {text!r}: give a node id, ids and ranges separated by commas (0-7,9), or all"
+            ) from None
+        if not (0 <= a <= U32_MAX and 0 <= b <= U32_MAX) or b < a:
+            raise argparse.ArgumentTypeError(f"NODE {text!r}: {part!r} is not a range of node ids 0..{U32_MAX}")
+        if len(ids) + b - a + 1 > MAX_SELECTION:
+            raise argparse.ArgumentTypeError(f"NODE {text!r}: more than {MAX_SELECTION:,} nodes")
+        ids.extend(range(a, b + 1))
+    return list(dict.fromkeys(ids))
 
 
 def options_after(args: argparse.Namespace) -> None:
@@ -69,10 +100,7 @@ def options_after(args: argparse.Namespace) -> None:
 
 
 async def cmd_ctl(args: argparse.Namespace) -> int:
-    from ..host.client import HostClient, HostError, NodeError, RequestTimeout
     from ..host.commands import COMMANDS, UsageError
-    from ..protocol import Status
-    from ..transport import TransportError, transport_factory
 
     spec = COMMANDS[args.op]
     options_after(args)
@@ -80,6 +108,31 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
         cmd_args = spec.parse(list(args.args))
     except UsageError as e:
         raise BadInput(f"ctl {spec.name}: {e}") from None
+    selected = args.node
+    if selected is None:  # all: the nodes the broker says are online
+        if args.serial:
+            raise BadInput("NODE all reads the fleet from a broker: on a serial line name the nodes")
+        from ..host.discovery import read_state
+        from ..transport import TransportError, transport_factory
+
+        try:
+            state = await read_state(transport_factory(link_url(args)), args.fleet, settle=0.3)
+        except TransportError as e:
+            raise Failure(str(e)) from None
+        selected = [n for n in sorted(state.nodes) if state.online(n)]
+        if not selected:
+            raise Failure(f"no node of fleet {args.fleet!r} is online on this broker")
+    if len(selected) == 1 and args.node is not None:
+        args.node = selected[0]
+        return await _one(args, spec, cmd_args)
+    return await _many(args, spec, cmd_args, selected)
+
+
+async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
+    from ..host.client import HostClient, HostError, NodeError, RequestTimeout
+    from ..protocol import Status
+    from ..transport import TransportError, transport_factory
+
     transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
     try:
         async with HostClient(
@@ -111,3 +164,53 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     out = spec.show(args.node, resp, rtt, more)
     emit(args, out, text=spec.text(spec.name, out))
     return EXIT_OK
+
+
+async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[int]) -> int:
+    """The command to every node of a selection, at most :data:`PARALLEL` at once: one result a
+    node (text: the node's own line, or why it failed; JSON: one object with every result)."""
+    import asyncio
+
+    from ..host.client import HostClient, HostError, NodeError
+    from ..transport import TransportError, transport_factory
+
+    transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    gate = asyncio.Semaphore(PARALLEL)
+
+    async def one(host: HostClient, node: int) -> dict[str, Any]:
+        async with gate:
+            t0 = time.perf_counter()
+            try:
+                resp = await host.request(node, spec.op, cmd_args)
+                more = None
+                if spec.follow is not None:
+                    with contextlib.suppress(NodeError):
+                        more = await host.request(node, spec.follow)
+            except NodeError as e:
+                return {"node": node, "ok": False, "status": e.response.status.name, "message": e.response.message}
+            except HostError as e:  # no answer, or the link went
+                return {"node": node, "ok": False, "status": "NO_REPLY", "message": str(e)}
+            out = spec.show(node, resp, time.perf_counter() - t0, more)
+            return {"ok": True, **out}
+
+    try:
+        async with HostClient(
+            transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries, auth=frame_auth(args, args.fleet)
+        ) as host:
+            results = await asyncio.gather(*(one(host, n) for n in nodes))
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    failed = [r for r in results if not r["ok"]]
+    if args.json:
+        print(
+            json.dumps({"command": spec.name, "nodes": len(results), "failed": len(failed), "results": results}),
+            flush=True,
+        )
+    else:
+        for r in results:
+            if r["ok"]:
+                print(spec.text(spec.name, {k: v for k, v in r.items() if k != "ok"}), flush=True)
+            else:
+                print(f"node {r['node']}: {r['status']}: {r['message'] or '(no message)'}", flush=True)
+        print(f"{spec.name}: {len(results) - len(failed)} of {len(results)} nodes ok", flush=True)
+    return EXIT_FAILURE if failed else EXIT_OK
