@@ -100,7 +100,7 @@ def add_parser(sub: Any) -> None:
         "--metrics-detail",
         choices=["module", "die"],
         default="module",
-        help="module: 11 series a node (default); die: 4 more a die",
+        help="module: 21 series a node (default); die: 4 more a die",
     )
     run.add_argument(
         "--shard",

@@ -173,6 +173,17 @@ def ras_json(node: int, r: RasResult) -> dict[str, Any]:
         "recovery_action": _name(r.recovery_action, RecoveryAction),
         "remapped_rows": r.remapped_rows,
         "spare_rows_free": r.spare_rows_free,
+        # nvmlDeviceGetRemappedRows (pending rows counted) and nvmlDeviceGetRowRemapperHistogram
+        "remapped_correctable": r.remapped_correctable,
+        "remapped_uncorrectable": r.remapped_uncorrectable,
+        "bank_availability": {
+            "max": r.banks_max,
+            "high": r.banks_high,
+            "partial": r.banks_partial,
+            "low": r.banks_low,
+            "none": r.banks_none,
+        },
+        "last_xid": r.last_xid,
         "scrub_passes": r.scrub_passes,
         "scrubbed_words": r.scrubbed_words,
         "stacks": [
@@ -297,7 +308,10 @@ def ras_text(obj: dict[str, Any]) -> str:
         f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
         f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
         f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
-        f"scrub_passes={obj['scrub_passes']}"
+        f"scrub_passes={obj['scrub_passes']}",
+        f"  remapped rows: correctable={obj['remapped_correctable']} uncorrectable={obj['remapped_uncorrectable']} "
+        f"pending={obj['remap_pending']} failure={obj['remap_failed']} last_xid={obj['last_xid'] or 'none'}",
+        "  banks by spare rows available: " + " ".join(f"{k}={v}" for k, v in obj["bank_availability"].items()),
     ]
     for i, st in enumerate(obj["stacks"]):
         dev = f" failed_devices={st['failed_devices']}" if st["failed_devices"] else ""

@@ -171,8 +171,18 @@ class RasResult:
     recovery_action: int = wire(c.Int8ul)  # RecoveryAction
     ce: int = wire(c.Int64ul)
     ue: int = wire(c.Int64ul)
-    remapped_rows: int = wire(c.Int32ul)
+    remapped_rows: int = wire(c.Int32ul)  # rows moved onto spare rows (applied by a reset)
     spare_rows_free: int = wire(c.Int32ul)
+    # nvmlDeviceGetRemappedRows: rows remapped for correctable / uncorrectable errors, pending included
+    remapped_correctable: int = wire(c.Int32ul)
+    remapped_uncorrectable: int = wire(c.Int32ul)
+    # nvmlDeviceGetRowRemapperHistogram: banks with max / high / partial / low / no spare rows available
+    banks_max: int = wire(c.Int32ul)
+    banks_high: int = wire(c.Int32ul)
+    banks_partial: int = wire(c.Int32ul)
+    banks_low: int = wire(c.Int32ul)
+    banks_none: int = wire(c.Int32ul)
+    last_xid: int = wire(c.Int16ul)  # the last XID logged since boot, 0: none
     scrub_passes: int = wire(c.Int32ul)
     scrubbed_words: int = wire(c.Int64ul)
     stacks: tuple[StackErrors, ...] = wire(c.PrefixedArray(c.Int8ul, layout(StackErrors)))

@@ -122,6 +122,7 @@ class EventCode(IntEnum):
     FAULT_CLEARED = 51  # subject: fault kind (0: all); text: what was cleared
     RIG_LOST = 60  # a hardware-in-the-loop rig stopped answering; value: seconds since its last answer
     RIG_RESTORED = 61  # the rig answers again
+    XID = 70  # subject: stack (0xFFFF: module); value: the XID number (NVIDIA's XID catalog); text: the XID line
 
 
 class Capability(IntFlag):
@@ -174,7 +175,8 @@ def reason_names(mask: int) -> list[str]:
 
 
 class RecoveryAction(IntEnum):
-    """What the RAS firmware asks of the operator (NVML's row-remapping recovery actions)."""
+    """What the RAS firmware asks of the operator: NVML's ``nvmlDeviceGpuRecoveryAction_t`` values
+    (NONE, GPU_RESET, NODE_REBOOT; the emulator has no peer-to-peer traffic to drain)."""
 
     NONE = 0
     GPU_RESET = 1

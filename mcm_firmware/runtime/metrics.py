@@ -6,11 +6,11 @@ series carries ``fleet``, ``node`` and ``profile`` labels. The figures are the f
 readings (sensor values, not the plant's truth), read from the shards' arrays when Prometheus
 scrapes, so nothing is spent between scrapes.
 
-Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 11 series a
-node: 110,000 series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a
-die, 160,000 more for 10,000 four-die modules); the run's self-measurement (``mcm_run_*``) is a
-few dozen series whatever the size. Reading a 10,000-node fleet costs about a tenth of a second
-of CPU per scrape (docs/performance.md).
+Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 21 series a
+node (10 of them the row remapper's counts, flags and bank histogram, and the last XID): 210,000
+series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a die, 160,000
+more for 10,000 four-die modules); the run's self-measurement (``mcm_run_*``) is a few dozen
+series whatever the size. docs/performance.md has the cost of a scrape.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..protocol import SnapshotFlags
 from .fleet import Fleet
 from .meter import DECIMATED, DROPPED, DUE, SENT
 from .shard import Shard
@@ -45,6 +46,29 @@ MODULE_METRICS: tuple[tuple[str, str, str], ...] = (  # name, help, type (all ga
     ("MCM_FI_DEV_ECC_SBE_VOL_TOTAL", "Corrected HBM errors since boot or clear.", "gauge"),
     ("MCM_FI_DEV_ECC_DBE_VOL_TOTAL", "Uncorrected HBM errors since boot or clear.", "gauge"),
     ("MCM_FI_DEV_LINK_UP", "1 when the node's link is up (its BIRTH published).", "gauge"),
+    # the row remapper as NVML reports it (nvmlDeviceGetRemappedRows, nvmlDeviceGetRowRemapperHistogram)
+    (
+        "MCM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "Rows remapped for correctable HBM errors, pending ones included.",
+        "gauge",
+    ),
+    (
+        "MCM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "Rows remapped for uncorrectable HBM errors, pending ones included.",
+        "gauge",
+    ),
+    ("MCM_FI_DEV_ROW_REMAP_PENDING", "1 when row remaps wait for a reset.", "gauge"),
+    ("MCM_FI_DEV_ROW_REMAP_FAILURE", "1 once a row remap has failed (RMA criterion).", "gauge"),
+    ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_MAX", "Banks with all their spare rows available.", "gauge"),
+    ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_HIGH", "Banks with one spare row used.", "gauge"),
+    (
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_PARTIAL",
+        "Banks with more than one spare row used, two or more left.",
+        "gauge",
+    ),
+    ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_LOW", "Banks with one spare row available.", "gauge"),
+    ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_NONE", "Banks with no spare row available.", "gauge"),
+    ("MCM_FI_DEV_XID_ERRORS", "Value of the last XID logged since boot (0: none).", "gauge"),
 )
 DIE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("MCM_FI_DEV_DIE_TEMP", "Die temperature as the firmware reads it (C).", "gauge"),
@@ -77,6 +101,16 @@ def module_values(shard: Shard) -> dict[str, np.ndarray]:
         "MCM_FI_DEV_ECC_SBE_VOL_TOTAL": shard.ras_ce.sum(axis=1),
         "MCM_FI_DEV_ECC_DBE_VOL_TOTAL": shard.ras_ue.sum(axis=1),
         "MCM_FI_DEV_LINK_UP": shard.linked.astype(float),
+        "MCM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": shard.ras_remapped[:, 0],
+        "MCM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": shard.ras_remapped[:, 1],
+        "MCM_FI_DEV_ROW_REMAP_PENDING": ((shard.ras_flags & SnapshotFlags.REMAP_PENDING) != 0).astype(float),
+        "MCM_FI_DEV_ROW_REMAP_FAILURE": ((shard.ras_flags & SnapshotFlags.REMAP_FAILED) != 0).astype(float),
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_MAX": shard.ras_histogram[:, 0],
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_HIGH": shard.ras_histogram[:, 1],
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_PARTIAL": shard.ras_histogram[:, 2],
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_LOW": shard.ras_histogram[:, 3],
+        "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_NONE": shard.ras_histogram[:, 4],
+        "MCM_FI_DEV_XID_ERRORS": shard.ras_last_xid,
     }
 
 

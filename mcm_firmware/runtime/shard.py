@@ -124,10 +124,16 @@ class Shard:
             self.ras.append(rasmod.RasController(self.ras_cfg, rng, self.hbm[row]))
         for row, ctl in enumerate(self.ras):
             ctl.on_work = functools.partial(self.ras_touch, row)
+            ctl.booted_at = start_t  # scrub passes count from boot
         self.ras_ce = np.zeros((n, p.hbm), np.int64)
         self.ras_ue = np.zeros((n, p.hbm), np.int64)
         self.ras_flags = np.zeros(n, np.uint16)  # SnapshotFlags bits of RAS
         self.ras_action = np.zeros(n, np.uint8)
+        self.ras_remapped = np.zeros((n, 2), np.int64)  # rows remapped for CEs, for UEs (pending included)
+        self.ras_histogram = np.zeros((n, 5), np.int64)  # banks per remap-availability bucket (NVML's)
+        g = self.ras_cfg.geometry
+        self.ras_histogram[:, 0] = g.stacks * g.channels * g.banks
+        self.ras_last_xid = np.zeros(n, np.int64)
         self.ce_storm_rate = np.zeros((n, p.hbm))  # injected single-bit upsets per second
         self._storm_any = False
         self._ras_busy: set[int] = set()  # rows whose RAS firmware has work (errors, a store to scrub)
@@ -342,7 +348,7 @@ class Shard:
         cool.hbm_pid.reset(np.arange(self.n) == row, ccfg.q_max)
         cool.valve_pid.integral[row] = 100.0
         cool.valve_pid.last[row] = 100.0
-        self.ras_events(row, self.ras[row].reboot())
+        self.ras_events(row, self.ras[row].reboot(self.t))
         self._reported_reasons[row] = 0
         self.booted(row)
 
@@ -350,6 +356,7 @@ class Shard:
         """The controller of ``row`` starts now: its uptime counts from here, and it has taken no
         samples yet (those of a previous life went with it)."""
         self.boot_t[row] = self.t
+        self.ras[row].booted_at = self.t  # the patrol scrubber's passes count from here
         self._smp_power[:, row] = np.nan
         self._smp_die_t[:, row] = np.nan
         self._smp_die_p[:, row] = np.nan
@@ -480,14 +487,25 @@ class Shard:
         rasmod.RasEventKind.CE_STORM_END: (Severity.NOTICE, EventCode.CE_STORM_END),
         rasmod.RasEventKind.REMAPPED: (Severity.NOTICE, EventCode.ROW_REMAPPED),
     }
+    _XID_SEVERITY: ClassVar[dict[int, Severity]] = {
+        rasmod.XID_DBE: Severity.ERROR,
+        rasmod.XID_ROW_REMAP: Severity.NOTICE,  # the catalog's bucket: IGNORE (informational)
+        rasmod.XID_ROW_REMAP_FAILURE: Severity.CRITICAL,
+        rasmod.XID_CONTAINED: Severity.ERROR,
+        rasmod.XID_UNCONTAINED: Severity.CRITICAL,
+    }
 
     def ras_events(self, row: int, events: list[rasmod.RasEvent]) -> None:
-        """Queue RAS events of a row and refresh its RAS telemetry if anything changed."""
+        """Queue RAS events of a row and refresh its RAS telemetry if anything changed. An XID is
+        one EVENT code, XID, with the XID number as its value (as fleet tooling keys on XIDs)."""
         for ev in events:
+            subject = ev.stack if ev.stack >= 0 else 0xFFFF
+            if ev.kind is rasmod.RasEventKind.XID:
+                sev = self._XID_SEVERITY.get(ev.xid, Severity.ERROR)
+                self.events.append(ShardEvent(row, sev, EventCode.XID, subject, float(ev.xid), ev.text))
+                continue
             sev, code = self._RAS_EVENTS[ev.kind]
-            self.events.append(
-                ShardEvent(row, sev, code, ev.stack if ev.stack >= 0 else 0xFFFF, float(ev.addr), ev.text)
-            )
+            self.events.append(ShardEvent(row, sev, code, subject, float(ev.addr), ev.text))
         if self.ras[row].dirty:
             self.ras_sync(row)
 
@@ -502,6 +520,9 @@ class Shard:
             | (SnapshotFlags.CE_STORM if ctl.storm else 0)
         )
         self.ras_action[row] = int(ctl.recovery_action)
+        self.ras_remapped[row] = ctl.remapped_rows_by_cause()
+        self.ras_histogram[row] = ctl.histogram()
+        self.ras_last_xid[row] = ctl.last_xid
 
     def _ras_step(self, t: float, ts: float) -> None:
         """Background upsets (Poisson, rate doubling with HBM temperature) and injected CE storms,

@@ -165,7 +165,8 @@ def controller(profile: str = "colossus-mcm", **over) -> RasController:
 
 
 def kinds(events) -> list[str]:
-    return [e.kind.name for e in events]
+    """Event kinds, an XID as ``XID<n>``."""
+    return [f"XID{e.xid}" if e.kind is RasEventKind.XID else e.kind.name for e in events]
 
 
 @pytest.mark.parametrize("profile", ["colossus-mcm", "h100-sxm-class"])
@@ -189,12 +190,14 @@ def test_two_ces_at_one_address_mark_the_row_pending_until_reset():
     addr = r.cfg.geometry.encode(Location(1, 3, 7, 4242, 12))
     r.inject(addr, [9], stuck=True)
     assert kinds(r.read(addr, 1.0)[1]) == []
-    assert kinds(r.read(addr, 2.0)[1]) == ["REMAP_PENDING"]
-    assert r.remap_pending and r.recovery_action is RecoveryAction.GPU_RESET
-    assert (1, 3, 7, 4242) in r.pending
+    assert kinds(r.read(addr, 2.0)[1]) == ["REMAP_PENDING", "XID63"]
+    # NVML: a pending remap "won't affect future work on the GPU"; it is applied at the next reset
+    assert r.remap_pending and r.recovery_action is RecoveryAction.NONE
+    assert (1, 3, 7, 4242) in r.pending and r.remapped_rows_by_cause() == (1, 0)
     events = r.reset()
     assert kinds(events) == ["REMAPPED"] and not r.remap_pending
     assert r.recovery_action is RecoveryAction.NONE and len(r.remapped) == 1
+    assert r.remapped_rows_by_cause() == (1, 0)  # still counted: the row lives on a spare now
     assert r.read(addr, 3.0)[0].status is EccStatus.OK  # the spare row has no stuck cell
 
 
@@ -204,24 +207,25 @@ def test_an_uncorrectable_error_is_counted_once_and_marks_the_row():
     r.inject(addr, [1, 30])
     res, events = r.read(addr, 1.0)
     assert res.status is EccStatus.UNCORRECTABLE
-    assert kinds(events) == ["UE", "REMAP_PENDING"] and r.ue[0, 1] == 1
+    assert kinds(events) == ["UE", "XID48", "REMAP_PENDING", "XID63", "XID94"] and r.ue[0, 1] == 1
+    assert r.recovery_action is RecoveryAction.NONE and r.remapped_rows_by_cause() == (0, 1)
     assert r.read(addr, 2.0)[1] == [] and r.ue.sum() == 1  # poisoned: not counted again
     r.reset()
     assert r.read(addr, 3.0)[0].status is EccStatus.OK
 
 
-def test_spare_rows_run_out_remap_fails_and_the_node_must_reboot():
+def test_spare_rows_run_out_remap_fails_a_reset_is_asked_and_the_failure_sticks():
     r = controller("h100-sxm-class", spare_rows_per_bank=2)
     g = r.cfg.geometry
     failed = []
-    for row in range(3):
+    for row in range(1, 4):
         addr = g.encode(Location(4, 0, 9, row, 0))
         r.inject(addr, [0, 1])
-        failed += [e for e in r.read(addr, float(row))[1] if e.kind is RasEventKind.REMAP_FAILED]
-    assert len(r.pending) == 2 and r.remap_failed and len(failed) == 1
-    assert r.recovery_action is RecoveryAction.NODE_REBOOT
+        failed += [e for e in r.read(addr, float(row), demand=False)[1] if e.kind is RasEventKind.REMAP_FAILED]
+    assert len(r.pending) == 2 and r.remap_failed and len(failed) == 1 and r.last_xid == 64
+    assert r.recovery_action is RecoveryAction.GPU_RESET  # the XID catalog's bucket for XID 64
     r.reset()
-    assert r.remap_failed and r.recovery_action is RecoveryAction.NODE_REBOOT  # sticks: service it
+    assert r.remap_failed and r.recovery_action is RecoveryAction.NONE  # the flag stays: the RMA criterion
     assert r.spare_rows_free == 16 * 16 * 5 * 2 - 2
 
 
@@ -321,3 +325,120 @@ def test_scrub_passes_count_from_boot_not_from_the_epoch():
     assert r.scrub_passes == 2  # the cursor crossed two pass boundaries since
     r.reboot()
     assert r.scrub_passes == 0 and r.scrubbed == 0
+
+
+# --- NVML's remapped-row counts and histogram, NVIDIA's recovery actions and XIDs -----------------------
+
+
+def ue_at(r: RasController, loc: Location, t: float, *, demand: bool = True) -> list[str]:
+    addr = r.cfg.geometry.encode(loc)
+    r.inject(addr, [0, 1])  # two bits of one SEC-DED word: a UE
+    return kinds(r.read(addr, t, demand=demand)[1])
+
+
+def test_remap_counts_by_cause_count_pending_rows_and_the_histogram_follows_each_bank():
+    r = controller("h100-sxm-class")  # 4 spare rows a bank
+    g = r.cfg.geometry
+    banks = g.stacks * g.channels * g.banks
+    assert r.histogram() == (banks, 0, 0, 0, 0) and r.remapped_rows_by_cause() == (0, 0)
+    stuck = g.encode(Location(0, 0, 0, 9, 0))
+    r.inject(stuck, [4], stuck=True)
+    r.read(stuck, 1.0)
+    r.read(stuck, 2.0)  # a second CE at one address: a CE-caused remap, pending
+    assert r.remapped_rows_by_cause() == (1, 0) and r.histogram() == (banks - 1, 1, 0, 0, 0)
+    for k, row in enumerate((10, 11)):
+        ue_at(r, Location(0, 0, 0, row, 0), 3.0 + k)
+    assert r.remapped_rows_by_cause() == (1, 2) and r.histogram() == (banks - 1, 0, 0, 1, 0)  # 3 of 4 used: low
+    ue_at(r, Location(0, 0, 0, 12, 0), 6.0)
+    assert r.histogram() == (banks - 1, 0, 0, 0, 1)  # all 4 used: none
+    ue_at(r, Location(1, 2, 3, 40, 0), 7.0)
+    ue_at(r, Location(1, 2, 3, 41, 0), 8.0)
+    assert r.histogram() == (banks - 2, 0, 1, 0, 1)  # two used, two left: partial
+    r.reset()  # applied: the counts and the histogram are of recorded remaps, they do not move
+    assert r.remapped_rows_by_cause() == (1, 5) and r.histogram() == (banks - 2, 0, 1, 0, 1)
+    assert len(r.remapped) == 6 and not r.pending
+
+
+def test_availability_buckets_are_nvidias():
+    from mcm_firmware.control.ras import HISTOGRAM, availability_bucket
+
+    assert [HISTOGRAM[availability_bucket(u, 4)] for u in range(5)] == ["max", "high", "partial", "low", "none"]
+    assert [HISTOGRAM[availability_bucket(u, 8)] for u in (0, 1, 2, 6, 7, 8)] == [
+        "max",
+        "high",
+        "partial",
+        "partial",
+        "low",
+        "none",
+    ]
+    assert HISTOGRAM[availability_bucket(1, 2)] == "low"  # one used and one left: the scarcer reading
+
+
+def test_a_ue_takes_the_spare_row_of_a_ce_remap_in_a_full_bank():
+    r = controller("h100-sxm-class", spare_rows_per_bank=1)
+    g = r.cfg.geometry
+    stuck = g.encode(Location(2, 1, 1, 5, 0))
+    r.inject(stuck, [4], stuck=True)
+    r.read(stuck, 1.0)
+    r.read(stuck, 2.0)
+    assert r.remapped_rows_by_cause() == (1, 0)
+    other = g.encode(Location(2, 1, 1, 6, 0))
+    r.inject(other, [7], stuck=True)
+    r.read(other, 3.0)
+    assert kinds(r.read(other, 4.0)[1]) == []  # a CE finds no spare: not remapped, and no failure
+    assert r.remapped_rows_by_cause() == (1, 0) and not r.remap_failed
+    assert ue_at(r, Location(2, 1, 1, 7, 0), 5.0) == ["UE", "XID48", "REMAP_PENDING", "XID63", "XID94"]
+    assert r.remapped_rows_by_cause() == (0, 1) and (2, 1, 1, 5) not in r.pending and not r.remap_failed
+    assert "XID64" in ue_at(r, Location(2, 1, 1, 8, 0), 6.0)  # now no spare is left for a UE
+    assert r.remap_failed
+
+
+def test_a_ue_on_a_row_remapped_already_fails_the_remap():
+    r = controller("h100-sxm-class")
+    loc = Location(3, 0, 2, 77, 1)
+    ue_at(r, loc, 1.0)
+    r.reset()
+    assert r.remapped_rows_by_cause() == (0, 1) and not r.remap_failed
+    assert ue_at(r, loc, 2.0) == ["UE", "XID48", "REMAP_FAILED", "XID64", "XID94"]
+    assert r.remap_failed and r.recovery_action is RecoveryAction.GPU_RESET
+
+
+def test_the_513th_ue_remap_fails():
+    r = controller("h100-sxm-class")
+    g = r.cfg.geometry
+    for k in range(512):  # spread over banks so that none runs out of spare rows
+        ch, bank = divmod(k, g.banks)
+        assert not any(x == "XID64" for x in ue_at(r, Location(k % g.stacks, ch % g.channels, bank, 100, 0), k))
+    assert r.remapped_rows_by_cause() == (0, 512) and not r.remap_failed
+    assert "XID64" in ue_at(r, Location(4, 15, 15, 200, 0), 600.0) and r.remap_failed
+
+
+def test_recovery_actions_follow_nvidias_table():
+    r = controller("h100-sxm-class")
+    # found by the patrol scrubber: no application read it, nothing to contain
+    assert ue_at(r, Location(0, 0, 0, 5, 0), 1.0, demand=False) == ["UE", "XID48", "REMAP_PENDING", "XID63"]
+    assert r.recovery_action is RecoveryAction.NONE
+    # read by the workload: contained to the reader (XID 94), the GPU stays in use
+    assert ue_at(r, Location(0, 0, 1, 5, 0), 2.0)[-1] == "XID94"
+    assert r.recovery_action is RecoveryAction.NONE and r.remap_pending
+    # read by the workload in memory every context shares: uncontained (XID 95), reboot the node
+    assert ue_at(r, Location(0, 0, 2, 0, 0), 3.0)[-1] == "XID95"
+    assert r.recovery_action is RecoveryAction.NODE_REBOOT and r.last_xid == 95
+    r.reset()  # a GPU reset applies the remaps but is not the node reboot asked for
+    assert not r.remap_pending and r.recovery_action is RecoveryAction.NODE_REBOOT
+    r.reboot(10.0)
+    assert r.recovery_action is RecoveryAction.NONE and r.last_xid == 0
+    assert r.remapped_rows_by_cause() == (0, 3)  # recorded remaps outlive a reboot, as in the InfoROM
+
+
+def test_scrub_passes_count_from_the_boot_even_when_the_scrubber_first_reads_later():
+    r = controller(scrub_interval_s=100.0, access_rate_hz=0.0)
+    t0 = 1_796_000_000.0
+    r.booted_at = t0  # the runtime sets this when the controller boots
+    assert r.passes_at(t0 + 99.0) == 0 and r.passes_at(t0 + 250.0) == 2  # nothing stored: still counted
+    r.inject(r.cfg.geometry.encode(Location(0, 0, 0, 0, 0)), [3])
+    r.step(t0 + 300.0, 0.5, np.zeros(8))  # the first scrub, 300 s after boot
+    assert r.scrub_passes == 3 and r.passes_at(t0 + 300.0) == 3
+    assert r.scrubbed_at(t0 + 300.0) == 3 * r.cfg.geometry.words
+    r.reboot(t0 + 1000.0)
+    assert r.scrub_passes == 0 and r.passes_at(t0 + 1050.0) == 0 and r.passes_at(t0 + 1100.0) == 1

@@ -112,16 +112,57 @@ def test_ras_remap_reset_and_clear_through_commands(on_fleet):
 
     before, st, after, cleared, rec = on_fleet(fn, settle=5)
     assert isinstance(before, RasResult)
-    assert before.ce >= 2 and before.flags & 1 and before.recovery_action == 1
+    # a CE-caused remap, pending: NVML counts it, and asks for no recovery action (applied at a reset)
+    assert before.ce >= 2 and before.flags & 1 and before.recovery_action == 0
+    assert (before.remapped_correctable, before.remapped_uncorrectable, before.last_xid) == (1, 0, 63)
+    banks = 8 * 16 * 16  # colossus-mcm: 8 stacks x 16 channels x 16 banks, 4 spare rows each
+    hist = (before.banks_max, before.banks_high, before.banks_partial, before.banks_low, before.banks_none)
+    assert hist == (banks - 1, 1, 0, 0, 0)
     assert [(p.stack, p.channel, p.bank, p.row) for p in before.pending] == [(3, 4, 5, 678)]
     assert before.stacks[3].ce[4] == before.ce
-    assert st["ras"]["remap_pending"] is True and st["ras"]["recovery_action"] == "GPU_RESET"
+    assert st["ras"]["remap_pending"] is True and st["ras"]["recovery_action"] == "NONE"
     assert st["ras"]["ce"] == before.ce and st["hbm"][3]["ce"] == before.ce
     assert after.pending == () and after.remapped_rows == 1 and after.recovery_action == 0
+    assert after.remapped_correctable == 1 and after.banks_high == 1  # recorded remaps stay counted
     assert cleared.ce == 0 and cleared.remapped_rows == 1
-    codes = [e.code for e in rec.of(0, Channel.EVT)]
+    events = rec.of(0, Channel.EVT)
+    codes = [e.code for e in events]
     for code in (EventCode.REMAP_PENDING, EventCode.ROW_REMAPPED, EventCode.RESET_DONE, EventCode.RAS_CLEARED):
         assert code in codes, code.name
+    assert [e.value for e in events if e.code == EventCode.XID] == [63.0]
+
+
+def test_an_uncontained_ue_through_commands_xids_counts_metrics_and_a_reboot(on_fleet):
+    """inject hbm-flip of two bits in row 0 (memory every context shares): XIDs 48, 63, 95,
+    NODE_REBOOT; a reset applies the remap and leaves the reboot asked for; a reboot clears it."""
+    from mcm_firmware.runtime.metrics import module_values
+
+    async def fn(fleet, host, rec):
+        shard, row = fleet.shard_of(0)
+        addr = shard.ras[row].cfg.geometry.encode(Location(1, 2, 3, 0, 4))
+        await host.request(0, Op.INJECT, InjectArgs(kind=FaultKind.HBM_FLIP, target=hex(addr), value=2, value2=1))
+        await asyncio.sleep(5)
+        seen = (await host.request(0, Op.RAS)).data
+        metrics = {k: float(v[row]) for k, v in module_values(shard).items()}
+        await host.request(0, Op.RESET)
+        await asyncio.sleep(1)
+        reset = (await host.request(0, Op.RAS)).data
+        await host.request(0, Op.INJECT, InjectArgs(kind=FaultKind.REBOOT, target="", value=math.nan, value2=math.nan))
+        await asyncio.sleep(8)
+        rebooted = (await host.request(0, Op.RAS)).data
+        return seen, metrics, reset, rebooted, rec
+
+    seen, metrics, reset, rebooted, rec = on_fleet(fn, settle=2, profile="h100-sxm-class")
+    assert seen.ue == 1 and seen.recovery_action == 2 and seen.last_xid == 95  # NODE_REBOOT
+    assert (seen.remapped_correctable, seen.remapped_uncorrectable) == (0, 1) and seen.flags & 1
+    assert metrics["MCM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS"] == 1 and metrics["MCM_FI_DEV_ROW_REMAP_PENDING"] == 1
+    assert metrics["MCM_FI_DEV_ROW_REMAP_FAILURE"] == 0 and metrics["MCM_FI_DEV_XID_ERRORS"] == 95
+    assert metrics["MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_HIGH"] == 1
+    assert metrics["MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_MAX"] == 5 * 16 * 16 - 1
+    assert reset.pending == () and reset.remapped_rows == 1 and reset.recovery_action == 2  # not a reboot
+    assert rebooted.recovery_action == 0 and rebooted.last_xid == 0 and rebooted.remapped_uncorrectable == 1
+    xids = [(e.value, e.subject, e.severity.name) for e in rec.of(0, Channel.EVT) if e.code == EventCode.XID]
+    assert xids == [(48.0, 1, "ERROR"), (63.0, 1, "NOTICE"), (95.0, 1, "CRITICAL")]
 
 
 def test_status_carries_mode_pstate_and_ras(on_fleet):
