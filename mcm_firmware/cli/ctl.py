@@ -75,6 +75,8 @@ def node_selection(text: str) -> list[int] | None:
             raise argparse.ArgumentTypeError(
                 f"NODE {text!r}: give a node id, ids and ranges separated by commas (0-7,9), or all"
             ) from None
+        if not sep and not 0 <= a <= U32_MAX:
+            raise argparse.ArgumentTypeError(f"NODE must be within 0..{U32_MAX}, got {part}")
         if not (0 <= a <= U32_MAX and 0 <= b <= U32_MAX) or b < a:
             raise argparse.ArgumentTypeError(f"NODE {text!r}: {part!r} is not a range of node ids 0..{U32_MAX}")
         if len(ids) + b - a + 1 > MAX_SELECTION:
