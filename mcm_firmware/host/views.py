@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
 from enum import IntEnum
 from typing import Any
 
 from ..protocol import (
     Birth,
+    Command,
     CoolingMode,
     Death,
     EccMode,
     Event,
     EventCode,
+    FrameFlags,
     Link,
     Message,
     NodeState,
@@ -27,6 +31,7 @@ from ..protocol import (
     Snapshot,
     SnapshotFlags,
     StatsResult,
+    Status,
     StatusResult,
     Telemetry,
     ValveFlags,
@@ -267,9 +272,35 @@ def typed_json(x: Any) -> Any:
     return _num(x) if isinstance(x, float) else x
 
 
+def clock_text(timestamp_ns: int) -> str:
+    """A frame's timestamp as ``HH:MM:SS.mmm`` (UTC), for lines that follow a stream."""
+    secs, ns = divmod(timestamp_ns, 1_000_000_000)
+    try:
+        return time.strftime("%H:%M:%S", time.gmtime(secs)) + f".{ns // 1_000_000:03d}"
+    except (OverflowError, OSError, ValueError):
+        return f"t={timestamp_ns}ns"
+
+
+def _fields_text(value: Any) -> str:
+    """The scalar fields of an operation's arguments or answer, ``name=value`` (lists counted)."""
+    if value is None or not dataclasses.is_dataclass(value):
+        return ""
+    parts = []
+    for f in dataclasses.fields(value):
+        v = getattr(value, f.name)
+        if isinstance(v, float):
+            parts.append(f"{f.name}={v:g}")
+        elif isinstance(v, (int, str)):
+            parts.append(f"{f.name}={v}")
+        elif isinstance(v, tuple):
+            parts.append(f"{f.name}=[{len(v)}]")
+    return " ".join(parts)
+
+
 def message_line(address: Address | None, msg: Message) -> str:
-    """One human line per message, for ``monitor`` without ``--json``."""
-    head = f"{msg.node_id:>5} {msg.TYPE.name:<9} seq={msg.seq:<8}"
+    """One human line per message, for ``monitor`` without ``--json``: the frame's time (UTC), the
+    node, the type, the sequence number and the decoded fields that matter for each type."""
+    head = f"{clock_text(msg.timestamp_ns)} {msg.node_id:>5} {msg.TYPE.name:<9} seq={msg.seq:<8}"
     if isinstance(msg, (Telemetry, Samples)):
         s = msg.snapshot
         temps = [d.temp_c for d in s.dies]
@@ -297,8 +328,15 @@ def message_line(address: Address | None, msg: Message) -> str:
         ranges = ",".join(f"{r.first}-{r.last}" for r in msg.ranges)
         return f"{head} {msg.condition.name} link={msg.link} bdseq={msg.bdseq} nodes={ranges}"
     if isinstance(msg, Response):
-        return f"{head} request={msg.request_id} {_op_name(msg.op)} {msg.status.name} {msg.message}"
-    return f"{head} {message_json(address, msg)}"
+        status = msg.status.name if isinstance(msg.status, Status) else str(msg.status)
+        detail = _fields_text(msg.data) if not isinstance(msg.data, StatusResult) else "(status: see ctl status)"
+        return " ".join(
+            x for x in (f"{head} request={msg.request_id} {_op_name(msg.op)} {status}", msg.message, detail) if x
+        )
+    if isinstance(msg, Command):
+        retry = " RETRY" if msg.flags & FrameFlags.RETRY else ""
+        return f"{head} request={msg.request_id} {_op_name(msg.op)}{retry} {_fields_text(msg.args)}".rstrip()
+    return f"{head} {json.dumps(message_json(address, msg))}"
 
 
 def ras_text(obj: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -30,7 +31,9 @@ def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):
     assert len(frames) == 6
     assert sum(f["type"] == "BIRTH" and f["retained"] for f in frames) >= 3  # the retained states first
     text = run_cli("monitor", "--broker", url, "--count", "3", "--node", "1")
-    assert text.returncode == 0 and all(x.split()[0] == "1" for x in text.stdout.splitlines())
+    lines = text.stdout.splitlines()
+    assert text.returncode == 0 and all(x.split()[1] == "1" for x in lines)  # time (UTC), node, type ...
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", x.split()[0]) for x in lines)
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
     run.wait_line("stopped 3 nodes")

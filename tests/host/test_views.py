@@ -79,3 +79,17 @@ def test_status_text_shows_coolant_faults_counters_and_readings_not_taken():
     assert "link: rx" in text and "die 0: n/a" in text and "None" not in text
     power = next(line for line in text.splitlines() if line.startswith("  power "))
     assert power.split()[1].count(".") == 1 and len(power.split()[1].split("/")[0].split(".")[1]) == 1  # 1 decimal
+
+
+def test_every_golden_message_has_a_line_with_its_time_and_no_raw_dict():
+    import re
+
+    from mcm_firmware.host.views import message_line
+    from mcm_firmware.testing.golden import GOLDEN
+
+    for name, msg in GOLDEN.items():
+        line = message_line(None, msg)
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3} +\d+ [A-Z]+ +seq=\d+", line), (name, line)
+        assert "{" not in line and "'" not in line.split(" seq=")[1][:40], (name, line)
+    cmd = message_line(None, GOLDEN["command-set-power-cap"])
+    assert cmd.endswith("SET_POWER_CAP watts=800")
