@@ -132,6 +132,20 @@ def test_ras_remap_reset_and_clear_through_commands(on_fleet):
     assert [e.value for e in events if e.code == EventCode.XID] == [63.0]
 
 
+def test_the_patrol_scrubber_counts_from_boot_with_nothing_stored(on_fleet):
+    """No error anywhere: the scrubber still walks the memory from the boot (it counted nothing
+    until a first stored word, and then from that read)."""
+
+    async def fn(fleet, host):
+        shard, row = fleet.shard_of(0)
+        return (await host.request(0, Op.RAS)).data, shard.ras[row].cfg, float(shard.t - shard.boot_t[row])
+
+    r, cfg, up = on_fleet(fn, settle=30)
+    assert up >= 30 and r.scrub_passes == 0  # 24 h a pass
+    expected = cfg.geometry.words * up / cfg.scrub_interval_s
+    assert r.scrubbed_words > 0 and abs(r.scrubbed_words - expected) <= 0.01 * expected
+
+
 def test_an_uncontained_ue_through_commands_xids_counts_metrics_and_a_reboot(on_fleet):
     """inject hbm-flip of two bits in row 0 (memory every context shares): XIDs 48, 63, 95,
     NODE_REBOOT; a reset applies the remap and leaves the reboot asked for; a reboot clears it."""
