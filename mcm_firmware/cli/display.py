@@ -68,19 +68,24 @@ class Display:
         rows = list(self.fleet.summary(limit=TABLE_ROWS))
         n = len(self.fleet.nodes)
         table = Table(title=f"fleet {self.fleet.name}: {n} nodes, {time.monotonic() - self._t0:.0f} s", expand=False)
-        for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "clock MHz"):
-            table.add_column(col, justify="right")
+        for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "cap W", "clock MHz", "pumps", "faults"):
+            table.add_column(col, justify="left" if col in ("pumps", "faults") else "right")
         for r in rows:
+            state = r["state"]
             table.add_row(
                 str(r["node"]),
-                r["state"],
+                f"[red]{state}[/red]" if state in ("DOWN", "SHUTDOWN") else state,
                 _mode(r["mode"]),
-                r["link"],
+                r["link"] if r["link"] == "up" else f"[yellow]{r['link']}[/yellow]",
                 f"{r['temp_c']:.1f}",
                 f"{r['power_w']:.0f}",
+                f"{r['cap_w']:.0f}",
                 f"{r['clock_mhz']:.0f}",
+                r["pumps"],
+                ", ".join(r["faults"]) or "-",
             )
-        caption = [f"... and {n - len(rows)} more"] if n > len(rows) else []
+        legend = "pumps: * lead, - stopped, ! faulty"
+        caption = [legend] + ([f"... and {n - len(rows)} more"] if n > len(rows) else [])
         if self._last is not None:
             caption.append(meter_line(self._last))
         if self._behind_since is not None:
@@ -107,9 +112,11 @@ class Display:
             stamp = f"t={time.monotonic() - self._t0:7.1f}s"
             if len(self.fleet.nodes) <= 16:
                 for r in self.fleet.summary():
+                    faults = f" faults={','.join(x.replace(' ', ':') for x in r['faults'])}" if r["faults"] else ""
                     print(
                         f"{stamp} node={r['node']} state={r['state']} mode={_mode(r['mode'])} link={r['link']} "
-                        f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}W clock={r['clock_mhz']:.0f}MHz",
+                        f"Tmax={r['temp_c']:.1f}C power={r['power_w']:.0f}/{r['cap_w']:.0f}W "
+                        f"clock={r['clock_mhz']:.0f}MHz pumps={r['pumps'].replace(' ', ',')}{faults}",
                         flush=True,
                     )
             else:

@@ -273,15 +273,29 @@ class Fleet:
             node = self.nodes[nid]
             shard, row = node.shard, node.row
             temps = shard.s_die.value[row]
+            cool = shard.cool
+            names = [pp.name for pp in shard.profile.cooling.pumps]
+            pumps = " ".join(
+                name
+                + ("*" if int(cool.lead[row]) == k else "")
+                + ("!" if cool.pump_fault[row, k] else "" if cool.pump_on[row, k] else "-")
+                for k, name in enumerate(names)
+            )
+            state = node.state.name if node.state.name != "RUNNING" else shard.node_state(row).name
+            if not node.up and not node.rebooting:  # crashed for good, or stopped: not coming back
+                state = "DOWN"
             yield {
                 "node": nid,
                 "profile": shard.profile.name,
-                "state": node.state.name if node.state.name != "RUNNING" else shard.node_state(row).name,
+                "state": state,
                 "link": "up" if node.link_up else "down",
                 "temp_c": float(np.nanmax(temps)) if np.isfinite(temps).any() else float("nan"),
                 "power_w": float(shard.plant.p_total[row]),
+                "cap_w": float(shard.dvfs.cap_w[row]),
                 "clock_mhz": float(shard.dvfs.mhz[row].mean()),
                 "mode": shard.cooling_mode(np.array([row]))[0],
+                "pumps": pumps,
+                "faults": [str(f) for f in node.faults.values()],
             }
 
     def totals(self) -> dict[str, Any]:

@@ -263,6 +263,11 @@ class Node:
         """The controller is running (not stopped, not crashed, not rebooting)."""
         return bool(self._tasks) and not self._stopping
 
+    @property
+    def rebooting(self) -> bool:
+        """A crash with a reboot to come, or a reboot, is under way."""
+        return self._life is not None and not self._life.done()
+
     def start(self) -> None:
         """Boot: BOOT event, then the link and tx tasks."""
         if self._tasks:

@@ -159,3 +159,56 @@ def test_a_node_that_does_not_answer_is_explained(mosquitto, cli_process):
         if "DEATH" in r.stderr or time.monotonic() > deadline:
             break
     assert r.returncode == 1 and "node 0 is offline: its last state is a DEATH (CONNECTION_LOST" in r.stderr
+
+
+def test_run_summary_lines_show_pumps_cap_faults_and_a_crashed_node_as_down(cli_process):
+    port = free_port()
+    run = cli_process("run", "--nodes", "2", "--embedded-port", str(port), "--summary-interval", "0.5")
+    run.wait_line("node=1 state=RUNNING")
+    url = f"mqtt://127.0.0.1:{port}"
+    assert run_cli("ctl", "--broker", url, "0", "inject", "pump-fail", "A").returncode == 0
+    assert run_cli("ctl", "--broker", url, "0", "set-power-cap", "900").returncode == 0
+    assert run_cli("ctl", "--broker", url, "1", "inject", "crash").returncode == 0  # no reboot: gone for good
+    line0 = run.wait_line("/900W clock=", timeout=20)  # the cap, then the failed-over pumps
+    assert "node=0 " in line0 and line0.endswith("pumps=A!,B* faults=pump-fail:A"), line0
+    line1 = run.wait_line("node=1 state=DOWN", timeout=20)
+    assert "link=down" in line1
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
+
+
+def test_the_live_table_on_a_terminal_has_pumps_cap_and_faults_columns():
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT, cli_env
+
+    primary, secondary = pty.openpty()
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcm_firmware", "run", "--nodes", "2", "--embedded-port", str(port), "--duration", "4"],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env={**cli_env(), "COLUMNS": "160"},
+        cwd=ROOT,
+    )
+    os.close(secondary)
+    time.sleep(2.0)
+    assert run_cli("ctl", "--broker", f"mqtt://127.0.0.1:{port}", "0", "inject", "pump-fail", "A").returncode == 0
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    for column in ("cap W", "pumps", "faults", "Tmax °C"):
+        assert column in screen, column
+    assert "pump-fail A" in screen and "A!" in screen and "* lead, - stopped, ! faulty" in screen
