@@ -201,6 +201,24 @@ class RunCollector(Collector):
             for q in (0.5, 0.99, 1.0):
                 family.add_metric([*fleet, str(q)], float(np.quantile(values, q)) if len(values) else 0.0)
             yield family
+        drops = CounterMetricFamily(
+            "mcm_run_frames_refused",
+            "Frames the nodes refused or dropped, by kind (since each node's boot): commands over the "
+            "node's rate, frames rejected (undecodable, or refused by frame authentication, also counted "
+            "as auth), responses and events lost to a full outbox.",
+            labels=("fleet", "kind"),
+        )
+        sums = dict.fromkeys(("commands_refused", "rejected", "auth", "responses_dropped", "events_dropped"), 0)
+        for node in self.fleet.nodes.values():
+            c = node.counters
+            sums["commands_refused"] += c.cmd_refused
+            sums["rejected"] += c.rx_rejected
+            sums["auth"] += c.auth_refused
+            sums["responses_dropped"] += c.rsp_dropped
+            sums["events_dropped"] += c.evt_dropped
+        for kind, value in sums.items():
+            drops.add_metric([*fleet, kind], float(value))
+        yield drops
         up = GaugeMetricFamily(
             "mcm_run_nodes", "Nodes of this run, and how many have their link up.", labels=("fleet", "state")
         )

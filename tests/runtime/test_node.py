@@ -373,9 +373,17 @@ def test_a_command_flood_is_refused_above_the_node_rate_and_counted(on_fleet):
         await asyncio.sleep(3.0)  # the bucket refills: commands run again
         after = await host.request(0, Op.PING, check=False)
         stats = await host.request(0, Op.STATS)
-        return answers, faults, after, stats.data, node.counters.cmd_refused, peak
+        from prometheus_client.parser import text_string_to_metric_families
 
-    answers, faults, after, stats, refused, peak = on_fleet(scenario, nodes=1, settle=2)
+        from mcm_firmware.runtime.metrics import FleetCollector, Renderer
+
+        text = Renderer(FleetCollector(fleet)).render()
+        families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+        metric = {s.labels["kind"]: s.value for s in families["mcm_run_frames_refused"].samples}
+        return answers, faults, after, stats.data, node.counters.cmd_refused, peak, metric
+
+    answers, faults, after, stats, refused, peak, metric = on_fleet(scenario, nodes=1, settle=2)
+    assert metric["commands_refused"] == refused and metric["responses_dropped"] == 0  # and in the metrics
     statuses = [a.status for a in answers]
     ok, no = statuses.count(Status.OK), statuses.count(Status.REFUSED)
     assert ok + no == 1000 and COMMAND_BURST - 5 <= ok <= COMMAND_BURST + 20 and no == refused
