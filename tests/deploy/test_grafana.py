@@ -48,7 +48,7 @@ def test_the_dashboard_queries_what_a_run_exports(mosquitto, cli_process):
     for p in dash["panels"]:
         assert p["type"] == "row" or p["targets"], p["title"]
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
 
     port = free_port()
     run = cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", "gf", "--metrics-port", str(port))
