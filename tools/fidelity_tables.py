@@ -6,13 +6,16 @@
 idle: 16 modules idle for 60 s, the 1 s mean power of each (min..max) and the idle clock.
 heat: 4 modules at steady full load for 150 s: over the last 30 s, the coolant's heat balance
       (power against flow x c_p x outlet rise) and flow per kW.
-cap:  power-cap steps and load steps, the 1 s means of module power against the cap.
+cap:  load steps and cap steps, up and down, at caps across the range, 4 modules each: the 1 s
+      means of module power from the step on, against the cap (the longest a module spent over).
 The tests in tests/control/test_fidelity.py hold the same figures to their limits.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -77,13 +80,29 @@ def heat(profiles: list[str]) -> None:
         )
 
 
+def cap(profiles: list[str]) -> None:
+    # the very procedure tests/control/test_fidelity.py holds to its limits
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.control.test_fidelity import cap_case, cap_cases
+
+    print("| profile | step | cap | max 1 s mean over the cap | time over the cap | time over cap + 1 % | max tick |")
+    print("|---------|------|-----|---------------------------|-------------------|---------------------|----------|")
+    for name in profiles:
+        for kind, limit in cap_cases(name):
+            r = cap_case(name, kind, limit)
+            print(
+                f"| `{name}` | {kind} | {limit:.0f} W | {100 * r['max_over']:+.2f} % ({r['max_over'] * limit:+.1f} W) "
+                f"| {r['s_over']:.2f} s | {r['s_over_tol']:.2f} s | {100 * r['tick_over']:+.1f} % |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("tables", nargs="*", default=["idle"], choices=["idle", "heat"])
+    ap.add_argument("tables", nargs="*", default=["idle"], choices=["idle", "heat", "cap"])
     ap.add_argument("--profiles", nargs="+", default=PROFILES)
     args = ap.parse_args()
     for table in args.tables:
-        {"idle": idle, "heat": heat}[table](args.profiles)
+        {"idle": idle, "heat": heat, "cap": cap}[table](args.profiles)
         print()
 
 

@@ -138,8 +138,13 @@ def plot(profile: str, scenario: str, out: Path) -> Path:
             a.plot(t, y, lw=4, label=r.name)
     a.legend(loc="lower right", fontsize=8)
     a = ax[2]
-    a.plot(t, trace["power"], label="module power", lw=0.8)
-    a.plot(t, trace["avg_long"], label="long-window average (PL1)")
+    power = np.array(trace["power"])
+    n = round(sh.tick_hz)
+    mean_1s = np.convolve(power, np.ones(n) / n)[: len(power)]  # trailing 1 s mean, as NVML reads
+    mean_1s[: n - 1] = np.nan
+    a.plot(t, power, label="module power", lw=0.8)
+    a.plot(t, mean_1s, label="1 s mean")
+    a.plot(t, trace["avg_long"], label="long-window average", lw=0.8)
     a.plot(t, trace["cap"], "k--", label="power cap")
     a.set_ylabel("W")
     a.legend(loc="lower right", fontsize=8)

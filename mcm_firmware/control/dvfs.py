@@ -6,25 +6,25 @@ clock-event-reasons bitmask names the limits that bind:
 * governor (schedutil-like): ``f = 1.25 * f_max * util`` on frequency-invariant utilisation
   (busy fraction times ``f / f_max``), rounded up to a P-state; idle dice report ``GpuIdle``;
 * locked application clocks (``lock-clocks``): ``ApplicationsClocksSetting``;
-* software power cap, RAPL-like: the module's power is averaged (exponentially weighted) over a
-  long window (PL1) and a short one (PL2). The power aimed for is ``2 * cap - long average``,
-  and at most ``2 * PL2 - short average`` with ``PL2 = cap * short_limit_factor``, bounded to
-  ``cap * [2 - short_limit_factor, short_limit_factor]``: while the long average is below the
-  cap a burst up to PL2 is allowed; once the budget is used the target is the cap, and below it
-  while an overshoot is paid back (a new cap starts with its budget spent, not in debt for the
-  power drawn under the old one). A power *estimator* (the firmware's own model:
-  ``C_eff * V^2 * f * activity`` plus leakage at the measured temperature, with the activity each
-  P-state would have at the present demand, plus the HBM) gives, every period, the clock at which
-  the module would draw the target, so a load step is limited in the same period. A *trim*
-  corrects the model by the ratio of measured to estimated power at the clocks that ran
-  (:func:`learn_trim`), whatever limits the power. The dice dither between the two P-states
-  around that clock so that the average clock, and so
-  the average power, meets the target: ``SwPowerCap``;
+* software power cap, a ceiling on every 1 s mean of module power (NVML's power reading is a
+  1 s average and real boards hold it within a few watts of the limit): the power aimed for in
+  every period is the cap, less what the short-window average (``short_window_s``) runs over
+  it, never below ``cap * (2 - short_limit_factor)``; power saved in a lull buys no burst over
+  the cap (RAPL's PL2 bursts on PL1 budget ran the 1 s mean several % over it for seconds). A
+  power *estimator* (the firmware's own model: ``C_eff * V^2 * f * activity`` plus leakage at
+  the measured temperature plus the uncore, with the activity each P-state would have at the
+  present demand, plus the HBM) gives, every period, the clock at which the module would draw
+  the target, so a load step is limited in the same period. A *trim* corrects the model by the
+  ratio of measured to estimated power at the clocks that ran (:func:`learn_trim`, time constant
+  ``TRIM_TAU_S``), whatever limits the power. The clock is set on a 15 MHz grid
+  (``CLOCK_STEP_MHZ``, the voltage following the V/f curve between the P-states), dithering
+  between the two grid clocks around the estimator's so that the average clock, and so the
+  average power, meets the target: ``SwPowerCap``;
 * software thermal slowdown above ``slowdown_c`` (on the firmware's sensor readings), released
-  ``hysteresis_c`` below it: ``SwThermalSlowdown``;
+  ``hysteresis_c`` below it, on the same clock grid: ``SwThermalSlowdown``;
 * forced minimum clock in natural-convection mode (both pumps lost): ``SwThermalSlowdown``;
 * hardware slowdown, a fast comparator on the die's own diode and on the VRM current: above
-  ``hw_slowdown_c`` or the VRM current limit the clock is at least halved at once:
+  ``hw_slowdown_c`` or the VRM current limit the clock is at least halved at once (to the grid):
   ``HwSlowdown`` (+ ``HwThermalSlowdown`` for temperature); the external power-brake input does
   the same: ``HwSlowdown`` + ``HwPowerBrakeSlowdown``;
 * shutdown above ``shutdown_c``: the dice lose power until every die has cooled below
@@ -61,7 +61,8 @@ def _clip(x: np.ndarray, lo: float | np.ndarray, hi: float | np.ndarray) -> np.n
 IDLE_UTIL = 0.02
 SATURATED_UTIL = 0.97
 SCHEDUTIL_HEADROOM = 1.25
-TRIM_TAU_S = 1.0  # time constant of the estimator's trim
+TRIM_TAU_S = 0.1  # time constant of the estimator's trim
+CLOCK_STEP_MHZ = 15.0  # the ceilings set clocks on this grid below f_max (NVIDIA's clocks move in 15 MHz steps)
 TRIM_RANGE = (0.6, 1.4)  # how far the trim may correct the estimator
 TRIM_MAX_STEP = 0.1  # largest log-error the trim takes in one period
 OCP_HOLD_S = 1.0  # an over-current slowdown is held at least this long
@@ -137,6 +138,24 @@ class DvfsConfig:
     def v_ratio(self) -> np.ndarray:
         return self.mv / self.mv[0]
 
+    @cached_property
+    def mv_ascending(self) -> np.ndarray:
+        return self.mv[::-1]
+
+    def mv_at(self, mhz: np.ndarray) -> np.ndarray:
+        """Voltage of any clock: linear on the V/f curve between the P-states around it."""
+        return np.interp(mhz, self.mhz_ascending, self.mv_ascending)
+
+    def grid_floor(self, f: np.ndarray) -> np.ndarray:
+        """The fastest clock of the grid (``f_max - k * CLOCK_STEP_MHZ``, and ``f_min``) at or below f."""
+        k = np.ceil((self.f_max - f) / CLOCK_STEP_MHZ - 1e-9)
+        return _clip(self.f_max - k * CLOCK_STEP_MHZ, self.f_min, self.f_max)
+
+    def grid_ceil(self, f: np.ndarray) -> np.ndarray:
+        """The slowest clock of the grid at or above f (``f_min`` below it, ``f_max`` above)."""
+        k = np.floor((self.f_max - f) / CLOCK_STEP_MHZ + 1e-9)
+        return _clip(self.f_max - k * CLOCK_STEP_MHZ, self.f_min, self.f_max)
+
     @property
     def f_max(self) -> float:
         return float(self.mhz[0])
@@ -155,7 +174,8 @@ class DvfsState:
         self.cap_w = np.full(n, cap_w)
         self.cap_seen = self.cap_w.copy()  # the limit the averages were last checked against
         self.lock_mhz = np.zeros(n)  # 0: not locked
-        self.f_cap = np.full(n, cfg.f_max)  # power-cap ceiling (from the estimator)
+        # the ceiling in force on each die this period, on the clock grid (f_max: none binds)
+        self.f_cap = np.full((n, dies), cfg.f_max)
         self.trim = np.ones(n)  # estimator correction
         self.f_therm = np.full((n, dies), cfg.f_max)  # software thermal ceiling
         self.dither = np.zeros((n, dies))
@@ -305,16 +325,18 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     else:
         p = p_gov
 
-    # power cap: the PL1 budget sets a target bounded by PL2; the estimator turns it into a clock
-    pl2 = st.cap_w * cfg.short_limit_factor
-    changed = st.cap_w != st.cap_seen
-    if changed.any():  # a new limit starts with its budget spent, not in debt for the old one
-        st.avg_long = np.where(changed, np.minimum(st.avg_long, st.cap_w), st.avg_long)
-        st.avg_short = np.where(changed, np.minimum(st.avg_short, pl2), st.avg_short)
-        st.cap_seen = st.cap_w.copy()
-    budget = np.minimum(2.0 * st.cap_w - st.avg_long, 2.0 * pl2 - st.avg_short)
-    target = _clip(budget, st.cap_w * (2.0 - cfg.short_limit_factor), pl2)
-    st.f_cap = estimate_clock_for(cfg, target / st.trim, work_demand(cfg, util, st.mhz), t_die_sensor)
+    # power cap: a ceiling on the power of every period, so that every 1 s mean holds it; power
+    # drawn over the cap (the short average above it) is paid back below it. The estimator turns
+    # the target into a clock.
+    cap = st.cap_w
+    changed = cap != st.cap_seen
+    if changed.any():  # a new limit starts with nothing to pay back for the power under the old one
+        st.avg_long = np.where(changed, np.minimum(st.avg_long, cap), st.avg_long)
+        st.avg_short = np.where(changed, np.minimum(st.avg_short, cap), st.avg_short)
+        st.cap_seen = cap.copy()
+    payback = np.maximum(st.avg_short - cap, 0.0)
+    target = np.maximum(cap - payback, cap * (2.0 - cfg.short_limit_factor))
+    f_cap = estimate_clock_for(cfg, target / st.trim, work_demand(cfg, util, st.mhz), t_die_sensor)
 
     # software thermal slowdown on sensor readings (NaN readings do not move it)
     t = np.where(np.isnan(t_die_sensor), cfg.slowdown_c - cfg.hysteresis_c, t_die_sensor)
@@ -324,49 +346,47 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     st.f_therm = _clip(st.f_therm - down + up, f_min, f_max)
     f_therm = np.where(st.forced_min[:, None], f_min, st.f_therm)
 
-    # The ceilings act through dithering between the P-states around the lower of them. A reason
-    # bit is set while its (continuous) ceiling is below the requested clock, whichever P-state
-    # the dithering picks in a given period.
+    # The ceilings set the clock on the 15 MHz grid, dithering between the two grid clocks around
+    # the lower of them so that the average clock meets it. A reason bit is set while its
+    # (continuous) ceiling is below the requested clock. The P-state reported is the slowest at or
+    # above the clock that runs.
     f_req = cfg.mhz[p]
-    cap_binds = st.f_cap[:, None] < f_req - 1e-6
+    cap_binds = f_cap[:, None] < f_req - 1e-6
     therm_binds = f_therm < f_req - 1e-6
-    ceiling = np.minimum(st.f_cap[:, None], f_therm)
+    ceiling = np.minimum(f_cap[:, None], f_therm)
     binds = cap_binds | therm_binds
-    p_ceil_hi = _pstate_at_least(cfg, ceiling)
-    p_ceil_lo = _pstate_at_most(cfg, ceiling)
-    f_hi, f_lo = cfg.mhz[p_ceil_hi], cfg.mhz[p_ceil_lo]
+    f_lo, f_hi = cfg.grid_floor(ceiling), cfg.grid_ceil(ceiling)
     frac = np.where(f_hi > f_lo, (ceiling - f_lo) / np.maximum(f_hi - f_lo, 1e-9), 1.0)
     st.dither = np.where(binds, st.dither + frac, 0.0)
     take_hi = st.dither >= 1.0
     st.dither -= take_hi
-    p_ceil = np.where(take_hi, p_ceil_hi, p_ceil_lo)
-    p = np.where(binds, np.maximum(p, p_ceil), p)
+    f_ceil = np.where(take_hi, f_hi, f_lo)
+    st.f_cap = np.where(binds, f_ceil, f_max)
+    p = np.where(binds, _pstate_at_least(cfg, np.minimum(f_req, f_ceil)), p)
     reasons = reasons | cap_binds * _SWCAP | therm_binds * _SWTHERM
 
     st.pstate = p.astype(np.int16)
     st.reasons = reasons.astype(np.uint32)
-    # apply_hw_limits() turns P-states into clocks and voltages: every tick, after hw_protect()
+    # apply_hw_limits() turns P-states and ceilings into clocks and voltages: every tick, after hw_protect()
 
 
 def apply_hw_limits(cfg: DvfsConfig, st: DvfsState) -> None:
-    """Clock and voltage from the P-state, at least halved by a hardware slowdown, zero when off.
+    """Clock and voltage from the P-state and the ceiling in force, at least halved by a hardware
+    slowdown, zero when off; the voltage follows the V/f curve.
 
     A slowdown that starts now halves the lower of the clock asked for and the clock that ran (the
     comparator cuts the running clock, whatever the governor asks in the same tick); one in force
     halves the clock asked for."""
-    mhz = cfg.mhz[st.pstate]
-    mv = cfg.mv[st.pstate]
+    mhz = np.minimum(cfg.mhz[st.pstate], st.f_cap)
     hw = st.hw_therm | (st.hw_ocp | st.brake)[:, None]
     reasons = st.reasons & ~_HW_BITS
     onset = hw & ~st.hw_slow & (st.mhz > 0)
     st.hw_slow = hw
     if hw.any():
         base = np.where(onset, np.minimum(mhz, st.mhz), mhz)
-        p_half = _pstate_at_most(cfg, base / 2.0)
-        mhz = np.where(hw, cfg.mhz[p_half], mhz)
-        mv = np.where(hw, cfg.mv[p_half], mv)
+        mhz = np.where(hw, cfg.grid_floor(base / 2.0), mhz)
         reasons = reasons | hw * _HW | st.hw_therm * _HWTHERM | st.brake[:, None] * _BRAKE
     on = ~st.shutdown[:, None]
     st.mhz = mhz * on
-    st.mv = mv * on
+    st.mv = np.round(cfg.mv_at(mhz)) * on
     st.reasons = (reasons * on).astype(np.uint32)

@@ -103,9 +103,11 @@ class PowerSpec(_Section):
     min_cap_w: Pos
     max_cap_w: Pos
     long_window_s: Annotated[float, Field(gt=0, le=600)]
+    """Window of the long (exponentially weighted) average of module power, which the cap holds too."""
     short_window_s: Annotated[float, Field(gt=0, le=60)]
+    """Window of the short average: power it shows over the cap is paid back below the cap."""
     short_limit_factor: Annotated[float, Field(ge=1, le=3)]
-    """The short-window limit is the cap times this factor (RAPL PL2 over PL1)."""
+    """A payback aims no lower than the cap times ``2 - short_limit_factor``."""
     vrm_voltage_v: Pos
     vrm_current_limit_a: Pos
 

@@ -179,26 +179,24 @@ def test_average_power_meets_a_new_cap_within_the_long_window(profile):
 
 
 @pytest.mark.parametrize("profile", PROFILES)
-def test_pl2_allows_a_burst_above_the_cap_while_pl1_has_budget(profile):
+def test_budget_saved_while_idle_buys_no_burst_over_the_cap(profile):
+    # As on real boards (NVML's 1 s power average held within a few watts of the limit), power
+    # saved in a lull is not spent in a burst over the cap afterwards: RAPL's PL2 bursts on PL1
+    # budget ran the 1 s mean 3-6 % over the cap for 7-14 s after an idle-to-load step.
     sim = Sim(profile, workload=Workload.IDLE)
     cap = (sim.p.power.min_cap_w + sim.p.power.max_cap_w) / 2
-    pl2 = cap * sim.p.power.short_limit_factor
     sim.sh.dvfs.cap_w[0] = cap
-    sim.run(20)  # long average far below the cap: budget saved
+    sim.run(20)  # long average far below the cap
     sim.sh.workload.set(0, Workload.STEADY, 1.15)
     t0 = len(sim.trace["t"])
     avg_long = []
     sim.run(8 * sim.p.power.long_window_s, on_tick=lambda x: avg_long.append(x.sh.dvfs.avg_long[0]))
     power = sim.a("power")[t0:, 0]
     short = window_means(power, round(sim.p.power.short_window_s * sim.sh.tick_hz))
-    assert short.max() > cap * 1.05  # a burst above the cap ...
-    # ... bounded by PL2: one control period late at the load step, and by the estimator's error
-    # until its trim has learned
-    assert short.max() <= pl2 * 1.08
-    assert max(avg_long) <= cap * 1.02  # PL1: the long (exponentially weighted) average holds
-    settled = int(4 * sim.p.power.long_window_s * sim.sh.tick_hz)
-    w = round(sim.p.power.long_window_s * sim.sh.tick_hz)
-    assert window_means(power[settled:], w).max() <= cap * 1.02  # budget spent: back to the cap
+    one_s = window_means(power, round(sim.sh.tick_hz))
+    assert short.max() <= cap * 1.02 and one_s.max() <= cap * 1.01  # no burst ...
+    assert one_s[-1] >= cap * 0.98  # ... and the cap is used
+    assert max(avg_long) <= cap * 1.01
 
 
 @pytest.mark.parametrize("workload", [Workload.TRAINING, Workload.INFERENCE])
@@ -206,8 +204,7 @@ def test_pl2_allows_a_burst_above_the_cap_while_pl1_has_budget(profile):
 def test_a_fluctuating_load_holds_pl1_and_the_cap_over_a_few_windows(profile, workload):
     # a load that swings between compute and communication, or fluctuates request by request: the
     # estimator's trim must learn the model's error, not how far the load happens to be under the
-    # cap, or the bursts run over it. PL1 is exponentially weighted as in RAPL, so a burst on
-    # budget saved in a lull may lift the mean of one window above the cap; over four it holds.
+    # cap, or the load's peaks run over it.
     sim = Sim(profile, workload=workload, scale=1.15, seed=3)
     sim.run(20)
     cap = (sim.p.power.min_cap_w + sim.p.power.max_cap_w) / 2
@@ -220,7 +217,8 @@ def test_a_fluctuating_load_holds_pl1_and_the_cap_over_a_few_windows(profile, wo
     assert max(avg_long) <= cap * 1.02, f"PL1 average {max(avg_long):.1f} W over cap {cap} W"
     means = window_means(power, round(4 * sim.p.power.long_window_s * sim.sh.tick_hz))
     assert means.max() <= cap * 1.02, f"mean over four windows {means.max():.1f} W over cap {cap} W"
-    assert power.max() > cap  # PL2 bursts do happen
+    one_s = window_means(power, round(sim.sh.tick_hz))  # and so does every 1 s mean, within 1 %
+    assert one_s.max() <= cap * 1.01, f"1 s mean {one_s.max():.1f} W over cap {cap} W"
     assert 0.8 <= sim.sh.dvfs.trim[0] <= 1.2
 
 
