@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``mcm-emu``: run emulated nodes, talk to them, watch them, check profiles.
 
 One module per command group; each adds its parser and names the function that runs it.
@@ -17,10 +18,40 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, cast
 
 from .. import __version__
-from . import bench, broker_config, ctl, fuzz, keys, monitor, nodes, profiles, replay, rigsim, run, scenario, wireshark
+from . import (
+    bench,
+    broker_config,
+    completion,
+    ctl,
+    fuzz,
+    keys,
+    monitor,
+    nodes,
+    profiles,
+    replay,
+    rigsim,
+    run,
+    scenario,
+    wireshark,
+)
 from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
 
-GROUPS = (run, ctl, nodes, monitor, scenario, replay, wireshark, fuzz, bench, profiles, rigsim, broker_config, keys)
+GROUPS = (
+    run,
+    ctl,
+    nodes,
+    monitor,
+    scenario,
+    replay,
+    wireshark,
+    fuzz,
+    bench,
+    profiles,
+    rigsim,
+    broker_config,
+    keys,
+    completion,
+)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -36,38 +67,71 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line and a hint, as ``mcm-emu: error: ...`` (not a usage block)."""
+    """Usage errors in one line and a hint, as ``mcm-emu: error: ...`` (not a usage block); every
+    command and sub-command takes the global options (``-v``, ``-q``) before or after its name."""
+
+    common: argparse.ArgumentParser | None = None
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"mcm-emu: error: {message}\n  (see '{self.prog} --help')\n")
 
+    def add_subparsers(self, **kw: Any) -> Any:
+        kw.setdefault("parser_class", _Parser)
+        action = super().add_subparsers(**kw)
+        real_add = action.add_parser
+
+        def add_parser(name: str, **kw2: Any) -> argparse.ArgumentParser:
+            parents = kw2.pop("parents", [])
+            if _Parser.common is not None:
+                parents = [_Parser.common, *parents]
+            return real_add(name, parents=parents, **kw2)
+
+        cast(Any, action).add_parser = add_parser
+        return action
+
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    # the global options' actions are shared by every parser they are given to: their defaults stay
+    # SUPPRESS (a default set on one would overwrite, in a sub-command, what was given before it)
+    common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output (repeatable)"
     )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="errors only: no warnings in the log; run prints no periodic summary",
+    )
     p = _Parser(prog="mcm-emu", description="Emulated MCM management controllers.", parents=[common])
     p.add_argument("--version", action="version", version=f"mcm-emu {__version__}")
-    p.set_defaults(verbose=0)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    real_add = sub.add_parser
-
-    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:  # -v before or after the command
-        return real_add(name, parents=[common, *kw.pop("parents", [])], **kw)
-
-    cast(Any, sub).add_parser = add_parser
-    for group in GROUPS:
-        group.add_parser(sub)
+    _Parser.common = common
+    try:
+        sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        for group in GROUPS:
+            group.add_parser(sub)
+    finally:
+        _Parser.common = None
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    try:  # shell completion (argcomplete): answers and exits when the shell asks, else nothing
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    except ImportError:
+        pass
     args = parser.parse_args(argv)
+    args.verbose = getattr(args, "verbose", 0) or 0
+    args.quiet = getattr(args, "quiet", False)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given, for worker processes
+    if args.quiet and args.verbose:
+        parser.error("-q and -v contradict each other: give one")
     logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        level=logging.ERROR if args.quiet else [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("amqtt", "transitions"):

@@ -1,0 +1,46 @@
+"""Shell completion (argcomplete) and -q, as a shell and a user meet them: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from ..conftest import ROOT, cli_env, run_cli
+
+
+def complete(line: str, tmp_path) -> list[str]:
+    out = tmp_path / "completions"
+    env = {
+        **cli_env(),
+        "_ARGCOMPLETE": "1",
+        "COMP_LINE": line,
+        "COMP_POINT": str(len(line)),
+        "_ARGCOMPLETE_STDOUT_FILENAME": str(out),
+        "_ARGCOMPLETE_IFS": "\n",
+    }
+    r = subprocess.run([sys.executable, "-m", "mcm_firmware"], env=env, cwd=ROOT, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return out.read_text().split("\n") if out.exists() else []
+
+
+def test_the_shell_completes_commands_options_and_choices(tmp_path):
+    assert "ctl" in [c.strip() for c in complete("mcm-emu ct", tmp_path)]
+    assert "--connection" in [c.strip() for c in complete("mcm-emu run --conn", tmp_path)]
+    assert {"auto", "node", "carrier"} <= {c.strip() for c in complete("mcm-emu run --connection ", tmp_path)}
+    assert "ping" in [c.strip() for c in complete("mcm-emu ctl 3 pi", tmp_path)]
+
+
+def test_completion_prints_the_shell_code():
+    r = run_cli("completion", "bash")
+    assert r.returncode == 0 and "mcm-emu" in r.stdout and "complete" in r.stdout
+    r = run_cli("completion", "cmd.exe")
+    assert r.returncode == 2 and "SHELL" in r.stderr
+
+
+def test_quiet_and_verbose_exclude_each_other_and_quiet_goes_anywhere():
+    r = run_cli("-q", "-v", "profiles", "list")
+    assert r.returncode == 2 and "-q and -v" in r.stderr
+    r = run_cli("profiles", "list", "-q")
+    assert r.returncode == 0 and "colossus-mcm" in r.stdout
+    assert os.environ.get("_ARGCOMPLETE") is None
