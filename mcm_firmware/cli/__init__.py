@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import json
 import logging
 import os
 import sys
@@ -144,12 +145,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return runner.run(result)
     except BadInput as e:
         print(f"mcm-emu: error: {e}", file=sys.stderr)
+        _json_error(args, str(e), EXIT_USAGE)
         return EXIT_USAGE
     except Failure as e:
         print(f"mcm-emu: {e}", file=sys.stderr)
+        _json_error(args, str(e), EXIT_FAILURE)
         return EXIT_FAILURE
     except (KeyboardInterrupt, BrokenPipeError):
         return EXIT_OK
+
+
+def _json_error(args: argparse.Namespace, message: str, code: int) -> None:
+    """With ``--json`` an error is a JSON object on stdout too, so that a program reading it always
+    gets one (the line on stderr is for people)."""
+    if getattr(args, "json", False):
+        node = getattr(args, "node", None)
+        if isinstance(node, list) and len(node) == 1:
+            node = node[0]
+        obj = {"ok": False, "error": message, "exit_code": code}
+        if isinstance(node, int):
+            obj = {"node": node, **obj}
+        print(json.dumps(obj), flush=True)
 
 
 __all__ = ["build_parser", "main"]

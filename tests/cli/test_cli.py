@@ -212,3 +212,13 @@ def test_the_live_table_on_a_terminal_has_pumps_cap_and_faults_columns():
     for column in ("cap W", "pumps", "faults", "Tmax °C"):
         assert column in screen, column
     assert "pump-fail A" in screen and "A!" in screen and "* lead, - stopped, ! faulty" in screen
+
+
+def test_json_errors_are_json_objects_on_stdout_too():
+    r = run_cli("ctl", "--broker", "mqtt://127.0.0.1:1", "--json", "3", "ping")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["ok"] is False and out["node"] == 3 and "cannot connect" in out["error"]
+    assert out["exit_code"] == 1 and "cannot connect" in r.stderr
+    r = run_cli("ctl", "--json", "3", "set-power-cap", "abc")
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["exit_code"] == 2 and "must be a number" in out["error"]
