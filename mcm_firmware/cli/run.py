@@ -33,43 +33,137 @@ from .common import (
 from .display import Display, meter_line
 
 
+class _Once(argparse.Action):
+    """An option that takes one value refuses to be given twice (the last one silently won)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        given = set(getattr(namespace, "given_options", ()))
+        if self.dest in given:
+            before = getattr(namespace, self.dest)
+            hint = (
+                "a run has one profile; for a mixed fleet write a fleet file (--fleet-file, docs/fleet-file.md)"
+                if self.dest == "profile"
+                else "give it once"
+            )
+            parser.error(f"{option_string} given twice ({before!r}, then {values!r}): {hint}")
+        namespace.given_options = frozenset(given | {self.dest})
+        setattr(namespace, self.dest, values)
+
+
 def add_parser(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="run emulated nodes",
-        description=("Run emulated nodes. Without --broker an MQTT broker is embedded in the process."),
+        description="Run emulated nodes. Without --broker an MQTT broker is embedded in the process. "
+        "A fleet file (--fleet-file) says which nodes run which profile, workload and rig, on which "
+        "broker or serial links (docs/fleet-file.md).",
     )
-    run.add_argument("--nodes", type=bounded(int, 1, 100_000, "--nodes"), default=8)
-    run.add_argument("--profile", default="colossus-mcm", help="profile name or path to a TOML file")
-    run.add_argument("--fleet", type=fleet_name, default="default")
-    run.add_argument("--broker", type=broker_url, default=None, help="mqtt://HOST[:PORT] of an external broker")
-    run.add_argument("--embedded-port", type=bounded(int, 1, 65535, "--embedded-port"), default=1883)
-    run.add_argument(
-        "--duration",
-        type=bounded(float, 0.001, 1e9, "--duration"),
-        default=None,
-        help="stop after this many seconds (default: until SIGINT/SIGTERM)",
-    )
-    run.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
-    run.add_argument(
-        "--speed", type=bounded(float, 0.01, 10_000, "--speed"), default=1.0, help="clock speed relative to real time"
-    )
-    run.add_argument(
-        "--first-id", type=bounded(int, 0, U32_MAX, "--first-id"), default=0, help="node id of the first node"
-    )
-    run.add_argument(
-        "--workload",
-        choices=["idle", "steady", "training", "inference", "mixed"],
-        default="steady",
-        help="what the dice run; mixed cycles through the four by node",
-    )
-    run.add_argument(
-        "--record",
+    run.set_defaults(given_options=frozenset())
+    fleet = run.add_argument_group("fleet: which nodes, running what")
+    fleet.add_argument(
+        "--fleet-file",
+        action=_Once,
         metavar="FILE",
         default=None,
-        help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md)",
+        help="a TOML file of node ranges with their profiles, workloads and rigs, and the broker or serial "
+        "links (docs/fleet-file.md); it replaces --nodes, --first-id, --profile, --workload, --rig, --serial "
+        "and --serial-mux, and --fleet, --seed, --frame-keys and the broker options override its values",
     )
-    run.add_argument(
+    fleet.add_argument(
+        "--nodes",
+        metavar="N",
+        action=_Once,
+        type=bounded(int, 1, 100_000, "--nodes"),
+        default=8,
+        help="how many nodes (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--first-id",
+        metavar="N",
+        action=_Once,
+        type=bounded(int, 0, U32_MAX, "--first-id"),
+        default=0,
+        help="node id of the first node (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--profile",
+        action=_Once,
+        default="colossus-mcm",
+        metavar="NAME|PATH",
+        help="hardware profile of every node: a name ('mcm-emu profiles list') or a TOML file (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--workload",
+        action=_Once,
+        choices=["idle", "steady", "training", "inference", "mixed"],
+        default="steady",
+        help="what the dice run; mixed cycles through the four by node (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--fleet",
+        metavar="NAME",
+        action=_Once,
+        type=fleet_name,
+        default="default",
+        help="the fleet's name, the topic level in mcm/v1/<fleet>/... (default '%(default)s')",
+    )
+    fleet.add_argument(
+        "--seed",
+        metavar="N",
+        action=_Once,
+        type=bounded(int, 0, U32_MAX, "--seed"),
+        default=0,
+        help="seed of every random process of the model (default %(default)s)",
+    )
+    fleet.add_argument(
+        "--rig",
+        action="append",
+        default=None,
+        metavar="NODE=RIG[@PORT]",
+        help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
+        "on PORT (default pty: a new pseudo-terminal, its path printed); repeatable, once per node",
+    )
+    link = run.add_argument_group("broker and links")
+    link.add_argument(
+        "--broker",
+        action=_Once,
+        type=broker_url,
+        default=None,
+        metavar="URL",
+        help="mqtt://HOST[:PORT] or mqtts://... of an external broker (default: none, a broker is embedded)",
+    )
+    link.add_argument(
+        "--embedded-port",
+        metavar="PORT",
+        action=_Once,
+        type=bounded(int, 1, 65535, "--embedded-port"),
+        default=1883,
+        help="port of the embedded broker, on 127.0.0.1 (default %(default)s)",
+    )
+    link.add_argument(
+        "--connection",
+        action=_Once,
+        choices=["auto", "node", "carrier"],
+        default="auto",
+        help="on a broker: a connection per node (as real modules have), one carrier connection for all "
+        "(plus one for telemetry), or auto: per node up to 100 nodes (default %(default)s)",
+    )
+    link.add_argument(
+        "--source-addresses",
+        action=_Once,
+        metavar="auto|A-B|A,B,...",
+        default="auto",
+        help="local addresses per-node connections come from, node i from the (i mod k)th: one address "
+        "reaches one broker port through its ephemeral ports only (28,232 by default); auto: one "
+        "address while it has ports enough, else loopback addresses 127.0.0.2 ... for a loopback broker "
+        "(default %(default)s)",
+    )
+    link.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="start even when nodes with the same ids answer on the broker (default: refuse)",
+    )
+    link.add_argument(
         "--serial",
         type=serial_port,
         action="append",
@@ -77,97 +171,111 @@ def add_parser(sub: Any) -> None:
         metavar="PORT",
         help="nodes talk MCTP over serial instead of MQTT: 'pty' (a pseudo-terminal per "
         "node), a device path or URL (once per node, or once for all: one link, "
-        "one EID per node); options ?baud=N&mtu=N",
+        "one EID per node); options ?baud=N&mtu=N (default: none, MQTT)",
     )
-    run.add_argument(
-        "--rig",
-        action="append",
-        default=None,
-        metavar="NODE=RIG[@PORT]",
-        help="node NODE takes the sensors and actuators of rig profile RIG from a rig "
-        "on PORT (default pty: a new pseudo-terminal, its path printed)",
+    link.add_argument(
+        "--serial-mux",
+        action="store_true",
+        help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID (default: one each)",
     )
-    run.add_argument(
-        "--metrics-port",
-        type=bounded(int, 1, 65535, "--metrics-port"),
-        default=None,
-        help="serve Prometheus metrics on this port (names after dcgm-exporter's; docs/performance.md)",
-    )
-    run.add_argument(
-        "--metrics-address", default="127.0.0.1", help="address the metrics server listens on (default 127.0.0.1)"
-    )
-    run.add_argument(
-        "--metrics-detail",
-        choices=["module", "die"],
-        default="module",
-        help="module: 21 series a node (default); die: 4 more a die",
-    )
-    run.add_argument(
+    frame_keys_option(link)
+    scale = run.add_argument_group("scale: large fleets (docs/performance.md)")
+    scale.add_argument(
         "--shard",
+        action=_Once,
         metavar="K/N",
         default=None,
         help="run the K-th of N equal slices of the node ids (K from 0); 'index/N' takes K from "
         "JOB_COMPLETION_INDEX (a Kubernetes Indexed Job) or the ordinal at the end of HOSTNAME "
-        "(a StatefulSet pod), so that N machines run one fleet; also MCM_EMU_SHARD=K/N",
+        "(a StatefulSet pod), so that N machines run one fleet; also MCM_EMU_SHARD=K/N (default: all ids)",
     )
-    run.add_argument(
+    scale.add_argument(
         "--processes",
+        metavar="P",
+        action=_Once,
         type=bounded(int, 1, 256, "--processes"),
         default=1,
-        help="spread the nodes over this many worker processes on this machine (default 1)",
+        help="spread the nodes over this many worker processes on this machine (default %(default)s)",
     )
-    run.add_argument(
-        "--allow-overlap",
-        action="store_true",
-        help="start even when nodes with the same ids answer on the broker (default: refuse)",
-    )
-    run.add_argument(
+    scale.add_argument(
         "--priority",
+        action=_Once,
         choices=["auto", "realtime", "normal"],
         default="auto",
         help="scheduling of the emulator: a real-time priority where the OS grants it, as the controllers' "
-        "RTOS has (auto), required (realtime), or not asked for (normal); default auto",
+        "RTOS has (auto), required (realtime), or not asked for (normal); default %(default)s",
     )
-    run.add_argument(
+    out = run.add_argument_group("run and output")
+    out.add_argument(
+        "--duration",
+        metavar="S",
+        action=_Once,
+        type=bounded(float, 0.001, 1e9, "--duration"),
+        default=None,
+        help="stop after this many seconds (default: until SIGINT/SIGTERM)",
+    )
+    out.add_argument(
+        "--speed",
+        metavar="X",
+        action=_Once,
+        type=bounded(float, 0.01, 10_000, "--speed"),
+        default=1.0,
+        help="clock speed relative to real time (default %(default)s)",
+    )
+    out.add_argument(
+        "--summary-interval",
+        metavar="S",
+        action=_Once,
+        type=bounded(float, 0.1, 3600, "--summary-interval"),
+        default=5.0,
+        help="seconds between summary lines when stdout is not a terminal (default %(default)s)",
+    )
+    out.add_argument(
+        "--record",
+        action=_Once,
+        metavar="FILE",
+        default=None,
+        help="keep every frame of the fleet in FILE (.jsonl.gz, see docs/record.md; default: none)",
+    )
+    out.add_argument(
+        "--capture",
+        action=_Once,
+        metavar="FILE.pcap",
+        default=None,
+        help="with --serial: keep every frame on the serial lines, both ways, in a pcap for Wireshark "
+        "(one file per line when there are several: FILE-<first node>.pcap); see docs/wireshark.md "
+        "(default: none)",
+    )
+    out.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        action=_Once,
+        type=bounded(int, 1, 65535, "--metrics-port"),
+        default=None,
+        help="serve Prometheus metrics on this port (names after dcgm-exporter's; docs/performance.md; default: none)",
+    )
+    out.add_argument(
+        "--metrics-address",
+        metavar="ADDRESS",
+        action=_Once,
+        default="127.0.0.1",
+        help="address the metrics server listens on (default %(default)s)",
+    )
+    out.add_argument(
+        "--metrics-detail",
+        action=_Once,
+        choices=["module", "die"],
+        default="module",
+        help="module: 21 series a node; die: 4 more a die (default %(default)s)",
+    )
+    out.add_argument(
         "--stats-file",
+        action=_Once,
         metavar="FILE",
         default=None,
         help="measurements as JSON lines: each summary window, and on SIGUSR2 what happened since the "
         "last SIGUSR1 (or the start); the whole run at the end (with --processes, a file per worker: "
-        "FILE's stem suffixed .0, .1 ...)",
-    )
-    run.add_argument(
-        "--connection",
-        choices=["auto", "node", "carrier"],
-        default="auto",
-        help="on a broker: a connection per node (as real modules have), one carrier connection for all "
-        "(plus one for telemetry), or auto: per node up to 100 nodes (default auto)",
-    )
-    run.add_argument(
-        "--source-addresses",
-        metavar="auto|A-B|A,B,...",
-        default="auto",
-        help="local addresses per-node connections come from, node i from the (i mod k)th: one address "
-        "reaches one broker port through its ephemeral ports only (28,232 by default); auto: one "
-        "address while it has ports enough, else loopback addresses 127.0.0.2 ... for a loopback broker",
-    )
-    frame_keys_option(run)
-    run.add_argument(
-        "--capture",
-        metavar="FILE.pcap",
-        help="with --serial: keep every frame on the serial lines, both ways, in a pcap for Wireshark "
-        "(one file per line when there are several: FILE-<first node>.pcap); see docs/wireshark.md",
-    )
-    run.add_argument(
-        "--serial-mux",
-        action="store_true",
-        help="with --serial pty: all nodes on one pseudo-terminal, told apart by EID",
-    )
-    run.add_argument(
-        "--summary-interval",
-        type=bounded(float, 0.1, 3600, "--summary-interval"),
-        default=5.0,
-        help="seconds between summary lines when stdout is not a terminal",
+        "FILE's stem suffixed .0, .1 ...; default: none)",
     )
     security_options(run, nodes=True)
     run.set_defaults(func=cmd_run)
@@ -180,10 +288,18 @@ async def cmd_run(args: argparse.Namespace) -> int:
     from ..transport import PerNodeLinks, TransportError, node_links
     from ..transport.broker import EmbeddedBroker, PortInUse
 
-    try:
-        profile = load_profile(args.profile)
-    except ProfileError as e:
-        raise BadInput(str(e)) from None
+    layout = apply_fleet_file(args) if args.fleet_file else None
+    profiles: dict[int, Any]
+    if layout is None:
+        try:
+            profile = load_profile(args.profile)
+        except ProfileError as e:
+            raise BadInput(str(e)) from None
+        args.node_ids = list(range(args.first_id, args.first_id + args.nodes))
+        profiles = dict.fromkeys(args.node_ids, profile)
+    else:
+        profiles = layout.profiles
+        args.node_ids = sorted(profiles)
     if args.serial_mux and not args.serial:
         raise BadInput("--serial-mux goes with --serial")
     if args.capture and not args.serial:
@@ -205,7 +321,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     elif any(getattr(args, k) for k in ("username", "password_file", "node_secret", "cafile", "cert", "key")):
         raise BadInput("broker security options are for an external broker (--broker); the embedded one is open")
     if args.processes > 1:
-        return await run_processes(args)
+        return await run_processes(args, layout)
     ids = shard_ids(args)
     ring = key_ring(args)  # a key file that cannot be used is refused before anything starts
     sched = scheduling(args.priority)
@@ -250,7 +366,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             ensure_descriptors(len(ids), "--connection carrier")
         clock = ScaledClock(args.speed)
         fleet = Fleet(
-            members=[(i, profile) for i in ids],
+            members=[(i, profiles[i]) for i in ids],
             fleet=args.fleet,
             transport_factory=None,
             links=links,
@@ -258,7 +374,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
             seed=args.seed,
             frame_keys=ring,
         )
-        fleet.set_workload(args.workload)
+        if layout is None:
+            fleet.set_workload(args.workload)
+        else:
+            set_workloads(fleet, layout)
         try:
             await links.open()
         except TransportError as e:
@@ -276,19 +395,19 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 print(line, flush=True)
             if args.serial:
                 print(
-                    f"mcm-emu {__version__}: running {len(ids)} nodes of {profile.name} in fleet "
+                    f"mcm-emu {__version__}: running {len(ids)} nodes of {profile_names(fleet)} in fleet "
                     f"{args.fleet!r} on serial links (MCTP over DSP0253)",
                     flush=True,
                 )
             else:
                 print(
-                    f"running {len(ids)} nodes (ids {ids[0]}..{ids[-1]}) of {profile.name} in fleet "
+                    f"running {len(ids)} nodes (ids {id_ranges(ids)}) of {profile_names(fleet)} in fleet "
                     f"{args.fleet!r} on {url}; topics mcm/v1/{args.fleet}/<node>/...; {sched}",
                     flush=True,
                 )
             recorder = await _start_recorder(str(url), args.fleet, args.record, clock) if args.record else None
             try:
-                await serve(fleet, args)
+                await serve(fleet, args, layout)
             finally:
                 if recorder is not None:
                     await recorder.stop()
@@ -301,6 +420,161 @@ async def cmd_run(args: argparse.Namespace) -> int:
         if broker is not None:
             await broker.stop()
     return EXIT_OK
+
+
+LAYOUT_OPTIONS = {
+    "nodes": "--nodes",
+    "first_id": "--first-id",
+    "profile": "--profile",
+    "workload": "--workload",
+    "rig": "--rig",
+    "serial": "--serial",
+    "serial_mux": "--serial-mux",
+}
+"""Options a fleet file replaces: with --fleet-file they are refused."""
+OVERRIDES = {
+    "fleet": ("--fleet", ("fleet",)),
+    "seed": ("--seed", ("seed",)),
+    "frame_keys": ("--frame-keys", ("frame_keys",)),
+    "broker": ("--broker", ("broker", "url")),
+    "embedded_port": ("--embedded-port", ("broker", "embedded_port")),
+    "connection": ("--connection", ("broker", "connection")),
+    "source_addresses": ("--source-addresses", ("broker", "source_addresses")),
+    "username": ("--username", ("broker", "username")),
+    "password_file": ("--password-file", ("broker", "password_file")),
+    "node_secret": ("--node-secret", ("broker", "node_secret")),
+    "cafile": ("--cafile", ("broker", "cafile")),
+    "cert": ("--cert", ("broker", "cert")),
+    "key": ("--key", ("broker", "key")),
+}
+"""Options that, given with --fleet-file, override the file's value (said in one line)."""
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether an option was on the command line: counted by its action (_Once), or, for the
+    options without one, a value other than their default (None, False)."""
+    if dest in getattr(args, "given_options", ()):
+        return True
+    return dest in UNCOUNTED and bool(getattr(args, dest, None))
+
+
+UNCOUNTED = frozenset(
+    {"rig", "serial", "serial_mux", "frame_keys", "username", "password_file", "node_secret", "cafile", "cert", "key"}
+)
+"""Options of run whose action is not _Once (appended, flags, or defined in common.py)."""
+
+
+def apply_fleet_file(args: argparse.Namespace) -> Any:
+    """Read ``--fleet-file``: BadInput lists every problem of the file (file:line: key 'k': ...)
+    or names the options that it replaces; the file's fleet, seed, keys, broker and serial links
+    go into ``args`` unless the command line gives them (then that wins, said in one line)."""
+    from urllib.parse import urlsplit
+
+    from ..profile import ProfileError
+    from ..profile.fleet_file import load_fleet_file
+    from ..transport import check_fleet_name
+    from ..transport.mqtt import parse_broker_url
+    from ..transport.serial import parse_port_url
+
+    replaced = [opt for dest, opt in LAYOUT_OPTIONS.items() if _given(args, dest)]
+    if replaced:
+        raise BadInput(
+            f"{', '.join(replaced)} {'does' if len(replaced) == 1 else 'do'} not go with --fleet-file: "
+            f"the fleet file {args.fleet_file} lays out the nodes (ids, profiles, workloads, rigs, serial links)"
+        )
+    try:
+        layout = load_fleet_file(
+            args.fleet_file,
+            {"broker_url": parse_broker_url, "serial_port": parse_port_url, "fleet_name": check_fleet_name},
+        )
+    except ProfileError as e:
+        raise BadInput("\nmcm-emu: error: ".join(e.lines())) from None
+    spec = layout.spec
+    if spec.serial is not None:
+        for dest in ("broker", "embedded_port", "connection", "source_addresses"):
+            if _given(args, dest):
+                raise BadInput(
+                    f"{OVERRIDES[dest][0]} does not go with {layout.where('serial')}: the fleet file puts its "
+                    "nodes on serial links"
+                )
+        args.serial = spec.serial.ports
+        args.serial_mux = spec.serial.mux
+    for dest, (option, loc) in OVERRIDES.items():
+        value: Any = spec
+        for part in loc:
+            value = getattr(value, part, None) if value is not None else None
+        if value is None:
+            continue
+        if not _given(args, dest):
+            setattr(args, dest, value)
+            continue
+        mine = getattr(args, dest)
+        if dest == "broker":  # a worker of --processes gets the URL with the security options in it
+            same = urlsplit(str(mine))._replace(query="") == urlsplit(str(value))._replace(query="")
+        else:
+            same = str(mine) == str(value)
+        if not same:
+            line = layout.line(*loc)
+            print(
+                f"fleet file: {option} {mine} is used instead of {'.'.join(loc)} = {value!r} "
+                f"({layout.path}{f':{line}' if line else ''})",
+                flush=True,
+            )
+    return layout
+
+
+def set_workloads(fleet: Any, layout: Any) -> None:
+    """Each node's workload and load from its ``[[nodes]]`` entry (``mixed``: the four in turn
+    within the entry)."""
+    from ..plant.workload import Workload
+
+    kinds = list(Workload)
+    for entry in layout.spec.nodes:
+        for k, nid in enumerate(entry.ids):
+            if nid not in fleet.nodes:
+                continue  # another shard's
+            kind = kinds[k % len(kinds)] if entry.workload == "mixed" else Workload[entry.workload.upper()]
+            shard, row = fleet.shard_of(nid)
+            shard.set_workload(row, kind, entry.load)
+
+
+def layout_rigs(fleet: Any, layout: Any) -> list[Any]:
+    """The rig drivers (not started) of the fleet file's nodes that this process runs."""
+    from ..runtime.rig import RigDriver
+
+    drivers = []
+    for i, entry in enumerate(layout.spec.nodes):
+        if entry.rig is None:
+            continue
+        for nid in entry.ids:
+            if nid in fleet.nodes:
+                try:
+                    drivers.append(RigDriver(fleet.nodes[nid], layout.rigs[nid], entry.rig_port))
+                except ValueError as e:
+                    raise BadInput(f"{layout.where('nodes', i, 'rig')}: {e}") from None
+    return drivers
+
+
+def id_ranges(ids: list[int]) -> str:
+    """``0..99`` for a contiguous run of ids, else ``0..5, 8..9``."""
+    runs: list[list[int]] = []
+    for n in ids:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = ", ".join(f"{a}..{b}" if a != b else str(a) for a, b in runs[:8])
+    return shown + (f", ... ({len(runs)} ranges)" if len(runs) > 8 else "")
+
+
+def profile_names(fleet: Any) -> str:
+    """``colossus-mcm`` for a fleet of one profile, else ``colossus-mcm ×6, mi300x-class ×2``."""
+    counts: dict[str, int] = {}
+    for node in fleet.nodes.values():
+        counts[node.shard.profile.name] = counts.get(node.shard.profile.name, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{name} ×{n}" for name, n in sorted(counts.items()))
 
 
 async def _start_recorder(url: str, fleet: str, path: str, clock: Any) -> Any:
@@ -390,15 +664,17 @@ def shard_spec(args: argparse.Namespace) -> tuple[int, int] | None:
             raise BadInput(f"--shard {spec!r}: no JOB_COMPLETION_INDEX, and HOSTNAME ends in no ordinal")
     if not k_text.isdigit() or not 0 <= int(k_text) < n:
         raise BadInput(f"--shard {spec!r}: K must be a whole number within 0..{n - 1}, got {k_text!r}")
-    if n > args.nodes:
-        raise BadInput(f"--shard {spec!r}: {n} slices of {args.nodes} nodes leave some empty")
+    count = len(args.node_ids) if getattr(args, "node_ids", None) else args.nodes
+    if n > count:
+        raise BadInput(f"--shard {spec!r}: {n} slices of {count} nodes leave some empty")
     return int(k_text), n
 
 
 def shard_ids(args: argparse.Namespace) -> list[int]:
     """The node ids this process runs: all of ``--first-id .. --first-id + --nodes - 1``, or the
-    ``--shard K/N`` slice of them (contiguous slices of sizes differing by one at most)."""
-    ids = list(range(args.first_id, args.first_id + args.nodes))
+    ``--shard K/N`` slice of them (contiguous slices of sizes differing by one at most); with a
+    fleet file, of its ids in ascending order."""
+    ids = getattr(args, "node_ids", None) or list(range(args.first_id, args.first_id + args.nodes))
     spec = shard_spec(args)
     if spec is None:
         return ids
@@ -427,7 +703,7 @@ async def refuse_overlap(url: str, fleet: str, ids: list[int], embedded: bool) -
         )
 
 
-async def run_processes(args: argparse.Namespace) -> int:
+async def run_processes(args: argparse.Namespace, layout: Any = None) -> int:
     """``--processes P``: P workers, each ``mcm-emu run`` of its own slice of the ids, against one
     broker (the one given, or this process's embedded broker); their lines prefixed ``[k/P]``."""
     from ..transport import TransportError
@@ -435,6 +711,15 @@ async def run_processes(args: argparse.Namespace) -> int:
 
     if args.serial or args.record or args.rig:
         raise BadInput("--processes runs nodes on a broker: --serial, --record and --rig do not go with it")
+    if layout is not None and layout.spec.serial is not None:
+        raise BadInput(f"--processes runs nodes on a broker: {layout.where('serial')} puts them on serial links")
+    if layout is not None and layout.rigs:
+        first = min(layout.rigs)
+        entry = next(i for i, r in enumerate(layout.spec.nodes) if first in r.ids)
+        raise BadInput(
+            f"--processes does not run rigs (nor does --rig go with it): {layout.where('nodes', entry, 'rig')} "
+            "gives node(s) a rig; run them in a fleet file of their own, without --processes"
+        )
     base_k, base_n = shard_spec(args) or (0, 1)
     p = args.processes
     broker = None
@@ -563,11 +848,11 @@ async def _up_and_settled(fleet: Any, t_start: float) -> None:
     gc.enable()
 
 
-async def serve(fleet: Any, args: argparse.Namespace) -> None:
+async def serve(fleet: Any, args: argparse.Namespace, layout: Any = None) -> None:
     """Run ``fleet`` until SIGINT / SIGTERM or ``--duration``, showing it; then stop every node."""
     from ..transport import TransportError
 
-    rigs = rig_drivers(fleet, args.rig)
+    rigs = rig_drivers(fleet, args.rig) if layout is None else layout_rigs(fleet, layout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
