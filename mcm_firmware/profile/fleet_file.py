@@ -204,12 +204,7 @@ class NodeRange(_Section):
         ctx = _ctx(info)
         if self.rig is None or ctx is None:
             return self
-        name, _, port = self.rig.partition("@")
-        if port not in ("", "pty") and len(self.ids) > 1:
-            raise ValueError(
-                f"rig port {port!r} serves one node, and ids names {len(self.ids)}: give each node its own "
-                "[[nodes]] entry and port, or use pty (a pseudo-terminal per node)"
-            )
+        name = self.rig.partition("@")[0]
         prof = ctx.profile(self.profile)
         ctx.rig(name).check_against(prof.die.count, prof.hbm.count, prof.cooling.valves)
         return self
@@ -363,11 +358,26 @@ def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None)
     raw = data.get("nodes")
     entries = [(i, e) for i, e in enumerate(raw if isinstance(raw, list) else []) if isinstance(e, dict)]
     owner: dict[int, int] = {}
+    ports: dict[str, int] = {}
     for i, entry in entries:
         try:
             ids = NodeRange._ids(entry.get("ids"))
         except ValueError:
             continue  # reported above
+        rig = entry.get("rig")
+        port = rig.partition("@")[2] if isinstance(rig, str) else ""
+        if port not in ("", "pty"):
+            if len(ids) > 1:
+                problem(
+                    f"rig port {port!r} serves one node, and ids names {len(ids)}: give each node its own "
+                    "[[nodes]] entry and port, or use pty (a pseudo-terminal per node)",
+                    "nodes",
+                    i,
+                    "rig",
+                )
+            elif port in ports:
+                problem(f"rig port {port!r} is already the rig port of nodes.{ports[port]}", "nodes", i, "rig")
+            ports.setdefault(port, i)
         clash = sorted(n for n in ids if n in owner)
         if clash:
             firsts = sorted({owner[n] for n in clash})
@@ -377,14 +387,6 @@ def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None)
             owner.setdefault(n, i)
     if len(owner) > MAX_NODES:
         problem(f"{len(owner)} nodes: a run takes at most {MAX_NODES}", "nodes")
-    ports: dict[str, int] = {}
-    for i, entry in entries:
-        rig = entry.get("rig")
-        port = rig.partition("@")[2] if isinstance(rig, str) else ""
-        if port not in ("", "pty"):
-            if port in ports:
-                problem(f"rig port {port!r} is already the rig port of nodes.{ports[port]}", "nodes", i, "rig")
-            ports.setdefault(port, i)
     named: dict[str, tuple[int, Profile]] = {}
     for i, entry in entries:
         ref = entry.get("profile")
