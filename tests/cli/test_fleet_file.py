@@ -260,3 +260,13 @@ def test_a_fleet_file_spreads_over_worker_processes(tmp_path, cli_process):
     assert run.wait(40) == 0
     run.wait_line("[0/2] running 2 nodes (ids 10..11) of colossus-mcm in fleet 'default'")
     run.wait_line("[1/2] running 2 nodes (ids 20..21) of mi300x-class in fleet 'default'")
+
+
+def test_the_bench_fleet_puts_its_nodes_on_serial_links_and_one_on_a_rig(cli_process):
+    run = cli_process("run", "--fleet-file", str(ROOT / "fleets" / "bench.toml"), "--duration", "1.5")
+    assert run.wait(30) == 0
+    assert re.search(r"serial: node 0 at /dev/\S+", run.wait_line("serial: node 0 at"))
+    run.wait_line("serial: node 1 at")
+    run.wait_line("running 2 nodes of h100-sxm-class in fleet 'bench' on serial links")
+    assert re.search(r"rig: node 1 \(bench-tc-valve\) at /dev/\S+", run.wait_line("rig: node 1"))
+    assert not any(line.startswith("rig: node 0") for line in run.lines)
