@@ -79,6 +79,7 @@ class DvfsConfig:
     hw_slowdown_c: float
     shutdown_c: float
     hysteresis_c: float
+    hbm_max_c: float  # memory over it slows the module down (NVML: memory temperature thresholds)
     long_window_s: float
     short_window_s: float
     short_limit_factor: float
@@ -103,6 +104,7 @@ class DvfsConfig:
             hw_slowdown_c=p.thermal.hw_slowdown_c,
             shutdown_c=p.thermal.shutdown_c,
             hysteresis_c=p.thermal.hysteresis_c,
+            hbm_max_c=p.thermal.hbm_max_c,
             long_window_s=p.power.long_window_s,
             short_window_s=p.power.short_window_s,
             short_limit_factor=p.power.short_limit_factor,
@@ -178,6 +180,8 @@ class DvfsState:
         self.f_cap = np.full((n, dies), cfg.f_max)
         self.trim = np.ones(n)  # estimator correction
         self.f_therm = np.full((n, dies), cfg.f_max)  # software thermal ceiling
+        self.f_therm_hbm = np.full(n, cfg.f_max)  # the module's ceiling for its memory's temperature
+        self.hbm_slow = np.zeros(n, bool)  # that ceiling held the clocks this period
         self.dither = np.zeros((n, dies))
         self.avg_long = np.zeros(n)
         self.avg_short = np.zeros(n)
@@ -303,8 +307,18 @@ def hw_protect(
     st.shutdown = np.where(st.shutdown, ~release, trip)
 
 
-def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np.ndarray, dt: float) -> None:
-    """One DVFS period: choose every die's P-state, clock, voltage and reasons."""
+def dvfs_step(
+    cfg: DvfsConfig,
+    st: DvfsState,
+    util: np.ndarray,
+    t_die_sensor: np.ndarray,
+    dt: float,
+    t_hbm_sensor: np.ndarray | None = None,
+) -> None:
+    """One DVFS period: choose every die's P-state, clock, voltage and reasons. ``t_hbm_sensor``:
+    the HBM stacks' readings; memory above ``hbm_max_c`` slows the whole module down as a die
+    above ``slowdown_c`` slows itself (SW_THERMAL_SLOWDOWN, as NVML reports memory over its
+    limit), released ``hysteresis_c`` below it."""
     f_max, f_min = cfg.f_max, cfg.f_min
     # governor
     # on frequency-invariant utilisation (busy fraction scaled by f / f_max), as schedutil: a die
@@ -345,6 +359,14 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     up = np.where(t < cfg.slowdown_c - cfg.hysteresis_c, THERMAL_UP * f_max * dt, 0.0)
     st.f_therm = _clip(st.f_therm - down + up, f_min, f_max)
     f_therm = np.where(st.forced_min[:, None], f_min, st.f_therm)
+    if t_hbm_sensor is not None and t_hbm_sensor.shape[1]:
+        valid = ~np.isnan(t_hbm_sensor)
+        hot = np.where(valid, t_hbm_sensor, -np.inf).max(axis=1)
+        over_m = hot - cfg.hbm_max_c
+        down_m = np.where(over_m > 0, THERMAL_DOWN * (over_m + 1.0) * f_max * dt, 0.0)
+        up_m = np.where(hot < cfg.hbm_max_c - cfg.hysteresis_c, THERMAL_UP * f_max * dt, 0.0)
+        st.f_therm_hbm = _clip(st.f_therm_hbm - down_m + up_m, f_min, f_max)
+        f_therm = np.minimum(f_therm, st.f_therm_hbm[:, None])
 
     # The ceilings set the clock on the 15 MHz grid, dithering between the two grid clocks around
     # the lower of them so that the average clock meets it. A reason bit is set while its
@@ -364,6 +386,7 @@ def dvfs_step(cfg: DvfsConfig, st: DvfsState, util: np.ndarray, t_die_sensor: np
     st.f_cap = np.where(binds, f_ceil, f_max)
     p = np.where(binds, _pstate_at_least(cfg, np.minimum(f_req, f_ceil)), p)
     reasons = reasons | cap_binds * _SWCAP | therm_binds * _SWTHERM
+    st.hbm_slow = np.asarray((st.f_therm_hbm[:, None] < f_req - 1e-6).any(axis=1), bool)
 
     st.pstate = p.astype(np.int16)
     st.reasons = reasons.astype(np.uint32)

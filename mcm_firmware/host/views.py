@@ -69,6 +69,11 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
         "flow_lpm": _num(s.flow_lpm),
         "vrm_current_a": _num(s.vrm_current_a),
         "rx_rejected": s.rx_rejected,
+        "energy_mj": s.energy_mj,
+        "viol_power_ms": s.viol_power_ms,
+        "viol_thermal_ms": s.viol_thermal_ms,
+        "viol_hbm_thermal_ms": s.viol_hbm_thermal_ms,
+        "viol_hw_slowdown_ms": s.viol_hw_slowdown_ms,
         "pstate": min(pstates) if pstates else None,
         "ras": {
             "ce": sum(h.ce for h in s.hbm),
@@ -376,6 +381,16 @@ def status_text(obj: dict[str, Any]) -> str:
         f"vrm {_shown(obj['vrm_current_a'], 1, ' A')} failsafe={obj['failsafe']}",
         f"  coolant: inlet {_shown(obj['inlet_c'], 1, ' C')} outlet {_shown(obj['outlet_c'], 1, ' C')} "
         f"flow {_shown(obj['flow_lpm'], 2, ' L/min')}",
+        f"  energy {_shown(obj['energy_mj'] / 3.6e6, 3, ' Wh')} since boot; clocks held by: "
+        + ", ".join(
+            f"{what} {_shown(obj[f'viol_{key}_ms'] / 1e3, 1, ' s')}"
+            for key, what in (
+                ("power", "power cap"),
+                ("thermal", "thermal"),
+                ("hbm_thermal", "HBM temperature"),
+                ("hw_slowdown", "hardware slowdown"),
+            )
+        ),
         f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
         f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}",
         f"  faults in force: {', '.join(obj.get('faults', [])) or 'none'}",

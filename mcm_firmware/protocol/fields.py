@@ -90,6 +90,11 @@ Snapshot = c.Struct(
     "vrm_current_a" / c.Float32l,
     "rx_rejected" / c.Int32ul,
     "recovery_action" / c.Int8ul,  # RecoveryAction
+    "energy_mj" / c.Int64ul,  # energy drawn since the controller booted (NVML total energy consumption)
+    "viol_power_ms" / c.Int32ul,  # time the power cap held the clocks, since boot (NVML violation time)
+    "viol_thermal_ms" / c.Int32ul,  # ... a die's thermal slowdown (software or hardware)
+    "viol_hbm_thermal_ms" / c.Int32ul,  # ... the memory's temperature (HBM above hbm_max_c)
+    "viol_hw_slowdown_ms" / c.Int32ul,  # ... a hardware slowdown (VRM over-current, power brake, over-temperature)
     "n_dies" / c.Int8ul,
     "n_hbm" / c.Int8ul,
     "n_pumps" / c.Int8ul,

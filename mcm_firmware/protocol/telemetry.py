@@ -60,6 +60,11 @@ class Snapshot(NamedTuple):
     vrm_current_a: float
     rx_rejected: int
     recovery_action: int
+    energy_mj: int
+    viol_power_ms: int
+    viol_thermal_ms: int
+    viol_hbm_thermal_ms: int
+    viol_hw_slowdown_ms: int
     dies: tuple[DieTelemetry, ...]
     hbm: tuple[HbmTelemetry, ...]
     pumps: tuple[PumpTelemetry, ...]

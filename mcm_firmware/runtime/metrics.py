@@ -6,9 +6,9 @@ series carries ``fleet``, ``node`` and ``profile`` labels. The figures are the f
 readings (sensor values, not the plant's truth), read from the shards' arrays when Prometheus
 scrapes, so nothing is spent between scrapes.
 
-Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 21 series a
-node (10 of them the row remapper's counts, flags and bank histogram, and the last XID): 210,000
-series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a die, 160,000
+Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 25 series a
+node (10 of them the row remapper's counts, flags and bank histogram, and the last XID; 4 the energy
+and violation counters): 250,000 series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a die, 160,000
 more for 10,000 four-die modules); the run's self-measurement (``mcm_run_*``) is a few dozen
 series whatever the size. docs/performance.md has the cost of a scrape.
 """
@@ -69,6 +69,14 @@ MODULE_METRICS: tuple[tuple[str, str, str], ...] = (  # name, help, type (all ga
     ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_LOW", "Banks with one spare row available.", "gauge"),
     ("MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_NONE", "Banks with no spare row available.", "gauge"),
     ("MCM_FI_DEV_XID_ERRORS", "Value of the last XID logged since boot (0: none).", "gauge"),
+    ("MCM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Energy drawn since the controller booted (mJ).", "gauge"),
+    ("MCM_FI_DEV_POWER_VIOLATION", "Time the power cap held the clocks, since boot (us).", "gauge"),
+    (
+        "MCM_FI_DEV_THERMAL_VIOLATION",
+        "Time a thermal slowdown (die or memory) held the clocks, since boot (us).",
+        "gauge",
+    ),
+    ("MCM_FI_DEV_HW_SLOWDOWN_VIOLATION", "Time a hardware slowdown held the clocks, since boot (us).", "gauge"),
 )
 DIE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("MCM_FI_DEV_DIE_TEMP", "Die temperature as the firmware reads it (C).", "gauge"),
@@ -111,6 +119,10 @@ def module_values(shard: Shard) -> dict[str, np.ndarray]:
         "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_LOW": shard.ras_histogram[:, 3],
         "MCM_FI_DEV_BANKS_REMAP_ROWS_AVAIL_NONE": shard.ras_histogram[:, 4],
         "MCM_FI_DEV_XID_ERRORS": shard.ras_last_xid,
+        "MCM_FI_DEV_TOTAL_ENERGY_CONSUMPTION": np.round(shard.energy_j * 1e3),
+        "MCM_FI_DEV_POWER_VIOLATION": np.round(shard.violation_s[:, 0] * 1e6),
+        "MCM_FI_DEV_THERMAL_VIOLATION": np.round((shard.violation_s[:, 1] + shard.violation_s[:, 2]) * 1e6),
+        "MCM_FI_DEV_HW_SLOWDOWN_VIOLATION": np.round(shard.violation_s[:, 3] * 1e6),
     }
 
 

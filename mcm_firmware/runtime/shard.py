@@ -25,6 +25,7 @@ from ..plant.sensors import SensorBank, SensorFault
 from ..plant.workload import Workload, WorkloadModel, utilisation
 from ..profile import Profile
 from ..protocol import (
+    ClockReason,
     CoolingMode,
     EventCode,
     MsgType,
@@ -51,6 +52,9 @@ _RUNNING, _SHUTDOWN = int(NodeState.RUNNING), int(NodeState.SHUTDOWN)
 _FAILSAFE_MODE, _NATURAL_MODE = int(CoolingMode.FAILSAFE), int(CoolingMode.NATURAL_CONVECTION)
 _F_FAILSAFE, _F_LOCKED = int(SnapshotFlags.FAILSAFE), int(SnapshotFlags.CLOCKS_LOCKED)
 _P_RUNNING, _P_LEAD, _P_FAULT = int(PumpFlags.RUNNING), int(PumpFlags.LEAD), int(PumpFlags.FAULT)
+_R_CAP = np.uint32(ClockReason.SW_POWER_CAP)
+_R_THERM = np.uint32(ClockReason.SW_THERMAL_SLOWDOWN | ClockReason.HW_THERMAL_SLOWDOWN)
+_R_HW = np.uint32(ClockReason.HW_SLOWDOWN | ClockReason.HW_POWER_BRAKE_SLOWDOWN)
 _V_MANUAL = int(ValveFlags.MANUAL)
 _V_EXTERNAL = int(ValveFlags.EXTERNAL)
 
@@ -138,6 +142,9 @@ class Shard:
         self._storm_any = False
         self._ras_busy: set[int] = set()  # rows whose RAS firmware has work (errors, a store to scrub)
         self.boot_t = np.full(n, start_t)
+        # energy and violation times since each controller booted (monotonic, in telemetry)
+        self.energy_j = np.zeros(n)
+        self.violation_s = np.zeros((n, 4))  # power cap, die thermal, HBM thermal, hardware slowdown
         # energy since each row's last telemetry record: telemetry reports average power
         self._energy = np.zeros(n)
         self._die_energy = np.zeros((n, p.dies))
@@ -203,7 +210,9 @@ class Shard:
         n = self._periods_due(k0, self.div_dvfs)
         if n:
             st.forced_min = self.cool.natural.copy()
-            dvfs.dvfs_step(self.dvfs_cfg, st, self.util, self.s_die.value, self.dt * self.div_dvfs * n)
+            dvfs.dvfs_step(
+                self.dvfs_cfg, st, self.util, self.s_die.value, self.dt * self.div_dvfs * n, self.s_hbm.value
+            )
         if held is not None:
             self._restore(held, down)
 
@@ -227,6 +236,13 @@ class Shard:
         dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
         self._energy += self.plant.p_total * dt
         self._die_energy += self.plant.p_die * dt
+        self.energy_j += self.plant.p_total * (dt * self.active)
+        held = np.bitwise_or.reduce(st.reasons, axis=1)
+        viol = self.violation_s
+        viol[:, 0] += (held & _R_CAP != 0) * dt
+        viol[:, 1] += (held & _R_THERM != 0) * dt
+        viol[:, 2] += st.hbm_slow * dt
+        viol[:, 3] += (held & _R_HW != 0) * dt
         if self._samples_dtype is not None:
             self._smp_energy += self.plant.p_total * dt
             self._smp_die_energy += self.plant.p_die * dt
@@ -325,7 +341,11 @@ class Shard:
         failsafe, default power cap, no locked clocks, no latched pump faults, volatile RAS
         counters cleared and pending remaps applied). The hardware keeps its state."""
         self.rx_rejected[row] = 0
+        self.energy_j[row] = 0.0
+        self.violation_s[row] = 0.0
         cfg, st = self.dvfs_cfg, self.dvfs
+        st.f_therm_hbm[row] = cfg.f_max
+        st.hbm_slow[row] = False
         st.pstate[row] = len(cfg.mhz) - 1
         st.f_cap[row] = cfg.f_max
         st.f_therm[row] = cfg.f_max
@@ -658,6 +678,10 @@ class Shard:
         rec["vrm_current_a"] = pl.vrm_current[rows]
         rec["rx_rejected"] = self.rx_rejected[rows]
         rec["recovery_action"] = self.ras_action[rows]
+        rec["energy_mj"] = np.round(self.energy_j[rows] * 1e3).astype(np.uint64)
+        ms = (self.violation_s[rows] * 1e3).astype(np.int64) & 0xFFFFFFFF  # wraps at 2^32 ms
+        rec["viol_power_ms"], rec["viol_thermal_ms"] = ms[:, 0], ms[:, 1]
+        rec["viol_hbm_thermal_ms"], rec["viol_hw_slowdown_ms"] = ms[:, 2], ms[:, 3]
         rec["n_dies"], rec["n_hbm"], rec["n_pumps"], rec["n_valves"] = p.dies, p.hbm, p.pumps, p.valves
         d = rec["dies"]
         d["temp_c"] = self.s_die.value[rows]

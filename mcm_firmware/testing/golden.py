@@ -67,6 +67,11 @@ SNAPSHOT = Snapshot(
     vrm_current_a=1150.5,
     rx_rejected=1,
     recovery_action=1,
+    energy_mj=13_756_250,
+    viol_power_ms=2_400,
+    viol_thermal_ms=0,
+    viol_hbm_thermal_ms=0,
+    viol_hw_slowdown_ms=100,
     dies=(
         DieTelemetry(70.0, 270.25, 2000, 900, 0x0, 0, 85),
         DieTelemetry(71.5, 268.0, 1850, 860, 0x4, 1, 92),

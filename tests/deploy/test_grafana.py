@@ -34,6 +34,7 @@ def names_in(expr: str) -> tuple[set[str], dict[str, set[str]]]:
     bare = re.sub(r"\{[^}]*\}", "", bare)
     bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", bare)
     bare = re.sub(r"\[[^\]]*\]", "", bare)
+    bare = re.sub(r"(?<![A-Za-z0-9_:])\d+(\.\d+)?([eE][+-]?\d+)?", "", bare)  # numbers: 1000, 1e6
     if bare.startswith("label_values("):
         bare = bare.split(",")[0]
     words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare)) - PROMQL_WORDS
@@ -73,5 +74,5 @@ def test_the_dashboard_queries_what_a_run_exports(mosquitto, cli_process):
 
 
 def test_the_name_finder_finds_names_and_labels():
-    metrics, labels = names_in('sum by (outcome) (rate(mcm_run_x_total{fleet=~"$f",kind="a"}[1m])) or vector(0)')
+    metrics, labels = names_in('sum by (outcome) (rate(mcm_run_x_total{fleet=~"$f",kind="a"}[1m])) / 1e6 or vector(0)')
     assert metrics == {"mcm_run_x_total"} and labels == {"mcm_run_x_total": {"fleet", "kind"}}

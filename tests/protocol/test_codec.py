@@ -231,6 +231,11 @@ snapshots = st.builds(
     f32,
     u32,
     u8,
+    st.integers(0, 2**64 - 1),  # energy_mj
+    u32,
+    u32,
+    u32,
+    u32,
     st.lists(dies, max_size=8).map(tuple),
     st.lists(hbms, max_size=12).map(tuple),
     st.lists(pumps, max_size=4).map(tuple),

@@ -264,7 +264,9 @@ def _recrc(frame: bytes) -> bytes:
 def test_corrupted_frames_are_flagged_not_misdecoded(plugin, tmp_path):
     tlm = encode(GOLDEN["telemetry"])
     liar = bytearray(tlm)
-    liar[23 + 41] = 9  # n_dies: 9 dice declared, 2 present (CRC made right: only the layout is wrong)
+    from mcm_firmware.protocol.codec import COUNTS_OFFSET
+
+    liar[23 + COUNTS_OFFSET] = 9  # n_dies: 9 dice declared, 2 present (CRC made right: only the layout is wrong)
     cases = {
         "bad CRC": (_corrupt(tlm, 40), {"mcm.bad_crc"}),
         "cut short": (tlm[:60], {"mcm.malformed"}),
