@@ -775,7 +775,9 @@ async def run_processes(args: argparse.Namespace, layout: Any = None) -> int:
     async def relay(i: int, proc: asyncio.subprocess.Process) -> int:
         assert proc.stdout is not None
         while raw := await proc.stdout.readline():
-            print(f"[{i}/{p}] {raw.decode(errors='replace').rstrip()}", flush=True)
+            text = raw.decode(errors="replace").rstrip()
+            if not text.startswith("fleet file: "):  # what overrides the file: said once, above
+                print(f"[{i}/{p}] {text}", flush=True)
         return await proc.wait()
 
     try:

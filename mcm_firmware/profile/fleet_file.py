@@ -131,8 +131,8 @@ def _existing_file(v: str | None, info: ValidationInfo) -> str | None:
 
 
 def _loaded(e: ProfileError, ref: str) -> str:
-    """A profile error as said from the fleet file: the referenced file's own line when the error
-    is in it, else the message alone."""
+    """A profile or rig error as said from the fleet file: a name not found as ``'name': no such
+    ...``; a file that does not load as ``'ref' does not load: <its file:line: key: message>``."""
     text = str(e)
     return f"{ref!r}: {text.removeprefix(f'{ref}: ')}" if e.path == ref else f"{ref!r} does not load: {text}"
 
@@ -310,8 +310,8 @@ class FleetFile(_Section):
 
 
 @dataclass(frozen=True)
-class Fleet:
-    """A fleet file read and checked: the schema's model, and each node's profile."""
+class FleetLayout:
+    """A fleet file read and checked: the schema's model, each node's profile and rig."""
 
     path: str
     spec: FleetFile
@@ -331,7 +331,7 @@ class Fleet:
         return f"{self.path}{f':{n}' if n else ''}: key '{'.'.join(map(str, loc))}'"
 
 
-def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None) -> Fleet:
+def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None) -> FleetLayout:
     """Read and check a fleet file; a ProfileError lists every problem (``errors``, ``lines()``),
     each with file, line and key. ``checks`` (``broker_url``, ``serial_port``, ``fleet_name``)
     raise ValueError for a value they refuse."""
@@ -418,7 +418,7 @@ def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None)
         raise error
     profiles = {n: ctx.profiles[r.profile] for r in spec.nodes for n in r.ids}
     rigs = {n: ctx.rigs[r.rig_name] for r in spec.nodes if r.rig_name for n in r.ids}
-    return Fleet(path=path, spec=spec, profiles=profiles, rigs=rigs, text=text)
+    return FleetLayout(path=path, spec=spec, profiles=profiles, rigs=rigs, text=text)
 
 
 def read_toml_with_line(path: str | Path) -> dict[str, Any]:

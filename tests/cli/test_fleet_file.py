@@ -245,6 +245,7 @@ def test_a_fleet_file_spreads_over_worker_processes(tmp_path, cli_process):
     path = write(
         tmp_path,
         """
+        seed = 1
         [[nodes]]
         ids = "10-11"
         profile = "colossus-mcm"
@@ -255,9 +256,22 @@ def test_a_fleet_file_spreads_over_worker_processes(tmp_path, cli_process):
         """,
     )
     run = cli_process(
-        "run", "--fleet-file", str(path), "--embedded-port", str(free_port()), "--processes", "2", "--duration", "2"
+        "run",
+        "--fleet-file",
+        str(path),
+        "--embedded-port",
+        str(free_port()),
+        "--processes",
+        "2",
+        "--duration",
+        "2",
+        "--seed",
+        "5",
     )
     assert run.wait(40) == 0
+    assert [x for x in run.lines if "--seed 5 is used instead of seed = 1" in x] == [
+        f"fleet file: --seed 5 is used instead of seed = 1 ({path}:1)"
+    ]  # said once, by the parent
     run.wait_line("[0/2] running 2 nodes (ids 10..11) of colossus-mcm in fleet 'default'")
     run.wait_line("[1/2] running 2 nodes (ids 20..21) of mi300x-class in fleet 'default'")
 
