@@ -245,14 +245,6 @@ class BrokerSection(_Section):
     def _file(cls, v: str | None, info: ValidationInfo) -> str | None:
         return _existing_file(v, info)
 
-    @model_validator(mode="after")
-    def _fits(self) -> BrokerSection:
-        if self.url is not None and self.embedded_port is not None:
-            raise ValueError("embedded_port is for the embedded broker: it does not go with url")
-        if self.url is None and any(getattr(self, k) for k in ("username", *_PATH_KEYS)):
-            raise ValueError("username, password_file, node_secret, cafile, cert and key are for a broker url")
-        return self
-
 
 class SerialSection(_Section):
     """``[serial]``: the nodes talk MCTP over serial links instead of MQTT (``run --serial``)."""
@@ -355,6 +347,13 @@ def load_fleet_file(path: str | Path, checks: Mapping[str, Check] | None = None)
     # checks across entries, on every entry that is valid by itself
     if "broker" in data and "serial" in data:
         problem("[serial] replaces the MQTT link: a fleet file has [broker] or [serial], not both", "serial")
+    broker = data.get("broker")
+    if isinstance(broker, dict):  # checked here, so that they are said beside the table's other problems
+        if "url" in broker and "embedded_port" in broker:
+            problem("is for the embedded broker: it does not go with url", "broker", "embedded_port")
+        for k in ("username", *_PATH_KEYS):
+            if "url" not in broker and k in broker:
+                problem("is for a broker url: the embedded broker is open", "broker", k)
     raw = data.get("nodes")
     entries = [(i, e) for i, e in enumerate(raw if isinstance(raw, list) else []) if isinstance(e, dict)]
     owner: dict[int, int] = {}

@@ -63,6 +63,7 @@ BAD = """
     [broker]
     url = "http://example.com"
     connection = "carier"
+    embedded_port = 1884
 
     [[nodes]]
     ids = "0-5"
@@ -100,12 +101,13 @@ def test_a_bad_file_exits_2_naming_file_line_and_key_of_every_problem(tmp_path):
         (2, "colour", "unknown key"),
         (5, "broker.url", "http"),
         (6, "broker.connection", "'carier'"),
-        (14, "nodes.1.ids", "ids 4-5 are already in nodes.0 (line 9)"),
-        (15, "nodes.1.profile", "'mi300x-clas': no such profile (known: colossus-mcm"),
-        (18, "nodes.2.ids", "range 9-8 runs backwards"),
-        (24, "nodes.3.rig", "serves one node, and ids names 2"),
-        (25, "nodes.3.workload", "'gaming'"),
-        (30, "nodes.4.rig", "'no-such-rig': no such rig profile (known: bench-controller, bench-tc-valve)"),
+        (7, "broker.embedded_port", "is for the embedded broker: it does not go with url"),
+        (15, "nodes.1.ids", "ids 4-5 are already in nodes.0 (line 10)"),
+        (16, "nodes.1.profile", "'mi300x-clas': no such profile (known: colossus-mcm"),
+        (19, "nodes.2.ids", "range 9-8 runs backwards"),
+        (25, "nodes.3.rig", "serves one node, and ids names 2"),
+        (26, "nodes.3.workload", "'gaming'"),
+        (31, "nodes.4.rig", "'no-such-rig': no such rig profile (known: bench-controller, bench-tc-valve)"),
     ]
     assert len(lines) == len(expected), r.stderr
     for line, (no, key, needle) in zip(lines, expected, strict=True):
@@ -123,7 +125,7 @@ def test_a_bad_file_exits_2_naming_file_line_and_key_of_every_problem(tmp_path):
         ("[[nodes]\n", ":1: TOML syntax error"),
         (
             "[broker]\nembedded_port = 1884\nusername = 'u'\n[[nodes]]\nids = 0\nprofile = 'colossus-mcm'\n",
-            ":1: key 'broker': username, password_file, node_secret, cafile, cert and key are for a broker url",
+            ":3: key 'broker.username': is for a broker url: the embedded broker is open",
         ),
         (
             "[broker]\nurl = 'mqtt://h'\npassword_file = 'nope.pw'\n[[nodes]]\nids = 0\nprofile = 'colossus-mcm'\n",
@@ -214,12 +216,17 @@ def test_a_mixed_fleet_file_runs_each_node_s_profile_and_the_command_line_overri
         [[nodes]]
         ids = "0-1"
         profile = "colossus-mcm"
-        workload = "training"
+        workload = "steady"
+
+        [[nodes]]
+        ids = 2
+        profile = "colossus-mcm"
+        workload = "idle"
 
         [[nodes]]
         ids = "5"
         profile = "mi300x-class"
-        workload = "idle"
+        workload = "steady"
 
         [[nodes]]
         ids = 7
@@ -229,16 +236,24 @@ def test_a_mixed_fleet_file_runs_each_node_s_profile_and_the_command_line_overri
     )
     run = cli_process("run", "--fleet-file", str(path), "--fleet", "ff", "--summary-interval", "0.5")
     run.wait_line(f"fleet file: --fleet ff is used instead of fleet = 'from-file' ({path}:1)")
-    line = run.wait_line("running 4 nodes")
-    assert "(ids 0..1, 5, 7) of colossus-mcm ×2, h100-sxm-class ×1, mi300x-class ×1 in fleet 'ff'" in line
-    run.wait_line("up: 4 nodes")
+    line = run.wait_line("running 5 nodes")
+    assert "(ids 0..2, 5, 7) of colossus-mcm ×3, h100-sxm-class ×1, mi300x-class ×1 in fleet 'ff'" in line
+    run.wait_line("up: 5 nodes")
+    run.wait_line("t=    1.0s node=7")  # a second of load
     r = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "ff", "--json", "all", "status")
     assert r.returncode == 0, r.stderr
-    got = {x["node"]: x["profile"] for x in json.loads(r.stdout)["results"]}
-    assert got == {0: "colossus-mcm", 1: "colossus-mcm", 5: "mi300x-class", 7: "h100-sxm-class"}
+    status = {x["node"]: x for x in json.loads(r.stdout)["results"]}
+    assert {n: x["profile"] for n, x in status.items()} == {
+        0: "colossus-mcm",
+        1: "colossus-mcm",
+        2: "colossus-mcm",
+        5: "mi300x-class",
+        7: "h100-sxm-class",
+    }
+    assert status[2]["power_w"] < 0.5 * min(status[0]["power_w"], status[1]["power_w"])  # idle, steady
     run.signal(2)
     assert run.wait() == 0
-    run.wait_line("stopped 4 nodes")
+    run.wait_line("stopped 5 nodes")
 
 
 def test_a_fleet_file_spreads_over_worker_processes(tmp_path, cli_process):
