@@ -299,3 +299,39 @@ def test_the_bench_fleet_puts_its_nodes_on_serial_links_and_one_on_a_rig(cli_pro
     run.wait_line("running 2 nodes of h100-sxm-class in fleet 'bench' on serial links")
     assert re.search(r"rig: node 1 \(bench-tc-valve\) at /dev/\S+", run.wait_line("rig: node 1"))
     assert not any(line.startswith("rig: node 0") for line in run.lines)
+
+
+def test_paths_in_the_file_are_relative_to_it(tmp_path):
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "host.pw").write_text("pw\n")
+    path = write(
+        tmp_path,
+        """
+        [broker]
+        url = "mqtt://127.0.0.1:1883"
+        username = "fleet-host"
+        password_file = "secrets/host.pw"
+
+        [[nodes]]
+        ids = 0
+        profile = "colossus-mcm"
+        """,
+    )
+    broker = load_fleet_file(path, CHECKS).spec.broker
+    assert broker is not None and broker.password_file == str(tmp_path / "secrets" / "host.pw")
+
+
+def test_a_shard_of_a_fleet_file_is_a_slice_of_its_ids(cli_process):
+    run = cli_process(
+        "run",
+        "--fleet-file",
+        str(ROOT / "fleets" / "mixed.toml"),
+        "--shard",
+        "1/2",
+        "--embedded-port",
+        str(free_port()),
+        "--duration",
+        "1",
+    )
+    assert run.wait(30) == 0
+    run.wait_line("running 4 nodes (ids 4..7) of colossus-mcm ×2, mi300x-class ×2 in fleet 'mixed'")
