@@ -709,8 +709,6 @@ async def run_processes(args: argparse.Namespace, layout: Any = None) -> int:
     from ..transport import TransportError
     from ..transport.broker import EmbeddedBroker, PortInUse
 
-    if args.serial or args.record or args.rig:
-        raise BadInput("--processes runs nodes on a broker: --serial, --record and --rig do not go with it")
     if layout is not None and layout.spec.serial is not None:
         raise BadInput(f"--processes runs nodes on a broker: {layout.where('serial')} puts them on serial links")
     if layout is not None and layout.rigs:
@@ -720,6 +718,8 @@ async def run_processes(args: argparse.Namespace, layout: Any = None) -> int:
             f"--processes does not run rigs (nor does --rig go with it): {layout.where('nodes', entry, 'rig')} "
             "gives node(s) a rig; run them in a fleet file of their own, without --processes"
         )
+    if args.serial or args.record or args.rig:
+        raise BadInput("--processes runs nodes on a broker: --serial, --record and --rig do not go with it")
     base_k, base_n = shard_spec(args) or (0, 1)
     p = args.processes
     broker = None

@@ -178,7 +178,7 @@ def test_options_the_file_replaces_are_refused_and_a_repeated_profile_too(tmp_pa
     r = run_cli("run", "--fleet-file", str(serial), "--broker", "mqtt://127.0.0.1:1")
     assert r.returncode == 2 and f"--broker does not go with {serial}:1: key 'serial'" in r.stderr
     r = run_cli("run", "--fleet-file", str(serial), "--processes", "2")
-    assert r.returncode == 2 and "--processes runs nodes on a broker" in r.stderr
+    assert r.returncode == 2 and f"--processes runs nodes on a broker: {serial}:1: key 'serial' puts them" in r.stderr
     rig = write(tmp_path, "[[nodes]]\nids = 0\nprofile = 'colossus-mcm'\nrig = 'bench-tc-valve'\n", "rig.toml")
     r = run_cli("run", "--fleet-file", str(rig), "--processes", "2")
     assert r.returncode == 2 and f"{rig}:4: key 'nodes.0.rig'" in r.stderr
