@@ -65,6 +65,7 @@ from ..protocol import (
 )
 from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.codec import command_op, encode_body, request_id, snapshot_from_payload
+from ..protocol.frames import AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
 from ..protocol.ops import FAULT_CONTROL, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
@@ -78,6 +79,7 @@ from ..transport import (
     Will,
 )
 from ..transport.link_faults import LinkFaultParam, LinkFaultParams, LinkFaults
+from . import heap
 from .meter import DECIMATED, DROPPED, DUE, SENT, Quantiles, RunMeter, telemetry_counters
 from .shard import Shard
 
@@ -92,6 +94,7 @@ CAPABILITIES = (
     | Capability.FAULT_INJECTION
 )
 RESPONSE_CACHE = 256  # request ids remembered for duplicate detection
+LARGEST_FRAME = HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE + AUTH_TRAILER_SIZE
 BOOT_TIME_S = 2.0  # a rebooting controller is away this long
 LIFECYCLE_GRACE_S = 0.05  # a crash or reboot waits this long, so that its command is answered
 OUTBOX_LIMIT = 1024  # events/responses kept while the link is down
@@ -608,6 +611,8 @@ class Node:
 
     def _on_frame(self, data: bytes) -> None:
         self.counters.rx_frames += 1
+        if len(data) > LARGEST_FRAME:  # refused below; then the heap it took goes back to the system
+            asyncio.get_running_loop().call_soon(heap.release)
         if self.auth is not None:
             try:  # before anything else: a refused frame changes nothing but the counters
                 self.auth.open(data, self.clock.now_ns(), node=self.node_id)  # its own key only

@@ -82,3 +82,30 @@ async def test_a_flood_of_hostile_payloads_leaves_the_node_ticking_and_its_memor
         f"rejected {status['counters']['rx_rejected']}, tick late max {after['tick_late_max_us'] / 1000:.1f} ms, "
         f"RSS {rss0:.1f} -> {rss1:.1f} MB"
     )
+
+
+def test_freed_heap_goes_back_to_the_system():
+    """glibc's mmap threshold follows the largest block freed (a 10 MB payload raises it to 10 MB),
+    after which blocks of a few MB come from the heap and, freed below a live block, stay there
+    until malloc_trim gives them back."""
+    import os
+    import time
+
+    from mcm_firmware.runtime import heap
+
+    def rss_kb() -> int:
+        lines = Path(f"/proc/{os.getpid()}/status").read_text().splitlines()
+        return next(int(x.split()[1]) for x in lines if x.startswith("VmRSS:"))
+
+    big = bytearray(b"\x01" * (10 << 20))
+    del big  # the threshold is now 10 MB
+    blocks = [bytearray(b"\x01" * (3 << 20)) for _ in range(5)]  # 15 MB from the heap
+    pin = bytearray(b"\x02" * 200_000)  # a live block above them
+    blocks.clear()
+    held = rss_kb()
+    time.sleep(heap.TRIM_AT_MOST_EVERY_S)
+    before = heap.trims
+    heap.release()
+    assert heap.trims == before + 1
+    assert rss_kb() < held - 10_000, "the 15 MB freed stayed with the process"
+    assert len(pin) == 200_000

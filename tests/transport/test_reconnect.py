@@ -133,7 +133,7 @@ def test_a_stop_on_the_embedded_broker_reaches_live_subscribers_and_does_not_wai
     assert run.proc.wait(10) == 0
     stop_s = time.monotonic() - t0
     deaths = [line for line in mon.lines if " DEATH " in line and "SHUTDOWN" in line]
-    assert len({line.split()[0] for line in deaths}) == 8, deaths  # every node's DEATH, live
+    assert len({line.split()[1] for line in deaths}) == 8, deaths  # every node's DEATH, live
     assert stop_s < 3.0 and mon.proc.poll() is None  # the monitor still connected did not hold the run
 
 
