@@ -110,7 +110,12 @@ def secured(url: str, args: argparse.Namespace) -> str:
 def client_options(p: argparse.ArgumentParser) -> None:
     """``--broker`` or ``--serial``, ``--fleet``, ``--json``: how a host reaches a fleet."""
     link = p.add_mutually_exclusive_group()
-    link.add_argument("--broker", type=broker_url, default=DEFAULT_BROKER)
+    link.add_argument(
+        "--broker",
+        type=broker_url,
+        default=DEFAULT_BROKER,
+        help="the broker: mqtt://HOST[:PORT] or mqtts:// (default %(default)s)",
+    )
     link.add_argument(
         "--serial",
         type=serial_port,
@@ -120,7 +125,9 @@ def client_options(p: argparse.ArgumentParser) -> None:
         "printed by run --serial pty, socket://HOST:PORT, rfc2217://HOST:PORT; "
         "options ?baud=N&mtu=N",
     )
-    p.add_argument("--fleet", type=fleet_name, default="default")
+    p.add_argument(
+        "--fleet", type=fleet_name, default="default", help="the fleet (a topic level) (default %(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     security_options(p)
     frame_keys_option(p)

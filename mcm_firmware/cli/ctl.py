@@ -40,9 +40,9 @@ def add_parser(sub: Any) -> None:
         ),
     )
     ctl_options(ctl)
-    ctl.add_argument("node", type=node_selection, metavar="NODE")
-    ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND")
-    ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    ctl.add_argument("node", type=node_selection, metavar="NODE", help="a node id, ids and ranges (0-7,9), or all")
+    ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
+    ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the command's arguments (see above)")
     ctl.set_defaults(func=cmd_ctl)
 
 

@@ -38,7 +38,9 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="stop after this many batches of 25 cases (a budget of work; with --duration, whichever ends first)",
     )
-    fz.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0)
+    fz.add_argument(
+        "--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=0, help="the campaign's seed (default %(default)s)"
+    )
     fz.add_argument(
         "--report",
         metavar="DIR",

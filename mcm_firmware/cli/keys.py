@@ -19,11 +19,11 @@ def add_parser(sub: Any) -> None:
     )
     fsub = fk.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
     new = fsub.add_parser("new", help="append a new random key (the file is made, mode 0600, when missing)")
-    new.add_argument("file", metavar="FILE")
+    new.add_argument("file", metavar="FILE", help="the key file (made, mode 0600, when missing)")
     new.add_argument("--next", action="store_true", help="accepted everywhere, not yet used for sealing")
     new.set_defaults(func=cmd_new)
     show = fsub.add_parser("show", help="the key ids of a file and the one frames are sealed with (no secrets)")
-    show.add_argument("file", metavar="FILE")
+    show.add_argument("file", metavar="FILE", help="the key file")
     show.set_defaults(func=cmd_show)
 
 

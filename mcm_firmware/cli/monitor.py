@@ -17,9 +17,21 @@ from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, frame_au
 def add_parser(sub: Any) -> None:
     mon = sub.add_parser("monitor", help="print every frame of a fleet, decoded")
     client_options(mon)
-    mon.add_argument("--node", type=bounded(int, 0, U32_MAX, "--node"), default=None)
-    mon.add_argument("--count", type=bounded(int, 1, 2**63, "--count"), default=None)
-    mon.add_argument("--duration", type=bounded(float, 0.001, 1e9, "--duration"), default=None)
+    mon.add_argument(
+        "--node", type=bounded(int, 0, U32_MAX, "--node"), default=None, help="only this node (default: all)"
+    )
+    mon.add_argument(
+        "--count",
+        type=bounded(int, 1, 2**63, "--count"),
+        default=None,
+        help="exit after this many frames (default: never)",
+    )
+    mon.add_argument(
+        "--duration",
+        type=bounded(float, 0.001, 1e9, "--duration"),
+        default=None,
+        help="exit after this many seconds (default: never)",
+    )
     mon.add_argument(
         "--exit-on-loss",
         action="store_true",

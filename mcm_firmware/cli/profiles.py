@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
         epilog=SEARCH_PATH,
     )
     show = psub.add_parser("show", help="one profile (hardware, else rig), validated, as JSON", epilog=SEARCH_PATH)
-    show.add_argument("name")
+    show.add_argument("name", help="a profile name (profiles list) or a .toml path")
     val = psub.add_parser(
         "validate",
         help="check profile files (hardware or rig profiles)",
@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
         " rigs/ directory, or one with rig-only keys ([[sensor]], [[actuator]], poll_hz, ...) and no"
         " [die], is checked as a rig profile, any other as a hardware profile.",
     )
-    val.add_argument("paths", nargs="+", metavar="PATH")
+    val.add_argument("paths", nargs="+", metavar="PATH", help="profile files: hardware or rig")
     val.add_argument(
         "--kind",
         choices=("auto", "hardware", "rig"),

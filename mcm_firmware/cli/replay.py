@@ -11,9 +11,19 @@ from .common import DEFAULT_BROKER, EXIT_OK, BadInput, Failure, bounded, broker_
 
 def add_parser(sub: Any) -> None:
     rep = sub.add_parser("replay", help="publish a recording again")
-    rep.add_argument("file", metavar="FILE")
-    rep.add_argument("--broker", type=broker_url, default=DEFAULT_BROKER)
-    rep.add_argument("--speed", type=bounded(float, 0.01, 1e6, "--speed"), default=1.0)
+    rep.add_argument("file", metavar="FILE", help="a recording of run --record (.jsonl.gz)")
+    rep.add_argument(
+        "--broker",
+        type=broker_url,
+        default=DEFAULT_BROKER,
+        help="the broker: mqtt://HOST[:PORT] or mqtts:// (default %(default)s)",
+    )
+    rep.add_argument(
+        "--speed",
+        type=bounded(float, 0.01, 1e6, "--speed"),
+        default=1.0,
+        help="replay this many times faster than recorded (default %(default)s)",
+    )
     rep.add_argument("--fleet", type=fleet_name, default=None, help="publish under this fleet name instead")
     rep.set_defaults(func=cmd_replay)
 

@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
         " line and key of every problem, one a line: all of the schema's, else all of timing,"
         " expectations, profiles, faults and node selectors.",
     )
-    sval.add_argument("paths", nargs="+", metavar="FILE|NAME")
+    sval.add_argument("paths", nargs="+", metavar="FILE|NAME", help="scenario files, or names of the library")
     srun = ssub.add_parser(
         "run",
         help="run a scenario and check its expectations",
@@ -39,12 +39,22 @@ def add_parser(sub: Any) -> None:
             "the MQTT broker given with --broker, so that fleet software can watch it."
         ),
     )
-    srun.add_argument("scenario", metavar="FILE|NAME")
-    srun.add_argument("--seed", type=bounded(int, 0, U32_MAX, "--seed"), default=None)
+    srun.add_argument("scenario", metavar="FILE|NAME", help="a scenario file, or a name of the library (scenario list)")
+    srun.add_argument(
+        "--seed",
+        type=bounded(int, 0, U32_MAX, "--seed"),
+        default=None,
+        help="the random seed (default: the scenario's own)",
+    )
     srun.add_argument("--report", metavar="DIR", default=None, help="write summary.json, plots and index.html")
     srun.add_argument("--record", metavar="FILE", default=None, help="keep every frame in FILE (.jsonl.gz)")
     srun.add_argument("--realtime", action="store_true", help="run on real time over --broker")
-    srun.add_argument("--broker", type=broker_url, default=None)
+    srun.add_argument(
+        "--broker",
+        type=broker_url,
+        default=None,
+        help="with --realtime (which needs it): the broker to run over",
+    )
     srun.add_argument(
         "--speed",
         type=bounded(float, 0.01, 10_000, "--speed"),

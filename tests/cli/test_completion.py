@@ -44,3 +44,22 @@ def test_quiet_and_verbose_exclude_each_other_and_quiet_goes_anywhere():
     r = run_cli("profiles", "list", "-q")
     assert r.returncode == 0 and "colossus-mcm" in r.stdout
     assert os.environ.get("_ARGCOMPLETE") is None
+
+
+def test_every_option_and_argument_says_what_it_is():
+    import argparse
+
+    from mcm_firmware.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif a.help is None:
+                missing.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+
+    walk(build_parser(), "mcm-emu")
+    assert not missing, f"without a help text: {missing}"
