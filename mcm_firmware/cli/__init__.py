@@ -74,6 +74,8 @@ class _Parser(argparse.ArgumentParser):
     common: argparse.ArgumentParser | None = None
 
     def error(self, message: str) -> NoReturn:
+        # a command's ARGS are optional (argparse lists an empty REMAINDER among the required)
+        message = message.replace("required: COMMAND, ARGS", "required: COMMAND")
         self.exit(EXIT_USAGE, f"mcm-emu: error: {message}\n  (see '{self.prog} --help')\n")
 
     def add_subparsers(self, **kw: Any) -> Any:

@@ -91,6 +91,7 @@ def test_ctl_timeout_exits_1(mosquitto):
         (("run", "--fleet", "a/b"), "fleet name"),
         (("run", "--profile", "nope", "--embedded-port", "1"), "no such profile"),
         (("ctl", "1", "dance"), "invalid choice"),
+        (("ctl", "3"), "the following arguments are required: COMMAND\n"),  # ARGS are optional
         (("ctl", "1", "ping", "extra"), "ping takes no arguments"),
         (("ctl", "-5", "ping"), "NODE"),
         (("monitor", "--count", "0"), "--count must be within"),
