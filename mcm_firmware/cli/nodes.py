@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import time
 from typing import Any
 
 from .common import EXIT_OK, BadInput, Failure, client_options, link_url
@@ -16,7 +17,7 @@ def add_parser(sub: Any) -> None:
         help="list the nodes of a fleet (from the broker's retained state)",
         description="List every node the broker holds a state for: its id, whether it is online (its BIRTH "
         "in force; a carried node also needs its carrier's link up), profile, firmware, boot count, "
-        "bdseq and since when; for an offline node the reason of its DEATH. A retained BIRTH is what the "
+        "bdseq, since when and for how long (from its BIRTH); for an offline node the reason of its DEATH. A retained BIRTH is what the "
         "broker remembers: --ping asks each online node for an answer too.",
     )
     client_options(nodes)
@@ -29,9 +30,18 @@ def _since(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _up(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 async def cmd_nodes(args: argparse.Namespace) -> int:
     import asyncio
-    import time
     import uuid
 
     from ..host.client import HostClient, HostError
@@ -51,6 +61,8 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     for node in sorted(state.nodes):
         msg = state.nodes[node]
         row: dict[str, Any] = {"node": node, "online": state.online(node), "since": _since(msg.timestamp_ns)}
+        if isinstance(msg, Birth) and row["online"]:
+            row["up_s"] = max(0.0, round(time.time() - msg.timestamp_ns / 1e9, 1))  # since this BIRTH
         if isinstance(msg, Birth):
             row.update(
                 profile=msg.profile, firmware=msg.firmware, boot_count=msg.boot_count, bdseq=msg.bdseq & 0x7FFFFFFF
@@ -89,7 +101,9 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no node of fleet {args.fleet!r} on this broker", flush=True)
         return EXIT_OK
-    head = f"{'NODE':>6}  {'STATE':7}  {'PROFILE':20}  {'FIRMWARE':8}  {'BOOT':>4}  {'BDSEQ':>5}  {'SINCE':20}"
+    head = (
+        f"{'NODE':>6}  {'STATE':7}  {'PROFILE':20}  {'FIRMWARE':8}  {'BOOT':>4}  {'BDSEQ':>5}  {'SINCE':20}  {'UP':>8}"
+    )
     if args.ping:
         head += f"  {'PING':>8}"
     print(head + "  NOTE", flush=True)
@@ -97,6 +111,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
         line = (
             f"{r['node']:>6}  {'online' if r['online'] else 'offline':7}  {r.get('profile', '-'):20}  "
             f"{r.get('firmware', '-'):8}  {r.get('boot_count', '-'):>4}  {r.get('bdseq', '-'):>5}  {r['since']:20}"
+            f"  {_up(r.get('up_s')):>8}"
         )
         if args.ping:
             ms = r.get("ping_ms")

@@ -21,6 +21,7 @@ def test_nodes_lists_the_fleet_and_ctl_takes_selections(mosquitto, cli_process):
     listing = json.loads(r.stdout)
     assert [n["node"] for n in listing["nodes"]] == [0, 1, 2, 3]
     assert all(n["online"] and n["profile"] == "colossus-mcm" and n["ping_ms"] > 0 for n in listing["nodes"])
+    assert all(0 <= n["up_s"] < 60 for n in listing["nodes"])
 
     r = run_cli("ctl", *base, "0-2", "set-power-cap", "900")
     assert r.returncode == 0, r.stderr
