@@ -76,6 +76,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # a command's ARGS are optional (argparse lists an empty REMAINDER among the required)
         message = message.replace("required: COMMAND, ARGS", "required: COMMAND")
+        if "--json" in sys.argv[1:]:  # a program reading stdout gets its one JSON object, usage errors too
+            print(json.dumps({"ok": False, "error": message, "exit_code": EXIT_USAGE}), flush=True)
         self.exit(EXIT_USAGE, f"mcm-emu: error: {message}\n  (see '{self.prog} --help')\n")
 
     def add_subparsers(self, **kw: Any) -> Any:

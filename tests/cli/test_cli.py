@@ -220,6 +220,9 @@ def test_json_errors_are_json_objects_on_stdout_too():
     out = json.loads(r.stdout)
     assert r.returncode == 1 and out["ok"] is False and out["node"] == 3 and "cannot connect" in out["error"]
     assert out["exit_code"] == 1 and "cannot connect" in r.stderr
+    r = run_cli("ctl", "--json", "5-2", "ping")  # refused by the argument parser itself
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["exit_code"] == 2 and "5-2" in out["error"]
     r = run_cli("ctl", "--json", "3", "set-power-cap", "abc")
     out = json.loads(r.stdout)
     assert r.returncode == 2 and out["exit_code"] == 2 and "must be a number" in out["error"]
