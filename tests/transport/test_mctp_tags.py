@@ -71,23 +71,33 @@ def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_proces
         partial: dict[tuple[int, int], bytearray] = {}
         seq, next_rid, total, deadline = 0, 1000, 20, time.monotonic() + 30
 
-        def send(tag: int) -> None:
+        sent_at: dict[int, float] = {}
+
+        def send(tag: int, rid: int | None = None) -> None:
+            """A request on ``tag``; with ``rid``, that request again (a requester's retry after
+            its timeout: same tag, same request id, answered once by the node's cache)."""
             nonlocal seq, next_rid
-            cmd = encode(
-                Command(node_id=0, seq=seq, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=next_rid, op=Op.PING)
-            )
+            retry = rid is not None
+            rid = next_rid if rid is None else rid
+            flags = int(FrameFlags.HOST) | (int(FrameFlags.RETRY) if retry else 0)
+            cmd = encode(Command(node_id=0, seq=seq, timestamp_ns=0, flags=flags, request_id=rid, op=Op.PING))
             vendor = bytes((0x7F,)) + IANA_PEN.to_bytes(4, "big") + bytes((1, 4, 0)) + (0).to_bytes(4, "big") + cmd
             assert len(vendor) <= 64  # one packet at the baseline MTU
             header = bytes((0x01, node_eid, HOST_EID, 0xC0 | 0x08 | tag))  # SOM, EOM, seq 0, TO=1, tag
             os.write(fd, frame(header + vendor))
-            in_flight[tag] = next_rid
-            seq, next_rid = seq + 1, next_rid + 1
+            in_flight[tag] = rid
+            sent_at[tag] = time.monotonic()
+            seq = seq + 1
+            if not retry:
+                next_rid += 1
 
         sent = 0
         while sent < total and free:  # eight requests back to back: every tag owned
             send(free.pop(0))
             sent += 1
         while len(answered) < total and time.monotonic() < deadline:
+            for tag in [t for t, at in sent_at.items() if t in in_flight and time.monotonic() - at > 2.0]:
+                send(tag, in_flight[tag])  # a frame lost on the line (a loaded machine): sent again
             select.select([fd], [], [], 0.2)
             try:
                 rx += os.read(fd, 65536)
@@ -109,6 +119,8 @@ def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_proces
                     continue  # not a response (telemetry, events, keepalives are the node's own requests)
                 resp = decode(message[12:])
                 assert isinstance(resp, Response)
+                if resp.request_id in answered:
+                    continue  # the answer to a retry of a request already answered
                 assert in_flight.get(tag) == resp.request_id, (tag, resp.request_id, in_flight)
                 answered[resp.request_id] = tag
                 del in_flight[tag]
