@@ -109,3 +109,20 @@ def on_fleet(
             await rec.stop()
 
     return run_virtual(main)
+
+
+def read_terminal(primary: int) -> bytes:
+    """Everything a child wrote to a pseudo-terminal, until it closed it (EIO); closes ``primary``."""
+    import os
+
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    return b"".join(chunks)

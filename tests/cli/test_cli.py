@@ -11,6 +11,7 @@ import time
 import pytest
 
 from ..conftest import free_port, run_cli
+from ..helpers import read_terminal
 
 
 def test_run_with_embedded_broker_ctl_monitor_and_sigterm(cli_process):
@@ -198,18 +199,9 @@ def test_the_live_table_on_a_terminal_has_pumps_cap_and_faults_columns():
     os.close(secondary)
     time.sleep(2.0)
     assert run_cli("ctl", "--broker", f"mqtt://127.0.0.1:{port}", "0", "inject", "pump-fail", "A").returncode == 0
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(primary)
+    out = read_terminal(primary)
     assert proc.wait(timeout=60) == 0
-    screen = b"".join(chunks).decode(errors="replace")
+    screen = out.decode(errors="replace")
     for column in ("cap W", "pumps", "faults", "Tmax °C"):
         assert column in screen, column
     assert "pump-fail A" in screen and "A!" in screen and "* lead, - stopped, ! faulty" in screen

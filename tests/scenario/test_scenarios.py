@@ -24,6 +24,7 @@ from mcm_firmware.scenario import (
 from mcm_firmware.transport import Channel, Subscription, TransportError, transport_factory
 
 from ..conftest import ROOT, cli_env, free_port, run_cli
+from ..helpers import read_terminal
 
 LIBRARY = list_scenarios()
 
@@ -280,18 +281,9 @@ def test_list_wraps_descriptions_to_the_terminal(tmp_path):
         cwd=ROOT,
     )
     os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(primary)
+    out = read_terminal(primary)
     assert proc.wait(timeout=60) == 0
-    lines = b"".join(chunks).decode().splitlines()
+    lines = out.decode().splitlines()
     assert lines and all(len(line) <= 90 for line in lines), [line for line in lines if len(line) > 90]
     names = [line.split()[0] for line in lines if not line.startswith(" ")]
     assert names == sorted(LIBRARY)
