@@ -7,6 +7,7 @@ so without this the process keeps what one flood made it take. Elsewhere than gl
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import time
@@ -14,6 +15,7 @@ import time
 _libc: ctypes.CDLL | None = None
 _tried = False
 _last = 0.0
+_pending: asyncio.Handle | None = None
 TRIM_AT_MOST_EVERY_S = 0.5
 
 trims = 0
@@ -35,12 +37,29 @@ def _malloc_trim() -> bool:
     return bool(_libc.malloc_trim(0))
 
 
-def release() -> None:
-    """Return the heap's free pages to the system (at most every half second)."""
+def release(*, force: bool = False) -> None:
+    """Return the heap's free pages to the system (at most every half second unless forced)."""
     global _last, trims
     now = time.monotonic()
-    if now - _last < TRIM_AT_MOST_EVERY_S:
+    if not force and now - _last < TRIM_AT_MOST_EVERY_S:
         return
     _last = now
     _malloc_trim()
     trims += 1
+
+
+def release_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """Trim once the input now being refused is freed: on the next turn of the loop, or, within
+    half a second of the last trim, at the end of that half second (one trim for a burst; the last
+    oversize input of a burst is given back too)."""
+    global _pending
+    if _pending is not None:
+        return
+    wait = max(0.0, TRIM_AT_MOST_EVERY_S - (time.monotonic() - _last))
+
+    def run() -> None:
+        global _pending
+        _pending = None
+        release(force=True)
+
+    _pending = loop.call_later(wait, run) if wait > 0 else loop.call_soon(run)

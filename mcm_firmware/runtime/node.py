@@ -612,7 +612,7 @@ class Node:
     def _on_frame(self, data: bytes) -> None:
         self.counters.rx_frames += 1
         if len(data) > LARGEST_FRAME:  # refused below; then the heap it took goes back to the system
-            asyncio.get_running_loop().call_soon(heap.release)
+            heap.release_soon(asyncio.get_running_loop())
         if self.auth is not None:
             try:  # before anything else: a refused frame changes nothing but the counters
                 self.auth.open(data, self.clock.now_ns(), node=self.node_id)  # its own key only

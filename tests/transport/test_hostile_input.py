@@ -120,3 +120,23 @@ def test_freed_heap_goes_back_to_the_system():
     assert heap.trims == before + 1
     assert rss_kb() < held - 10_000, "the 15 MB freed stayed with the process"
     assert len(pin) == 200_000
+
+
+async def test_a_burst_of_oversize_inputs_is_trimmed_once_after_the_last():
+    """Trims are at most every half second; inputs refused inside that half second are given back
+    at its end, in one trim (the last of a burst is not left on the heap)."""
+    from mcm_firmware.runtime import heap
+
+    loop = asyncio.get_running_loop()
+    heap.release(force=True)
+    before = heap.trims
+    for _ in range(5):  # a burst right after a trim
+        heap.release_soon(loop)
+    assert heap.trims == before  # not now: inside the half second
+    await asyncio.sleep(heap.TRIM_AT_MOST_EVERY_S + 0.2)
+    assert heap.trims == before + 1
+    await asyncio.sleep(heap.TRIM_AT_MOST_EVERY_S)
+    heap.release_soon(loop)  # past the half second: on the next turn of the loop
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert heap.trims == before + 2
