@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 import uuid
@@ -265,10 +266,31 @@ class MqttTransport(Transport):
             raise TransportError(f"subscribe failed: {e}") from None
 
     async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
+        """Until the frame is written (QoS 0) or acknowledged (QoS 1), however long the connection
+        takes to drain, or until the connection is lost (TransportError). No time limit of its own:
+        a frame given up on while paho still holds it would be sent anyway, counted lost (a
+        response requeued after a timeout went out twice, and was counted dropped as well); a
+        connection that carries nothing is found half-open and aborted (:class:`_Watchdog`)."""
+        client = self._require()
+        gone: asyncio.Future[None] = client._disconnected
+        if gone.done():
+            raise TransportError(f"publish failed: connection to {self.url} lost")
+        sent = asyncio.ensure_future(
+            client.publish(topic(address), payload, qos=1 if reliable else 0, retain=retain, timeout=math.inf)
+        )
         try:
-            await self._require().publish(topic(address), payload, qos=1 if reliable else 0, retain=retain)
-        except aiomqtt.MqttError as e:
+            await asyncio.wait((sent, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not sent.done():
+                sent.cancel()
+                await asyncio.gather(sent, return_exceptions=True)
+        if sent.cancelled():
+            raise TransportError(f"publish failed: connection to {self.url} lost")
+        e = sent.exception()
+        if isinstance(e, aiomqtt.MqttError):
             raise TransportError(f"publish failed: {e}") from None
+        if e is not None:
+            raise e
 
     async def receive(self) -> Delivery:
         self._require()
