@@ -206,7 +206,13 @@ def node_links(
             return cast(Transport, raw.RawMqttTransport(host=host, port=port, client_id=cid, security=security))
 
         carrier = Carrier(control, client_id=client_id, fleet=fleet, nodes=nodes)
-        sink = fast.FastPublisher(host=host, port=port, client_id=f"{client_id}-tlm", security=security)
+        sink = fast.FastPublisher(
+            host=host,
+            port=port,
+            client_id=f"{client_id}-tlm",
+            security=security,
+            yield_to=lambda: carrier.backed_up,  # telemetry is shed before answers and events
+        )
         return CarrierLinks(url, carrier, sink)
     return CarrierLinks(url, Carrier(transport_factory(url), client_id=client_id, fleet=fleet, nodes=nodes))
 

@@ -105,6 +105,12 @@ class Carrier:
     def up(self) -> bool:
         return self._up.is_set()
 
+    @property
+    def backed_up(self) -> bool:
+        """The connection does not drain (its transport says so: :attr:`.mqtt_raw.RawMqttTransport.backed_up`):
+        answers and events wait, and telemetry on the carrier's other connection yields to them."""
+        return bool(getattr(self._transport, "backed_up", False))
+
     def start(self) -> None:
         if self._task is None:
             self._closing = False

@@ -5,9 +5,10 @@ slot are assembled in one vectorised pass (:class:`.mqtt_wire.TopicSet`, byte fo
 paho-mqtt encodes) and handed to the socket in one ``write``; commands, responses and events keep the
 control connection, so they never queue behind a slot of telemetry. QoS 0, no will, a clean
 session; keep-alive by PINGREQ when the connection has been quiet, a lost connection retried with
-exponential backoff and jitter. A slot that finds the connection down, or more than
-``max_backlog`` bytes still waiting for the socket, is refused (the caller counts it dropped):
-telemetry is only worth its newest value.
+exponential backoff and jitter. A slot that finds the connection down, more than
+``max_backlog`` bytes still waiting for the socket, or the control connection backed up (answers
+and events go first), is refused (the caller counts it dropped): telemetry is only worth its newest
+value.
 """
 
 from __future__ import annotations
@@ -64,13 +65,17 @@ class FastPublisher(asyncio.Protocol):
         max_backlog: int = MAX_BACKLOG,
         rng: random.Random | None = None,
         security: BrokerSecurity | None = None,
+        yield_to: Callable[[], bool] | None = None,
     ) -> None:
+        """``yield_to``: while it returns True (the connection that carries answers and events
+        does not drain), slots are refused, so that telemetry is shed before any of those is."""
         self.security = security or BrokerSecurity()
         self.host = host
         self.port = port
         self.client_id = client_id
         self.keepalive = keepalive
         self.max_backlog = max_backlog
+        self.yield_to = yield_to
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._connack: asyncio.Future[int] | None = None
@@ -84,6 +89,7 @@ class FastPublisher(asyncio.Protocol):
         self.sent_bytes = 0
         self.refused_down = 0  # slots refused while the connection was down
         self.refused_backlog = 0  # slots refused because the socket was backed up
+        self.refused_yielding = 0  # slots refused while answers and events could not leave
         self.connects = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
@@ -206,6 +212,9 @@ class FastPublisher(asyncio.Protocol):
         if tr.get_write_buffer_size() > self.max_backlog:
             self.refused_backlog += 1
             return False
+        if self.yield_to is not None and self.yield_to():
+            self.refused_yielding += 1
+            return False
         blob = topics.encode(rows, payloads)
         tr.write(blob)
         self.sent_packets += len(rows)
@@ -215,7 +224,8 @@ class FastPublisher(asyncio.Protocol):
     def summary(self) -> str:
         return (
             f"telemetry connection {self.client_id}: {self.sent_packets} packets ({self.sent_bytes} bytes), "
-            f"{self.connects} connects, slots refused: {self.refused_down} down, {self.refused_backlog} backed up"
+            f"{self.connects} connects, slots refused: {self.refused_down} down, {self.refused_backlog} backed up, "
+            f"{self.refused_yielding} yielding to answers"
         )
 
 

@@ -272,6 +272,12 @@ class RawMqttTransport(Transport):
         if granted == 0x80:
             raise TransportError(f"broker {self.url} refused the subscription {topic_filter(sub)} (not authorised?)")
 
+    @property
+    def backed_up(self) -> bool:
+        """The connection does not drain: more than :data:`HIGH_WATER` bytes wait for the socket,
+        or :data:`IN_FLIGHT` QoS 1 publishes wait for their PUBACK (publishes wait their turn)."""
+        return self._connected and (not self._drained.is_set() or self._slots.locked())
+
     async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         if not self._drained.is_set():
             await self._drained.wait()
