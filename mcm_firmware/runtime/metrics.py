@@ -340,9 +340,27 @@ def _line_value(value: float) -> str:
     return floatToGoString(value) + "\n"
 
 
+class LoopCollector(Collector):
+    """What only the fleet's event loop can say, collected on it: its asyncio tasks
+    (``mcm_run_tasks``: two a node and a few of the run's; a count that only grows is a leak)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "mcm_run_tasks",
+            "Asyncio tasks of the run's event loop (two a node and a few of the run's).",
+            labels=("fleet",),
+        )
+        family.add_metric([self.fleet.name], float(len(asyncio.all_tasks())))
+        yield family
+
+
 class MetricsServer:
     """``/metrics`` over HTTP, from a thread of its own; each scrape is rendered on the fleet's
-    event loop (between two of its tasks, never beside them), then written from the thread."""
+    event loop (between two of its tasks, never beside them), then written from the thread, with
+    :class:`LoopCollector`'s figures after the renderer's."""
 
     CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -350,6 +368,8 @@ class MetricsServer:
         self.renderer = renderer
         self.loop = loop
         self.scrapes = 0
+        self._loop_registry = CollectorRegistry(auto_describe=False)
+        self._loop_registry.register(LoopCollector(renderer.collector.fleet))
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -376,7 +396,8 @@ class MetricsServer:
 
     async def _render(self) -> bytes:
         self.scrapes += 1
-        return await self.renderer.render_async()
+        body = await self.renderer.render_async()
+        return body + generate_latest(self._loop_registry)
 
     def start(self) -> None:
         self._thread.start()
