@@ -1,0 +1,136 @@
+"""The Redfish service's link to a fleet: a host like any other on the binary protocol.
+
+It subscribes to the fleet's ``state``, ``tlm`` and ``evt`` topics and keeps each node's newest
+BIRTH/DEATH and telemetry (:class:`~.state.FleetView`); it asks a node for its STATUS when the node
+is born and when its power limit changes (for the limits and faults no telemetry frame carries),
+and sends commands through a :class:`~mcm_firmware.host.client.HostClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from typing import Any
+
+from ..host.client import HostClient, HostError
+from ..protocol import Birth, Event, EventCode, FrameError, Op, PowerLimitSource, Response, decode
+from ..protocol.auth import AuthError, FrameAuth
+from ..protocol.ops import PowerLimitArgs
+from ..tasks import cancel_and_wait
+from ..transport import Channel, Subscription, TransportError, TransportFactory
+from .state import FleetView
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(
+        self,
+        factory: TransportFactory,
+        fleet: str = "default",
+        *,
+        timeout: float = 2.0,
+        auth: FrameAuth | None = None,
+    ) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.view = FleetView(fleet)
+        self.fleet = fleet
+        self.auth = auth
+        self._watch = factory(f"mcm-redfish-{tag}")
+        self.host = HostClient(factory(f"mcm-redfish-cmd-{tag}"), fleet=fleet, timeout=timeout, auth=auth)
+        self._rx: asyncio.Task[None] | None = None
+        self._asks: dict[int, asyncio.Task[bool]] = {}
+        self._limit = asyncio.Semaphore(32)  # STATUS requests in flight
+        self.rejected = 0  # frames that did not decode or verify
+        self.status_failed = 0
+
+    async def start(self) -> None:
+        await self._watch.connect()
+        try:
+            for ch in (Channel.STATE, Channel.TLM, Channel.EVT):
+                await self._watch.subscribe(Subscription(self.fleet, None, ch))
+            await self.host.__aenter__()
+        except BaseException:
+            await self._watch.close()
+            raise
+        self._rx = asyncio.create_task(self._receive(), name="redfish-rx")
+
+    async def stop(self) -> None:
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._rx, *self._asks.values()) if t is not None]
+        await cancel_and_wait(tasks)
+        self._rx = None
+        self._asks.clear()
+        await self.host.close()
+        await self._watch.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _receive(self) -> None:
+        while True:
+            try:
+                d = await self._watch.receive()
+            except TransportError as e:
+                log.warning("redfish: link to the broker lost: %s", e)
+                return
+            if self.auth is not None:
+                try:
+                    self.auth.open(d.payload, time.time_ns(), window=not d.retained)
+                except AuthError:
+                    self.rejected += 1
+                    continue
+            try:
+                msg = decode(d.payload)
+            except FrameError:
+                self.rejected += 1
+                continue
+            view = self.view.take(msg)
+            if view is None:
+                continue
+            if (isinstance(msg, Birth) and view.limits is None) or (
+                isinstance(msg, Event)
+                and msg.code
+                in (
+                    EventCode.POWER_CAP_SET,
+                    EventCode.FAULT_INJECTED,
+                    EventCode.FAULT_CLEARED,
+                )
+            ):
+                self.ask(view.node)
+
+    def ask(self, node: int) -> None:
+        """Ask ``node`` for its STATUS in the background (once at a time per node)."""
+        task = self._asks.get(node)
+        if task is not None and not task.done():
+            return
+        self._asks[node] = asyncio.create_task(self.refresh(node), name=f"redfish-status-{node}")
+
+    async def refresh(self, node: int) -> bool:
+        """Ask ``node`` for its STATUS now; False when it does not answer."""
+        async with self._limit:
+            try:
+                resp = await self.host.request(node, Op.STATUS)
+            except HostError as e:
+                self.status_failed += 1
+                log.info("redfish: node %d: no status: %s", node, e)
+                return False
+        self.view.take_status(node, resp.data, resp.timestamp_ns)
+        return True
+
+    async def set_power_limit(self, node: int, watts: float | None) -> Response:
+        """Set (or with None clear) the node's out-of-band power limit; the node's answer (any
+        status); HostError when none comes. The node's STATUS is read again after an OK."""
+        args = PowerLimitArgs(source=int(PowerLimitSource.OUT_OF_BAND), watts=math.nan if watts is None else watts)
+        resp = await self.host.request(node, Op.SET_POWER_LIMIT, args, check=False)
+        if resp.status == 0:
+            with contextlib.suppress(HostError):
+                await self.refresh(node)
+        return resp

@@ -1,0 +1,548 @@
+"""Redfish resources (DSP0266) of an emulated fleet, built from what the service knows of its nodes.
+
+Pure functions from :class:`~.state.NodeView` (and the fleet) to Redfish JSON; no I/O. Types and
+properties are those of DMTF's published schemas (DSP8010 2025.x: the versions in ``TYPES``);
+what a module has that the schemas have no property for sits in ``Oem.McmEmu`` (docs/redfish.md).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from ..protocol.vocabulary import CoolingMode, DeathReason, NodeState, PumpFlags, SnapshotFlags
+from .state import FleetView, NodeView
+
+REDFISH_VERSION = "1.21.0"  # DSP0266 the service follows
+
+# the newest version of every schema the service serves (DSP8010, Redfish-Publications 2026-01-20)
+TYPES = {
+    "ServiceRoot": "ServiceRoot.v1_20_0",
+    "Chassis": "Chassis.v1_28_0",
+    "Sensor": "Sensor.v1_12_0",
+    "Control": "Control.v1_7_0",
+    "PowerSubsystem": "PowerSubsystem.v1_1_3",
+    "ThermalSubsystem": "ThermalSubsystem.v1_5_0",
+    "ThermalMetrics": "ThermalMetrics.v1_3_2",
+    "Pump": "Pump.v1_2_0",
+    "SessionService": "SessionService.v1_2_0",
+    "Session": "Session.v1_8_0",
+}
+COLLECTIONS = (
+    "ChassisCollection",
+    "SensorCollection",
+    "ControlCollection",
+    "PumpCollection",
+    "SessionCollection",
+)
+# schemas referenced by those above (common types, excerpts, messages)
+SUPPORT = {
+    "Resource": "Resource.v1_23_0",
+    "PhysicalContext": None,
+    "Message": "Message.v1_3_0",
+    "RedfishError": "RedfishError.v1_0_2",
+}
+SCHEMA_URI = "http://redfish.dmtf.org/schemas/v1/{}_v1.xml"
+
+ROOT = "/redfish/v1"
+POWER_LIMIT = "PowerLimit"  # the id of the power-limit Control
+
+
+def _type(kind: str) -> str:
+    return f"#{TYPES[kind]}.{kind}"
+
+
+def num(x: float | None, digits: int = 3) -> float | None:
+    """A reading for JSON: NaN (a failed sensor, a limit not set) is null."""
+    if x is None or math.isnan(x) or math.isinf(x):
+        return None
+    return round(float(x), digits)
+
+
+def link(uri: str) -> dict[str, str]:
+    return {"@odata.id": uri}
+
+
+def collection(kind: str, uri: str, name: str, members: Iterable[str]) -> dict[str, Any]:
+    ms = [link(m) for m in members]
+    return {
+        "@odata.type": f"#{kind}.{kind}",
+        "@odata.id": uri,
+        "Name": name,
+        "Members@odata.count": len(ms),
+        "Members": ms,
+    }
+
+
+# --- service documents ---------------------------------------------------------------------------
+
+
+def version_document() -> dict[str, str]:
+    """``/redfish``: the protocol versions the service speaks."""
+    return {"v1": f"{ROOT}/"}
+
+
+def service_uuid(fleet: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mcm-emu/redfish/{fleet}"))
+
+
+def service_root(fleet: str, version: str) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("ServiceRoot"),
+        "@odata.id": f"{ROOT}/",
+        "Id": "RootService",
+        "Name": f"mcm-emu Redfish service of fleet {fleet}",
+        "RedfishVersion": REDFISH_VERSION,
+        "UUID": service_uuid(fleet),
+        "Product": "mcm-emu",
+        "Vendor": "mcm-emu",
+        "ServiceIdentification": f"mcm-emu {version}",
+        "ProtocolFeaturesSupported": {
+            "ExpandQuery": {"ExpandAll": False, "Levels": False, "Links": False, "NoLinks": False},
+            "SelectQuery": False,
+            "FilterQuery": False,
+            "OnlyMemberQuery": False,
+            "ExcerptQuery": False,
+        },
+        "Chassis": link(f"{ROOT}/Chassis"),
+        "SessionService": link(f"{ROOT}/SessionService"),
+        "Links": {"Sessions": link(f"{ROOT}/SessionService/Sessions")},
+    }
+
+
+def odata_document() -> dict[str, Any]:
+    """``/redfish/v1/odata``: the OData service document (DSP0266 "OData service document")."""
+    singletons = [("Service", f"{ROOT}/"), ("Chassis", f"{ROOT}/Chassis"), ("SessionService", f"{ROOT}/SessionService")]
+    return {
+        "@odata.context": f"{ROOT}/$metadata",
+        "value": [{"name": n, "kind": "Singleton", "url": u} for n, u in singletons],
+    }
+
+
+def metadata_document() -> str:
+    """``/redfish/v1/$metadata``: the CSDL document referencing the standard schema of every type
+    the service serves (DSP0266 "Service metadata")."""
+    refs: list[str] = []
+
+    def ref(schema: str, versioned: str | None) -> None:
+        inc = f'    <edmx:Include Namespace="{schema}"/>\n'
+        if versioned:
+            inc += f'    <edmx:Include Namespace="{versioned}"/>\n'
+        refs.append(f'  <edmx:Reference Uri="{SCHEMA_URI.format(schema)}">\n{inc}  </edmx:Reference>\n')
+
+    for kind, ver in TYPES.items():
+        ref(kind, ver)
+    for kind in COLLECTIONS:
+        ref(kind, None)
+    for kind, support in SUPPORT.items():
+        ref(kind, support)
+    refs.append(
+        f'  <edmx:Reference Uri="{SCHEMA_URI.format("RedfishExtensions")}">\n'
+        '    <edmx:Include Namespace="RedfishExtensions.v1_0_0" Alias="Redfish"/>\n'
+        "  </edmx:Reference>\n"
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">\n'
+        + "".join(refs)
+        + "  <edmx:DataServices>\n"
+        '    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="Service">\n'
+        f'      <EntityContainer Name="Service" Extends="{TYPES["ServiceRoot"]}.ServiceContainer"/>\n'
+        "    </Schema>\n"
+        "  </edmx:DataServices>\n"
+        "</edmx:Edmx>\n"
+    )
+
+
+# --- sessions --------------------------------------------------------------------------------------
+
+
+def session_service(timeout_s: int) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("SessionService"),
+        "@odata.id": f"{ROOT}/SessionService",
+        "Id": "SessionService",
+        "Name": "Session Service",
+        "ServiceEnabled": True,
+        "SessionTimeout": timeout_s,
+        "Sessions": link(f"{ROOT}/SessionService/Sessions"),
+        "Status": {"State": "Enabled", "Health": "OK"},
+    }
+
+
+def sessions(ids: Iterable[str]) -> dict[str, Any]:
+    return collection(
+        "SessionCollection",
+        f"{ROOT}/SessionService/Sessions",
+        "Session Collection",
+        (f"{ROOT}/SessionService/Sessions/{i}" for i in ids),
+    )
+
+
+def session(sid: str, user: str) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("Session"),
+        "@odata.id": f"{ROOT}/SessionService/Sessions/{sid}",
+        "Id": sid,
+        "Name": f"Session of {user}",
+        "UserName": user,
+        "Password": None,  # the schema's rule: null in responses
+    }
+
+
+# --- chassis ---------------------------------------------------------------------------------------
+
+
+def chassis_uri(node: int) -> str:
+    return f"{ROOT}/Chassis/{node}"
+
+
+def chassis_collection(fleet: FleetView) -> dict[str, Any]:
+    return collection(
+        "ChassisCollection", f"{ROOT}/Chassis", "Chassis Collection", (chassis_uri(n) for n in sorted(fleet.nodes))
+    )
+
+
+def state_of(view: NodeView) -> str:
+    """Status.State of a module: Enabled while its BIRTH is in force and it reports, Starting
+    between its BIRTH and its first telemetry, UnavailableOffline after its DEATH."""
+    if not view.online:
+        return "UnavailableOffline"
+    return "Enabled" if view.snapshot is not None else "Starting"
+
+
+def health_of(view: NodeView) -> str:
+    """Status.Health of a module, from its newest snapshot and the faults in force: Critical when
+    its dice are powered off by a protection, it lost forced cooling, a row remap failed or an
+    uncontained error asks for a reboot; Warning in failsafe, with a pump fault, pending remaps, a
+    CE storm, a failed sensor or an injected fault; else OK."""
+    s = view.snapshot
+    if s is None:
+        return "OK"
+    flags = SnapshotFlags(s.flags)
+    if (
+        s.state == NodeState.SHUTDOWN
+        or s.mode == CoolingMode.NATURAL_CONVECTION
+        or SnapshotFlags.REMAP_FAILED in flags
+        or s.recovery_action == 2
+    ):
+        return "Critical"
+    readings = [s.inlet_c, s.outlet_c, s.flow_lpm, *(d.temp_c for d in s.dies), *(h.temp_c for h in s.hbm)]
+    if (
+        s.mode == CoolingMode.FAILSAFE
+        or flags & (SnapshotFlags.FAILSAFE | SnapshotFlags.REMAP_PENDING | SnapshotFlags.CE_STORM)
+        or any(p.flags & PumpFlags.FAULT for p in s.pumps)
+        or any(math.isnan(r) for r in readings)
+        or view.faults
+    ):
+        return "Warning"
+    return "OK"
+
+
+def status(view: NodeView) -> dict[str, str]:
+    return {"State": state_of(view), "Health": health_of(view), "HealthRollup": health_of(view)}
+
+
+def power_state(view: NodeView) -> str | None:
+    """Chassis PowerState (Resource.PowerState) from the node's state; after a DEATH, Off when the
+    node shut down cleanly, unknown (null) when its connection was lost."""
+    if not view.online:
+        if view.death is not None and view.death.reason == DeathReason.SHUTDOWN:
+            return "Off"
+        return None
+    s = view.snapshot
+    if s is None:
+        return "PoweringOn"
+    return {
+        NodeState.BOOTING: "PoweringOn",
+        NodeState.RUNNING: "On",
+        NodeState.SHUTDOWN: "Off",
+        NodeState.STOPPING: "PoweringOff",
+    }.get(NodeState(s.state))
+
+
+def _enum_name(kind: Any, value: int) -> str:
+    try:
+        return str(kind(value).name)
+    except ValueError:
+        return str(value)
+
+
+def chassis(view: NodeView) -> dict[str, Any]:
+    uri = chassis_uri(view.node)
+    out: dict[str, Any] = {
+        "@odata.type": _type("Chassis"),
+        "@odata.id": uri,
+        "Id": str(view.node),
+        "Name": f"Module {view.node}",
+        "ChassisType": "Module",
+        "PowerState": power_state(view),
+        "Status": status(view),
+        "Sensors": link(f"{uri}/Sensors"),
+        "Controls": link(f"{uri}/Controls"),
+        "PowerSubsystem": link(f"{uri}/PowerSubsystem"),
+        "ThermalSubsystem": link(f"{uri}/ThermalSubsystem"),
+    }
+    if view.birth is not None:
+        out["Model"] = view.birth.profile
+    oem: dict[str, Any] = {}
+    if view.birth is not None:
+        oem.update(
+            Firmware=view.birth.firmware,
+            BootCount=view.birth.boot_count,
+            BdSeq=view.birth.bdseq & 0x7FFFFFFF,
+        )
+    if view.death is not None:
+        oem["DeathReason"] = _enum_name(DeathReason, view.death.reason)
+    s = view.snapshot
+    if s is not None:
+        oem.update(
+            NodeState=_enum_name(NodeState, s.state),
+            CoolingMode=_enum_name(CoolingMode, s.mode),
+            UptimeSeconds=round(s.uptime_ns / 1e9, 3),
+        )
+    if view.faults:
+        oem["FaultsInjected"] = list(view.faults)
+    if oem:
+        out["Oem"] = {"McmEmu": oem}
+    return out
+
+
+# --- sensors ---------------------------------------------------------------------------------------
+
+
+class SensorSpec(NamedTuple):
+    id: str
+    name: str
+    reading_type: str
+    units: str
+    context: str
+    reading: float | None
+    digits: int = 3
+
+
+def sensor_specs(view: NodeView) -> list[SensorSpec]:
+    """Every sensor of a module that its telemetry carries, in a stable order."""
+    s = view.snapshot
+    if s is None:
+        return []
+    out = [
+        SensorSpec("TotalPower", "Module power", "Power", "W", "Chassis", s.power_w),
+        SensorSpec(
+            "TotalEnergy",
+            "Module energy since its controller booted",
+            "EnergyJoules",
+            "J",
+            "Chassis",
+            s.energy_mj / 1e3,
+        ),
+        SensorSpec("VRMCurrent", "Module VRM current", "Current", "A", "VoltageRegulator", s.vrm_current_a),
+        SensorSpec("CoolantInletTemp", "Coolant inlet temperature", "Temperature", "Cel", "LiquidInlet", s.inlet_c),
+        SensorSpec("CoolantOutletTemp", "Coolant outlet temperature", "Temperature", "Cel", "LiquidOutlet", s.outlet_c),
+        SensorSpec("CoolantFlow", "Coolant flow", "LiquidFlowLPM", "L/min", "CoolingSubsystem", s.flow_lpm),
+    ]
+    for i, d in enumerate(s.dies):
+        out += [
+            SensorSpec(f"Die{i}Temp", f"Die {i} temperature", "Temperature", "Cel", "Accelerator", d.temp_c),
+            SensorSpec(f"Die{i}Power", f"Die {i} power", "Power", "W", "Accelerator", d.power_w),
+            SensorSpec(f"Die{i}Voltage", f"Die {i} core voltage", "Voltage", "V", "Accelerator", d.voltage_mv / 1e3),
+            SensorSpec(f"Die{i}Clock", f"Die {i} clock", "Frequency", "Hz", "Accelerator", d.clock_mhz * 1e6, 0),
+        ]
+    for i, h in enumerate(s.hbm):
+        out.append(SensorSpec(f"HBM{i}Temp", f"HBM stack {i} temperature", "Temperature", "Cel", "Memory", h.temp_c))
+    for i, p in enumerate(s.pumps):
+        name = view.pump_names[i] if i < len(view.pump_names) else str(i)
+        out.append(SensorSpec(f"Pump{i}Speed", f"Pump {name} speed", "Rotational", "{rev}/min", "Pump", p.rpm, 0))
+    for i, v in enumerate(s.valves):
+        out.append(
+            SensorSpec(f"Valve{i}Position", f"Valve {i} position", "Valve", "%", "CoolingSubsystem", v.position_pct)
+        )
+    return out
+
+
+def sensor_uri(node: int, sid: str) -> str:
+    return f"{chassis_uri(node)}/Sensors/{sid}"
+
+
+def sensors(view: NodeView) -> dict[str, Any]:
+    return collection(
+        "SensorCollection",
+        f"{chassis_uri(view.node)}/Sensors",
+        f"Sensors of module {view.node}",
+        (sensor_uri(view.node, s.id) for s in sensor_specs(view)),
+    )
+
+
+def _reading_time(view: NodeView) -> str | None:
+    if not view.snapshot_ns:
+        return None
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(view.snapshot_ns / 1e9, dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def sensor(view: NodeView, sid: str) -> dict[str, Any] | None:
+    spec = next((s for s in sensor_specs(view) if s.id == sid), None)
+    if spec is None:
+        return None
+    reading = num(spec.reading, spec.digits)
+    if spec.digits == 0 and reading is not None:
+        reading = int(reading)
+    state = "Enabled" if view.online else "UnavailableOffline"
+    out: dict[str, Any] = {
+        "@odata.type": _type("Sensor"),
+        "@odata.id": sensor_uri(view.node, sid),
+        "Id": sid,
+        "Name": spec.name,
+        "ReadingType": spec.reading_type,
+        "ReadingUnits": spec.units,
+        "Reading": reading,
+        "PhysicalContext": spec.context,
+        "Status": {"State": state, "Health": "OK" if reading is not None else "Warning"},
+    }
+    when = _reading_time(view)
+    if when is not None:
+        out["ReadingTime"] = when
+    if sid.startswith("Pump"):
+        out["RelatedItem"] = [link(pump_uri(view.node, sid.removeprefix("Pump").removesuffix("Speed")))]
+    return out
+
+
+# --- power, thermal, controls ----------------------------------------------------------------------
+
+
+def power_subsystem(view: NodeView) -> dict[str, Any]:
+    uri = f"{chassis_uri(view.node)}/PowerSubsystem"
+    out: dict[str, Any] = {
+        "@odata.type": _type("PowerSubsystem"),
+        "@odata.id": uri,
+        "Id": "PowerSubsystem",
+        "Name": f"Power subsystem of module {view.node}",
+        "Status": {"State": state_of(view), "Health": "OK"},
+    }
+    if view.limits is not None:
+        out["CapacityWatts"] = num(view.limits.max_w)
+    if view.snapshot is not None:
+        out["Allocation"] = {"AllocatedWatts": num(view.snapshot.power_cap_w)}
+    return out
+
+
+def thermal_subsystem(view: NodeView) -> dict[str, Any]:
+    uri = f"{chassis_uri(view.node)}/ThermalSubsystem"
+    return {
+        "@odata.type": _type("ThermalSubsystem"),
+        "@odata.id": uri,
+        "Id": "ThermalSubsystem",
+        "Name": f"Thermal subsystem of module {view.node}",
+        "Pumps": link(f"{uri}/Pumps"),
+        "ThermalMetrics": link(f"{uri}/ThermalMetrics"),
+        "Status": {"State": state_of(view), "Health": health_of(view)},
+    }
+
+
+def thermal_metrics(view: NodeView) -> dict[str, Any]:
+    uri = f"{chassis_uri(view.node)}/ThermalSubsystem/ThermalMetrics"
+    temps = [s for s in sensor_specs(view) if s.reading_type == "Temperature"]
+    out: dict[str, Any] = {
+        "@odata.type": _type("ThermalMetrics"),
+        "@odata.id": uri,
+        "Id": "ThermalMetrics",
+        "Name": f"Thermal metrics of module {view.node}",
+        "TemperatureReadingsCelsius": [
+            {"Reading": num(s.reading), "DeviceName": s.name, "DataSourceUri": sensor_uri(view.node, s.id)}
+            for s in temps
+        ],
+    }
+    dies = [s for s in temps if s.id.startswith("Die") and num(s.reading) is not None]
+    if dies:
+        hottest = max(dies, key=lambda s: s.reading or 0.0)
+        out["TemperatureSummaryCelsius"] = {
+            "Internal": {"Reading": num(hottest.reading), "DataSourceUri": sensor_uri(view.node, hottest.id)}
+        }
+    return out
+
+
+def pump_uri(node: int, index: int | str) -> str:
+    return f"{chassis_uri(node)}/ThermalSubsystem/Pumps/{index}"
+
+
+def pumps(view: NodeView) -> dict[str, Any]:
+    n = len(view.snapshot.pumps) if view.snapshot is not None else 0
+    return collection(
+        "PumpCollection",
+        f"{chassis_uri(view.node)}/ThermalSubsystem/Pumps",
+        f"Pumps of module {view.node}",
+        (pump_uri(view.node, i) for i in range(n)),
+    )
+
+
+def pump(view: NodeView, index: int) -> dict[str, Any] | None:
+    s = view.snapshot
+    if s is None or not 0 <= index < len(s.pumps):
+        return None
+    p = s.pumps[index]
+    flags = PumpFlags(p.flags)
+    name = view.pump_names[index] if index < len(view.pump_names) else str(index)
+    if not view.online:
+        state = "UnavailableOffline"
+    elif PumpFlags.RUNNING in flags:
+        state = "Enabled"
+    else:
+        state = "StandbySpare"  # the lag pump, waiting to take over
+    return {
+        "@odata.type": _type("Pump"),
+        "@odata.id": pump_uri(view.node, index),
+        "Id": str(index),
+        "Name": f"Pump {name}",
+        "PumpType": "Liquid",
+        "Status": {"State": state, "Health": "Critical" if PumpFlags.FAULT in flags else "OK"},
+        "PumpSpeedPercent": {"SpeedRPM": p.rpm, "DataSourceUri": sensor_uri(view.node, f"Pump{index}Speed")},
+        "Oem": {"McmEmu": {"Lead": PumpFlags.LEAD in flags}},
+    }
+
+
+def controls(view: NodeView) -> dict[str, Any]:
+    return collection(
+        "ControlCollection",
+        f"{chassis_uri(view.node)}/Controls",
+        f"Controls of module {view.node}",
+        [f"{chassis_uri(view.node)}/Controls/{POWER_LIMIT}"],
+    )
+
+
+def power_limit_control(view: NodeView) -> dict[str, Any]:
+    """The module's power limit as the baseboard management controller sets it (the out-of-band
+    limit of docs/protocol.md, "Power limits"): ``SetPoint`` is that limit, null while none is
+    set; the limit enforced (the lowest of those set) is in ``Oem.McmEmu``."""
+    uri = f"{chassis_uri(view.node)}/Controls/{POWER_LIMIT}"
+    out: dict[str, Any] = {
+        "@odata.type": _type("Control"),
+        "@odata.id": uri,
+        "Id": POWER_LIMIT,
+        "Name": f"Power limit of module {view.node}",
+        "PhysicalContext": "Chassis",
+        "ControlType": "Power",
+        "ControlMode": "Automatic",
+        "SetPointUnits": "W",
+        "SetPoint": None,
+        "Status": {"State": state_of(view), "Health": "OK"},
+    }
+    lim = view.limits
+    if lim is not None:
+        out["SetPoint"] = num(lim.out_of_band_w)
+        out["AllowableMin"] = num(lim.min_w)
+        out["AllowableMax"] = num(lim.max_w)
+    s = view.snapshot
+    if s is not None:
+        out["Sensor"] = {"Reading": num(s.power_w), "DataSourceUri": sensor_uri(view.node, "TotalPower")}
+        oem: dict[str, Any] = {
+            "EnforcedWatts": num(s.power_cap_w),
+            "EnforcedBy": {0: "Default", 1: "InBand", 2: "OutOfBand"}.get(s.power_limit_source, "Unknown"),
+        }
+        if lim is not None:
+            oem.update(DefaultWatts=num(lim.default_w), InBandWatts=num(lim.in_band_w))
+        out["Oem"] = {"McmEmu": oem}
+    return out

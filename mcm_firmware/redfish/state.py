@@ -1,0 +1,71 @@
+"""What the Redfish service knows of each node: its newest state frame (BIRTH or DEATH), its newest
+telemetry snapshot and what its last STATUS answer said of its power limits and faults. Plain data,
+updated from decoded frames; no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..protocol import Birth, Death, Event, Samples, Telemetry
+from ..protocol.ops import PowerLimits, StatusResult
+from ..protocol.telemetry import Snapshot
+
+
+@dataclass
+class NodeView:
+    node: int
+    birth: Birth | None = None
+    death: Death | None = None  # the newest state frame was this DEATH (``birth`` keeps the last BIRTH)
+    snapshot: Snapshot | None = None
+    snapshot_ns: int = 0  # the telemetry frame's timestamp
+    limits: PowerLimits | None = None  # from the newest STATUS answer
+    pump_names: tuple[str, ...] = ()
+    faults: tuple[str, ...] = ()
+    last_event: Event | None = None
+
+    @property
+    def online(self) -> bool:
+        return self.birth is not None and self.death is None
+
+
+@dataclass
+class FleetView:
+    fleet: str
+    nodes: dict[int, NodeView] = field(default_factory=dict)
+    frames: int = 0  # frames taken in
+
+    def node(self, node: int) -> NodeView:
+        view = self.nodes.get(node)
+        if view is None:
+            view = self.nodes[node] = NodeView(node)
+        return view
+
+    def take(self, msg: object) -> NodeView | None:
+        """Update from one decoded frame of the fleet; the node it concerns, None for a frame
+        that says nothing the service shows."""
+        if isinstance(msg, Birth):
+            view = self.node(msg.node_id)
+            if view.birth is None or view.death is not None or msg.bdseq != view.birth.bdseq:
+                view.limits = None  # a new life: ask again
+            view.birth, view.death = msg, None
+        elif isinstance(msg, Death):
+            view = self.node(msg.node_id)
+            view.death = msg
+        elif isinstance(msg, (Telemetry, Samples)):
+            view = self.node(msg.node_id)
+            view.snapshot, view.snapshot_ns = msg.snapshot, msg.timestamp_ns
+        elif isinstance(msg, Event):
+            view = self.node(msg.node_id)
+            view.last_event = msg
+        else:
+            return None
+        self.frames += 1
+        return view
+
+    def take_status(self, node: int, status: StatusResult, timestamp_ns: int) -> None:
+        view = self.node(node)
+        view.limits = status.power_limits
+        view.pump_names = tuple(status.pump_names)
+        view.faults = tuple(status.faults)
+        if view.snapshot is None or view.snapshot_ns <= timestamp_ns:
+            view.snapshot, view.snapshot_ns = status.snapshot, timestamp_ns
