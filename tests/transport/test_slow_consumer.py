@@ -237,7 +237,6 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
     assert rsp_dropped >= sent - OUTBOX_LIMIT - FLOOD_RATE * 1.0, (rsp_dropped, sent)
     # the command rate held: the burst and the rate ran, the rest refused (answered or dropped)
     assert sent - refused <= COMMAND_BURST + COMMAND_RATE * (STALL_S + 2.0), (sent, refused)
-    assert refused >= sent - COMMAND_BURST - COMMAND_RATE * (STALL_S + 2.0) - 400
     # telemetry was lost (a period at least of the stall's), and never after a response was dropped
     assert tlm_lost >= STALL_S * 10 / 2, tlm_lost
     for s in samples:
