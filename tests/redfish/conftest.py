@@ -1,0 +1,78 @@
+"""A real fleet behind a real Redfish service: Mosquitto, ``mcm-emu run`` and ``mcm-emu redfish`` as
+subprocesses, with known accounts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ..conftest import free_port
+
+# DMTF's published schemas (DSP8010) and registries (DSP8011), for offline use
+SHARED = Path(os.environ.get("MCM_REDFISH_SHARED", "/work/shared/redfish"))
+
+OPERATOR = ("ops", "operator-secret-1")
+READONLY = ("viewer", "viewer-secret-1")
+
+
+def shared(sub: str) -> Path:
+    path = SHARED / sub
+    if not path.is_dir():
+        pytest.skip(f"DMTF's Redfish schemas are not at {path} (set MCM_REDFISH_SHARED)")
+    return path
+
+
+@dataclass
+class Service:
+    url: str  # http://127.0.0.1:PORT
+    broker: str
+    fleet: str
+    run: Any
+    gateway: Any
+
+    def get(self, path: str, auth: tuple[str, str] | None = OPERATOR, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, auth=auth, timeout=10, **kw)
+
+    def stop(self) -> str:
+        """Stop the gateway and the fleet; the gateway's summary line."""
+        self.gateway.signal(signal.SIGTERM)
+        assert self.gateway.wait() == 0
+        self.run.signal(signal.SIGTERM)
+        assert self.run.wait() == 0
+        return self.gateway.wait_line("requests,")
+
+
+@pytest.fixture
+def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]:
+    fleet = "rf"
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", fleet)
+    run.wait_line("up: 2 nodes")
+    accounts = tmp_path / "accounts.toml"
+    (tmp_path / "viewer.pw").write_text(READONLY[1] + "\n")
+    accounts.write_text(
+        f'[accounts.{OPERATOR[0]}]\nrole = "Operator"\npassword = "{OPERATOR[1]}"\n\n'
+        f'[accounts.{READONLY[0]}]\nrole = "ReadOnly"\npassword_file = "viewer.pw"\n'
+    )
+    port = free_port()
+    gw = cli_process(
+        "redfish", "--broker", mosquitto.url, "--fleet", fleet, "--port", str(port), "--accounts", str(accounts)
+    )
+    gw.wait_line("redfish: http://")
+    svc = Service(f"http://127.0.0.1:{port}", mosquitto.url, fleet, run, gw)
+    # ready: both modules known, with telemetry and the limits of their STATUS
+    deadline = time.monotonic() + 20
+    while True:
+        ok = [svc.get(f"/redfish/v1/Chassis/{n}/Controls/PowerLimit") for n in (0, 1)]
+        if all(r.status_code == 200 and "AllowableMax" in r.json() and "Sensor" in r.json() for r in ok):
+            break
+        assert time.monotonic() < deadline, [r.text for r in ok]
+        time.sleep(0.2)
+    yield svc
