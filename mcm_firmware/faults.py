@@ -23,6 +23,8 @@ power-brake             —                   —                               
 hbm-flip                word address        bits flipped (default 1); value2=1: stuck   stuck cells
 hbm-device              stack               device number                               repaired
 ce-storm                stack               single-bit upsets per second                stops
+pcie-errors             —                   corrupted TLPs per second (each replayed);  clean link
+                                            value2 uncorrectable errors per second
 link-drop               [out|in|both]       probability (0..1)                          clean link
 link-corrupt            [out|in|both]       probability (0..1)                          clean link
 link-duplicate          [out|in|both]       probability (0..1)                          clean link
@@ -95,6 +97,9 @@ SPECS: dict[FaultKind, Spec] = {
     FaultKind.HBM_FLIP: Spec("address", Param("bits", 1, 160, 1), Param("stuck (0 or 1)", 0, 1, 0)),
     FaultKind.HBM_DEVICE: Spec("stack", Param("device", 0, 255)),
     FaultKind.CE_STORM: Spec("stack", Param("upsets per second", 0.0, 1e5)),
+    FaultKind.PCIE_ERRORS: Spec(
+        None, Param("corrupted TLPs per second", 0.0, 1e5), Param("uncorrectable errors per second", 0.0, 1e3, 0.0)
+    ),
     FaultKind.LINK_DROP: Spec("direction", PROB, default_target="out"),
     FaultKind.LINK_CORRUPT: Spec("direction", PROB, default_target="out"),
     FaultKind.LINK_DUPLICATE: Spec("direction", PROB, default_target="out"),

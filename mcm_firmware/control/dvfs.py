@@ -30,6 +30,10 @@ clock-event-reasons bitmask names the limits that bind:
 * shutdown above ``shutdown_c``: the dice lose power until every die has cooled below
   ``slowdown_c - hysteresis_c``.
 
+The cap enforced is the lowest of the power limits set (:func:`enforce_limits`): the board's
+default (while the host has set no limit of its own), the host's in band and the BMC's out of
+band, as NVML's enforced power limit.
+
 Pure numpy over ``[N, D]`` arrays; no asyncio.
 """
 
@@ -41,7 +45,7 @@ from functools import cached_property
 import numpy as np
 
 from ..profile import Profile
-from ..protocol.vocabulary import ClockReason
+from ..protocol.vocabulary import ClockReason, PowerLimitSource
 
 # plain integers for the array code (IntFlag members are slow inside numpy expressions)
 _IDLE = np.uint32(ClockReason.GPU_IDLE)
@@ -173,7 +177,11 @@ class DvfsState:
         self.mhz = np.full((n, dies), cfg.f_min)
         self.mv = np.full((n, dies), float(cfg.mv[-1]))
         self.reasons = np.zeros((n, dies), np.uint32)
-        self.cap_w = np.full(n, cap_w)
+        self.cap_w = np.full(n, cap_w)  # the limit enforced: the lowest of those set (enforce_limits)
+        self.cap_source = np.full(n, int(PowerLimitSource.DEFAULT), np.uint8)
+        self.limit_default = np.full(n, cap_w)  # the board's default limit
+        self.limit_in_band = np.full(n, np.nan)  # the host's (SET_POWER_CAP); NaN: none, the default holds
+        self.limit_out_of_band = np.full(n, np.nan)  # the BMC's; NaN: none
         self.cap_seen = self.cap_w.copy()  # the limit the averages were last checked against
         self.lock_mhz = np.zeros(n)  # 0: not locked
         # the ceiling in force on each die this period, on the clock grid (f_max: none binds)
@@ -192,6 +200,23 @@ class DvfsState:
         self.forced_min = np.zeros(n, bool)  # natural-convection mode
         self.brake = np.zeros(n, bool)  # external power-brake input asserted
         self.hw_slow = np.zeros((n, dies), bool)  # a hardware slowdown held the clock last tick
+
+
+def enforce_limits(cfg: DvfsConfig, st: DvfsState, rows: int | slice | np.ndarray = slice(None)) -> None:
+    """The cap enforced and its source on ``rows``, from the limits set (NVML's enforced power
+    limit).
+
+    The host's in-band limit replaces the board's default while it is set (``nvidia-smi -pl``
+    sets the power management limit, whose value is the default until then); the out-of-band
+    limit, when set, caps both. The lower is enforced, within ``min_cap_w..max_cap_w``; on a tie
+    the out-of-band limit is named (clearing the in-band one would not lift it)."""
+    in_band, oob = st.limit_in_band[rows], st.limit_out_of_band[rows]
+    unset = np.isnan(in_band)
+    managed = np.where(unset, st.limit_default[rows], in_band)
+    managed_src = np.where(unset, int(PowerLimitSource.DEFAULT), int(PowerLimitSource.IN_BAND))
+    oob_binds = ~np.isnan(oob) & (oob <= managed)
+    st.cap_w[rows] = _clip(np.where(oob_binds, oob, managed), cfg.min_cap_w, cfg.max_cap_w)
+    st.cap_source[rows] = np.where(oob_binds, int(PowerLimitSource.OUT_OF_BAND), managed_src)
 
 
 def _pstate_at_least(cfg: DvfsConfig, f: np.ndarray) -> np.ndarray:

@@ -195,6 +195,10 @@ class RasController:
         g = self.cfg.geometry
         self.ce = np.zeros((g.stacks, g.channels), np.int64)
         self.ue = np.zeros((g.stacks, g.channels), np.int64)
+        # the module's lifetime counts (NVML's aggregate ECC counts, kept in the InfoROM): neither
+        # CLEAR_RAS nor a reboot clears them, where ce and ue are the volatile counts since either
+        self.ce_aggregate = 0
+        self.ue_aggregate = 0
         self.ce_by_addr: Counter[int] = Counter()
         self.pending: dict[RowKey, str] = {}
         self.remapped: set[RowKey] = set()
@@ -308,6 +312,7 @@ class RasController:
             self.poisoned.add(res.addr)
             self._forget(res.addr)
             self.ue[loc.stack, loc.channel] += 1
+            self.ue_aggregate += 1
             where = f"{res.addr:#x} ({_where(loc)})"
             events.append(RasEvent(RasEventKind.UE, loc.stack, res.addr, f"uncorrectable error at {where}"))
             events.append(self._xid(XID_DBE, loc.stack, res.addr, f"DBE (double bit error) ECC error at {where}"))
@@ -333,6 +338,7 @@ class RasController:
                 )
             return events
         self.ce[loc.stack, loc.channel] += 1
+        self.ce_aggregate += 1
         self.ce_by_addr[res.addr] += 1
         if self.ce_by_addr[res.addr] >= self.cfg.ce_repeat_threshold and key not in self.pending:
             events += self._mark(key, RemapCause.CE, f"{self.ce_by_addr[res.addr]} CEs at {res.addr:#x}")

@@ -25,6 +25,8 @@ from ..protocol import (
     InjectArgs,
     Op,
     OpSpec,
+    PowerLimitArgs,
+    PowerLimitSource,
     RasResult,
     Response,
     SetValveArgs,
@@ -163,6 +165,21 @@ def _parse_valve(words: list[str]) -> SetValveArgs:
     return SetValveArgs(valve=valve, auto=0, pct=parse_float(words[1], "valve position PCT"))
 
 
+SETTABLE_SOURCES = (PowerLimitSource.IN_BAND, PowerLimitSource.OUT_OF_BAND)
+
+
+def _parse_limit(words: list[str]) -> PowerLimitArgs:
+    if len(words) != 2:
+        raise UsageError(f"set-power-limit takes two arguments, SOURCE and W|clear (got {len(words)})")
+    known = {s.label: s for s in SETTABLE_SOURCES}
+    source = known.get(words[0].lower())
+    if source is None:
+        raise UsageError(f"unknown power limit source {words[0]!r} (sources: {', '.join(known)})")
+    if words[1].lower() == "clear":
+        return PowerLimitArgs(source=int(source), watts=math.nan)
+    return PowerLimitArgs(source=int(source), watts=parse_float(words[1], "set-power-limit W"))
+
+
 def _parse_inject(words: list[str]) -> InjectArgs:
     try:
         f = parse_fault(words)
@@ -200,6 +217,7 @@ class Override:
 
 OVERRIDES: dict[Op, Override] = {
     Op.SET_VALVE: Override(parse=_parse_valve),
+    Op.SET_POWER_LIMIT: Override(parse=_parse_limit),
     Op.INJECT: Override(parse=_parse_inject),
     Op.CLEAR_FAULT: Override(parse=_parse_clear),
     Op.STATUS: Override(show=_show_status, text=lambda name, obj: status_text(obj), follow=Op.STATS),

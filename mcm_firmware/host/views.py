@@ -21,6 +21,7 @@ from ..protocol import (
     Link,
     Message,
     NodeState,
+    PowerLimitSource,
     PumpFlags,
     RasFlags,
     RasResult,
@@ -54,6 +55,13 @@ def _name(value: int, cls: type[IntEnum]) -> str | int:
         return value
 
 
+def _label(value: int, cls: type[PowerLimitSource]) -> str | int:
+    try:
+        return cls(value).label
+    except ValueError:
+        return value
+
+
 def snapshot_json(s: Snapshot) -> dict[str, Any]:
     pstates = [d.pstate for d in s.dies]
     return {
@@ -74,6 +82,12 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
         "viol_thermal_ms": s.viol_thermal_ms,
         "viol_hbm_thermal_ms": s.viol_hbm_thermal_ms,
         "viol_hw_slowdown_ms": s.viol_hw_slowdown_ms,
+        "power_limit_source": _label(s.power_limit_source, PowerLimitSource),
+        "pcie": {
+            "replays": s.pcie_replays,
+            "aer_correctable": s.pcie_aer_correctable,
+            "aer_uncorrectable": s.pcie_aer_uncorrectable,
+        },
         "pstate": min(pstates) if pstates else None,
         "ras": {
             "ce": sum(h.ce for h in s.hbm),
@@ -82,6 +96,10 @@ def snapshot_json(s: Snapshot) -> dict[str, Any]:
             "remap_failed": bool(s.flags & SnapshotFlags.REMAP_FAILED),
             "ce_storm": bool(s.flags & SnapshotFlags.CE_STORM),
             "recovery_action": _name(s.recovery_action, RecoveryAction),
+            "remapped_correctable": s.remapped_correctable,
+            "remapped_uncorrectable": s.remapped_uncorrectable,
+            "ce_aggregate": s.ecc_ce_aggregate,
+            "ue_aggregate": s.ecc_ue_aggregate,
         },
         "dies": [
             {
@@ -128,7 +146,7 @@ def stats_json(st: StatsResult) -> dict[str, Any]:
     return {
         "telemetry": {"due": st.tlm_due, "sent": st.tlm_sent, "dropped": st.tlm_dropped, "decimated": st.tlm_decimated},
         "dropped": {"responses": st.rsp_dropped, "events": st.evt_dropped},
-        "refused": {"commands": st.cmd_refused},
+        "refused": {"commands": st.cmd_refused, "bad_argument": st.cmd_bad_argument},
         "rx_duplicates": st.rx_duplicates,
         "tx_queued": st.tx_queued,
         "tick_late_ms": {
@@ -156,6 +174,16 @@ def status_json(node: int, st: StatusResult, stats: StatsResult | None = None) -
         "seq": st.tx_seq,
     }
     out.update(snap)
+    lim = st.power_limits
+    out["power_limits"] = {
+        "enforced_w": snap["power_cap_w"],
+        "source": snap.pop("power_limit_source"),
+        "default_w": _num(lim.default_w),
+        "in_band_w": _num(lim.in_band_w),
+        "out_of_band_w": _num(lim.out_of_band_w),
+        "min_w": _num(lim.min_w),
+        "max_w": _num(lim.max_w),
+    }
     out["pumps"] = pumps_json(st.snapshot, st.pump_names)
     out["faults"] = list(st.faults)
     out["counters"] = {
@@ -371,6 +399,20 @@ def _shown(value: Any, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+def _limits_text(lim: dict[str, Any] | None) -> list[str]:
+    """``power limit 650 W (out-of-band) of: default 700, in-band 680, out-of-band 650; range 200..700 W``."""
+    if lim is None:
+        return []
+    shown = ", ".join(
+        f"{name} {_shown(lim[key], 0) if lim[key] is not None else '-'}"
+        for key, name in (("default_w", "default"), ("in_band_w", "in-band"), ("out_of_band_w", "out-of-band"))
+    )
+    return [
+        f"  power limit {_shown(lim['enforced_w'], 0)} W enforced ({lim['source']}); limits set: {shown}; "
+        f"range {_shown(lim['min_w'], 0)}..{_shown(lim['max_w'], 0)} W"
+    ]
+
+
 def status_text(obj: dict[str, Any]) -> str:
     """``ctl status`` as text, from :func:`status_json`."""
     ras, c = obj["ras"], obj.get("counters", {})
@@ -379,6 +421,7 @@ def status_text(obj: dict[str, Any]) -> str:
         f"uptime={_shown(obj['uptime_s'], 1, ' s')}",
         f"  power {_shown(obj['power_w'], 1)}/{_shown(obj['power_cap_w'], 0)} W P{obj['pstate']} "
         f"vrm {_shown(obj['vrm_current_a'], 1, ' A')} failsafe={obj['failsafe']}",
+        *_limits_text(obj.get("power_limits")),
         f"  coolant: inlet {_shown(obj['inlet_c'], 1, ' C')} outlet {_shown(obj['outlet_c'], 1, ' C')} "
         f"flow {_shown(obj['flow_lpm'], 2, ' L/min')}",
         f"  energy {_shown(obj['energy_mj'] / 3.6e6, 3, ' Wh')} since boot; clocks held by: "
@@ -391,8 +434,12 @@ def status_text(obj: dict[str, Any]) -> str:
                 ("hw_slowdown", "hardware slowdown"),
             )
         ),
-        f"  ras: ce={ras['ce']} ue={ras['ue']} remap_pending={ras['remap_pending']} "
-        f"remap_failed={ras['remap_failed']} recovery_action={ras['recovery_action']}",
+        f"  ras: ce={ras['ce']} ue={ras['ue']} (aggregate ce={ras['ce_aggregate']} ue={ras['ue_aggregate']}) "
+        f"remapped rows correctable={ras['remapped_correctable']} uncorrectable={ras['remapped_uncorrectable']} "
+        f"remap_pending={ras['remap_pending']} remap_failed={ras['remap_failed']} "
+        f"recovery_action={ras['recovery_action']}",
+        f"  pcie: replays={obj['pcie']['replays']} aer correctable={obj['pcie']['aer_correctable']} "
+        f"uncorrectable={obj['pcie']['aer_uncorrectable']}",
         f"  faults in force: {', '.join(obj.get('faults', [])) or 'none'}",
         f"  link: rx {c.get('rx_frames', 0)} frames ({obj['rx_rejected']} rejected), tx {c.get('tx_frames', 0)} "
         f"({c.get('tx_dropped', 0)} dropped), {c.get('reconnects', 0)} reconnects",
@@ -418,7 +465,7 @@ def status_text(obj: dict[str, Any]) -> str:
         lines.append(
             f"  runtime: telemetry {t['sent']}/{t['due']} sent (dropped {t['dropped']}, decimated {t['decimated']}); "
             f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}, "
-            f"commands refused {rt['refused']['commands']}; "
+            f"commands refused {rt['refused']['commands']}, bad arguments {rt['refused']['bad_argument']}; "
             f"tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over {late['ticks']} ticks, "
             f"{rt['periods_late']} periods late; loop lag p99 {lag['p99']:.1f} ms; gc {rt['gc_ms']} ms"
         )

@@ -95,6 +95,14 @@ Snapshot = c.Struct(
     "viol_thermal_ms" / c.Int32ul,  # ... a die's thermal slowdown (software or hardware)
     "viol_hbm_thermal_ms" / c.Int32ul,  # ... the memory's temperature (HBM above hbm_max_c)
     "viol_hw_slowdown_ms" / c.Int32ul,  # ... a hardware slowdown (VRM over-current, power brake, over-temperature)
+    "power_limit_source" / c.Int8ul,  # PowerLimitSource of power_cap_w, the lowest limit set
+    "remapped_correctable" / c.Int32ul,  # rows remapped for CEs, pending included (nvmlDeviceGetRemappedRows)
+    "remapped_uncorrectable" / c.Int32ul,  # ... for UEs
+    "ecc_ce_aggregate" / c.Int64ul,  # corrected errors over the module's life (NVML's aggregate ECC count)
+    "ecc_ue_aggregate" / c.Int64ul,  # uncorrected errors over the module's life
+    "pcie_replays" / c.Int32ul,  # PCIe replays since boot (nvmlDeviceGetPcieReplayCounter)
+    "pcie_aer_correctable" / c.Int32ul,  # AER correctable errors since boot
+    "pcie_aer_uncorrectable" / c.Int32ul,  # AER uncorrectable (non-fatal) errors since boot
     "n_dies" / c.Int8ul,
     "n_hbm" / c.Int8ul,
     "n_pumps" / c.Int8ul,

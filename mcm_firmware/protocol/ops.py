@@ -37,6 +37,7 @@ class Op(IntEnum):
     LOCK_CLOCKS = 0x0011
     RESET_CLOCKS = 0x0012
     SET_VALVE = 0x0013
+    SET_POWER_LIMIT = 0x0014
     RAS = 0x0020
     CLEAR_RAS = 0x0021
     RESET = 0x0022
@@ -79,6 +80,15 @@ class PowerCapArgs:
 
 
 @record
+class PowerLimitArgs:
+    """A power limit of one source (``PowerLimitSource``: 1 in band, 2 out of band); NaN watts
+    clears that source's limit."""
+
+    source: int = wire(c.Int8ul)  # PowerLimitSource
+    watts: float = wire(c.Float32l)  # NaN: clear
+
+
+@record
 class LockClocksArgs:
     mhz: int = wire(c.Int16ul)
 
@@ -110,6 +120,18 @@ class ClearFaultArgs:
 
 
 @record
+class PowerLimits:
+    """The power limits of every source and their constraints (NVML: the default, the power
+    management limit set in band, the limit the enforced one also takes in, min and max)."""
+
+    default_w: float = wire(c.Float32l)  # the board's default (the profile's default cap)
+    in_band_w: float = wire(c.Float32l)  # set by the host (SET_POWER_CAP); NaN: none, the default holds
+    out_of_band_w: float = wire(c.Float32l)  # set by the BMC; NaN: none
+    min_w: float = wire(c.Float32l)  # the range a limit may take
+    max_w: float = wire(c.Float32l)
+
+
+@record
 class StatusResult:
     profile: str = wire(f.Text8)
     firmware: str = wire(f.Text8)
@@ -122,6 +144,7 @@ class StatusResult:
     link_util_permille: int = wire(c.Int16ul)  # share of a rate-limited link (serial) in use
     pump_names: tuple[str, ...] = wire(c.PrefixedArray(c.Int8ul, f.Text8))
     faults: tuple[str, ...] = wire(c.PrefixedArray(c.Int8ul, f.Text8))  # in force: "kind target value"
+    power_limits: PowerLimits = wire(layout(PowerLimits))  # the enforced one, the lowest, is the snapshot's cap
     snapshot: Snapshot = wire(f.Snapshot)
 
 
@@ -137,6 +160,7 @@ class StatsResult:
     evt_dropped: int = wire(c.Int32ul)  # events lost to a full outbox
     rx_duplicates: int = wire(c.Int32ul)  # commands answered again from the cache
     cmd_refused: int = wire(c.Int32ul)  # commands above the node's rate, answered REFUSED
+    cmd_bad_argument: int = wire(c.Int32ul)  # commands refused for an argument (BAD_ARGUMENT), since boot
     auth_refused: int = wire(c.Int32ul)  # frames refused by frame authentication (bad tag, replayed ...)
     tx_queued: int = wire(c.Int16ul)  # frames waiting in the node's outbox now
     ticks: int = wire(c.Int16ul)  # control ticks of the node's shard the three figures below cover
@@ -243,6 +267,7 @@ _SPECS = (
             evt_dropped=0,
             rx_duplicates=2,
             cmd_refused=3,
+            cmd_bad_argument=2,
             auth_refused=0,
             tx_queued=1,
             ticks=1200,
@@ -261,6 +286,13 @@ _SPECS = (
         args=PowerCapArgs,
         usage="W",
         example=PowerCapArgs(watts=800.0),
+    ),
+    OpSpec(
+        Op.SET_POWER_LIMIT,
+        "power limit of one source (in-band, out-of-band), or clear it; the lowest set is enforced",
+        args=PowerLimitArgs,
+        usage="SOURCE W|clear",
+        example=PowerLimitArgs(source=2, watts=650.0),
     ),
     OpSpec(
         Op.LOCK_CLOCKS,

@@ -65,6 +65,14 @@ class Snapshot(NamedTuple):
     viol_thermal_ms: int
     viol_hbm_thermal_ms: int
     viol_hw_slowdown_ms: int
+    power_limit_source: int
+    remapped_correctable: int
+    remapped_uncorrectable: int
+    ecc_ce_aggregate: int
+    ecc_ue_aggregate: int
+    pcie_replays: int
+    pcie_aer_correctable: int
+    pcie_aer_uncorrectable: int
     dies: tuple[DieTelemetry, ...]
     hbm: tuple[HbmTelemetry, ...]
     pumps: tuple[PumpTelemetry, ...]

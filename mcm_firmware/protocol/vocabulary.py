@@ -96,7 +96,7 @@ class EventCode(IntEnum):
     THERMAL_RECOVERY = 22  # value: hottest die °C
     VRM_OVERCURRENT = 23  # value: current A
     VRM_RECOVERED = 24
-    POWER_CAP_SET = 25  # value: new cap W
+    POWER_CAP_SET = 25  # value: the power limit now enforced, W
     CLOCKS_LOCKED = 26  # value: locked MHz
     CLOCKS_RESET = 27
     FAILSAFE_ENTER = 30  # subject: zone (valve)
@@ -183,6 +183,22 @@ class RecoveryAction(IntEnum):
     NODE_REBOOT = 2
 
 
+class PowerLimitSource(IntEnum):
+    """Who set the power limit that is enforced (the lowest of those set): the board's default
+    (the profile's ``default_cap_w``, in force while no in-band limit is set), the host's driver
+    in band (``SET_POWER_CAP``, ``nvidia-smi -pl``), or the baseboard management controller out of
+    band (Redfish). NVML reports the lowest as ``nvmlDeviceGetEnforcedPowerLimit``."""
+
+    DEFAULT = 0
+    IN_BAND = 1
+    OUT_OF_BAND = 2
+
+    @property
+    def label(self) -> str:
+        """The name on the command line: ``in-band``."""
+        return self.name.lower().replace("_", "-")
+
+
 class EccMode(IntEnum):
     SECDED = 0  # Hamming (39,32) per 32-bit word
     CHIPKILL = 1  # Reed-Solomon RS(20,16) per 16-byte line
@@ -241,6 +257,7 @@ class FaultKind(IntEnum):
     LINK_REORDER = 19
     CRASH = 20
     REBOOT = 21
+    PCIE_ERRORS = 22
 
     @property
     def label(self) -> str:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from ..control import dvfs
 from ..faults import SPECS, ClearSpec, Fault, FaultError, FaultKind, make_fault
-from ..protocol import Command, EventCode, Op, RasResult, Severity, Status, StatusResult
+from ..protocol import Command, EventCode, Op, PowerLimitSource, RasResult, Severity, Status, StatusResult
 from ..protocol.ops import FaultInForce, FaultList, StatsResult
 from .injection import apply_fault, canonical_target, clear_faults
 from .node import CommandError, Handler, Node
@@ -48,12 +49,37 @@ def _rebirth(node: Node, cmd: Command) -> None:
 
 @handler(Op.SET_POWER_CAP)
 def _set_power_cap(node: Node, cmd: Command) -> None:
-    watts = cmd.args.watts
+    """The host's in-band limit (``nvidia-smi -pl``); the lowest limit set is enforced."""
+    _set_limit(node, PowerLimitSource.IN_BAND, cmd.args.watts, what="power cap", can_clear=False)
+
+
+@handler(Op.SET_POWER_LIMIT)
+def _set_power_limit(node: Node, cmd: Command) -> None:
+    """A limit of one source, or (NaN) its clearing; the lowest limit set is enforced."""
+    try:
+        source = PowerLimitSource(cmd.args.source)
+    except ValueError:
+        source = None
+    if source not in (PowerLimitSource.IN_BAND, PowerLimitSource.OUT_OF_BAND):
+        raise CommandError(
+            Status.BAD_ARGUMENT,
+            f"power limit source {cmd.args.source} is not one that can be set (1 in-band, 2 out-of-band)",
+        )
+    _set_limit(node, source, cmd.args.watts, what=f"{source.label} power limit", can_clear=True)
+
+
+def _set_limit(node: Node, source: PowerLimitSource, watts: float, *, what: str, can_clear: bool) -> None:
     pw = node.profile.power
-    if not math.isfinite(watts) or not pw.min_cap_w <= watts <= pw.max_cap_w:
-        raise CommandError(Status.BAD_ARGUMENT, f"power cap {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
-    node.shard.dvfs.cap_w[node.row] = watts
-    node.emit_event(Severity.NOTICE, EventCode.POWER_CAP_SET, value=watts, text=f"power cap {watts:g} W")
+    clear = can_clear and math.isnan(watts)
+    if not clear and (not math.isfinite(watts) or not pw.min_cap_w <= watts <= pw.max_cap_w):
+        raise CommandError(Status.BAD_ARGUMENT, f"{what} {watts:g} W outside {pw.min_cap_w:g}..{pw.max_cap_w:g} W")
+    st, row = node.shard.dvfs, node.row
+    limits = st.limit_in_band if source is PowerLimitSource.IN_BAND else st.limit_out_of_band
+    limits[row] = math.nan if clear else watts
+    dvfs.enforce_limits(node.shard.dvfs_cfg, st, row)
+    cap, by = float(st.cap_w[row]), PowerLimitSource(int(st.cap_source[row])).label
+    said = f"{source.label} power limit cleared" if clear else f"{what} {watts:g} W"
+    node.emit_event(Severity.NOTICE, EventCode.POWER_CAP_SET, value=cap, text=f"{said}; {cap:g} W enforced ({by})")
 
 
 @handler(Op.LOCK_CLOCKS)

@@ -166,6 +166,17 @@ def _calm(node: Node, fault: Fault) -> None:
 EFFECTS[FaultKind.CE_STORM] = Effect(_storm, _calm)
 
 
+def _pcie_errors(node: Node, fault: Fault) -> None:
+    node.shard.pcie.rate[node.row] = (fault.value, fault.value2)
+
+
+def _pcie_clean(node: Node, fault: Fault) -> None:
+    node.shard.pcie.rate[node.row] = 0.0
+
+
+EFFECTS[FaultKind.PCIE_ERRORS] = Effect(_pcie_errors, _pcie_clean)
+
+
 def _link(param: LinkFaultParam) -> Effect:
     """A link fault: set from just after the answer to the command that set it, so the answer
     still leaves on a clean link."""

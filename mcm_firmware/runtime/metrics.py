@@ -6,9 +6,10 @@ series carries ``fleet``, ``node`` and ``profile`` labels. The figures are the f
 readings (sensor values, not the plant's truth), read from the shards' arrays when Prometheus
 scrapes, so nothing is spent between scrapes.
 
-Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 25 series a
+Cardinality: ``module`` detail (the default) exports :data:`MODULE_METRICS` per node, 31 series a
 node (10 of them the row remapper's counts, flags and bank histogram, and the last XID; 4 the energy
-and violation counters): 250,000 series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a die, 160,000
+and violation counters; 2 the lifetime ECC counts, 3 the PCIe link's errors, 1 the power limit's
+source): 310,000 series at 10,000 nodes; ``die`` detail adds :data:`DIE_METRICS` per die (4 more a die, 160,000
 more for 10,000 four-die modules); the run's self-measurement (``mcm_run_*``) is a few dozen
 series whatever the size. docs/performance.md has the cost of a scrape.
 """
@@ -39,6 +40,11 @@ MODULE_METRICS: tuple[tuple[str, str, str], ...] = (  # name, help, type (all ga
     ("MCM_FI_DEV_MEMORY_TEMP", "Hottest HBM stack temperature as the firmware reads it (C).", "gauge"),
     ("MCM_FI_DEV_POWER_USAGE", "Module power (W).", "gauge"),
     ("MCM_FI_DEV_POWER_MGMT_LIMIT", "Power limit in force (W).", "gauge"),
+    (
+        "MCM_FI_DEV_POWER_LIMIT_SOURCE",
+        "Who set the limit in force, the lowest set: 0 board default, 1 in-band, 2 out-of-band.",
+        "gauge",
+    ),
     ("MCM_FI_DEV_SM_CLOCK", "Mean die clock (MHz).", "gauge"),
     ("MCM_FI_DEV_CLOCK_THROTTLE_REASONS", "Clock-event reasons of any die (NVML bitmask).", "gauge"),
     ("MCM_FI_DEV_COOLANT_INLET_TEMP", "Coolant inlet temperature (C).", "gauge"),
@@ -77,6 +83,11 @@ MODULE_METRICS: tuple[tuple[str, str, str], ...] = (  # name, help, type (all ga
         "gauge",
     ),
     ("MCM_FI_DEV_HW_SLOWDOWN_VIOLATION", "Time a hardware slowdown held the clocks, since boot (us).", "gauge"),
+    ("MCM_FI_DEV_ECC_SBE_AGG_TOTAL", "Corrected HBM errors over the module's life.", "gauge"),
+    ("MCM_FI_DEV_ECC_DBE_AGG_TOTAL", "Uncorrected HBM errors over the module's life.", "gauge"),
+    ("MCM_FI_DEV_PCIE_REPLAY_COUNTER", "PCIe replays since boot.", "gauge"),
+    ("MCM_FI_DEV_PCIE_AER_CORRECTABLE", "PCIe AER correctable errors since boot.", "gauge"),
+    ("MCM_FI_DEV_PCIE_AER_UNCORRECTABLE", "PCIe AER uncorrectable (non-fatal) errors since boot.", "gauge"),
 )
 DIE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("MCM_FI_DEV_DIE_TEMP", "Die temperature as the firmware reads it (C).", "gauge"),
@@ -102,6 +113,7 @@ def module_values(shard: Shard) -> dict[str, np.ndarray]:
         "MCM_FI_DEV_MEMORY_TEMP": _nanmax(hbm),
         "MCM_FI_DEV_POWER_USAGE": pl.p_total,
         "MCM_FI_DEV_POWER_MGMT_LIMIT": st.cap_w,
+        "MCM_FI_DEV_POWER_LIMIT_SOURCE": st.cap_source.astype(float),
         "MCM_FI_DEV_SM_CLOCK": st.mhz.mean(axis=1),
         "MCM_FI_DEV_CLOCK_THROTTLE_REASONS": np.bitwise_or.reduce(st.reasons, axis=1),
         "MCM_FI_DEV_COOLANT_INLET_TEMP": pl.t_inlet,
@@ -123,6 +135,11 @@ def module_values(shard: Shard) -> dict[str, np.ndarray]:
         "MCM_FI_DEV_POWER_VIOLATION": np.round(shard.violation_s[:, 0] * 1e6),
         "MCM_FI_DEV_THERMAL_VIOLATION": np.round((shard.violation_s[:, 1] + shard.violation_s[:, 2]) * 1e6),
         "MCM_FI_DEV_HW_SLOWDOWN_VIOLATION": np.round(shard.violation_s[:, 3] * 1e6),
+        "MCM_FI_DEV_ECC_SBE_AGG_TOTAL": shard.ras_aggregate[:, 0],
+        "MCM_FI_DEV_ECC_DBE_AGG_TOTAL": shard.ras_aggregate[:, 1],
+        "MCM_FI_DEV_PCIE_REPLAY_COUNTER": shard.pcie.counts[:, 0],
+        "MCM_FI_DEV_PCIE_AER_CORRECTABLE": shard.pcie.counts[:, 1],
+        "MCM_FI_DEV_PCIE_AER_UNCORRECTABLE": shard.pcie.counts[:, 2],
     }
 
 

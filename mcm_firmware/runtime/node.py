@@ -66,7 +66,7 @@ from ..protocol import (
 from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.codec import command_op, encode_body, request_id, snapshot_from_payload
 from ..protocol.frames import AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
-from ..protocol.ops import FAULT_CONTROL, StatsResult
+from ..protocol.ops import FAULT_CONTROL, PowerLimits, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -149,6 +149,7 @@ class Counters:
     rsp_dropped: int = 0  # lost to a full outbox
     evt_dropped: int = 0
     cmd_refused: int = 0  # commands above the node's rate, answered REFUSED and not run
+    cmd_bad_argument: int = 0  # commands answered BAD_ARGUMENT (an argument out of range, unknown)
     auth_refused: int = 0  # frames frame authentication refused (also in rx_rejected)
     reconnects: int = 0
     events_suppressed: int = 0
@@ -674,6 +675,8 @@ class Node:
                 data = fn(self, cmd)
             except CommandError as e:
                 status, message = e.status, str(e)
+                if status is Status.BAD_ARGUMENT:
+                    self.counters.cmd_bad_argument += 1
             except Exception as e:
                 log.exception("node %s: %s failed", self.node_id, cmd.op.name)
                 status, message = Status.INTERNAL, f"{type(e).__name__}: {e}"
@@ -765,6 +768,7 @@ class Node:
             evt_dropped=c.evt_dropped & U32,
             rx_duplicates=c.rx_duplicates & U32,
             cmd_refused=c.cmd_refused & U32,
+            cmd_bad_argument=c.cmd_bad_argument & U32,
             auth_refused=c.auth_refused & U32,
             tx_queued=min(0xFFFF, len(self._urgent) + len(self._events)),
             ticks=min(0xFFFF, late.n),
@@ -775,6 +779,16 @@ class Node:
             loop_lag_p99_us=us(lag.p99),
             loop_lag_max_us=us(lag.max),
             gc_ms=min(U32, round(self.meter.totals.gc_s * 1e3)) if self.meter else 0,
+        )
+
+    def power_limits(self) -> PowerLimits:
+        st, pw = self.shard.dvfs, self.profile.power
+        return PowerLimits(
+            default_w=float(st.limit_default[self.row]),
+            in_band_w=float(st.limit_in_band[self.row]),
+            out_of_band_w=float(st.limit_out_of_band[self.row]),
+            min_w=pw.min_cap_w,
+            max_w=pw.max_cap_w,
         )
 
     def status(self) -> StatusResult:
@@ -791,6 +805,7 @@ class Node:
             link_util_permille=self.link_util_permille(),
             pump_names=tuple(p.name for p in self.profile.cooling.pumps),
             faults=tuple(str(f) for f in self.faults.values())[:255],
+            power_limits=self.power_limits(),
             snapshot=snapshot_from_payload(self.record(telemetry=False).tobytes()),
         )
 

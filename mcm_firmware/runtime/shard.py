@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..control import coolant as cc
-from ..control import dvfs
+from ..control import dvfs, pcie
 from ..control import ras as rasmod
 from ..plant import model
 from ..plant.memory import HbmStore
@@ -138,6 +138,8 @@ class Shard:
         g = self.ras_cfg.geometry
         self.ras_histogram[:, 0] = g.stacks * g.channels * g.banks
         self.ras_last_xid = np.zeros(n, np.int64)
+        self.ras_aggregate = np.zeros((n, 2), np.int64)  # CE, UE over the module's life (NVML's aggregate)
+        self.pcie = pcie.PcieCounters(n)  # the host link's replays and AER errors since boot
         self.ce_storm_rate = np.zeros((n, p.hbm))  # injected single-bit upsets per second
         self._storm_any = False
         self._ras_busy: set[int] = set()  # rows whose RAS firmware has work (errors, a store to scrub)
@@ -207,6 +209,8 @@ class Shard:
         if n:
             self._cooling_thermal(t, self.dt * self.div_thermal * n)
             self._ras_step(t, self.dt * self.div_thermal * n)
+            if self.pcie.active:
+                self.pcie.step(self.rng, self.dt * self.div_thermal * n, self.active)
         n = self._periods_due(k0, self.div_dvfs)
         if n:
             st.forced_min = self.cool.natural.copy()
@@ -352,7 +356,9 @@ class Shard:
         st.trim[row] = 1.0
         st.dither[row] = 0.0
         st.lock_mhz[row] = 0.0
-        st.cap_w[row] = self.profile.power.default_cap_w
+        st.limit_in_band[row] = np.nan  # the host's limit goes with the boot; the BMC's stays
+        dvfs.enforce_limits(cfg, st, row)
+        self.pcie.reboot(row)
         cool, ccfg = self.cool, self.cool_cfg
         cool.failsafe[row] = True
         cool.manual[row] = np.nan
@@ -543,6 +549,7 @@ class Shard:
         self.ras_remapped[row] = ctl.remapped_rows_by_cause()
         self.ras_histogram[row] = ctl.histogram()
         self.ras_last_xid[row] = ctl.last_xid
+        self.ras_aggregate[row] = (ctl.ce_aggregate, ctl.ue_aggregate)
 
     def _ras_step(self, t: float, ts: float) -> None:
         """Background upsets (Poisson, rate doubling with HBM temperature) and injected CE storms,
@@ -682,6 +689,14 @@ class Shard:
         ms = (self.violation_s[rows] * 1e3).astype(np.int64) & 0xFFFFFFFF  # wraps at 2^32 ms
         rec["viol_power_ms"], rec["viol_thermal_ms"] = ms[:, 0], ms[:, 1]
         rec["viol_hbm_thermal_ms"], rec["viol_hw_slowdown_ms"] = ms[:, 2], ms[:, 3]
+        rec["power_limit_source"] = st.cap_source[rows]
+        remapped = np.minimum(self.ras_remapped[rows], 0xFFFFFFFF)
+        rec["remapped_correctable"], rec["remapped_uncorrectable"] = remapped[:, 0], remapped[:, 1]
+        rec["ecc_ce_aggregate"], rec["ecc_ue_aggregate"] = self.ras_aggregate[rows, 0], self.ras_aggregate[rows, 1]
+        link = self.pcie.counts[rows] & 0xFFFFFFFF  # wrap at 2^32
+        rec["pcie_replays"] = link[:, pcie.REPLAYS]
+        rec["pcie_aer_correctable"] = link[:, pcie.AER_CORRECTABLE]
+        rec["pcie_aer_uncorrectable"] = link[:, pcie.AER_UNCORRECTABLE]
         rec["n_dies"], rec["n_hbm"], rec["n_pumps"], rec["n_valves"] = p.dies, p.hbm, p.pumps, p.valves
         d = rec["dies"]
         d["temp_c"] = self.s_die.value[rows]

@@ -33,7 +33,9 @@ Signals (``name`` or ``name:ARG``): ``die_temp``, ``clock``, ``die_power``, ``ut
 ``outlet``, ``flow``, ``valve:N``, ``pump_running:P``, ``pump_lead:P``, ``pump_fault:P``,
 ``pump_rpm:P`` (P a pump name or index), ``reason:NAME`` (an NVML reason set on any die),
 ``failsafe``, ``remap_pending``, ``remap_failed``, ``ce_storm``, ``recovery_action``, ``state``,
-``shutdown``, ``mode``, ``natural_convection``, ``rx_rejected``. Booleans compare as 0 and 1.
+``shutdown``, ``mode``, ``natural_convection``, ``rx_rejected``, ``pcie_replays``,
+``pcie_aer_correctable``, ``pcie_aer_uncorrectable``, ``limit_source`` (who set the cap: 0 the
+board default, 1 in band, 2 out of band). Booleans compare as 0 and 1.
 """
 
 from __future__ import annotations

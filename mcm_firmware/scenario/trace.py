@@ -206,6 +206,10 @@ SIGNALS: dict[str, Callable[[np.ndarray, str, NodeTrace], np.ndarray]] = {
     "mode": lambda r, a, nt: r["mode"],
     "natural_convection": lambda r, a, nt: r["mode"] == CoolingMode.NATURAL_CONVECTION,
     "rx_rejected": lambda r, a, nt: r["rx_rejected"],
+    "pcie_replays": lambda r, a, nt: r["pcie_replays"],
+    "pcie_aer_correctable": lambda r, a, nt: r["pcie_aer_correctable"],
+    "pcie_aer_uncorrectable": lambda r, a, nt: r["pcie_aer_uncorrectable"],
+    "limit_source": lambda r, a, nt: r["power_limit_source"],
 }
 SIGNAL_ARGS = {  # what the part after ':' names, where a signal takes one
     "die_temp": "die",

@@ -35,6 +35,7 @@ from ..protocol import (
     Op,
     PendingRow,
     PowerCapArgs,
+    PowerLimits,
     PumpTelemetry,
     RasResult,
     Response,
@@ -72,6 +73,14 @@ SNAPSHOT = Snapshot(
     viol_thermal_ms=0,
     viol_hbm_thermal_ms=0,
     viol_hw_slowdown_ms=100,
+    power_limit_source=1,
+    remapped_correctable=0,
+    remapped_uncorrectable=1,
+    ecc_ce_aggregate=17,
+    ecc_ue_aggregate=1,
+    pcie_replays=6,
+    pcie_aer_correctable=6,
+    pcie_aer_uncorrectable=0,
     dies=(
         DieTelemetry(70.0, 270.25, 2000, 900, 0x0, 0, 85),
         DieTelemetry(71.5, 268.0, 1850, 860, 0x4, 1, 92),
@@ -123,6 +132,9 @@ GOLDEN: dict[str, Message] = {
             link_util_permille=125,
             pump_names=("A", "B"),
             faults=("pump-fail A",),
+            power_limits=PowerLimits(
+                default_w=1300.0, in_band_w=1300.0, out_of_band_w=1400.0, min_w=500.0, max_w=1400.0
+            ),
             snapshot=SNAPSHOT,
         ),
     ),

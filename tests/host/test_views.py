@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mcm_firmware.host.views import message_json, message_line, status_json, typed_json
-from mcm_firmware.protocol import Samples, Snapshot, StatusResult, Telemetry
+from mcm_firmware.protocol import PowerLimits, Samples, Snapshot, StatusResult, Telemetry
 from mcm_firmware.testing.golden import GOLDEN, SNAPSHOT
 from mcm_firmware.transport import Address, Channel
 
@@ -26,6 +26,9 @@ def test_every_message_has_a_json_and_a_text_view(name):
     # every field the message carries shows in its JSON view
     if isinstance(msg, (Telemetry, Samples)):  # the snapshot's fields at the top level
         shown = {"uptime_ns": "uptime_s", "flags": "failsafe", "recovery_action": "ras"}
+        shown |= dict.fromkeys(("remapped_correctable", "remapped_uncorrectable"), "ras")
+        shown |= dict.fromkeys(("ecc_ce_aggregate", "ecc_ue_aggregate"), "ras")
+        shown |= dict.fromkeys(("pcie_replays", "pcie_aer_correctable", "pcie_aer_uncorrectable"), "pcie")
         names = [shown.get(n, n) for n in Snapshot._fields]
         if isinstance(msg, Samples):
             names += ["period_us", "samples"]
@@ -51,12 +54,14 @@ def test_failed_sensors_read_null_in_json():
         link_util_permille=0,
         pump_names=("A", "B"),
         faults=(),
+        power_limits=PowerLimits(default_w=700.0, in_band_w=math.nan, out_of_band_w=650.0, min_w=200.0, max_w=700.0),
         snapshot=dead,
     )
     obj = json.loads(json.dumps(status_json(4, st), allow_nan=False))
     assert obj["dies"][0]["temp_c"] is None and obj["dies"][1]["temp_c"] == 71.5
     assert obj["dies"][1]["reason_names"] == ["SW_POWER_CAP"]
     assert [p["name"] for p in obj["pumps"]] == ["A", "B"] and obj["pumps"][0]["lead"] is True
+    assert obj["power_limits"]["in_band_w"] is None and obj["power_limits"]["out_of_band_w"] == 650.0
 
 
 def test_typed_json_names_enum_values_and_keeps_every_field():

@@ -236,6 +236,14 @@ snapshots = st.builds(
     u32,
     u32,
     u32,
+    u8,  # power_limit_source
+    u32,
+    u32,
+    st.integers(0, 2**64 - 1),  # ecc_ce_aggregate
+    st.integers(0, 2**64 - 1),
+    u32,
+    u32,
+    u32,
     st.lists(dies, max_size=8).map(tuple),
     st.lists(hbms, max_size=12).map(tuple),
     st.lists(pumps, max_size=4).map(tuple),

@@ -192,6 +192,10 @@ def test_status_carries_mode_pstate_and_ras(on_fleet):
         "remap_failed": False,
         "ce_storm": False,
         "recovery_action": "NONE",
+        "remapped_correctable": 0,
+        "remapped_uncorrectable": 0,
+        "ce_aggregate": 0,
+        "ue_aggregate": 0,
     }
     assert st["vrm_current_a"] > 100
 
