@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -31,6 +32,7 @@ from .common import (
     serial_port,
 )
 from .display import Display, meter_line
+from .redfish import redfish_options, redfish_service
 
 
 class _Once(argparse.Action):
@@ -278,6 +280,7 @@ def add_parser(sub: Any) -> None:
         "FILE's stem suffixed .0, .1 ...; default: none)",
     )
     security_options(run, nodes=True)
+    redfish_options(run, port_default=None)
     run.set_defaults(func=cmd_run)
 
 
@@ -320,6 +323,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             args.connection = "node"
     elif any(getattr(args, k) for k in ("username", "password_file", "node_secret", "cafile", "cert", "key")):
         raise BadInput("broker security options are for an external broker (--broker); the embedded one is open")
+    if args.redfish_port is not None and (args.serial or args.processes > 1):
+        raise BadInput(
+            "--redfish-port serves a fleet on MQTT from one process: with --serial or --processes, "
+            "run 'mcm-emu redfish --broker URL' beside it"
+        )
     if args.processes > 1:
         return await run_processes(args, layout)
     ids = shard_ids(args)
@@ -407,7 +415,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
                 )
             recorder = await _start_recorder(str(url), args.fleet, args.record, clock) if args.record else None
             try:
-                await serve(fleet, args, layout)
+                async with (
+                    redfish_service(args, str(url), args.fleet)
+                    if args.redfish_port is not None
+                    else contextlib.nullcontext()
+                ):
+                    await serve(fleet, args, layout)
             finally:
                 if recorder is not None:
                     await recorder.stop()
