@@ -49,6 +49,108 @@ SCHEMA_URI = "http://redfish.dmtf.org/schemas/v1/{}_v1.xml"
 ROOT = "/redfish/v1"
 POWER_LIMIT = "PowerLimit"  # the id of the power-limit Control
 
+# --- the Oem.McmEmu extensions: declared once, served as a CSDL schema, typed in every payload -----
+
+OEM = "McmEmu"
+OEM_VERSION = "McmEmu.v1_0_0"
+OEM_SCHEMA_PATH = f"{ROOT}/Schemas/McmEmu_v1.xml"
+
+
+class OemProperty(NamedTuple):
+    name: str
+    type: str  # an Edm type
+    description: str
+    nullable: bool = False
+
+
+OEM_TYPES: dict[str, tuple[OemProperty, ...]] = {
+    "Chassis": (
+        OemProperty("Firmware", "Edm.String", "The firmware version of the module's controller, from its BIRTH."),
+        OemProperty("BootCount", "Edm.Int64", "The boots of the module's controller, from its BIRTH."),
+        OemProperty("BdSeq", "Edm.Int64", "The birth/death sequence of the controller's connection, from its BIRTH."),
+        OemProperty("NodeState", "Edm.String", "The controller's state: BOOTING, RUNNING, SHUTDOWN or STOPPING."),
+        OemProperty("CoolingMode", "Edm.String", "The cooling mode: NORMAL, FAILSAFE or NATURAL_CONVECTION."),
+        OemProperty("UptimeSeconds", "Edm.Decimal", "The time since the controller booted, in seconds."),
+        OemProperty("DeathReason", "Edm.String", "After a DEATH: SHUTDOWN, CONNECTION_LOST or REBOOT."),
+        OemProperty(
+            "FaultsInjected", "Collection(Edm.String)", "The injected faults in force, as get-faults prints them."
+        ),
+    ),
+    "Pump": (OemProperty("Lead", "Edm.Boolean", "The pump is the lead pump of its pair."),),
+    "Control": (
+        OemProperty(
+            "EnforcedWatts",
+            "Edm.Decimal",
+            "The power limit the module enforces: the lowest of those set, in watts.",
+            True,
+        ),
+        OemProperty("EnforcedBy", "Edm.String", "Who set the limit enforced: Default, InBand or OutOfBand."),
+        OemProperty("DefaultWatts", "Edm.Decimal", "The board's default power limit, in watts.", True),
+        OemProperty(
+            "InBandWatts", "Edm.Decimal", "The host's in-band power limit, in watts; null while none is set.", True
+        ),
+    ),
+}
+
+
+def oem(kind: str, values: dict[str, Any]) -> dict[str, Any]:
+    """An ``Oem`` property holding ``values`` as the McmEmu extension of a ``kind`` resource."""
+    known = {p.name for p in OEM_TYPES[kind]}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"Oem.McmEmu of {kind} declares no {sorted(unknown)}")
+    return {OEM: {"@odata.type": f"#{OEM_VERSION}.{kind}", **values}}
+
+
+def oem_schema() -> str:
+    """The CSDL schema of the McmEmu extensions (served at ``OEM_SCHEMA_PATH``)."""
+
+    def text(s: str) -> str:
+        return s.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
+
+    types = []
+    for kind, props in OEM_TYPES.items():
+        lines = [
+            f'      <ComplexType Name="{kind}" BaseType="Resource.OemObject">',
+            '        <Annotation Term="OData.AdditionalProperties" Bool="false"/>',
+            f'        <Annotation Term="OData.Description" String="mcm-emu\'s extension of {kind}."/>',
+            f'        <Annotation Term="OData.LongDescription" String="This type shall contain the mcm-emu properties of a {kind}."/>',
+        ]
+        for p in props:
+            null = "" if p.nullable or p.type.startswith("Collection") else ' Nullable="false"'
+            lines += [
+                f'        <Property Name="{p.name}" Type="{p.type}"{null}>',
+                '          <Annotation Term="OData.Permissions" EnumMember="OData.Permission/Read"/>',
+                f'          <Annotation Term="OData.Description" String="{text(p.description)}"/>',
+                f'          <Annotation Term="OData.LongDescription" String="This property shall contain {text(p.description[0].lower() + p.description[1:])}"/>',
+                "        </Property>",
+            ]
+        lines.append("      </ComplexType>")
+        types.append("\n".join(lines))
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="4.0">\n'
+        '  <edmx:Reference Uri="http://docs.oasis-open.org/odata/odata/v4.0/errata03/csd01/complete/vocabularies/Org.OData.Core.V1.xml">\n'
+        '    <edmx:Include Namespace="Org.OData.Core.V1" Alias="OData"/>\n'
+        "  </edmx:Reference>\n"
+        f'  <edmx:Reference Uri="{SCHEMA_URI.format("RedfishExtensions")}">\n'
+        '    <edmx:Include Namespace="RedfishExtensions.v1_0_0" Alias="Redfish"/>\n'
+        "  </edmx:Reference>\n"
+        f'  <edmx:Reference Uri="{SCHEMA_URI.format("Resource")}">\n'
+        '    <edmx:Include Namespace="Resource"/>\n'
+        '    <edmx:Include Namespace="Resource.v1_0_0"/>\n'
+        "  </edmx:Reference>\n"
+        "  <edmx:DataServices>\n"
+        f'    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="{OEM}">\n'
+        '      <Annotation Term="Redfish.OwningEntity" String="mcm-emu"/>\n'
+        "    </Schema>\n"
+        f'    <Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="{OEM_VERSION}">\n'
+        '      <Annotation Term="Redfish.OwningEntity" String="mcm-emu"/>\n'
+        '      <Annotation Term="Redfish.Release" String="1.0"/>\n'
+        + "\n".join(types)
+        + "\n    </Schema>\n  </edmx:DataServices>\n</edmx:Edmx>\n"
+    )
+
 
 def _type(kind: str) -> str:
     return f"#{TYPES[kind]}.{kind}"
@@ -138,6 +240,12 @@ def metadata_document() -> str:
         ref(kind, None)
     for kind, support in SUPPORT.items():
         ref(kind, support)
+    refs.append(
+        f'  <edmx:Reference Uri="{OEM_SCHEMA_PATH}">\n'
+        f'    <edmx:Include Namespace="{OEM}"/>\n'
+        f'    <edmx:Include Namespace="{OEM_VERSION}"/>\n'
+        "  </edmx:Reference>\n"
+    )
     refs.append(
         f'  <edmx:Reference Uri="{SCHEMA_URI.format("RedfishExtensions")}">\n'
         '    <edmx:Include Namespace="RedfishExtensions.v1_0_0" Alias="Redfish"/>\n'
@@ -287,26 +395,26 @@ def chassis(view: NodeView) -> dict[str, Any]:
     }
     if view.birth is not None:
         out["Model"] = view.birth.profile
-    oem: dict[str, Any] = {}
+    ext: dict[str, Any] = {}
     if view.birth is not None:
-        oem.update(
+        ext.update(
             Firmware=view.birth.firmware,
             BootCount=view.birth.boot_count,
             BdSeq=view.birth.bdseq & 0x7FFFFFFF,
         )
     if view.death is not None:
-        oem["DeathReason"] = _enum_name(DeathReason, view.death.reason)
+        ext["DeathReason"] = _enum_name(DeathReason, view.death.reason)
     s = view.snapshot
     if s is not None:
-        oem.update(
+        ext.update(
             NodeState=_enum_name(NodeState, s.state),
             CoolingMode=_enum_name(CoolingMode, s.mode),
             UptimeSeconds=round(s.uptime_ns / 1e9, 3),
         )
     if view.faults:
-        oem["FaultsInjected"] = list(view.faults)
-    if oem:
-        out["Oem"] = {"McmEmu": oem}
+        ext["FaultsInjected"] = list(view.faults)
+    if ext:
+        out["Oem"] = oem("Chassis", ext)
     return out
 
 
@@ -500,7 +608,7 @@ def pump(view: NodeView, index: int) -> dict[str, Any] | None:
         "PumpType": "Liquid",
         "Status": {"State": state, "Health": "Critical" if PumpFlags.FAULT in flags else "OK"},
         "PumpSpeedPercent": {"SpeedRPM": p.rpm, "DataSourceUri": sensor_uri(view.node, f"Pump{index}Speed")},
-        "Oem": {"McmEmu": {"Lead": PumpFlags.LEAD in flags}},
+        "Oem": oem("Pump", {"Lead": PumpFlags.LEAD in flags}),
     }
 
 
@@ -538,11 +646,11 @@ def power_limit_control(view: NodeView) -> dict[str, Any]:
     s = view.snapshot
     if s is not None:
         out["Sensor"] = {"Reading": num(s.power_w), "DataSourceUri": sensor_uri(view.node, "TotalPower")}
-        oem: dict[str, Any] = {
+        ext: dict[str, Any] = {
             "EnforcedWatts": num(s.power_cap_w),
             "EnforcedBy": {0: "Default", 1: "InBand", 2: "OutOfBand"}.get(s.power_limit_source, "Unknown"),
         }
         if lim is not None:
-            oem.update(DefaultWatts=num(lim.default_w), InBandWatts=num(lim.in_band_w))
-        out["Oem"] = {"McmEmu": oem}
+            ext.update(DefaultWatts=num(lim.default_w), InBandWatts=num(lim.in_band_w))
+        out["Oem"] = oem("Control", ext)
     return out

@@ -185,6 +185,9 @@ class RedfishServer:
             return web.Response(
                 text=rs.metadata_document(), content_type="application/xml", charset="utf-8", headers=HEADERS
             )
+        if parts == ["Schemas", rs.OEM_SCHEMA_PATH.rsplit("/", 1)[1]]:  # the Oem.McmEmu extensions
+            self._allow(method, ("GET",))
+            return web.Response(text=rs.oem_schema(), content_type="application/xml", charset="utf-8", headers=HEADERS)
         if head == "SessionService":
             return await self._sessions(request, parts[1:], method, who)
         if head == "Chassis":
