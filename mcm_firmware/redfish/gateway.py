@@ -16,15 +16,19 @@ import time
 import uuid
 from typing import Any
 
+from ..backoff import Backoff
 from ..host.client import HostClient, HostError
 from ..protocol import Birth, Event, EventCode, FrameError, Op, PowerLimitSource, Response, decode
 from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.ops import PowerLimitArgs
 from ..tasks import cancel_and_wait
-from ..transport import Channel, Subscription, TransportError, TransportFactory
+from ..transport import Channel, Subscription, Transport, TransportError, TransportFactory
 from .state import FleetView
 
 log = logging.getLogger(__name__)
+
+# events after which a node's STATUS is read again (its limits or faults changed)
+REFRESH_ON = (EventCode.POWER_CAP_SET, EventCode.FAULT_INJECTED, EventCode.FAULT_CLEARED)
 
 
 class Gateway:
@@ -36,28 +40,44 @@ class Gateway:
         timeout: float = 2.0,
         auth: FrameAuth | None = None,
     ) -> None:
-        tag = uuid.uuid4().hex[:8]
         self.view = FleetView(fleet)
         self.fleet = fleet
         self.auth = auth
-        self._watch = factory(f"mcm-redfish-{tag}")
-        self.host = HostClient(factory(f"mcm-redfish-cmd-{tag}"), fleet=fleet, timeout=timeout, auth=auth)
+        self.timeout = timeout
+        self._factory = factory
+        self._watch: Transport | None = None
+        self.host = self._host_client()
         self._rx: asyncio.Task[None] | None = None
         self._asks: dict[int, asyncio.Task[bool]] = {}
         self._limit = asyncio.Semaphore(32)  # STATUS requests in flight
         self.rejected = 0  # frames that did not decode or verify
         self.status_failed = 0
+        self.reconnects = 0
 
-    async def start(self) -> None:
-        await self._watch.connect()
+    def _host_client(self) -> HostClient:
+        tag = uuid.uuid4().hex[:8]
+        return HostClient(
+            self._factory(f"mcm-redfish-cmd-{tag}"), fleet=self.fleet, timeout=self.timeout, auth=self.auth
+        )
+
+    async def _connect(self) -> None:
+        """Subscribe to the fleet (its retained state comes first) and open the host client."""
+        watch = self._factory(f"mcm-redfish-{uuid.uuid4().hex[:8]}")
+        await watch.connect()
         try:
             for ch in (Channel.STATE, Channel.TLM, Channel.EVT):
-                await self._watch.subscribe(Subscription(self.fleet, None, ch))
+                await watch.subscribe(Subscription(self.fleet, None, ch))
             await self.host.__aenter__()
         except BaseException:
-            await self._watch.close()
+            await watch.close()
             raise
-        self._rx = asyncio.create_task(self._receive(), name="redfish-rx")
+        self._watch = watch
+
+    async def start(self) -> None:
+        """Connect; TransportError when the broker cannot be reached. A link lost later is
+        connected again (with backoff) in the background."""
+        await self._connect()
+        self._rx = asyncio.create_task(self._follow(), name="redfish-rx")
 
     async def stop(self) -> None:
         tasks: list[asyncio.Task[Any]] = [t for t in (self._rx, *self._asks.values()) if t is not None]
@@ -65,7 +85,9 @@ class Gateway:
         self._rx = None
         self._asks.clear()
         await self.host.close()
-        await self._watch.close()
+        if self._watch is not None:
+            await self._watch.close()
+            self._watch = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -74,13 +96,34 @@ class Gateway:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def _receive(self) -> None:
+    async def _follow(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=5.0)
         while True:
             try:
-                d = await self._watch.receive()
+                assert self._watch is not None
+                await self._receive(self._watch)
             except TransportError as e:
                 log.warning("redfish: link to the broker lost: %s", e)
-                return
+            if self._watch is not None:
+                await self._watch.close()
+                self._watch = None
+            await self.host.close()
+            self.host = self._host_client()  # a client whose link was lost stays down: a new one
+            while True:
+                await asyncio.sleep(backoff.next())
+                try:
+                    await self._connect()
+                except TransportError as e:
+                    log.info("redfish: broker still unreachable: %s", e)
+                    continue
+                self.reconnects += 1
+                backoff.reset()
+                log.warning("redfish: connected to the broker again")
+                break
+
+    async def _receive(self, watch: Transport) -> None:
+        while True:
+            d = await watch.receive()
             if self.auth is not None:
                 try:
                     self.auth.open(d.payload, time.time_ns(), window=not d.retained)
@@ -92,18 +135,10 @@ class Gateway:
             except FrameError:
                 self.rejected += 1
                 continue
-            view = self.view.take(msg)
+            view = self.view.take(msg, retained=d.retained, now=time.monotonic())
             if view is None:
                 continue
-            if (isinstance(msg, Birth) and view.limits is None) or (
-                isinstance(msg, Event)
-                and msg.code
-                in (
-                    EventCode.POWER_CAP_SET,
-                    EventCode.FAULT_INJECTED,
-                    EventCode.FAULT_CLEARED,
-                )
-            ):
+            if (isinstance(msg, Birth) and view.limits is None) or (isinstance(msg, Event) and msg.code in REFRESH_ON):
                 self.ask(view.node)
 
     def ask(self, node: int) -> None:
@@ -122,7 +157,7 @@ class Gateway:
                 self.status_failed += 1
                 log.info("redfish: node %d: no status: %s", node, e)
                 return False
-        self.view.take_status(node, resp.data, resp.timestamp_ns)
+        self.view.take_status(node, resp.data, resp.timestamp_ns, now=time.monotonic())
         return True
 
     async def set_power_limit(self, node: int, watts: float | None) -> Response:

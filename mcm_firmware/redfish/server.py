@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +72,13 @@ class RedfishServer:
     """The HTTP side of the service; ``start`` binds ``host:port`` (port 0: any free one, see
     ``port`` after start)."""
 
-    def __init__(self, gateway: Gateway, authority: Authority, *, version: str = "0") -> None:
+    def __init__(
+        self, gateway: Gateway, authority: Authority, *, version: str = "0", alive_window: float = 3.0
+    ) -> None:
+        """``alive_window``: a node from which no fresh frame came for this long (s) is shown
+        offline (three periods of the slowest telemetry of the shipped profiles, 1 Hz)."""
         self.gateway = gateway
+        self.alive_window = alive_window
         self.authority = authority
         self.version = version
         self.requests = 0
@@ -272,6 +278,7 @@ class RedfishServer:
         if str(node_id) != parts[0] or node_id not in view.nodes:
             raise missing
         node = view.nodes[node_id]
+        node.judge(time.monotonic(), self.alive_window)
         rest = parts[1:]
         match rest:
             case []:

@@ -22,10 +22,19 @@ class NodeView:
     pump_names: tuple[str, ...] = ()
     faults: tuple[str, ...] = ()
     last_event: Event | None = None
+    last_seen: float | None = None  # monotonic time of the newest frame that was not retained
+    stale: bool = False  # set by judge(): online by its state, but silent too long
 
     @property
     def online(self) -> bool:
-        return self.birth is not None and self.death is None
+        """Its BIRTH is in force and it has not gone silent (``judge``)."""
+        return self.birth is not None and self.death is None and not self.stale
+
+    def judge(self, now: float, window: float) -> None:
+        """A node is taken as alive only while frames of it that were not retained keep coming
+        (docs/protocol.md, "Stale or live"): a retained BIRTH can outlive its node, and a lost
+        link to the broker silences every node."""
+        self.stale = self.last_seen is None or now - self.last_seen > window
 
 
 @dataclass
@@ -40,9 +49,9 @@ class FleetView:
             view = self.nodes[node] = NodeView(node)
         return view
 
-    def take(self, msg: object) -> NodeView | None:
-        """Update from one decoded frame of the fleet; the node it concerns, None for a frame
-        that says nothing the service shows."""
+    def take(self, msg: object, *, retained: bool = False, now: float = 0.0) -> NodeView | None:
+        """Update from one decoded frame of the fleet (``now``: monotonic time of its arrival);
+        the node it concerns, None for a frame that says nothing the service shows."""
         if isinstance(msg, Birth):
             view = self.node(msg.node_id)
             if view.birth is None or view.death is not None or msg.bdseq != view.birth.bdseq:
@@ -59,11 +68,17 @@ class FleetView:
             view.last_event = msg
         else:
             return None
+        if not retained:
+            view.last_seen = now
         self.frames += 1
         return view
 
-    def take_status(self, node: int, status: StatusResult, timestamp_ns: int) -> None:
+    def take_status(self, node: int, status: StatusResult, timestamp_ns: int, *, now: float | None = None) -> None:
+        """Update from a STATUS answer (``now``: monotonic time of its arrival, an answer is a
+        sign of life too)."""
         view = self.node(node)
+        if now is not None:
+            view.last_seen = now
         view.limits = status.power_limits
         view.pump_names = tuple(status.pump_names)
         view.faults = tuple(status.faults)

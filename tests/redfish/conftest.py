@@ -71,7 +71,9 @@ def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]
     deadline = time.monotonic() + 20
     while True:
         ok = [svc.get(f"/redfish/v1/Chassis/{n}/Controls/PowerLimit") for n in (0, 1)]
-        if all(r.status_code == 200 and "AllowableMax" in r.json() and "Sensor" in r.json() for r in ok):
+        if all(
+            r.status_code == 200 and "AllowableMax" in r.json() and r.json()["Status"]["State"] == "Enabled" for r in ok
+        ):
             break
         assert time.monotonic() < deadline, [r.text for r in ok]
         time.sleep(0.2)
