@@ -27,6 +27,7 @@ TYPES = {
     "ThermalSubsystem": "ThermalSubsystem.v1_5_0",
     "ThermalMetrics": "ThermalMetrics.v1_3_2",
     "Pump": "Pump.v1_2_0",
+    "CoolantConnector": "CoolantConnector.v1_3_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
 }
@@ -35,6 +36,7 @@ COLLECTIONS = (
     "SensorCollection",
     "ControlCollection",
     "PumpCollection",
+    "CoolantConnectorCollection",
     "SessionCollection",
 )
 # schemas referenced by those above (common types, excerpts, messages)
@@ -546,6 +548,7 @@ def thermal_subsystem(view: NodeView) -> dict[str, Any]:
         "Id": "ThermalSubsystem",
         "Name": f"Thermal subsystem of module {view.node}",
         "Pumps": link(f"{uri}/Pumps"),
+        "CoolantConnectors": link(f"{uri}/CoolantConnectors"),
         "ThermalMetrics": link(f"{uri}/ThermalMetrics"),
         "Status": {"State": state_of(view), "Health": health_of(view)},
     }
@@ -610,6 +613,43 @@ def pump(view: NodeView, index: int) -> dict[str, Any] | None:
         "PumpSpeedPercent": {"SpeedRPM": p.rpm, "DataSourceUri": sensor_uri(view.node, f"Pump{index}Speed")},
         "Oem": oem("Pump", {"Lead": PumpFlags.LEAD in flags}),
     }
+
+
+COLD_PLATE = "ColdPlate"  # the id of the module's coolant connector
+
+
+def coolant_connectors(view: NodeView) -> dict[str, Any]:
+    uri = f"{chassis_uri(view.node)}/ThermalSubsystem/CoolantConnectors"
+    return collection(
+        "CoolantConnectorCollection", uri, f"Coolant connectors of module {view.node}", [f"{uri}/{COLD_PLATE}"]
+    )
+
+
+def coolant_connector(view: NodeView) -> dict[str, Any]:
+    """The module's cold plate on the coolant loop: supply (inlet) and return (outlet)
+    temperatures, their difference and the flow, with the sensors they come from."""
+    uri = f"{chassis_uri(view.node)}/ThermalSubsystem/CoolantConnectors/{COLD_PLATE}"
+    out: dict[str, Any] = {
+        "@odata.type": _type("CoolantConnector"),
+        "@odata.id": uri,
+        "Id": COLD_PLATE,
+        "Name": f"Cold plate of module {view.node}",
+        "CoolantConnectorType": "Closed",
+        "Status": {"State": state_of(view), "Health": health_of(view)},
+    }
+    s = view.snapshot
+    if s is not None:
+        out["SupplyTemperatureCelsius"] = {
+            "Reading": num(s.inlet_c),
+            "DataSourceUri": sensor_uri(view.node, "CoolantInletTemp"),
+        }
+        out["ReturnTemperatureCelsius"] = {
+            "Reading": num(s.outlet_c),
+            "DataSourceUri": sensor_uri(view.node, "CoolantOutletTemp"),
+        }
+        out["DeltaTemperatureCelsius"] = {"Reading": num(s.outlet_c - s.inlet_c)}
+        out["FlowLitersPerMinute"] = {"Reading": num(s.flow_lpm), "DataSourceUri": sensor_uri(view.node, "CoolantFlow")}
+    return out
 
 
 def controls(view: NodeView) -> dict[str, Any]:

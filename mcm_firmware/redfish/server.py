@@ -311,6 +311,12 @@ class RedfishServer:
                     raise missing
                 self._allow(method, ("GET",))
                 return _json(p)
+            case ["ThermalSubsystem", "CoolantConnectors"]:
+                self._allow(method, ("GET",))
+                return _json(rs.coolant_connectors(node))
+            case ["ThermalSubsystem", "CoolantConnectors", rs.COLD_PLATE]:
+                self._allow(method, ("GET",))
+                return _json(rs.coolant_connector(node))
             case ["Controls"]:
                 self._allow(method, ("GET",))
                 return _json(rs.controls(node))
