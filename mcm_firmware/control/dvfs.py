@@ -254,8 +254,10 @@ def estimate_power(cfg: DvfsConfig, demand: np.ndarray, t_die: np.ndarray) -> np
     act = cfg.idle_activity * dies + (1.0 - cfg.idle_activity) * busy
     temp = np.where(np.isnan(t_die), cfg.slowdown_c, t_die)
     leak = (cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)).sum(axis=1)  # [N]
-    hbm = cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0)) + cfg.uncore_w * dies
-    return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm[:, None]
+    # the memory's traffic follows the work done at each P-state (the demand, up to what the clock allows)
+    done = np.minimum(demand[:, None, :], (1.0 / cfg.speedup)[:, None]).mean(axis=2)  # [N,S]
+    hbm = cfg.hbm_w * (0.25 + 0.75 * np.minimum(done, 1.0)) + cfg.uncore_w * dies
+    return cfg.dyn_per_state * act + leak[:, None] * cfg.v_ratio + hbm
 
 
 def estimate_clock_for(cfg: DvfsConfig, goal_w: np.ndarray, demand: np.ndarray, t_die: np.ndarray) -> np.ndarray:
@@ -300,7 +302,8 @@ def learn_trim(
     temp = np.where(np.isnan(t_die_sensor), cfg.slowdown_c, t_die_sensor)
     leak = cfg.leak_w * np.exp2((temp - cfg.leak_ref_c) / cfg.leak_doubling_c)
     est = (cfg.dyn_coef * v * v * f * act + leak * (st.mv / cfg.mv[0])).sum(axis=1)
-    est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(demand.mean(axis=1), 1.0)) + cfg.uncore_w * st.mv.shape[1]
+    done = np.minimum(demand, f / cfg.f_max).mean(axis=1)  # the work done: what drives the memory
+    est += cfg.hbm_w * (0.25 + 0.75 * np.minimum(done, 1.0)) + cfg.uncore_w * st.mv.shape[1]
     err = _clip(
         np.log(np.maximum(power_w, 1.0) / np.maximum(est, 1.0)) - np.log(st.trim), -TRIM_MAX_STEP, TRIM_MAX_STEP
     )

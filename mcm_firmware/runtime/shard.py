@@ -233,7 +233,10 @@ class Shard:
         u.powered = ~st.shutdown
         idle = self.profile.die.idle_activity
         u.activity = idle + (1.0 - idle) * self.util
-        u.hbm_util = 0.8 * self.util[:, p.hbm_region] if p.hbm else u.hbm_util
+        # memory traffic follows the work the dice get done, busy fraction x clock: a die slowed to a
+        # sixth of its clock issues a sixth of the requests (it drove the memory at full bandwidth
+        # at any clock, so a hot module at its lowest clock drew ~40 W over a minimum cap)
+        u.hbm_util = 0.8 * (self.util * (st.mhz / self.max_mhz))[:, p.hbm_region] if p.hbm else u.hbm_util
         u.valve_cmd = self.cool.valve_cmd
         u.pump_on = self.cool.pump_on
         model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)

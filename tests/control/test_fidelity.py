@@ -128,15 +128,11 @@ def cap_case(profile: str, kind: str, cap: float) -> dict:
     sh = Shard(prof, 4, seed=5)
     n = round(sh.tick_hz)
     power: list[np.ndarray] = []
-    # ticks the limiter could not have drawn less: every die at its lowest clock, or within the cap
-    blameless: list[np.ndarray] = []
 
     def go(seconds: float) -> None:
         for _ in range(round(seconds * sh.tick_hz)):
             sh.tick()
             power.append(sh.plant.p_total.copy())
-            floor = (sh.dvfs.mhz <= prof.min_mhz).all(axis=1)
-            blameless.append(floor | (sh.plant.p_total <= sh.dvfs.cap_w * (1 + CAP_TOLERANCE)))
 
     load = slice(None)
     if kind == "cap down":
@@ -165,29 +161,26 @@ def cap_case(profile: str, kind: str, cap: float) -> dict:
             go(3.0)
             sh.workload.set(load, Workload.STEADY, FULL)
     go(30.0)
-    p, b = np.array(power)[start:], np.array(blameless)[start:]
+    p = np.array(power)[start:]
     c = np.concatenate([np.zeros((1, p.shape[1])), np.cumsum(p, axis=0)])
     means = (c[n:] - c[:-n]) / n  # [windows, modules]
-    c = np.concatenate([np.zeros((1, b.shape[1])), np.cumsum(b, axis=0)])
-    forced = (c[n:] - c[:-n]) == n  # every tick of the window at the lowest clock or within the cap
     over_tol = means > cap * (1 + CAP_TOLERANCE)
     return {
         "max_over": float(means.max() / cap - 1.0),
         "tick_over": float(p.max() / cap - 1.0),
         "s_over": float((means > cap).sum(axis=0).max() / sh.tick_hz),
         "s_over_tol": float(over_tol.sum(axis=0).max() / sh.tick_hz),
-        "s_over_tol_unforced": float((over_tol & ~forced).sum(axis=0).max() / sh.tick_hz),
     }
 
 
 @pytest.mark.parametrize("profile", SHIPPED)
 def test_every_1s_mean_holds_the_cap_after_load_and_cap_steps(profile):
     """No 1 s mean of module power exceeds the cap by more than the tolerance, after load steps and
-    cap steps up and down, at caps across the range, unless the excess was forced: every tick of
-    the window either within the cap or with every die already at its lowest clock (a hot die's
-    leakage can put the lowest clock above the minimum cap for a while)."""
+    cap steps up and down, at caps across the range, the minimum cap included: a fully loaded
+    h100-sxm-class module capped at 200 W ran 9 % over it for 1.7 s while its memory ran at full
+    bandwidth at the lowest clock (memory traffic now follows the work the dice get done)."""
     table = {case: cap_case(profile, *case) for case in cap_cases(profile)}
-    bad = {case: r for case, r in table.items() if r["s_over_tol_unforced"] > 0}
+    bad = {case: r for case, r in table.items() if r["s_over_tol"] > 0}
     assert not bad, "\n".join(
         f"{kind} {cap:g} W: 1 s mean up to {100 * r['max_over']:+.2f} %, {r['s_over_tol']:.2f} s over +1 %"
         for (kind, cap), r in bad.items()
