@@ -132,6 +132,12 @@ BASE: dict[str, Msg] = {
         "Warning",
         "Remove the query parameters and resubmit the request if the operation failed.",
     ),
+    "QueryParameterUnsupported": Msg(
+        "Query parameter '%1' is not supported.",
+        1,
+        "Warning",
+        "Correct or remove the query parameter and resubmit the request.",
+    ),
 }
 
 

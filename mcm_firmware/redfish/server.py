@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ROOT = rs.ROOT
 OPEN_PATHS = {"/redfish", "/redfish/v1", "/redfish/v1/odata", "/redfish/v1/$metadata"}  # DSP0266: no auth
 SESSIONS = f"{ROOT}/SessionService/Sessions"
+REDFISH_QUERY = {"only", "excerpt", "includeoriginresource"}  # query parameters of DSP0266 without a $
 HEADERS = {"OData-Version": "4.0", "Cache-Control": "no-cache"}
 # properties of the power-limit Control: the one a client may write, and those it may only read
 CONTROL_WRITABLE = {"SetPoint"}
@@ -128,8 +129,9 @@ class RedfishServer:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path.rstrip("/") or "/"
         method = request.method
-        if request.query_string:
-            raise Refused(400, "QueryNotSupported")
+        for name in request.query:  # DSP0266: those of the protocol refused, others ignored
+            if name.startswith("$") or name in REDFISH_QUERY:
+                raise Refused(501, "QueryParameterUnsupported", name)
         if path not in OPEN_PATHS and not (path == SESSIONS and method == "POST"):
             who = self._authenticate(request)
         else:
@@ -253,7 +255,7 @@ class RedfishServer:
         try:
             raw = await request.read()
             body = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise Refused(400, "MalformedJSON") from None
         except web.HTTPRequestEntityTooLarge:
             raise Refused(413, "GeneralError") from None
