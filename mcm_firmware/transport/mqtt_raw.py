@@ -39,6 +39,9 @@ IN_FLIGHT = 1024
 """QoS 1 publishes waiting for their PUBACK at once."""
 HIGH_WATER = 1 << 20
 """Bytes waiting for the socket before publishes wait for it to drain."""
+ACK_LATE_S = 0.5
+"""A QoS 1 publish unacknowledged this long means the connection does not drain (a healthy broker
+acknowledges within milliseconds, a burst of thousands within a tenth of a second)."""
 
 _DOWN = object()
 _PID = struct.Struct("!H")
@@ -92,6 +95,7 @@ class RawMqttTransport(Transport):
         self._connack: asyncio.Future[int] | None = None
         self._subacks: dict[int, asyncio.Future[int]] = {}
         self._unacked: dict[int, asyncio.Future[None] | None] = {}
+        self._sent_at: dict[int, float] = {}  # when each unacknowledged publish left, oldest first
         self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._drained = asyncio.Event()
         self._drained.set()
@@ -146,6 +150,7 @@ class RawMqttTransport(Transport):
                     pid = (buf[j] << 8) | buf[j + 1]
                     if pid in self._unacked:
                         fut = self._unacked.pop(pid)
+                        self._sent_at.pop(pid, None)
                         self._slots.release()
                         if fut is not None and not fut.done():
                             fut.set_result(None)
@@ -275,8 +280,13 @@ class RawMqttTransport(Transport):
     @property
     def backed_up(self) -> bool:
         """The connection does not drain: more than :data:`HIGH_WATER` bytes wait for the socket,
-        or :data:`IN_FLIGHT` QoS 1 publishes wait for their PUBACK (publishes wait their turn)."""
-        return self._connected and (not self._drained.is_set() or self._slots.locked())
+        or a QoS 1 publish has waited :data:`ACK_LATE_S` for its PUBACK."""
+        if not self._connected:
+            return False
+        if not self._drained.is_set():
+            return True
+        oldest = next(iter(self._sent_at.values()), None)
+        return oldest is not None and time.monotonic() - oldest > ACK_LATE_S
 
     async def publish(self, address: Address, payload: bytes, *, retain: bool = False, reliable: bool = False) -> None:
         if not self._drained.is_set():
@@ -293,9 +303,10 @@ class RawMqttTransport(Transport):
             pid = self._pid()
             self._unacked[pid] = None
             tr.write(wire.publish_qos1(topic(address), pid, payload, retain=retain))
+            self._last_tx = self._sent_at[pid] = time.monotonic()
         else:
             tr.write(wire.publish(topic(address), payload, retain=retain))
-        self._last_tx = time.monotonic()
+            self._last_tx = time.monotonic()
         self.sent += 1
 
     async def receive(self) -> Delivery:
