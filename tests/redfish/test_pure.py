@@ -69,3 +69,82 @@ def load_accounts_from(table: dict[str, tuple[str, str]]):
 def test_a_failed_sensor_reads_null_never_nan():
     assert rs.num(float("nan")) is None and rs.num(float("inf")) is None and rs.num(1.23456) == 1.235
     assert "Chassis_v1.xml" in rs.metadata_document() and rs.odata_document()["value"][0]["url"] == "/redfish/v1/"
+
+
+def snapshot(**kw):
+    from mcm_firmware.protocol.telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry, Snapshot, ValveTelemetry
+
+    base = dict.fromkeys(Snapshot._fields, 0)
+    base.update(
+        state=1,
+        mode=0,
+        power_w=900.0,
+        power_cap_w=1300.0,
+        inlet_c=30.0,
+        outlet_c=40.0,
+        flow_lpm=8.0,
+        dies=(DieTelemetry(60.0, 220.0, 1800, 850, 0, 0, 90),) * 2,
+        hbm=(HbmTelemetry(55.0, 0, 0),),
+        pumps=(PumpTelemetry(3000, 0x3), PumpTelemetry(0, 0)),
+        valves=(ValveTelemetry(50.0, 0),),
+    )
+    base.update(kw)
+    return Snapshot(**base)
+
+
+def node(**kw):
+    from mcm_firmware.protocol import Birth, Death, DeathReason
+    from mcm_firmware.redfish.state import NodeView
+
+    birth = Birth(
+        node_id=3, seq=1, timestamp_ns=0, profile="p", firmware="f", capabilities=0, boot_count=1, bdseq=1,
+        dies=2, hbm_stacks=1, pumps=2, valves=1,
+    )  # fmt: skip
+    view = NodeView(3, birth=birth, snapshot=snapshot(**kw), last_seen=0.0)
+    view.judge(1.0, 3.0)
+    return view, Death(node_id=3, seq=2, timestamp_ns=0, boot_count=1, bdseq=1, reason=DeathReason.SHUTDOWN)
+
+
+@pytest.mark.parametrize(
+    ("change", "health"),
+    [
+        ({}, "OK"),
+        ({"state": 2}, "Critical"),  # dice powered off by a protection
+        ({"mode": 2}, "Critical"),  # natural convection
+        ({"flags": 0x10}, "Critical"),  # a row remap failed
+        ({"recovery_action": 2}, "Critical"),
+        ({"mode": 1}, "Warning"),
+        ({"flags": 0x08}, "Warning"),  # remaps pending
+        ({"inlet_c": float("nan")}, "Warning"),  # a failed sensor
+    ],
+)
+def test_the_health_of_a_module(change, health):
+    view, _ = node(**change)
+    assert rs.health_of(view) == health and rs.chassis(view)["Status"]["HealthRollup"] == health
+
+
+def test_state_power_state_pumps_and_sensors_of_a_module():
+    from mcm_firmware.protocol.telemetry import PumpTelemetry
+
+    view, death = node()
+    assert rs.state_of(view) == "Enabled" and rs.power_state(view) == "On"
+    assert (
+        rs.pump(view, 0)["Status"] == {"State": "Enabled", "Health": "OK"} and rs.pump(view, 0)["Oem"]["McmEmu"]["Lead"]
+    )
+    assert rs.pump(view, 1)["Status"]["State"] == "StandbySpare" and rs.pump(view, 2) is None
+    assert rs.sensor(view, "Die1Clock")["Reading"] == 1800000000 and rs.sensor(view, "Nope") is None
+    assert len(rs.sensors(view)["Members"]) == 6 + 4 * 2 + 1 + 2 + 1
+    failed, _ = node(inlet_c=float("nan"), pumps=(PumpTelemetry(0, 0x4),))
+    assert rs.sensor(failed, "CoolantInletTemp")["Reading"] is None
+    assert rs.sensor(failed, "CoolantInletTemp")["Status"]["Health"] == "Warning"
+    assert rs.pump(failed, 0)["Status"]["Health"] == "Critical"
+    for state, power in ((0, "PoweringOn"), (2, "Off"), (3, "PoweringOff")):
+        assert rs.power_state(node(state=state)[0]) == power
+    view.death = death
+    assert rs.state_of(view) == "UnavailableOffline" and rs.power_state(view) == "Off"
+    assert rs.chassis(view)["Oem"]["McmEmu"]["DeathReason"] == "SHUTDOWN"
+    silent, _ = node()
+    silent.judge(10.0, 3.0)
+    assert rs.state_of(silent) == "UnavailableOffline" and rs.power_state(silent) is None
+    with pytest.raises(ValueError, match="declares no"):
+        rs.oem("Pump", {"Colour": "red"})
