@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 
 REGISTRY = "Base.1.22.1"
 PREFIX = "Base.1.22"  # a MessageId names the registry by major.minor
+# DMTF's registries whose messages the service sends (tests/data/redfish/registries holds exactly these)
+STANDARD_REGISTRIES = (REGISTRY,)
 
 
 class Msg(NamedTuple):

@@ -16,17 +16,21 @@ import requests
 
 from ..conftest import free_port
 
-# DMTF's published schemas (DSP8010) and registries (DSP8011), for offline use
-SHARED = Path(os.environ.get("MCM_REDFISH_SHARED", "/work/shared/redfish"))
+# DMTF's published schemas (DSP8010) and registries (DSP8011) that the service references, vendored
+# (tests/data/redfish, BSD-3, DMTF's LICENSE.md beside them); MCM_REDFISH_SHARED names another copy
+VENDORED = Path(__file__).resolve().parent.parent / "data" / "redfish"
+SHARED = Path(os.environ.get("MCM_REDFISH_SHARED") or VENDORED)
 
 OPERATOR = ("ops", "operator-secret-1")
 READONLY = ("viewer", "viewer-secret-1")
 
 
 def shared(sub: str) -> Path:
+    """A folder of DMTF's files; a test without them fails (a skipped conformance test cannot fail)."""
     path = SHARED / sub
-    if not path.is_dir():
-        pytest.skip(f"DMTF's Redfish schemas are not at {path} (set MCM_REDFISH_SHARED)")
+    assert path.is_dir(), (
+        f"DMTF's Redfish schemas are not at {path} (MCM_REDFISH_SHARED={os.environ.get('MCM_REDFISH_SHARED')})"
+    )
     return path
 
 

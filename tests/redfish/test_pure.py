@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from mcm_firmware.redfish import resources as rs
 from mcm_firmware.redfish.auth import AccountError, Authority, load_accounts
-from mcm_firmware.redfish.registry import BASE, REGISTRY, error
+from mcm_firmware.redfish.registry import BASE, REGISTRY, STANDARD_REGISTRIES, error
 
-from .conftest import shared
+from .conftest import VENDORED, shared
+
+SCHEMA = re.compile(r'Uri="http://redfish\.dmtf\.org/schemas/v1/([A-Za-z]+_v1\.xml)"')
+
+
+def test_exactly_the_schemas_and_registries_the_service_references_are_vendored():
+    """The tests read DMTF's files from the repository: a schema the service references that is not
+    vendored fails here (and would fail the validator), one vendored but not referenced too."""
+    referenced = set(SCHEMA.findall(rs.metadata_document())) | set(SCHEMA.findall(rs.oem_schema()))
+    assert "Chassis_v1.xml" in referenced and "RedfishExtensions_v1.xml" in referenced
+    assert {p.name for p in (VENDORED / "csdl").iterdir()} == referenced
+    assert {p.name for p in (VENDORED / "registries").iterdir()} == {f"{r}.json" for r in STANDARD_REGISTRIES}
+    assert "BSD 3-Clause" in (VENDORED / "LICENSE.md").read_text()
+    # each names the versions the service serves
+    for kind, version in rs.TYPES.items():
+        assert f'Namespace="{version}"' in (VENDORED / "csdl" / f"{kind}_v1.xml").read_text(), kind
 
 
 def test_the_base_messages_are_dmtfs():
