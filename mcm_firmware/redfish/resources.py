@@ -28,6 +28,8 @@ TYPES = {
     "ThermalMetrics": "ThermalMetrics.v1_3_2",
     "Pump": "Pump.v1_2_0",
     "CoolantConnector": "CoolantConnector.v1_3_0",
+    "Memory": "Memory.v1_23_0",
+    "MemoryMetrics": "MemoryMetrics.v1_8_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
 }
@@ -37,6 +39,7 @@ COLLECTIONS = (
     "ControlCollection",
     "PumpCollection",
     "CoolantConnectorCollection",
+    "MemoryCollection",
     "SessionCollection",
 )
 # schemas referenced by those above (common types, excerpts, messages)
@@ -76,6 +79,29 @@ OEM_TYPES: dict[str, tuple[OemProperty, ...]] = {
         OemProperty("DeathReason", "Edm.String", "After a DEATH: SHUTDOWN, CONNECTION_LOST or REBOOT."),
         OemProperty(
             "FaultsInjected", "Collection(Edm.String)", "The injected faults in force, as get-faults prints them."
+        ),
+        OemProperty(
+            "MemoryRowsRemappedCorrectable",
+            "Edm.Int64",
+            "The HBM rows of the module remapped after correctable errors (all stacks).",
+        ),
+        OemProperty(
+            "MemoryRowsRemappedUncorrectable",
+            "Edm.Int64",
+            "The HBM rows of the module remapped after uncorrectable errors (all stacks).",
+        ),
+        OemProperty("MemoryRowRemapPending", "Edm.Boolean", "A row remap of the module waits for a reset."),
+        OemProperty("MemoryRowRemapFailed", "Edm.Boolean", "A row remap of the module failed (no spare row left)."),
+        OemProperty("MemoryCEStorm", "Edm.Boolean", "The module's HBM reports a storm of correctable errors."),
+        OemProperty(
+            "MemoryLifetimeCorrectableECCErrorCount",
+            "Edm.Int64",
+            "The correctable ECC errors of the module's HBM over its lifetime (all stacks).",
+        ),
+        OemProperty(
+            "MemoryLifetimeUncorrectableECCErrorCount",
+            "Edm.Int64",
+            "The uncorrectable ECC errors of the module's HBM over its lifetime (all stacks).",
         ),
     ),
     "Pump": (OemProperty("Lead", "Edm.Boolean", "The pump is the lead pump of its pair."),),
@@ -394,6 +420,7 @@ def chassis(view: NodeView) -> dict[str, Any]:
         "Controls": link(f"{uri}/Controls"),
         "PowerSubsystem": link(f"{uri}/PowerSubsystem"),
         "ThermalSubsystem": link(f"{uri}/ThermalSubsystem"),
+        "Memory": link(f"{uri}/Memory"),
     }
     if view.birth is not None:
         out["Model"] = view.birth.profile
@@ -412,6 +439,16 @@ def chassis(view: NodeView) -> dict[str, Any]:
             NodeState=_enum_name(NodeState, s.state),
             CoolingMode=_enum_name(CoolingMode, s.mode),
             UptimeSeconds=round(s.uptime_ns / 1e9, 3),
+        )
+        flags = SnapshotFlags(s.flags)
+        ext.update(
+            MemoryRowsRemappedCorrectable=s.remapped_correctable,
+            MemoryRowsRemappedUncorrectable=s.remapped_uncorrectable,
+            MemoryRowRemapPending=SnapshotFlags.REMAP_PENDING in flags,
+            MemoryRowRemapFailed=SnapshotFlags.REMAP_FAILED in flags,
+            MemoryCEStorm=SnapshotFlags.CE_STORM in flags,
+            MemoryLifetimeCorrectableECCErrorCount=s.ecc_ce_aggregate,
+            MemoryLifetimeUncorrectableECCErrorCount=s.ecc_ue_aggregate,
         )
     if view.faults:
         ext["FaultsInjected"] = list(view.faults)
@@ -694,3 +731,65 @@ def power_limit_control(view: NodeView) -> dict[str, Any]:
             ext.update(DefaultWatts=num(lim.default_w), InBandWatts=num(lim.in_band_w))
         out["Oem"] = oem("Control", ext)
     return out
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+
+def memory_uri(node: int, stack: int) -> str:
+    return f"{chassis_uri(node)}/Memory/HBM{stack}"
+
+
+def memory_stack(view: NodeView, mid: str) -> int | None:
+    """The HBM stack a Memory id (``HBM{i}``) names, None when the module has no such stack."""
+    s = view.snapshot
+    digits = mid.removeprefix("HBM")
+    if s is None or not mid.startswith("HBM") or not digits.isdigit() or str(int(digits)) != digits:
+        return None
+    i = int(digits)
+    return i if i < len(s.hbm) else None
+
+
+def memory_collection(view: NodeView) -> dict[str, Any]:
+    n = len(view.snapshot.hbm) if view.snapshot is not None else 0
+    return collection(
+        "MemoryCollection",
+        f"{chassis_uri(view.node)}/Memory",
+        f"HBM stacks of module {view.node}",
+        (memory_uri(view.node, i) for i in range(n)),
+    )
+
+
+def memory(view: NodeView, stack: int) -> dict[str, Any]:
+    """One HBM stack of the module: its health from its own errors (an uncorrectable one since the
+    controller booted: Warning; its temperature sensor failed: Warning), its metrics apart."""
+    assert view.snapshot is not None
+    h = view.snapshot.hbm[stack]
+    uri = memory_uri(view.node, stack)
+    health = "Warning" if h.ue > 0 or math.isnan(h.temp_c) else "OK"
+    return {
+        "@odata.type": _type("Memory"),
+        "@odata.id": uri,
+        "Id": f"HBM{stack}",
+        "Name": f"HBM stack {stack} of module {view.node}",
+        "MemoryType": "DRAM",
+        "MemoryDeviceType": "HBM",
+        "Status": {"State": "Enabled" if view.online else "UnavailableOffline", "Health": health},
+        "Metrics": link(f"{uri}/MemoryMetrics"),
+    }
+
+
+def memory_metrics(view: NodeView, stack: int) -> dict[str, Any]:
+    """The ECC errors of one HBM stack since its controller booted (the snapshot's volatile counts
+    per stack) and whether an uncorrectable one tripped; what the snapshot counts for the whole
+    module (lifetime counts, rows remapped) is in the Chassis' ``Oem.McmEmu``."""
+    assert view.snapshot is not None
+    h = view.snapshot.hbm[stack]
+    return {
+        "@odata.type": _type("MemoryMetrics"),
+        "@odata.id": f"{memory_uri(view.node, stack)}/MemoryMetrics",
+        "Id": "MemoryMetrics",
+        "Name": f"Metrics of HBM stack {stack} of module {view.node}",
+        "CurrentPeriod": {"CorrectableECCErrorCount": h.ce, "UncorrectableECCErrorCount": h.ue},
+        "HealthData": {"AlarmTrips": {"UncorrectableECCError": h.ue > 0}},
+    }

@@ -319,6 +319,15 @@ class RedfishServer:
             case ["ThermalSubsystem", "CoolantConnectors", rs.COLD_PLATE]:
                 self._allow(method, ("GET",))
                 return _json(rs.coolant_connector(node))
+            case ["Memory"]:
+                self._allow(method, ("GET",))
+                return _json(rs.memory_collection(node))
+            case ["Memory", mid] | ["Memory", mid, "MemoryMetrics"]:
+                stack = rs.memory_stack(node, mid)
+                if stack is None:
+                    raise missing
+                self._allow(method, ("GET",))
+                return _json(rs.memory(node, stack) if len(rest) == 2 else rs.memory_metrics(node, stack))
             case ["Controls"]:
                 self._allow(method, ("GET",))
                 return _json(rs.controls(node))

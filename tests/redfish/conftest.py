@@ -3,6 +3,7 @@ subprocesses, with known accounts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -54,10 +55,10 @@ class Service:
         return self.gateway.wait_line("requests,")
 
 
-@pytest.fixture
-def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]:
-    fleet = "rf"
-    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", fleet)
+def start_service(broker: str, spawn: Any, tmp_path: Path, fleet: str = "rf", extra: tuple[str, ...] = ()) -> Service:
+    """``mcm-emu run`` (2 nodes) and ``mcm-emu redfish`` in front of it; returns once both modules
+    are served with telemetry and their limits."""
+    run = spawn("run", "--broker", broker, "--nodes", "2", "--fleet", fleet)
     run.wait_line("up: 2 nodes")
     accounts = tmp_path / "accounts.toml"
     (tmp_path / "viewer.pw").write_text(READONLY[1] + "\n")
@@ -66,11 +67,11 @@ def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]
         f'[accounts.{READONLY[0]}]\nrole = "ReadOnly"\npassword_file = "viewer.pw"\n'
     )
     port = free_port()
-    gw = cli_process(
-        "redfish", "--broker", mosquitto.url, "--fleet", fleet, "--port", str(port), "--accounts", str(accounts)
+    gw = spawn(
+        "redfish", "--broker", broker, "--fleet", fleet, "--port", str(port), "--accounts", str(accounts), *extra
     )
     gw.wait_line("redfish: http://")
-    svc = Service(f"http://127.0.0.1:{port}", mosquitto.url, fleet, run, gw)
+    svc = Service(f"http://127.0.0.1:{port}", broker, fleet, run, gw)
     # ready: both modules known, with telemetry and the limits of their STATUS
     deadline = time.monotonic() + 20
     while True:
@@ -81,4 +82,35 @@ def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]
             break
         assert time.monotonic() < deadline, [r.text for r in ok]
         time.sleep(0.2)
-    yield svc
+    return svc
+
+
+@pytest.fixture
+def redfish_service(mosquitto, cli_process, tmp_path: Path) -> Iterator[Service]:
+    yield start_service(mosquitto.url, cli_process, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One live fleet and service for a whole test module (tests that leave it serving)."""
+    from ..conftest import CliProcess, Mosquitto
+
+    tmp = tmp_path_factory.mktemp("rf")
+    broker = Mosquitto(tmp)
+    broker.start()
+    started: list[CliProcess] = []
+
+    def spawn(*args: str) -> CliProcess:
+        p = CliProcess(*args)
+        started.append(p)
+        return p
+
+    try:
+        yield start_service(broker.url, spawn, tmp)
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(Exception):
+                p.signal(signal.SIGTERM)
+                p.wait()
+            p.close()
+        broker.stop()

@@ -164,3 +164,27 @@ def test_state_power_state_pumps_and_sensors_of_a_module():
     assert rs.state_of(silent) == "UnavailableOffline" and rs.power_state(silent) is None
     with pytest.raises(ValueError, match="declares no"):
         rs.oem("Pump", {"Colour": "red"})
+
+
+def test_each_hbm_stack_is_a_memory_with_its_ecc_errors():
+    from mcm_firmware.protocol.telemetry import HbmTelemetry
+
+    view, _ = node(
+        hbm=(HbmTelemetry(55.0, 0, 0), HbmTelemetry(56.0, 17, 2)),
+        flags=0x08,  # remaps pending
+        remapped_correctable=3,
+        remapped_uncorrectable=1,
+        ecc_ce_aggregate=40,
+        ecc_ue_aggregate=5,
+    )
+    uris = [m["@odata.id"] for m in rs.memory_collection(view)["Members"]]
+    assert uris == ["/redfish/v1/Chassis/3/Memory/HBM0", "/redfish/v1/Chassis/3/Memory/HBM1"]
+    assert [rs.memory_stack(view, m) for m in ("HBM1", "HBM2", "HBM01", "X1", "HBM")] == [1, None, None, None, None]
+    assert rs.memory(view, 0)["Status"]["Health"] == "OK" and rs.memory(view, 1)["Status"]["Health"] == "Warning"
+    m = rs.memory_metrics(view, 1)
+    assert m["CurrentPeriod"] == {"CorrectableECCErrorCount": 17, "UncorrectableECCErrorCount": 2}
+    assert m["HealthData"]["AlarmTrips"]["UncorrectableECCError"]
+    ext = rs.chassis(view)["Oem"]["McmEmu"]
+    assert (ext["MemoryRowsRemappedCorrectable"], ext["MemoryRowsRemappedUncorrectable"]) == (3, 1)
+    assert ext["MemoryRowRemapPending"] and not ext["MemoryRowRemapFailed"] and not ext["MemoryCEStorm"]
+    assert (ext["MemoryLifetimeCorrectableECCErrorCount"], ext["MemoryLifetimeUncorrectableECCErrorCount"]) == (40, 5)
