@@ -173,7 +173,7 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
     node (text: the node's own line, or why it failed; JSON: one object with every result)."""
     import asyncio
 
-    from ..host.client import HostClient, HostError, NodeError
+    from ..host.client import BrokerTimeout, HostClient, HostError, NodeError
     from ..transport import TransportError, transport_factory
 
     transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
@@ -190,6 +190,8 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
                         more = await host.request(node, spec.follow)
             except NodeError as e:
                 return {"node": node, "ok": False, "status": e.response.status.name, "message": e.response.message}
+            except BrokerTimeout as e:  # the broker took no command of it in time
+                return {"node": node, "ok": False, "status": "NO_ACK", "message": str(e)}
             except HostError as e:  # no answer, or the link went
                 return {"node": node, "ok": False, "status": "NO_REPLY", "message": str(e)}
             out = spec.show(node, resp, time.perf_counter() - t0, more)

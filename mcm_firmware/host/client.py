@@ -3,6 +3,12 @@
 Each request carries a request id unique to this client. When no answer comes within a slice of
 the timeout, the same request (same id, the RETRY flag set) is sent again; the node executes a
 request id once and answers repeats from its cache, so a retry never runs a command twice.
+
+The timeout bounds the whole request, its publishes and the answer: a transport's publish waits
+for its acknowledgement as long as the connection lives (a stalled link is only found dead after
+1.5 keep-alives), so the client gives up on it at the request's deadline, with
+:class:`BrokerTimeout` (no acknowledgement) told apart from :class:`RequestTimeout` (no answer),
+each counted.
 """
 
 from __future__ import annotations
@@ -44,6 +50,19 @@ class RequestTimeout(HostError, TimeoutError):
         self.op = op
 
 
+class BrokerTimeout(HostError, TimeoutError):
+    """The broker did not acknowledge a command within the request's timeout: the link to it is
+    stalled (half-open), or the broker is overloaded. Nothing is known of the node."""
+
+    def __init__(self, node: int, op: Op, timeout: float) -> None:
+        super().__init__(
+            f"no acknowledgement from the broker within {timeout:g} s (sending {op.name.lower()} to node {node}): "
+            "the link to the broker is stalled, or the broker is overloaded"
+        )
+        self.node = node
+        self.op = op
+
+
 class NodeError(HostError):
     """The node answered with a status other than OK."""
 
@@ -79,8 +98,11 @@ class HostClient:
         self._pending: dict[tuple[int, int], asyncio.Future[Response]] = {}
         self._rx: asyncio.Task[None] | None = None
         self._down: BaseException | None = None
+        self._stalled = False  # a publish was given up on unacknowledged
         self.rejected = 0  # frames that failed to decode
         self.unmatched = 0  # answers to nobody's request (late or duplicate)
+        self.unacknowledged = 0  # requests given up on: the broker acknowledged no send in time
+        self.unanswered = 0  # requests given up on: sent, acknowledged, no answer in time
         self.auth = auth
         self.sender = int.from_bytes(os.urandom(4), "little")  # this client's session
         self.auth_refused = 0
@@ -102,7 +124,12 @@ class HostClient:
         if self._rx is not None:
             await cancel_and_wait([self._rx])
             self._rx = None
-        await self.transport.close()
+        if self._stalled:
+            # a clean close would wait on the stalled link for the broker's goodbye; a host has no
+            # will, so dropping the connection loses nothing
+            await self.transport.abort()
+        else:
+            await self.transport.close()
 
     async def _receive(self) -> None:
         try:
@@ -168,27 +195,54 @@ class HostClient:
         attempts = self.retries + 1
         rid = self._new_request_id()
         key = (node, rid)
-        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Response] = loop.create_future()
         self._pending[key] = fut
         addr = Address(self.fleet, node, Channel.CMD)
+        start = loop.time()
+        deadline = start + total
         try:
             for attempt in range(attempts):
+                frame = self._frame(node, rid, op, args, attempt > 0)
+                if not await self._send(addr, frame, fut, deadline):
+                    self.unacknowledged += 1
+                    self._stalled = True
+                    raise BrokerTimeout(node, op, total)
+                slice_end = deadline if attempt == attempts - 1 else start + (attempt + 1) * total / attempts
                 try:
-                    await self.transport.publish(addr, self._frame(node, rid, op, args, attempt > 0), reliable=True)
-                except TransportError as e:
-                    raise HostError(f"cannot send to node {node}: {e}") from None
-                try:
-                    resp = await asyncio.wait_for(asyncio.shield(fut), total / attempts)
+                    resp = await asyncio.wait_for(asyncio.shield(fut), max(0.0, slice_end - loop.time()))
                     break
                 except TimeoutError:
                     continue
             else:
+                self.unanswered += 1
                 raise RequestTimeout(node, op, total)
         finally:
             self._pending.pop(key, None)
         if check and resp.status != Status.OK:
             raise NodeError(node, resp)
         return resp
+
+    async def _send(self, addr: Address, frame: bytes, answered: asyncio.Future[Response], deadline: float) -> bool:
+        """Publish ``frame`` and wait for the broker's acknowledgement (or the answer, which
+        implies it) until ``deadline``; False when neither came. HostError when the link fails."""
+        sent = asyncio.ensure_future(self.transport.publish(addr, frame, reliable=True))
+        try:
+            remaining = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(
+                (sent, answered), timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not sent.done():
+                sent.cancel()  # paho may still send it: the node runs a request id once
+                await asyncio.gather(sent, return_exceptions=True)
+        if sent in done and not sent.cancelled():
+            e = sent.exception()
+            if isinstance(e, TransportError):
+                raise HostError(f"cannot send to node {addr.node}: {e}") from None
+            if e is not None:
+                raise e
+        return bool(done)
 
     async def ping(self, node: int, *, timeout: float | None = None) -> float:
         """Round-trip time of a PING, seconds."""
