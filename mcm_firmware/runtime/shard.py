@@ -19,6 +19,9 @@ import numpy as np
 from ..control import coolant as cc
 from ..control import dvfs, pcie
 from ..control import ras as rasmod
+from ..kernel import calls as kcalls
+from ..kernel import load as load_kernels
+from ..kernel.loops import MAX_ROW
 from ..plant import model
 from ..plant.memory import HbmStore
 from ..plant.sensors import SensorBank, SensorFault
@@ -95,6 +98,9 @@ class Shard:
         self.div_sample = _divider(self.tick_hz, r.sample_hz)
 
         self.params = model.PlantParams.from_profile(profile, n, self.rng)
+        # the compiled tick (numba), equal to the numpy reference; None: the reference runs
+        dims = (self.params.dies, self.params.hbm, self.params.valves, self.params.pumps)
+        self.kernels = load_kernels() if max(dims) <= MAX_ROW else None
         self.plant = model.PlantState.initial(self.params, profile)
         self.inputs = model.PlantInputs.idle(self.params, profile)
         self.workload = WorkloadModel(n, profile.die.count, self.rng)
@@ -221,9 +227,15 @@ class Shard:
             self._restore(held, down)
 
         was_shut, was_ocp = st.shutdown.copy(), st.hw_ocp.copy()
-        dvfs.update_power_average(self.dvfs_cfg, st, self.plant.p_total, dt)
-        dvfs.hw_protect(self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
-        dvfs.apply_hw_limits(self.dvfs_cfg, st)
+        kern = self.kernels
+        if kern is not None:
+            kcalls.update_power_average(kern, self.dvfs_cfg, st, self.plant.p_total, dt)
+            kcalls.hw_protect(kern, self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
+            kcalls.apply_hw_limits(kern, self.dvfs_cfg, st)
+        else:
+            dvfs.update_power_average(self.dvfs_cfg, st, self.plant.p_total, dt)
+            dvfs.hw_protect(self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
+            dvfs.apply_hw_limits(self.dvfs_cfg, st)
         self._protection_events(was_shut, was_ocp)
         # the firmware saw the demand at the clocks it had; the dice run it at the clocks chosen now
         self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
@@ -239,8 +251,12 @@ class Shard:
         u.hbm_util = 0.8 * (self.util * (st.mhz / self.max_mhz))[:, p.hbm_region] if p.hbm else u.hbm_util
         u.valve_cmd = self.cool.valve_cmd
         u.pump_on = self.cool.pump_on
-        model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
-        dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
+        if kern is not None:
+            kcalls.plant_step(kern, p, self.plant, u, dt, self.profile.cooling.inlet_c)
+            kcalls.learn_trim(kern, self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
+        else:
+            model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
+            dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
         self._energy += self.plant.p_total * dt
         self._die_energy += self.plant.p_die * dt
         self.energy_j += self.plant.p_total * (dt * self.active)
@@ -265,8 +281,10 @@ class Shard:
         ):
             was_failed = bank.failed
             size = bank.value.size
-            bank.sample(true, t, dt, rng, noise[start : start + size].reshape(bank.value.shape))
+            bank_noise = noise[start : start + size].reshape(bank.value.shape)
             start += size
+            if kern is None or not kcalls.sensor_sample(kern, bank, true, t, bank_noise):
+                bank.sample(true, t, dt, rng, bank_noise)
             if bank.faulty and (bank.failed != was_failed).any():
                 for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):
                     self.events.append(

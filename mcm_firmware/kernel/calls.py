@@ -1,0 +1,121 @@
+"""The compiled kernels called as their numpy references are: same arguments, same effect on the
+state objects (arrays the reference replaces are replaced, those it updates in place are updated
+in place), so the shard switches between them with one test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..control import dvfs
+from ..plant import model
+from ..plant.sensors import SensorBank
+from . import Kernels
+
+_KEEP = int(np.uint32(~dvfs._HW_BITS))
+_R_HW, _R_HWTHERM, _R_BRAKE = int(dvfs._HW), int(dvfs._HWTHERM), int(dvfs._BRAKE)
+
+
+def plant_step(
+    k: Kernels, p: model.PlantParams, s: model.PlantState, u: model.PlantInputs, dt: float, inlet_c: float
+) -> None:
+    """:func:`mcm_firmware.plant.model.step`."""
+    n = p.n
+    t_die, t_plate, t_hbm = np.empty_like(s.t_die), np.empty_like(s.t_plate), np.empty_like(s.t_hbm)
+    p_die, p_hbm, flow_valve = np.empty_like(s.t_die), np.empty_like(s.t_hbm), np.empty_like(s.valve_pos)
+    t_inlet, p_total, vrm, flow_total, t_outlet = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
+    k.plant_step(
+        p.c_eff, p.leak_w, p.uncore_w, p.v0, p.leak_ref_c, p.leak_doubling_c, p.c_die, p.r_die_plate,
+        p.hbm_power_w, p.c_hbm, p.r_hbm_plate, p.hbm_region, p.hbm_per_region, p.c_plate, p.g_plate_nom,
+        p.g_natural, p.valve_of_die, p.dies_per_valve, p.one_die_per_valve, p.pump_flow_lpm, p.pump_rpm_nom,
+        p.q_branch_nom, p.rangeability, p.valve_slew, p.cp_coolant,
+        model.PUMP_TAU_S, model.VALVE_SHUT_PCT, model.FLOW_EXPONENT,
+        u.mhz, u.mv, u.powered, u.activity, u.hbm_util, u.valve_cmd, u.pump_on, u.pump_failed,
+        u.valve_stuck, u.inlet_offset_c, u.vrm_factor,
+        s.pump_rpm, s.valve_pos, s.t_die, s.t_plate, s.t_hbm,
+        t_die, t_plate, t_hbm, t_inlet, p_die, p_hbm, p_total, vrm, flow_valve, flow_total, t_outlet,
+        float(dt), float(inlet_c),
+    )  # fmt: skip
+    s.t_die, s.t_plate, s.t_hbm, s.t_inlet = t_die, t_plate, t_hbm, t_inlet
+    s.p_die, s.p_hbm, s.p_total, s.vrm_current = p_die, p_hbm, p_total, vrm
+    s.flow_valve, s.flow_total, s.t_outlet = flow_valve, flow_total, t_outlet
+
+
+def sensor_sample(k: Kernels, bank: SensorBank, true: np.ndarray, t: float, noise: np.ndarray) -> bool:
+    """:meth:`SensorBank.sample` for a bank with no fault and no external sensor (``False``, and
+    nothing done, for any other: the caller runs the reference)."""
+    if bank._any_fault or bank._any_external:
+        return False
+    raw = bank._pending
+    bank._pending = np.array(true, float, copy=True)
+    out = np.empty_like(raw)
+    k.sensor_sample(raw, noise, float(bank.noise_sd), float(bank.quantum), bank.read_at, float(t), out)
+    bank.value = out
+    return True
+
+
+def update_power_average(k: Kernels, cfg: dvfs.DvfsConfig, st: dvfs.DvfsState, power_w: np.ndarray, dt: float) -> None:
+    """:func:`mcm_firmware.control.dvfs.update_power_average`."""
+    k.update_power_average(
+        st.avg_long,
+        st.avg_short,
+        power_w,
+        float(-np.expm1(-dt / cfg.long_window_s)),
+        float(-np.expm1(-dt / cfg.short_window_s)),
+    )
+
+
+def hw_protect(
+    k: Kernels,
+    cfg: dvfs.DvfsConfig,
+    st: dvfs.DvfsState,
+    t: float,
+    t_die_true: np.ndarray,
+    vrm_a: np.ndarray,
+    t_die_sensor: np.ndarray,
+) -> None:
+    """:func:`mcm_firmware.control.dvfs.hw_protect`."""
+    hw_therm, ocp_until = np.empty_like(st.hw_therm), np.empty_like(st.ocp_until)
+    hw_ocp, shutdown = np.empty_like(st.hw_ocp), np.empty_like(st.shutdown)
+    k.hw_protect(
+        cfg.hw_slowdown_c, cfg.hysteresis_c, cfg.vrm_limit_a, dvfs.OCP_RELEASE, dvfs.OCP_HOLD_S,
+        cfg.shutdown_c, cfg.slowdown_c, float(t),
+        t_die_true, vrm_a, t_die_sensor, st.forced_min, st.hw_therm, st.ocp_until, st.hw_ocp, st.shutdown,
+        hw_therm, ocp_until, hw_ocp, shutdown,
+    )  # fmt: skip
+    st.hw_therm, st.ocp_until, st.hw_ocp, st.shutdown = hw_therm, ocp_until, hw_ocp, shutdown
+
+
+def apply_hw_limits(k: Kernels, cfg: dvfs.DvfsConfig, st: dvfs.DvfsState) -> None:
+    """:func:`mcm_firmware.control.dvfs.apply_hw_limits`."""
+    mhz, mv = np.empty_like(st.f_cap), np.empty_like(st.f_cap)
+    reasons, hw_slow = np.empty(st.pstate.shape, np.uint32), np.empty(st.pstate.shape, bool)
+    k.apply_hw_limits(
+        cfg.mhz, cfg.mhz_ascending, cfg.mv_ascending, cfg.f_max, cfg.f_min, dvfs.CLOCK_STEP_MHZ,
+        _KEEP, _R_HW, _R_HWTHERM, _R_BRAKE,
+        st.pstate, st.f_cap, st.hw_therm, st.hw_ocp, st.brake, st.hw_slow, st.shutdown, st.mhz, st.reasons,
+        mhz, mv, reasons, hw_slow,
+    )  # fmt: skip
+    st.mhz, st.mv, st.reasons, st.hw_slow = mhz, mv, reasons, hw_slow
+
+
+def learn_trim(
+    k: Kernels,
+    cfg: dvfs.DvfsConfig,
+    st: dvfs.DvfsState,
+    power_w: np.ndarray,
+    util: np.ndarray,
+    t_die_sensor: np.ndarray,
+    dt: float,
+) -> None:
+    """:func:`mcm_firmware.control.dvfs.learn_trim`."""
+    if st.shutdown.all():
+        return
+    trim = np.empty_like(st.trim)
+    lo, hi = dvfs.TRIM_RANGE
+    k.learn_trim(
+        cfg.f_max, cfg.f_min, float(cfg.mv[0]), dvfs.SATURATED_UTIL, cfg.idle_activity, cfg.slowdown_c,
+        cfg.leak_w, cfg.leak_ref_c, cfg.leak_doubling_c, cfg.dyn_coef, cfg.hbm_w, cfg.uncore_w,
+        lo, hi, dvfs.TRIM_MAX_STEP, float(-np.expm1(-dt / dvfs.TRIM_TAU_S)),
+        st.shutdown, st.mhz, st.mv, power_w, util, t_die_sensor, st.trim, trim,
+    )  # fmt: skip
+    st.trim = trim

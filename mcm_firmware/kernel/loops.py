@@ -1,0 +1,350 @@
+"""The tick's hot work as loop nests: what :mod:`mcm_firmware.kernel` compiles with numba.
+
+Each function here does, module by module, the arithmetic of a numpy function of the product, its
+*reference*, in the same order of operations, so that the compiled result equals the reference's
+to the last bit on the machines the tests run on (``tests/runtime/test_kernel.py``):
+
+* :func:`plant_step` — :func:`mcm_firmware.plant.model.step`;
+* :func:`sensor_sample` — :meth:`mcm_firmware.plant.sensors.SensorBank.sample` of a bank with
+  no fault and no external sensor (the caller draws the noise);
+* :func:`update_power_average` — :func:`mcm_firmware.control.dvfs.update_power_average`;
+* :func:`hw_protect` — :func:`mcm_firmware.control.dvfs.hw_protect`;
+* :func:`apply_hw_limits` — :func:`mcm_firmware.control.dvfs.apply_hw_limits`;
+* :func:`learn_trim` — :func:`mcm_firmware.control.dvfs.learn_trim`.
+
+What makes them equal, and where they could not be (docs/performance.md, "Compiled tick"):
+sums over a row follow numpy's pairwise summation (:func:`psum`); ``np.minimum``/``np.maximum``
+propagate NaN as numpy does (:func:`fmin`, :func:`fmax`); ``np.interp`` is numpy's algorithm
+(:func:`interp`); ``np.round`` is ``rint``; exp, exp2, expm1, log and pow are the C library's on
+both sides where numpy has no SIMD version of them for float64 (x86 without AVX-512): on a machine
+where it has (AVX-512F), the numpy reference's exp and log may differ by an ulp.
+
+Plain Python and numpy only, no numba import: the functions also run (slowly) uncompiled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --- helpers: numpy's semantics, scalar by scalar -------------------------------------------------
+
+MAX_ROW = 128  # the longest row psum sums as numpy does
+
+
+def psum(a: np.ndarray, lo: int, n: int) -> float:
+    """numpy's pairwise sum of ``a[lo:lo + n]`` (what ``arr.sum(axis=-1)`` does along a row), for
+    ``n <= MAX_ROW``: a plain loop below 8 items, 8 interleaved partial sums up to 128. (numpy
+    halves longer rows recursively; a recursive function does not load from numba's cache, and no
+    module has more than 128 dice, stacks, valves or pumps: longer rows run the reference.)"""
+    if n < 8:
+        res = -0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    end = n - n % 8
+    while i < end:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+def fmin(a: float, b: float) -> float:
+    """``np.minimum`` of two scalars (NaN if either is)."""
+    if a <= b or a != a:
+        return a
+    return b
+
+
+def fmax(a: float, b: float) -> float:
+    """``np.maximum`` of two scalars (NaN if either is)."""
+    if a >= b or a != a:
+        return a
+    return b
+
+
+def interp(x: float, xp: np.ndarray, fp: np.ndarray) -> float:
+    """``np.interp(x, xp, fp)`` for ascending ``xp``, numpy's arithmetic."""
+    n = xp.shape[0]
+    if x != x:
+        return x
+    if x > xp[n - 1]:
+        return fp[n - 1]
+    if x < xp[0]:
+        return fp[0]
+    lo, hi = 0, n  # last j with xp[j] <= x
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xp[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    j = lo
+    if j == n - 1 or x == xp[j]:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    res = slope * (x - xp[j]) + fp[j]
+    if res != res:
+        res = slope * (x - xp[j + 1]) + fp[j + 1]
+        if res != res and fp[j] == fp[j + 1]:
+            res = fp[j]
+    return res
+
+
+def grid_floor(f: float, f_max: float, f_min: float, step: float) -> float:
+    """:meth:`DvfsConfig.grid_floor` of one clock."""
+    k = np.ceil((f_max - f) / step - 1e-9)
+    return fmin(fmax(f_max - k * step, f_min), f_max)
+
+
+# --- plant ----------------------------------------------------------------------------------------
+
+
+def plant_step(
+    c_eff: np.ndarray, leak_w: np.ndarray, uncore_w: float, v0: float, leak_ref_c: float, leak_doubling_c: float,
+    c_die: float, r_die_plate: float, hbm_power_w: float, c_hbm: float, r_hbm_plate: float,
+    hbm_region: np.ndarray, hbm_per_region: np.ndarray, c_plate: float, g_plate_nom: float, g_natural: float,
+    valve_of_die: np.ndarray, dies_per_valve: np.ndarray, one_die_per_valve: bool, pump_flow_lpm: np.ndarray,
+    pump_rpm_nom: np.ndarray, q_branch_nom: float, rangeability: float, valve_slew: float, cp_coolant: float,
+    pump_tau_s: float, valve_shut_pct: float, flow_exponent: float,
+    mhz: np.ndarray, mv: np.ndarray, powered: np.ndarray, activity: np.ndarray, hbm_util: np.ndarray,
+    valve_cmd: np.ndarray, pump_on: np.ndarray, pump_failed: np.ndarray, valve_stuck: np.ndarray,
+    inlet_offset_c: np.ndarray, vrm_factor: np.ndarray,
+    pump_rpm: np.ndarray, valve_pos: np.ndarray, t_die: np.ndarray, t_plate: np.ndarray, t_hbm: np.ndarray,
+    o_t_die: np.ndarray, o_t_plate: np.ndarray, o_t_hbm: np.ndarray, o_t_inlet: np.ndarray,
+    o_p_die: np.ndarray, o_p_hbm: np.ndarray, o_p_total: np.ndarray, o_vrm: np.ndarray,
+    o_flow_valve: np.ndarray, o_flow_total: np.ndarray, o_t_outlet: np.ndarray,
+    dt: float, inlet_c: float,
+) -> None:  # fmt: skip
+    """``plant.model.step``: ``pump_rpm`` and ``valve_pos`` in place (as the reference), every
+    other state array into the ``o_`` arrays."""
+    n, dies = t_die.shape
+    hbm = t_hbm.shape[1]
+    valves = valve_pos.shape[1]
+    pumps = pump_rpm.shape[1]
+    pump_gain = -math.expm1(-dt / pump_tau_s)
+    limit = valve_slew * dt
+    decay_die = math.exp(-dt / (c_die * r_die_plate))
+    decay_hbm = math.exp(-dt / (c_hbm * r_hbm_plate))
+    g_dp = 1.0 / r_die_plate
+    g_hp = 1.0 / r_hbm_plate
+    g_pc = np.empty(dies)
+    hbm_sum = np.empty(dies)
+    q = np.empty(pumps)
+    amps = np.empty(dies)
+    heat = np.empty(dies)
+    for i in range(n):
+        # pumps and valves
+        for k in range(pumps):
+            target = pump_rpm_nom[k] if (pump_on[i, k] and not pump_failed[i, k]) else 0.0
+            rpm = pump_rpm[i, k] + (target - pump_rpm[i, k]) * pump_gain
+            pump_rpm[i, k] = rpm
+            q[k] = pump_flow_lpm[k] * fmin(fmax(rpm / pump_rpm_nom[k], 0.0), 1.2)
+        best = q[0]
+        for k in range(1, pumps):
+            best = fmax(best, q[k])
+        capacity = best + 0.25 * (psum(q, 0, pumps) - best)
+        per_valve = capacity / valves
+        for v in range(valves):
+            move = fmin(fmax(valve_cmd[i, v], 0.0), 100.0) - valve_pos[i, v]
+            valve_pos[i, v] += 0.0 if valve_stuck[i, v] else fmin(fmax(move, -limit), limit)
+            pos = valve_pos[i, v]
+            frac = rangeability ** (pos / 100.0 - 1.0)
+            o_flow_valve[i, v] = per_valve * (frac if pos > valve_shut_pct else 0.0)
+        flow_total = psum(o_flow_valve[i], 0, valves)
+        o_flow_total[i] = flow_total
+        t_in = inlet_c + inlet_offset_c[i]
+        o_t_inlet[i] = t_in
+        # power
+        on = powered[i]
+        for d in range(dies):
+            p = 0.0
+            if on:
+                volt = mv[i, d] * 1e-3
+                dyn = c_eff[i, d] * volt * volt * (mhz[i, d] * 1e6) * activity[i, d]
+                leak = leak_w[i, d] * (volt / v0) * np.exp2((t_die[i, d] - leak_ref_c) / leak_doubling_c)
+                p = dyn + leak + uncore_w
+            o_p_die[i, d] = p
+            amps[d] = p / fmax(mv[i, d] * 1e-3, 0.1)
+        for j in range(hbm):
+            o_p_hbm[i, j] = hbm_power_w * (0.25 + 0.75 * hbm_util[i, j]) if on else 0.0
+        o_p_total[i] = psum(o_p_die[i], 0, dies) + psum(o_p_hbm[i], 0, hbm)
+        o_vrm[i] = psum(amps, 0, dies) * vrm_factor[i]
+        # heat transfer per die region, relaxation die -> hbm -> plate
+        for d in range(dies):
+            if one_die_per_valve:
+                qd = o_flow_valve[i, d]
+            else:
+                qd = o_flow_valve[i, valve_of_die[d]] / dies_per_valve[valve_of_die[d]]
+            film = g_plate_nom * (fmax(qd, 0.0) / q_branch_nom) ** flow_exponent
+            cap = 2.0 * qd * cp_coolant / 60.0
+            forced = film * cap / fmax(film + cap, 1e-12) if qd > 1e-6 else 0.0
+            g_pc[d] = forced + g_natural
+            eq = t_plate[i, d] + o_p_die[i, d] * r_die_plate
+            o_t_die[i, d] = eq + (t_die[i, d] - eq) * decay_die
+            hbm_sum[d] = 0.0
+        for j in range(hbm):
+            d = hbm_region[j]
+            eq = t_plate[i, d] + o_p_hbm[i, j] * r_hbm_plate
+            th = eq + (t_hbm[i, j] - eq) * decay_hbm
+            o_t_hbm[i, j] = th
+            hbm_sum[d] += th
+        for d in range(dies):
+            g_total = g_dp + hbm_per_region[d] * g_hp + g_pc[d]
+            eq = (o_t_die[i, d] * g_dp + hbm_sum[d] * g_hp + g_pc[d] * t_in) / g_total
+            tp = eq + (t_plate[i, d] - eq) * math.exp(-dt * g_total / c_plate)
+            o_t_plate[i, d] = tp
+            heat[d] = g_pc[d] * (tp - t_in)
+        rate = flow_total * cp_coolant / 60.0
+        o_t_outlet[i] = t_in + (psum(heat, 0, dies) / fmax(rate, 1e-6) if rate > 1e-6 else 0.0)
+
+
+# --- sensors --------------------------------------------------------------------------------------
+
+
+def sensor_sample(
+    raw: np.ndarray, noise: np.ndarray, noise_sd: float, quantum: float, read_at: np.ndarray, t: float, out: np.ndarray
+) -> None:
+    """A fault-free bank's reading: ``raw`` (last tick's truth) plus noise, quantised, into
+    ``out``; ``read_at`` set to ``t`` in place."""
+    n, m = raw.shape
+    for i in range(n):
+        for j in range(m):
+            r = raw[i, j] + noise[i, j] * noise_sd if noise_sd else raw[i, j]
+            out[i, j] = np.rint(r / quantum) * quantum if quantum else r
+            read_at[i, j] = t
+
+
+# --- DVFS -----------------------------------------------------------------------------------------
+
+
+def update_power_average(
+    avg_long: np.ndarray, avg_short: np.ndarray, power_w: np.ndarray, gain_long: float, gain_short: float
+) -> None:
+    """Both averages in place (the gains: ``-expm1(-dt / window)``)."""
+    for i in range(power_w.shape[0]):
+        avg_long[i] += (power_w[i] - avg_long[i]) * gain_long
+    for i in range(power_w.shape[0]):
+        avg_short[i] += (power_w[i] - avg_short[i]) * gain_short
+
+
+def hw_protect(
+    hw_slowdown_c: float, hysteresis_c: float, vrm_limit_a: float, ocp_release: float, ocp_hold_s: float,
+    shutdown_c: float, slowdown_c: float, t: float,
+    t_die_true: np.ndarray, vrm_a: np.ndarray, t_die_sensor: np.ndarray, forced_min: np.ndarray,
+    hw_therm: np.ndarray, ocp_until: np.ndarray, hw_ocp: np.ndarray, shutdown: np.ndarray,
+    o_hw_therm: np.ndarray, o_ocp_until: np.ndarray, o_hw_ocp: np.ndarray, o_shutdown: np.ndarray,
+) -> None:  # fmt: skip
+    """The fast comparators: new latches into the ``o_`` arrays."""
+    n, dies = t_die_true.shape
+    until = t + ocp_hold_s
+    for i in range(n):
+        hottest = t_die_true[i, 0]
+        for d in range(dies):
+            x = t_die_true[i, d]
+            if hw_therm[i, d]:
+                o_hw_therm[i, d] = x > hw_slowdown_c - hysteresis_c
+            else:
+                o_hw_therm[i, d] = x > hw_slowdown_c
+            if d:
+                hottest = fmax(hottest, x)
+        over = vrm_a[i] > vrm_limit_a
+        o_ocp_until[i] = until if over else ocp_until[i]
+        if hw_ocp[i]:
+            o_hw_ocp[i] = over or (t < o_ocp_until[i]) or (vrm_a[i] > vrm_limit_a * ocp_release)
+        else:
+            o_hw_ocp[i] = over
+        trip = hottest > shutdown_c
+        if forced_min[i]:
+            sensed = -np.inf
+            for d in range(dies):
+                s = t_die_sensor[i, d]
+                sensed = fmax(sensed, -np.inf if s != s else s)
+            trip = trip or fmax(hottest, sensed) > slowdown_c
+        if shutdown[i]:
+            o_shutdown[i] = not ((hottest < slowdown_c - hysteresis_c) and not forced_min[i])
+        else:
+            o_shutdown[i] = trip
+
+
+def apply_hw_limits(
+    mhz_table: np.ndarray, mhz_asc: np.ndarray, mv_asc: np.ndarray, f_max: float, f_min: float, step: float,
+    keep: int, r_hw: int, r_hwtherm: int, r_brake: int,
+    pstate: np.ndarray, f_cap: np.ndarray, hw_therm: np.ndarray, hw_ocp: np.ndarray, brake: np.ndarray,
+    hw_slow: np.ndarray, shutdown: np.ndarray, mhz_ran: np.ndarray, reasons: np.ndarray,
+    o_mhz: np.ndarray, o_mv: np.ndarray, o_reasons: np.ndarray, o_hw_slow: np.ndarray,
+) -> None:  # fmt: skip
+    """Clock, voltage and reasons from the P-state and the ceilings, hardware slowdown, shutdown."""
+    n, dies = pstate.shape
+    for i in range(n):
+        on = not shutdown[i]
+        for d in range(dies):
+            mhz = fmin(mhz_table[pstate[i, d]], f_cap[i, d])
+            hw = hw_therm[i, d] or hw_ocp[i] or brake[i]
+            r = np.int64(reasons[i, d]) & keep
+            if hw:
+                base = fmin(mhz, mhz_ran[i, d]) if (not hw_slow[i, d] and mhz_ran[i, d] > 0) else mhz
+                mhz = grid_floor(base / 2.0, f_max, f_min, step)
+                r |= r_hw
+                if hw_therm[i, d]:
+                    r |= r_hwtherm
+                if brake[i]:
+                    r |= r_brake
+            o_hw_slow[i, d] = hw
+            if on:
+                o_mhz[i, d] = mhz * 1.0
+                o_mv[i, d] = np.rint(interp(mhz, mhz_asc, mv_asc)) * 1.0
+                o_reasons[i, d] = r
+            else:
+                o_mhz[i, d] = mhz * 0.0
+                o_mv[i, d] = np.rint(interp(mhz, mhz_asc, mv_asc)) * 0.0
+                o_reasons[i, d] = 0
+
+
+def learn_trim(
+    f_max: float, f_min: float, mv0: float, saturated: float, idle_activity: float, slowdown_c: float,
+    leak_w: float, leak_ref_c: float, leak_doubling_c: float, dyn_coef: float, hbm_w: float, uncore_w: float,
+    lo: float, hi: float, max_step: float, gain: float,
+    shutdown: np.ndarray, mhz: np.ndarray, mv: np.ndarray, power_w: np.ndarray, util: np.ndarray,
+    t_die_sensor: np.ndarray, trim: np.ndarray, o_trim: np.ndarray,
+) -> None:  # fmt: skip
+    """The estimator's trim, learnt from the measured power, into ``o_trim``."""
+    n, dies = mhz.shape
+    terms = np.empty(dies)
+    done = np.empty(dies)
+    for i in range(n):
+        if shutdown[i]:
+            o_trim[i] = trim[i]
+            continue
+        for d in range(dies):
+            f = fmax(mhz[i, d], 1.0)
+            v = mv[i, d] / 1000.0
+            u = util[i, d]
+            demand = 1.0 if u >= saturated else u * fmax(f, f_min) / f_max
+            act = idle_activity + (1.0 - idle_activity) * fmin(demand * f_max / f, 1.0)
+            s = t_die_sensor[i, d]
+            temp = slowdown_c if s != s else s
+            leak = leak_w * np.exp2((temp - leak_ref_c) / leak_doubling_c)
+            terms[d] = dyn_coef * v * v * f * act + leak * (mv[i, d] / mv0)
+            done[d] = fmin(demand, f / f_max)
+        est = psum(terms, 0, dies)
+        mean_done = psum(done, 0, dies) / dies
+        est += hbm_w * (0.25 + 0.75 * fmin(mean_done, 1.0)) + uncore_w * dies
+        err = math.log(fmax(power_w[i], 1.0) / fmax(est, 1.0)) - math.log(trim[i])
+        err = fmin(fmax(err, -max_step), max_step)
+        o_trim[i] = fmin(fmax(trim[i] * math.exp(gain * err), lo), hi)

@@ -1,0 +1,248 @@
+"""The compiled tick kernels equal their numpy references: the plant step, the sensors'
+sampling, the power averages, the hardware comparators, the hardware limits and the trim, on
+Hypothesis-generated states and inputs (faults, shutdown rows, NaN readings, stuck valves, failed
+pumps, locked clocks, hardware slowdown, natural convection).
+
+Equal means bit for bit (NaN where the reference has NaN), on x86 without AVX-512, where numpy's
+float64 exp and log are the C library's as numba's are; with AVX-512 numpy has SIMD versions of
+them, and the results may differ by a few ulps (docs/performance.md, "Compiled tick")."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+from mcm_firmware import kernel
+from mcm_firmware.control import dvfs
+from mcm_firmware.kernel import calls
+from mcm_firmware.plant import model
+from mcm_firmware.plant.sensors import SensorBank
+from mcm_firmware.profile import load_profile
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = ("colossus-mcm",)
+
+
+def _ulps_allowed() -> int:
+    from numpy._core._multiarray_umath import __cpu_features__  # type: ignore[import-not-found]
+
+    return 4 if __cpu_features__.get("AVX512F") else 0
+
+
+ULPS = _ulps_allowed()
+
+
+@pytest.fixture(scope="module")
+def k() -> kernel.Kernels:
+    ks = kernel.load()
+    if ks is None:
+        pytest.skip(f"compiled kernels not in use: {kernel.active()}")
+    return ks
+
+
+def assert_same(a: object, b: object, what: str) -> None:
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    if a.dtype.kind != "f" or ULPS == 0:
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f"{what}: {a} != {b}"
+        return
+    nan = np.isnan(a)
+    assert np.array_equal(nan, np.isnan(b)), what
+    ulp = np.spacing(np.maximum(np.abs(a[~nan]), np.abs(b[~nan])))
+    assert np.all(np.abs(a[~nan] - b[~nan]) <= ULPS * ulp), what
+
+
+def assert_same_fields(a: object, b: object, names: list[str], what: str) -> None:
+    for name in names:
+        assert_same(getattr(a, name), getattr(b, name), f"{what}.{name}")
+
+
+seeds = st.integers(0, 2**32 - 1)
+sizes = st.integers(1, 40)
+dts = st.sampled_from([0.05, 0.1, 0.25, 1.0, 5.0, 0.001])
+
+
+def _rng_states(prof_name: str, n: int, seed: int) -> tuple[object, ...]:
+    prof = load_profile(prof_name)
+    rng = np.random.default_rng(seed)
+    p = model.PlantParams.from_profile(prof, n, rng)
+    s = model.PlantState.initial(p, prof)
+    u = model.PlantInputs.idle(p, prof)
+    return prof, rng, p, s, u
+
+
+def _mask(rng: np.random.Generator, shape: tuple[int, ...], prob: float) -> np.ndarray:
+    return rng.random(shape) < prob
+
+
+@settings(max_examples=150)
+@given(seed=seeds, n=sizes, dt=dts, fault_p=st.sampled_from([0.0, 0.2, 0.7, 1.0]))
+def test_plant_step_equals_the_reference(k, seed, n, dt, fault_p):
+    prof, rng, p, s, u = _rng_states("colossus-mcm", n, seed)
+    pst = prof.die.pstates
+    u.mhz = rng.choice([float(x.mhz) for x in pst] + [0.0, 1234.5], u.mhz.shape)
+    u.mv = rng.choice([float(x.mv) for x in pst] + [0.0, 50.0], u.mv.shape)
+    u.powered = ~_mask(rng, (n,), fault_p / 2)  # shutdown rows
+    u.activity = rng.uniform(0, 1, u.activity.shape)
+    u.hbm_util = rng.uniform(0, 1, u.hbm_util.shape)
+    u.valve_cmd = rng.uniform(-20, 120, u.valve_cmd.shape)
+    u.pump_on = _mask(rng, u.pump_on.shape, 0.6)
+    u.pump_failed = _mask(rng, u.pump_failed.shape, fault_p / 2)
+    u.valve_stuck = _mask(rng, u.valve_stuck.shape, fault_p / 2)
+    u.inlet_offset_c = rng.normal(0, 10, n) * _mask(rng, (n,), fault_p)
+    u.vrm_factor = np.where(_mask(rng, (n,), fault_p / 3), rng.uniform(1, 3, n), 1.0)
+    s.t_die = rng.uniform(10, 130, s.t_die.shape)
+    s.t_plate = rng.uniform(10, 90, s.t_plate.shape)
+    s.t_hbm = rng.uniform(10, 110, s.t_hbm.shape)
+    s.valve_pos = rng.choice([0.0, 0.3, 0.5, 0.6, 50.0, 100.0], s.valve_pos.shape) + rng.uniform(
+        0, 1, s.valve_pos.shape
+    ) * _mask(rng, s.valve_pos.shape, 0.5)
+    s.pump_rpm = rng.uniform(0, 1.3, s.pump_rpm.shape) * p.pump_rpm_nom
+    ref, got = copy.deepcopy(s), copy.deepcopy(s)
+    inlet = prof.cooling.inlet_c
+    for _ in range(3):  # a few steps: the state each produces feeds the next
+        model.step(p, ref, u, dt, inlet)
+        calls.plant_step(k, p, got, u, dt, inlet)
+        assert_same_fields(ref, got, list(model.PlantState.__dataclass_fields__), "plant")
+
+
+@settings(max_examples=100)
+@given(seed=seeds, n=sizes, sd=st.sampled_from([0.0, 0.15, 5.0]), q=st.sampled_from([0.0, 0.0625, 0.01, 1.0]))
+def test_sensor_sampling_equals_the_reference(k, seed, n, sd, q):
+    rng = np.random.default_rng(seed)
+    shape = (n, int(rng.integers(1, 9)))
+    init = rng.uniform(-50, 3000, shape)
+    ref = SensorBank(shape, noise_sd=sd, quantum=q, initial=init)
+    got = copy.deepcopy(ref)
+    for t in (0.05, 0.1, 0.15):
+        true = rng.uniform(-50, 3000, shape)
+        true[_mask(rng, shape, 0.1)] = np.nan  # a plant value the sensor cannot read (NaN passes through)
+        noise = rng.standard_normal(shape)
+        ref.sample(true, t, 0.05, np.random.default_rng(0), noise)
+        assert calls.sensor_sample(k, got, true, t, noise)
+        assert_same_fields(ref, got, ["value", "read_at", "_pending", "failed"], "sensor")
+    got.set_fault(0, 0, 5)  # a faulty bank is left to the reference
+    assert not calls.sensor_sample(k, got, true, 0.2, noise)
+
+
+def _dvfs(n: int, rng: np.random.Generator, fault_p: float) -> tuple[dvfs.DvfsConfig, dvfs.DvfsState]:
+    prof = load_profile("colossus-mcm")
+    cfg = dvfs.DvfsConfig.from_profile(prof)
+    dies = prof.die.count
+    s = dvfs.DvfsState(cfg, n, dies, prof.power.default_cap_w)
+    S = len(cfg.mhz)
+    s.pstate = rng.integers(0, S, (n, dies)).astype(np.int16)
+    s.f_cap = np.where(_mask(rng, (n, dies), 0.5), rng.uniform(cfg.f_min - 100, cfg.f_max + 100, (n, dies)), cfg.f_max)
+    s.mhz = rng.choice([0.0, cfg.f_min, cfg.f_max, 777.0, 1e-3], (n, dies)) * ~_mask(rng, (n, dies), fault_p / 4)
+    s.mv = rng.choice(cfg.mv, (n, dies))
+    s.reasons = rng.integers(0, 2**12, (n, dies)).astype(np.uint32)
+    s.hw_therm = _mask(rng, (n, dies), fault_p / 2)
+    s.hw_ocp = _mask(rng, (n,), fault_p / 3)
+    s.brake = _mask(rng, (n,), fault_p / 3)
+    s.hw_slow = _mask(rng, (n, dies), fault_p / 2)
+    s.shutdown = _mask(rng, (n,), fault_p / 3)
+    s.forced_min = _mask(rng, (n,), fault_p / 3)
+    s.lock_mhz = np.where(_mask(rng, (n,), fault_p / 2), rng.choice(cfg.mhz, n), 0.0)  # locked clocks
+    s.ocp_until = np.where(_mask(rng, (n,), 0.5), rng.uniform(0, 20, n), -np.inf)
+    s.trim = rng.uniform(0.6, 1.4, n)
+    s.avg_long = rng.uniform(0, 1500, n)
+    s.avg_short = rng.uniform(0, 1500, n)
+    return cfg, s
+
+
+def _sensed(rng: np.random.Generator, shape: tuple[int, int], nan_p: float) -> np.ndarray:
+    x = rng.uniform(20, 120, shape)
+    x[_mask(rng, shape, nan_p)] = np.nan
+    return x
+
+
+DVFS_FIELDS = [
+    "mhz", "mv", "reasons", "hw_slow", "hw_therm", "hw_ocp", "ocp_until", "shutdown", "trim", "avg_long", "avg_short",
+]  # fmt: skip
+
+
+@settings(max_examples=150)
+@given(seed=seeds, n=sizes, dt=dts, fault_p=st.sampled_from([0.0, 0.2, 0.7, 1.0]), t=st.floats(0, 30))
+def test_dvfs_every_tick_work_equals_the_reference(k, seed, n, dt, fault_p, t):
+    """update_power_average, hw_protect, apply_hw_limits, then learn_trim, as a tick runs them."""
+    rng = np.random.default_rng(seed)
+    cfg, ref = _dvfs(n, rng, fault_p)
+    got = copy.deepcopy(ref)
+    dies = ref.mhz.shape[1]
+    power = rng.uniform(0, 2000, n)
+    t_true = rng.uniform(20, 130, (n, dies))
+    vrm = rng.uniform(0, cfg.vrm_limit_a * 1.3, n)
+    sensed = _sensed(rng, (n, dies), fault_p / 2)
+    util = np.clip(rng.uniform(-0.1, 1.2, (n, dies)), 0, 1)
+
+    dvfs.update_power_average(cfg, ref, power, dt)
+    calls.update_power_average(k, cfg, got, power, dt)
+    assert_same_fields(ref, got, DVFS_FIELDS, "update_power_average")
+    dvfs.hw_protect(cfg, ref, t, t_true, vrm, sensed)
+    calls.hw_protect(k, cfg, got, t, t_true, vrm, sensed)
+    assert_same_fields(ref, got, DVFS_FIELDS, "hw_protect")
+    dvfs.apply_hw_limits(cfg, ref)
+    calls.apply_hw_limits(k, cfg, got)
+    assert_same_fields(ref, got, DVFS_FIELDS, "apply_hw_limits")
+    dvfs.learn_trim(cfg, ref, power, util, sensed, dt)
+    calls.learn_trim(k, cfg, got, power, util, sensed, dt)
+    assert_same_fields(ref, got, DVFS_FIELDS, "learn_trim")
+
+
+def _soak_slice(tmp_path: Path, seconds: int) -> Path:
+    """soak-24h cut to its first ``seconds`` (the random faults start at 600 s)."""
+    text = (ROOT / "mcm_firmware/scenario/library/soak-24h.toml").read_text()
+    text = text.replace("duration_s = 86400", f"duration_s = {seconds}").replace("start_s = 600.0", "start_s = 60.0")
+    path = tmp_path / "soak-slice.toml"
+    path.write_text(text)
+    return path
+
+
+def _digest(path: Path, kernel_env: str) -> str:
+    env = {**os.environ, kernel.ENV: kernel_env}
+    out = subprocess.run(
+        [sys.executable, "-m", "mcm_firmware", "scenario", "run", str(path), "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    (digest,) = [line for line in out.stdout.splitlines() if line.startswith("digest ")]
+    return digest
+
+
+def test_a_soak_runs_to_the_same_digest_compiled_and_on_the_numpy_reference(tmp_path):
+    """Faults drawn from the seed (pumps, valves, sensors, VRM, brake, crashes...) over 40 minutes
+    of the soak: the trace is the same bit for bit whichever path ran the tick."""
+    path = _soak_slice(tmp_path, 2400)
+    assert _digest(path, "numba") == _digest(path, "numpy")
+
+
+def test_the_numpy_reference_can_be_forced_and_a_missing_numba_is_said(monkeypatch, caplog):
+    monkeypatch.setattr(kernel, "_loaded", False)
+    monkeypatch.setattr(kernel, "_kernels", None)
+    monkeypatch.setenv(kernel.ENV, "numpy")
+    assert kernel.load() is None and kernel.active() == f"numpy ({kernel.ENV}=numpy)"
+    monkeypatch.setattr(kernel, "_loaded", False)
+    monkeypatch.setenv(kernel.ENV, "numba")
+    monkeypatch.setitem(sys.modules, "numba", None)  # import numba fails
+    with caplog.at_level("WARNING"):
+        assert kernel.load() is None
+        assert kernel.load() is None
+    said = [r for r in caplog.records if "numpy reference" in r.getMessage()]
+    assert len(said) == 1 and "numba unavailable" in said[0].getMessage()
+    monkeypatch.setattr(kernel, "_loaded", False)
+    monkeypatch.setenv(kernel.ENV, "fortran")
+    with pytest.raises(ValueError, match="numpy or numba"):
+        kernel.load()
