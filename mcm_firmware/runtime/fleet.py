@@ -263,7 +263,10 @@ class Fleet:
             shard.seq[live] = seqs + np.uint32(1)  # wraps at 2^32 like every sequence number
             block = frame_block(mtype, ids[live], seqs, self.clock.now_ns(), rec)
             if prepared is None:
-                prepared = sink.prepare([topic(n.tlm_address) for n in nodes], block.shape[1])
+                # telemetry that waited a period for the link is stale: slots behind it are refused
+                prepared = sink.prepare(
+                    [topic(n.tlm_address) for n in nodes], block.shape[1], max_age=period / self.clock.speed
+                )
             ok = sink.send_prepared(prepared, live, block)
             counters[SENT if ok else DROPPED, live] += 1
 

@@ -155,7 +155,10 @@ class BlockSink(Protocol):
     @property
     def up(self) -> bool: ...
 
-    def prepare(self, topics: Sequence[str], payload_size: int) -> Any: ...
+    def prepare(self, topics: Sequence[str], payload_size: int, *, max_age: float = 1.0) -> Any:
+        """``max_age``: seconds (of the wall clock) after which telemetry still waiting for the
+        link is stale, and new slots are refused (its telemetry period)."""
+        ...
 
     def send_prepared(self, topics: Any, rows: np.ndarray, payloads: np.ndarray) -> bool:
         """Hand the frames to the connection; False (nothing sent) when it is down or backed up."""

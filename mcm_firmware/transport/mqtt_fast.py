@@ -6,17 +6,27 @@ paho-mqtt encodes) and handed to the socket in one ``write``; commands, response
 control connection, so they never queue behind a slot of telemetry. QoS 0, no will, a clean
 session; keep-alive by PINGREQ when the connection has been quiet, a lost connection retried with
 exponential backoff and jitter. A slot that finds the connection down, more than
-``max_backlog`` bytes still waiting for the socket, or the control connection backed up (answers
-and events go first), is refused (the caller counts it dropped): telemetry is only worth its newest
-value.
+``max_backlog`` bytes still waiting for the socket, the control connection backed up (answers
+and events go first), or telemetry written more than its ``max_age`` ago still waiting (for this
+process's buffer or the kernel's, ``TIOCOUTQ``), is refused (the caller counts it dropped):
+telemetry is only worth its newest value, and a module would rather drop it than deliver it late.
+What was written cannot be recalled, so a frame can still arrive late by what the link takes to
+drain what was written before it, but no slot joins telemetry that is already stale.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import random
 import socket
+import sys
+import termios
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -28,6 +38,31 @@ from .base import TransportError
 from .security import BrokerSecurity
 
 MAX_BACKLOG = 4 << 20  # bytes waiting for the socket before slots are refused
+MIN_MAX_AGE = 0.5
+"""Seconds: the shortest age at which waiting telemetry counts as stale, whatever the telemetry
+period, so that a broker that stops reading for a moment on a busy machine sheds nothing."""
+_OUTQ = getattr(termios, "TIOCOUTQ", None)  # = SIOCOUTQ on a TCP socket: bytes the peer has not acknowledged
+
+
+def unsent(fd: int) -> int:
+    """Bytes written to a TCP socket that its peer has not acknowledged yet (0 where the system
+    cannot tell)."""
+    if _OUTQ is None or fd < 0:
+        return 0
+    with contextlib.suppress(OSError):
+        return int.from_bytes(fcntl.ioctl(fd, _OUTQ, bytes(4)), sys.byteorder, signed=True)
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The topics of a shard's nodes, encoded once, and how old its telemetry may grow while it
+    waits for the socket before new slots are refused (seconds)."""
+
+    topics: wire.TopicSet
+    max_age: float
+
+
 READ_CHUNK = 256 * 1024  # what asyncio reads at once; a shorter read means the socket ran dry
 
 
@@ -77,6 +112,9 @@ class FastPublisher(asyncio.Protocol):
         self.max_backlog = max_backlog
         self.yield_to = yield_to
         self._transport: asyncio.Transport | None = None
+        self._fd = -1
+        self._written = 0  # bytes of slots handed to the connection
+        self._slots: deque[tuple[int, float]] = deque()  # (stream offset of a slot's end, when written)
         self._buffer = bytearray()
         self._connack: asyncio.Future[int] | None = None
         self._lost: asyncio.Event = asyncio.Event()
@@ -90,6 +128,7 @@ class FastPublisher(asyncio.Protocol):
         self.refused_down = 0  # slots refused while the connection was down
         self.refused_backlog = 0  # slots refused because the socket was backed up
         self.refused_yielding = 0  # slots refused while answers and events could not leave
+        self.refused_stale = 0  # slots refused while older telemetry waited longer than its max age
         self.connects = 0
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
@@ -97,9 +136,13 @@ class FastPublisher(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
         self._transport = transport
+        self._written = 0
+        self._slots.clear()
         sock = transport.get_extra_info("socket")
+        self._fd = -1
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -117,6 +160,7 @@ class FastPublisher(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self._fd = -1
         self._up.clear()
         if exc is not None:
             self.last_error = str(exc)
@@ -200,11 +244,25 @@ class FastPublisher(asyncio.Protocol):
 
     # --- telemetry -------------------------------------------------------------------------------
 
-    def prepare(self, topics: Sequence[str], payload_size: int) -> wire.TopicSet:
-        """The headers of ``topics`` for payloads of ``payload_size`` bytes, built once."""
-        return wire.TopicSet(topics, payload_size)
+    def prepare(self, topics: Sequence[str], payload_size: int, *, max_age: float = 1.0) -> Prepared:
+        """The headers of ``topics`` for payloads of ``payload_size`` bytes, built once; slots
+        sent with them are refused while telemetry written more than ``max_age`` seconds ago (its
+        telemetry period; at least :data:`MIN_MAX_AGE`) still waits for the socket."""
+        return Prepared(wire.TopicSet(topics, payload_size), max(MIN_MAX_AGE, max_age))
 
-    def send_prepared(self, topics: wire.TopicSet, rows: np.ndarray, payloads: np.ndarray) -> bool:
+    def waiting_since(self) -> float | None:
+        """When the oldest slot still waiting for the socket or the peer was written
+        (``time.monotonic()``), None when all went."""
+        tr = self._transport
+        if tr is None or not self._slots:
+            return None
+        gone = self._written - tr.get_write_buffer_size() - unsent(self._fd)
+        slots = self._slots
+        while slots and slots[0][0] <= gone:
+            slots.popleft()
+        return slots[0][1] if slots else None
+
+    def send_prepared(self, topics: Prepared, rows: np.ndarray, payloads: np.ndarray) -> bool:
         tr = self._transport
         if tr is None or not self._up.is_set() or tr.is_closing():
             self.refused_down += 1
@@ -215,8 +273,15 @@ class FastPublisher(asyncio.Protocol):
         if self.yield_to is not None and self.yield_to():
             self.refused_yielding += 1
             return False
-        blob = topics.encode(rows, payloads)
+        now = time.monotonic()
+        since = self.waiting_since()
+        if since is not None and now - since > topics.max_age:
+            self.refused_stale += 1
+            return False
+        blob = topics.topics.encode(rows, payloads)
         tr.write(blob)
+        self._written += len(blob)
+        self._slots.append((self._written, now))
         self.sent_packets += len(rows)
         self.sent_bytes += len(blob)
         return True
@@ -225,7 +290,7 @@ class FastPublisher(asyncio.Protocol):
         return (
             f"telemetry connection {self.client_id}: {self.sent_packets} packets ({self.sent_bytes} bytes), "
             f"{self.connects} connects, slots refused: {self.refused_down} down, {self.refused_backlog} backed up, "
-            f"{self.refused_yielding} yielding to answers"
+            f"{self.refused_yielding} yielding to answers, {self.refused_stale} behind stale telemetry"
         )
 
 

@@ -263,3 +263,126 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
     assert proxy.connections == connections, "a connection was made again"
     assert code == 0
     assert run.proc.stderr is not None and "Traceback" not in run.proc.stderr.read()
+
+
+class TelemetryHoldingProxy(HoldingProxy):
+    """A :class:`HoldingProxy` that holds a carrier's telemetry connection only (its client id ends
+    in ``-tlm``): commands, answers and events flow on the control connection all along."""
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = await r.read(4096)  # the CONNECT, whole: a client sends nothing before its CONNACK
+        held = first[:1] == b"\x10" and b"-tlm" in first
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)
+        br, bw = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        bw.write(first)
+
+        async def up() -> None:
+            try:
+                while True:
+                    if held:
+                        await self.flowing.wait()
+                    data = await r.read(4096)
+                    if not data:
+                        break
+                    bw.write(data)
+                    await bw.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        async def down() -> None:
+            try:
+                while data := await br.read(4096):
+                    w.write(data)
+                    await w.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+
+        try:
+            await asyncio.gather(up(), down())
+        finally:
+            w.close()
+            bw.close()
+
+
+@pytest.mark.slow
+async def test_a_carrier_whose_telemetry_connection_alone_is_slow_drops_stale_telemetry_and_counts_it(
+    mosquitto, cli_process
+):
+    """Only the telemetry connection stops draining (the control connection is fine, so telemetry
+    does not yield to answers): slots are refused, counted dropped, once what waits for the socket
+    is older than a telemetry period (0.5 s at least), instead of queueing up to 4 MB that arrives
+    seconds late. A frame still arrives late by what was written before the stall was seen; at most
+    a second's worth does."""
+    from mcm_firmware.protocol.codec import FrameError, envelope
+    from mcm_firmware.transport.mqtt_fast import FastSubscriber
+
+    nodes, rate = 50, 10  # 500 frames/s, about 1 MB over the stall: below the 4 MB backlog bound
+    proxy = TelemetryHoldingProxy(mosquitto.port)
+    port = await proxy.start()
+    metrics_port = free_port()
+    run = cli_process(
+        *("run", "--broker", f"mqtt://127.0.0.1:{port}", "--nodes", str(nodes), "--fleet", FLEET),
+        *("--connection", "carrier", "--metrics-port", str(metrics_port)),
+    )
+    offsets: list[tuple[float, int]] = []  # (arrival, arrival - timestamp in ns) of every frame
+
+    def on_frame(topic: bytes, payload: memoryview) -> None:
+        try:
+            ts = envelope(payload).timestamp_ns
+        except FrameError:
+            return
+        offsets.append((time.monotonic(), time.time_ns() - ts))
+
+    sub = FastSubscriber(
+        host="127.0.0.1",
+        port=mosquitto.port,
+        client_id="sc-tlm-observer",
+        topic_filter=f"mcm/v1/{FLEET}/+/tlm",
+        on_publish=on_frame,
+        batch_s=0.0,
+    )
+    try:
+        await asyncio.to_thread(run.wait_line, f"up: {nodes} nodes")
+        await sub.start()
+        await asyncio.sleep(3.0)
+        counts0 = await asyncio.to_thread(scrape, metrics_port)
+        connections = proxy.connections
+        t_stall = time.monotonic()
+        proxy.flowing.clear()
+        await asyncio.sleep(STALL_S)
+        answer = await asyncio.to_thread(ctl, mosquitto.url, 3, "ping")  # the control connection flows
+        counts1 = await asyncio.to_thread(scrape, metrics_port)
+        proxy.flowing.set()
+        t_heal = time.monotonic()
+        await asyncio.sleep(3.0)
+        counts2 = await asyncio.to_thread(scrape, metrics_port)
+        run.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(run.wait)
+    finally:
+        sub.close()
+        await proxy.stop()
+
+    base = sorted(off for t, off in offsets if t < t_stall)
+    baseline = base[len(base) // 2]  # the clocks' offset and the usual transit, in ns
+    late = [(t, (off - baseline) / 1e9) for t, off in offsets if t >= t_stall]
+    stale = [lag for _, lag in late if lag > 1.0]
+    dropped = counts1["tlm_dropped"] - counts0["tlm_dropped"]
+    after = [lag for t, lag in late if t > t_heal + 1.0]
+    print(
+        f"telemetry connection held {STALL_S:g} s ({nodes} nodes at {rate} Hz): {dropped:.0f} frames counted "
+        f"dropped, {len(stale)} arrived over 1 s late (latest {max((lag for _, lag in late), default=0):.1f} s), "
+        f"{len(after)} fresh after the heal"
+    )
+    assert code == 0 and answer["ok"]
+    assert proxy.connections == connections  # no reconnect: the same telemetry connection carried on
+    # shed, and counted: all but the first second of the stall's frames (before: none, all queued)
+    assert dropped >= (STALL_S - 1.5) * nodes * rate, (dropped, counts0, counts1)
+    # what arrived late is what was written before the stall was seen: a second's worth at most
+    # (before: every frame of the stall, 3,000, up to 6 s late)
+    assert len(stale) <= nodes * rate * 1.0, (len(stale), max(lag for lag in stale))
+    # and after the heal telemetry is fresh again, and nothing more is dropped
+    assert after and max(after) < 1.0, max(after, default=None)
+    assert counts2["tlm_dropped"] - counts1["tlm_dropped"] <= nodes * rate * 1.0, (counts1, counts2)
