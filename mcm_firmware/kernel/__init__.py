@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 
 ENV = "MCM_EMU_KERNEL"  # "numpy": the reference; "numba" or unset: compiled when numba works
 
-KERNEL_NAMES = ("plant_step", "sensor_sample", "update_power_average", "hw_protect", "apply_hw_limits", "learn_trim")
+KERNEL_NAMES = (
+    "plant_step",
+    "sensor_sample",
+    "update_power_average",
+    "hw_protect",
+    "apply_hw_limits",
+    "learn_trim",
+    "dvfs_step",
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Kernels:
     hw_protect: Callable[..., None]
     apply_hw_limits: Callable[..., None]
     learn_trim: Callable[..., None]
+    dvfs_step: Callable[..., None]
     load_s: float  # what importing numba and compiling (or loading from the cache) took
 
 
@@ -88,7 +97,7 @@ def _compile(t0: float) -> Kernels:
     from . import loops
 
     jit: Callable[[Any], Any] = numba.njit(cache=True, nogil=True, error_model="numpy")
-    helpers = ("psum", "fmin", "fmax", "interp", "grid_floor")
+    helpers = ("psum", "fmin", "fmax", "interp", "grid_floor", "grid_ceil", "pstate_at_least", "pstate_at_most")
     for name in helpers:  # the kernels call the compiled helpers through the module's globals
         setattr(loops, name, jit(getattr(loops, name)))
     fns = {name: jit(getattr(loops, name)) for name in KERNEL_NAMES}
@@ -143,4 +152,11 @@ def _warm_up(k: dict[str, Any]) -> None:
     k["learn_trim"](
         1.0, 1.0, 1.0, 0.97, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 1.4, 0.1, 0.1,
         b1, f2, f2, f1, f2, f2, np.ones(1), f1.copy(),
+    )  # fmt: skip
+    t = np.arange(1.0, 3.0)
+    k["dvfs_step"](
+        t, t, t, t, t, t, 2.0, 1.0, 15.0, 1.25, 0.02, 0.97, 1.1, 0.1, 90.0, 5.0, 95.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+        0.04, 0.1, 1, 2, 4, 8, 0.05, True,
+        f2, f2, f2, f2, f1, np.ones(1), np.ones(1), b1, f2, f1, f2, f1.copy(), f1.copy(), f1.copy(),
+        f2.copy(), f1.copy(), f2.copy(), f2.copy(), b1.copy(), np.zeros((1, 2), np.int16), np.zeros((1, 2), np.uint32),
     )  # fmt: skip

@@ -119,3 +119,51 @@ def learn_trim(
         st.shutdown, st.mhz, st.mv, power_w, util, t_die_sensor, st.trim, trim,
     )  # fmt: skip
     st.trim = trim
+
+
+def dvfs_step(
+    k: Kernels,
+    cfg: dvfs.DvfsConfig,
+    st: dvfs.DvfsState,
+    util: np.ndarray,
+    t_die_sensor: np.ndarray,
+    dt: float,
+    t_hbm_sensor: np.ndarray | None = None,
+) -> None:
+    """:func:`mcm_firmware.control.dvfs.dvfs_step`."""
+    tables = _tables(cfg)
+    has_hbm = t_hbm_sensor is not None and t_hbm_sensor.shape[1] > 0
+    hbm_t = t_hbm_sensor if t_hbm_sensor is not None else np.empty((util.shape[0], 0))
+    shape = st.f_therm.shape
+    f_therm, f_therm_hbm, dither, f_cap = (
+        np.empty(shape),
+        np.empty_like(st.f_therm_hbm),
+        np.empty(shape),
+        np.empty(shape),
+    )
+    hbm_slow, pstate, reasons = np.empty(shape[0], bool), np.empty(shape, np.int16), np.empty(shape, np.uint32)
+    k.dvfs_step(
+        *tables, cfg.f_max, cfg.f_min, dvfs.CLOCK_STEP_MHZ, dvfs.SCHEDUTIL_HEADROOM, dvfs.IDLE_UTIL,
+        dvfs.SATURATED_UTIL, cfg.short_limit_factor, cfg.idle_activity, cfg.slowdown_c, cfg.hysteresis_c,
+        cfg.hbm_max_c, cfg.leak_w, cfg.leak_ref_c, cfg.leak_doubling_c, cfg.hbm_w, cfg.uncore_w,
+        dvfs.THERMAL_DOWN, dvfs.THERMAL_UP, _R_IDLE, _R_APP, _R_SWCAP, _R_SWTHERM, float(dt), has_hbm,
+        util, t_die_sensor, hbm_t, st.mhz, st.lock_mhz, st.cap_w, st.trim, st.forced_min,
+        st.f_therm, st.f_therm_hbm, st.dither, st.avg_long, st.avg_short, st.cap_seen,
+        f_therm, f_therm_hbm, dither, f_cap, hbm_slow, pstate, reasons,
+    )  # fmt: skip
+    st.f_therm, st.f_therm_hbm, st.dither, st.f_cap = f_therm, f_therm_hbm, dither, f_cap
+    st.hbm_slow, st.pstate, st.reasons = hbm_slow, pstate, reasons
+
+
+_R_IDLE, _R_APP = int(dvfs._IDLE), int(dvfs._APP)
+_R_SWCAP, _R_SWTHERM = int(dvfs._SWCAP), int(dvfs._SWTHERM)
+_TABLES: dict[int, tuple[np.ndarray, ...]] = {}
+
+
+def _tables(cfg: dvfs.DvfsConfig) -> tuple[np.ndarray, ...]:
+    """The P-state tables of a configuration, as numpy computes them for the reference."""
+    t = _TABLES.get(id(cfg))
+    if t is None or t[0] is not cfg.mhz:
+        t = (cfg.mhz, cfg.mhz_ascending, cfg.speedup, 1.0 / cfg.speedup, cfg.dyn_per_state, cfg.v_ratio)
+        _TABLES[id(cfg)] = t
+    return t

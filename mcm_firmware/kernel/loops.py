@@ -348,3 +348,171 @@ def learn_trim(
         err = math.log(fmax(power_w[i], 1.0) / fmax(est, 1.0)) - math.log(trim[i])
         err = fmin(fmax(err, -max_step), max_step)
         o_trim[i] = fmin(fmax(trim[i] * math.exp(gain * err), lo), hi)
+
+
+def grid_ceil(f: float, f_max: float, f_min: float, step: float) -> float:
+    """:meth:`DvfsConfig.grid_ceil` of one clock."""
+    k = np.floor((f_max - f) / step + 1e-9)
+    return fmin(fmax(f_max - k * step, f_min), f_max)
+
+
+def pstate_at_least(f: float, mhz_asc: np.ndarray) -> int:
+    """``dvfs._pstate_at_least``: numpy's ``searchsorted(side="left")`` (NaN sorts last)."""
+    s = mhz_asc.shape[0]
+    x = f - 1e-9
+    i = 0
+    if x != x:
+        i = s
+    else:
+        while i < s and mhz_asc[i] < x:
+            i += 1
+    return max(s - 1 - i, 0)
+
+
+def pstate_at_most(f: float, mhz_asc: np.ndarray) -> int:
+    """``dvfs._pstate_at_most``: numpy's ``searchsorted(side="right") - 1``."""
+    s = mhz_asc.shape[0]
+    x = f + 1e-9
+    i = 0
+    if x != x:
+        i = s
+    else:
+        while i < s and mhz_asc[i] <= x:
+            i += 1
+    return min(s - 1 - (i - 1), s - 1)
+
+
+def dvfs_step(
+    mhz_table: np.ndarray, mhz_asc: np.ndarray, speedup: np.ndarray, inv_speedup: np.ndarray,
+    dyn_per_state: np.ndarray, v_ratio: np.ndarray,
+    f_max: float, f_min: float, step: float, headroom: float, idle_util: float, saturated: float,
+    short_limit_factor: float, idle_activity: float, slowdown_c: float, hysteresis_c: float, hbm_max_c: float,
+    leak_w: float, leak_ref_c: float, leak_doubling_c: float, hbm_w: float, uncore_w: float,
+    thermal_down: float, thermal_up: float, r_idle: int, r_app: int, r_swcap: int, r_swtherm: int,
+    dt: float, has_hbm: bool,
+    util: np.ndarray, t_die_sensor: np.ndarray, t_hbm_sensor: np.ndarray,
+    mhz: np.ndarray, lock_mhz: np.ndarray, cap_w: np.ndarray, trim: np.ndarray, forced_min: np.ndarray,
+    f_therm: np.ndarray, f_therm_hbm: np.ndarray, dither: np.ndarray,
+    avg_long: np.ndarray, avg_short: np.ndarray, cap_seen: np.ndarray,
+    o_f_therm: np.ndarray, o_f_therm_hbm: np.ndarray, o_dither: np.ndarray, o_f_cap: np.ndarray,
+    o_hbm_slow: np.ndarray, o_pstate: np.ndarray, o_reasons: np.ndarray,
+) -> None:  # fmt: skip
+    """``dvfs.dvfs_step``: the averages and ``cap_seen`` in place (on a new limit), the rest into
+    the ``o_`` arrays."""
+    n, dies = util.shape
+    states = mhz_table.shape[0]
+    hbm = t_hbm_sensor.shape[1]
+    demand = np.empty(dies)
+    col = np.empty(dies)
+    leak_d = np.empty(dies)
+    est = np.empty(states)
+    p = np.empty(dies, np.int64)
+    reasons = np.empty(dies, np.int64)
+    up_step = thermal_up * f_max * dt
+    for i in range(n):
+        locked = lock_mhz[i] > 0
+        p_lock = pstate_at_most(lock_mhz[i] if locked else f_max, mhz_asc)
+        for d in range(dies):
+            u = util[i, d]
+            u_inv = u * fmax(mhz[i, d], f_min) / f_max
+            f_gov = fmin(fmax(headroom * f_max * u_inv, f_min), f_max)
+            p_gov = pstate_at_least(f_gov, mhz_asc)
+            r = r_idle if u < idle_util else 0
+            if locked:
+                if p_lock > p_gov:
+                    r |= r_app
+                p[d] = p_lock
+            else:
+                p[d] = p_gov
+            reasons[d] = r
+            demand[d] = 1.0 if u >= saturated else u * fmax(mhz[i, d], f_min) / f_max
+            s = t_die_sensor[i, d]
+            temp = slowdown_c if s != s else s
+            leak_d[d] = leak_w * np.exp2((temp - leak_ref_c) / leak_doubling_c)
+        # the power cap, through the estimator
+        cap = cap_w[i]
+        if cap != cap_seen[i]:
+            avg_long[i] = fmin(avg_long[i], cap)
+            avg_short[i] = fmin(avg_short[i], cap)
+            cap_seen[i] = cap
+        payback = fmax(avg_short[i] - cap, 0.0)
+        goal = fmax(cap - payback, cap * (2.0 - short_limit_factor)) / trim[i]
+        leak = psum(leak_d, 0, dies)
+        first = -1
+        for s in range(states):
+            for d in range(dies):
+                col[d] = fmin(demand[d] * speedup[s], 1.0)
+            busy = psum(col, 0, dies)
+            for d in range(dies):
+                col[d] = fmin(demand[d], inv_speedup[s])
+            done = psum(col, 0, dies) / dies
+            act = idle_activity * dies + (1.0 - idle_activity) * busy
+            hbm_s = hbm_w * (0.25 + 0.75 * fmin(done, 1.0)) + uncore_w * dies
+            est[s] = dyn_per_state[s] * act + leak * v_ratio[s] + hbm_s
+            if first < 0 and est[s] <= goal:
+                first = s
+        if first < 0:
+            f_cap = f_min
+        elif first == 0:
+            f_cap = f_max
+        else:
+            above = first - 1
+            e_hi, e_lo = est[above], est[first]
+            frac = fmin(fmax((goal - e_lo) / fmax(e_hi - e_lo, 1e-9), 0.0), 1.0)
+            f_cap = mhz_table[first] + frac * (mhz_table[above] - mhz_table[first])
+        # the memory's thermal ceiling for the module
+        f_hbm = f_therm_hbm[i]
+        if has_hbm:
+            hot = -np.inf
+            for j in range(hbm):
+                x = t_hbm_sensor[i, j]
+                hot = fmax(hot, -np.inf if x != x else x)
+            over_m = hot - hbm_max_c
+            down_m = thermal_down * (over_m + 1.0) * f_max * dt if over_m > 0 else 0.0
+            up_m = up_step if hot < hbm_max_c - hysteresis_c else 0.0
+            f_hbm = fmin(fmax(f_hbm - down_m + up_m, f_min), f_max)
+        o_f_therm_hbm[i] = f_hbm
+        hbm_slow = False
+        for d in range(dies):
+            # software thermal slowdown on the readings (NaN readings do not move it)
+            s = t_die_sensor[i, d]
+            t = slowdown_c - hysteresis_c if s != s else s
+            over = t - slowdown_c
+            down = thermal_down * (over + 1.0) * f_max * dt if over > 0 else 0.0
+            up = up_step if t < slowdown_c - hysteresis_c else 0.0
+            f_th_own = fmin(fmax(f_therm[i, d] - down + up, f_min), f_max)
+            o_f_therm[i, d] = f_th_own
+            f_th = f_min if forced_min[i] else f_th_own
+            if has_hbm:
+                f_th = fmin(f_th, f_hbm)
+            # the ceilings on the clock grid, dithered
+            f_req = mhz_table[p[d]]
+            cap_binds = f_cap < f_req - 1e-6
+            therm_binds = f_th < f_req - 1e-6
+            ceiling = fmin(f_cap, f_th)
+            binds = cap_binds or therm_binds
+            if binds:
+                f_lo = grid_floor(ceiling, f_max, f_min, step)
+                f_hi = grid_ceil(ceiling, f_max, f_min, step)
+                frac = (ceiling - f_lo) / fmax(f_hi - f_lo, 1e-9) if f_hi > f_lo else 1.0
+                dith = dither[i, d] + frac
+                take_hi = dith >= 1.0
+                if take_hi:
+                    dith -= 1.0
+                o_dither[i, d] = dith
+                f_ceil = f_hi if take_hi else f_lo
+                o_f_cap[i, d] = f_ceil
+                o_pstate[i, d] = pstate_at_least(fmin(f_req, f_ceil), mhz_asc)
+            else:
+                o_dither[i, d] = 0.0
+                o_f_cap[i, d] = f_max
+                o_pstate[i, d] = p[d]
+            r = reasons[d]
+            if cap_binds:
+                r |= r_swcap
+            if therm_binds:
+                r |= r_swtherm
+            o_reasons[i, d] = r
+            if f_hbm < f_req - 1e-6:
+                hbm_slow = True
+        o_hbm_slow[i] = hbm_slow

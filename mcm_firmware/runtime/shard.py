@@ -220,9 +220,8 @@ class Shard:
         n = self._periods_due(k0, self.div_dvfs)
         if n:
             st.forced_min = self.cool.natural.copy()
-            dvfs.dvfs_step(
-                self.dvfs_cfg, st, self.util, self.s_die.value, self.dt * self.div_dvfs * n, self.s_hbm.value
-            )
+            step = dvfs.dvfs_step if self.kernels is None else functools.partial(kcalls.dvfs_step, self.kernels)
+            step(self.dvfs_cfg, st, self.util, self.s_die.value, self.dt * self.div_dvfs * n, self.s_hbm.value)
         if held is not None:
             self._restore(held, down)
 

@@ -246,3 +246,39 @@ def test_the_numpy_reference_can_be_forced_and_a_missing_numba_is_said(monkeypat
     monkeypatch.setenv(kernel.ENV, "fortran")
     with pytest.raises(ValueError, match="numpy or numba"):
         kernel.load()
+
+
+DVFS_STEP_FIELDS = [
+    "f_therm", "f_therm_hbm", "dither", "f_cap", "hbm_slow", "pstate", "reasons", "avg_long", "avg_short", "cap_seen",
+]  # fmt: skip
+
+
+@settings(max_examples=200)
+@given(
+    seed=seeds,
+    n=sizes,
+    dt=dts,
+    fault_p=st.sampled_from([0.0, 0.2, 0.7, 1.0]),
+    hbm=st.sampled_from(["sensed", "none", "empty"]),
+)
+def test_dvfs_step_equals_the_reference(k, seed, n, dt, fault_p, hbm):
+    """The governor, locked clocks, the power cap through the estimator (a new limit, payback),
+    software thermal slowdown on NaN-ridden readings, the memory's ceiling, natural convection,
+    the dithered clock grid: over a few periods, each feeding the next."""
+    rng = np.random.default_rng(seed)
+    cfg, ref = _dvfs(n, rng, fault_p)
+    dies = ref.mhz.shape[1]
+    ref.cap_w = rng.uniform(cfg.min_cap_w, cfg.max_cap_w, n)
+    ref.cap_seen = np.where(_mask(rng, (n,), 0.5), ref.cap_w, rng.uniform(cfg.min_cap_w, cfg.max_cap_w, n))
+    ref.f_therm = rng.uniform(cfg.f_min - 50, cfg.f_max, (n, dies))
+    ref.f_therm_hbm = rng.uniform(cfg.f_min, cfg.f_max, n)
+    ref.dither = rng.uniform(0, 1, (n, dies)) * _mask(rng, (n, dies), 0.5)
+    got = copy.deepcopy(ref)
+    for _ in range(3):
+        util = np.clip(rng.uniform(-0.2, 1.3, (n, dies)), 0, 1)
+        sensed = _sensed(rng, (n, dies), fault_p / 2) + rng.uniform(0, 20) * _mask(rng, (n, dies), 0.3)
+        t_hbm = None if hbm == "none" else _sensed(rng, (n, 8 if hbm == "sensed" else 0), fault_p / 2)
+        dvfs.dvfs_step(cfg, ref, util, sensed, dt, t_hbm)
+        calls.dvfs_step(k, cfg, got, util, sensed, dt, t_hbm)
+        assert_same_fields(ref, got, DVFS_STEP_FIELDS, "dvfs_step")
+        ref.mhz = got.mhz = np.where(_mask(rng, (n, dies), 0.5), cfg.mhz[ref.pstate], ref.mhz)
