@@ -249,6 +249,48 @@ def test_a_half_open_link_is_noticed_and_healed_without_a_spurious_death(mosquit
 
 
 @pytest.mark.slow
+def test_monitor_notices_a_half_open_link_and_follows_the_fleet_once_it_heals(mosquitto, cli_process):
+    """``monitor`` behind a link that stops forwarding (nothing closes): with ``--exit-on-loss`` it
+    exits 1 within 1.5 keep-alives (+ the watchdog's second); without, it connects again by itself
+    and prints the fleet's telemetry once the link heals."""
+    from mcm_firmware.transport.mqtt import MqttTransport
+
+    keepalive = MqttTransport().keepalive
+
+    async def main() -> tuple[float, int, int]:
+        proxy = StallingProxy(mosquitto.port)
+        port = await proxy.start()
+        url = f"mqtt://127.0.0.1:{port}"
+        cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", "mh")
+        quitter = cli_process("monitor", "--broker", url, "--fleet", "mh", "--exit-on-loss")
+        follower = cli_process("monitor", "--broker", url, "--fleet", "mh")
+        for mon in (quitter, follower):
+            await asyncio.to_thread(mon.wait_line, "TELEMETRY", 30)
+        proxy.stalled = True
+        t0 = time.monotonic()
+        while quitter.proc.poll() is None and time.monotonic() - t0 < 1.5 * keepalive + 10:  # noqa: ASYNC110 - a subprocess
+            await asyncio.sleep(0.1)
+        noticed = time.monotonic() - t0
+        code = quitter.proc.poll()
+        proxy.stalled = False
+        before = len(follower.lines)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any("TELEMETRY" in line for line in follower.lines[before:]):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        fresh = sum("TELEMETRY" in line for line in follower.lines[before:])
+        assert proxy.server is not None
+        proxy.server.close()
+        return noticed, -1 if code is None else code, fresh
+
+    noticed, code, fresh = asyncio.run(main())
+    print(
+        f"monitor on a half-open link: exited {noticed:.1f} s after the stall; telemetry again after the heal: {fresh}"
+    )
+    assert code == 1 and noticed <= 1.5 * keepalive + 1.5, (code, noticed)
+    assert fresh > 0  # the follower connected again by itself
+
+
+@pytest.mark.slow
 def test_crash_and_reboot_loops_leak_no_descriptor(mosquitto, cli_process):
     """Every node crashed and rebooted twice: the run holds as many file descriptors after as
     before (each connection closed, none left behind) and prints no traceback."""
