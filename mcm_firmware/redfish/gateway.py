@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ..backoff import Backoff
@@ -23,6 +24,8 @@ from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.ops import PowerLimitArgs
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, Transport, TransportError, TransportFactory
+from . import events
+from .events import NodeLog, Record
 from .state import FleetView
 
 log = logging.getLogger(__name__)
@@ -39,8 +42,14 @@ class Gateway:
         *,
         timeout: float = 2.0,
         auth: FrameAuth | None = None,
+        alive_window: float = 3.0,
     ) -> None:
+        """``alive_window``: a node from which no fresh frame came for this long (s) is offline."""
         self.view = FleetView(fleet)
+        self.alive_window = alive_window
+        self.logs: dict[int, NodeLog] = {}
+        self.listeners: list[Callable[[Record], None]] = []  # told of every record logged
+        self._sweeper: asyncio.Task[None] | None = None
         self.fleet = fleet
         self.auth = auth
         self.timeout = timeout
@@ -78,11 +87,12 @@ class Gateway:
         connected again (with backoff) in the background."""
         await self._connect()
         self._rx = asyncio.create_task(self._follow(), name="redfish-rx")
+        self._sweeper = asyncio.create_task(self._sweep(), name="redfish-sweep")
 
     async def stop(self) -> None:
-        tasks: list[asyncio.Task[Any]] = [t for t in (self._rx, *self._asks.values()) if t is not None]
+        tasks: list[asyncio.Task[Any]] = [t for t in (self._rx, self._sweeper, *self._asks.values()) if t is not None]
         await cancel_and_wait(tasks)
-        self._rx = None
+        self._rx = self._sweeper = None
         self._asks.clear()
         await self.host.close()
         if self._watch is not None:
@@ -138,8 +148,38 @@ class Gateway:
             view = self.view.take(msg, retained=d.retained, now=time.monotonic())
             if view is None:
                 continue
+            if not d.retained:
+                view.stale = False  # a fresh frame: alive
+            nlog = self.log(view.node)
+            if isinstance(msg, Event) and not d.retained:
+                self._tell(events.from_event(nlog, view, msg))
+            for rec in events.changes(nlog, view, time.time_ns()):
+                self._tell(rec)
             if (isinstance(msg, Birth) and view.limits is None) or (isinstance(msg, Event) and msg.code in REFRESH_ON):
                 self.ask(view.node)
+
+    def log(self, node: int) -> NodeLog:
+        nlog = self.logs.get(node)
+        if nlog is None:
+            nlog = self.logs[node] = NodeLog()
+        return nlog
+
+    def _tell(self, rec: Record) -> None:
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:
+                log.exception("redfish: a listener failed on %s", rec.message_id)
+
+    async def _sweep(self, period: float = 0.5) -> None:
+        """Judge every node's liveness (a silent node goes offline without a frame to tell it)."""
+        while True:
+            await asyncio.sleep(period)
+            now, now_ns = time.monotonic(), time.time_ns()
+            for view in list(self.view.nodes.values()):
+                view.judge(now, self.alive_window)
+                for rec in events.changes(self.log(view.node), view, now_ns):
+                    self._tell(rec)
 
     def ask(self, node: int) -> None:
         """Ask ``node`` for its STATUS in the background (once at a time per node)."""

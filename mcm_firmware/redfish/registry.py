@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 REGISTRY = "Base.1.22.1"
 PREFIX = "Base.1.22"  # a MessageId names the registry by major.minor
 # DMTF's registries whose messages the service sends (tests/data/redfish/registries holds exactly these)
-STANDARD_REGISTRIES = (REGISTRY,)
+STANDARD_REGISTRIES = (REGISTRY, "Environmental.1.4.0", "Power.1.2.0", "ResourceEvent.1.4.3")
 
 
 class Msg(NamedTuple):
@@ -143,14 +143,48 @@ BASE: dict[str, Msg] = {
 }
 
 
+# the messages of DMTF's event registries that node events and state changes are told with, verbatim
+EVENTS: dict[str, dict[str, Msg]] = {
+    "Environmental.1.4.0": {
+        "PumpFailed": Msg(
+            "Pump '%1' has failed.", 1, "Critical", "Check the pump hardware and replace any faulty component."
+        ),
+    },
+    "Power.1.2.0": {
+        "CurrentCritical": Msg(
+            "Current '%1' reading of %2 amperes exceeds the critical level.",
+            2,
+            "Critical",
+            "Check the condition of the resource listed in OriginOfCondition.",
+        ),
+    },
+    "ResourceEvent.1.4.3": {
+        "ResourceErrorsDetected": Msg(
+            "The resource property %1 has detected errors of type '%2'.",
+            2,
+            "Warning",
+            "Resolution is dependent upon error type.",
+        ),
+        "ResourceStatusChangedOK": Msg("The health of resource '%1' has changed to %2.", 2, "OK", "None."),
+        "ResourceStatusChangedWarning": Msg("The health of resource '%1' has changed to %2.", 2, "Warning", "None."),
+        "ResourceStatusChangedCritical": Msg("The health of resource '%1' has changed to %2.", 2, "Critical", "None."),
+        "ResourceStateChanged": Msg("The state of resource '%1' has changed to %2.", 2, "OK", "None."),
+    },
+}
+
+
+def fill(text: str, args: tuple[object, ...]) -> str:
+    for i, a in reversed(list(enumerate(args, 1))):  # %10 before %1
+        text = text.replace(f"%{i}", str(a))
+    return text
+
+
 def message(key: str, *args: object) -> dict[str, Any]:
     """One ``Message`` object (Message.v1_3_0) of the Base registry, its arguments filled in."""
     m = BASE[key]
     if len(args) != m.args:
         raise ValueError(f"{key} takes {m.args} arguments, got {len(args)}")
-    text = m.text
-    for i, a in reversed(list(enumerate(args, 1))):  # %10 before %1
-        text = text.replace(f"%{i}", str(a))
+    text = fill(m.text, args)
     return {
         "@odata.type": "#Message.v1_3_0.Message",
         "MessageId": f"{PREFIX}.{key}",

@@ -30,6 +30,10 @@ TYPES = {
     "CoolantConnector": "CoolantConnector.v1_3_0",
     "Memory": "Memory.v1_23_0",
     "MemoryMetrics": "MemoryMetrics.v1_8_0",
+    "LogService": "LogService.v1_9_0",
+    "LogEntry": "LogEntry.v1_21_0",
+    "MessageRegistryFile": "MessageRegistryFile.v1_1_5",
+    "MessageRegistry": "MessageRegistry.v1_7_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
 }
@@ -40,6 +44,9 @@ COLLECTIONS = (
     "PumpCollection",
     "CoolantConnectorCollection",
     "MemoryCollection",
+    "LogServiceCollection",
+    "LogEntryCollection",
+    "MessageRegistryFileCollection",
     "SessionCollection",
 )
 # schemas referenced by those above (common types, excerpts, messages)
@@ -180,8 +187,12 @@ def oem_schema() -> str:
     )
 
 
-def _type(kind: str) -> str:
+def type_of(kind: str) -> str:
+    """The ``@odata.type`` of a resource of ``kind``, of the version the service serves."""
     return f"#{TYPES[kind]}.{kind}"
+
+
+_type = type_of
 
 
 def num(x: float | None, digits: int = 3) -> float | None:
@@ -238,6 +249,7 @@ def service_root(fleet: str, version: str) -> dict[str, Any]:
         },
         "Chassis": link(f"{ROOT}/Chassis"),
         "SessionService": link(f"{ROOT}/SessionService"),
+        "Registries": link(f"{ROOT}/Registries"),
         "Links": {"Sessions": link(f"{ROOT}/SessionService/Sessions")},
     }
 
@@ -421,6 +433,7 @@ def chassis(view: NodeView) -> dict[str, Any]:
         "PowerSubsystem": link(f"{uri}/PowerSubsystem"),
         "ThermalSubsystem": link(f"{uri}/ThermalSubsystem"),
         "Memory": link(f"{uri}/Memory"),
+        "LogServices": link(f"{uri}/LogServices"),
     }
     if view.birth is not None:
         out["Model"] = view.birth.profile
@@ -792,4 +805,37 @@ def memory_metrics(view: NodeView, stack: int) -> dict[str, Any]:
         "Name": f"Metrics of HBM stack {stack} of module {view.node}",
         "CurrentPeriod": {"CorrectableECCErrorCount": h.ce, "UncorrectableECCErrorCount": h.ue},
         "HealthData": {"AlarmTrips": {"UncorrectableECCError": h.ue > 0}},
+    }
+
+
+# --- message registries ------------------------------------------------------------------------------
+
+REGISTRY_PUBLICATION = "https://redfish.dmtf.org/registries/{}.json"
+
+
+def registries(names: Iterable[str]) -> dict[str, Any]:
+    return collection(
+        "MessageRegistryFileCollection", f"{ROOT}/Registries", "Message registries",
+        (f"{ROOT}/Registries/{n.split('.')[0]}" for n in names),
+    )  # fmt: skip
+
+
+def registry_file(name: str, *, local: bool) -> dict[str, Any]:
+    """The MessageRegistryFile of a registry (``name``: prefix.major.minor.errata); ``local``: the
+    service serves its JSON (its own registry), else DMTF publishes it."""
+    prefix = name.split(".")[0]
+    uri = f"{ROOT}/Registries/{prefix}"
+    where: dict[str, str] = {"Language": "en"}
+    if local:
+        where["Uri"] = f"{uri}/{name}.json"
+    else:
+        where["PublicationUri"] = REGISTRY_PUBLICATION.format(name)
+    return {
+        "@odata.type": _type("MessageRegistryFile"),
+        "@odata.id": uri,
+        "Id": prefix,
+        "Name": f"{prefix} message registry",
+        "Registry": name.rsplit(".", 1)[0],
+        "Languages": ["en"],
+        "Location": [where],
     }

@@ -21,10 +21,11 @@ from aiohttp import web
 
 from ..host.client import HostError
 from ..protocol import Status
+from . import events as ev
 from . import resources as rs
 from .auth import Account, Authority, Session
 from .gateway import Gateway
-from .registry import error
+from .registry import STANDARD_REGISTRIES, error
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,26 @@ class RedfishServer:
             return await self._sessions(request, parts[1:], method, who)
         if head == "Chassis":
             return await self._chassis(request, parts[1:], method, who)
+        if head == "Registries":
+            return self._registries(request, parts[1:], method)
+        raise Refused(404, "ResourceMissingAtURI", request.path)
+
+    # --- registries ---------------------------------------------------------------------------------
+
+    def _registries(self, request: web.Request, parts: list[str], method: str) -> web.StreamResponse:
+        names = [*STANDARD_REGISTRIES, ev.OEM_REGISTRY]
+        by_prefix = {n.split(".")[0]: n for n in names}
+        self._allow(method, ("GET",))
+        if not parts:
+            return _json(rs.registries(names))
+        name = by_prefix.get(parts[0])
+        if name is None or len(parts) > 2:
+            raise Refused(404, "ResourceMissingAtURI", request.path)
+        local = name == ev.OEM_REGISTRY
+        if len(parts) == 1:
+            return _json(rs.registry_file(name, local=local))
+        if local and parts[1] == f"{name}.json":
+            return _json(ev.oem_registry())
         raise Refused(404, "ResourceMissingAtURI", request.path)
 
     # --- sessions ---------------------------------------------------------------------------------
@@ -328,6 +349,21 @@ class RedfishServer:
                     raise missing
                 self._allow(method, ("GET",))
                 return _json(rs.memory(node, stack) if len(rest) == 2 else rs.memory_metrics(node, stack))
+            case ["LogServices"]:
+                self._allow(method, ("GET",))
+                return _json(ev.log_services(node))
+            case ["LogServices", ev.EVENT_LOG]:
+                self._allow(method, ("GET",))
+                return _json(ev.log_service(node))
+            case ["LogServices", ev.EVENT_LOG, "Entries"]:
+                self._allow(method, ("GET",))
+                return _json(ev.log_entries(node, self.gateway.log(node_id)))
+            case ["LogServices", ev.EVENT_LOG, "Entries", rid]:
+                rec = ev.find(self.gateway.log(node_id), rid)
+                if rec is None:
+                    raise missing
+                self._allow(method, ("GET",))
+                return _json(ev.log_entry(rec))
             case ["Controls"]:
                 self._allow(method, ("GET",))
                 return _json(rs.controls(node))

@@ -55,3 +55,28 @@ def test_a_ce_storm_in_one_hbm_stack_shows_in_its_memory_metrics(shared_service)
         svc.get("/redfish/v1/Chassis/0/Memory/HBM1/MemoryMetrics").json()["CurrentPeriod"]["CorrectableECCErrorCount"]
         == 0
     )
+
+
+def test_a_pump_fault_is_logged_with_dmtfs_message(shared_service):
+    svc = shared_service
+    entries = "/redfish/v1/Chassis/0/LogServices/EventLog/Entries"
+    svc_log = svc.get("/redfish/v1/Chassis/0/LogServices/EventLog").json()
+    assert svc_log["OverWritePolicy"] == "WrapsWhenFull" and svc_log["MaxNumberOfRecords"] == 500
+    before = {m["@odata.id"] for m in svc.get(entries).json()["Members"]}
+    name = svc.get("/redfish/v1/Chassis/0/ThermalSubsystem/Pumps/0").json()["Name"].removeprefix("Pump ")
+    ctl(svc, 0, "inject", "pump-fail", name)
+
+    def new() -> list[dict]:
+        members = [m["@odata.id"] for m in svc.get(entries).json()["Members"] if m["@odata.id"] not in before]
+        return [svc.get(u).json() for u in members]
+
+    failed = until(lambda: [e for e in new() if e["MessageId"] == "Environmental.1.4.PumpFailed"])[0]
+    assert failed["Message"] == f"Pump '{name}' has failed." and failed["Severity"] in ("Warning", "Critical")
+    assert failed["Links"]["OriginOfCondition"]["@odata.id"].endswith("/ThermalSubsystem/Pumps/0")
+    got = until(lambda: {e["MessageId"] for e in new()} >= {
+        "McmEmu.1.0.FaultInjected", "ResourceEvent.1.4.ResourceStatusChangedWarning"} and new())  # fmt: skip
+    changed = next(e for e in got if e["MessageId"] == "ResourceEvent.1.4.ResourceStatusChangedWarning")
+    assert changed["MessageArgs"] == ["/redfish/v1/Chassis/0", "Warning"]
+    registry = svc.get("/redfish/v1/Registries/McmEmu/McmEmu.1.0.0.json").json()
+    assert "FaultInjected" in registry["Messages"]
+    ctl(svc, 0, "clear-fault", "all")  # the pump stays latched (until its retry, 600 s): module 0 stays Warning

@@ -188,3 +188,55 @@ def test_each_hbm_stack_is_a_memory_with_its_ecc_errors():
     assert (ext["MemoryRowsRemappedCorrectable"], ext["MemoryRowsRemappedUncorrectable"]) == (3, 1)
     assert ext["MemoryRowRemapPending"] and not ext["MemoryRowRemapFailed"] and not ext["MemoryCEStorm"]
     assert (ext["MemoryLifetimeCorrectableECCErrorCount"], ext["MemoryLifetimeUncorrectableECCErrorCount"]) == (40, 5)
+
+
+def test_the_event_messages_are_dmtfs_and_the_log_keeps_the_newest():
+    from mcm_firmware.protocol import Event, EventCode
+    from mcm_firmware.redfish import events as ev
+    from mcm_firmware.redfish.registry import EVENTS
+
+    for registry, msgs in EVENTS.items():
+        published = json.loads((shared("registries") / f"{registry}.json").read_text())["Messages"]
+        for key, msg in msgs.items():
+            ref = published[key]
+            assert (msg.text, msg.args, msg.severity, msg.resolution) == (
+                ref["Message"], ref.get("NumberOfArgs", 0), ref["MessageSeverity"], ref["Resolution"],
+            ), key  # fmt: skip
+    oem = ev.oem_registry()["Messages"]
+    assert {"PumpFault", "ThermalShutdown", "CeStorm", "UnknownEvent"} <= set(oem)
+
+    view, _ = node()
+    view.pump_names = ("A", "B")
+    log = ev.NodeLog()
+
+    def event(code: int, **kw) -> ev.Record:
+        return ev.from_event(log, view, Event(node_id=3, timestamp_ns=1_700_000_000_000_000_000, code=code, **kw))
+
+    r = event(EventCode.PUMP_FAULT, severity=4, subject=1)
+    assert (r.message_id, r.message, r.severity) == ("Environmental.1.4.PumpFailed", "Pump 'B' has failed.", "Critical")
+    assert r.origin == "/redfish/v1/Chassis/3/ThermalSubsystem/Pumps/1"
+    assert event(EventCode.VRM_OVERCURRENT, severity=4, value=812.5).message_id == "Power.1.2.CurrentCritical"
+    assert event(EventCode.UE, severity=3, subject=2).origin == "/redfish/v1/Chassis/3/Memory/HBM2"
+    r = event(EventCode.THERMAL_SHUTDOWN, severity=5, value=105.0, text="die 1")
+    assert (r.message_id, r.message) == (
+        "McmEmu.1.0.ThermalShutdown",
+        "The module reported thermal shutdown (subject 65535, value 105): die 1",
+    )
+    assert event(999, severity=1).message_id == "McmEmu.1.0.UnknownEvent"
+    entry = ev.log_entry(r)
+    assert entry["Created"] == "2023-11-14T22:13:20.000Z" and entry["EntryType"] == "Event"
+    assert [m["@odata.id"].rsplit("/", 1)[1] for m in ev.log_entries(view, log)["Members"]] == ["5", "4", "3", "2", "1"]
+    for _ in range(ev.LOG_LIMIT):
+        event(EventCode.BOOT, severity=1)
+    assert len(log.entries) == ev.LOG_LIMIT and log.entries[0].id == 6 and ev.find(log, "5") is None
+
+    # changes of health and state, none the first time
+    assert ev.changes(log, view, 0) == []
+    sick, _ = node(mode=1)
+    (r,) = ev.changes(log, sick, 0)
+    assert (r.message_id, r.args) == (
+        "ResourceEvent.1.4.ResourceStatusChangedWarning",
+        ("/redfish/v1/Chassis/3", "Warning"),
+    )
+    sick.judge(100.0, 3.0)
+    assert [r.message_id for r in ev.changes(log, sick, 0)] == ["ResourceEvent.1.4.ResourceStateChanged"]
