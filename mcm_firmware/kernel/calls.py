@@ -1,6 +1,11 @@
 """The compiled kernels called as their numpy references are: same arguments, same effect on the
 state objects (arrays the reference replaces are replaced, those it updates in place are updated
-in place), so the shard switches between them with one test."""
+in place), so the shard switches between them with one test.
+
+A reference that sums along rows sums in an order that depends on the memory layout of its
+arrays (numpy sums a C-ordered row pairwise, an F-ordered array column by column); the kernels
+sum as numpy does for C-ordered rows, so given any array that is not C-contiguous the reference
+runs instead (the shard's arrays are all C-ordered)."""
 
 from __future__ import annotations
 
@@ -15,13 +20,22 @@ _KEEP = int(np.uint32(~dvfs._HW_BITS))
 _R_HW, _R_HWTHERM, _R_BRAKE = int(dvfs._HW), int(dvfs._HWTHERM), int(dvfs._BRAKE)
 
 
+def _c_ordered(*arrays: np.ndarray) -> bool:
+    return all(a.flags.c_contiguous for a in arrays)
+
+
 def plant_step(
     k: Kernels, p: model.PlantParams, s: model.PlantState, u: model.PlantInputs, dt: float, inlet_c: float
 ) -> None:
     """:func:`mcm_firmware.plant.model.step`."""
+    if not _c_ordered(
+        p.c_eff, p.leak_w, u.mhz, u.mv, u.activity, u.hbm_util, u.valve_cmd, s.t_die, s.t_plate, s.t_hbm, s.valve_pos
+    ):
+        model.step(p, s, u, dt, inlet_c)
+        return
     n = p.n
-    t_die, t_plate, t_hbm = np.empty_like(s.t_die), np.empty_like(s.t_plate), np.empty_like(s.t_hbm)
-    p_die, p_hbm, flow_valve = np.empty_like(s.t_die), np.empty_like(s.t_hbm), np.empty_like(s.valve_pos)
+    t_die, t_plate, t_hbm = np.empty(s.t_die.shape), np.empty(s.t_plate.shape), np.empty(s.t_hbm.shape)
+    p_die, p_hbm, flow_valve = np.empty(s.t_die.shape), np.empty(s.t_hbm.shape), np.empty(s.valve_pos.shape)
     t_inlet, p_total, vrm, flow_total, t_outlet = np.empty(n), np.empty(n), np.empty(n), np.empty(n), np.empty(n)
     k.plant_step(
         p.c_eff, p.leak_w, p.uncore_w, p.v0, p.leak_ref_c, p.leak_doubling_c, p.c_die, p.r_die_plate,
@@ -47,7 +61,7 @@ def sensor_sample(k: Kernels, bank: SensorBank, true: np.ndarray, t: float, nois
         return False
     raw = bank._pending
     bank._pending = np.array(true, float, copy=True)
-    out = np.empty_like(raw)
+    out = np.empty(raw.shape)
     k.sensor_sample(raw, noise, float(bank.noise_sd), float(bank.quantum), bank.read_at, float(t), out)
     bank.value = out
     return True
@@ -110,6 +124,9 @@ def learn_trim(
     """:func:`mcm_firmware.control.dvfs.learn_trim`."""
     if st.shutdown.all():
         return
+    if not _c_ordered(st.mhz, st.mv, util, t_die_sensor):
+        dvfs.learn_trim(cfg, st, power_w, util, t_die_sensor, dt)
+        return
     trim = np.empty_like(st.trim)
     lo, hi = dvfs.TRIM_RANGE
     k.learn_trim(
@@ -131,6 +148,9 @@ def dvfs_step(
     t_hbm_sensor: np.ndarray | None = None,
 ) -> None:
     """:func:`mcm_firmware.control.dvfs.dvfs_step`."""
+    if not _c_ordered(util, t_die_sensor, st.mhz):
+        dvfs.dvfs_step(cfg, st, util, t_die_sensor, dt, t_hbm_sensor)
+        return
     tables = _tables(cfg)
     has_hbm = t_hbm_sensor is not None and t_hbm_sensor.shape[1] > 0
     hbm_t = t_hbm_sensor if t_hbm_sensor is not None else np.empty((util.shape[0], 0))

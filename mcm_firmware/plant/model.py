@@ -262,7 +262,7 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     q_die = (
         q_valve
         if params.one_die_per_valve
-        else (q_valve[:, params.valve_of_die] / params.dies_per_valve[params.valve_of_die])
+        else (np.take(q_valve, params.valve_of_die, axis=1) / params.dies_per_valve[params.valve_of_die])
     )
     film = params.g_plate_nom * np.power(np.maximum(q_die, 0.0) / params.q_branch_nom, FLOW_EXPONENT)
     cap = 2.0 * q_die * params.cp_coolant / 60.0  # W/K of the coolant stream (mean temperature)
@@ -275,7 +275,9 @@ def step(params: PlantParams, state: PlantState, inputs: PlantInputs, dt: float,
     eq = s.t_plate + p_die * params.r_die_plate
     s.t_die = eq + (s.t_die - eq) * math.exp(-dt / tau_die)
 
-    plate_of_hbm = s.t_plate[:, params.hbm_region]
+    # np.take, not [:, index]: that gives F-ordered arrays, whose rows numpy sums in another order
+    # (the compiled step, mcm_firmware/kernel, sums rows as numpy does C-ordered ones)
+    plate_of_hbm = np.take(s.t_plate, params.hbm_region, axis=1)
     tau_hbm = params.c_hbm * params.r_hbm_plate
     eq = plate_of_hbm + p_hbm * params.r_hbm_plate
     s.t_hbm = eq + (s.t_hbm - eq) * math.exp(-dt / tau_hbm)

@@ -247,7 +247,9 @@ class Shard:
         # memory traffic follows the work the dice get done, busy fraction x clock: a die slowed to a
         # sixth of its clock issues a sixth of the requests (it drove the memory at full bandwidth
         # at any clock, so a hot module at its lowest clock drew ~40 W over a minimum cap)
-        u.hbm_util = 0.8 * (self.util * (st.mhz / self.max_mhz))[:, p.hbm_region] if p.hbm else u.hbm_util
+        # (np.take keeps the rows C-ordered, as ``[:, index]`` does not: numpy sums a row of an
+        # F-ordered array in another order, and the compiled kernel sums as for C-ordered rows)
+        u.hbm_util = 0.8 * np.take(self.util * (st.mhz / self.max_mhz), p.hbm_region, axis=1) if p.hbm else u.hbm_util
         u.valve_cmd = self.cool.valve_cmd
         u.pump_on = self.cool.pump_on
         if kern is not None:

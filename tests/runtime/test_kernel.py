@@ -282,3 +282,69 @@ def test_dvfs_step_equals_the_reference(k, seed, n, dt, fault_p, hbm):
         calls.dvfs_step(k, cfg, got, util, sensed, dt, t_hbm)
         assert_same_fields(ref, got, DVFS_STEP_FIELDS, "dvfs_step")
         ref.mhz = got.mhz = np.where(_mask(rng, (n, dies), 0.5), cfg.mhz[ref.pstate], ref.mhz)
+
+
+def _arrays(obj: object, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{k}": v for k, v in vars(obj).items() if isinstance(v, np.ndarray)}
+
+
+def _shard_arrays(sh: object) -> dict[str, np.ndarray]:
+    out = _arrays(sh, "shard")
+    for name in ("plant", "inputs", "dvfs", "cool", "s_die", "s_hbm", "s_flow", "s_rpm"):
+        out.update(_arrays(getattr(sh, name), name))
+    return out
+
+
+@settings(max_examples=12)
+@given(seed=seeds, n=st.integers(1, 24), periods=st.sampled_from([1, 1, 3]))
+def test_a_shard_ticks_the_same_compiled_and_on_the_reference(k, seed, n, periods):
+    """Whole shards, one on the kernels and one on the numpy reference, under a storm of faults
+    (failed pumps, stuck valves, a sensor failed and one drifting, locked clocks, a power brake, a
+    VRM fault, a hot inlet, a controller down, new power limits, every workload): every array of
+    the shard, its plant, DVFS, coolant and sensors equal to the bit, and laid out alike."""
+    from mcm_firmware.plant.sensors import SensorFault
+    from mcm_firmware.plant.workload import Workload
+    from mcm_firmware.runtime.shard import Shard
+
+    prof = load_profile("colossus-mcm")
+    shards = [Shard(prof, n, seed=seed % 1000), Shard(prof, n, seed=seed % 1000)]
+    shards[1].kernels = None
+    rng = np.random.default_rng(seed)
+    plan = [(int(rng.integers(0, 400)), int(rng.integers(0, n)), int(rng.integers(0, 10))) for _ in range(3 * n)]
+    for tick in range(400 // periods):
+        for when, row, what in plan:
+            if when // periods != tick:
+                continue
+            for sh in shards:
+                u, d = sh.inputs, sh.dvfs
+                if what == 0:
+                    u.pump_failed[row, 0] = True
+                elif what == 1:
+                    u.valve_stuck[row, 0] = True
+                elif what == 2:
+                    sh.set_sensor_fault("die", row, 1, SensorFault.FAILED)
+                elif what == 3:
+                    sh.set_sensor_fault("hbm", row, 0, SensorFault.DRIFT, 0.5)
+                elif what == 4:
+                    d.lock_mhz[row] = float(prof.die.pstates[2].mhz)
+                elif what == 5:
+                    d.brake[row] = not d.brake[row]
+                elif what == 6:
+                    u.vrm_factor[row] = 1.6
+                elif what == 7:
+                    u.inlet_offset_c[row] = 25.0
+                elif what == 8:
+                    sh.active[row] = not sh.active[row]
+                else:
+                    d.limit_in_band[row] = 300.0 + 50.0 * row
+                    dvfs.enforce_limits(sh.dvfs_cfg, d, row)
+                sh.set_workload(row, list(Workload)[(row + what) % 4])
+        for sh in shards:
+            sh.tick(periods)
+    assert shards[0].inputs.hbm_util.flags.c_contiguous  # the compiled step's inputs: no fall back to numpy
+    got, ref = (_shard_arrays(sh) for sh in shards)
+    assert got.keys() == ref.keys()
+    for name in ref:
+        assert_same(ref[name], got[name], name)
+        assert ref[name].flags.c_contiguous == got[name].flags.c_contiguous, name
+    assert [e.code for e in shards[0].take_events()] == [e.code for e in shards[1].take_events()]
