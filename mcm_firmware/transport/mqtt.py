@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _LIBRARY_LOG = logging.getLogger(__name__ + ".aiomqtt")
 _LIBRARY_LOG.setLevel(logging.ERROR)
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+_PAHO_LOG_ERR = 8  # paho.mqtt.client.MQTT_LOG_ERR
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -201,14 +202,27 @@ class MqttTransport(Transport):
             bind_address=self.bind_address,
         )
         _guard_socket_callbacks(client)
+        # what paho says went wrong while connecting (a TLS alert from the broker: a certificate
+        # required or refused), which aiomqtt reports only as a time-out; read while connecting only
+        errors: list[str] = []
+        paho: Any = client._client
+
+        def on_log(_client: Any, _userdata: Any, level: int, text: str) -> None:
+            if level == _PAHO_LOG_ERR:
+                errors.append(text)
+
+        paho.on_log = on_log
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as e:
             _read_disconnect(client)
-            raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
+            why = f"{e}: {errors[-1]}" if errors else str(e)
+            raise TransportError(f"cannot connect to broker {self.url}: {why}") from None
         except OSError as e:
             _read_disconnect(client)
             raise TransportError(f"cannot connect to broker {self.url}: {e.strerror or e}") from None
+        finally:
+            paho.on_log = None
         self._client = client
         _watchdog().add(self)
         self._messages = client.messages.__aiter__()

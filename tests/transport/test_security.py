@@ -287,3 +287,55 @@ def test_tls_with_a_ca_of_the_test(tmp_path, cli_process):
         assert plain.returncode == 1
     finally:
         broker.stop()
+
+
+def test_tls_with_client_certificates_required(tmp_path, cli_process):
+    """``broker-config --tls-cafile``: the broker requires a client certificate issued by that CA.
+    A fleet and a host that present one (made by the test's CA) work; a host without one, or with
+    one of another CA, is refused (exit 1, one line)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    server.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    server.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    for name, issuer in (("fleet", ca), ("host", ca), ("stranger", trustme.CA())):
+        cert = issuer.issue_cert(f"{name}.sec.example")
+        cert.cert_chain_pems[0].write_to_path(str(tmp_path / f"{name}.pem"))
+        cert.private_key_pem.write_to_path(str(tmp_path / f"{name}.key"))
+    broker = SecuredBroker(
+        tmp_path,
+        tls={
+            "tls-cert": str(tmp_path / "server.pem"),
+            "tls-key": str(tmp_path / "server.key"),
+            "tls-cafile": str(tmp_path / "ca.pem"),
+        },
+    )
+    try:
+        creds = (
+            "--username",
+            "fleet-host",
+            "--password-file",
+            str(broker.host_pw),
+            "--cafile",
+            str(tmp_path / "ca.pem"),
+        )
+
+        def client(name: str) -> tuple[str, ...]:
+            return ("--cert", str(tmp_path / f"{name}.pem"), "--key", str(tmp_path / f"{name}.key"))
+
+        run = cli_process(
+            *("run", "--broker", f"mqtts://127.0.0.1:{broker.port}", "--nodes", "2", "--fleet", "sec"),
+            *("--node-secret", str(broker.secret), *creds, *client("fleet")),
+        )
+        run.wait_line("up: 2 nodes", timeout=30)
+        host_url = f"mqtts://127.0.0.1:{broker.host_port}"
+        ok = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *creds, *client("host"), "--json", "1", "status")
+        assert ok.returncode == 0 and '"node": 1' in ok.stdout, ok.stderr
+        for who, why in (((), "certificate required"), (client("stranger"), "unknown ca")):
+            refused = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *creds, *who, "1", "ping")
+            assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+            last = refused.stderr.strip().splitlines()[-1]  # the error, naming the broker's TLS alert
+            assert last.startswith("mcm-emu: cannot connect to broker") and why in last, refused.stderr
+    finally:
+        broker.stop()
