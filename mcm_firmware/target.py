@@ -1,7 +1,8 @@
 """Targets: a node under test, emulated in this process or reached over MQTT or serial.
 
 ``emulated`` starts one emulated node on real time (over the in-process bus, MQTT or a pty);
-``mqtt://HOST[:PORT]/NODE[?fleet=F]`` and ``serial://PORT[?node=N&fleet=F&baud=B&mtu=M]`` name a
+``mqtt://HOST[:PORT]/NODE[?fleet=F]`` (``mqtts://`` for TLS; the security parameters of a broker URL,
+``username``, ``password_file``, ``cafile``, ``cert``, ``key``, may follow ``fleet``) and ``serial://PORT[?node=N&fleet=F&baud=B&mtu=M]`` name a
 running node (an emulated one, a rig-backed one, or real controller firmware). Used by the pytest
 plugin (``--mcm-target``) and by ``mcm-emu fuzz --target``.
 """
@@ -37,16 +38,23 @@ class Target:
 def parse_target(url: str) -> Target:
     """A non-emulated ``--mcm-target``; ValueError names what is wrong."""
     parts = urlsplit(url)
-    if parts.scheme in ("mqtt", "tcp"):
+    if parts.scheme in ("mqtt", "tcp", "mqtts"):
         node_text = parts.path.strip("/")
         if not node_text.isdigit():
             raise ValueError(f"--mcm-target {url!r}: give the node id as the path, mqtt://HOST:PORT/NODE")
         query = dict(parse_qsl(parts.query))
-        base = f"mqtt://{parts.netloc}"
+        fleet = query.pop("fleet", "default")
+        # the rest secures the connection (username, password_file, cafile, cert, key), as on a broker URL
+        base = f"{'mqtts' if parts.scheme == 'mqtts' else 'mqtt'}://{parts.netloc}" + (
+            f"?{urlencode(query)}" if query else ""
+        )
         from .transport.mqtt import parse_broker_url
 
-        parse_broker_url(base)
-        return Target(url, base, int(node_text), query.get("fleet", "default"))
+        try:
+            parse_broker_url(base)
+        except ValueError as e:
+            raise ValueError(f"--mcm-target {url!r}: {e}") from None
+        return Target(url, base, int(node_text), fleet)
     if parts.scheme == "serial":
         port = url[len("serial://") :]
         base, _, options = port.partition("?")

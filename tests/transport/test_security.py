@@ -339,3 +339,25 @@ def test_tls_with_client_certificates_required(tmp_path, cli_process):
             assert last.startswith("mcm-emu: cannot connect to broker") and why in last, refused.stderr
     finally:
         broker.stop()
+
+
+def test_fuzz_reaches_a_secured_fleet_with_the_security_of_its_target_url(secured, cli_process):
+    """``fuzz --target`` takes a broker URL's security parameters after ``fleet``: with the host's
+    credentials it fuzzes node 1 of a secured fleet; without them the broker refuses it (exit 1), and
+    an unknown parameter is a usage error (exit 2)."""
+    run = cli_process(
+        *("run", "--broker", f"mqtt://127.0.0.1:{secured.port}", "--nodes", "2", "--fleet", "sec"),
+        *("--node-secret", str(secured.secret), "--username", "fleet-host", "--password-file", str(secured.host_pw)),
+    )
+    run.wait_line("up: 2 nodes", timeout=30)
+    base = f"mqtt://127.0.0.1:{secured.host_port}/1?fleet=sec"
+    ok = run_cli(
+        *("fuzz", "--target", f"{base}&username=fleet-host&password_file={secured.host_pw}"),
+        *("--batches", "2", "--json"),
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
+    refused = run_cli("fuzz", "--target", base, "--batches", "1", timeout=60)
+    assert refused.returncode == 1 and "not authori" in refused.stderr.lower(), refused.stderr
+    bad = run_cli("fuzz", "--target", f"{base}&pasword_file=x", "--batches", "1")
+    assert bad.returncode == 2 and "unknown parameter(s) pasword_file" in bad.stderr, bad.stderr
