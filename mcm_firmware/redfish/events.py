@@ -251,3 +251,102 @@ def log_entry(rec: Record) -> dict[str, Any]:
         "MessageArgs": list(rec.args),
         "Links": {"OriginOfCondition": rs.link(rec.origin)},
     }
+
+
+# --- the EventService --------------------------------------------------------------------------------
+
+EVENT_SERVICE = f"{rs.ROOT}/EventService"
+SUBSCRIPTIONS = f"{EVENT_SERVICE}/Subscriptions"
+SSE_URI = f"{EVENT_SERVICE}/SSE"
+RETRY_POLICIES = ("SuspendRetries", "TerminateAfterRetries")
+REGISTRY_PREFIXES = ("Environmental", "Power", "ResourceEvent", "McmEmu")
+
+
+@dataclass
+class Subscription:
+    id: str
+    destination: str
+    context: str | None = None
+    policy: str = "SuspendRetries"
+    prefixes: tuple[str, ...] = ()  # only messages of these registries (none: all)
+    message_ids: tuple[str, ...] = ()  # only these messages (none: all)
+    suspended: bool = False
+    delivered: int = 0  # events delivered
+    failed: int = 0  # delivery attempts that failed
+    dropped: int = 0  # events dropped because the queue of the subscription was full
+
+    def wants(self, rec: Record) -> bool:
+        prefix = rec.message_id.split(".", 1)[0]
+        key = rec.message_id.rsplit(".", 1)[1]
+        if self.prefixes and prefix not in self.prefixes:
+            return False
+        return not self.message_ids or any(m in (rec.message_id, f"{prefix}.{key}") for m in self.message_ids)
+
+
+def event_service(attempts: int, interval: int) -> dict[str, Any]:
+    return {
+        "@odata.type": rs.type_of("EventService"),
+        "@odata.id": EVENT_SERVICE,
+        "Id": "EventService",
+        "Name": "Event Service",
+        "ServiceEnabled": True,
+        "DeliveryRetryAttempts": attempts,
+        "DeliveryRetryIntervalSeconds": interval,
+        "EventFormatTypes": ["Event"],
+        "RegistryPrefixes": list(REGISTRY_PREFIXES),
+        "ServerSentEventUri": SSE_URI,
+        "Subscriptions": rs.link(SUBSCRIPTIONS),
+        "Status": {"State": "Enabled", "Health": "OK"},
+    }
+
+
+def subscriptions(ids: list[str]) -> dict[str, Any]:
+    return rs.collection(
+        "EventDestinationCollection", SUBSCRIPTIONS, "Event subscriptions", (f"{SUBSCRIPTIONS}/{i}" for i in ids)
+    )
+
+
+def subscription(sub: Subscription) -> dict[str, Any]:
+    return {
+        "@odata.type": rs.type_of("EventDestination"),
+        "@odata.id": f"{SUBSCRIPTIONS}/{sub.id}",
+        "Id": sub.id,
+        "Name": f"Event subscription {sub.id}",
+        "Destination": sub.destination,
+        "Context": sub.context,
+        "Protocol": "Redfish",
+        "SubscriptionType": "RedfishEvent",
+        "EventFormatType": "Event",
+        "DeliveryRetryPolicy": sub.policy,
+        "RegistryPrefixes": list(sub.prefixes),
+        "MessageIds": list(sub.message_ids),
+        "Status": {
+            "State": "Disabled" if sub.suspended else "Enabled",
+            "Health": "OK" if not sub.failed else "Warning",
+        },
+    }
+
+
+def event_payload(recs: list[Record], event_id: int, context: str | None) -> dict[str, Any]:
+    """An Event (DSP0266 "Event message objects") carrying ``recs``."""
+    out: dict[str, Any] = {
+        "@odata.type": rs.type_of("Event"),
+        "Id": str(event_id),
+        "Name": "mcm-emu module events",
+        "Events": [
+            {
+                "MemberId": str(i),
+                "EventId": f"{r.node}.{r.id}",
+                "EventTimestamp": timestamp(r.created_ns),
+                "MessageSeverity": r.severity,
+                "MessageId": r.message_id,
+                "Message": r.message,
+                "MessageArgs": list(r.args),
+                "OriginOfCondition": rs.link(r.origin),
+            }
+            for i, r in enumerate(recs)
+        ],
+    }
+    if context is not None:
+        out["Context"] = context
+    return out

@@ -140,6 +140,48 @@ BASE: dict[str, Msg] = {
         "Warning",
         "Correct or remove the query parameter and resubmit the request.",
     ),
+    "CreateLimitReachedForResource": Msg(
+        "The create operation failed because the resource has reached the limit of possible resources.",
+        0,
+        "Critical",
+        "Either delete resources and resubmit the request if the operation failed or do not resubmit the request.",
+    ),
+    "PropertyValueFormatError": Msg(
+        "The value '%1' for the property %2 is not a format that the property can accept.",
+        2,
+        "Warning",
+        "Correct the value for the property in the request body and resubmit the request if the operation failed.",
+    ),
+    "PropertyValueNotInList": Msg(
+        "The value '%1' for the property %2 is not in the list of acceptable values.",
+        2,
+        "Warning",
+        "Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.",
+    ),
+    "ActionParameterMissing": Msg(
+        "The action %1 requires the parameter %2 to be present in the request body.",
+        2,
+        "Critical",
+        "Supply the action with the required parameter in the request body when the request is resubmitted.",
+    ),
+    "ActionParameterValueNotInList": Msg(
+        "The value '%1' for the parameter %2 in the action %3 is not in the list of acceptable values.",
+        3,
+        "Warning",
+        "Choose a value from the enumeration list that the implementation can support and resubmit the request if the operation failed.",
+    ),
+    "ActionParameterUnknown": Msg(
+        "The action %1 was submitted with the invalid parameter %2.",
+        2,
+        "Warning",
+        "Correct the invalid action parameter and resubmit the request if the operation failed.",
+    ),
+    "ActionParameterValueTypeError": Msg(
+        "The value '%1' for the parameter %2 in the action %3 is not a type that the parameter can accept.",
+        3,
+        "Warning",
+        "Correct the value for the parameter in the request body and resubmit the request if the operation failed.",
+    ),
 }
 
 

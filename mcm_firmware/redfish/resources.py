@@ -34,6 +34,9 @@ TYPES = {
     "LogEntry": "LogEntry.v1_21_0",
     "MessageRegistryFile": "MessageRegistryFile.v1_1_5",
     "MessageRegistry": "MessageRegistry.v1_7_0",
+    "EventService": "EventService.v1_12_0",
+    "EventDestination": "EventDestination.v1_16_0",
+    "Event": "Event.v1_13_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
 }
@@ -47,6 +50,7 @@ COLLECTIONS = (
     "LogServiceCollection",
     "LogEntryCollection",
     "MessageRegistryFileCollection",
+    "EventDestinationCollection",
     "SessionCollection",
 )
 # schemas referenced by those above (common types, excerpts, messages)
@@ -250,6 +254,7 @@ def service_root(fleet: str, version: str) -> dict[str, Any]:
         "Chassis": link(f"{ROOT}/Chassis"),
         "SessionService": link(f"{ROOT}/SessionService"),
         "Registries": link(f"{ROOT}/Registries"),
+        "EventService": link(f"{ROOT}/EventService"),
         "Links": {"Sessions": link(f"{ROOT}/SessionService/Sessions")},
     }
 

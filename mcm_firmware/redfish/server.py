@@ -7,23 +7,30 @@ and counted by its MessageId (``RedfishServer.refused``; logged when the service
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import itertools
 import json
 import logging
 import math
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from ..host.client import HostError
 from ..protocol import Status
+from ..tasks import cancel_and_wait
 from . import events as ev
 from . import resources as rs
 from .auth import Account, Authority, Session
+from .events import Record, Subscription
 from .gateway import Gateway
 from .registry import STANDARD_REGISTRIES, error
 
@@ -70,6 +77,115 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
     )
 
 
+class EventService:
+    """Delivers every record the gateway logs to the subscriptions that want it (an HTTP POST of an
+    Event to the subscription's Destination, retried ``attempts`` times ``interval`` s apart, then
+    the subscription suspended or terminated by its DeliveryRetryPolicy, as DSP0266 asks) and to
+    every open SSE stream. Each subscription has its own queue (``QUEUE`` events; when full the
+    oldest is dropped and counted) and task, so that a slow destination holds up no other."""
+
+    QUEUE = 1000
+    LIMIT = 32  # subscriptions
+
+    def __init__(self, attempts: int = 3, interval: int = 5, timeout: float = 5.0) -> None:
+        self.attempts = attempts
+        self.interval = interval
+        self.timeout = timeout
+        self.subs: dict[str, Subscription] = {}
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._streams: set[asyncio.Queue[tuple[int, dict[str, Any]] | None]] = set()
+        self._ids = itertools.count(1)
+        self._event_ids = itertools.count(1)
+        self._session: aiohttp.ClientSession | None = None
+        self.sse_dropped = 0
+
+    def tell(self, rec: Record) -> None:
+        """A record logged (a gateway listener)."""
+        for sub in list(self.subs.values()):
+            if sub.suspended or not sub.wants(rec):
+                continue
+            q = self._queues[sub.id]
+            if q.full():
+                q.get_nowait()
+                sub.dropped += 1
+            q.put_nowait(ev.event_payload([rec], next(self._event_ids), sub.context))
+        if self._streams:
+            eid = next(self._event_ids)
+            body = ev.event_payload([rec], eid, None)
+            for stream in self._streams:
+                if stream.full():
+                    self.sse_dropped += 1
+                else:
+                    stream.put_nowait((eid, body))
+
+    def add(self, sub: Subscription) -> None:
+        self.subs[sub.id] = sub
+        self._queues[sub.id] = asyncio.Queue(self.QUEUE)
+        self._tasks[sub.id] = asyncio.create_task(self._deliver(sub), name=f"redfish-push-{sub.id}")
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    async def remove(self, sid: str) -> None:
+        self.subs.pop(sid, None)
+        self._queues.pop(sid, None)
+        task = self._tasks.pop(sid, None)
+        if task is not None and task is not asyncio.current_task():
+            await cancel_and_wait([task])
+
+    async def _deliver(self, sub: Subscription) -> None:
+        q = self._queues[sub.id]
+        while True:
+            body = await q.get()
+            for attempt in range(self.attempts + 1):
+                if attempt:
+                    await asyncio.sleep(self.interval)
+                if await self._post(sub, body):
+                    sub.delivered += 1
+                    break
+                sub.failed += 1
+            else:
+                log.warning("redfish: subscription %s: %s unreachable after %d retries: %s", sub.id,
+                            sub.destination, self.attempts, sub.policy)  # fmt: skip
+                if sub.policy == "TerminateAfterRetries":
+                    self.subs.pop(sub.id, None)
+                    self._queues.pop(sub.id, None)
+                    self._tasks.pop(sub.id, None)
+                else:
+                    sub.suspended = True
+                    self._tasks.pop(sub.id, None)
+                return
+
+    async def _post(self, sub: Subscription, body: dict[str, Any]) -> bool:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        try:
+            async with self._session.post(sub.destination, json=body) as resp:
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.info("redfish: subscription %s: %s: %s", sub.id, sub.destination, e)
+            return False
+
+    def open_stream(self) -> asyncio.Queue[tuple[int, dict[str, Any]] | None]:
+        stream: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(self.QUEUE)
+        self._streams.add(stream)
+        return stream
+
+    def close_stream(self, stream: asyncio.Queue[tuple[int, dict[str, Any]] | None]) -> None:
+        self._streams.discard(stream)
+
+    async def stop(self) -> None:
+        for stream in self._streams:
+            with contextlib.suppress(asyncio.QueueFull):
+                stream.put_nowait(None)
+        await cancel_and_wait(list(self._tasks.values()))
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 class RedfishServer:
     """The HTTP side of the service; ``start`` binds ``host:port`` (port 0: any free one, see
     ``port`` after start)."""
@@ -80,6 +196,8 @@ class RedfishServer:
         """``alive_window``: a node from which no fresh frame came for this long (s) is shown
         offline (three periods of the slowest telemetry of the shipped profiles, 1 Hz)."""
         self.gateway = gateway
+        self.events = EventService()
+        gateway.listeners.append(self.events.tell)
         self.alive_window = alive_window
         self.authority = authority
         self.version = version
@@ -100,6 +218,7 @@ class RedfishServer:
         self.port = socks[0].getsockname()[1] if socks else port
 
     async def stop(self) -> None:
+        await self.events.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -138,6 +257,8 @@ class RedfishServer:
         else:
             who = None
         if method == "HEAD":
+            if path == ev.SSE_URI:  # a stream has no end to wait for
+                return web.Response(status=200, headers={**HEADERS, "Content-Type": "text/event-stream"})
             resp = await self._route(request, path, "GET", who)
             return web.Response(
                 status=resp.status, headers={k: v for k, v in resp.headers.items() if k != "Content-Length"}
@@ -203,7 +324,133 @@ class RedfishServer:
             return await self._chassis(request, parts[1:], method, who)
         if head == "Registries":
             return self._registries(request, parts[1:], method)
+        if head == "EventService":
+            return await self._event_service(request, parts[1:], method, who)
         raise Refused(404, "ResourceMissingAtURI", request.path)
+
+    # --- the event service ---------------------------------------------------------------------------
+
+    async def _event_service(
+        self, request: web.Request, parts: list[str], method: str, who: Who | None
+    ) -> web.StreamResponse:
+        es = self.events
+        missing = Refused(404, "ResourceMissingAtURI", request.path)
+        if not parts:
+            self._allow(method, ("GET", "PATCH"))
+            if method == "PATCH":
+                self._writer(who)
+                await self._patch_event_service(request)
+            return _json(ev.event_service(es.attempts, es.interval))
+        if parts == ["SSE"]:
+            self._allow(method, ("GET",))
+            return await self._sse(request)
+        if parts[0] != "Subscriptions" or len(parts) > 2:
+            raise missing
+        if len(parts) == 1:
+            self._allow(method, ("GET", "POST"))
+            if method == "GET":
+                return _json(ev.subscriptions(sorted(es.subs, key=int)))
+            self._writer(who)
+            sub = await self._subscribe(request)
+            return _json(ev.subscription(sub), 201, {"Location": f"{ev.SUBSCRIPTIONS}/{sub.id}"})
+        sub_ = es.subs.get(parts[1])
+        if sub_ is None:
+            raise missing
+        self._allow(method, ("GET", "DELETE"))
+        if method == "GET":
+            return _json(ev.subscription(sub_))
+        self._writer(who)
+        await es.remove(sub_.id)
+        return web.Response(status=204, headers=HEADERS)
+
+    async def _patch_event_service(self, request: web.Request) -> None:
+        body = await self._body(request)
+        props = {k: v for k, v in body.items() if not k.startswith("@")}
+        if not props:
+            raise Refused(400, "NoOperation")
+        limits = {"DeliveryRetryAttempts": (0, 10), "DeliveryRetryIntervalSeconds": (1, 600)}
+        for key, value in props.items():
+            if key not in limits:
+                known = {"Id", "Name", "ServiceEnabled", "EventFormatTypes", "RegistryPrefixes", "Status",
+                         "ServerSentEventUri", "Subscriptions"}  # fmt: skip
+                raise Refused(400, "PropertyNotWritable" if key in known else "PropertyUnknown", key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise Refused(400, "PropertyValueTypeError", json.dumps(value), key)
+            lo, hi = limits[key]
+            if not lo <= value <= hi:
+                raise Refused(400, "PropertyValueOutOfRange", json.dumps(value), key)
+        self.events.attempts = props.get("DeliveryRetryAttempts", self.events.attempts)
+        self.events.interval = props.get("DeliveryRetryIntervalSeconds", self.events.interval)
+
+    async def _subscribe(self, request: web.Request) -> Subscription:
+        body = await self._body(request)
+        allowed = {"Destination", "Context", "Protocol", "DeliveryRetryPolicy", "RegistryPrefixes", "MessageIds",
+                   "EventFormatType", "SubscriptionType"}  # fmt: skip
+        for key in body:
+            if key not in allowed and not key.startswith("@"):
+                raise Refused(400, "PropertyUnknown", key)
+        for key in ("Destination", "Protocol"):
+            if key not in body:
+                raise Refused(400, "PropertyMissing", key)
+        dest = body["Destination"]
+        if not isinstance(dest, str):
+            raise Refused(400, "PropertyValueTypeError", json.dumps(dest), "Destination")
+        try:
+            url = urllib.parse.urlsplit(dest)
+            ok = url.scheme in ("http", "https") and bool(url.hostname) and len(dest) <= 2048 and url.port != 0
+        except ValueError:  # a port out of range
+            ok = False
+        if not ok:
+            raise Refused(400, "PropertyValueFormatError", dest, "Destination")
+        enums = {"Protocol": ("Redfish",), "DeliveryRetryPolicy": ev.RETRY_POLICIES, "EventFormatType": ("Event",),
+                 "SubscriptionType": ("RedfishEvent",)}  # fmt: skip
+        for key, values in enums.items():
+            if key in body and body[key] not in values:
+                raise Refused(400, "PropertyValueNotInList", json.dumps(body[key]), key)
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("RegistryPrefixes", "MessageIds"):
+            value = body.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise Refused(400, "PropertyValueTypeError", json.dumps(value), key)
+            lists[key] = tuple(value)
+        for prefix in lists["RegistryPrefixes"]:
+            if prefix not in ev.REGISTRY_PREFIXES:
+                raise Refused(400, "PropertyValueNotInList", prefix, "RegistryPrefixes")
+        context = body.get("Context")
+        if context is not None and not isinstance(context, str):
+            raise Refused(400, "PropertyValueTypeError", json.dumps(context), "Context")
+        if len(self.events.subs) >= EventService.LIMIT:
+            raise Refused(400, "CreateLimitReachedForResource")
+        sub = Subscription(
+            self.events.new_id(), dest, context, body.get("DeliveryRetryPolicy", "SuspendRetries"),
+            lists["RegistryPrefixes"], lists["MessageIds"],
+        )  # fmt: skip
+        self.events.add(sub)
+        return sub
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        """The SSE stream (DSP0266 "Server-sent events"): every event from now on, one ``id:`` and
+        ``data:`` (the Event JSON) each; a comment every 15 s keeps idle links open."""
+        resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream", "Connection": "keep-alive"})
+        await resp.prepare(request)
+        stream = self.events.open_stream()
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(stream.get(), 15.0)
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+                    continue
+                if item is None:
+                    break
+                eid, body = item
+                data = json.dumps(body, separators=(",", ":"))
+                await resp.write(f"id: {eid}\ndata: {data}\n\n".encode())
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            pass
+        finally:
+            self.events.close_stream(stream)
+        return resp
 
     # --- registries ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import requests
 
 from ..conftest import run_cli
 
@@ -80,3 +81,157 @@ def test_a_pump_fault_is_logged_with_dmtfs_message(shared_service):
     registry = svc.get("/redfish/v1/Registries/McmEmu/McmEmu.1.0.0.json").json()
     assert "FaultInjected" in registry["Messages"]
     ctl(svc, 0, "clear-fault", "all")  # the pump stays latched (until its retry, 600 s): module 0 stays Warning
+
+
+class Receiver:
+    """A real HTTP event listener on loopback: records every POST (time, body); answers the first
+    ``refuse`` of them 503."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        import http.server
+        import threading
+
+        self.got: list[tuple[float, dict]] = []
+        self.answered: list[int] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                code = 503 if len(outer.answered) < refuse else 204
+                outer.answered.append(code)
+                if code == 204:
+                    outer.got.append((time.time(), body))
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="receiver", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+    def events(self) -> list[tuple[float, dict]]:
+        return [(t, e) for t, body in list(self.got) for e in body["Events"]]
+
+
+class SseClient:
+    """Reads the service's SSE stream in a thread: (time, id, Event) per event."""
+
+    def __init__(self, svc) -> None:
+        import threading
+
+        self.resp = requests.get(svc.url + "/redfish/v1/EventService/SSE", auth=svc_auth(), stream=True, timeout=30)
+        assert self.resp.status_code == 200 and self.resp.headers["Content-Type"].startswith("text/event-stream")
+        self.got: list[tuple[float, str, dict]] = []
+        self.thread = threading.Thread(target=self._read, name="sse", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        eid = ""
+        try:
+            for line in self.resp.iter_lines(decode_unicode=True):
+                if line.startswith("id: "):
+                    eid = line[4:]
+                elif line.startswith("data: "):
+                    self.got.append((time.time(), eid, json.loads(line[6:])))
+        except (requests.RequestException, OSError, ValueError, AttributeError):  # closed under the reader
+            pass
+
+    def close(self) -> None:
+        self.resp.close()
+        self.thread.join(5)
+
+    def events(self) -> list[tuple[float, dict]]:
+        return [(t, e) for t, _, body in list(self.got) for e in body["Events"]]
+
+
+def svc_auth():
+    from .conftest import OPERATOR
+
+    return OPERATOR
+
+
+def test_events_are_pushed_with_retries_and_streamed(shared_service):
+    from .conftest import READONLY
+
+    svc = shared_service
+    subs = "/redfish/v1/EventService/Subscriptions"
+    es = svc.get("/redfish/v1/EventService").json()
+    assert es["ServerSentEventUri"] == "/redfish/v1/EventService/SSE" and es["DeliveryRetryAttempts"] == 3
+
+    def post(path: str, body: object, auth: tuple[str, str] | None = None):
+        return requests.post(svc.url + path, json=body, auth=auth or svc_auth(), timeout=10)
+
+    def patch(path: str, body: object):
+        return requests.patch(svc.url + path, json=body, auth=svc_auth(), timeout=10)
+
+    # bad subscriptions refused with the Base registry's messages
+    for body, code in (
+        ({"Destination": "http://127.0.0.1:1/x"}, "PropertyMissing"),
+        ({"Destination": "ftp://example/x", "Protocol": "Redfish"}, "PropertyValueFormatError"),
+        ({"Destination": "http://127.0.0.1:1/x", "Protocol": "SNMPv2c"}, "PropertyValueNotInList"),
+        ({"Destination": "http://127.0.0.1:1/x", "Protocol": "Redfish", "Colour": 1}, "PropertyUnknown"),
+        ({"Destination": 5, "Protocol": "Redfish"}, "PropertyValueTypeError"),
+    ):
+        r = post(subs, body)
+        assert r.status_code == 400 and r.json()["error"]["code"].endswith(code), (body, r.text)
+    assert post(subs, {"Destination": "http://127.0.0.1:1/x", "Protocol": "Redfish"}, auth=READONLY).status_code == 403
+    assert patch("/redfish/v1/EventService", {"DeliveryRetryIntervalSeconds": 0}).status_code == 400
+    assert patch("/redfish/v1/EventService", {"DeliveryRetryIntervalSeconds": 1}).status_code == 200
+
+    flaky = Receiver(refuse=2)  # the first two deliveries answered 503: retried
+    sse = SseClient(svc)
+    try:
+        r = post(subs, {"Destination": flaky.url, "Protocol": "Redfish", "Context": "ops-1",
+                        "RegistryPrefixes": ["Environmental", "ResourceEvent"]})  # fmt: skip
+        assert r.status_code == 201, r.text
+        sub = r.headers["Location"]
+        assert svc.get(sub).json()["Destination"] == flaky.url
+        gone = post(subs, {"Destination": "http://127.0.0.1:9/none", "Protocol": "Redfish",
+                           "DeliveryRetryPolicy": "SuspendRetries"}).headers["Location"]  # fmt: skip
+
+        name = svc.get("/redfish/v1/Chassis/1/ThermalSubsystem/Pumps/0").json()["Name"].removeprefix("Pump ")
+        ctl(svc, 1, "inject", "pump-fail", name)
+
+        def first(source, message_id: str):
+            return next(((t, e) for t, e in source.events() if e["MessageId"] == message_id), None)
+
+        t_sse, e_sse = until(lambda: first(sse, "Environmental.1.4.PumpFailed"))
+        assert e_sse["Message"] == f"Pump '{name}' has failed."
+        assert e_sse["OriginOfCondition"]["@odata.id"] == "/redfish/v1/Chassis/1/ThermalSubsystem/Pumps/0"
+        t_push, _ = until(lambda: first(flaky, "Environmental.1.4.PumpFailed"), timeout=10)
+        assert flaky.answered[:3] == [503, 503, 204]  # delivered at the third attempt, 1 s apart
+        assert flaky.got[0][1]["Context"] == "ops-1"
+        health = until(lambda: first(flaky, "ResourceEvent.1.4.ResourceStatusChangedWarning"), timeout=10)[1]
+        assert health["MessageArgs"] == ["/redfish/v1/Chassis/1", "Warning"]
+        # the registry filter: no McmEmu message (the FAULT_INJECTED event) pushed, but streamed
+        assert not [e for _, e in flaky.events() if e["MessageId"].startswith("McmEmu.")]
+        until(lambda: first(sse, "McmEmu.1.0.FaultInjected"))
+        # a destination that never answers: suspended after the retries (1 + 3 attempts, 1 s apart)
+        until(lambda: svc.get(gone).json()["Status"]["State"] == "Disabled", timeout=10)
+        import datetime as dt
+
+        t0 = dt.datetime.fromisoformat(e_sse["EventTimestamp"].replace("Z", "+00:00")).timestamp()
+        assert t_sse - t0 < 1.0  # the node's event, streamed within a fraction of a second
+        print(
+            f"pump fault: on the SSE stream {(t_sse - t0) * 1e3:.0f} ms after the node's event, "
+            f"pushed {(t_push - t0) * 1e3:.0f} ms after it (the subscription's first delivery refused twice, "
+            f"delivered at the third attempt)"
+        )
+        assert requests.delete(svc.url + sub, auth=svc_auth(), timeout=10).status_code == 204
+        assert svc.get(sub).status_code == 404
+        assert requests.delete(svc.url + gone, auth=svc_auth(), timeout=10).status_code == 204
+    finally:
+        sse.close()
+        flaky.close()
+        patch("/redfish/v1/EventService", {"DeliveryRetryIntervalSeconds": 5})
