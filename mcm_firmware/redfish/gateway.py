@@ -19,9 +19,9 @@ from typing import Any
 
 from ..backoff import Backoff
 from ..host.client import HostClient, HostError
-from ..protocol import Birth, Event, EventCode, FrameError, Op, PowerLimitSource, Response, decode
+from ..protocol import Birth, Event, EventCode, FrameError, Op, PowerLimitSource, Response, Samples, Telemetry, decode
 from ..protocol.auth import AuthError, FrameAuth
-from ..protocol.ops import PowerLimitArgs
+from ..protocol.ops import PowerLimitArgs, SetValveArgs
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, Transport, TransportError, TransportFactory
 from . import events
@@ -50,6 +50,7 @@ class Gateway:
         self.logs: dict[int, NodeLog] = {}
         self.listeners: list[Callable[[Record], None]] = []  # told of every record logged
         self._sweeper: asyncio.Task[None] | None = None
+        self._telemetry_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self.fleet = fleet
         self.auth = auth
         self.timeout = timeout
@@ -150,6 +151,10 @@ class Gateway:
                 continue
             if not d.retained:
                 view.stale = False  # a fresh frame: alive
+            if isinstance(msg, (Telemetry, Samples)):
+                for fut in self._telemetry_waiters.pop(view.node, []):
+                    if not fut.done():
+                        fut.set_result(None)
             nlog = self.log(view.node)
             if isinstance(msg, Event) and not d.retained:
                 self._tell(events.from_event(nlog, view, msg))
@@ -209,3 +214,33 @@ class Gateway:
             with contextlib.suppress(HostError):
                 await self.refresh(node)
         return resp
+
+    async def next_telemetry(self, node: int, timeout: float = 2.0) -> bool:
+        """Wait for the node's next telemetry frame; False when none came within ``timeout`` s."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._telemetry_waiters.setdefault(node, []).append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._telemetry_waiters.get(node)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+
+    async def set_valve(self, node: int, valve: int, pct: float | None) -> Response:
+        """Hold ``valve`` at ``pct`` % (None: give it back to the controller); the node's answer."""
+        args = SetValveArgs(valve=valve, auto=int(pct is None), pct=0.0 if pct is None else pct)
+        resp = await self.host.request(node, Op.SET_VALVE, args, check=False)
+        if resp.status == 0:  # the VALVE_MANUAL/VALVE_AUTO event follows; known now
+            view = self.view.node(node)
+            if pct is None:
+                view.valve_setpoints.pop(valve, None)
+            else:
+                view.valve_setpoints[valve] = pct
+        return resp
+
+    async def reset(self, node: int) -> Response:
+        """The module reset (RESET: pending row remaps applied); the node's answer."""
+        return await self.host.request(node, Op.RESET, check=False)

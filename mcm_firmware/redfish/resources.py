@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from ..protocol.vocabulary import CoolingMode, DeathReason, NodeState, PumpFlags, SnapshotFlags
+from ..protocol.vocabulary import CoolingMode, DeathReason, NodeState, PumpFlags, SnapshotFlags, ValveFlags
 from .state import FleetView, NodeView
 
 REDFISH_VERSION = "1.21.0"  # DSP0266 the service follows
@@ -37,6 +37,7 @@ TYPES = {
     "EventService": "EventService.v1_12_0",
     "EventDestination": "EventDestination.v1_16_0",
     "Event": "Event.v1_13_0",
+    "ActionInfo": "ActionInfo.v1_5_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
 }
@@ -439,6 +440,13 @@ def chassis(view: NodeView) -> dict[str, Any]:
         "ThermalSubsystem": link(f"{uri}/ThermalSubsystem"),
         "Memory": link(f"{uri}/Memory"),
         "LogServices": link(f"{uri}/LogServices"),
+        "Actions": {
+            "#Chassis.Reset": {
+                "target": f"{uri}/Actions/Chassis.Reset",
+                "@Redfish.ActionInfo": f"{uri}/{RESET_ACTION_INFO}",
+                "ResetType@Redfish.AllowableValues": list(RESET_TYPES),
+            }
+        },
     }
     if view.birth is not None:
         out["Model"] = view.birth.profile
@@ -708,12 +716,64 @@ def coolant_connector(view: NodeView) -> dict[str, Any]:
 
 
 def controls(view: NodeView) -> dict[str, Any]:
+    n = len(view.snapshot.valves) if view.snapshot is not None else 0
+    uri = f"{chassis_uri(view.node)}/Controls"
     return collection(
         "ControlCollection",
-        f"{chassis_uri(view.node)}/Controls",
+        uri,
         f"Controls of module {view.node}",
-        [f"{chassis_uri(view.node)}/Controls/{POWER_LIMIT}"],
+        [f"{uri}/{POWER_LIMIT}", *(f"{uri}/Valve{i}" for i in range(n))],
     )
+
+
+def valve_index(view: NodeView, cid: str) -> int | None:
+    """The valve a Control id (``Valve{i}``) names, None when the module has no such valve."""
+    digits = cid.removeprefix("Valve")
+    if view.snapshot is None or not cid.startswith("Valve") or not digits.isdigit() or str(int(digits)) != digits:
+        return None
+    i = int(digits)
+    return i if i < len(view.snapshot.valves) else None
+
+
+def valve_control(view: NodeView, index: int) -> dict[str, Any]:
+    """A coolant valve of the module as a Control (ControlType Valve, % open): ControlMode
+    Automatic while the module's controller drives it, Override while it is held at ``SetPoint``
+    (``ctl set-valve``, or a PATCH here); the position it is at is ``Sensor``."""
+    assert view.snapshot is not None
+    v = view.snapshot.valves[index]
+    held = ValveFlags.MANUAL in ValveFlags(v.flags)
+    uri = f"{chassis_uri(view.node)}/Controls/Valve{index}"
+    return {
+        "@odata.type": _type("Control"),
+        "@odata.id": uri,
+        "Id": f"Valve{index}",
+        "Name": f"Coolant valve {index} of module {view.node}",
+        "PhysicalContext": "CoolingSubsystem",
+        "ControlType": "Valve",
+        "ControlMode": "Override" if held else "Automatic",
+        "SetPointUnits": "%",
+        "SetPoint": num(view.valve_setpoints.get(index)) if held else None,
+        "AllowableMin": 0,
+        "AllowableMax": 100,
+        "Sensor": {"Reading": num(v.position_pct), "DataSourceUri": sensor_uri(view.node, f"Valve{index}Position")},
+        "Status": {"State": state_of(view), "Health": "OK"},
+    }
+
+
+RESET_ACTION_INFO = "ResetActionInfo"
+RESET_TYPES = ("ForceRestart",)  # the module reset (RESET, 0x0022)
+
+
+def reset_action_info(view: NodeView) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("ActionInfo"),
+        "@odata.id": f"{chassis_uri(view.node)}/{RESET_ACTION_INFO}",
+        "Id": RESET_ACTION_INFO,
+        "Name": f"Reset of module {view.node}",
+        "Parameters": [
+            {"Name": "ResetType", "Required": False, "DataType": "String", "AllowableValues": list(RESET_TYPES)}
+        ],
+    }
 
 
 def power_limit_control(view: NodeView) -> dict[str, Any]:

@@ -519,9 +519,12 @@ class RedfishServer:
         uri = f"{SESSIONS}/{s.id}"
         return _json(rs.session(s.id, acct.user), 201, {"X-Auth-Token": s.token, "Location": uri})
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request, *, empty: bool = False) -> dict[str, Any]:
+        """The request's JSON object; ``empty``: no body at all reads as ``{}`` (an action's)."""
         try:
             raw = await request.read()
+            if empty and not raw.strip():
+                return {}
             body = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
             raise Refused(400, "MalformedJSON") from None
@@ -614,6 +617,24 @@ class RedfishServer:
             case ["Controls"]:
                 self._allow(method, ("GET",))
                 return _json(rs.controls(node))
+            case [rs.RESET_ACTION_INFO]:
+                self._allow(method, ("GET",))
+                return _json(rs.reset_action_info(node))
+            case ["Actions", "Chassis.Reset"]:
+                self._allow(method, ("POST",))
+                self._writer(who)
+                await self._reset(request, node_id)
+                return web.Response(status=204, headers=HEADERS)
+            case ["Controls", cid] if cid.startswith("Valve"):
+                valve = rs.valve_index(node, cid)
+                if valve is None:
+                    raise missing
+                self._allow(method, ("GET", "PATCH"))
+                if method == "PATCH":
+                    self._writer(who)
+                    await self._patch_valve(request, node_id, valve)
+                    await self.gateway.next_telemetry(node_id)  # the control as the module then reports it
+                return _json(rs.valve_control(self.gateway.view.nodes[node_id], valve))
             case ["Controls", rs.POWER_LIMIT]:
                 self._allow(method, ("GET", "PATCH"))
                 if method == "PATCH":
@@ -621,6 +642,69 @@ class RedfishServer:
                     await self._patch_power_limit(request, node_id)
                 return _json(rs.power_limit_control(self.gateway.view.nodes[node_id]))
         raise missing
+
+    async def _reset(self, request: web.Request, node_id: int) -> None:
+        body = await self._body(request, empty=True)
+        for key, value in body.items():
+            if key.startswith("@"):
+                continue
+            if key != "ResetType":
+                raise Refused(400, "ActionParameterUnknown", "Reset", key)
+            if not isinstance(value, str):
+                raise Refused(400, "ActionParameterValueTypeError", json.dumps(value), "ResetType", "Reset")
+            if value not in rs.RESET_TYPES:
+                raise Refused(400, "ActionParameterValueNotInList", value, "ResetType", "Reset")
+        await self._command(node_id, self.gateway.reset(node_id))
+
+    async def _command(self, node_id: int, request: Any, field: tuple[str, str] | None = None) -> None:
+        """Send a command (the awaitable ``request``) to an online node; its refusals as Redfish
+        errors (``field``: the value and property a BAD_ARGUMENT is about)."""
+        if not self.gateway.view.nodes[node_id].online:
+            request.close()
+            raise Refused(503, "ServiceTemporarilyUnavailable", "10")
+        try:
+            resp = await request
+        except HostError as e:
+            log.info("redfish: node %d: command not answered: %s", node_id, e)
+            raise Refused(503, "ServiceTemporarilyUnavailable", "10") from None
+        if resp.status == Status.BAD_ARGUMENT and field is not None:
+            raise Refused(400, "PropertyValueOutOfRange", *field)
+        if resp.status == Status.REFUSED:
+            raise Refused(503, "ServiceTemporarilyUnavailable", "1")
+        if resp.status != Status.OK:
+            log.info("redfish: node %d answered %s: %s", node_id, resp.status, resp.message)
+            raise Refused(500, "InternalError")
+
+    async def _patch_valve(self, request: web.Request, node_id: int, index: int) -> None:
+        """``{"SetPoint": PCT}`` holds the valve (ControlMode becomes Override); ``{"ControlMode":
+        "Automatic"}`` (or ``"SetPoint": null``) gives it back to the module's controller."""
+        body = await self._body(request)
+        props = {k: v for k, v in body.items() if not k.startswith("@")}
+        for key in props:
+            if key in ("SetPoint", "ControlMode"):
+                continue
+            if key in CONTROL_READ_ONLY:
+                raise Refused(400, "PropertyNotWritable", key)
+            raise Refused(400, "PropertyUnknown", key)
+        if not props:
+            raise Refused(400, "NoOperation")
+        mode = props.get("ControlMode")
+        if mode is not None and mode not in ("Automatic", "Override"):
+            raise Refused(400, "PropertyValueNotInList", json.dumps(mode), "ControlMode")
+        value = props.get("SetPoint")
+        shown = json.dumps(value)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise Refused(400, "PropertyValueTypeError", shown, "SetPoint")
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
+            raise Refused(400, "PropertyValueOutOfRange", shown, "SetPoint")
+        if mode == "Automatic" or ("SetPoint" in props and value is None):
+            if value is not None:  # both: a held position and automatic control
+                raise Refused(400, "PropertyValueIncorrect", "ControlMode", "Automatic")
+            await self._command(node_id, self.gateway.set_valve(node_id, index, None))
+            return
+        if value is None:  # Override without a set point: hold it where it is
+            raise Refused(400, "PropertyMissing", "SetPoint")
+        await self._command(node_id, self.gateway.set_valve(node_id, index, float(value)), (shown, "SetPoint"))
 
     async def _patch_power_limit(self, request: web.Request, node_id: int) -> None:
         body = await self._body(request)

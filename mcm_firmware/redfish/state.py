@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..protocol import Birth, Death, Event, Samples, Telemetry
+from ..protocol import Birth, Death, Event, EventCode, Samples, Telemetry
 from ..protocol.ops import PowerLimits, StatusResult
 from ..protocol.telemetry import Snapshot
 
@@ -22,6 +22,7 @@ class NodeView:
     pump_names: tuple[str, ...] = ()
     faults: tuple[str, ...] = ()
     last_event: Event | None = None
+    valve_setpoints: dict[int, float] = field(default_factory=dict)  # valves held (VALVE_MANUAL), their %
     last_seen: float | None = None  # monotonic time of the newest frame that was not retained
     stale: bool = False  # set by judge(): online by its state, but silent too long
 
@@ -56,6 +57,7 @@ class FleetView:
             view = self.node(msg.node_id)
             if view.birth is None or view.death is not None or msg.bdseq != view.birth.bdseq:
                 view.limits = None  # a new life: ask again
+                view.valve_setpoints = {}
             view.birth, view.death = msg, None
         elif isinstance(msg, Death):
             view = self.node(msg.node_id)
@@ -66,6 +68,10 @@ class FleetView:
         elif isinstance(msg, Event):
             view = self.node(msg.node_id)
             view.last_event = msg
+            if msg.code == EventCode.VALVE_MANUAL:
+                view.valve_setpoints[msg.subject] = msg.value
+            elif msg.code == EventCode.VALVE_AUTO:
+                view.valve_setpoints.pop(msg.subject, None)
         else:
             return None
         if not retained:

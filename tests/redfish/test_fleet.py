@@ -235,3 +235,51 @@ def test_events_are_pushed_with_retries_and_streamed(shared_service):
         sse.close()
         flaky.close()
         patch("/redfish/v1/EventService", {"DeliveryRetryIntervalSeconds": 5})
+
+
+def test_chassis_reset_and_a_valve_held_through_its_control(shared_service):
+    from .conftest import READONLY
+
+    svc = shared_service
+    chassis = svc.get("/redfish/v1/Chassis/1").json()
+    action = chassis["Actions"]["#Chassis.Reset"]
+    info = svc.get(action["@Redfish.ActionInfo"]).json()
+    assert info["Parameters"][0]["AllowableValues"] == ["ForceRestart"] == action["ResetType@Redfish.AllowableValues"]
+
+    def post(path: str, body: object | None, auth=None):
+        kw = {"json": body} if body is not None else {}
+        return requests.post(svc.url + path, auth=auth or svc_auth(), timeout=10, **kw)
+
+    for body, code in (
+        ({"ResetType": "PowerCycle"}, "ActionParameterValueNotInList"),
+        ({"ResetType": 1}, "ActionParameterValueTypeError"),
+        ({"Colour": "red"}, "ActionParameterUnknown"),
+    ):
+        r = post(action["target"], body)
+        assert r.status_code == 400 and r.json()["error"]["code"].endswith(code), r.text
+    assert post(action["target"], {}, auth=READONLY).status_code == 403
+    assert svc.get(action["target"]).status_code == 405
+    entries = "/redfish/v1/Chassis/1/LogServices/EventLog/Entries"
+    seen = {m["Id"] for m in svc.get(entries).json()["Members"]}
+    assert post(action["target"], {"ResetType": "ForceRestart"}).status_code == 204
+    assert post(action["target"], None).status_code == 204  # no body: the default reset
+    done = until(lambda: [m for m in svc.get(entries).json()["Members"]
+                          if m["Id"] not in seen and m["MessageId"] == "McmEmu.1.0.ResetDone"])  # fmt: skip
+    assert done[0]["Message"].startswith("The module reported reset done")
+
+    valve = "/redfish/v1/Chassis/1/Controls/Valve0"
+    ctl_ = svc.get(valve).json()
+    assert (ctl_["ControlType"], ctl_["ControlMode"], ctl_["SetPointUnits"]) == ("Valve", "Automatic", "%")
+    for body, code in (
+        ({"SetPoint": 150}, "PropertyValueOutOfRange"),
+        ({"ControlMode": "Manual"}, "PropertyValueNotInList"),
+        ({"SetPoint": "half"}, "PropertyValueTypeError"),
+        ({"AllowableMax": 50}, "PropertyNotWritable"),
+    ):
+        r = requests.patch(svc.url + valve, json=body, auth=svc_auth(), timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["code"].endswith(code), r.text
+    r = requests.patch(svc.url + valve, json={"SetPoint": 30}, auth=svc_auth(), timeout=10)
+    assert r.status_code == 200 and (r.json()["ControlMode"], r.json()["SetPoint"]) == ("Override", 30), r.text
+    until(lambda: abs(svc.get(valve).json()["Sensor"]["Reading"] - 30) < 1.0, timeout=15, step=0.2)
+    r = requests.patch(svc.url + valve, json={"ControlMode": "Automatic"}, auth=svc_auth(), timeout=10)
+    assert r.status_code == 200 and (r.json()["ControlMode"], r.json()["SetPoint"]) == ("Automatic", None), r.text

@@ -30,7 +30,7 @@ def walk(svc, start: str = "/redfish/v1/") -> set[str]:
         def links(x: object) -> None:
             if isinstance(x, dict):
                 for k, v in x.items():
-                    if k == "@odata.id" and isinstance(v, str) and "#" not in v:
+                    if k in ("@odata.id", "@Redfish.ActionInfo") and isinstance(v, str) and "#" not in v:
                         todo.append(v)
                     elif k == "Location" and isinstance(v, list):  # a registry the service serves
                         todo.extend(loc["Uri"] for loc in v if "Uri" in loc)
