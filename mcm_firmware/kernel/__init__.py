@@ -26,6 +26,7 @@ ENV = "MCM_EMU_KERNEL"  # "numpy": the reference; "numba" or unset: compiled whe
 KERNEL_NAMES = (
     "plant_step",
     "sensor_sample",
+    "sensor_sample_faulty",
     "update_power_average",
     "hw_protect",
     "apply_hw_limits",
@@ -40,6 +41,7 @@ class Kernels:
 
     plant_step: Callable[..., None]
     sensor_sample: Callable[..., None]
+    sensor_sample_faulty: Callable[..., None]
     update_power_average: Callable[..., None]
     hw_protect: Callable[..., None]
     apply_hw_limits: Callable[..., None]
@@ -121,6 +123,10 @@ def _warm_up(k: dict[str, Any]) -> None:
         f1.copy(), f1.copy(), 0.05, 1.0,
     )  # fmt: skip
     k["sensor_sample"](f2, f2, 1.0, 1.0, f2.copy(), 0.0, f2.copy())
+    i2 = np.zeros((1, 2), np.int8)
+    k["sensor_sample_faulty"](
+        f2, f2, 1.0, 1.0, 0.0, 0.05, i2, f2, f2.copy(), f2, f2, True, True, f2, f2, f2.copy(), f2.copy(), b2.copy()
+    )
     k["update_power_average"](f1.copy(), f1.copy(), f1, 0.1, 0.1)
     k["hw_protect"](
         1.0,

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..control import dvfs
 from ..plant import model
-from ..plant.sensors import SensorBank
+from ..plant.sensors import SensorBank, SensorFault
 from . import Kernels
 
 _KEEP = int(np.uint32(~dvfs._HW_BITS))
@@ -54,17 +54,37 @@ def plant_step(
     s.flow_valve, s.flow_total, s.t_outlet = flow_valve, flow_total, t_outlet
 
 
-def sensor_sample(k: Kernels, bank: SensorBank, true: np.ndarray, t: float, noise: np.ndarray) -> bool:
-    """:meth:`SensorBank.sample` for a bank with no fault and no external sensor (``False``, and
-    nothing done, for any other: the caller runs the reference)."""
-    if bank._any_fault or bank._any_external:
+def sensor_sample(
+    k: Kernels, bank: SensorBank, true: np.ndarray, t: float, noise: np.ndarray, dt: float, rng: np.random.Generator
+) -> bool:
+    """:meth:`SensorBank.sample` (with the caller's noise); ``False``, and nothing done, for a bank
+    with an external sensor: the caller runs the reference."""
+    if bank._any_external:
         return False
     raw = bank._pending
     bank._pending = np.array(true, float, copy=True)
     out = np.empty(raw.shape)
-    k.sensor_sample(raw, noise, float(bank.noise_sd), float(bank.quantum), bank.read_at, float(t), out)
-    bank.value = out
+    if not bank._any_fault:
+        k.sensor_sample(raw, noise, float(bank.noise_sd), float(bank.quantum), bank.read_at, float(t), out)
+        bank.value = out
+        return True
+    # the reference's draws, in its order: extra noise if any sensor is noisy, then dropouts
+    f = bank.fault
+    noisy_any = bool((f == SensorFault.NOISE).any())
+    extra = rng.standard_normal(raw.shape) if noisy_any else _NONE
+    drop_any = bool((f == SensorFault.DROPOUT).any())
+    draw = rng.random(raw.shape) if drop_any else _NONE
+    read_at: np.ndarray = np.empty(raw.shape)
+    failed: np.ndarray = np.empty(raw.shape, bool)
+    k.sensor_sample_faulty(
+        raw, noise, float(bank.noise_sd), float(bank.quantum), float(t), float(dt), f, bank.param, bank._drift,
+        extra, draw, noisy_any, drop_any, bank.value, bank.read_at, out, read_at, failed,
+    )  # fmt: skip
+    bank.value, bank.read_at, bank.failed = out, read_at, failed
     return True
+
+
+_NONE = np.zeros((1, 1))
 
 
 def update_power_average(k: Kernels, cfg: dvfs.DvfsConfig, st: dvfs.DvfsState, power_w: np.ndarray, dt: float) -> None:

@@ -516,3 +516,40 @@ def dvfs_step(
             if f_hbm < f_req - 1e-6:
                 hbm_slow = True
         o_hbm_slow[i] = hbm_slow
+
+
+def sensor_sample_faulty(
+    raw: np.ndarray, noise: np.ndarray, noise_sd: float, quantum: float, t: float, dt: float,
+    fault: np.ndarray, param: np.ndarray, drift: np.ndarray, extra: np.ndarray, draw: np.ndarray,
+    noisy_any: bool, drop_any: bool, value: np.ndarray, read_at: np.ndarray,
+    o_value: np.ndarray, o_read_at: np.ndarray, o_failed: np.ndarray,
+) -> None:  # fmt: skip
+    """A bank with faults set (stuck, drifting, noisy, dropping out, failed): ``drift`` in place,
+    the rest into the ``o_`` arrays; ``extra`` and ``draw`` are the normal and uniform draws the
+    reference makes when a sensor is noisy or drops out."""
+    n, m = raw.shape
+    for i in range(n):
+        for j in range(m):
+            f = fault[i, j]
+            r = raw[i, j] + noise[i, j] * noise_sd if noise_sd else raw[i, j]
+            if f == 1:  # STUCK
+                r = param[i, j]
+            drift[i, j] += param[i, j] * dt if f == 2 else 0.0  # DRIFT
+            r = r + drift[i, j]
+            if noisy_any:
+                r = r + (extra[i, j] * param[i, j] if f == 3 else 0.0)  # NOISE
+            ok = True
+            if drop_any and f == 4 and draw[i, j] < param[i, j]:  # DROPOUT
+                ok = False
+            failed = f == 5  # FAILED
+            o_failed[i, j] = failed
+            if failed:
+                ok = False
+            if quantum:
+                r = np.rint(r / quantum) * quantum
+            if ok:
+                o_value[i, j] = r
+                o_read_at[i, j] = t
+            else:
+                o_value[i, j] = np.nan if failed else value[i, j]
+                o_read_at[i, j] = read_at[i, j]

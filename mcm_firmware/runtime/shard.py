@@ -284,7 +284,7 @@ class Shard:
             size = bank.value.size
             bank_noise = noise[start : start + size].reshape(bank.value.shape)
             start += size
-            if kern is None or not kcalls.sensor_sample(kern, bank, true, t, bank_noise):
+            if kern is None or not kcalls.sensor_sample(kern, bank, true, t, bank_noise, dt, rng):
                 bank.sample(true, t, dt, rng, bank_noise)
             if bank.faulty and (bank.failed != was_failed).any():
                 for row, col in zip(*np.nonzero(bank.failed & ~was_failed), strict=True):

@@ -26,7 +26,7 @@ from mcm_firmware import kernel
 from mcm_firmware.control import dvfs
 from mcm_firmware.kernel import calls
 from mcm_firmware.plant import model
-from mcm_firmware.plant.sensors import SensorBank
+from mcm_firmware.plant.sensors import SensorBank, SensorFault
 from mcm_firmware.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,22 +117,41 @@ def test_plant_step_equals_the_reference(k, seed, n, dt, fault_p):
 
 
 @settings(max_examples=100)
-@given(seed=seeds, n=sizes, sd=st.sampled_from([0.0, 0.15, 5.0]), q=st.sampled_from([0.0, 0.0625, 0.01, 1.0]))
-def test_sensor_sampling_equals_the_reference(k, seed, n, sd, q):
+@given(
+    seed=seeds,
+    n=sizes,
+    sd=st.sampled_from([0.0, 0.15, 5.0]),
+    q=st.sampled_from([0.0, 0.0625, 0.01, 1.0]),
+    fault_p=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_sensor_sampling_equals_the_reference(k, seed, n, sd, q, fault_p):
+    """Fault-free banks, and banks with sensors stuck, drifting, noisy, dropping out, failed (and
+    set back to OK): the readings, their times, the failure flags, the drift and the random draws
+    the reference makes."""
     rng = np.random.default_rng(seed)
     shape = (n, int(rng.integers(1, 9)))
     init = rng.uniform(-50, 3000, shape)
     ref = SensorBank(shape, noise_sd=sd, quantum=q, initial=init)
     got = copy.deepcopy(ref)
-    for t in (0.05, 0.1, 0.15):
+    faults = [(int(rng.integers(0, n)), int(rng.integers(0, shape[1])), int(rng.integers(0, 6))) for _ in range(4 * n)]
+    for tick in range(6):
+        t = 0.05 * (tick + 1)
+        if tick >= 2:
+            for row, col, kind in faults[(tick - 2) * n : (tick - 1) * n]:
+                if rng.random() < fault_p:
+                    param = float(rng.choice([0.0, 0.3, 2.0, 45.0]))
+                    for bank in (ref, got):
+                        bank.set_fault(row, col, SensorFault(kind), param)
         true = rng.uniform(-50, 3000, shape)
         true[_mask(rng, shape, 0.1)] = np.nan  # a plant value the sensor cannot read (NaN passes through)
         noise = rng.standard_normal(shape)
-        ref.sample(true, t, 0.05, np.random.default_rng(0), noise)
-        assert calls.sensor_sample(k, got, true, t, noise)
-        assert_same_fields(ref, got, ["value", "read_at", "_pending", "failed"], "sensor")
-    got.set_fault(0, 0, 5)  # a faulty bank is left to the reference
-    assert not calls.sensor_sample(k, got, true, 0.2, noise)
+        draws_ref, draws_got = np.random.default_rng(tick), np.random.default_rng(tick)
+        ref.sample(true, t, 0.05, draws_ref, noise)
+        assert calls.sensor_sample(k, got, true, t, noise, 0.05, draws_got)
+        assert_same_fields(ref, got, ["value", "read_at", "_pending", "failed", "_drift"], f"sensor tick {tick}")
+        assert draws_ref.random() == draws_got.random()  # the same draws were taken
+    got.attach_external(0, 0)  # a bank with a rig's sensor is left to the reference
+    assert not calls.sensor_sample(k, got, true, 0.5, noise, 0.05, np.random.default_rng(0))
 
 
 def _dvfs(n: int, rng: np.random.Generator, fault_p: float) -> tuple[dvfs.DvfsConfig, dvfs.DvfsState]:
@@ -302,7 +321,6 @@ def test_a_shard_ticks_the_same_compiled_and_on_the_reference(k, seed, n, period
     (failed pumps, stuck valves, a sensor failed and one drifting, locked clocks, a power brake, a
     VRM fault, a hot inlet, a controller down, new power limits, every workload): every array of
     the shard, its plant, DVFS, coolant and sensors equal to the bit, and laid out alike."""
-    from mcm_firmware.plant.sensors import SensorFault
     from mcm_firmware.plant.workload import Workload
     from mcm_firmware.runtime.shard import Shard
 
