@@ -15,12 +15,13 @@ from .common import EXIT_OK, BadInput, Failure, bounded, broker_url, fleet_name,
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "redfish",
-        help="serve a running fleet as a Redfish service (DSP0266) over HTTP",
+        help="serve a running fleet as a Redfish service (DSP0266) over HTTP or HTTPS",
         description="A Redfish service in front of a fleet that runs already: it talks to the nodes over the "
         "binary protocol like any host (their state, telemetry and events from the broker; commands with "
         "request ids) and serves every module as a Chassis with its Sensors, PowerSubsystem, ThermalSubsystem "
-        "(pumps) and a power-limit Control; sessions and HTTP Basic authentication, roles ReadOnly and "
-        "Operator. See docs/redfish.md.",
+        "(pumps, cold plate), HBM stacks as Memory, an event log, a power-limit and valve Controls and a reset "
+        "action; an EventService (subscriptions and SSE); sessions and HTTP Basic authentication, roles "
+        "ReadOnly and Operator; HTTPS with --https-cert/--https-key. See docs/redfish.md.",
     )
     p.add_argument(
         "--broker",
@@ -64,6 +65,20 @@ def redfish_options(p: argparse.ArgumentParser, *, port_default: int | None) -> 
         help="address the Redfish service listens on (default %(default)s)",
     )
     g.add_argument(
+        "--redfish-cert" if port_default is None else "--https-cert",
+        dest="redfish_cert",
+        default=None,
+        metavar="FILE",
+        help="serve HTTPS with this certificate (PEM, its chain after it); needs the key too",
+    )
+    g.add_argument(
+        "--redfish-key" if port_default is None else "--https-key",
+        dest="redfish_key",
+        default=None,
+        metavar="FILE",
+        help="the certificate's private key (PEM)",
+    )
+    g.add_argument(
         "--redfish-accounts" if port_default is None else "--accounts",
         dest="redfish_accounts",
         default=None,
@@ -71,6 +86,25 @@ def redfish_options(p: argparse.ArgumentParser, *, port_default: int | None) -> 
         help="TOML file of accounts ([accounts.NAME] role = ReadOnly|Operator, password or password_file); "
         "without one an 'operator' and a 'readonly' account get random passwords, printed at start",
     )
+
+
+def https_context(args: argparse.Namespace) -> Any:
+    """The TLS context of ``--https-cert``/``--https-key`` (None: plain HTTP); BadInput names a
+    file that cannot be used."""
+    import ssl
+
+    cert, key = args.redfish_cert, args.redfish_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise BadInput("redfish: HTTPS needs both a certificate and its key")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise BadInput(f"redfish: certificate {cert} with key {key}: {getattr(e, 'strerror', None) or e}") from None
+    return ctx
 
 
 def authority(args: argparse.Namespace) -> Any:
@@ -97,6 +131,7 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
     from ..transport import TransportError, transport_factory
 
     auth = authority(args)
+    tls = https_context(args)
     gateway = Gateway(transport_factory(url), fleet, auth=frame_auth(args, fleet))
     try:
         await gateway.start()
@@ -105,10 +140,11 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
     server = RedfishServer(gateway, auth, version=__version__)
     try:
         try:
-            await server.start(args.redfish_bind, args.redfish_port)
+            await server.start(args.redfish_bind, args.redfish_port, ssl_context=tls)
         except OSError as e:
             raise Failure(f"redfish: port {args.redfish_port}: {e.strerror or e}") from None
-        print(f"redfish: http://{args.redfish_bind}:{server.port}/redfish/v1/", flush=True)
+        scheme = "https" if tls is not None else "http"
+        print(f"redfish: {scheme}://{args.redfish_bind}:{server.port}/redfish/v1/", flush=True)
         yield server
     finally:
         await server.stop()

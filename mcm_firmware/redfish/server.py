@@ -208,10 +208,11 @@ class RedfishServer:
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.router.add_route("*", "/{tail:.*}", self._handle)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: Any = None) -> None:
+        """``ssl_context``: an ``ssl.SSLContext`` to serve HTTPS with (None: HTTP)."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server  # the bound socket's port, for port 0
         socks = getattr(server, "sockets", None) or []

@@ -283,3 +283,47 @@ def test_chassis_reset_and_a_valve_held_through_its_control(shared_service):
     until(lambda: abs(svc.get(valve).json()["Sensor"]["Reading"] - 30) < 1.0, timeout=15, step=0.2)
     r = requests.patch(svc.url + valve, json={"ControlMode": "Automatic"}, auth=svc_auth(), timeout=10)
     assert r.status_code == 200 and (r.json()["ControlMode"], r.json()["SetPoint"]) == ("Automatic", None), r.text
+
+
+def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
+    """``mcm-emu redfish --https-cert --https-key`` in front of the same fleet: a client that trusts
+    the CA reads it, one that trusts another CA or speaks plain HTTP does not; a certificate
+    without its key is refused at start (exit 2)."""
+    trustme = pytest.importorskip("trustme")
+    from ..conftest import CliProcess, free_port
+
+    svc = shared_service
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    half = run_cli(
+        "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--https-cert", str(tmp_path / "server.pem")
+    )
+    assert half.returncode == 2 and "both a certificate and its key" in half.stderr, half.stderr
+    port = free_port()
+    gw = CliProcess(
+        "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", str(port),
+        "--https-cert", str(tmp_path / "server.pem"), "--https-key", str(tmp_path / "server.key"),
+    )  # fmt: skip
+    try:
+        line = gw.wait_line("redfish: http")
+        assert line == f"redfish: https://127.0.0.1:{port}/redfish/v1/"
+        password = gw.wait_line("account operator").rsplit(" ", 1)[1]
+        url = f"https://127.0.0.1:{port}/redfish/v1/Chassis/0"
+        r = until(lambda: (r := requests.get(url, auth=("operator", password), verify=str(tmp_path / "ca.pem"),
+                                             timeout=10)).status_code == 200 and r)  # fmt: skip
+        assert r.json()["Id"] == "0"
+        other = trustme.CA()
+        other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(url, verify=str(tmp_path / "other.pem"), timeout=10)
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/redfish/v1/", timeout=10).raise_for_status()
+    finally:
+        import signal
+
+        gw.signal(signal.SIGTERM)
+        assert gw.wait() == 0
+        gw.close()
