@@ -28,6 +28,13 @@ URIS = [
     "/redfish/v1/Chassis/0/ThermalSubsystem/CoolantConnectors/ColdPlate",
     "/redfish/v1/SessionService/Sessions",
     "/redfish/v1/Schemas/McmEmu_v1.xml",
+    "/redfish/v1/Chassis/1/Memory/HBM3/MemoryMetrics",
+    "/redfish/v1/Chassis/0/LogServices/EventLog/Entries",
+    "/redfish/v1/Chassis/0/Actions/Chassis.Reset",
+    "/redfish/v1/Chassis/1/Controls/Valve0",
+    "/redfish/v1/EventService",
+    "/redfish/v1/EventService/Subscriptions",
+    "/redfish/v1/Registries/McmEmu",
 ]
 SUFFIXES = ["", "/", "/x", "/..", "/%00", "/%ff", "/0", "/-1", "/00", "/1e3", "/" + "A" * 3000, "/Sensors/../..", "//"]
 QUERIES = ["", "", "", "?$expand=*", "?$select=Id", "?only", "?excerpt", "?foo=bar", "?$top=-1", "?a=%ff"]
@@ -90,10 +97,26 @@ def test_no_request_breaks_the_service(redfish_service):
         (b"x" * 70000, None),  # above the 64 KiB a body may have
     ):
         r = requests.patch(control, data=data, auth=OPERATOR, timeout=10)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         if message is None:
             assert r.status_code == 413 and r.json()["error"]["code"] == "Base.1.22.GeneralError", r.text
         else:
             assert r.status_code == 400 and r.json()["error"]["code"] == f"Base.1.22.{message}", (data[:20], r.text)
+    # every resource that takes a body refuses a bad one with a Base message
+    for method, uri, data, message in (
+        ("PATCH", "/redfish/v1/EventService", b'{"DeliveryRetryAttempts": -1}', "PropertyValueOutOfRange"),
+        ("POST", "/redfish/v1/EventService/Subscriptions", b"[]", "MalformedJSON"),
+        (
+            "POST",
+            "/redfish/v1/Chassis/0/Actions/Chassis.Reset",
+            b'{"ResetType": "On"}',
+            "ActionParameterValueNotInList",
+        ),
+        ("PATCH", "/redfish/v1/Chassis/1/Controls/Valve0", b'{"SetPoint": NaN}', "PropertyValueOutOfRange"),
+        ("POST", "/redfish/v1/SessionService/Sessions", b'{"UserName": 1, "Password": ""}', "PropertyValueTypeError"),
+    ):
+        r = requests.request(method, svc.url + uri, data=data, auth=OPERATOR, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["code"] == f"Base.1.22.{message}", (uri, r.text)
     with requests.Session() as http:
         for _ in range(400):
             method = rng.choice(METHODS)
@@ -105,7 +128,7 @@ def test_no_request_breaks_the_service(redfish_service):
             if r.status_code >= 400 and method != "HEAD":
                 code = r.json()["error"]["code"]
                 assert code.startswith("Base.1.22."), (method, uri, r.text)
-    assert statuses.get(401, 0) and statuses.get(404, 0) and statuses.get(400, 0), statuses
+    assert statuses.get(401, 0) and statuses.get(404, 0) and statuses.get(400, 0), sorted(statuses.items())
     # still serving, and counting what it refused
     assert svc.get("/redfish/v1/Chassis/0/Sensors/TotalPower").json()["Reading"] > 0
     summary = svc.stop()
