@@ -327,3 +327,47 @@ def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
         gw.signal(signal.SIGTERM)
         assert gw.wait() == 0
         gw.close()
+
+
+def interop(svc, profile, logs) -> tuple[int, tuple[int, int, int, int], str]:
+    """Run DMTF's Redfish Interop Validator with ``profile``: exit code, (pass, warn, fail, not
+    tested), output."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import OPERATOR
+
+    tool = Path(sys.executable).with_name("rf_interop_validator")
+    r = subprocess.run(
+        [str(tool), "--rhost", svc.url, "-u", OPERATOR[0], "-p", OPERATOR[1], "--authtype", "Basic",
+         "--logdir", str(logs), str(profile)],
+        capture_output=True, text=True, timeout=600, cwd=logs.parent,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*(\d+)\s*\|\s*$", out, re.M)
+    assert rows, out[-3000:]
+    p, w, f, n = map(int, rows[-1])
+    return r.returncode, (p, w, f, n), out
+
+
+def test_the_interop_validator_finds_the_profile_met(shared_service, tmp_path):
+    """DMTF's Redfish Interop Validator against the product's own profile
+    (tests/data/redfish/profile/McmEmu.v1_0_0.json): every requirement met; a profile asking for
+    what the service lacks fails."""
+    from .conftest import VENDORED
+
+    path = VENDORED / "profile" / "McmEmu.v1_0_0.json"
+    code, (passed, warned, failed, untested), out = interop(shared_service, path, tmp_path / "logs")
+    assert code == 0 and failed == 0 and warned == 0, out[-3000:]
+    assert passed > 500, out[-3000:]
+    for uri in ("/redfish/v1/Chassis/0/Memory/HBM7/MemoryMetrics", "/redfish/v1/Chassis/1/Controls/Valve3",
+                "/redfish/v1/Chassis/0/LogServices/EventLog", "/redfish/v1/EventService"):  # fmt: skip
+        assert f"Validating {uri}..." in out, uri
+    print(f"interop validator: pass {passed}, warn {warned}, fail {failed}, not tested {untested}")
+    profile = json.loads(path.read_text())
+    profile["Resources"]["Chassis"]["PropertyRequirements"]["SerialNumber"] = {"ReadRequirement": "Mandatory"}
+    (tmp_path / "strict.json").write_text(json.dumps(profile))
+    code, (_, _, failed, _), out = interop(shared_service, tmp_path / "strict.json", tmp_path / "logs2")
+    assert code != 0 and failed >= 2, out[-3000:]  # no module has a serial number
