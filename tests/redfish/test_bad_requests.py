@@ -124,7 +124,8 @@ def test_no_request_breaks_the_service(redfish_service):
             data = body(rng)
             r = http.request(method, svc.url + uri, data=data, headers=credentials(rng), timeout=10)
             statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-            assert r.status_code in (200, 201, 204, 400, 401, 403, 404, 405, 413, 501), (method, uri, data, r.text)
+            # 503: a command (a reset, a valve, a limit) the node did not answer in time, under load
+            assert r.status_code in (200, 201, 204, 400, 401, 403, 404, 405, 413, 501, 503), (method, uri, data, r.text)
             if r.status_code >= 400 and method != "HEAD":
                 code = r.json()["error"]["code"]
                 assert code.startswith("Base.1.22."), (method, uri, r.text)
