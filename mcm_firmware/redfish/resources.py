@@ -838,13 +838,23 @@ def memory_collection(view: NodeView) -> dict[str, Any]:
     )
 
 
-def memory(view: NodeView, stack: int) -> dict[str, Any]:
-    """One HBM stack of the module: its health from its own errors (an uncorrectable one since the
-    controller booted: Warning; its temperature sensor failed: Warning), its metrics apart."""
+def memory_health(view: NodeView, stack: int) -> str:
+    """Critical when a row remap of the stack failed; Warning while one waits for a reset, after an
+    uncorrectable error since the controller booted or with its temperature sensor failed. The
+    stack of a remap is named by its event, the module's flags say whether it still holds."""
     assert view.snapshot is not None
     h = view.snapshot.hbm[stack]
+    flags = SnapshotFlags(view.snapshot.flags)
+    if stack in view.remap_failed and SnapshotFlags.REMAP_FAILED in flags:
+        return "Critical"
+    pending = stack in view.remap_pending and SnapshotFlags.REMAP_PENDING in flags
+    return "Warning" if pending or h.ue > 0 or math.isnan(h.temp_c) else "OK"
+
+
+def memory(view: NodeView, stack: int) -> dict[str, Any]:
+    """One HBM stack of the module: its health (``memory_health``), its metrics apart."""
     uri = memory_uri(view.node, stack)
-    health = "Warning" if h.ue > 0 or math.isnan(h.temp_c) else "OK"
+    health = memory_health(view, stack)
     return {
         "@odata.type": _type("Memory"),
         "@odata.id": uri,

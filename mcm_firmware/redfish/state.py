@@ -23,6 +23,9 @@ class NodeView:
     faults: tuple[str, ...] = ()
     last_event: Event | None = None
     valve_setpoints: dict[int, float] = field(default_factory=dict)  # valves held (VALVE_MANUAL), their %
+    # HBM stacks named by REMAP_PENDING / REMAP_FAILED events (the telemetry's flags are per module)
+    remap_pending: set[int] = field(default_factory=set)
+    remap_failed: set[int] = field(default_factory=set)
     last_seen: float | None = None  # monotonic time of the newest frame that was not retained
     stale: bool = False  # set by judge(): online by its state, but silent too long
 
@@ -72,6 +75,12 @@ class FleetView:
                 view.valve_setpoints[msg.subject] = msg.value
             elif msg.code == EventCode.VALVE_AUTO:
                 view.valve_setpoints.pop(msg.subject, None)
+            elif msg.code == EventCode.REMAP_PENDING:
+                view.remap_pending.add(msg.subject)
+            elif msg.code == EventCode.REMAP_FAILED:
+                view.remap_failed.add(msg.subject)
+            elif msg.code == EventCode.RESET_DONE:
+                view.remap_pending.clear()  # the pending remaps are applied
         else:
             return None
         if not retained:

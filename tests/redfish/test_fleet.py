@@ -371,3 +371,20 @@ def test_the_interop_validator_finds_the_profile_met(shared_service, tmp_path):
     (tmp_path / "strict.json").write_text(json.dumps(profile))
     code, (_, _, failed, _), out = interop(shared_service, tmp_path / "strict.json", tmp_path / "logs2")
     assert code != 0 and failed >= 2, out[-3000:]  # no module has a serial number
+
+
+def test_a_row_remap_waits_in_its_stack_until_the_chassis_reset(shared_service):
+    svc = shared_service
+    hbm2 = "/redfish/v1/Chassis/0/Memory/HBM2"
+    assert svc.get(hbm2).json()["Status"]["Health"] == "OK"
+    ctl(svc, 0, "inject", "hbm-flip", "0x944d2310", "2")  # two bits of one word: a UE in stack 2
+    until(lambda: svc.get(f"{hbm2}/MemoryMetrics").json()["CurrentPeriod"]["UncorrectableECCErrorCount"] > 0)
+    until(lambda: svc.get("/redfish/v1/Chassis/0").json()["Oem"]["McmEmu"]["MemoryRowRemapPending"])
+    ctl(svc, 0, "clear-ras")  # the counts go, the remap still waits
+    until(lambda: svc.get(f"{hbm2}/MemoryMetrics").json()["CurrentPeriod"]["UncorrectableECCErrorCount"] == 0)
+    assert svc.get(hbm2).json()["Status"]["Health"] == "Warning"
+    assert svc.get("/redfish/v1/Chassis/0/Memory/HBM1").json()["Status"]["Health"] == "OK"
+    r = requests.post(svc.url + "/redfish/v1/Chassis/0/Actions/Chassis.Reset", json={}, auth=svc_auth(), timeout=10)
+    assert r.status_code == 204, r.text
+    until(lambda: svc.get(hbm2).json()["Status"]["Health"] == "OK")
+    assert svc.get("/redfish/v1/Chassis/0").json()["Oem"]["McmEmu"]["MemoryRowsRemappedUncorrectable"] >= 1

@@ -188,6 +188,21 @@ def test_each_hbm_stack_is_a_memory_with_its_ecc_errors():
     assert (ext["MemoryRowsRemappedCorrectable"], ext["MemoryRowsRemappedUncorrectable"]) == (3, 1)
     assert ext["MemoryRowRemapPending"] and not ext["MemoryRowRemapFailed"] and not ext["MemoryCEStorm"]
     assert (ext["MemoryLifetimeCorrectableECCErrorCount"], ext["MemoryLifetimeUncorrectableECCErrorCount"]) == (40, 5)
+    # the stack of a remap, from its event; its state from the module's flags
+    from mcm_firmware.protocol import Event, EventCode
+    from mcm_firmware.redfish.state import FleetView
+
+    fleet = FleetView("f")
+    fleet.nodes[3] = view
+    fleet.take(Event(node_id=3, severity=2, code=EventCode.REMAP_PENDING, subject=0))
+    assert rs.memory(view, 0)["Status"]["Health"] == "Warning"  # flags 0x08: pending
+    fleet.take(Event(node_id=3, severity=5, code=EventCode.REMAP_FAILED, subject=0))
+    assert rs.memory(view, 0)["Status"]["Health"] == "Warning"  # no REMAP_FAILED flag: not believed
+    view.snapshot = view.snapshot._replace(flags=0x10)
+    assert rs.memory(view, 0)["Status"]["Health"] == "Critical"
+    fleet.take(Event(node_id=3, severity=2, code=EventCode.RESET_DONE))
+    view.snapshot = view.snapshot._replace(flags=0)
+    assert rs.memory(view, 0)["Status"]["Health"] == "OK" and not view.remap_pending
 
 
 def test_the_event_messages_are_dmtfs_and_the_log_keeps_the_newest():
