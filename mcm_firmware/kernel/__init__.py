@@ -32,6 +32,8 @@ KERNEL_NAMES = (
     "apply_hw_limits",
     "learn_trim",
     "dvfs_step",
+    "tick_inputs",
+    "tick_counters",
 )
 
 
@@ -47,6 +49,8 @@ class Kernels:
     apply_hw_limits: Callable[..., None]
     learn_trim: Callable[..., None]
     dvfs_step: Callable[..., None]
+    tick_inputs: Callable[..., None]
+    tick_counters: Callable[..., None]
     load_s: float  # what importing numba and compiling (or loading from the cache) took
 
 
@@ -159,6 +163,11 @@ def _warm_up(k: dict[str, Any]) -> None:
         1.0, 1.0, 1.0, 0.97, 0.1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.6, 1.4, 0.1, 0.1,
         b1, f2, f2, f1, f2, f2, np.ones(1), f1.copy(),
     )  # fmt: skip
+    k["tick_inputs"](f2, f2, b1, 2.0, 0.1, i1, f2.copy(), f2.copy(), f2.copy())
+    u2 = np.zeros((1, 2), np.uint32)
+    k["tick_counters"](
+        f1, f2, b1, u2, b1, 0.05, 1, 2, 4, True, f1.copy(), f2.copy(), f1.copy(), np.zeros((1, 4)), f1.copy(), f2.copy()
+    )
     t = np.arange(1.0, 3.0)
     k["dvfs_step"](
         t, t, t, t, t, t, 2.0, 1.0, 15.0, 1.25, 0.02, 0.97, 1.1, 0.1, 90.0, 5.0, 95.0, 1.0, 1.0, 1.0, 1.0, 1.0,

@@ -553,3 +553,48 @@ def sensor_sample_faulty(
             else:
                 o_value[i, j] = np.nan if failed else value[i, j]
                 o_read_at[i, j] = read_at[i, j]
+
+
+def tick_inputs(
+    demand: np.ndarray, mhz: np.ndarray, shutdown: np.ndarray, max_mhz: float, idle: float,
+    hbm_region: np.ndarray, o_util: np.ndarray, o_activity: np.ndarray, o_hbm_util: np.ndarray,
+) -> None:  # fmt: skip
+    """The plant's inputs from the clocks that run: the dice's utilisation at them
+    (``workload.utilisation``, zero on a shut-down module), their switching activity and the
+    memory's traffic (the tick's own numpy, ``Shard.tick``)."""
+    n, dies = demand.shape
+    for i in range(n):
+        on = 0.0 if shutdown[i] else 1.0
+        for d in range(dies):
+            u = fmin(fmax(demand[i, d] * max_mhz / fmax(mhz[i, d], 1.0), 0.0), 1.0) * on
+            o_util[i, d] = u
+            o_activity[i, d] = idle + (1.0 - idle) * u
+        for j in range(hbm_region.shape[0]):
+            d = hbm_region[j]
+            o_hbm_util[i, j] = 0.8 * (o_util[i, d] * (mhz[i, d] / max_mhz))
+
+
+def tick_counters(
+    p_total: np.ndarray, p_die: np.ndarray, active: np.ndarray, reasons: np.ndarray, hbm_slow: np.ndarray,
+    dt: float, r_cap: int, r_therm: int, r_hw: int, samples: bool,
+    energy: np.ndarray, die_energy: np.ndarray, energy_j: np.ndarray, violation_s: np.ndarray,
+    smp_energy: np.ndarray, smp_die_energy: np.ndarray,
+) -> None:  # fmt: skip
+    """Energy since the last record and since boot, and the violation times, in place."""
+    n, dies = p_die.shape
+    for i in range(n):
+        energy[i] += p_total[i] * dt
+        for d in range(dies):
+            die_energy[i, d] += p_die[i, d] * dt
+        energy_j[i] += p_total[i] * (dt if active[i] else 0.0)
+        held = 0
+        for d in range(dies):
+            held |= int(reasons[i, d])
+        violation_s[i, 0] += dt if held & r_cap != 0 else 0.0
+        violation_s[i, 1] += dt if held & r_therm != 0 else 0.0
+        violation_s[i, 2] += dt if hbm_slow[i] else 0.0
+        violation_s[i, 3] += dt if held & r_hw != 0 else 0.0
+        if samples:
+            smp_energy[i] += p_total[i] * dt
+            for d in range(dies):
+                smp_die_energy[i, d] += p_die[i, d] * dt

@@ -236,20 +236,18 @@ class Shard:
             dvfs.hw_protect(self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
             dvfs.apply_hw_limits(self.dvfs_cfg, st)
         self._protection_events(was_shut, was_ocp)
-        # the firmware saw the demand at the clocks it had; the dice run it at the clocks chosen now
-        self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
-
         u = self.inputs
         u.mhz, u.mv = st.mhz, st.mv
         u.powered = ~st.shutdown
         idle = self.profile.die.idle_activity
-        u.activity = idle + (1.0 - idle) * self.util
-        # memory traffic follows the work the dice get done, busy fraction x clock: a die slowed to a
-        # sixth of its clock issues a sixth of the requests (it drove the memory at full bandwidth
-        # at any clock, so a hot module at its lowest clock drew ~40 W over a minimum cap)
-        # (np.take keeps the rows C-ordered, as ``[:, index]`` does not: numpy sums a row of an
-        # F-ordered array in another order, and the compiled kernel sums as for C-ordered rows)
-        u.hbm_util = 0.8 * np.take(self.util * (st.mhz / self.max_mhz), p.hbm_region, axis=1) if p.hbm else u.hbm_util
+        if kern is not None:  # the same as below, in one compiled pass
+            self.util, u.activity = np.empty(demand.shape), np.empty(demand.shape)
+            u.hbm_util = np.empty((self.n, p.hbm))
+            kern.tick_inputs(
+                demand, st.mhz, st.shutdown, self.max_mhz, idle, p.hbm_region, self.util, u.activity, u.hbm_util
+            )
+        else:
+            self._plant_inputs(demand, idle)
         u.valve_cmd = self.cool.valve_cmd
         u.pump_on = self.cool.pump_on
         if kern is not None:
@@ -258,18 +256,26 @@ class Shard:
         else:
             model.step(p, self.plant, u, dt, self.profile.cooling.inlet_c)
             dvfs.learn_trim(self.dvfs_cfg, st, self.plant.p_total, self.util, self.s_die.value, dt)
-        self._energy += self.plant.p_total * dt
-        self._die_energy += self.plant.p_die * dt
-        self.energy_j += self.plant.p_total * (dt * self.active)
-        held = np.bitwise_or.reduce(st.reasons, axis=1)
-        viol = self.violation_s
-        viol[:, 0] += (held & _R_CAP != 0) * dt
-        viol[:, 1] += (held & _R_THERM != 0) * dt
-        viol[:, 2] += st.hbm_slow * dt
-        viol[:, 3] += (held & _R_HW != 0) * dt
-        if self._samples_dtype is not None:
-            self._smp_energy += self.plant.p_total * dt
-            self._smp_die_energy += self.plant.p_die * dt
+        if kern is not None:  # the same as below, in one compiled pass
+            kern.tick_counters(
+                self.plant.p_total, self.plant.p_die, self.active, st.reasons, st.hbm_slow, dt,
+                int(_R_CAP), int(_R_THERM), int(_R_HW), self._samples_dtype is not None,
+                self._energy, self._die_energy, self.energy_j, self.violation_s, self._smp_energy,
+                self._smp_die_energy,
+            )  # fmt: skip
+        else:
+            self._energy += self.plant.p_total * dt
+            self._die_energy += self.plant.p_die * dt
+            self.energy_j += self.plant.p_total * (dt * self.active)
+            held = np.bitwise_or.reduce(st.reasons, axis=1)
+            viol = self.violation_s
+            viol[:, 0] += (held & _R_CAP != 0) * dt
+            viol[:, 1] += (held & _R_THERM != 0) * dt
+            viol[:, 2] += st.hbm_slow * dt
+            viol[:, 3] += (held & _R_HW != 0) * dt
+            if self._samples_dtype is not None:
+                self._smp_energy += self.plant.p_total * dt
+                self._smp_die_energy += self.plant.p_die * dt
 
         rng = self.rng
         noise = rng.standard_normal(self._noise_size)  # one draw for every sensor of the shard
@@ -302,6 +308,20 @@ class Shard:
             n = self._periods_due(k0, self.div_sample)
             if n:
                 self._take_samples(n)
+
+    def _plant_inputs(self, demand: np.ndarray, idle: float) -> None:
+        """The plant's inputs from the clocks chosen now (the numpy reference of the compiled
+        ``tick_inputs``): the firmware saw the demand at the clocks it had; the dice run it at
+        these."""
+        st, u, p = self.dvfs, self.inputs, self.params
+        self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
+        u.activity = idle + (1.0 - idle) * self.util
+        # memory traffic follows the work the dice get done, busy fraction x clock: a die slowed to a
+        # sixth of its clock issues a sixth of the requests (it drove the memory at full bandwidth
+        # at any clock, so a hot module at its lowest clock drew ~40 W over a minimum cap)
+        # (np.take keeps the rows C-ordered, as ``[:, index]`` does not: numpy sums a row of an
+        # F-ordered array in another order, and the compiled kernel sums as for C-ordered rows)
+        u.hbm_util = 0.8 * np.take(self.util * (st.mhz / self.max_mhz), p.hbm_region, axis=1) if p.hbm else u.hbm_util
 
     def _take_samples(self, n: int) -> None:
         """Samples came due ``n`` times since the last (more than once after a late tick: each
