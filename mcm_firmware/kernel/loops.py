@@ -6,13 +6,17 @@ to the last bit on the machines the tests run on (``tests/runtime/test_kernel.py
 
 * :func:`plant_step` — :func:`mcm_firmware.plant.model.step`;
 * :func:`sensor_sample` — :meth:`mcm_firmware.plant.sensors.SensorBank.sample` of a bank with
-  no fault and no external sensor (the caller draws the noise);
+  no fault and no external sensor (the caller draws the noise), :func:`sensor_sample_faulty` of
+  a bank with faults set (with the reference's own draws);
 * :func:`update_power_average` — :func:`mcm_firmware.control.dvfs.update_power_average`;
 * :func:`hw_protect` — :func:`mcm_firmware.control.dvfs.hw_protect`;
 * :func:`apply_hw_limits` — :func:`mcm_firmware.control.dvfs.apply_hw_limits`;
-* :func:`learn_trim` — :func:`mcm_firmware.control.dvfs.learn_trim`.
+* :func:`learn_trim` — :func:`mcm_firmware.control.dvfs.learn_trim`;
+* :func:`dvfs_step` — :func:`mcm_firmware.control.dvfs.dvfs_step`;
+* :func:`tick_inputs`, :func:`tick_counters` — the tick's own numpy (``Shard._plant_inputs``,
+  the energy and violation counters of ``Shard.tick``).
 
-What makes them equal, and where they could not be (docs/performance.md, "Compiled tick"):
+What makes them equal, and where they could not be (docs/performance.md, "Virtual time"):
 sums over a row follow numpy's pairwise summation (:func:`psum`); ``np.minimum``/``np.maximum``
 propagate NaN as numpy does (:func:`fmin`, :func:`fmax`); ``np.interp`` is numpy's algorithm
 (:func:`interp`); ``np.round`` is ``rint``; exp, exp2, expm1, log and pow are the C library's on
