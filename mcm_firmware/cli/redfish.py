@@ -122,6 +122,17 @@ def authority(args: argparse.Namespace) -> Any:
     return Authority(accounts)
 
 
+def public_url(url: str) -> str:
+    """The broker's URL without credentials or security options: ``scheme://host:port``."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
 @contextlib.asynccontextmanager
 async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any:
     """The gateway and HTTP server of ``args`` against the broker ``url``; prints its address."""
@@ -132,7 +143,7 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
 
     auth = authority(args)
     tls = https_context(args)
-    gateway = Gateway(transport_factory(url), fleet, auth=frame_auth(args, fleet))
+    gateway = Gateway(transport_factory(url), fleet, auth=frame_auth(args, fleet), source=public_url(url))
     try:
         await gateway.start()
     except TransportError as e:

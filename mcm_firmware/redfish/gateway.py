@@ -43,9 +43,12 @@ class Gateway:
         timeout: float = 2.0,
         auth: FrameAuth | None = None,
         alive_window: float = 3.0,
+        source: str | None = None,
     ) -> None:
-        """``alive_window``: a node from which no fresh frame came for this long (s) is offline."""
+        """``alive_window``: a node from which no fresh frame came for this long (s) is offline;
+        ``source``: the broker's URL as the service shows it (its AggregationSource; no credentials)."""
         self.view = FleetView(fleet)
+        self.source = source
         self.alive_window = alive_window
         self.logs: dict[int, NodeLog] = {}
         self.listeners: list[Callable[[Record], None]] = []  # told of every record logged
@@ -99,6 +102,11 @@ class Gateway:
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now."""
+        return self._watch is not None
 
     async def __aenter__(self) -> Gateway:
         await self.start()

@@ -40,6 +40,10 @@ TYPES = {
     "ActionInfo": "ActionInfo.v1_5_0",
     "SessionService": "SessionService.v1_2_0",
     "Session": "Session.v1_8_0",
+    "AggregationService": "AggregationService.v1_0_3",
+    "AggregationSource": "AggregationSource.v1_5_0",
+    "Aggregate": "Aggregate.v1_0_3",
+    "ConnectionMethod": "ConnectionMethod.v1_2_0",
 }
 COLLECTIONS = (
     "ChassisCollection",
@@ -53,6 +57,9 @@ COLLECTIONS = (
     "MessageRegistryFileCollection",
     "EventDestinationCollection",
     "SessionCollection",
+    "AggregationSourceCollection",
+    "AggregateCollection",
+    "ConnectionMethodCollection",
 )
 # schemas referenced by those above (common types, excerpts, messages)
 SUPPORT = {
@@ -64,6 +71,7 @@ SUPPORT = {
 SCHEMA_URI = "http://redfish.dmtf.org/schemas/v1/{}_v1.xml"
 
 ROOT = "/redfish/v1"
+AGGREGATION = f"{ROOT}/AggregationService"
 POWER_LIMIT = "PowerLimit"  # the id of the power-limit Control
 
 # --- the Oem.McmEmu extensions: declared once, served as a CSDL schema, typed in every payload -----
@@ -256,13 +264,19 @@ def service_root(fleet: str, version: str) -> dict[str, Any]:
         "SessionService": link(f"{ROOT}/SessionService"),
         "Registries": link(f"{ROOT}/Registries"),
         "EventService": link(f"{ROOT}/EventService"),
+        "AggregationService": link(AGGREGATION),
         "Links": {"Sessions": link(f"{ROOT}/SessionService/Sessions")},
     }
 
 
 def odata_document() -> dict[str, Any]:
     """``/redfish/v1/odata``: the OData service document (DSP0266 "OData service document")."""
-    singletons = [("Service", f"{ROOT}/"), ("Chassis", f"{ROOT}/Chassis"), ("SessionService", f"{ROOT}/SessionService")]
+    singletons = [
+        ("Service", f"{ROOT}/"),
+        ("Chassis", f"{ROOT}/Chassis"),
+        ("SessionService", f"{ROOT}/SessionService"),
+        ("AggregationService", AGGREGATION),
+    ]
     return {
         "@odata.context": f"{ROOT}/$metadata",
         "value": [{"name": n, "kind": "Singleton", "url": u} for n, u in singletons],
@@ -913,4 +927,89 @@ def registry_file(name: str, *, local: bool) -> dict[str, Any]:
         "Registry": name.rsplit(".", 1)[0],
         "Languages": ["en"],
         "Location": [where],
+    }
+
+
+# --- aggregation (DSP0266 "Aggregation"; AggregationService, AggregationSource, Aggregate) -----------
+# The service aggregates one fleet: the broker it reaches the fleet's modules through is its one
+# AggregationSource (ConnectionMethod: the binary protocol over MQTT, an OEM method), and the fleet
+# is one Aggregate whose elements are the modules' Chassis.
+
+CONNECTION_METHOD = "MQTT"  # the id of the one ConnectionMethod
+CONNECTION_VARIANT = "mcm-emu binary protocol v1 over MQTT (docs/protocol.md)"
+
+
+def aggregation_service(fleet: str) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("AggregationService"),
+        "@odata.id": AGGREGATION,
+        "Id": "AggregationService",
+        "Name": "Aggregation Service",
+        "Description": f"The modules of fleet {fleet}, reached through its broker",
+        "ServiceEnabled": True,
+        "Status": {"State": "Enabled", "Health": "OK"},
+        "AggregationSources": link(f"{AGGREGATION}/AggregationSources"),
+        "Aggregates": link(f"{AGGREGATION}/Aggregates"),
+        "ConnectionMethods": link(f"{AGGREGATION}/ConnectionMethods"),
+    }
+
+
+def connection_methods() -> dict[str, Any]:
+    uri = f"{AGGREGATION}/ConnectionMethods"
+    return collection("ConnectionMethodCollection", uri, "Connection methods", [f"{uri}/{CONNECTION_METHOD}"])
+
+
+def connection_method(fleet: str) -> dict[str, Any]:
+    return {
+        "@odata.type": _type("ConnectionMethod"),
+        "@odata.id": f"{AGGREGATION}/ConnectionMethods/{CONNECTION_METHOD}",
+        "Id": CONNECTION_METHOD,
+        "Name": "The modules' binary protocol over MQTT",
+        "ConnectionMethodType": "OEM",
+        "ConnectionMethodVariant": CONNECTION_VARIANT,
+        "Links": {"AggregationSources": [link(f"{AGGREGATION}/AggregationSources/{fleet}")]},
+    }
+
+
+def aggregation_sources(fleet: str) -> dict[str, Any]:
+    uri = f"{AGGREGATION}/AggregationSources"
+    return collection("AggregationSourceCollection", uri, "Aggregation sources", [f"{uri}/{fleet}"])
+
+
+def aggregation_source(view: FleetView, broker: str | None, online: bool) -> dict[str, Any]:
+    """The fleet's broker as the source of the aggregated modules: ``broker`` its URL (no
+    credentials), ``online`` whether the service is connected to it now."""
+    out: dict[str, Any] = {
+        "@odata.type": _type("AggregationSource"),
+        "@odata.id": f"{AGGREGATION}/AggregationSources/{view.fleet}",
+        "Id": view.fleet,
+        "Name": f"Broker of fleet {view.fleet}",
+        "AggregationType": "Full",
+        "Status": {"State": "Enabled" if online else "UnavailableOffline", "Health": "OK" if online else "Critical"},
+        "Links": {
+            "ConnectionMethod": link(f"{AGGREGATION}/ConnectionMethods/{CONNECTION_METHOD}"),
+            "ResourcesAccessed": [link(chassis_uri(n)) for n in sorted(view.nodes)],
+        },
+    }
+    if broker is not None:
+        out["HostName"] = broker
+    return out
+
+
+def aggregates(fleet: str) -> dict[str, Any]:
+    uri = f"{AGGREGATION}/Aggregates"
+    return collection("AggregateCollection", uri, "Aggregates", [f"{uri}/{fleet}"])
+
+
+def aggregate(view: FleetView) -> dict[str, Any]:
+    """The fleet as an Aggregate: its modules' Chassis."""
+    elements = [link(chassis_uri(n)) for n in sorted(view.nodes)]
+    return {
+        "@odata.type": _type("Aggregate"),
+        "@odata.id": f"{AGGREGATION}/Aggregates/{view.fleet}",
+        "Id": view.fleet,
+        "Name": f"Modules of fleet {view.fleet}",
+        "ElementsCount": len(elements),
+        "Elements@odata.count": len(elements),
+        "Elements": elements,
     }

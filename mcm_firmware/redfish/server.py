@@ -327,6 +327,8 @@ class RedfishServer:
             return self._registries(request, parts[1:], method)
         if head == "EventService":
             return await self._event_service(request, parts[1:], method, who)
+        if head == "AggregationService":
+            return self._aggregation(request, parts[1:], method)
         raise Refused(404, "ResourceMissingAtURI", request.path)
 
     # --- the event service ---------------------------------------------------------------------------
@@ -452,6 +454,29 @@ class RedfishServer:
         finally:
             self.events.close_stream(stream)
         return resp
+
+    # --- aggregation ---------------------------------------------------------------------------------
+
+    def _aggregation(self, request: web.Request, parts: list[str], method: str) -> web.StreamResponse:
+        gw = self.gateway
+        fleet = gw.view.fleet
+        self._allow(method, ("GET",))
+        match parts:
+            case []:
+                return _json(rs.aggregation_service(fleet))
+            case ["AggregationSources"]:
+                return _json(rs.aggregation_sources(fleet))
+            case ["AggregationSources", name] if name == fleet:
+                return _json(rs.aggregation_source(gw.view, gw.source, gw.connected))
+            case ["Aggregates"]:
+                return _json(rs.aggregates(fleet))
+            case ["Aggregates", name] if name == fleet:
+                return _json(rs.aggregate(gw.view))
+            case ["ConnectionMethods"]:
+                return _json(rs.connection_methods())
+            case ["ConnectionMethods", rs.CONNECTION_METHOD]:
+                return _json(rs.connection_method(fleet))
+        raise Refused(404, "ResourceMissingAtURI", request.path)
 
     # --- registries ---------------------------------------------------------------------------------
 

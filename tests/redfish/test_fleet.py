@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from ..conftest import run_cli
+from .conftest import OPERATOR
 
 pytestmark = pytest.mark.slow
 
@@ -388,3 +389,33 @@ def test_a_row_remap_waits_in_its_stack_until_the_chassis_reset(shared_service):
     assert r.status_code == 204, r.text
     until(lambda: svc.get(hbm2).json()["Status"]["Health"] == "OK")
     assert svc.get("/redfish/v1/Chassis/0").json()["Oem"]["McmEmu"]["MemoryRowsRemappedUncorrectable"] >= 1
+
+
+def test_the_aggregation_service_names_the_broker_and_the_fleet_as_an_aggregate(shared_service):
+    svc = shared_service
+    agg = svc.get("/redfish/v1/").json()["AggregationService"]["@odata.id"]
+    body = svc.get(agg).json()
+    assert body["ServiceEnabled"] is True and body["Status"]["State"] == "Enabled"
+    chassis = [m["@odata.id"] for m in svc.get("/redfish/v1/Chassis").json()["Members"]]
+    assert chassis == ["/redfish/v1/Chassis/0", "/redfish/v1/Chassis/1"]
+
+    sources = svc.get(body["AggregationSources"]["@odata.id"]).json()["Members"]
+    assert [s["@odata.id"] for s in sources] == [f"{agg}/AggregationSources/{svc.fleet}"]
+    src = svc.get(sources[0]["@odata.id"]).json()
+    assert src["HostName"] == svc.broker.split("?")[0]  # the broker the service reaches the fleet through
+    assert src["AggregationType"] == "Full" and src["Status"]["State"] == "Enabled"
+    assert [r["@odata.id"] for r in src["Links"]["ResourcesAccessed"]] == chassis
+    method = svc.get(src["Links"]["ConnectionMethod"]["@odata.id"]).json()
+    assert method["ConnectionMethodType"] == "OEM" and "MQTT" in method["ConnectionMethodVariant"]
+    assert method["Links"]["AggregationSources"] == [{"@odata.id": sources[0]["@odata.id"]}]
+
+    members = svc.get(body["Aggregates"]["@odata.id"]).json()["Members"]
+    aggregate = svc.get(members[0]["@odata.id"]).json()
+    assert [e["@odata.id"] for e in aggregate["Elements"]] == chassis and aggregate["ElementsCount"] == 2
+    for missing in ("Aggregates/other", "AggregationSources/other", "ConnectionMethods/x", "Nothing"):
+        r = svc.get(f"{agg}/{missing}")
+        assert r.status_code == 404 and r.json()["error"]["@Message.ExtendedInfo"][0]["MessageId"].endswith(
+            "ResourceMissingAtURI"
+        )
+    r = requests.patch(svc.url + agg, json={"ServiceEnabled": False}, auth=OPERATOR, timeout=10)
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD"
