@@ -19,6 +19,7 @@ from ..protocol import (
     EventCode,
     FrameFlags,
     Link,
+    LinkFaultCounts,
     Message,
     NodeState,
     PowerLimitSource,
@@ -158,7 +159,12 @@ def stats_json(st: StatsResult) -> dict[str, Any]:
         "periods_late": st.periods_late,
         "loop_lag_ms": {"p99": st.loop_lag_p99_us / 1e3, "max": st.loop_lag_max_us / 1e3},
         "gc_ms": st.gc_ms,
+        "link_faults": {way: _link_fault_json(getattr(st, f"link_{way}")) for way in ("out", "in")},
     }
+
+
+def _link_fault_json(n: LinkFaultCounts) -> dict[str, int]:
+    return {"dropped": n.dropped, "corrupted": n.corrupted, "duplicated": n.duplicated, "delayed": n.delayed}
 
 
 def status_json(node: int, st: StatusResult, stats: StatsResult | None = None) -> dict[str, Any]:
@@ -469,6 +475,16 @@ def status_text(obj: dict[str, Any]) -> str:
             f"tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over {late['ticks']} ticks, "
             f"{rt['periods_late']} periods late; loop lag p99 {lag['p99']:.1f} ms; gc {rt['gc_ms']} ms"
         )
+        lf = rt["link_faults"]
+        if any(any(lf[way].values()) for way in lf):  # only where an emulated link fault did anything
+            lines.append(
+                "  link faults: "
+                + "; ".join(
+                    f"{way} dropped {n['dropped']}, corrupted {n['corrupted']}, duplicated {n['duplicated']}, "
+                    f"delayed {n['delayed']}"
+                    for way, n in lf.items()
+                )
+            )
     return "\n".join(lines)
 
 

@@ -149,6 +149,17 @@ class StatusResult:
 
 
 @record
+class LinkFaultCounts:
+    """What the emulated link faults (``link-*``) did to the frames of one direction, since boot:
+    cumulative, a cleared fault's counts stay."""
+
+    dropped: int = wire(c.Int32ul)
+    corrupted: int = wire(c.Int32ul)  # one bit flipped
+    duplicated: int = wire(c.Int32ul)
+    delayed: int = wire(c.Int32ul)  # copies held back by a delay or jitter
+
+
+@record
 class StatsResult:
     """How the node and the emulator around it keep their rates (the run's self-measurement)."""
 
@@ -171,6 +182,8 @@ class StatsResult:
     loop_lag_p99_us: int = wire(c.Int32ul)  # of the emulator's event loop, recently
     loop_lag_max_us: int = wire(c.Int32ul)
     gc_ms: int = wire(c.Int32ul)  # time the emulator's garbage collector held the loop, since start
+    link_out: LinkFaultCounts = wire(layout(LinkFaultCounts))  # frames the node sent
+    link_in: LinkFaultCounts = wire(layout(LinkFaultCounts))  # frames it received (the fault plane passes by)
 
 
 @record
@@ -278,6 +291,8 @@ _SPECS = (
             loop_lag_p99_us=2100,
             loop_lag_max_us=6300,
             gc_ms=12,
+            link_out=LinkFaultCounts(dropped=40, corrupted=3, duplicated=2, delayed=0),
+            link_in=LinkFaultCounts(dropped=0, corrupted=0, duplicated=0, delayed=5),
         ),
     ),
     OpSpec(

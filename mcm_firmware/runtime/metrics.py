@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ..protocol import SnapshotFlags
+from ..transport.link_faults import LINK_FAULT_KINDS
 from .fleet import Fleet
 from .meter import DECIMATED, DROPPED, DUE, SENT
 from .shard import Shard
@@ -248,6 +249,22 @@ class RunCollector(Collector):
         for kind, value in sums.items():
             drops.add_metric([*fleet, kind], float(value))
         yield drops
+        faults = CounterMetricFamily(
+            "mcm_run_link_fault_frames",
+            "Frames the emulated link faults (link-drop, link-corrupt, ...) dropped, corrupted, duplicated "
+            "or delayed, by direction (out: sent by the nodes, in: received) and kind (since each node's "
+            "boot; a cleared fault's counts stay).",
+            labels=("fleet", "direction", "kind"),
+        )
+        link = {(way, kind): 0 for way in ("out", "in") for kind in LINK_FAULT_KINDS if kind != "seen"}
+        for node in self.fleet.nodes.values():
+            for way, counts in node.link_counts.items():
+                for kind, value in counts.items():
+                    if kind != "seen":
+                        link[way, kind] += value
+        for (way, kind), value in link.items():
+            faults.add_metric([*fleet, way, kind], float(value))
+        yield faults
         up = GaugeMetricFamily(
             "mcm_run_nodes", "Nodes of this run, and how many have their link up.", labels=("fleet", "state")
         )

@@ -66,7 +66,7 @@ from ..protocol import (
 from ..protocol.auth import AuthError, FrameAuth
 from ..protocol.codec import command_op, encode_body, request_id, snapshot_from_payload
 from ..protocol.frames import AUTH_TRAILER_SIZE, CRC_SIZE, HEADER_SIZE, MAX_PAYLOAD
-from ..protocol.ops import FAULT_CONTROL, PowerLimits, StatsResult
+from ..protocol.ops import FAULT_CONTROL, LinkFaultCounts, PowerLimits, StatsResult
 from ..tasks import cancel_and_wait, cancelled_under_way
 from ..transport import (
     Address,
@@ -78,7 +78,7 @@ from ..transport import (
     TransportFactory,
     Will,
 )
-from ..transport.link_faults import LinkFaultParam, LinkFaultParams, LinkFaults
+from ..transport.link_faults import LINK_FAULT_KINDS, LinkFaultParam, LinkFaultParams, LinkFaults
 from . import heap
 from .meter import DECIMATED, DROPPED, DUE, SENT, Quantiles, RunMeter, telemetry_counters
 from .shard import Shard
@@ -155,6 +155,10 @@ class Counters:
     events_suppressed: int = 0
 
 
+def _link_counts() -> dict[str, int]:
+    return dict.fromkeys(LINK_FAULT_KINDS, 0)
+
+
 class Node:
     def __init__(
         self,
@@ -212,6 +216,9 @@ class Node:
         self._stopping = False
         self.connected_once = asyncio.Event()
         self.link_faults: dict[str, LinkFaults] = {}  # per direction ("out", "in") where any is set
+        # what the link faults did per direction, since boot: each fault hook counts into these, so
+        # the counts outlive the fault (clear-fault) and a change of its parameters
+        self.link_counts: dict[str, dict[str, int]] = {"out": _link_counts(), "in": _link_counts()}
         self._link_params: dict[str, LinkFaultParams] = {"out": {}, "in": {}}
         self.faults: dict[tuple[int, str], Fault] = {}  # injected and not cleared
         self.tlm_address = self.address(Channel.TLM)
@@ -371,6 +378,7 @@ class Node:
         self._answered.clear()
         self._link_params = {"out": {}, "in": {}}
         self.link_faults = {}
+        self.link_counts = {"out": _link_counts(), "in": _link_counts()}
         self.shard.link_faulty[self.row] = False
         self.shard.reset_row(self.row)
         self.start()
@@ -404,11 +412,10 @@ class Node:
                 params.pop(name, None)
             else:
                 params[name] = value
-            old = self.link_faults.pop(way, None)
+            self.link_faults.pop(way, None)
             if params:
                 hook = LinkFaults(seed=self._rng.getrandbits(32), **params)
-                if old is not None:  # what the link did so far stays counted
-                    hook.counts = old.counts
+                hook.counts = self.link_counts[way]  # what the link did so far stays counted
                 self.link_faults[way] = hook
         self.shard.link_faulty[self.row] = bool(self.link_faults)
 
@@ -462,6 +469,13 @@ class Node:
                 self.connected_once.set()
                 while True:
                     delivery = await tr.receive()
+                    if delivery.oversize:  # skipped unread by the transport: counted as a rejection
+                        self.counters.rx_frames += 1
+                        self._reject(
+                            Reason.TRAILING_BYTES,
+                            f"a message of {delivery.oversize} bytes, larger than any frame's packet: skipped unread",
+                        )
+                        continue
                     for delay, d in self._plan(delivery.address, delivery.payload, "in"):
                         if delay > 0:
                             self._later(delay, self._on_frame, d.payload)
@@ -779,6 +793,17 @@ class Node:
             loop_lag_p99_us=us(lag.p99),
             loop_lag_max_us=us(lag.max),
             gc_ms=min(U32, round(self.meter.totals.gc_s * 1e3)) if self.meter else 0,
+            link_out=self._link_fault_counts("out"),
+            link_in=self._link_fault_counts("in"),
+        )
+
+    def _link_fault_counts(self, way: str) -> LinkFaultCounts:
+        n = self.link_counts[way]
+        return LinkFaultCounts(
+            dropped=n["dropped"] & U32,
+            corrupted=n["corrupted"] & U32,
+            duplicated=n["duplicated"] & U32,
+            delayed=n["delayed"] & U32,
         )
 
     def power_limits(self) -> PowerLimits:

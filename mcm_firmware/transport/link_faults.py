@@ -21,6 +21,10 @@ LinkFaultParam = Literal["drop", "corrupt", "duplicate", "delay", "jitter"]
 """A probability or delay of :class:`LinkFaults` that is set on its own."""
 
 
+LINK_FAULT_KINDS = ("seen", "dropped", "corrupted", "duplicated", "delayed")
+"""What :attr:`LinkFaults.counts` counts: frames seen, and what was done to them."""
+
+
 class LinkFaultParams(TypedDict, total=False):
     """Those of :class:`LinkFaults`' probabilities and delays that are set (keyword arguments)."""
 
@@ -35,7 +39,8 @@ class LinkFaultParams(TypedDict, total=False):
 class LinkFaults:
     """A seeded fault hook: each frame is dropped, corrupted, duplicated and/or delayed by chance.
 
-    ``channels`` limits the faults to some channels (all when empty). Counters tell what happened.
+    ``channels`` limits the faults to some channels (all when empty). Counters tell what happened
+    (``counts``: a dict of its own, or one handed in that outlives the hook, as a node's does).
     """
 
     drop: float = 0.0
@@ -47,9 +52,7 @@ class LinkFaults:
     """Extra uniform random delay in [0, jitter) seconds: frames overtake each other (reorder)."""
     channels: frozenset[Channel] = frozenset()
     seed: int = 0
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("seen", "dropped", "corrupted", "duplicated", "delayed"), 0)
-    )
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LINK_FAULT_KINDS, 0))
 
     def __post_init__(self) -> None:
         for name in ("drop", "corrupt", "duplicate"):
