@@ -34,6 +34,8 @@ KERNEL_NAMES = (
     "dvfs_step",
     "tick_inputs",
     "tick_counters",
+    "tick_demand",
+    "cooling_fast",
 )
 
 
@@ -51,6 +53,8 @@ class Kernels:
     dvfs_step: Callable[..., None]
     tick_inputs: Callable[..., None]
     tick_counters: Callable[..., None]
+    tick_demand: Callable[..., None]
+    cooling_fast: Callable[..., int]
     load_s: float  # what importing numba and compiling (or loading from the cache) took
 
 
@@ -103,7 +107,10 @@ def _compile(t0: float) -> Kernels:
     from . import loops
 
     jit: Callable[[Any], Any] = numba.njit(cache=True, nogil=True, error_model="numpy")
-    helpers = ("psum", "fmin", "fmax", "interp", "grid_floor", "grid_ceil", "pstate_at_least", "pstate_at_most")
+    helpers = (
+        "psum", "fmin", "fmax", "interp", "grid_floor", "grid_ceil", "pstate_at_least", "pstate_at_most", "npmod",
+        "pid_step",
+    )  # fmt: skip
     for name in helpers:  # the kernels call the compiled helpers through the module's globals
         setattr(loops, name, jit(getattr(loops, name)))
     fns = {name: jit(getattr(loops, name)) for name in KERNEL_NAMES}
@@ -168,6 +175,18 @@ def _warm_up(k: dict[str, Any]) -> None:
     k["tick_counters"](
         f1, f2, b1, u2, b1, 0.05, 1, 2, 4, True, f1.copy(), f2.copy(), f1.copy(), np.zeros((1, 4)), f1.copy(), f2.copy()
     )
+    i8 = np.zeros(1, np.int8)
+    k["tick_demand"](
+        i8, f1, np.ones(1), f2.copy(), f2, 1.0, 0.5, 0.1, 1, 2, 3, 0.85, 2.0, 1.5, 0.15, 0.5, f2, b1, 2.0,
+        f2.copy(), f2.copy(),
+    )  # fmt: skip
+    k["cooling_fast"](
+        1.0, 2.0, 0.6, 1.0, 3.0, 600.0, 3600.0, np.ones(2), np.ones(2),
+        f2, b2, f2, f2, b2, b2, f2.copy(), b2.copy(), b2.copy(), f2.copy(), np.zeros(1, np.int16), f1.copy(),
+        b1, f2.copy(), f2.copy(), b1.copy(), b2.copy(), b2.copy(), b1.copy(), b1.copy(), b1.copy(),
+        1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, False, 1.0, 1.0, False, 30.0,
+        f2, f2, f2, f2, b2, f2, f2, f2.copy(), f2.copy(), f2.copy(),
+    )  # fmt: skip
     t = np.arange(1.0, 3.0)
     k["dvfs_step"](
         t, t, t, t, t, t, 2.0, 1.0, 15.0, 1.25, 0.02, 0.97, 1.1, 0.1, 90.0, 5.0, 95.0, 1.0, 1.0, 1.0, 1.0, 1.0,

@@ -9,10 +9,14 @@ runs instead (the shard's arrays are all C-ordered)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..control import dvfs
+from ..control import coolant, dvfs
+from ..control.pid import PidConfig
 from ..plant import model
+from ..plant import workload as wl
 from ..plant.sensors import SensorBank, SensorFault
 from . import Kernels
 
@@ -207,3 +211,78 @@ def _tables(cfg: dvfs.DvfsConfig) -> tuple[np.ndarray, ...]:
         t = (cfg.mhz, cfg.mhz_ascending, cfg.speedup, 1.0 / cfg.speedup, cfg.dyn_per_state, cfg.v_ratio)
         _TABLES[id(cfg)] = t
     return t
+
+
+_K_STEADY, _K_TRAINING, _K_INFERENCE = int(wl.Workload.STEADY), int(wl.Workload.TRAINING), int(wl.Workload.INFERENCE)
+
+
+def tick_demand(
+    k: Kernels, w: wl.WorkloadModel, t: float, dt: float, mhz: np.ndarray, shutdown: np.ndarray, max_mhz: float
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:meth:`WorkloadModel.demand` and the utilisation the firmware sees
+    (``utilisation(demand, mhz, max_mhz) * ~shutdown[:, None]``), with the reference's own draws;
+    ``None``, and nothing done, for arrays that are not C-ordered: the caller runs the reference."""
+    if not _c_ordered(mhz, w._ou):
+        return None
+    _, _, inference = w._kinds()
+    shape = w._ou.shape
+    a = math.exp(-dt / wl.INFER_TAU_S)
+    if len(inference):
+        noise = w._rng.standard_normal((len(inference), shape[1]))
+        coef = wl.INFER_SD * math.sqrt(1 - a * a)
+    else:
+        noise, coef = _NONE, 0.0
+    demand, util = np.empty(shape), np.empty(shape)
+    k.tick_demand(
+        w._kind, w.phase, w.scale, w._ou, noise, float(t), a, coef, _K_STEADY, _K_TRAINING, _K_INFERENCE,
+        wl.STEADY_DEMAND, wl.TRAIN_PERIOD_S, wl.TRAIN_PERIOD_S * wl.TRAIN_COMPUTE_FRACTION, wl.TRAIN_COMM_DEMAND,
+        wl.INFER_MEAN, mhz, shutdown, float(max_mhz), demand, util,
+    )  # fmt: skip
+    return demand, util
+
+
+def _pid_args(cfg: PidConfig, ts: float) -> tuple[float | bool, ...]:
+    return (
+        cfg.kp, cfg.ki * ts, cfg.integral_min, cfg.integral_max, cfg.out_min, cfg.out_max, cfg.ff_offset,
+        cfg.ff_gain, bool(cfg.ff_offset or cfg.ff_gain), cfg.slew_neg * ts if cfg.slew_neg > 0 else 0.0,
+        cfg.slew_pos * ts if cfg.slew_pos > 0 else 0.0, bool(cfg.reverse),
+    )  # fmt: skip
+
+
+def cooling_fast(
+    k: Kernels,
+    cfg: coolant.CoolantConfig,
+    st: coolant.CoolantState,
+    t: float,
+    plant_rpm_nom: np.ndarray,
+    rpm_true: np.ndarray,
+    overcurrent: np.ndarray,
+    rpm: SensorBank,
+    driver_fault: np.ndarray,
+    flow: np.ndarray,
+    ts: float,
+) -> tuple[np.ndarray, coolant.PumpTransitions, int] | None:
+    """The valve period of ``Shard._cooling_fast``: the pump drivers' current (returned),
+    :func:`coolant.pump_step` (its transitions returned, with how many there are, the modules whose
+    cooling came back from natural convection counted too) and :func:`coolant.valve_step`;
+    ``None``, and nothing done, for arrays that are not C-ordered: the caller runs the reference."""
+    if not _c_ordered(flow, st.valve_pid.integral, st.valve_pid.last, st.flow_setpoint, st.pump_on, st.pump_fault):
+        return None
+    n, pumps = st.pump_on.shape
+    current, fault_t = np.empty((n, pumps)), np.empty((n, pumps))
+    newly, retried = np.empty((n, pumps), bool), np.empty((n, pumps), bool)
+    natural, failed_over, alternated, entered = (np.empty(n, bool) for _ in range(4))
+    shape = st.valve_cmd.shape
+    integral, last, cmd = np.empty(shape), np.empty(shape), np.empty(shape)
+    events = k.cooling_fast(
+        float(t), max(coolant.PUMP_SPINUP_S, 2.0 * ts), coolant.PUMP_MIN_SPEED, cfg.sensor_timeout_s,
+        coolant.PUMP_OVERCURRENT_A, coolant.PUMP_RETRY_S, cfg.alternate_s, cfg.pump_rpm_nom, plant_rpm_nom,
+        rpm_true, overcurrent, rpm.value, rpm.read_at, rpm.failed, driver_fault,
+        st.pump_started, st.pump_on, st.pump_fault, st.fault_t, st.lead, st.last_alternate, st.natural,
+        current, fault_t, natural, newly, retried, failed_over, alternated, entered,
+        *_pid_args(cfg.valve, ts), cfg.failsafe_pct, flow, st.flow_setpoint, st.valve_pid.integral,
+        st.valve_pid.last, st.failsafe, st.external, st.manual, integral, last, cmd,
+    )  # fmt: skip
+    st.fault_t, st.natural = fault_t, natural
+    st.valve_pid.integral, st.valve_pid.last, st.valve_cmd = integral, last, cmd
+    return current, coolant.PumpTransitions(newly, retried, failed_over, alternated, entered), int(events)

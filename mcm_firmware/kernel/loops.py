@@ -602,3 +602,180 @@ def tick_counters(
             smp_energy[i] += p_total[i] * dt
             for d in range(dies):
                 smp_die_energy[i, d] += p_die[i, d] * dt
+
+
+# --- workload -------------------------------------------------------------------------------------
+
+
+def npmod(a: float, b: float) -> float:
+    """numpy's ``a % b`` of two floats (the remainder of ``npy_divmod``: the sign of ``b``)."""
+    mod = np.fmod(a, b)
+    if mod != 0.0:
+        if (b < 0.0) != (mod < 0.0):
+            mod += b
+    else:
+        mod = math.copysign(0.0, b)
+    return mod
+
+
+def tick_demand(
+    kind: np.ndarray, phase: np.ndarray, scale: np.ndarray, ou: np.ndarray, noise: np.ndarray,
+    t: float, a: float, coef: float, k_steady: int, k_training: int, k_inference: int,
+    steady: float, period: float, compute: float, comm: float, infer_mean: float,
+    mhz: np.ndarray, shutdown: np.ndarray, max_mhz: float, o_demand: np.ndarray, o_util: np.ndarray,
+) -> None:  # fmt: skip
+    """``WorkloadModel.demand`` (``ou`` in place; ``noise``: the reference's normal draws of the
+    inference rows, in row order) and the utilisation the firmware sees at the clocks it had
+    (``workload.utilisation``, zero on a shut-down module), into ``o_demand`` and ``o_util``."""
+    n, dies = o_demand.shape
+    j = 0
+    for i in range(n):
+        kd = kind[i]
+        if kd == k_training:
+            v = 1.0 if npmod(t + phase[i], period) < compute else comm
+            for d in range(dies):
+                o_demand[i, d] = v
+        elif kd == k_inference:
+            for d in range(dies):
+                x = ou[i, d] * a + noise[j, d] * coef
+                ou[i, d] = x
+                o_demand[i, d] = fmin(fmax(infer_mean + x, 0.05), 1.0)
+            j += 1
+        else:
+            v = steady * 1.0 if kd == k_steady else 0.0
+            for d in range(dies):
+                o_demand[i, d] = v
+        on = 0.0 if shutdown[i] else 1.0
+        for d in range(dies):
+            dm = o_demand[i, d] * scale[i]
+            o_demand[i, d] = dm
+            o_util[i, d] = fmin(fmax(dm * max_mhz / fmax(mhz[i, d], 1.0), 0.0), 1.0) * on
+
+
+# --- coolant --------------------------------------------------------------------------------------
+
+
+def pid_step(
+    kp: float, ki_ts: float, integral_min: float, integral_max: float, out_min: float, out_max: float,
+    ff_offset: float, ff_gain: float, has_ff: bool, slew_neg_ts: float, slew_pos_ts: float, reverse: bool,
+    setpoint: np.ndarray, value: np.ndarray, integral: np.ndarray, last: np.ndarray,
+    o_integral: np.ndarray, o_out: np.ndarray,
+) -> None:  # fmt: skip
+    """``control.pid.pid_step`` (``ki_ts``: ``ki * ts``; the slews times ``ts``, 0: none): the new
+    integral and output into ``o_integral`` and ``o_out``."""
+    n, m = value.shape
+    for i in range(n):
+        for j in range(m):
+            sp = setpoint[i, j]
+            error = (value[i, j] - sp) if reverse else (sp - value[i, j])
+            p = kp * error
+            acc = fmin(fmax(integral[i, j] + ki_ts * error, integral_min), integral_max)
+            base = p + (ff_offset + ff_gain * sp) if has_ff else p
+            raw = base + acc
+            wind = (raw > out_max and error > 0) or (raw < out_min and error < 0)
+            keep = integral[i, j] if wind else acc
+            o_integral[i, j] = keep
+            out = fmin(fmax(base + keep, out_min), out_max)
+            if slew_neg_ts > 0:
+                out = fmax(out, last[i, j] - slew_neg_ts)
+            if slew_pos_ts > 0:
+                out = fmin(out, last[i, j] + slew_pos_ts)
+            o_out[i, j] = out
+
+
+def cooling_fast(
+    t: float, spinup: float, min_speed: float, timeout: float, overcurrent_a: float, retry_s: float,
+    alternate_s: float, rpm_nom: np.ndarray, plant_rpm_nom: np.ndarray,
+    rpm_true: np.ndarray, overcurrent: np.ndarray, rpm: np.ndarray, rpm_read_at: np.ndarray,
+    rpm_failed: np.ndarray, driver_fault: np.ndarray,
+    pump_started: np.ndarray, pump_on: np.ndarray, pump_fault: np.ndarray, fault_t: np.ndarray,
+    lead: np.ndarray, last_alternate: np.ndarray, natural: np.ndarray,
+    o_current: np.ndarray, o_fault_t: np.ndarray, o_natural: np.ndarray, o_newly: np.ndarray,
+    o_retried: np.ndarray, o_failed_over: np.ndarray, o_alternated: np.ndarray, o_entered: np.ndarray,
+    kp: float, ki_ts: float, integral_min: float, integral_max: float, out_min: float, out_max: float,
+    ff_offset: float, ff_gain: float, has_ff: bool, slew_neg_ts: float, slew_pos_ts: float, reverse: bool,
+    failsafe_pct: float, flow: np.ndarray, setpoint: np.ndarray, integral: np.ndarray, last: np.ndarray,
+    failsafe: np.ndarray, external: np.ndarray, manual: np.ndarray,
+    o_integral: np.ndarray, o_last: np.ndarray, o_cmd: np.ndarray,
+) -> int:  # fmt: skip
+    """The valve period of ``Shard._cooling_fast``: the pump drivers' current, the pump supervision
+    (``coolant.pump_step``: ``pump_fault``, ``lead``, ``pump_on``, ``pump_started`` and
+    ``last_alternate`` in place, the transitions into the ``o_`` arrays) and the valve loop
+    (``coolant.valve_step``). Returns how many transitions there are (pump events, and modules
+    whose cooling came back from natural convection)."""
+    n, pumps = pump_on.shape
+    events = 0
+    healthy = np.empty(pumps, np.bool_)
+    for i in range(n):
+        for k in range(pumps):
+            speed = rpm_true[i, k] / plant_rpm_nom[k]
+            o_current[i, k] = 1.5 * speed * speed * (3.0 if overcurrent[i, k] else 1.0)
+        any_on = False
+        any_healthy = False
+        n_healthy = 0
+        for k in range(pumps):
+            spun_up = (t - pump_started[i, k]) >= spinup
+            slow = not (rpm[i, k] >= min_speed * rpm_nom[k])
+            lost = (rpm_failed[i, k] or (t - rpm_read_at[i, k]) > timeout or slow) and spun_up
+            bad = pump_on[i, k] and (driver_fault[i, k] or lost or o_current[i, k] > overcurrent_a)
+            newly = bad and not pump_fault[i, k]
+            o_newly[i, k] = newly
+            o_fault_t[i, k] = t if newly else fault_t[i, k]
+            fault = pump_fault[i, k] or bad
+            retried = fault and not pump_on[i, k] and (t - o_fault_t[i, k] >= retry_s)
+            o_retried[i, k] = retried
+            fault = fault and not retried
+            pump_fault[i, k] = fault
+            healthy[k] = not fault
+            any_on = any_on or pump_on[i, k]
+            any_healthy = any_healthy or not fault
+            n_healthy += 0 if fault else 1
+            events += (1 if newly else 0) + (1 if retried else 0)
+        lead_bad = pump_fault[i, lead[i]]
+        stopped = (not any_on) and any_healthy
+        due = (t - last_alternate[i] >= alternate_s) and not lead_bad and n_healthy > 1
+        o_failed_over[i] = False
+        o_alternated[i] = False
+        if lead_bad or due or stopped:
+            for k in range(1, pumps + 1):
+                cand = (lead[i] + k) % pumps
+                if not healthy[cand] or (due and cand == lead[i]):
+                    continue
+                lead[i] = cand
+                for q in range(pumps):
+                    pump_on[i, q] = False
+                pump_on[i, cand] = True
+                pump_started[i, cand] = t
+                last_alternate[i] = t
+                o_failed_over[i] = lead_bad and not stopped
+                o_alternated[i] = due and not lead_bad
+                break
+        any_on = False
+        for k in range(pumps):
+            on = pump_on[i, k] and healthy[k]
+            pump_on[i, k] = on
+            any_on = any_on or on
+        o_natural[i] = not any_on
+        o_entered[i] = (not any_on) and not natural[i]
+        events += (1 if o_failed_over[i] else 0) + (1 if o_alternated[i] else 0) + (1 if o_entered[i] else 0)
+        events += 1 if (natural[i] and any_on) else 0
+    measured = np.empty(flow.shape)
+    for i in range(n):
+        for j in range(flow.shape[1]):
+            x = flow[i, j]
+            measured[i, j] = 0.0 if x != x else x
+    pid_step(
+        kp, ki_ts, integral_min, integral_max, out_min, out_max, ff_offset, ff_gain, has_ff, slew_neg_ts,
+        slew_pos_ts, reverse, setpoint, measured, integral, last, o_integral, o_last,
+    )  # fmt: skip
+    for i in range(n):
+        for j in range(flow.shape[1]):
+            c = o_last[i, j]
+            if failsafe[i, j]:
+                c = fmax(c, failsafe_pct)
+            e = external[i, j]
+            if e == e:
+                c = e
+            m = manual[i, j]
+            o_cmd[i, j] = c if m != m else m
+    return events

@@ -203,8 +203,15 @@ class Shard:
 
         # the pump drivers' fault pins are electrical: seen in the same tick
         self.pump_driver_fault = self.inputs.pump_failed & self.cool.pump_on
-        demand = self.workload.demand(t, dt)
-        self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
+        kern = self.kernels
+        got = (
+            None if kern is None else kcalls.tick_demand(kern, self.workload, t, dt, st.mhz, st.shutdown, self.max_mhz)
+        )
+        if got is not None:  # the same as below, in one compiled pass
+            demand, self.util = got
+        else:
+            demand = self.workload.demand(t, dt)
+            self.util = utilisation(demand, st.mhz, self.max_mhz) * ~st.shutdown[:, None]
 
         down = ~self.active
         held = self._hold(down) if down.any() else None
@@ -226,7 +233,6 @@ class Shard:
             self._restore(held, down)
 
         was_shut, was_ocp = st.shutdown.copy(), st.hw_ocp.copy()
-        kern = self.kernels
         if kern is not None:
             kcalls.update_power_average(kern, self.dvfs_cfg, st, self.plant.p_total, dt)
             kcalls.hw_protect(kern, self.dvfs_cfg, st, t, self.plant.t_die, self.plant.vrm_current, self.s_die.value)
@@ -477,6 +483,18 @@ class Shard:
 
     def _cooling_fast(self, t: float, ts: float) -> None:
         cool = self.cool
+        was_natural = cool.natural
+        got = None
+        if self.kernels is not None:  # the same as below (and valve_step), in one compiled pass
+            got = kcalls.cooling_fast(
+                self.kernels, self.cool_cfg, cool, t, self.params.pump_rpm_nom, self.plant.pump_rpm,
+                self.inputs.pump_overcurrent, self.s_rpm, self.pump_driver_fault, self.s_flow.value, ts,
+            )  # fmt: skip
+        if got is not None:
+            self.pump_current, tr, changes = got
+            if changes:
+                self._pump_events(tr, was_natural)
+            return
         was_natural = cool.natural.copy()
         # the pump drivers' current follows their speed; a pump with a shorted winding or a
         # blocked impeller (pump_overcurrent) draws several times more
@@ -493,6 +511,11 @@ class Shard:
             self.pump_current,
             ts,
         )
+        self._pump_events(tr, was_natural)
+        cc.valve_step(self.cool_cfg, cool, self.s_flow.value, ts)
+
+    def _pump_events(self, tr: cc.PumpTransitions, was_natural: np.ndarray) -> None:
+        cool = self.cool
         names = [pp.name for pp in self.profile.cooling.pumps]
         for row, pump in zip(*np.nonzero(tr.faulted), strict=True):
             self.events.append(
@@ -545,7 +568,6 @@ class Shard:
             self.events.append(
                 ShardEvent(int(row), Severity.NOTICE, EventCode.COOLING_RESTORED, text="pump running again")
             )
-        cc.valve_step(self.cool_cfg, cool, self.s_flow.value, ts)
 
     _RAS_EVENTS: ClassVar[dict[rasmod.RasEventKind, tuple[Severity, EventCode]]] = {
         rasmod.RasEventKind.UE: (Severity.ERROR, EventCode.UE),

@@ -309,7 +309,7 @@ def _arrays(obj: object, prefix: str) -> dict[str, np.ndarray]:
 
 def _shard_arrays(sh: object) -> dict[str, np.ndarray]:
     out = _arrays(sh, "shard")
-    for name in ("plant", "inputs", "dvfs", "cool", "s_die", "s_hbm", "s_flow", "s_rpm"):
+    for name in ("plant", "inputs", "dvfs", "cool", "s_die", "s_hbm", "s_flow", "s_rpm", "workload"):
         out.update(_arrays(getattr(sh, name), name))
     return out
 
@@ -366,3 +366,105 @@ def test_a_shard_ticks_the_same_compiled_and_on_the_reference(k, seed, n, period
         assert_same(ref[name], got[name], name)
         assert ref[name].flags.c_contiguous == got[name].flags.c_contiguous, name
     assert [e.code for e in shards[0].take_events()] == [e.code for e in shards[1].take_events()]
+
+
+@settings(max_examples=100)
+@given(
+    seed=seeds,
+    n=sizes,
+    dt=dts,
+    t=st.sampled_from([0.0, 0.05, 1.5, 3.999, 1_767_225_600.0, 1_767_312_000.5]),
+)
+def test_the_workload_and_the_utilisation_the_firmware_sees_equal_the_reference(k, seed, n, dt, t):
+    """Every workload (idle, steady, training, inference) at any scale, at clocks that run, stop
+    (0 MHz) or read NaN, on running and shut-down modules: the demand, the utilisation, the
+    inference's fluctuation and the draws it takes."""
+    from mcm_firmware.plant.workload import Workload, WorkloadModel, utilisation
+
+    rng = np.random.default_rng(seed)
+    dies = int(rng.integers(1, 9))
+    ref = WorkloadModel(n, dies, np.random.default_rng(seed))
+    for row in range(n):
+        ref.set(row, Workload(int(rng.integers(0, 4))), float(rng.choice([1.0, 0.5, 0.0, 1.3])))
+    ref.phase = rng.uniform(-3.0, 3.0, n)  # any phase: the remainder follows numpy's sign rule
+    got = copy.deepcopy(ref)
+    got._rng = copy.deepcopy(ref._rng)
+    for tick in range(4):
+        now = t + tick * dt
+        mhz = rng.choice([0.0, 300.0, 1410.0, 2100.0, np.nan], (n, dies))
+        shut = _mask(rng, (n,), 0.3)
+        want = ref.demand(now, dt)
+        want_util = utilisation(want, mhz, 2100.0) * ~shut[:, None]
+        out = calls.tick_demand(k, got, now, dt, mhz, shut, 2100.0)
+        assert out is not None
+        assert_same(want, out[0], f"demand tick {tick}")
+        assert_same(want_util, out[1], f"utilisation tick {tick}")
+        assert_same(ref._ou, got._ou, f"fluctuation tick {tick}")
+    assert ref._rng.random() == got._rng.random()  # the same draws were taken
+    assert calls.tick_demand(k, got, t, dt, np.asfortranarray(np.zeros((n, 2))), shut, 2100.0) is None or n == 1
+
+
+@settings(max_examples=150)
+@given(seed=seeds, n=sizes, pumps=st.integers(1, 3), ts=st.sampled_from([0.1, 0.5, 2.0]), fault_p=st.floats(0, 1))
+def test_the_valve_period_equals_the_reference(k, seed, n, pumps, ts, fault_p):
+    """The pump drivers' current, the pump supervision (faults latched and retried, failover,
+    alternation, a stopped module restarted, natural convection entered and left) and the valve
+    loop (failsafe, external and manual commands, NaN flow readings, slew and windup limits)."""
+    import dataclasses
+
+    from mcm_firmware.control import coolant
+
+    prof = load_profile("colossus-mcm")
+    rng = np.random.default_rng(seed)
+    base = coolant.CoolantConfig.from_profile(prof)
+    nom = rng.uniform(2000, 4000, pumps)
+    cfg = dataclasses.replace(base, pumps=pumps, pump_rpm_nom=nom, alternate_s=float(rng.choice([600.0, 3600.0])))
+    t = 10_000.0
+    ref = coolant.CoolantState(cfg, n, t - 5000.0)
+    v = cfg.valves
+    ref.pump_on = _mask(rng, (n, pumps), 0.5)
+    ref.pump_fault = _mask(rng, (n, pumps), fault_p / 2)
+    ref.fault_t = t - rng.choice([0.0, 300.0, 599.5, 600.0, 600.5, 1200.0], (n, pumps))
+    ref.pump_started = t - rng.choice([0.5, 1.0, 3.0, 100.0], (n, pumps))
+    ref.last_alternate = t - rng.uniform(0, 4000, n)
+    ref.lead = rng.integers(0, pumps, n).astype(np.int16)
+    ref.natural = _mask(rng, (n,), fault_p / 2)
+    ref.failsafe = _mask(rng, (n, v), fault_p / 2)
+    ref.external = np.where(_mask(rng, (n, v), fault_p / 3), rng.uniform(0, 100, (n, v)), np.nan)
+    ref.manual = np.where(_mask(rng, (n, v), fault_p / 3), rng.uniform(0, 100, (n, v)), np.nan)
+    ref.flow_setpoint = rng.uniform(0, cfg.q_max, (n, v))
+    ref.valve_pid.integral = rng.uniform(-10, 120, (n, v))
+    ref.valve_pid.last = rng.uniform(0, 100, (n, v))
+    got = copy.deepcopy(ref)
+    rpm = SensorBank((n, pumps), noise_sd=5.0, quantum=1.0, initial=rng.uniform(0, 1.2, (n, pumps)) * nom)
+    rpm.read_at = t - rng.choice([0.0, 0.5, 5.0, np.inf], (n, pumps))
+    rpm.failed = _mask(rng, (n, pumps), fault_p / 3)
+    rpm.value = np.where(rpm.failed, np.nan, rpm.value)
+    plant_nom = nom * rng.choice([1.0, 1.1])
+    rpm_true = rng.uniform(0, 1.3, (n, pumps)) * plant_nom
+    overcurrent = _mask(rng, (n, pumps), fault_p / 3)
+    driver_fault = _mask(rng, (n, pumps), fault_p / 3)
+    flow = np.where(_mask(rng, (n, v), fault_p / 3), np.nan, rng.uniform(0, cfg.q_max, (n, v)))
+
+    was_natural = ref.natural.copy()
+    speed = rpm_true / plant_nom
+    current = 1.5 * speed * speed * np.where(overcurrent, 3.0, 1.0)
+    tr = coolant.pump_step(cfg, ref, t, rpm.value, rpm.age(t), rpm.failed, driver_fault, current, ts)
+    coolant.valve_step(cfg, ref, flow, ts)
+    out = calls.cooling_fast(k, cfg, got, t, plant_nom, rpm_true, overcurrent, rpm, driver_fault, flow, ts)
+    assert out is not None
+    got_current, got_tr, changes = out
+    assert_same(current, got_current, "pump current")
+    for name in ("faulted", "retried", "failed_over", "alternated", "natural"):
+        assert_same(getattr(tr, name), getattr(got_tr, name), f"transitions.{name}")
+    restored = was_natural & ~ref.natural
+    want = sum(int(np.count_nonzero(getattr(tr, f))) for f in PumpFields) + int(np.count_nonzero(restored))
+    assert changes == want
+    arrays = _arrays(ref, "cool") | _arrays(ref.valve_pid, "valve_pid")
+    got_arrays = _arrays(got, "cool") | _arrays(got.valve_pid, "valve_pid")
+    assert arrays.keys() == got_arrays.keys()
+    for name in arrays:
+        assert_same(arrays[name], got_arrays[name], name)
+
+
+PumpFields = ("faulted", "retried", "failed_over", "alternated", "natural")
