@@ -118,7 +118,9 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
         from ..transport import TransportError, transport_factory
 
         try:
-            state = await read_state(transport_factory(link_url(args)), args.fleet, settle=0.3)
+            state = await read_state(
+                transport_factory(link_url(args)), args.fleet, settle=0.3, connect_timeout=args.timeout
+            )
         except TransportError as e:
             raise Failure(str(e)) from None
         selected = [n for n in sorted(state.nodes) if state.online(n)]

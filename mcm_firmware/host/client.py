@@ -8,7 +8,8 @@ The timeout bounds the whole request, its publishes and the answer: a transport'
 for its acknowledgement as long as the connection lives (a stalled link is only found dead after
 1.5 keep-alives), so the client gives up on it at the request's deadline, with
 :class:`BrokerTimeout` (no acknowledgement) told apart from :class:`RequestTimeout` (no answer),
-each counted.
+each counted. The timeout bounds the connect too (:func:`limit_connect`): a broker that takes
+the TCP connection and never answers CONNECT is given up on within it.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ class NodeError(HostError):
         self.response = response
 
 
+def limit_connect(transport: Transport, timeout: float) -> Transport:
+    """Bound the time ``transport`` waits for its broker to accept it (CONNACK, then SUBACK) to
+    ``timeout`` seconds where the transport has such a bound of its own (MQTT's
+    ``connect_timeout``, 5 s), so that a host's timeout also covers its connect."""
+    own = getattr(transport, "connect_timeout", None)
+    if isinstance(own, int | float) and timeout < own:
+        transport.connect_timeout = timeout  # type: ignore[attr-defined]
+    return transport
+
+
+async def connect_within(transport: Transport, timeout: float) -> None:
+    """Connect ``transport`` (:func:`limit_connect`); a connect that ran out of time says so."""
+    limit_connect(transport, timeout)
+    t0 = time.monotonic()
+    try:
+        await transport.connect()
+    except TransportError as e:
+        if time.monotonic() - t0 >= 0.9 * timeout:  # the broker took the connection, never answered
+            raise TransportError(f"{e} (no answer within {timeout:g} s)") from None
+        raise
+
+
 class HostClient:
     def __init__(
         self,
@@ -108,7 +131,7 @@ class HostClient:
         self.auth_refused = 0
 
     async def __aenter__(self) -> HostClient:
-        await self.transport.connect()
+        await connect_within(self.transport, self.timeout)
         try:
             await self.transport.subscribe(Subscription(self.fleet, None, Channel.RSP))
         except BaseException:

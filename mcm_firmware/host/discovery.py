@@ -18,7 +18,7 @@ from ..protocol import Birth, Death, FrameError, Link, LinkCondition, Op, decode
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, TransportError, TransportFactory
 from ..transport.carrier import CARRIED
-from .client import HostClient, HostError
+from .client import HostClient, HostError, connect_within
 
 
 @dataclass
@@ -67,12 +67,18 @@ class Liveness:
         return sorted(n for n, t in self.last.items() if now - t <= self.window)
 
 
-async def read_state(factory: TransportFactory, fleet: str, *, settle: float = 0.5) -> FleetState:
+async def read_state(
+    factory: TransportFactory, fleet: str, *, settle: float = 0.5, connect_timeout: float | None = None
+) -> FleetState:
     """The retained state frames of ``fleet``: everything the broker hands a new subscriber, read
-    until ``settle`` seconds pass without another."""
+    until ``settle`` seconds pass without another; ``connect_timeout`` bounds the connect (the
+    transport's own bound when None)."""
     state = FleetState(fleet)
     tr = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
-    await tr.connect()
+    if connect_timeout is None:
+        await tr.connect()
+    else:
+        await connect_within(tr, connect_timeout)
     try:
         await tr.subscribe(Subscription(fleet, None, Channel.STATE))
         await tr.subscribe(Subscription(fleet, None, Channel.LINK))
