@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from .common import EXIT_OK, BadInput, Failure, bounded, broker_url, fleet_name, frame_auth, secured, security_options
 
@@ -124,8 +126,6 @@ def authority(args: argparse.Namespace) -> Any:
 
 def public_url(url: str) -> str:
     """The broker's URL without credentials or security options: ``scheme://host:port``."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     host = parts.hostname or ""
     if ":" in host:
@@ -143,7 +143,10 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
 
     auth = authority(args)
     tls = https_context(args)
-    gateway = Gateway(transport_factory(url), fleet, auth=frame_auth(args, fleet), source=public_url(url))
+    fast = url if urlsplit(url).scheme in ("mqtt", "mqtts", "tcp") else None  # telemetry parsed in bulk
+    gateway = Gateway(
+        transport_factory(url), fleet, auth=frame_auth(args, fleet), source=public_url(url), telemetry_url=fast
+    )
     try:
         await gateway.start()
     except TransportError as e:
@@ -160,6 +163,7 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
     finally:
         await server.stop()
         print(f"redfish: {server.summary()}", flush=True)
+        print(f"redfish: {gateway.summary()}", flush=True)
         await gateway.stop()
 
 
@@ -170,7 +174,11 @@ async def cmd_redfish(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with redfish_service(args, url, args.fleet):
+    async with redfish_service(args, url, args.fleet) as server:
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):  # SIGUSR1: the counts, JSON
+            loop.add_signal_handler(
+                signal.SIGUSR1, lambda: print(json.dumps({"redfish": server.gateway.stats()}), flush=True)
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
     sys.stdout.flush()

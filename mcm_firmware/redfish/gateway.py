@@ -4,6 +4,13 @@ It subscribes to the fleet's ``state``, ``tlm`` and ``evt`` topics and keeps eac
 BIRTH/DEATH and telemetry (:class:`~.state.FleetView`); it asks a node for its STATUS when the node
 is born and when its power limit changes (for the limits and faults no telemetry frame carries),
 and sends commands through a :class:`~mcm_firmware.host.client.HostClient`.
+
+Telemetry, 10 frames a second a module, comes on a connection of its own when the broker speaks
+MQTT (``telemetry_url``): a QoS 0 subscriber that parses the stream in bulk
+(:class:`~mcm_firmware.transport.mqtt_fast.FastSubscriber`), each frame's envelope checked (CRC),
+its payload kept raw and decoded when read, its health's inputs compared with the previous frame's
+(:mod:`.state`). Frames counted: received, taken in, rejected, and missed (gaps in a node's
+sequence numbers), and how old a frame was when it arrived (``tlm_age_max``).
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ from ..backoff import Backoff
 from ..host.client import HostClient, HostError
 from ..protocol import Birth, Event, EventCode, FrameError, Op, PowerLimitSource, Response, Samples, Telemetry, decode
 from ..protocol.auth import AuthError, FrameAuth
+from ..protocol.codec import envelope
+from ..protocol.frames import KNOWN_FLAGS
 from ..protocol.ops import PowerLimitArgs, SetValveArgs
+from ..protocol.vocabulary import MsgType
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, Transport, TransportError, TransportFactory
 from . import events
 from .events import NodeLog, Record
-from .state import FleetView
+from .state import FleetView, NodeView
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +54,12 @@ class Gateway:
         auth: FrameAuth | None = None,
         alive_window: float = 3.0,
         source: str | None = None,
+        telemetry_url: str | None = None,
     ) -> None:
         """``alive_window``: a node from which no fresh frame came for this long (s) is offline;
-        ``source``: the broker's URL as the service shows it (its AggregationSource; no credentials)."""
+        ``source``: the broker's URL as the service shows it (its AggregationSource; no credentials);
+        ``telemetry_url``: an MQTT broker URL (with its security) to take telemetry from on a
+        subscriber of its own, parsed in bulk (None: telemetry comes through ``factory``'s transport)."""
         self.view = FleetView(fleet)
         self.source = source
         self.alive_window = alive_window
@@ -66,6 +79,11 @@ class Gateway:
         self.rejected = 0  # frames that did not decode or verify
         self.status_failed = 0
         self.reconnects = 0
+        self.telemetry_url = telemetry_url
+        self._fast: Any = None  # the telemetry subscriber (FastSubscriber) while connected
+        self.tlm_received = 0  # telemetry frames received (on the telemetry connection)
+        self.tlm_decoded = 0  # of them decoded on arrival (their health's inputs changed)
+        self.tlm_age_max = 0.0  # the oldest a telemetry frame was on arrival, s (its timestamp to now)
 
     def _host_client(self) -> HostClient:
         tag = uuid.uuid4().hex[:8]
@@ -77,14 +95,37 @@ class Gateway:
         """Subscribe to the fleet (its retained state comes first) and open the host client."""
         watch = self._factory(f"mcm-redfish-{uuid.uuid4().hex[:8]}")
         await watch.connect()
+        fast = None
         try:
-            for ch in (Channel.STATE, Channel.TLM, Channel.EVT):
+            channels = (Channel.STATE, Channel.EVT) if self.telemetry_url else (Channel.STATE, Channel.TLM, Channel.EVT)
+            for ch in channels:
                 await watch.subscribe(Subscription(self.fleet, None, ch))
+            if self.telemetry_url:
+                fast = self._telemetry_subscriber(self.telemetry_url)
+                await fast.start()
             await self.host.__aenter__()
         except BaseException:
+            if fast is not None:
+                fast.close()
             await watch.close()
             raise
-        self._watch = watch
+        self._watch, self._fast = watch, fast
+
+    def _telemetry_subscriber(self, url: str) -> Any:
+        from ..transport.mqtt import parse_broker_url
+        from ..transport.mqtt_fast import FastSubscriber
+        from ..transport.security import security_of
+        from ..transport.topics import topic_filter
+
+        host, port = parse_broker_url(url)
+        return FastSubscriber(
+            host=host,
+            port=port,
+            client_id=f"mcm-redfish-tlm-{uuid.uuid4().hex[:8]}",
+            topic_filter=topic_filter(Subscription(self.fleet, None, Channel.TLM)),
+            on_publish=self._on_telemetry,
+            security=security_of(url),
+        )
 
     async def start(self) -> None:
         """Connect; TransportError when the broker cannot be reached. A link lost later is
@@ -99,9 +140,38 @@ class Gateway:
         self._rx = self._sweeper = None
         self._asks.clear()
         await self.host.close()
+        self._close_telemetry()
         if self._watch is not None:
             await self._watch.close()
             self._watch = None
+
+    def stats(self) -> dict[str, Any]:
+        """The frames counted so far."""
+        return {
+            "nodes": len(self.view.nodes),
+            "frames": self.view.frames,
+            "telemetry_received": self.tlm_received,
+            "telemetry_decoded_on_arrival": self.tlm_decoded,
+            "rejected": self.rejected,
+            "missed": self.view.missed,
+            "telemetry_age_max_s": round(self.tlm_age_max, 4),
+            "status_failed": self.status_failed,
+            "reconnects": self.reconnects,
+        }
+
+    def summary(self) -> str:
+        s = self.stats()
+        return (
+            f"{s['frames']} frames of {s['nodes']} nodes taken in ({s['telemetry_received']} telemetry frames "
+            f"received, {s['telemetry_decoded_on_arrival']} decoded on arrival), {s['rejected']} rejected, "
+            f"{s['missed']} missed (gaps in sequence numbers), telemetry at most {s['telemetry_age_max_s']:.3f} s "
+            "old on arrival"
+        )
+
+    def _close_telemetry(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
 
     @property
     def connected(self) -> bool:
@@ -120,9 +190,10 @@ class Gateway:
         while True:
             try:
                 assert self._watch is not None
-                await self._receive(self._watch)
+                await self._until_lost(self._watch)
             except TransportError as e:
                 log.warning("redfish: link to the broker lost: %s", e)
+            self._close_telemetry()
             if self._watch is not None:
                 await self._watch.close()
                 self._watch = None
@@ -140,6 +211,78 @@ class Gateway:
                 log.warning("redfish: connected to the broker again")
                 break
 
+    async def _until_lost(self, watch: Transport) -> None:
+        """Receive until the link (or the telemetry's) is lost: TransportError."""
+        if self._fast is None:
+            await self._receive(watch)
+            return
+        rx = asyncio.create_task(self._receive(watch))
+        lost = asyncio.create_task(self._fast.closed.wait())
+        try:
+            await asyncio.wait((rx, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([rx, lost])
+        if rx.done() and not rx.cancelled() and rx.exception() is not None:
+            raise rx.exception()  # type: ignore[misc]
+        raise TransportError("the telemetry connection was closed")
+
+    def _on_telemetry(self, topic: bytes, payload: memoryview) -> None:
+        """A PUBLISH on the telemetry connection (the hot path: every telemetry frame of the fleet)."""
+        self.tlm_received += 1
+        if self.auth is not None:
+            try:
+                self.auth.open(payload, time.time_ns())
+            except AuthError:
+                self.rejected += 1
+                return
+        try:
+            env = envelope(payload)
+            if env.msg_type != MsgType.TELEMETRY or env.flags & ~KNOWN_FLAGS:
+                self._take(decode(payload), retained=False)  # SAMPLES, or anything else: decoded
+                return
+            view, changed = self.view.take_telemetry(
+                env.node_id, env.seq, env.timestamp_ns, env.payload, now=time.monotonic()
+            )
+        except FrameError:
+            self.rejected += 1
+            return
+        age = time.time() - env.timestamp_ns * 1e-9
+        if age > self.tlm_age_max:
+            self.tlm_age_max = age
+        if view.stale:  # alive again
+            view.stale = False
+            changed = True
+        if self._telemetry_waiters:
+            self._told_telemetry(view.node)
+        if changed:  # the inputs of its health changed: judged now (the frame decoded)
+            self.tlm_decoded += 1
+            self._judge(view, time.time_ns())
+
+    def _told_telemetry(self, node: int) -> None:
+        for fut in self._telemetry_waiters.pop(node, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _judge(self, view: NodeView, now_ns: int) -> None:
+        for rec in events.changes(self.log(view.node), view, now_ns):
+            self._tell(rec)
+
+    def _take(self, msg: object, *, retained: bool) -> None:
+        """A decoded frame of the fleet."""
+        view = self.view.take(msg, retained=retained, now=time.monotonic())
+        if view is None:
+            return
+        if not retained:
+            view.stale = False  # a fresh frame: alive
+        if isinstance(msg, (Telemetry, Samples)):
+            self._told_telemetry(view.node)
+        nlog = self.log(view.node)
+        if isinstance(msg, Event) and not retained:
+            self._tell(events.from_event(nlog, view, msg))
+        self._judge(view, time.time_ns())
+        if (isinstance(msg, Birth) and view.limits is None) or (isinstance(msg, Event) and msg.code in REFRESH_ON):
+            self.ask(view.node)
+
     async def _receive(self, watch: Transport) -> None:
         while True:
             d = await watch.receive()
@@ -154,22 +297,7 @@ class Gateway:
             except FrameError:
                 self.rejected += 1
                 continue
-            view = self.view.take(msg, retained=d.retained, now=time.monotonic())
-            if view is None:
-                continue
-            if not d.retained:
-                view.stale = False  # a fresh frame: alive
-            if isinstance(msg, (Telemetry, Samples)):
-                for fut in self._telemetry_waiters.pop(view.node, []):
-                    if not fut.done():
-                        fut.set_result(None)
-            nlog = self.log(view.node)
-            if isinstance(msg, Event) and not d.retained:
-                self._tell(events.from_event(nlog, view, msg))
-            for rec in events.changes(nlog, view, time.time_ns()):
-                self._tell(rec)
-            if (isinstance(msg, Birth) and view.limits is None) or (isinstance(msg, Event) and msg.code in REFRESH_ON):
-                self.ask(view.node)
+            self._take(msg, retained=d.retained)
 
     def log(self, node: int) -> NodeLog:
         nlog = self.logs.get(node)
@@ -185,14 +313,20 @@ class Gateway:
                 log.exception("redfish: a listener failed on %s", rec.message_id)
 
     async def _sweep(self, period: float = 0.5) -> None:
-        """Judge every node's liveness (a silent node goes offline without a frame to tell it)."""
+        """Judge every node's liveness (a silent node goes offline without a frame to tell it);
+        keep the telemetry connection alive (a PINGREQ every 10 s)."""
+        pinged = time.monotonic()
         while True:
             await asyncio.sleep(period)
             now, now_ns = time.monotonic(), time.time_ns()
+            if self._fast is not None and now - pinged >= 10.0:
+                self._fast.ping()
+                pinged = now
             for view in list(self.view.nodes.values()):
+                was = view.stale
                 view.judge(now, self.alive_window)
-                for rec in events.changes(self.log(view.node), view, now_ns):
-                    self._tell(rec)
+                if view.stale != was:
+                    self._judge(view, now_ns)
 
     def ask(self, node: int) -> None:
         """Ask ``node`` for its STATUS in the background (once at a time per node)."""
@@ -211,6 +345,7 @@ class Gateway:
                 log.info("redfish: node %d: no status: %s", node, e)
                 return False
         self.view.take_status(node, resp.data, resp.timestamp_ns, now=time.monotonic())
+        self._judge(self.view.node(node), time.time_ns())  # its faults may have changed its health
         return True
 
     async def set_power_limit(self, node: int, watts: float | None) -> Response:

@@ -378,7 +378,7 @@ def state_of(view: NodeView) -> str:
     between its BIRTH and its first telemetry, UnavailableOffline after its DEATH."""
     if not view.online:
         return "UnavailableOffline"
-    return "Enabled" if view.snapshot is not None else "Starting"
+    return "Enabled" if view.has_telemetry else "Starting"
 
 
 def health_of(view: NodeView) -> str:

@@ -419,3 +419,29 @@ def test_the_aggregation_service_names_the_broker_and_the_fleet_as_an_aggregate(
         )
     r = requests.patch(svc.url + agg, json={"ServiceEnabled": False}, auth=OPERATOR, timeout=10)
     assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD"
+
+
+def test_the_gateway_counts_the_telemetry_it_takes_in(shared_service):
+    """SIGUSR1: the gateway's counts as one JSON line; every telemetry frame of the 2 modules at
+    10 Hz received and taken in, none rejected; most kept raw (decoded when read)."""
+    import signal
+
+    svc = shared_service
+
+    def stats() -> dict:
+        def lines() -> list[str]:
+            return [ln for ln in list(svc.gateway.lines) if ln.startswith('{"redfish"')]
+
+        before = len(lines())
+        svc.gateway.signal(signal.SIGUSR1)
+        until(lambda: len(lines()) > before)
+        return json.loads(lines()[-1])["redfish"]
+
+    first = stats()
+    time.sleep(1.0)
+    second = stats()
+    assert second["nodes"] == 2 and second["rejected"] == 0
+    got = second["telemetry_received"] - first["telemetry_received"]
+    assert 10 <= got <= 30  # 2 modules at 10 Hz for about a second
+    assert second["telemetry_decoded_on_arrival"] < second["telemetry_received"]
+    assert 0 <= second["telemetry_age_max_s"] < 5

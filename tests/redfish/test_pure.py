@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -116,7 +117,7 @@ def node(**kw):
         node_id=3, seq=1, timestamp_ns=0, profile="p", firmware="f", capabilities=0, boot_count=1, bdseq=1,
         dies=2, hbm_stacks=1, pumps=2, valves=1,
     )  # fmt: skip
-    view = NodeView(3, birth=birth, snapshot=snapshot(**kw), last_seen=0.0)
+    view = NodeView(3, birth=birth, decoded=snapshot(**kw), last_seen=0.0)
     view.judge(1.0, 3.0)
     return view, Death(node_id=3, seq=2, timestamp_ns=0, boot_count=1, bdseq=1, reason=DeathReason.SHUTDOWN)
 
@@ -137,6 +138,74 @@ def node(**kw):
 def test_the_health_of_a_module(change, health):
     view, _ = node(**change)
     assert rs.health_of(view) == health and rs.chassis(view)["Status"]["HealthRollup"] == health
+
+
+HEALTH_CHANGES = [
+    {},
+    {"state": 2},
+    {"state": 0},
+    {"mode": 2},
+    {"mode": 1},
+    {"flags": 0x10},
+    {"flags": 0x08},
+    {"flags": 0x20},
+    {"recovery_action": 2},
+    {"inlet_c": float("nan")},
+    {"outlet_c": float("inf")},
+    {"flow_lpm": float("nan")},
+]
+
+
+def _variants():
+    from mcm_firmware.protocol.telemetry import DieTelemetry, HbmTelemetry, PumpTelemetry
+
+    out = list(HEALTH_CHANGES)
+    out.append({"dies": (DieTelemetry(60.0, 220.0, 1800, 850, 0, 0, 90), DieTelemetry(float("nan"), 1, 1, 1, 0, 0, 0))})
+    out.append({"hbm": (HbmTelemetry(float("nan"), 0, 0),)})
+    out.append({"pumps": (PumpTelemetry(3000, 0x3 | 0x4), PumpTelemetry(0, 0))})
+    out.append({"pumps": (PumpTelemetry(0, 0x2), PumpTelemetry(3000, 0x1))})  # the lag pump took over
+    out.append({"power_w": 1234.5, "inlet_c": 31.0, "uptime_ns": 99})  # readings only: the same key
+    return out
+
+
+def test_the_health_key_read_raw_changes_whenever_the_health_can():
+    """The fields read from a raw telemetry payload (one struct call) hold every input of a
+    module's health: two payloads with the same key have the same health, whatever else differs."""
+    from mcm_firmware.protocol.codec import snapshot_payload
+    from mcm_firmware.redfish.state import health_key
+
+    seen: dict[tuple, str] = {}
+    keys = []
+    for change in _variants():
+        view, _ = node(**change)
+        key = health_key(snapshot_payload(view.snapshot))
+        health = rs.health_of(view)
+        assert seen.setdefault(key, health) == health, change
+        keys.append(key)
+    assert keys[0] == keys[-1]  # readings alone change no key
+    assert len(set(keys)) == len(keys) - 1  # each input of the health changes it
+
+
+def test_telemetry_is_kept_raw_and_decoded_once_when_read():
+    from mcm_firmware.protocol.codec import FrameError, snapshot_payload
+    from mcm_firmware.redfish.state import FleetView
+
+    fleet = FleetView("f")
+    one, two = snapshot(power_w=800.0), snapshot(power_w=801.0, inlet_c=float("nan"))
+    view, changed = fleet.take_telemetry(3, 10, 5, memoryview(snapshot_payload(one)), now=1.0)
+    assert changed and view.raw is not None and view.decoded is None and view.has_telemetry
+    assert view.snapshot == one and view.raw is None and view.snapshot is view.decoded  # decoded once
+    _, changed = fleet.take_telemetry(3, 11, 6, memoryview(snapshot_payload(one._replace(power_w=1.0))), now=2.0)
+    assert not changed and fleet.missed == 0
+    _, changed = fleet.take_telemetry(3, 14, 7, memoryview(snapshot_payload(two)), now=3.0)
+    assert changed and fleet.missed == 2 and view.snapshot_ns == 7 and view.seq == 14  # 12 and 13 not seen
+    assert math.isnan(view.snapshot.inlet_c) and rs.health_of(view) == "Warning"
+    payload = snapshot_payload(one)
+    for bad, reason in ((payload[:-1], "counts need"), (payload[:50], "shorter"),
+                        (payload[:8] + b"\x09" + payload[9:], "state 9")):  # fmt: skip
+        with pytest.raises(FrameError, match=reason):
+            fleet.take_telemetry(3, 15, 8, memoryview(bad), now=4.0)
+    assert view.seq == 14 and fleet.frames == 3  # nothing taken from a bad payload
 
 
 def test_state_power_state_pumps_and_sensors_of_a_module():
