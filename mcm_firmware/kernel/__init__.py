@@ -36,6 +36,7 @@ KERNEL_NAMES = (
     "tick_counters",
     "tick_demand",
     "cooling_fast",
+    "cooling_thermal",
 )
 
 
@@ -55,6 +56,7 @@ class Kernels:
     tick_counters: Callable[..., None]
     tick_demand: Callable[..., None]
     cooling_fast: Callable[..., int]
+    cooling_thermal: Callable[..., int]
     load_s: float  # what importing numba and compiling (or loading from the cache) took
 
 
@@ -109,7 +111,7 @@ def _compile(t0: float) -> Kernels:
     jit: Callable[[Any], Any] = numba.njit(cache=True, nogil=True, error_model="numpy")
     helpers = (
         "psum", "fmin", "fmax", "interp", "grid_floor", "grid_ceil", "pstate_at_least", "pstate_at_most", "npmod",
-        "pid_step",
+        "pid_step", "zone_max",
     )  # fmt: skip
     for name in helpers:  # the kernels call the compiled helpers through the module's globals
         setattr(loops, name, jit(getattr(loops, name)))
@@ -186,6 +188,12 @@ def _warm_up(k: dict[str, Any]) -> None:
         b1, f2.copy(), f2.copy(), b1.copy(), b2.copy(), b2.copy(), b1.copy(), b1.copy(), b1.copy(),
         1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, False, 1.0, 1.0, False, 30.0,
         f2, f2, f2, f2, b2, f2, f2, f2.copy(), f2.copy(), f2.copy(),
+    )  # fmt: skip
+    z1 = np.zeros(2, np.int64)
+    k["cooling_thermal"](
+        1.0, 1.0, 60.0, 80.0, 5.0, z1, z1, f2, f2, b2, f2, f2, b2, b2, f2, f2, f2, f2, u2, u2.copy(), f2, u2.copy(),
+        b2.copy(), f2.copy(), f2.copy(), f2.copy(), f2.copy(), f2.copy(), u2.copy(), f2.copy(), b2.copy(), u2.copy(),
+        1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, False, 0.0, 0.0, True,
     )  # fmt: skip
     t = np.arange(1.0, 3.0)
     k["dvfs_step"](

@@ -286,3 +286,59 @@ def cooling_fast(
     st.fault_t, st.natural = fault_t, natural
     st.valve_pid.integral, st.valve_pid.last, st.valve_cmd = integral, last, cmd
     return current, coolant.PumpTransitions(newly, retried, failed_over, alternated, entered), int(events)
+
+
+_MEMBERS: dict[int, tuple[coolant.Zones, np.ndarray]] = {}
+
+
+def _member_zone(z: coolant.Zones) -> np.ndarray:
+    """The zone of each member of ``z`` (what it was built from)."""
+    got = _MEMBERS.get(id(z))
+    if got is None or got[0] is not z:
+        counts = np.diff(np.append(z.starts, len(z.order)))
+        member = np.empty(len(z.order), np.int64)
+        member[z.order] = np.repeat(z.present, counts)
+        got = (z, member)
+        _MEMBERS[id(z)] = got
+    return got[1]
+
+
+def cooling_thermal(
+    k: Kernels,
+    cfg: coolant.CoolantConfig,
+    st: coolant.CoolantState,
+    t: float,
+    die: SensorBank,
+    hbm: SensorBank,
+    flow: SensorBank,
+    reasons: np.ndarray,
+    seen: np.ndarray,
+    since: np.ndarray,
+    reported: np.ndarray,
+    hold_s: float,
+    ts: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The thermal period of ``Shard._cooling_thermal``: :func:`coolant.thermal_step` (``st``
+    updated as the reference does; the failsafe mask before it returned) and the clock reasons
+    held ``hold_s`` (``reasons``: now, ``seen``, ``since``, ``reported``: the shard's): returns the
+    failsafe mask before, the new seen, since, due and reported arrays, and how many zones entered
+    or left failsafe plus how many reasons are due."""
+    n, zones = st.failsafe.shape
+    shape = (n, zones)
+    fs = np.empty(shape, bool)
+    die_i, die_l, hbm_i, hbm_l, setpoint = (np.empty(shape) for _ in range(5))
+    o_seen, o_since = np.empty_like(seen), np.empty(since.shape)
+    o_due, o_reported = np.empty(reasons.shape, bool), np.empty_like(reported)
+    changes = k.cooling_thermal(
+        float(t), cfg.sensor_timeout_s, cfg.target_c, cfg.hbm_target_c, hold_s,
+        _member_zone(cfg.die_zones), _member_zone(cfg.hbm_zones),
+        die.value, die.read_at, die.failed, hbm.value, flow.read_at, flow.failed,
+        st.failsafe, st.die_pid.integral, st.die_pid.last, st.hbm_pid.integral, st.hbm_pid.last,
+        reasons, seen, since, reported,
+        fs, die_i, die_l, hbm_i, hbm_l, setpoint, o_seen, o_since, o_due, o_reported,
+        *_pid_args(cfg.thermal, ts),
+    )  # fmt: skip
+    before = st.failsafe
+    st.failsafe, st.flow_setpoint = fs, setpoint
+    st.die_pid.integral, st.die_pid.last, st.hbm_pid.integral, st.hbm_pid.last = die_i, die_l, hbm_i, hbm_l
+    return before, o_seen, o_since, o_due, o_reported, int(changes)

@@ -779,3 +779,82 @@ def cooling_fast(
             m = manual[i, j]
             o_cmd[i, j] = c if m != m else m
     return events
+
+
+def zone_max(values: np.ndarray, i: int, member_zone: np.ndarray, z: int) -> float:
+    """``coolant.Zones.max`` of one row and zone: its members' largest reading, NaN ignored (in
+    the members' order, as ``np.maximum.reduceat``), ``-inf`` where it has none."""
+    acc = -np.inf
+    first = True
+    for m in range(member_zone.shape[0]):
+        if member_zone[m] != z:
+            continue
+        x = values[i, m]
+        x = -np.inf if x != x else x
+        acc = x if first else fmax(acc, x)
+        first = False
+    return acc
+
+
+def cooling_thermal(
+    t: float, timeout: float, target_c: float, hbm_target_c: float, reason_hold_s: float,
+    die_zone: np.ndarray, hbm_zone: np.ndarray,
+    die_temp: np.ndarray, die_read_at: np.ndarray, die_failed: np.ndarray, hbm_temp: np.ndarray,
+    flow_read_at: np.ndarray, flow_failed: np.ndarray,
+    failsafe: np.ndarray, die_integral: np.ndarray, die_last: np.ndarray, hbm_integral: np.ndarray,
+    hbm_last: np.ndarray, reasons: np.ndarray, seen: np.ndarray, since: np.ndarray, reported: np.ndarray,
+    o_failsafe: np.ndarray, o_die_integral: np.ndarray, o_die_last: np.ndarray, o_hbm_integral: np.ndarray,
+    o_hbm_last: np.ndarray, o_setpoint: np.ndarray, o_seen: np.ndarray, o_since: np.ndarray,
+    o_due: np.ndarray, o_reported: np.ndarray,
+    kp: float, ki_ts: float, integral_min: float, integral_max: float, out_min: float, out_max: float,
+    ff_offset: float, ff_gain: float, has_ff: bool, slew_neg_ts: float, slew_pos_ts: float, reverse: bool,
+) -> int:  # fmt: skip
+    """The thermal period of ``Shard._cooling_thermal``: ``coolant.thermal_step`` (failsafe, the
+    zones' hottest readings, the two thermal PIDs, the flow setpoints) and the clock reasons held
+    long enough to be reported. Returns how many zones entered or left failsafe plus how many
+    reasons are due."""
+    n, zones = failsafe.shape
+    dies = die_temp.shape[1]
+    changes = 0
+    hot_die = np.empty((n, zones))
+    hot_hbm = np.empty((n, zones))
+    for i in range(n):
+        for z in range(zones):
+            ok = True
+            for m in range(dies):
+                if die_zone[m] != z:
+                    continue
+                x = die_temp[i, m]
+                ok = ok and (t - die_read_at[i, m]) <= timeout and not die_failed[i, m] and x == x
+            fresh_flow = (t - flow_read_at[i, z]) <= timeout and not flow_failed[i, z]
+            fs = not (ok and fresh_flow)
+            o_failsafe[i, z] = fs
+            changes += 1 if fs != failsafe[i, z] else 0
+            h = zone_max(die_temp, i, die_zone, z)
+            hot_die[i, z] = h if (h == h and h != np.inf and h != -np.inf) else target_c
+            h = zone_max(hbm_temp, i, hbm_zone, z)
+            hot_hbm[i, z] = h if (h == h and h != np.inf and h != -np.inf) else hbm_target_c
+    sp_die = np.full((n, zones), target_c)
+    sp_hbm = np.full((n, zones), hbm_target_c)
+    pid_step(
+        kp, ki_ts, integral_min, integral_max, out_min, out_max, ff_offset, ff_gain, has_ff, slew_neg_ts,
+        slew_pos_ts, reverse, sp_die, hot_die, die_integral, die_last, o_die_integral, o_die_last,
+    )  # fmt: skip
+    pid_step(
+        kp, ki_ts, integral_min, integral_max, out_min, out_max, ff_offset, ff_gain, has_ff, slew_neg_ts,
+        slew_pos_ts, reverse, sp_hbm, hot_hbm, hbm_integral, hbm_last, o_hbm_integral, o_hbm_last,
+    )  # fmt: skip
+    for i in range(n):
+        for z in range(zones):
+            o_setpoint[i, z] = fmax(o_die_last[i, z], o_hbm_last[i, z])
+    for i in range(n):
+        for d in range(reasons.shape[1]):
+            r = reasons[i, d]
+            o_seen[i, d] = r
+            s = t if r != seen[i, d] else since[i, d]
+            o_since[i, d] = s
+            due = r != reported[i, d] and (t - s >= reason_hold_s)
+            o_due[i, d] = due
+            o_reported[i, d] = r if due else reported[i, d]
+            changes += 1 if due else 0
+    return changes

@@ -436,6 +436,16 @@ class Shard:
         self._smp_die_p[:, row] = np.nan
 
     def _cooling_thermal(self, t: float, ts: float) -> None:
+        if self.kernels is not None:  # the same as below, in one compiled pass
+            before, self._seen_reasons, self._reasons_since, due, reported, changes = kcalls.cooling_thermal(
+                self.kernels, self.cool_cfg, self.cool, t, self.s_die, self.s_hbm, self.s_flow, self.dvfs.reasons,
+                self._seen_reasons, self._reasons_since, self._reported_reasons, REASON_HOLD_S, ts,
+            )  # fmt: skip
+            if changes:
+                self._failsafe_events(before)
+                self._reason_events(due)
+            self._reported_reasons = reported
+            return
         before = cc.thermal_step(
             self.cool_cfg,
             self.cool,
@@ -448,6 +458,18 @@ class Shard:
             self.s_flow.failed,
             ts,
         )
+        self._failsafe_events(before)
+        # A reason change is reported once the new mask has held for REASON_HOLD_S: a die that
+        # flips between two states every training step does not flood the link.
+        now = self.dvfs.reasons
+        fresh = now != self._seen_reasons
+        self._seen_reasons = now.copy()
+        self._reasons_since = np.where(fresh, t, self._reasons_since)
+        due = (now != self._reported_reasons) & (t - self._reasons_since >= REASON_HOLD_S)
+        self._reason_events(due)
+        self._reported_reasons = np.where(due, now, self._reported_reasons)
+
+    def _failsafe_events(self, before: np.ndarray) -> None:
         after = self.cool.failsafe
         for row, zone in zip(*np.nonzero(after != before), strict=True):
             entered = bool(after[row, zone])
@@ -460,13 +482,9 @@ class Shard:
                     text=f"zone {zone} {'enters' if entered else 'leaves'} failsafe",
                 )
             )
-        # A reason change is reported once the new mask has held for REASON_HOLD_S: a die that
-        # flips between two states every training step does not flood the link.
+
+    def _reason_events(self, due: np.ndarray) -> None:
         now = self.dvfs.reasons
-        fresh = now != self._seen_reasons
-        self._seen_reasons = now.copy()
-        self._reasons_since = np.where(fresh, t, self._reasons_since)
-        due = (now != self._reported_reasons) & (t - self._reasons_since >= REASON_HOLD_S)
         for row, die in zip(*np.nonzero(due), strict=True):
             mask = int(now[row, die])
             self.events.append(
@@ -479,7 +497,6 @@ class Shard:
                     ",".join(reason_names(mask)) or "none",
                 )
             )
-        self._reported_reasons = np.where(due, now, self._reported_reasons)
 
     def _cooling_fast(self, t: float, ts: float) -> None:
         cool = self.cool

@@ -468,3 +468,76 @@ def test_the_valve_period_equals_the_reference(k, seed, n, pumps, ts, fault_p):
 
 
 PumpFields = ("faulted", "retried", "failed_over", "alternated", "natural")
+
+
+@settings(max_examples=150)
+@given(
+    seed=seeds,
+    n=sizes,
+    dies=st.integers(1, 8),
+    valves=st.integers(1, 5),
+    hbm=st.integers(0, 8),
+    ts=st.sampled_from([0.5, 4.0]),
+    fault_p=st.floats(0, 1),
+)
+def test_the_thermal_period_equals_the_reference(k, seed, n, dies, valves, hbm, ts, fault_p):
+    """Zones of one die or several (and valves that cool none), readings stale, failed or NaN, HBM
+    or none, the two thermal PIDs, and the clock reasons that have held long enough to report."""
+    import dataclasses
+
+    from mcm_firmware.control import coolant
+    from mcm_firmware.runtime.shard import REASON_HOLD_S
+
+    prof = load_profile("colossus-mcm")
+    rng = np.random.default_rng(seed)
+    die_valve = np.arange(dies) % valves
+    region = (np.arange(hbm) * dies) // max(hbm, 1)
+    base = coolant.CoolantConfig.from_profile(prof)
+    cfg = dataclasses.replace(
+        base,
+        valves=valves,
+        die_valve=die_valve,
+        die_zones=coolant.Zones(die_valve, valves),
+        hbm_zones=coolant.Zones(die_valve[region], valves),
+    )
+    t = 1000.0
+    ref = coolant.CoolantState(cfg, n, 0.0)
+    ref.failsafe = _mask(rng, (n, valves), 0.5)
+    for pid in (ref.die_pid, ref.hbm_pid):
+        pid.integral = rng.uniform(-1, cfg.q_max * 1.2, (n, valves))
+        pid.last = rng.uniform(0, cfg.q_max, (n, valves))
+    got = copy.deepcopy(ref)
+
+    def bank(m: int, lo: float, hi: float) -> SensorBank:
+        b = SensorBank((n, m), noise_sd=0.1, quantum=0.0625, initial=rng.uniform(lo, hi, (n, m)))
+        b.read_at = t - rng.choice([0.0, 0.5, 1.0, 30.0, np.inf], (n, m), p=[0.5, 0.2, 0.1, 0.1, 0.1])
+        b.failed = _mask(rng, (n, m), fault_p / 3)
+        b.value = np.where(b.failed | _mask(rng, (n, m), fault_p / 4), np.nan, b.value)
+        return b
+
+    die, hbm_b, flow = bank(dies, 20, 110), bank(hbm, 20, 100), bank(valves, 0, cfg.q_max)
+    reasons = rng.choice(np.array([0, 1, 4, 8, 0x20], np.uint32), (n, dies))
+    seen = np.where(_mask(rng, (n, dies), 0.7), reasons, np.uint32(0))
+    since = t - rng.choice([0.0, 2.0, 5.0, 9.0], (n, dies))
+    reported = np.where(_mask(rng, (n, dies), 0.5), reasons, np.uint32(0))
+
+    before = coolant.thermal_step(
+        cfg, ref, t, die.value, die.age(t), die.failed, hbm_b.value, flow.age(t), flow.failed, ts
+    )
+    fresh = reasons != seen
+    want_since = np.where(fresh, t, since)
+    want_due = (reasons != reported) & (t - want_since >= REASON_HOLD_S)
+    want_reported = np.where(want_due, reasons, reported)
+    out = calls.cooling_thermal(k, cfg, got, t, die, hbm_b, flow, reasons, seen, since, reported, REASON_HOLD_S, ts)
+    g_before, g_seen, g_since, g_due, g_reported, changes = out
+    assert_same(before, g_before, "failsafe before")
+    assert_same(reasons, g_seen, "seen")
+    assert g_seen is not reasons
+    assert_same(want_since, g_since, "since")
+    assert_same(want_due, g_due, "due")
+    assert_same(want_reported, g_reported, "reported")
+    assert changes == int(np.count_nonzero(before != ref.failsafe)) + int(np.count_nonzero(want_due))
+    for name in ("failsafe", "flow_setpoint"):
+        assert_same(getattr(ref, name), getattr(got, name), name)
+    for pid in ("die_pid", "hbm_pid"):
+        assert_same_fields(getattr(ref, pid), getattr(got, pid), ["integral", "last"], pid)
