@@ -61,9 +61,13 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
+    """A frame received. ``oversize``: a message larger than any frame's packet (its size in
+    bytes), skipped by the transport without being read whole; its payload is then empty."""
+
     address: Address
     payload: bytes
     retained: bool = False
+    oversize: int = 0
 
 
 @dataclass(frozen=True, slots=True)
