@@ -37,6 +37,13 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="exit (1) when the link to the broker is lost, instead of connecting again",
     )
+    mon.add_argument(
+        "--keepalive",
+        type=bounded(int, 1, 65535, "--keepalive"),
+        default=10,
+        metavar="S",
+        help="MQTT keep-alive, seconds: a lost broker is noticed within it (default %(default)s)",
+    )
     mon.set_defaults(func=cmd_monitor)
 
 
@@ -45,7 +52,9 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     from ..host.views import message_json, message_line
     from ..protocol import FrameError, decode
     from ..protocol.auth import AuthError, trailer
+    from ..tasks import cancel_and_wait
     from ..transport import Subscription, Transport, TransportError, transport_factory
+    from ..transport.mqtt_probe import probe_of
     from ..transport.topics import topic
 
     factory = transport_factory(link_url(args))
@@ -81,6 +90,23 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             else:
                 print(message_line(d.address, msg), flush=True)
 
+    async def watched(transport: Transport) -> None:
+        """:func:`consume`, with a probe that notices a lost broker within the keep-alive (a
+        monitor sends nothing, so only a ping of its own can tell a silent link from a dead one)."""
+        probe = probe_of(transport)
+        if probe is None:
+            await consume(transport)
+            return
+        watch = asyncio.create_task(probe.run(), name="monitor-broker-probe")
+        try:
+            await consume(transport)
+        except TransportError as e:
+            if probe.unanswered():
+                raise TransportError(f"no answer from the broker within {args.keepalive} s ({e})") from None
+            raise
+        finally:
+            await cancel_and_wait([watch])
+
     async def follow() -> None:
         """Connect, subscribe and print; after a lost link, connect again (with backoff) unless
         --exit-on-loss. A broker unreachable at the start is an error at once."""
@@ -88,6 +114,8 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         connected_once = False
         while True:
             transport = factory(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+            if isinstance(getattr(transport, "keepalive", None), int):  # MQTT's
+                transport.keepalive = args.keepalive  # type: ignore[attr-defined]
             try:
                 await transport.connect()
                 await transport.subscribe(Subscription(args.fleet, args.node, None))
@@ -95,7 +123,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                     print("monitor: reconnected", file=sys.stderr, flush=True)
                 connected_once = True
                 backoff.reset()
-                await consume(transport)
+                await watched(transport)
                 return
             except TransportError as e:
                 if not connected_once or args.exit_on_loss:
