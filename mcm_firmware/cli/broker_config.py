@@ -21,12 +21,11 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from ..transport.security import MAX_PACKET
 from .common import EXIT_OK, U32_MAX, BadInput, bounded, fleet_name
 
 CHANNELS_OUT = ("state", "tlm", "evt", "rsp")
-MAX_PACKET = 66_000
-"""Mosquitto's max_packet_size: the largest frame (27 + 65,535 bytes) with its topic and MQTT header
-fits; anything larger is refused by the broker (which drops the sender) before any node sees it."""
+# Mosquitto's max_packet_size is MAX_PACKET: the bound the nodes' own clients hold on any broker
 
 
 def add_parser(sub: Any) -> None:

@@ -1,6 +1,7 @@
 """MQTT transport over aiomqtt (paho underneath). aiomqtt is imported here and nowhere else.
 
-Topics as :mod:`.topics` spells them. Frames travel as binary payloads unchanged.
+Topics as :mod:`.topics` spells them. Frames travel as binary payloads unchanged. A message
+larger than any frame's packet is skipped without being read whole (:class:`_BoundedReader`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from .base import Address, Delivery, Subscription, Transport, TransportError, Will
-from .security import TLS_PORT, BrokerSecurity, security_of
+from .security import MAX_PACKET, TLS_PORT, BrokerSecurity, security_of
 from .topics import parse_topic, topic, topic_filter
 
 DEFAULT_PORT = 1883
@@ -101,6 +102,95 @@ def _guard_socket_callbacks(client: aiomqtt.Client) -> None:
     paho.on_socket_unregister_write = unregister_write
 
 
+SKIP_CHUNK = 64 * 1024
+"""Bytes of an oversize packet read (and dropped) at once."""
+_PUBLISH = 0x30
+
+
+class _Oversize(aiomqtt.Message):
+    """What stands for a PUBLISH larger than :data:`.security.MAX_PACKET` in aiomqtt's queue: its
+    topic, no payload, its size."""
+
+    def __init__(self, topic: str, qos: int, retain: bool, mid: int, size: int) -> None:
+        super().__init__(topic, b"", qos, retain, mid, None)
+        self.size = size
+
+
+class _BoundedReader:
+    """paho reads a packet whole, asking the socket for all its remaining length at once (a 10 MB
+    PUBLISH is a 10 MB ``recv``, then a 10 MB buffer). Here, once a packet's fixed header says it is
+    larger than :data:`.security.MAX_PACKET`, only its head (topic, packet id) is kept: the rest is
+    read :data:`SKIP_CHUNK` bytes at a time and dropped (paho is handed one byte of each read, so
+    that its count of the bytes still due stays right), and instead of the packet the receive queue
+    gets an :class:`_Oversize` (acknowledged at QoS 1, as a message handed over is). paho's
+    ``_sock_recv`` and ``_packet_handle`` of this one client are wrapped; MQTT 3.1.1 stays (its
+    sessions, wills and retained messages as they are): the bound holds on any broker, the embedded
+    one included, and every oversize message is counted by the node it was for."""
+
+    def __init__(self, client: aiomqtt.Client, owner: MqttTransport) -> None:
+        inner: Any = client
+        self.paho = paho = inner._client
+        self.queue: asyncio.Queue[aiomqtt.Message] = inner._queue
+        self.owner = owner
+        self.recv = paho._sock_recv
+        self.handle = paho._packet_handle
+        paho._sock_recv = self._recv
+        paho._packet_handle = self._handle
+
+    def _size(self) -> int:
+        """The size of the packet being read when it is oversize, else 0."""
+        pkt = self.paho._in_packet
+        if not pkt["have_remaining"]:
+            return 0
+        size = 1 + len(pkt["remaining_count"]) + pkt["remaining_length"]
+        return size if size > MAX_PACKET else 0
+
+    @staticmethod
+    def _head(command: int, got: bytearray, remaining: int) -> int:
+        """Bytes of an oversize packet's body to keep: a PUBLISH's topic and packet id."""
+        if command & 0xF0 != _PUBLISH:
+            return 0
+        if len(got) < 2:
+            return min(2, remaining)
+        return min(2 + ((got[0] << 8) | got[1]) + (2 if command & 0x06 else 0), remaining)
+
+    def _recv(self, bufsize: int) -> bytes:
+        if not self._size():
+            return cast(bytes, self.recv(bufsize))
+        pkt = self.paho._in_packet
+        got: bytearray = pkt["packet"]
+        keep = self._head(pkt["command"], got, pkt["remaining_length"])
+        if len(got) < keep:
+            return cast(bytes, self.recv(min(bufsize, keep - len(got))))
+        del got[keep:]  # the byte paho kept of the last read
+        data = cast(bytes, self.recv(min(bufsize, SKIP_CHUNK)))
+        if len(data) > 1:
+            pkt["to_process"] -= len(data) - 1
+            self.owner.skipped_bytes += len(data) - 1
+            return data[-1:]
+        return data
+
+    def _handle(self) -> Any:
+        size = self._size()
+        if not size:
+            return self.handle()
+        pkt = self.paho._in_packet
+        command: int = pkt["command"]
+        self.owner.oversize += 1
+        got = bytes(pkt["packet"])
+        if command & 0xF0 != _PUBLISH or len(got) < 2:
+            return 0  # MQTT_ERR_SUCCESS: nothing of it to hand over
+        t_end = 2 + ((got[0] << 8) | got[1])
+        qos = (command >> 1) & 0x03
+        mid = (got[t_end] << 8) | got[t_end + 1] if qos and len(got) >= t_end + 2 else 0
+        try:
+            name = got[2:t_end].decode()
+            self.queue.put_nowait(_Oversize(name, qos, bool(command & 0x01), mid, size))
+        except (UnicodeDecodeError, ValueError):  # a topic that is no topic
+            self.owner.foreign += 1
+        return self.paho._send_puback(mid) if qos == 1 else 0
+
+
 class _Watchdog:
     """One task per event loop that looks at every live MQTT connection once a second and aborts
     the half-open ones (:meth:`MqttTransport._half_open`): one wake-up a second for a whole fleet
@@ -169,6 +259,8 @@ class MqttTransport(Transport):
         self._messages: AsyncIterator[aiomqtt.Message] | None = None
         self.foreign = 0  # frames on topics outside the contract, ignored
         self.unsolicited = 0  # frames matching none of our subscriptions, ignored
+        self.oversize = 0  # packets above MAX_PACKET, skipped unread (_BoundedReader)
+        self.skipped_bytes = 0  # their bytes, dropped as they were read
         self._subs: list[Subscription] = []
 
     @property
@@ -180,7 +272,7 @@ class MqttTransport(Transport):
             raise TransportError("already connected")
         try:
             username, password = self.security.credentials(self.client_id)
-            tls_context = self.security.ssl_context()
+            tls_context = self.security.ssl_context(self.client_id)
         except (ValueError, OSError) as e:  # a secret file or certificate that cannot be read
             raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
         client = aiomqtt.Client(
@@ -202,6 +294,7 @@ class MqttTransport(Transport):
             bind_address=self.bind_address,
         )
         _guard_socket_callbacks(client)
+        _BoundedReader(client, self)
         # what paho says went wrong while connecting (a TLS alert from the broker: a certificate
         # required or refused), which aiomqtt reports only as a time-out; read while connecting only
         errors: list[str] = []
@@ -327,5 +420,7 @@ class MqttTransport(Transport):
             if not any(s.matches(addr) for s in self._subs):
                 self.unsolicited += 1
                 continue
+            if isinstance(msg, _Oversize):
+                return Delivery(addr, b"", bool(msg.retain), msg.size)
             payload = msg.payload if isinstance(msg.payload, (bytes, bytearray)) else b""
             return Delivery(addr, bytes(payload), bool(msg.retain))

@@ -194,7 +194,7 @@ class FastPublisher(asyncio.Protocol):
         self._buffer.clear()
         self._lost.clear()
         self._connack = loop.create_future()
-        await open_connection(self, self.host, self.port, self.security)
+        await open_connection(self, self.host, self.port, self.security.for_client(self.client_id))
         assert self._transport is not None
         self._transport.write(connect_packet(self.client_id, self.keepalive, self.security))
         try:
@@ -386,7 +386,7 @@ class FastSubscriber(asyncio.Protocol):
         """Connect and subscribe; TransportError when either fails."""
         loop = asyncio.get_running_loop()
         self._connack, self._suback = loop.create_future(), loop.create_future()
-        await open_connection(self, self.host, self.port, self.security)
+        await open_connection(self, self.host, self.port, self.security.for_client(self.client_id))
         assert self._transport is not None
         self._transport.write(connect_packet(self.client_id, self.keepalive, self.security))
         code = await asyncio.wait_for(self._connack, 10)

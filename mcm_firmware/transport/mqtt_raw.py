@@ -13,6 +13,10 @@ does (``tests/transport/test_mqtt_raw.py`` runs both against a real Mosquitto):
   :data:`IN_FLIGHT` wait for their PUBACK (more wait their turn), and ``close`` waits for those
   in flight before DISCONNECT;
 * QoS 1 PUBLISH received are acknowledged at once and queued for ``receive``;
+* a packet larger than :data:`.security.MAX_PACKET` (the largest frame's, with topic and header) is
+  never buffered: its topic and packet id are read, it is acknowledged, the rest of its bytes are
+  dropped as they arrive, and ``receive`` hands the node it was for a :class:`.base.Delivery` with
+  its size in ``oversize`` (the node counts it rejected);
 * a PINGREQ goes out when the connection has been quiet for half the keep-alive; no packet from the
   broker for 1.5 keep-alives means a half-open link: the connection is dropped and ``receive``
   raises TransportError;
@@ -32,7 +36,7 @@ from ..tasks import cancel_and_wait
 from . import mqtt_wire as wire
 from .base import Address, Delivery, Subscription, Transport, TransportError, Will
 from .mqtt_fast import open_connection
-from .security import BrokerSecurity
+from .security import MAX_PACKET, BrokerSecurity
 from .topics import parse_topic, topic, topic_filter
 
 IN_FLIGHT = 1024
@@ -107,6 +111,9 @@ class RawMqttTransport(Transport):
         self.foreign = 0  # frames on topics outside the contract, ignored
         self.received = 0
         self.sent = 0
+        self.oversize = 0  # packets above MAX_PACKET, skipped unread
+        self.skipped_bytes = 0  # their bytes, dropped as they arrived
+        self._skip = 0  # bytes of the oversize packet under way still to drop
 
     @property
     def url(self) -> str:
@@ -116,6 +123,13 @@ class RawMqttTransport(Transport):
 
     def _data(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
+        if self._skip:  # the rest of an oversize packet: dropped as it comes, never buffered
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            self.skipped_bytes += dropped
+            if dropped == len(data):
+                return
+            data = data[dropped:]
         buf = self._buffer
         buf += data
         i, n = 0, len(buf)
@@ -136,9 +150,25 @@ class RawMqttTransport(Transport):
                 else:
                     break
                 end = j + length
+                kind = first & 0xF0
+                if end - i > MAX_PACKET:
+                    # larger than any frame's packet: its head (topic, packet id) is read, the
+                    # rest dropped as it arrives; the node it was for counts it
+                    head = self._oversize_head(first, buf, j, n, end)
+                    if head is None:
+                        break  # the head is not all here yet (at most MAX_PACKET bytes)
+                    if kind == wire.PUBLISH:
+                        topic_bytes, pid = head
+                        if pid is not None:
+                            acks.append(wire.puback(pid))
+                        self._deliver(topic_bytes, b"", bool(first & 0x01), oversize=end - i)
+                    self.oversize += 1
+                    self._skip = max(0, end - n)
+                    self.skipped_bytes += min(end, n) - i
+                    i = min(end, n)
+                    continue
                 if end > n:
                     break
-                kind = first & 0xF0
                 if kind == wire.PUBLISH:
                     t_end = j + 2 + ((buf[j] << 8) | buf[j + 1])
                     start = t_end
@@ -171,7 +201,24 @@ class RawMqttTransport(Transport):
             tr.write(b"".join(acks))
             self._last_tx = time.monotonic()
 
-    def _deliver(self, topic_bytes: bytes, payload: bytes, retained: bool) -> None:
+    @staticmethod
+    def _oversize_head(first: int, buf: bytearray, j: int, n: int, end: int) -> tuple[bytes, int | None] | None:
+        """The topic and packet id (None at QoS 0) of an oversize packet whose body starts at
+        ``buf[j]``, or None while they have not all arrived; ``(b"", None)`` for a packet that is
+        not a PUBLISH (nothing of it is needed)."""
+        if first & 0xF0 != wire.PUBLISH:
+            return b"", None
+        if j + 2 > n:
+            return None
+        t_end = j + 2 + ((buf[j] << 8) | buf[j + 1])
+        h_end = t_end + (2 if first & 0x06 else 0)
+        if h_end > end:
+            raise wire.WireError("a PUBLISH shorter than its topic")
+        if h_end > n:
+            return None
+        return bytes(buf[j + 2 : t_end]), ((buf[t_end] << 8) | buf[t_end + 1]) if first & 0x06 else None
+
+    def _deliver(self, topic_bytes: bytes, payload: bytes, retained: bool, *, oversize: int = 0) -> None:
         try:
             address = parse_topic(topic_bytes.decode())
         except UnicodeDecodeError:
@@ -180,7 +227,7 @@ class RawMqttTransport(Transport):
             self.foreign += 1
             return
         self.received += 1
-        self._queue.put_nowait(Delivery(address, payload, retained))
+        self._queue.put_nowait(Delivery(address, payload, retained, oversize))
 
     def _lost(self, why: str) -> None:
         if self._why is None:
@@ -215,7 +262,8 @@ class RawMqttTransport(Transport):
             raise TransportError(f"cannot connect to broker {self.url}: {e}") from None
         try:
             await asyncio.wait_for(
-                open_connection(_Protocol(self), self.host, self.port, self.security), self.connect_timeout
+                open_connection(_Protocol(self), self.host, self.port, self.security.for_client(self.client_id)),
+                self.connect_timeout,
             )
         except TimeoutError:
             raise TransportError(

@@ -12,7 +12,10 @@ secured alike.
                    id with the password :func:`node_password` derives from it, so that the
                    broker's ACL can give every node its own topics and nothing else
 ``cafile``         CA certificate(s) the broker's certificate must chain to (``mqtts``)
-``cert``, ``key``  this client's certificate and key, where the broker asks for one
+``cert``, ``key``  this client's certificate and key, where the broker asks for one; with
+                   ``{client_id}`` in both (``certs/{client_id}.crt``), each connection presents
+                   its own: a node ``mcm-<fleet>-<id>``, a carrier its control connection's id
+                   (``mcm-<fleet>-link-<first>-<last>``) and its telemetry's (that, ``-tlm``)
 =================  ===========================================================================
 
 ``mcm-emu`` commands take ``--username``, ``--password-file``, ``--node-secret``, ``--cafile``,
@@ -27,12 +30,20 @@ import hmac
 import os
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 PARAMS = ("username", "password_file", "node_secret", "cafile", "cert", "key")
+CLIENT_ID = "{client_id}"
+"""In ``cert`` and ``key``: each connection's own client id (a certificate per node)."""
 TLS_PORT = 8883
+MAX_PACKET = 66_000
+"""The largest MQTT packet a node or a carrier's control connection takes whole: the largest frame
+(27 + 65,535 bytes, with an authentication trailer 21 more) with its topic and MQTT header fits.
+Mosquitto's ``max_packet_size`` as ``broker-config`` writes it (the broker drops a larger packet's
+sender before any node sees it); on any broker, a larger packet is skipped unread by the clients
+(:mod:`.mqtt`, :mod:`.mqtt_raw`) and counted by the node it was for."""
 _NODE_ID = re.compile(r"mcm-.+-\d+")
 
 
@@ -63,13 +74,51 @@ class BrokerSecurity:
             return self.username, password
         return None, None
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The client's TLS context (certificate and host name checked), or None without TLS."""
+    @property
+    def per_client(self) -> bool:
+        """The certificate and key are named per client id (``{client_id}`` in them)."""
+        return bool(self.cert and CLIENT_ID in self.cert)
+
+    def for_client(self, client_id: str) -> BrokerSecurity:
+        """These settings with ``{client_id}`` in the certificate and key replaced by ``client_id``."""
+        if not self.per_client:
+            return self
+        return replace(
+            self,
+            cert=(self.cert or "").replace(CLIENT_ID, client_id),
+            key=(self.key or "").replace(CLIENT_ID, client_id),
+        )
+
+    def ssl_context(self, client_id: str | None = None) -> ssl.SSLContext | None:
+        """The TLS context of client ``client_id`` (certificate and host name checked), or None
+        without TLS. ValueError names a certificate or key that is missing, unreadable or not a
+        pair, and whose it is."""
         if not self.tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.cafile)
-        if self.cert:
-            ctx.load_cert_chain(self.cert, self.key)
+        sec = self
+        if self.per_client:
+            if client_id is None:
+                raise ValueError(f"client certificate {self.cert}: names {CLIENT_ID}, and no client id was given")
+            sec = self.for_client(client_id)
+        try:
+            ctx = ssl.create_default_context(cafile=sec.cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"CA file {sec.cafile}: {getattr(e, 'strerror', None) or e}") from None
+        if sec.cert:
+            whose = f" of {client_id}" if client_id else ""
+            for what, path in (("certificate", sec.cert), ("key", sec.key or "")):
+                if not os.path.isfile(path):
+                    raise ValueError(f"client {what}{whose}: {path}: no such file")
+            try:
+                ctx.load_cert_chain(sec.cert, sec.key)
+            except ssl.SSLError as e:
+                if "KEY_VALUES_MISMATCH" in str(e):
+                    why = "the key is not the certificate's"
+                else:
+                    why = f"not a PEM certificate and its private key ({e.reason or e})"
+                raise ValueError(f"client certificate{whose} {sec.cert} with key {sec.key}: {why}") from None
+            except OSError as e:
+                raise ValueError(f"client certificate{whose} {sec.cert}: {e.strerror or e}") from None
         return ctx
 
 
@@ -133,6 +182,12 @@ def security_of(url: str) -> BrokerSecurity:
         raise ValueError(f"broker URL {url!r}: cafile, cert and key are for mqtts:// (TLS)")
     if bool(sec.cert) != bool(sec.key):
         raise ValueError(f"broker URL {url!r}: cert and key go together")
+    for name, value in (("cert", sec.cert), ("key", sec.key)):
+        rest = (value or "").replace(CLIENT_ID, "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(f"broker URL {url!r}: {name} {value!r}: the only placeholder is {CLIENT_ID}")
+    if (CLIENT_ID in (sec.cert or "")) != (CLIENT_ID in (sec.key or "")):
+        raise ValueError(f"broker URL {url!r}: cert and key both name {CLIENT_ID}, or neither does")
     if sec.password_file and not sec.username:
         raise ValueError(f"broker URL {url!r}: password_file needs a username")
     return sec
