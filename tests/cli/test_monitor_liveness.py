@@ -9,6 +9,8 @@ import asyncio
 import signal
 import time
 
+import pytest
+
 from mcm_firmware.transport.mqtt_probe import PERIOD_S
 
 from ..transport.test_reconnect import StallingProxy
@@ -16,6 +18,7 @@ from ..transport.test_reconnect import StallingProxy
 KEEPALIVE = 2
 
 
+@pytest.mark.slow
 def test_monitor_notices_a_half_open_link_within_its_keepalive_and_follows_the_fleet_again(mosquitto, cli_process):
     async def main() -> tuple[float, int, int, str, str]:
         proxy = StallingProxy(mosquitto.port)

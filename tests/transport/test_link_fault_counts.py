@@ -9,6 +9,7 @@ import signal
 import time
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..conftest import free_port, run_cli
@@ -37,6 +38,7 @@ def ctl(mosquitto, *argv: str, json_out: bool = True):
     return json.loads(r.stdout.strip().splitlines()[-1]) if json_out else r.stdout
 
 
+@pytest.mark.slow
 def test_link_drop_counts_are_shown_in_status_and_metrics_and_outlive_the_fault(mosquitto, cli_process):
     port = free_port()
     run = cli_process("run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", FLEET, "--metrics-port", str(port))
@@ -72,9 +74,7 @@ def test_link_drop_counts_are_shown_in_status_and_metrics_and_outlive_the_fault(
     )
     assert 10 <= dropped < len(seqs), (dropped, len(seqs))  # about half of 5 s of frames, not all
 
-    # cleared, the counts stay: in status (JSON and text) and in the metrics
-    again = ctl(mosquitto, "1", "status")["runtime"]["link_faults"]
-    assert again == counts
+    # cleared, the counts stay (the status above was taken after the clear): in text and metrics
     text = ctl(mosquitto, "1", "status", json_out=False)
     assert f"link faults: out dropped {dropped}, corrupted 0, duplicated 0, delayed 0; in dropped 0" in text, text
     assert "link faults" not in ctl(mosquitto, "0", "status", json_out=False)  # nothing to tell on node 0
