@@ -10,7 +10,10 @@ Writes into ``--out DIR``:
 - ``mosquitto.conf``: a listener for the nodes on which the user name is the client id (so that
   nobody can connect under a node's client id without that node's password, and no node under
   another's), a listener for hosts, anonymous access denied on both, packets above the largest
-  frame refused, TLS where certificates are given. See docs/security.md.
+  frame refused, TLS where certificates are given;
+- ``certs/`` with ``--tls-ca-cert``: a certificate and key per node (``mcm-<fleet>-<id>.crt``), for
+  the host user and, without ``--tls-cert``, for the broker, issued by the fleet's CA; on the node
+  listener a certificate's name is then its user name. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -62,6 +65,15 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--tls-cert", metavar="FILE", default=None, help="the broker's certificate (TLS on both listeners)")
     b.add_argument("--tls-key", metavar="FILE", default=None, help="the broker's private key")
     b.add_argument("--tls-cafile", metavar="FILE", default=None, help="CA of client certificates (then required)")
+    b.add_argument(
+        "--tls-ca-cert",
+        metavar="FILE",
+        default=None,
+        help="the fleet's CA certificate (created with --tls-ca-key when neither file exists): every node and the "
+        "host user get a certificate of their own from it in DIR/certs/, required on both listeners; on the node "
+        "listener a certificate's name is its user name (use_identity_as_username)",
+    )
+    b.add_argument("--tls-ca-key", metavar="FILE", default=None, help="the fleet CA's private key (mode 0600)")
     b.set_defaults(func=cmd_broker_config)
 
 
@@ -86,6 +98,10 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         raise BadInput("--port and --host-port must differ: nodes and hosts have listeners of their own")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise BadInput("--tls-cert and --tls-key go together")
+    if bool(args.tls_ca_cert) != bool(args.tls_ca_key):
+        raise BadInput("--tls-ca-cert and --tls-ca-key go together")
+    if args.tls_ca_cert and args.tls_cafile:
+        raise BadInput("--tls-ca-cert issues the client certificates and is their CA: it does not go with --tls-cafile")
     if args.tls_cafile and not args.tls_cert:
         raise BadInput("--tls-cafile (client certificates) needs --tls-cert and --tls-key")
     if not args.host_user or ":" in args.host_user:
@@ -122,6 +138,23 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         acl += ["", f"user {cid}"]
         acl += [f"topic write mcm/v1/{fleet}/{n}/{ch}" for ch in CHANNELS_OUT]
         acl.append(f"topic read mcm/v1/{fleet}/{n}/cmd")
+    certs = out / "certs"
+    if args.tls_ca_cert:
+        from . import certs as mint
+
+        try:
+            ca = mint.load_or_create_ca(Path(args.tls_ca_cert), Path(args.tls_ca_key), f"mcm-emu fleet {fleet} CA")
+            certs.mkdir(exist_ok=True)
+            for name in [args.host_user, *(f"mcm-{fleet}-{n}" for n in ids)]:
+                mint.issue(ca, name, certs / f"{name}.crt", certs / f"{name}.key")
+            if not args.tls_cert:  # the broker's own, for the address it listens on
+                args.tls_cert, args.tls_key = str(certs / "broker.crt"), str(certs / "broker.key")
+                mint.issue(ca, args.address, certs / "broker.crt", certs / "broker.key", server=True)
+                _hand_over([certs / "broker.key"], args.broker_user)
+        except (OSError, ValueError) as e:
+            raise BadInput(str(e)) from None
+        if ca.created:
+            print(f"broker-config: new fleet CA in {args.tls_ca_cert} (its key in {args.tls_ca_key}, mode 0600)")
     (out / "passwords").write_text("\n".join(users) + "\n")
     os.chmod(out / "passwords", 0o600)
     (out / "acl").write_text("\n".join(acl) + "\n")
@@ -131,15 +164,17 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         lines = [f"# {role}", f"listener {port} {args.address}"]
         if node_side:
             lines.append("use_username_as_clientid true")
-        lines += [
-            "allow_anonymous false",
-            f"password_file {(out / 'passwords').resolve()}",
-            f"acl_file {(out / 'acl').resolve()}",
-        ]
+        lines.append("allow_anonymous false")
+        if node_side and args.tls_ca_cert:  # the certificate's name is the user name; no password
+            lines.append("use_identity_as_username true")
+        else:
+            lines.append(f"password_file {(out / 'passwords').resolve()}")
+        lines.append(f"acl_file {(out / 'acl').resolve()}")
         if args.tls_cert:
             lines += [f"certfile {Path(args.tls_cert).resolve()}", f"keyfile {Path(args.tls_key).resolve()}"]
-            if args.tls_cafile:
-                lines += [f"cafile {Path(args.tls_cafile).resolve()}", "require_certificate true"]
+            clients_ca = args.tls_cafile or args.tls_ca_cert
+            if clients_ca:
+                lines += [f"cafile {Path(clients_ca).resolve()}", "require_certificate true"]
         return lines
 
     conf = [
@@ -156,14 +191,18 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
     (out / "mosquitto.conf").write_text("\n".join(conf) + "\n")
     scheme = "mqtts" if args.tls_cert else "mqtt"
     print(f"broker-config: {args.nodes} node users and {args.host_user!r} in {out}/passwords, acl, mosquitto.conf")
+    tls = ""
+    if args.tls_ca_cert:
+        print(f"broker-config: a certificate for each node and for {args.host_user!r} in {certs}/")
+        tls = f" --cafile {args.tls_ca_cert} --cert '{certs}/{{client_id}}.crt' --key '{certs}/{{client_id}}.key'"
     print(f"  mosquitto -c {out}/mosquitto.conf")
     print(
         f"  mcm-emu run --broker {scheme}://{args.address}:{args.port} --nodes {args.nodes} --first-id {args.first_id} "
-        f"--fleet {fleet} --node-secret {secret_path} --username {args.host_user} --password-file "
-        f"{args.host_password_file}"
+        f"--fleet {fleet} {'' if tls else f'--node-secret {secret_path} '}--username {args.host_user} --password-file "
+        f"{args.host_password_file}{tls}"
     )
     print(
         f"  mcm-emu ctl --broker {scheme}://{args.address}:{args.host_port} --fleet {fleet} --username "
-        f"{args.host_user} --password-file {args.host_password_file} {ids[0]} status"
+        f"{args.host_user} --password-file {args.host_password_file}{tls} {ids[0]} status"
     )
     return EXIT_OK

@@ -321,6 +321,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
         if args.node_secret:
             args.connection = "node"
+        if args.cert and "{client_id}" in args.cert and not args.username:
+            raise BadInput(
+                "--cert with {client_id} needs --username and --password-file too: the run's own checks connect "
+                "as that host user, with its certificate"
+            )
     elif any(getattr(args, k) for k in ("username", "password_file", "node_secret", "cafile", "cert", "key")):
         raise BadInput("broker security options are for an external broker (--broker); the embedded one is open")
     if args.redfish_port is not None and (args.serial or args.processes > 1):
@@ -331,6 +336,13 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.processes > 1:
         return await run_processes(args, layout)
     ids = shard_ids(args)
+    if args.broker is not None and args.connection != "carrier":  # a certificate per node: each there, a pair
+        from ..transport.security import check_client_certificates
+
+        try:
+            check_client_certificates(args.broker, [f"mcm-{args.fleet}-{i}" for i in ids])
+        except ValueError as e:
+            raise BadInput(str(e)) from None
     ring = key_ring(args)  # a key file that cannot be used is refused before anything starts
     sched = scheduling(args.priority)
     gc.disable()  # what start-up builds lives for the whole run: frozen once up (_up_and_settled)

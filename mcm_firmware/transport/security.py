@@ -79,14 +79,22 @@ class BrokerSecurity:
         """The certificate and key are named per client id (``{client_id}`` in them)."""
         return bool(self.cert and CLIENT_ID in self.cert)
 
+    def identity(self, client_id: str) -> str:
+        """Whose certificate a connection presents with ``{client_id}``: a node's or a carrier's
+        connection its own client id; any other client (ctl, monitor, a run's own checks) connects in
+        the host role, as the URL's user name when it has one (else as its client id)."""
+        if is_node_client_id(client_id) or "-link-" in client_id or not self.username:
+            return client_id
+        return self.username
+
     def for_client(self, client_id: str) -> BrokerSecurity:
-        """These settings with ``{client_id}`` in the certificate and key replaced by ``client_id``."""
+        """These settings with ``{client_id}`` in the certificate and key replaced by the
+        connection's :meth:`identity`."""
         if not self.per_client:
             return self
+        who = self.identity(client_id)
         return replace(
-            self,
-            cert=(self.cert or "").replace(CLIENT_ID, client_id),
-            key=(self.key or "").replace(CLIENT_ID, client_id),
+            self, cert=(self.cert or "").replace(CLIENT_ID, who), key=(self.key or "").replace(CLIENT_ID, who)
         )
 
     def ssl_context(self, client_id: str | None = None) -> ssl.SSLContext | None:
@@ -105,21 +113,38 @@ class BrokerSecurity:
         except (OSError, ssl.SSLError) as e:
             raise ValueError(f"CA file {sec.cafile}: {getattr(e, 'strerror', None) or e}") from None
         if sec.cert:
-            whose = f" of {client_id}" if client_id else ""
-            for what, path in (("certificate", sec.cert), ("key", sec.key or "")):
-                if not os.path.isfile(path):
-                    raise ValueError(f"client {what}{whose}: {path}: no such file")
-            try:
-                ctx.load_cert_chain(sec.cert, sec.key)
-            except ssl.SSLError as e:
-                if "KEY_VALUES_MISMATCH" in str(e):
-                    why = "the key is not the certificate's"
-                else:
-                    why = f"not a PEM certificate and its private key ({e.reason or e})"
-                raise ValueError(f"client certificate{whose} {sec.cert} with key {sec.key}: {why}") from None
-            except OSError as e:
-                raise ValueError(f"client certificate{whose} {sec.cert}: {e.strerror or e}") from None
+            _load_chain(ctx, sec, self.identity(client_id) if client_id else None)
         return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, sec: BrokerSecurity, whose: str | None) -> None:
+    """Load ``sec``'s certificate and key into ``ctx``; ValueError names the file that is missing
+    or unreadable, or a key that is not the certificate's, and whose they are."""
+    of = f" of {whose}" if whose else ""
+    for what, path in (("certificate", sec.cert or ""), ("key", sec.key or "")):
+        if not os.path.isfile(path):
+            raise ValueError(f"client {what}{of}: {path}: no such file")
+    try:
+        ctx.load_cert_chain(sec.cert or "", sec.key)
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e):
+            why = "the key is not the certificate's"
+        else:
+            why = f"not a PEM certificate and its private key ({e.reason or e})"
+        raise ValueError(f"client certificate{of} {sec.cert} with key {sec.key}: {why}") from None
+    except OSError as e:
+        raise ValueError(f"client certificate{of} {sec.cert}: {e.strerror or e}") from None
+
+
+def check_client_certificates(url: str, client_ids: list[str]) -> None:
+    """With ``{client_id}`` in the URL's ``cert`` and ``key``: that each of these clients' own
+    certificate and key are there and a pair (ValueError names the first that is not), so that a run
+    refuses to start rather than leave a node retrying a connection it cannot make."""
+    sec = security_of(url)
+    if not (sec.tls and sec.per_client):
+        return
+    for cid in client_ids:
+        _load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), sec.for_client(cid), sec.identity(cid))
 
 
 def is_node_client_id(client_id: str) -> bool:
