@@ -83,7 +83,13 @@ def security_options(p: argparse.ArgumentParser, *, nodes: bool = False) -> None
             "derived from it (mcm-emu broker-config writes the broker's side)",
         )
     g.add_argument("--cafile", default=None, metavar="FILE", help="CA the broker's certificate must chain to (TLS)")
-    g.add_argument("--cert", default=None, metavar="FILE", help="this client's certificate (TLS)")
+    g.add_argument(
+        "--cert",
+        default=None,
+        metavar="FILE",
+        help="this client's certificate (TLS); '{client_id}' in it and in --key: each connection its own "
+        "(a node's its client id's, a host's its --username's)",
+    )
     g.add_argument("--key", default=None, metavar="FILE", help="this client's private key (TLS)")
 
 
