@@ -9,7 +9,9 @@ is known lost within one keep-alive of the last packet (plus the probe's period)
 the connection lost (its receive raises :class:`.base.TransportError`) and may connect again.
 
 On a live link the cost is one PINGREQ each half keep-alive of silence from the broker; a link
-that brings frames needs none.
+that brings frames needs none. paho has no public hook for this: the probe reads its keep-alive
+state (``_ping_t``, ``_last_bytes_received``) and sends with ``_send_pingreq``, as of paho 2.x
+(``tests/transport/test_mqtt_probe.py`` fails if they change).
 """
 
 from __future__ import annotations
