@@ -379,6 +379,10 @@ def test_the_workload_and_the_utilisation_the_firmware_sees_equal_the_reference(
     """Every workload (idle, steady, training, inference) at any scale, at clocks that run, stop
     (0 MHz) or read NaN, on running and shut-down modules: the demand, the utilisation, the
     inference's fluctuation and the draws it takes."""
+    _check_demand(k, seed, n, dt, t)
+
+
+def _check_demand(k: kernel.Kernels, seed: int, n: int, dt: float, t: float) -> None:
     from mcm_firmware.plant.workload import Workload, WorkloadModel, utilisation
 
     rng = np.random.default_rng(seed)
@@ -410,6 +414,10 @@ def test_the_valve_period_equals_the_reference(k, seed, n, pumps, ts, fault_p):
     """The pump drivers' current, the pump supervision (faults latched and retried, failover,
     alternation, a stopped module restarted, natural convection entered and left) and the valve
     loop (failsafe, external and manual commands, NaN flow readings, slew and windup limits)."""
+    _check_valve_period(k, seed, n, pumps, ts, fault_p)
+
+
+def _check_valve_period(k: kernel.Kernels, seed: int, n: int, pumps: int, ts: float, fault_p: float) -> None:
     import dataclasses
 
     from mcm_firmware.control import coolant
@@ -483,6 +491,12 @@ PumpFields = ("faulted", "retried", "failed_over", "alternated", "natural")
 def test_the_thermal_period_equals_the_reference(k, seed, n, dies, valves, hbm, ts, fault_p):
     """Zones of one die or several (and valves that cool none), readings stale, failed or NaN, HBM
     or none, the two thermal PIDs, and the clock reasons that have held long enough to report."""
+    _check_thermal_period(k, seed, n, dies, valves, hbm, ts, fault_p)
+
+
+def _check_thermal_period(
+    k: kernel.Kernels, seed: int, n: int, dies: int, valves: int, hbm: int, ts: float, fault_p: float
+) -> None:
     import dataclasses
 
     from mcm_firmware.control import coolant
@@ -541,3 +555,28 @@ def test_the_thermal_period_equals_the_reference(k, seed, n, dies, valves, hbm, 
         assert_same(getattr(ref, name), getattr(got, name), name)
     for pid in ("die_pid", "hbm_pid"):
         assert_same_fields(getattr(ref, pid), getattr(got, pid), ["integral", "last"], pid)
+
+
+def test_the_new_kernels_give_the_same_as_plain_python(k, monkeypatch):
+    """The loop nests of the workload, the valve period and the thermal period run uncompiled
+    (their helpers too) to the reference's results: the source numba compiles is the arithmetic
+    the tests above prove, line by line."""
+    from mcm_firmware.kernel import loops
+
+    def plain(name: str) -> object:
+        fn = getattr(loops, name)
+        return getattr(fn, "py_func", fn)
+
+    for name in ("npmod", "pid_step", "zone_max", "fmin", "fmax"):
+        monkeypatch.setattr(loops, name, plain(name))
+    names = {f: getattr(k, f) for f in kernel.KERNEL_NAMES}
+    names.update({f: plain(f) for f in ("tick_demand", "cooling_fast", "cooling_thermal")})
+    py = kernel.Kernels(**names, load_s=0.0)
+    for a, b in ((-1.0, 2.0), (4.0, 2.0), (-4.0, 2.0), (1.0, -2.0), (-0.5, 2.0), (0.0, -2.0)):
+        want = np.float64(a) % np.float64(b)
+        assert loops.npmod(a, b) == want and np.signbit(loops.npmod(a, b)) == np.signbit(want), (a, b)
+    for seed in range(4):
+        _check_demand(py, seed, 6, 0.5, 1_767_225_600.0 + seed)
+        _check_demand(py, seed, 12, 0.5, 0.0)  # phases before 0: the remainder takes the divisor's sign
+        _check_valve_period(py, seed, 6, 1 + seed % 3, 2.0, 0.5)
+        _check_thermal_period(py, seed, 5, 4, 1 + seed, seed % 3 * 2, 4.0, 0.6)
