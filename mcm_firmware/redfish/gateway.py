@@ -344,6 +344,7 @@ class Gateway:
                 self.status_failed += 1
                 log.info("redfish: node %d: no status: %s", node, e)
                 return False
+        self.view.seen(node, resp.seq)
         self.view.take_status(node, resp.data, resp.timestamp_ns, now=time.monotonic())
         self._judge(self.view.node(node), time.time_ns())  # its faults may have changed its health
         return True
@@ -353,6 +354,7 @@ class Gateway:
         status); HostError when none comes. The node's STATUS is read again after an OK."""
         args = PowerLimitArgs(source=int(PowerLimitSource.OUT_OF_BAND), watts=math.nan if watts is None else watts)
         resp = await self.host.request(node, Op.SET_POWER_LIMIT, args, check=False)
+        self.view.seen(node, resp.seq)
         if resp.status == 0:
             with contextlib.suppress(HostError):
                 await self.refresh(node)
@@ -376,6 +378,7 @@ class Gateway:
         """Hold ``valve`` at ``pct`` % (None: give it back to the controller); the node's answer."""
         args = SetValveArgs(valve=valve, auto=int(pct is None), pct=0.0 if pct is None else pct)
         resp = await self.host.request(node, Op.SET_VALVE, args, check=False)
+        self.view.seen(node, resp.seq)
         if resp.status == 0:  # the VALVE_MANUAL/VALVE_AUTO event follows; known now
             view = self.view.node(node)
             if pct is None:
@@ -386,4 +389,6 @@ class Gateway:
 
     async def reset(self, node: int) -> Response:
         """The module reset (RESET: pending row remaps applied); the node's answer."""
-        return await self.host.request(node, Op.RESET, check=False)
+        resp = await self.host.request(node, Op.RESET, check=False)
+        self.view.seen(node, resp.seq)
+        return resp

@@ -190,12 +190,24 @@ class FleetView:
 
     def _sequence(self, view: NodeView, seq: int) -> None:
         last = view.seq
-        if last is not None:
-            gap = (seq - last - 1) & 0xFFFFFFFF
-            if gap < 0x10000:  # else: older than the newest (another connection's order) or a restart
-                self.missed += gap
-        if last is None or (seq - last) & 0xFFFFFFFF < 0x80000000:
+        if last is None:
             view.seq = seq
+            return
+        ahead = (seq - last) & 0xFFFFFFFF
+        if 0 < ahead <= 0x10000:
+            self.missed += ahead - 1  # the frames in between not seen (yet)
+            view.seq = seq
+        elif ahead > 0xFFFFFFFF - 0x10000 and self.missed > 0:
+            self.missed -= 1  # one counted missing came late, on another connection (an answer, an event)
+        elif ahead > 0x10000 and ahead <= 0xFFFFFFFF - 0x10000:
+            view.seq = seq  # a jump: the node started again
+
+    def seen(self, node: int, seq: int) -> None:
+        """A frame of ``node`` that came another way (an answer to the service's own request): its
+        sequence number is not missing."""
+        view = self.nodes.get(node)
+        if view is not None:
+            self._sequence(view, seq)
 
     def take_telemetry(
         self, node: int, seq: int, timestamp_ns: int, payload: memoryview, *, now: float
