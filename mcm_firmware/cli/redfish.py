@@ -88,6 +88,22 @@ def redfish_options(p: argparse.ArgumentParser, *, port_default: int | None) -> 
         help="TOML file of accounts ([accounts.NAME] role = ReadOnly|Operator, password or password_file); "
         "without one an 'operator' and a 'readonly' account get random passwords, printed at start",
     )
+    g.add_argument(
+        "--redfish-event-log" if port_default is None else "--event-log",
+        dest="redfish_event_log",
+        default=None,
+        metavar="FILE",
+        help="keep the modules' event logs in FILE (JSON lines) across restarts of the service "
+        "(default: in memory only)",
+    )
+    g.add_argument(
+        "--redfish-event-log-max" if port_default is None else "--event-log-max",
+        dest="redfish_event_log_max",
+        type=bounded(int, 1, 10**8, "--event-log-max"),
+        default=100_000,
+        metavar="N",
+        help="records in the event log file before it is rotated to FILE.1 (default %(default)s)",
+    )
 
 
 def https_context(args: argparse.Namespace) -> Any:
@@ -147,6 +163,21 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
     gateway = Gateway(
         transport_factory(url), fleet, auth=frame_auth(args, fleet), source=public_url(url), telemetry_url=fast
     )
+    store = None
+    if getattr(args, "redfish_event_log", None) is not None:
+        from ..redfish.eventlog import EventLogFile
+
+        store = EventLogFile(args.redfish_event_log, args.redfish_event_log_max)
+        try:
+            gateway.logs = store.load()
+        except OSError as e:
+            raise BadInput(f"redfish: event log {args.redfish_event_log}: {e.strerror or e}") from None
+        gateway.listeners.append(store.append)
+        print(
+            f"redfish: event log {args.redfish_event_log}: {store.restored} records of {len(gateway.logs)} modules "
+            f"restored, {store.skipped} lines skipped",
+            flush=True,
+        )
     try:
         await gateway.start()
     except TransportError as e:
@@ -165,6 +196,8 @@ async def redfish_service(args: argparse.Namespace, url: str, fleet: str) -> Any
         print(f"redfish: {server.summary()}", flush=True)
         print(f"redfish: {gateway.summary()}", flush=True)
         await gateway.stop()
+        if store is not None:
+            store.close()
 
 
 async def cmd_redfish(args: argparse.Namespace) -> int:
@@ -174,11 +207,16 @@ async def cmd_redfish(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    served: list[Any] = []  # the server, once it serves
+
+    def counts() -> None:  # SIGUSR1: the gateway's counts, one JSON line (installed before the address is printed)
+        if served:
+            print(json.dumps({"redfish": served[0].gateway.stats()}), flush=True)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGUSR1, counts)
     async with redfish_service(args, url, args.fleet) as server:
-        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):  # SIGUSR1: the counts, JSON
-            loop.add_signal_handler(
-                signal.SIGUSR1, lambda: print(json.dumps({"redfish": server.gateway.stats()}), flush=True)
-            )
+        served.append(server)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), args.duration)
     sys.stdout.flush()
