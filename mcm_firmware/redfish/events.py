@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,8 +171,10 @@ def from_event(log: NodeLog, view: NodeView, ev: Event) -> Record:
 
 def changes(log: NodeLog, view: NodeView, now_ns: int) -> list[Record]:
     """Records of a change of the module's health or state since they were last told (none the
-    first time a module is seen)."""
+    first time a module is judged: with its first telemetry, or offline)."""
     out: list[Record] = []
+    if view.online and not view.has_telemetry:
+        return out  # nothing to judge yet: a module is first judged with its first telemetry
     uri = rs.chassis_uri(view.node)
     health, state = rs.health_of(view), rs.state_of(view)
     if log.state is not None and state != log.state:
@@ -350,3 +353,136 @@ def event_payload(recs: list[Record], event_id: int, context: str | None) -> dic
     if context is not None:
         out["Context"] = context
     return out
+
+
+# --- $filter of the SSE stream (DSP0266 "Server-sent events") ----------------------------------------
+
+# the properties DSP0266 lets an SSE client filter on
+SSE_FILTER_PROPERTIES = (
+    "EventFormatType", "MessageId", "MetricReportDefinition", "OriginResource", "RegistryPrefix", "ResourceType",
+)  # fmt: skip
+_RESOURCE_TYPES = (  # the type of an origin, by the last collection in its URI
+    ("/Pumps/", "Pump"), ("/Memory/", "Memory"), ("/Sensors/", "Sensor"), ("/Controls/", "Control"),
+)  # fmt: skip
+
+
+class FilterError(ValueError):
+    """A ``$filter`` that cannot be used; ``part`` is what is wrong in it."""
+
+    def __init__(self, part: str, why: str) -> None:
+        super().__init__(f"{why}: {part}")
+        self.part = part
+
+
+def resource_type(origin: str) -> str:
+    """The schema type of the resource at ``origin`` (an origin the service logs)."""
+    for marker, kind in _RESOURCE_TYPES:
+        if marker in origin:
+            return kind
+    return "Chassis"
+
+
+def _matches(prop: str, value: str, rec: Record) -> bool:
+    if prop == "EventFormatType":
+        return value == "Event"  # the stream sends Events only, no metric reports
+    if prop == "MetricReportDefinition":
+        return False
+    if prop == "OriginResource":
+        return rec.origin == value.rstrip("/")
+    if prop == "RegistryPrefix":
+        return rec.message_id.split(".", 1)[0] == value
+    if prop == "ResourceType":
+        return resource_type(rec.origin) == value
+    prefix, key = rec.message_id.split(".", 1)[0], rec.message_id.rsplit(".", 1)[1]
+    return value in (rec.message_id, f"{prefix}.{key}")  # MessageId, with or without the version
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "()":
+            out.append(ch)
+            i += 1
+        elif ch == "'":
+            j, buf = i + 1, []
+            while True:
+                if j >= n:
+                    raise FilterError(text[i:], "a quoted value is not closed")
+                if text[j] == "'":
+                    if j + 1 < n and text[j + 1] == "'":  # '' is a quote inside the value
+                        buf.append("'")
+                        j += 2
+                        continue
+                    break
+                buf.append(text[j])
+                j += 1
+            out.append("'" + "".join(buf))  # marked as a value
+            i = j + 1
+        else:
+            j = i
+            while j < n and not text[j].isspace() and text[j] not in "()'":
+                j += 1
+            out.append(text[i:j])
+            i = j
+    return out
+
+
+def sse_filter(text: str) -> Callable[[Record], bool]:
+    """The records a ``$filter`` of the SSE stream lets through: comparisons ``PROPERTY eq VALUE``
+    (a property of ``SSE_FILTER_PROPERTIES``; the value quoted or a bare word) joined by ``and``
+    and ``or`` (``and`` first), in parentheses as needed. FilterError names what is wrong."""
+    toks = _tokens(text)
+    pos = 0
+
+    def peek() -> str | None:
+        return toks[pos] if pos < len(toks) else None
+
+    def take() -> str:
+        nonlocal pos
+        if pos >= len(toks):
+            raise FilterError(text, "the filter ends too soon")
+        pos += 1
+        return toks[pos - 1]
+
+    def atom() -> Callable[[Record], bool]:
+        tok = take()
+        if tok == "(":
+            inner = any_of()
+            if take() != ")":
+                raise FilterError(text, "a parenthesis is not closed")
+            return inner
+        if tok not in SSE_FILTER_PROPERTIES:
+            raise FilterError(tok.lstrip("'"), "not a property an SSE stream can be filtered on")
+        op = take()
+        if op != "eq":
+            raise FilterError(f"{tok} {op.lstrip(chr(39))}", "only 'eq' compares a property")
+        raw = take()
+        if raw in ("(", ")", "and", "or"):
+            raise FilterError(f"{tok} eq {raw}", "a value is missing")
+        value = raw[1:] if raw.startswith("'") else raw
+        return lambda rec: _matches(tok, value, rec)
+
+    def all_of() -> Callable[[Record], bool]:
+        parts = [atom()]
+        while peek() == "and":
+            take()
+            parts.append(atom())
+        return parts[0] if len(parts) == 1 else (lambda rec: all(p(rec) for p in parts))
+
+    def any_of() -> Callable[[Record], bool]:
+        parts = [all_of()]
+        while peek() == "or":
+            take()
+            parts.append(all_of())
+        return parts[0] if len(parts) == 1 else (lambda rec: any(p(rec) for p in parts))
+
+    if not toks:
+        raise FilterError(text, "the filter is empty")
+    wanted = any_of()
+    if pos != len(toks):
+        raise FilterError(" ".join(t.lstrip("'") for t in toks[pos:]), "unexpected after the filter")
+    return wanted

@@ -140,6 +140,12 @@ BASE: dict[str, Msg] = {
         "Warning",
         "Correct or remove the query parameter and resubmit the request.",
     ),
+    "QueryParameterValueFormatError": Msg(
+        "The value '%1' for the parameter %2 is not a format that the parameter can accept.",
+        2,
+        "Warning",
+        "Correct the value for the query parameter in the request and resubmit the request if the operation failed.",
+    ),
     "CreateLimitReachedForResource": Msg(
         "The create operation failed because the resource has reached the limit of possible resources.",
         0,

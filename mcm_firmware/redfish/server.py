@@ -18,6 +18,7 @@ import math
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,8 @@ class EventService:
         self.subs: dict[str, Subscription] = {}
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._streams: set[asyncio.Queue[tuple[int, dict[str, Any]] | None]] = set()
+        # open SSE streams, each with its $filter (None: every event)
+        self._streams: dict[asyncio.Queue[tuple[int, dict[str, Any]] | None], Callable[[Record], bool] | None] = {}
         self._ids = itertools.count(1)
         self._event_ids = itertools.count(1)
         self._session: aiohttp.ClientSession | None = None
@@ -113,7 +115,9 @@ class EventService:
         if self._streams:
             eid = next(self._event_ids)
             body = ev.event_payload([rec], eid, None)
-            for stream in self._streams:
+            for stream, wanted in self._streams.items():
+                if wanted is not None and not wanted(rec):
+                    continue
                 if stream.full():
                     self.sse_dropped += 1
                 else:
@@ -167,13 +171,16 @@ class EventService:
             log.info("redfish: subscription %s: %s: %s", sub.id, sub.destination, e)
             return False
 
-    def open_stream(self) -> asyncio.Queue[tuple[int, dict[str, Any]] | None]:
+    def open_stream(
+        self, wanted: Callable[[Record], bool] | None = None
+    ) -> asyncio.Queue[tuple[int, dict[str, Any]] | None]:
+        """A stream of the events ``wanted`` lets through (None: all)."""
         stream: asyncio.Queue[tuple[int, dict[str, Any]] | None] = asyncio.Queue(self.QUEUE)
-        self._streams.add(stream)
+        self._streams[stream] = wanted
         return stream
 
     def close_stream(self, stream: asyncio.Queue[tuple[int, dict[str, Any]] | None]) -> None:
-        self._streams.discard(stream)
+        self._streams.pop(stream, None)
 
     async def stop(self) -> None:
         for stream in self._streams:
@@ -251,7 +258,7 @@ class RedfishServer:
         path = request.path.rstrip("/") or "/"
         method = request.method
         for name in request.query:  # DSP0266: those of the protocol refused, others ignored
-            if name.startswith("$") or name in REDFISH_QUERY:
+            if (name.startswith("$") or name in REDFISH_QUERY) and not (name == "$filter" and path == ev.SSE_URI):
                 raise Refused(501, "QueryParameterUnsupported", name)
         if path not in OPEN_PATHS and not (path == SESSIONS and method == "POST"):
             who = self._authenticate(request)
@@ -434,9 +441,18 @@ class RedfishServer:
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         """The SSE stream (DSP0266 "Server-sent events"): every event from now on, one ``id:`` and
         ``data:`` (the Event JSON) each; a comment every 15 s keeps idle links open."""
+        wanted = None
+        if "$filter" in request.query:  # DSP0266: the subset of properties an SSE stream filters on
+            text = request.query["$filter"]
+            try:
+                wanted = ev.sse_filter(text)
+            except ev.FilterError as e:
+                log.info("redfish: SSE $filter refused: %s", e)
+                raise Refused(400, "QueryParameterValueFormatError", e.part, "$filter") from None
         resp = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream", "Connection": "keep-alive"})
         await resp.prepare(request)
-        stream = self.events.open_stream()
+        stream = self.events.open_stream(wanted)
+        await resp.write(b": open\n\n")  # the headers leave now, not with the first event
         try:
             while True:
                 try:

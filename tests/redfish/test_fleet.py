@@ -128,10 +128,12 @@ class Receiver:
 class SseClient:
     """Reads the service's SSE stream in a thread: (time, id, Event) per event."""
 
-    def __init__(self, svc) -> None:
+    def __init__(self, svc, params: dict[str, str] | None = None) -> None:
         import threading
 
-        self.resp = requests.get(svc.url + "/redfish/v1/EventService/SSE", auth=svc_auth(), stream=True, timeout=30)
+        self.resp = requests.get(
+            svc.url + "/redfish/v1/EventService/SSE", params=params, auth=svc_auth(), stream=True, timeout=30
+        )
         assert self.resp.status_code == 200 and self.resp.headers["Content-Type"].startswith("text/event-stream")
         self.got: list[tuple[float, str, dict]] = []
         self.thread = threading.Thread(target=self._read, name="sse", daemon=True)
@@ -148,9 +150,14 @@ class SseClient:
         except (requests.RequestException, OSError, ValueError, AttributeError):  # closed under the reader
             pass
 
-    def close(self) -> None:
+    def close(self, wait: float = 5.0) -> None:
+        import contextlib
+        import socket
+
+        with contextlib.suppress(AttributeError, OSError):  # else closing waits for the stream's next line
+            self.resp.raw._fp.fp.raw._sock.shutdown(socket.SHUT_RDWR)
         self.resp.close()
-        self.thread.join(5)
+        self.thread.join(wait)
 
     def events(self) -> list[tuple[float, dict]]:
         return [(t, e) for t, _, body in list(self.got) for e in body["Events"]]
@@ -445,3 +452,52 @@ def test_the_gateway_counts_the_telemetry_it_takes_in(shared_service):
     assert 10 <= got <= 30  # 2 modules at 10 Hz for about a second
     assert second["telemetry_decoded_on_arrival"] < second["telemetry_received"]
     assert 0 <= second["telemetry_age_max_s"] < 5
+
+
+def test_the_sse_stream_takes_a_filter(shared_service):
+    """DSP0266's $filter of an SSE stream (EventFormatType, MessageId, MetricReportDefinition,
+    OriginResource, RegistryPrefix, ResourceType; eq, and, or): each stream gets only what its
+    filter lets through; a filter that cannot be used is refused naming what is wrong."""
+    svc = shared_service
+    sse = "/redfish/v1/EventService/SSE"
+    for text, part in (
+        ("Severity eq 'Critical'", "Severity"),
+        ("MessageId ne 'x'", "MessageId ne"),
+        ("(MessageId eq 'x'", "(MessageId eq 'x'"),
+        ("MessageId eq 'x' or", "MessageId eq 'x' or"),
+        ("MessageId eq 'x' MessageId", "MessageId"),
+        ("", ""),
+    ):
+        r = svc.get(sse, params={"$filter": text})
+        assert r.status_code == 400, (text, r.text)
+        msg = r.json()["error"]["@Message.ExtendedInfo"][0]
+        assert msg["MessageId"] == "Base.1.22.QueryParameterValueFormatError" and msg["MessageArgs"] == [
+            part,
+            "$filter",
+        ]
+    assert svc.get(sse, params={"$expand": "*"}).status_code == 501  # other query parameters still refused
+    chassis0 = "/redfish/v1/Chassis/0"
+    wants = {  # each stream's filter, and what it lets through (MessageId, origin) in plain Python
+        "injected": ("MessageId eq 'McmEmu.FaultInjected'", lambda m, o: m == "McmEmu.1.0.FaultInjected"),
+        "node0": (f"OriginResource eq '{chassis0}' and (RegistryPrefix eq McmEmu or RegistryPrefix eq ResourceEvent)",
+                  lambda m, o: o == chassis0 and m.split(".")[0] in ("McmEmu", "ResourceEvent")),
+        "pumps": ("ResourceType eq Pump or EventFormatType eq 'MetricReport'", lambda m, o: "/Pumps/" in o),
+        "none": ("MetricReportDefinition eq '/redfish/v1/x'", lambda m, o: False),
+    }  # fmt: skip
+    streams = {"all": SseClient(svc)} | {k: SseClient(svc, {"$filter": f}) for k, (f, _) in wants.items()}
+    try:
+        ctl(svc, 0, "inject", "pump-fail", "A")
+        ctl(svc, 0, "clear-fault", "all")
+        until(lambda: {"McmEmu.1.0.FaultInjected", "McmEmu.1.0.FaultCleared"}
+              <= {e["MessageId"] for _, e in streams["all"].events()})  # fmt: skip
+        time.sleep(0.5)  # the filtered streams had as long
+        got = {k: [(e["MessageId"], e["OriginOfCondition"]["@odata.id"]) for _, e in c.events()]
+               for k, c in streams.items()}  # fmt: skip
+        for k, (_, let) in wants.items():
+            assert got[k] == [(m, o) for m, o in got["all"] if let(m, o)], (k, got)
+        assert got["injected"] == [("McmEmu.1.0.FaultInjected", chassis0)]
+        assert ("McmEmu.1.0.FaultCleared", chassis0) in got["node0"] and got["none"] == []
+    finally:
+        ctl(svc, 0, "clear-fault", "all")
+        for c in streams.values():
+            c.close()

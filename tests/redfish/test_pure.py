@@ -199,13 +199,18 @@ def test_telemetry_is_kept_raw_and_decoded_once_when_read():
     assert not changed and fleet.missed == 0
     _, changed = fleet.take_telemetry(3, 14, 7, memoryview(snapshot_payload(two)), now=3.0)
     assert changed and fleet.missed == 2 and view.snapshot_ns == 7 and view.seq == 14  # 12 and 13 not seen
+    fleet.seen(3, 12)  # an answer that came on the command connection, late: not missing
+    fleet.seen(99, 1)  # a node not known: nothing
+    assert fleet.missed == 1 and view.seq == 14
+    fleet.seen(3, 7_000_000)  # the node started again (its numbers jumped): nothing missed
+    assert fleet.missed == 1 and view.seq == 7_000_000
     assert math.isnan(view.snapshot.inlet_c) and rs.health_of(view) == "Warning"
     payload = snapshot_payload(one)
     for bad, reason in ((payload[:-1], "counts need"), (payload[:50], "shorter"),
                         (payload[:8] + b"\x09" + payload[9:], "state 9")):  # fmt: skip
         with pytest.raises(FrameError, match=reason):
             fleet.take_telemetry(3, 15, 8, memoryview(bad), now=4.0)
-    assert view.seq == 14 and fleet.frames == 3  # nothing taken from a bad payload
+    assert view.seq == 7_000_000 and fleet.frames == 3  # nothing taken from a bad payload
 
 
 def test_state_power_state_pumps_and_sensors_of_a_module():
@@ -324,3 +329,41 @@ def test_the_event_messages_are_dmtfs_and_the_log_keeps_the_newest():
     )
     sick.judge(100.0, 3.0)
     assert [r.message_id for r in ev.changes(log, sick, 0)] == ["ResourceEvent.1.4.ResourceStateChanged"]
+
+
+def test_the_sse_filter():
+    from mcm_firmware.redfish.events import FilterError, Record, resource_type, sse_filter
+
+    def rec(mid: str, origin: str = "/redfish/v1/Chassis/2") -> Record:
+        return Record(2, 1, 0, "OK", mid, "m", (), origin, True)
+
+    pump = rec("Environmental.1.4.PumpFailed", "/redfish/v1/Chassis/2/ThermalSubsystem/Pumps/0")
+    health = rec("ResourceEvent.1.4.ResourceStatusChangedWarning")
+    oem = rec("McmEmu.1.0.FaultInjected")
+    everything = (pump, health, oem)
+    for text, wanted in (
+        ("MessageId eq 'Environmental.PumpFailed'", [pump]),
+        ("MessageId eq Environmental.1.4.PumpFailed", [pump]),
+        ("RegistryPrefix eq McmEmu or RegistryPrefix eq 'Environmental'", [pump, oem]),
+        ("ResourceType eq 'Pump' or ResourceType eq Chassis and RegistryPrefix eq ResourceEvent", [pump, health]),
+        ("(ResourceType eq Pump or ResourceType eq Chassis) and RegistryPrefix eq ResourceEvent", [health]),
+        ("OriginResource eq '/redfish/v1/Chassis/2/'", [health, oem]),
+        ("EventFormatType eq Event", list(everything)),
+        ("EventFormatType eq MetricReport", []),
+        ("MetricReportDefinition eq 'x'", []),
+        ("MessageId eq 'it''s'", []),
+    ):
+        assert [r for r in everything if sse_filter(text)(r)] == wanted, text
+    assert resource_type("/redfish/v1/Chassis/1/Memory/HBM2") == "Memory"
+    for text, part in (
+        ("Colour eq red", "Colour"),
+        ("MessageId gt 3", "MessageId gt"),
+        ("MessageId eq", "MessageId eq"),
+        ("MessageId eq )", "MessageId eq )"),
+        ("MessageId eq 'open", "'open"),
+        ("(MessageId eq x) )", ")"),
+        ("   ", "   "),
+    ):
+        with pytest.raises(FilterError) as e:
+            sse_filter(text)
+        assert e.value.part == part, (text, e.value)
