@@ -14,7 +14,14 @@ to the last bit on the machines the tests run on (``tests/runtime/test_kernel.py
 * :func:`learn_trim` — :func:`mcm_firmware.control.dvfs.learn_trim`;
 * :func:`dvfs_step` — :func:`mcm_firmware.control.dvfs.dvfs_step`;
 * :func:`tick_inputs`, :func:`tick_counters` — the tick's own numpy (``Shard._plant_inputs``,
-  the energy and violation counters of ``Shard.tick``).
+  the energy and violation counters of ``Shard.tick``);
+* :func:`tick_demand` — :meth:`mcm_firmware.plant.workload.WorkloadModel.demand` and the
+  utilisation the firmware sees (``workload.utilisation``);
+* :func:`cooling_fast` — the valve period of ``Shard._cooling_fast``: the pump drivers' current,
+  :func:`mcm_firmware.control.coolant.pump_step` and :func:`~mcm_firmware.control.coolant.valve_step`
+  (with :func:`pid_step`, :func:`mcm_firmware.control.pid.pid_step`);
+* :func:`cooling_thermal` — the thermal period of ``Shard._cooling_thermal``:
+  :func:`mcm_firmware.control.coolant.thermal_step` and the clock reasons due.
 
 What makes them equal, and where they could not be (docs/performance.md, "Virtual time"):
 sums over a row follow numpy's pairwise summation (:func:`psum`); ``np.minimum``/``np.maximum``
