@@ -367,3 +367,44 @@ def test_the_sse_filter():
         with pytest.raises(FilterError) as e:
             sse_filter(text)
         assert e.value.part == part, (text, e.value)
+
+
+def test_the_gateways_telemetry_intake():
+    """What the telemetry subscriber hands the gateway: TELEMETRY kept raw, SAMPLES decoded, a
+    damaged frame rejected and counted, with frame keys a sealed frame taken and an unsealed or
+    forged one rejected; nothing raises."""
+    import asyncio
+    import time
+
+    from mcm_firmware.protocol import Samples, Telemetry, encode
+    from mcm_firmware.protocol.auth import FrameAuth
+    from mcm_firmware.protocol.telemetry import DieSample, Sample
+    from mcm_firmware.redfish.gateway import Gateway
+    from mcm_firmware.transport import transport_factory
+
+    now = time.time_ns()
+    tlm = encode(Telemetry(node_id=4, seq=1, timestamp_ns=now, snapshot=snapshot()))
+    samples = encode(Samples(node_id=5, seq=1, timestamp_ns=now, period_us=10_000,
+                             samples=(Sample(900.0, (DieSample(60.0, 220.0),) * 2),), snapshot=snapshot()))  # fmt: skip
+    damaged = tlm[:-1] + bytes([tlm[-1] ^ 1])
+    again = encode(Telemetry(node_id=4, seq=2, timestamp_ns=now, snapshot=snapshot(power_w=1.0)))
+    auth = FrameAuth("f", {1: bytes(range(32))}.get, lambda: 1)
+
+    async def feed() -> tuple[Gateway, Gateway]:
+        plain = Gateway(transport_factory("loopback://rf"), "f")
+        for frame in (tlm, again, samples, damaged, b"MC", samples[:40]):
+            plain._on_telemetry(b"mcm/v1/f/4/tlm", memoryview(frame))
+        sealed = Gateway(transport_factory("loopback://rf"), "f", auth=auth)
+        good = auth.seal(encode(Telemetry(node_id=4, seq=2, timestamp_ns=now, snapshot=snapshot())), 4)
+        forged = good[:-1] + bytes([good[-1] ^ 1])
+        for frame in (good, tlm, forged):
+            sealed._on_telemetry(b"mcm/v1/f/4/tlm", memoryview(frame))
+        return plain, sealed
+
+    plain, sealed = asyncio.run(feed())
+    assert plain.tlm_received == 6 and plain.rejected == 3 and sorted(plain.view.nodes) == [4, 5]
+    assert plain.view.nodes[4].raw is not None and plain.view.nodes[5].raw is None  # SAMPLES: decoded
+    assert plain.view.nodes[5].snapshot == snapshot() and plain.view.nodes[4].snapshot == snapshot(power_w=1.0)
+    assert plain.tlm_decoded == 1 and 0 <= plain.tlm_age_max < 5
+    assert "6 telemetry frames received, 1 decoded on arrival), 3 rejected" in plain.summary()
+    assert sealed.rejected == 2 and sealed.view.nodes[4].seq == 2 and sealed.view.frames == 1
