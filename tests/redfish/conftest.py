@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 import requests
 
-from ..conftest import free_port
-
 # DMTF's published schemas (DSP8010) and registries (DSP8011) that the service references, vendored
 # (tests/data/redfish, BSD-3, DMTF's LICENSE.md beside them); MCM_REDFISH_SHARED names another copy
 VENDORED = Path(__file__).resolve().parent.parent / "data" / "redfish"
@@ -55,6 +53,12 @@ class Service:
         return self.gateway.wait_line("requests,")
 
 
+def served_url(gw: Any) -> str:
+    """The service's base URL, from the address it prints once it serves."""
+    line = gw.wait_line("redfish: http://")
+    return line.split("redfish: ", 1)[1].removesuffix("/redfish/v1/").strip()
+
+
 def start_service(broker: str, spawn: Any, tmp_path: Path, fleet: str = "rf", extra: tuple[str, ...] = ()) -> Service:
     """``mcm-emu run`` (2 nodes) and ``mcm-emu redfish`` in front of it; returns once both modules
     are served with telemetry and their limits."""
@@ -66,12 +70,10 @@ def start_service(broker: str, spawn: Any, tmp_path: Path, fleet: str = "rf", ex
         f'[accounts.{OPERATOR[0]}]\nrole = "Operator"\npassword = "{OPERATOR[1]}"\n\n'
         f'[accounts.{READONLY[0]}]\nrole = "ReadOnly"\npassword_file = "viewer.pw"\n'
     )
-    port = free_port()
-    gw = spawn(
-        "redfish", "--broker", broker, "--fleet", fleet, "--port", str(port), "--accounts", str(accounts), *extra
-    )
-    gw.wait_line("redfish: http://")
-    svc = Service(f"http://127.0.0.1:{port}", broker, fleet, run, gw)
+    # port 0: the service binds a free port itself and prints it (a port picked here and bound later
+    # could be taken in between by another process of a busy machine)
+    gw = spawn("redfish", "--broker", broker, "--fleet", fleet, "--port", "0", "--accounts", str(accounts), *extra)
+    svc = Service(served_url(gw), broker, fleet, run, gw)
     # ready: both modules known, with telemetry and the limits of their STATUS
     deadline = time.monotonic() + 20
     while True:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ..conftest import free_port, run_cli
-from .conftest import OPERATOR, start_service
+from ..conftest import run_cli
+from .conftest import OPERATOR, served_url, start_service
 
 
 def _record(node: int, rid: int, text: str = "m") -> object:
@@ -68,13 +68,11 @@ def test_the_event_log_survives_a_restart_of_the_service(mosquitto, cli_process,
     with path.open("a") as f:
         f.write("{this is not a record}\n")
 
-    port = free_port()
-    gw = cli_process("redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", str(port),
+    gw = cli_process("redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", "0",
                      "--accounts", str(tmp_path / "accounts.toml"), "--event-log", str(path))  # fmt: skip
     line = gw.wait_line("restored")
     assert f": {kept} records" in line and "1 lines skipped" in line, line
-    gw.wait_line("redfish: http://")
-    svc.url = f"http://127.0.0.1:{port}"
+    svc.url = served_url(gw)
     svc.gateway = gw
     assert [(m["Id"], m["MessageId"], m["Created"]) for m in logged()] == before  # the same entries, Ids and times
     one = svc.get(f"{entries}/{before[0][0]}").json()

@@ -298,7 +298,7 @@ def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
     the CA reads it, one that trusts another CA or speaks plain HTTP does not; a certificate
     without its key is refused at start (exit 2)."""
     trustme = pytest.importorskip("trustme")
-    from ..conftest import CliProcess, free_port
+    from ..conftest import CliProcess
 
     svc = shared_service
     ca = trustme.CA()
@@ -310,14 +310,14 @@ def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
         "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--https-cert", str(tmp_path / "server.pem")
     )
     assert half.returncode == 2 and "both a certificate and its key" in half.stderr, half.stderr
-    port = free_port()
     gw = CliProcess(
-        "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", str(port),
+        "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", "0",
         "--https-cert", str(tmp_path / "server.pem"), "--https-key", str(tmp_path / "server.key"),
     )  # fmt: skip
     try:
         line = gw.wait_line("redfish: http")
-        assert line == f"redfish: https://127.0.0.1:{port}/redfish/v1/"
+        assert line.startswith("redfish: https://127.0.0.1:") and line.endswith("/redfish/v1/"), line
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
         password = gw.wait_line("account operator").rsplit(" ", 1)[1]
         url = f"https://127.0.0.1:{port}/redfish/v1/Chassis/0"
         r = until(lambda: (r := requests.get(url, auth=("operator", password), verify=str(tmp_path / "ca.pem"),

@@ -15,12 +15,14 @@ from ..conftest import free_port, run_cli
 
 @pytest.mark.slow
 def test_run_serves_its_fleet_over_redfish(cli_process):
-    broker, port = free_port(), free_port()
-    run = cli_process("run", "--nodes", "2", "--embedded-port", str(broker), "--redfish-port", str(port))
+    broker = free_port()
+    run = cli_process("run", "--nodes", "2", "--embedded-port", str(broker), "--redfish-port", "0")
     password = run.wait_line("redfish: account operator (Operator) password ").rsplit(" ", 1)[1]
     readonly = run.wait_line("redfish: account readonly (ReadOnly) password ").rsplit(" ", 1)[1]
     assert password != readonly and len(password) >= 12
-    assert run.wait_line("redfish: http://").endswith(f":{port}/redfish/v1/")
+    line = run.wait_line("redfish: http://")
+    assert line.startswith("redfish: http://127.0.0.1:") and line.endswith("/redfish/v1/"), line
+    port = int(line.rsplit(":", 1)[1].split("/")[0])
     run.wait_line("up: 2 nodes")
     url = f"http://127.0.0.1:{port}/redfish/v1"
     auth = ("operator", password)
