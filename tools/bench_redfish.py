@@ -6,7 +6,7 @@ keeps up with.
 
 For each N: a Mosquitto of its own on a free loopback port (the bench's ``Broker``), ``mcm-emu run
 --nodes N`` and ``mcm-emu redfish`` in front of it, each a process of its own; once every module is
-served, a warm-up, then
+served and has answered the STATUS the gateway asks it for, a warm-up, then
 
 1. ``S`` seconds with no request: the gateway's CPU % (``/proc``) and its telemetry frames received
    per second against those due (N x 10 for ``colossus-mcm``), frames missed (gaps in the nodes'
@@ -52,6 +52,7 @@ def client(url: str, nodes: int, count: int, seed: int) -> dict[str, Any]:
     s.auth = (USER, PASSWORD)
     out: dict[str, Any] = {}
     errors: dict[str, int] = {}
+    first: dict[str, str] = {}  # the message of each kind of error, the first time
     for kind in KINDS:
         times: list[float] = []
         n = max(5, count // 10) if kind == "Chassis collection" else count
@@ -74,7 +75,11 @@ def client(url: str, nodes: int, count: int, seed: int) -> dict[str, Any]:
             _ = r.content
             times.append((time.perf_counter() - t) * 1000)
             if r.status_code != 200:
-                errors[f"{kind} {r.status_code}"] = errors.get(f"{kind} {r.status_code}", 0) + 1
+                key = f"{kind} {r.status_code}"
+                if key not in errors:
+                    info = r.json()["error"]["@Message.ExtendedInfo"][0]
+                    first[key] = f"{info['MessageId']} {info.get('MessageArgs')}"
+                errors[key] = errors.get(key, 0) + 1
         times.sort()
         out[kind] = {
             "n": len(times),
@@ -83,7 +88,12 @@ def client(url: str, nodes: int, count: int, seed: int) -> dict[str, Any]:
             "max": times[-1],
         }
     chassis = s.get(f"{url}/redfish/v1/Chassis").json()
-    return {"latency_ms": out, "errors": errors, "chassis_members": chassis["Members@odata.count"]}
+    return {
+        "latency_ms": out,
+        "errors": errors,
+        "error_messages": first,
+        "chassis_members": chassis["Members@odata.count"],
+    }
 
 
 # --- the gateway's intake on one core, without a broker ------------------------------------------
@@ -198,10 +208,12 @@ async def measure(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         drain_gw = asyncio.create_task(_drain(gw.stdout, gw_lines))
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
-        while (await _stats(gw, gw_lines))["nodes"] < n:  # every module known
+        while (st := await _stats(gw, gw_lines))["nodes_born"] < n or st["status_pending"]:
+            # every module known, and the STATUS the gateway asks each for at its birth answered
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway knows fewer than {n} modules after 120 s")
+                raise RuntimeError(f"the gateway knows {st['nodes']} of {n} modules after 120 s: {st}")
             await asyncio.sleep(0.5)
+        ready_s = round(time.monotonic() - deadline + 120, 1)
         await asyncio.sleep(args.warmup)
         # 1. telemetry only
         s0, c0, t0 = await _stats(gw, gw_lines), _cpu_seconds(gw.pid), time.monotonic()
@@ -246,7 +258,8 @@ async def measure(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
             await asyncio.wait_for(p.wait(), 60)
         drain_run.cancel()
         drain_gw.cancel()
-        return {"nodes": n, "profile": args.profile, "telemetry_only": idle, "with_client": busy, **result}
+        return {"nodes": n, "profile": args.profile, "ready_s": ready_s, "status_failed": s1["status_failed"],
+                "telemetry_only": idle, "with_client": busy, **result}  # fmt: skip
     finally:
         for p in procs:
             if p.returncode is None:

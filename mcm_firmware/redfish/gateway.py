@@ -80,7 +80,7 @@ class Gateway:
         self.status_failed = 0
         self.reconnects = 0
         self.telemetry_url = telemetry_url
-        self._fast: Any = None  # the telemetry subscriber (FastSubscriber) while connected
+        self._fast: list[Any] = []  # the telemetry and state subscribers (FastSubscriber) while connected
         self.tlm_received = 0  # telemetry frames received (on the telemetry connection)
         self.tlm_decoded = 0  # of them decoded on arrival (their health's inputs changed)
         self.tlm_age_max = 0.0  # the oldest a telemetry frame was on arrival, s (its timestamp to now)
@@ -95,23 +95,29 @@ class Gateway:
         """Subscribe to the fleet (its retained state comes first) and open the host client."""
         watch = self._factory(f"mcm-redfish-{uuid.uuid4().hex[:8]}")
         await watch.connect()
-        fast = None
+        fast: list[Any] = []
         try:
-            channels = (Channel.STATE, Channel.EVT) if self.telemetry_url else (Channel.STATE, Channel.TLM, Channel.EVT)
+            await self.host.__aenter__()  # first: a BIRTH taken on subscribing asks the node for its STATUS
+            channels = (Channel.EVT,) if self.telemetry_url else (Channel.STATE, Channel.TLM, Channel.EVT)
             for ch in channels:
                 await watch.subscribe(Subscription(self.fleet, None, ch))
             if self.telemetry_url:
-                fast = self._telemetry_subscriber(self.telemetry_url)
-                await fast.start()
-            await self.host.__aenter__()
+                # telemetry, and the nodes' BIRTH/DEATH (retained: the broker sends one a node at
+                # once on subscribing, more than it queues for a QoS 1 subscriber, 1,000 by default)
+                for ch, take in ((Channel.TLM, self._on_telemetry), (Channel.STATE, self._on_state)):
+                    sub = self._subscriber(self.telemetry_url, ch, take)
+                    fast.append(sub)
+                    await sub.start()
         except BaseException:
-            if fast is not None:
-                fast.close()
+            for sub in fast:
+                sub.close()
             await watch.close()
+            await self.host.close()
+            self.host = self._host_client()  # a client is connected once: a new one for the next try
             raise
         self._watch, self._fast = watch, fast
 
-    def _telemetry_subscriber(self, url: str) -> Any:
+    def _subscriber(self, url: str, channel: Channel, take: Callable[[bytes, memoryview], None]) -> Any:
         from ..transport.mqtt import parse_broker_url
         from ..transport.mqtt_fast import FastSubscriber
         from ..transport.security import security_of
@@ -121,9 +127,9 @@ class Gateway:
         return FastSubscriber(
             host=host,
             port=port,
-            client_id=f"mcm-redfish-tlm-{uuid.uuid4().hex[:8]}",
-            topic_filter=topic_filter(Subscription(self.fleet, None, Channel.TLM)),
-            on_publish=self._on_telemetry,
+            client_id=f"mcm-redfish-{channel.value}-{uuid.uuid4().hex[:8]}",
+            topic_filter=topic_filter(Subscription(self.fleet, None, channel)),
+            on_publish=take,
             security=security_of(url),
         )
 
@@ -149,12 +155,14 @@ class Gateway:
         """The frames counted so far."""
         return {
             "nodes": len(self.view.nodes),
+            "nodes_born": sum(1 for v in self.view.nodes.values() if v.birth is not None and v.death is None),
             "frames": self.view.frames,
             "telemetry_received": self.tlm_received,
             "telemetry_decoded_on_arrival": self.tlm_decoded,
             "rejected": self.rejected,
             "missed": self.view.missed,
             "telemetry_age_max_s": round(self.tlm_age_max, 4),
+            "status_pending": sum(1 for t in self._asks.values() if not t.done()),  # STATUS asks not answered yet
             "status_failed": self.status_failed,
             "reconnects": self.reconnects,
         }
@@ -169,9 +177,9 @@ class Gateway:
         )
 
     def _close_telemetry(self) -> None:
-        if self._fast is not None:
-            self._fast.close()
-            self._fast = None
+        for sub in self._fast:
+            sub.close()
+        self._fast = []
 
     @property
     def connected(self) -> bool:
@@ -213,18 +221,34 @@ class Gateway:
 
     async def _until_lost(self, watch: Transport) -> None:
         """Receive until the link (or the telemetry's) is lost: TransportError."""
-        if self._fast is None:
+        if not self._fast:
             await self._receive(watch)
             return
         rx = asyncio.create_task(self._receive(watch))
-        lost = asyncio.create_task(self._fast.closed.wait())
+        lost = [asyncio.create_task(sub.closed.wait()) for sub in self._fast]
         try:
-            await asyncio.wait((rx, lost), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((rx, *lost), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await cancel_and_wait([rx, lost])
+            await cancel_and_wait([rx, *lost])
         if rx.done() and not rx.cancelled() and rx.exception() is not None:
             raise rx.exception()  # type: ignore[misc]
-        raise TransportError("the telemetry connection was closed")
+        raise TransportError("the telemetry or state connection was closed")
+
+    def _on_state(self, topic: bytes, payload: memoryview) -> None:
+        """A BIRTH or DEATH on the state connection (QoS 0, so the retain flag is not seen: each is
+        taken as retained, no sign of life by itself; the node's telemetry is)."""
+        if self.auth is not None:
+            try:
+                self.auth.open(payload, time.time_ns(), window=False)
+            except AuthError:
+                self.rejected += 1
+                return
+        try:
+            msg = decode(payload)
+        except FrameError:
+            self.rejected += 1
+            return
+        self._take(msg, retained=True)
 
     def _on_telemetry(self, topic: bytes, payload: memoryview) -> None:
         """A PUBLISH on the telemetry connection (the hot path: every telemetry frame of the fleet)."""
@@ -319,8 +343,9 @@ class Gateway:
         while True:
             await asyncio.sleep(period)
             now, now_ns = time.monotonic(), time.time_ns()
-            if self._fast is not None and now - pinged >= 10.0:
-                self._fast.ping()
+            if self._fast and now - pinged >= 10.0:
+                for sub in self._fast:
+                    sub.ping()
                 pinged = now
             for view in list(self.view.nodes.values()):
                 was = view.stale
