@@ -31,6 +31,11 @@ def meter_line(w: Window) -> str:
     return ", ".join(parts)
 
 
+STARTUP_S = 30.0
+"""Windows that hold the start-up (until every node has connected, at most this long) are reported as
+the start-up's, not as the run falling behind."""
+
+
 class Display:
     """A live table on a terminal; plain summary lines otherwise."""
 
@@ -43,6 +48,7 @@ class Display:
         self._t0 = time.monotonic()
         self._last: Window | None = None
         self._behind_since: float | None = None
+        self._up = False  # every node connected at the last check
 
     def _check(self) -> Window:
         """Close the meter's window; say on stderr when the run falls behind or catches up."""
@@ -52,7 +58,12 @@ class Display:
             self.stats.write("window", w)
         verdict = self.fleet.meter.verdict(w)
         now = time.monotonic()
-        if verdict is not None:
+        starting = not self._up and now - self._t0 < STARTUP_S
+        self._up = all(n.connected_once.is_set() for n in self.fleet.nodes.values())
+        if verdict is not None and starting and self._behind_since is None:
+            # the window held the start-up (nodes connecting, the kernels' first calls): said as such
+            print(f"mcm-emu: start-up: {verdict}", file=sys.stderr, flush=True)
+        elif verdict is not None:
             if self._behind_since is None:
                 self._behind_since = now
             behind = now - self._behind_since

@@ -44,6 +44,11 @@ MAX_SHARD = 2048
 spread over the tick period: a tick of a few milliseconds at a time keeps the loop responsive."""
 
 
+START_BATCH = 32
+"""Nodes started between two turns of the event loop: a thousand first steps in one turn would hold
+the control ticks back for tens of milliseconds."""
+
+
 class Fleet:
     def __init__(
         self,
@@ -176,8 +181,10 @@ class Fleet:
             ):
                 task.add_done_callback(self._watch)
                 self._tasks.append(task)
-        for node in self.nodes.values():
+        for k, node in enumerate(self.nodes.values(), 1):
             node.start()
+            if k % START_BATCH == 0:
+                await asyncio.sleep(0)  # the ticks' timers run between batches of first steps
 
     def _watch(self, task: asyncio.Task[None]) -> None:
         """A scheduler must never end on its own: record why it did, loudly."""
