@@ -132,6 +132,6 @@ async def host_client(target: Target, *, timeout: float = 2.0) -> AsyncIterator[
     from .host.client import HostClient
     from .transport import transport_factory
 
-    tr = transport_factory(target.transport_url)(f"mcm-pytest-{uuid.uuid4().hex[:8]}")
+    tr = transport_factory(target.transport_url)(f"mcm-pytest-h{uuid.uuid4().hex[:8]}")
     async with HostClient(tr, fleet=target.fleet, timeout=timeout) as host:
         yield host

@@ -137,7 +137,7 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
     from ..protocol import Status
     from ..transport import TransportError, transport_factory
 
-    transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    transport = transport_factory(link_url(args))(f"mcm-ctl-h{uuid.uuid4().hex[:10]}")
     try:
         async with HostClient(
             transport, fleet=args.fleet, timeout=args.timeout, retries=args.retries, auth=frame_auth(args, args.fleet)
@@ -178,7 +178,7 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
     from ..host.client import BrokerTimeout, HostClient, HostError, NodeError
     from ..transport import TransportError, transport_factory
 
-    transport = transport_factory(link_url(args))(f"mcm-ctl-{uuid.uuid4().hex[:10]}")
+    transport = transport_factory(link_url(args))(f"mcm-ctl-h{uuid.uuid4().hex[:10]}")
     gate = asyncio.Semaphore(PARALLEL)
 
     async def one(host: HostClient, node: int) -> dict[str, Any]:

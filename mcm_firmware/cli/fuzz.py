@@ -89,7 +89,7 @@ async def cmd_fuzz(args: argparse.Namespace) -> int:
             )
 
     async def campaign(target: Any) -> Any:
-        tr = transport_factory(target.transport_url)(f"mcm-fuzz-{uuid.uuid4().hex[:8]}")
+        tr = transport_factory(target.transport_url)(f"mcm-fuzz-h{uuid.uuid4().hex[:8]}")
         return await run_campaign(
             tr,
             fleet=target.fleet,

@@ -113,7 +113,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
         backoff = Backoff(initial=0.5, maximum=5.0)
         connected_once = False
         while True:
-            transport = factory(f"mcm-mon-{uuid.uuid4().hex[:10]}")
+            transport = factory(f"mcm-mon-h{uuid.uuid4().hex[:10]}")
             if isinstance(getattr(transport, "keepalive", None), int):  # MQTT's
                 transport.keepalive = args.keepalive  # type: ignore[attr-defined]
             try:

@@ -77,7 +77,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
         online = [r for r in rows if r["online"]]
         try:
             async with HostClient(
-                factory(f"mcm-nodes-{uuid.uuid4().hex[:8]}"),
+                factory(f"mcm-nodes-h{uuid.uuid4().hex[:8]}"),
                 fleet=args.fleet,
                 timeout=args.timeout,
                 retries=0,

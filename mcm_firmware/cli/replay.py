@@ -37,7 +37,7 @@ async def cmd_replay(args: argparse.Namespace) -> int:
         total = sum(1 for _ in frames)
     except RecordError as e:
         raise BadInput(str(e)) from None
-    tr = transport_factory(args.broker)(f"mcm-replay-{uuid.uuid4().hex[:8]}")
+    tr = transport_factory(args.broker)(f"mcm-replay-h{uuid.uuid4().hex[:8]}")
     try:
         await tr.connect()
         try:

@@ -610,7 +610,7 @@ async def _start_recorder(url: str, fleet: str, path: str, clock: Any) -> Any:
         writer = RecordWriter(path, fleet=fleet, clock="real", started_ns=clock.now_ns(), source="mcm-emu run")
     except OSError as e:
         raise BadInput(f"--record {path}: {e.strerror or e}") from None
-    recorder = FleetRecorder(transport_factory(url)(f"mcm-recorder-{uuid.uuid4().hex[:8]}"), writer, clock)
+    recorder = FleetRecorder(transport_factory(url)(f"mcm-recorder-h{uuid.uuid4().hex[:8]}"), writer, clock)
     try:
         return await recorder.start(fleet)
     except TransportError as e:

@@ -74,7 +74,7 @@ async def read_state(
     until ``settle`` seconds pass without another; ``connect_timeout`` bounds the connect (the
     transport's own bound when None)."""
     state = FleetState(fleet)
-    tr = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+    tr = factory(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
     if connect_timeout is None:
         await tr.connect()
     else:
@@ -109,7 +109,7 @@ async def live_nodes(
     picked = sorted({every[i * (len(every) - 1) // max(1, most - 1)] for i in range(most)}) if every else []
     if not picked:
         return []
-    tr = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+    tr = factory(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
     alive: list[int] = []
     async with HostClient(tr, fleet=fleet, timeout=timeout, retries=0) as host:
 

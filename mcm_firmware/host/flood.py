@@ -46,7 +46,7 @@ async def flood(url: str, fleet: str, nodes: int, duration: float, block: int = 
     except OSError as e:
         raise TransportError(f"cannot connect to broker {host}:{port}: {e.strerror or e}") from None
     writer.transport.set_write_buffer_limits(high=HIGH_WATER)
-    writer.write(wire.connect(f"mcm-flood-{uuid.uuid4().hex[:8]}", keepalive=60))
+    writer.write(wire.connect(f"mcm-flood-h{uuid.uuid4().hex[:8]}", keepalive=60))
     connack = await asyncio.wait_for(reader.readexactly(4), 10)
     if connack[0] != wire.CONNACK or connack[3] != 0:
         raise TransportError(f"broker refused the flood connection: {connack.hex()}")

@@ -72,7 +72,7 @@ async def ping(
         security=security_of(url),
         host=host,
         port=port,
-        client_id=f"mcm-pinger-{uuid.uuid4().hex[:8]}",
+        client_id=f"mcm-pinger-h{uuid.uuid4().hex[:8]}",
         topic_filter=f"mcm/v1/{fleet}/+/rsp",
         on_publish=pings.on_response,
         batch_s=0.0,  # every answer timed as it arrives

@@ -77,7 +77,7 @@ async def count(
         security=security_of(url),
         host=host,
         port=port,
-        client_id=f"mcm-count-{uuid.uuid4().hex[:8]}",
+        client_id=f"mcm-count-h{uuid.uuid4().hex[:8]}",
         topic_filter=f"mcm/v1/{fleet}/+/{channel}",
         on_publish=counter.add,
     )

@@ -88,12 +88,12 @@ class Gateway:
     def _host_client(self) -> HostClient:
         tag = uuid.uuid4().hex[:8]
         return HostClient(
-            self._factory(f"mcm-redfish-cmd-{tag}"), fleet=self.fleet, timeout=self.timeout, auth=self.auth
+            self._factory(f"mcm-redfish-cmd-h{tag}"), fleet=self.fleet, timeout=self.timeout, auth=self.auth
         )
 
     async def _connect(self) -> None:
         """Subscribe to the fleet (its retained state comes first) and open the host client."""
-        watch = self._factory(f"mcm-redfish-{uuid.uuid4().hex[:8]}")
+        watch = self._factory(f"mcm-redfish-h{uuid.uuid4().hex[:8]}")
         await watch.connect()
         fast: list[Any] = []
         try:
@@ -127,7 +127,7 @@ class Gateway:
         return FastSubscriber(
             host=host,
             port=port,
-            client_id=f"mcm-redfish-{channel.value}-{uuid.uuid4().hex[:8]}",
+            client_id=f"mcm-redfish-{channel.value}-h{uuid.uuid4().hex[:8]}",
             topic_filter=topic_filter(Subscription(self.fleet, None, channel)),
             on_publish=take,
             security=security_of(url),

@@ -298,7 +298,7 @@ async def run_async(
         if record
         else None
     )
-    rec_tr = factory(f"mcm-scenario-recorder-{seed}")
+    rec_tr = factory(f"mcm-scenario-recorder-s{seed}")
     await rec_tr.connect()
     await rec_tr.subscribe(Subscription(sc.fleet.name))
     lost = asyncio.Event()

@@ -83,7 +83,7 @@ class PerNodeLinks(NodeLinks):
 
     async def open(self) -> None:
         for factory in self._by_source if self.sources else [self._factory]:
-            probe = factory(f"mcm-probe-{uuid.uuid4().hex[:8]}")
+            probe = factory(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
             await probe.connect()
             await probe.close()
 

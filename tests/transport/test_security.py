@@ -43,6 +43,25 @@ def test_node_passwords_are_derived_per_client_id():
     assert not is_node_client_id("mcm-f-link-0-99") and not is_node_client_id("mcm-ctl-abc")
 
 
+def test_no_host_tool_can_draw_a_node_client_id():
+    # a random part of hex digits may be all decimal ("mcm-probe-12345678"): read as a node's client
+    # id, the connection would present a node's password and be refused; every random client id
+    # in the package puts a letter before its random part
+    import re
+    from pathlib import Path
+
+    import mcm_firmware
+
+    made = []
+    for path in Path(mcm_firmware.__file__).parent.rglob("*.py"):
+        for m in re.finditer(r'f"(mcm-[^"]*?)\{(uuid\.uuid4\(\)\.hex[^}]*|tag|seed)\}', path.read_text()):
+            made.append((path.name, m.group(1)))
+    assert len(made) >= 15, made
+    for name, prefix in made:
+        assert not is_node_client_id(prefix + "12345678"), (name, prefix)
+    assert is_node_client_id("mcm-f-12345678") and not is_node_client_id("mcm-probe-h12345678")
+
+
 def test_credentials_follow_the_client(tmp_path):
     (tmp_path / "s").write_text("secret\n")
     (tmp_path / "p").write_text("hostpw\n")
