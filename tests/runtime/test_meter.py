@@ -135,7 +135,10 @@ def test_ctl_status_shows_the_runtime_figures(mosquitto, cli_process):
     out = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rt", "--json", "0", "status")
     assert out.returncode == 0, out.stderr
     rt = json.loads(out.stdout)["runtime"]
-    assert rt["telemetry"]["due"] >= 5 and rt["telemetry"]["sent"] >= rt["telemetry"]["due"] - 1
+    t = rt["telemetry"]
+    # every due frame accounted for (sent, or counted dropped or decimated on a loaded machine), but
+    # the one the node may be sending as it answers
+    assert t["due"] >= 5 and t["sent"] >= 1 and t["due"] - 1 <= t["sent"] + t["dropped"] + t["decimated"] <= t["due"], t
     assert rt["tick_late_ms"]["ticks"] >= 20 and rt["tick_late_ms"]["max"] >= rt["tick_late_ms"]["p50"] >= 0
     text = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rt", "0", "status").stdout
     assert "  runtime: telemetry " in text and "tick late p50/p99/max" in text
