@@ -275,6 +275,19 @@ class RunMeter:
         self._window = self.mark()
         return w
 
+    def closing(self, settled: Mark | None) -> str | None:
+        """The run's last word on its rates: None when it kept them from start to end;
+        ``start-up: ...`` when only the start-up (until ``settled``) fell behind and every window
+        after it kept them; else ``this run did not keep its rates: ...``."""
+        verdict = self.verdict(self.since_start())
+        if verdict is None:
+            return None
+        if settled is not None:
+            after = self.since(settled)
+            if after.ticks and self.verdict(after) is None:
+                return f"start-up: {verdict}; the rates were kept after it ({after.seconds:.0f} s)"
+        return f"this run did not keep its rates: {verdict}"
+
     def verdict(self, w: Window) -> str | None:
         """None when ``w`` kept the rates; else one line saying what fell behind and by how much."""
         limit = max(TICK_LATE_LIMIT_S, self.tick_period_s)
@@ -285,7 +298,7 @@ class RunMeter:
                 f"(max {w.tick_late.max * 1e3:.0f} ms, limit {limit * 1e3:.0f} ms)"
             )
         if w.periods_merged:
-            why.append(f"{w.periods_merged} tick periods integrated late")
+            why.append(f"{w.periods_merged} tick period{'s' if w.periods_merged != 1 else ''} integrated late")
         if w.tlm_due and w.tlm_share < TELEMETRY_LIMIT:
             why.append(f"telemetry {w.tlm_sent}/{w.tlm_due} sent ({w.tlm_share:.1%})")
         return "; ".join(why) if why else None

@@ -142,3 +142,20 @@ def test_ctl_status_shows_the_runtime_figures(mosquitto, cli_process):
     assert rt["tick_late_ms"]["ticks"] >= 20 and rt["tick_late_ms"]["max"] >= rt["tick_late_ms"]["p50"] >= 0
     text = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rt", "0", "status").stdout
     assert "  runtime: telemetry " in text and "tick late p50/p99/max" in text
+
+
+def test_the_last_word_tells_a_late_start_up_from_a_run_that_fell_behind():
+    meter = RunMeter(tick_period_s=0.05)
+    assert meter.closing(None) is None  # nothing late: nothing to say
+    meter.tick("s", 0.4, 3)  # a start-up tick 400 ms late, two periods integrated with it
+    settled = meter.mark()
+    for _ in range(200):
+        meter.tick("s", 0.001, 1)
+    line = meter.closing(settled)
+    assert line is not None and line.startswith("start-up: ") and "2 tick periods integrated late" in line
+    assert "the rates were kept after it" in line
+    whole = meter.closing(None)  # no end of start-up known: the whole run is judged
+    assert whole is not None and whole.startswith("this run did not keep its rates: ")
+    meter.tick("s", 0.3, 2)  # late again after start-up
+    line = meter.closing(settled)
+    assert line is not None and line.startswith("this run did not keep its rates: ") and "3 tick periods" in line
