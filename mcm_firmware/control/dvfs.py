@@ -127,7 +127,9 @@ class DvfsConfig:
 
     @cached_property
     def mhz_ascending(self) -> np.ndarray:
-        return self.mhz[::-1]
+        # a copy, not a reversed view: the compiled kernels take C-ordered arrays (a view of another
+        # layout would have them load a second variant in the middle of the first tick)
+        return np.ascontiguousarray(self.mhz[::-1])
 
     @cached_property
     def speedup(self) -> np.ndarray:
@@ -146,7 +148,7 @@ class DvfsConfig:
 
     @cached_property
     def mv_ascending(self) -> np.ndarray:
-        return self.mv[::-1]
+        return np.ascontiguousarray(self.mv[::-1])
 
     def mv_at(self, mhz: np.ndarray) -> np.ndarray:
         """Voltage of any clock: linear on the V/f curve between the P-states around it."""

@@ -7,6 +7,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import construct
 import numpy as np
 import pytest
 from hypothesis import given
@@ -376,3 +377,40 @@ def test_a_payload_that_does_not_fit_is_named_in_plain_words(payload, says):
         decode(frame_bytes(int(MsgType.COMMAND), 1, 1, 0, 1, payload))
     assert info.value.reason is Reason.LENGTH_MISMATCH and says in str(info.value)
     assert "Error in path" not in str(info.value) and "???" not in str(info.value)
+
+
+_texts = st.text(max_size=120).filter(lambda t: len(t.encode("utf-8")) <= 255)
+
+
+@given(
+    severity=st.sampled_from(list(Severity)),
+    code=st.integers(0, 0xFFFF),
+    subject=st.integers(0, 0xFFFF),
+    value=st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**31), 2**31),
+    text=_texts,
+)
+def test_the_event_fast_path_builds_what_the_declaration_builds(severity, code, subject, value, text):
+    ev = Event(node_id=1, severity=severity, code=code, subject=subject, value=value, text=text)
+    container = codec.to_container(ev)
+    fast = codec.event_payload(ev)
+    assert fast == frames.BODIES[MsgType.EVENT].build(container)
+    assert fast == frames.COMPILED_BODIES[MsgType.EVENT].build(container)
+    assert codec.encode_body(ev) == fast
+    back = decode(encode(ev))
+    assert (back.code, back.subject, back.text) == (code, subject, text)
+
+
+@given(
+    field=st.sampled_from(["code", "subject", "text"]),
+    big=st.integers(0x10000, 2**40),
+)
+def test_an_event_out_of_range_is_refused_by_both_paths(field, big):
+    fields = {"code": 1, "subject": 2, "text": "t"}
+    fields[field] = "x" * (256 + big % 300) if field == "text" else big
+    ev = Event(node_id=1, severity=Severity.INFO, **fields)
+    with pytest.raises(struct.error):
+        codec.event_payload(ev)
+    with pytest.raises((construct.ConstructError, struct.error)):
+        frames.BODIES[MsgType.EVENT].build(codec.to_container(ev))
+    with pytest.raises(ValueError, match="cannot encode Event"):
+        encode(ev)

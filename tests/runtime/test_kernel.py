@@ -580,3 +580,37 @@ def test_the_new_kernels_give_the_same_as_plain_python(k, monkeypatch):
         _check_demand(py, seed, 12, 0.5, 0.0)  # phases before 0: the remainder takes the divisor's sign
         _check_valve_period(py, seed, 6, 1 + seed % 3, 2.0, 0.5)
         _check_thermal_period(py, seed, 5, 4, 1 + seed, seed % 3 * 2, 4.0, 0.6)
+
+
+_NO_NEW_VARIANT = """
+import sys
+from mcm_firmware import kernel
+from mcm_firmware.plant.sensors import SensorFault
+from mcm_firmware.profile import load_profile
+from mcm_firmware.runtime.shard import Shard
+
+k = kernel.load()
+assert k is not None, kernel.active()
+warm = {name: len(getattr(k, name).signatures) for name in kernel.KERNEL_NAMES}
+for name in sys.argv[1:]:
+    sh = Shard(load_profile(name), 8, seed=1)
+    for tick in range(60):
+        if tick == 20:
+            sh.set_sensor_fault("die", 1, 0, SensorFault.NOISE, 2.0)
+            sh.inputs.pump_failed[2, 0] = True
+        sh.tick(2 if tick % 7 == 0 else 1)
+print(" ".join(f"{n}+{len(getattr(k, n).signatures) - c}" for n, c in warm.items() if len(getattr(k, n).signatures) > c))
+"""
+
+
+def test_the_ticks_of_every_profile_call_only_the_variants_compiled_at_load(k):
+    """The warm-up at load gives every kernel the argument types (and array layouts) the shard
+    passes: a tick that needed another variant would load or compile it in the middle of the run
+    (a reversed view of the P-state table once cost the first tick of a 1,000-node run 20-80 ms)."""
+    names = sorted(p.stem for p in (Path(__file__).parents[2] / "hw_profiles").glob("*.toml"))
+    assert "colossus-mcm" in names
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_NEW_VARIANT, *names], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"kernels that needed another variant in a tick: {out.stdout.strip()}"
