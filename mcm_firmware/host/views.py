@@ -147,7 +147,7 @@ def stats_json(st: StatsResult) -> dict[str, Any]:
     return {
         "telemetry": {"due": st.tlm_due, "sent": st.tlm_sent, "dropped": st.tlm_dropped, "decimated": st.tlm_decimated},
         "dropped": {"responses": st.rsp_dropped, "events": st.evt_dropped},
-        "refused": {"commands": st.cmd_refused, "bad_argument": st.cmd_bad_argument},
+        "refused": {"commands": st.cmd_refused, "bad_argument": st.cmd_bad_argument, "auth": st.auth_refused},
         "rx_duplicates": st.rx_duplicates,
         "tx_queued": st.tx_queued,
         "tick_late_ms": {
@@ -382,12 +382,12 @@ def ras_text(obj: dict[str, Any]) -> str:
     """``ctl ras`` as text, from :func:`ras_json`."""
     lines = [
         f"node {obj['node']}: ecc={obj['ecc']} ce={obj['ce']} ue={obj['ue']} "
-        f"remap_pending={obj['remap_pending']} remap_failed={obj['remap_failed']} "
-        f"ce_storm={obj['ce_storm']} recovery_action={obj['recovery_action']} "
+        f"remap_pending={_yes(obj['remap_pending'])} remap_failed={_yes(obj['remap_failed'])} "
+        f"ce_storm={_yes(obj['ce_storm'])} recovery_action={obj['recovery_action']} "
         f"remapped_rows={obj['remapped_rows']} spare_rows_free={obj['spare_rows_free']} "
         f"scrub_passes={obj['scrub_passes']}",
         f"  remapped rows: correctable={obj['remapped_correctable']} uncorrectable={obj['remapped_uncorrectable']} "
-        f"pending={obj['remap_pending']} failure={obj['remap_failed']} last_xid={obj['last_xid'] or 'none'}",
+        f"pending={_yes(obj['remap_pending'])} failure={_yes(obj['remap_failed'])} last_xid={obj['last_xid'] or 'none'}",
         "  banks by spare rows available: " + " ".join(f"{k}={v}" for k, v in obj["bank_availability"].items()),
     ]
     for i, st in enumerate(obj["stacks"]):
@@ -419,14 +419,19 @@ def _limits_text(lim: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _yes(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
 def status_text(obj: dict[str, Any]) -> str:
-    """``ctl status`` as text, from :func:`status_json`."""
+    """``ctl status`` as text, from :func:`status_json`: every figure of it, booleans as yes/no."""
     ras, c = obj["ras"], obj.get("counters", {})
     lines = [
-        f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} boot={obj['boot_count']} "
-        f"uptime={_shown(obj['uptime_s'], 1, ' s')}",
+        f"node {obj['node']}: {obj['state']} {obj['mode']} profile={obj['profile']} firmware={obj.get('firmware', '-')} "
+        f"boot={obj['boot_count']} uptime={_shown(obj['uptime_s'], 1, ' s')} seq={obj.get('seq', '-')}",
         f"  power {_shown(obj['power_w'], 1)}/{_shown(obj['power_cap_w'], 0)} W P{obj['pstate']} "
-        f"vrm {_shown(obj['vrm_current_a'], 1, ' A')} failsafe={obj['failsafe']}",
+        f"vrm {_shown(obj['vrm_current_a'], 1, ' A')} failsafe={_yes(obj['failsafe'])} "
+        f"clocks locked={_yes(obj.get('clocks_locked'))}",
         *_limits_text(obj.get("power_limits")),
         f"  coolant: inlet {_shown(obj['inlet_c'], 1, ' C')} outlet {_shown(obj['outlet_c'], 1, ' C')} "
         f"flow {_shown(obj['flow_lpm'], 2, ' L/min')}",
@@ -442,19 +447,20 @@ def status_text(obj: dict[str, Any]) -> str:
         ),
         f"  ras: ce={ras['ce']} ue={ras['ue']} (aggregate ce={ras['ce_aggregate']} ue={ras['ue_aggregate']}) "
         f"remapped rows correctable={ras['remapped_correctable']} uncorrectable={ras['remapped_uncorrectable']} "
-        f"remap_pending={ras['remap_pending']} remap_failed={ras['remap_failed']} "
-        f"recovery_action={ras['recovery_action']}",
+        f"remap pending={_yes(ras['remap_pending'])} remap failed={_yes(ras['remap_failed'])} "
+        f"ce storm={_yes(ras.get('ce_storm'))} recovery_action={ras['recovery_action']}",
         f"  pcie: replays={obj['pcie']['replays']} aer correctable={obj['pcie']['aer_correctable']} "
         f"uncorrectable={obj['pcie']['aer_uncorrectable']}",
         f"  faults in force: {', '.join(obj.get('faults', [])) or 'none'}",
-        f"  link: rx {c.get('rx_frames', 0)} frames ({obj['rx_rejected']} rejected), tx {c.get('tx_frames', 0)} "
-        f"({c.get('tx_dropped', 0)} dropped), {c.get('reconnects', 0)} reconnects",
+        f"  link: rx {c.get('rx_frames', 0)} frames ({c.get('rx_rejected', obj['rx_rejected'])} rejected), "
+        f"tx {c.get('tx_frames', 0)} ({c.get('tx_dropped', 0)} dropped), {c.get('reconnects', 0)} reconnects, "
+        f"utilisation {_shown(obj.get('link_util_pct'), 1, ' %')}",
     ]
     for i, d in enumerate(obj["dies"]):
         lines.append(
             f"  die {i}: {_shown(d['temp_c'], 1, ' C')} {_shown(d['power_w'], 1, ' W')} {d['clock_mhz']} MHz "
             f"{d['voltage_mv']} mV P{d['pstate']} util={d['util_pct']}% "
-            f"reasons={','.join(d['reason_names']) or '-'}"
+            f"reasons={','.join(d['reason_names']) or '-'} (0x{d['reasons']:x})"
         )
     for i, h in enumerate(obj["hbm"]):
         lines.append(f"  hbm {i}: {_shown(h['temp_c'], 1, ' C')} ce={h['ce']} ue={h['ue']}")
@@ -464,19 +470,26 @@ def status_text(obj: dict[str, Any]) -> str:
             f"{' lead' if p['lead'] else ''}{' FAULT' if p['fault'] else ''}"
         )
     for i, v in enumerate(obj["valves"]):
-        lines.append(f"  valve {i}: {_shown(v['position_pct'], 1, ' %')}{' manual' if v['manual'] else ''}")
+        held = [w for w, on in (("manual", v["manual"]), ("external", v.get("external"))) if on]
+        lines.append(f"  valve {i}: {_shown(v['position_pct'], 1, ' %')}{''.join(' ' + w for w in held)}")
     rt = obj.get("runtime")
     if rt is not None:
         t, late, lag = rt["telemetry"], rt["tick_late_ms"], rt["loop_lag_ms"]
+        refused = rt["refused"]
         lines.append(
             f"  runtime: telemetry {t['sent']}/{t['due']} sent (dropped {t['dropped']}, decimated {t['decimated']}); "
-            f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}, "
-            f"commands refused {rt['refused']['commands']}, bad arguments {rt['refused']['bad_argument']}; "
-            f"tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over {late['ticks']} ticks, "
-            f"{rt['periods_late']} periods late; loop lag p99 {lag['p99']:.1f} ms; gc {rt['gc_ms']} ms"
+            f"responses dropped {rt['dropped']['responses']}, events dropped {rt['dropped']['events']}; "
+            f"commands refused {refused['commands']}, bad arguments {refused['bad_argument']}"
+            + (f", refused by frame authentication {refused['auth']}" if "auth" in refused else "")
+            + f"; duplicates answered from the cache {rt['rx_duplicates']}, frames queued {rt['tx_queued']}"
+        )
+        lines.append(
+            f"  timing: tick late p50/p99/max {late['p50']:.1f}/{late['p99']:.1f}/{late['max']:.1f} ms over "
+            f"{late['ticks']} ticks, {rt['periods_late']} periods late; loop lag p99/max {lag['p99']:.1f}/"
+            f"{lag['max']:.1f} ms; gc {rt['gc_ms']} ms"
         )
         lf = rt["link_faults"]
-        if any(any(lf[way].values()) for way in lf):  # only where an emulated link fault did anything
+        if any(any(lf[way].values()) for way in lf):  # what an emulated link fault did
             lines.append(
                 "  link faults: "
                 + "; ".join(
@@ -485,6 +498,8 @@ def status_text(obj: dict[str, Any]) -> str:
                     for way, n in lf.items()
                 )
             )
+        else:
+            lines.append("  emulated link: no frame dropped, corrupted, duplicated or delayed, in or out")
     return "\n".join(lines)
 
 

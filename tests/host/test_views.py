@@ -98,3 +98,67 @@ def test_every_golden_message_has_a_line_with_its_time_and_no_raw_dict():
         assert "{" not in line and "'" not in line.split(" seq=")[1][:40], (name, line)
     cmd = message_line(None, GOLDEN["command-set-power-cap"])
     assert cmd.endswith("SET_POWER_CAP watts=800")
+
+
+def _leaves(x, path=()):
+    """Every leaf of a JSON value with its path (an empty list counts as a leaf)."""
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(x, list) and x:
+        for i, v in enumerate(x):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path, x
+
+
+def _other(value):
+    """A value of the leaf's kind that reads differently whatever the text rounds it to."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 9_876_543
+    if isinstance(value, float):
+        return value + 98_765.25
+    if isinstance(value, str):
+        return value + "ZQ"
+    if value is None:
+        return 4321.5
+    return ["ZQ-fault"]  # an empty list: faults, reason names
+
+
+def test_status_text_shows_every_figure_of_the_status_json():
+    """Walk every leaf of ``ctl status --json`` (STATUS and STATS): changing any one of them
+    changes the text, and no boolean reads as Python's True/False."""
+    import copy
+
+    from mcm_firmware.host.views import status_text
+    from mcm_firmware.protocol import LinkFaultCounts, StatsResult
+
+    figures = {f.name: i + 1 for i, f in enumerate(dataclasses.fields(StatsResult)) if f.type in (int, "int")}
+    quiet = LinkFaultCounts(dropped=0, corrupted=0, duplicated=0, delayed=0)
+    stats = StatsResult(**figures, link_out=quiet, link_in=quiet)
+    obj = json.loads(json.dumps(status_json(3, GOLDEN["response-status"].data, stats), allow_nan=False))
+    base = status_text(obj)
+    assert "True" not in base and "False" not in base and "None" not in base
+    # the same figure twice in the JSON, shown once: its other place is the one changed
+    same = {("counters", "rx_rejected"): ("rx_rejected",), ("power_limits", "source"): ("power_limit_source",)}
+    missing = []
+    leaves = list(_leaves(obj))
+    assert len(leaves) > 90  # the walk reaches the nested figures
+    for path, value in leaves:
+        if path in same.values():
+            continue
+        changed = copy.deepcopy(obj)
+        for p in (path, *([same[path]] if path in same else [])):
+            *head, last = p
+            holder = changed
+            for key in head:
+                holder = holder[key]
+            holder[last] = _other(value)
+        text = status_text(changed)
+        if text == base:
+            missing.append(".".join(map(str, path)))
+    assert missing == [], f"not shown by ctl status: {missing}"
+    for flag in ("yes", "no"):
+        assert f"failsafe={flag}" in status_text({**obj, "failsafe": flag == "yes"})
