@@ -34,6 +34,7 @@ from ..protocol.ops import PowerLimitArgs, SetValveArgs
 from ..protocol.vocabulary import MsgType
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, Transport, TransportError, TransportFactory
+from ..transport.topics import PREFIX
 from . import events
 from .events import NodeLog, Record
 from .state import FleetView, NodeView
@@ -84,6 +85,12 @@ class Gateway:
         self.tlm_received = 0  # telemetry frames received (on the telemetry connection)
         self.tlm_decoded = 0  # of them decoded on arrival (their health's inputs changed)
         self.tlm_age_max = 0.0  # the oldest a telemetry frame was on arrival, s (its timestamp to now)
+        # frames on the telemetry or state connection whose topic is not the one it subscribed to:
+        # amqtt (the broker ``mcm-emu run`` embeds) replays, on every connect, the retained messages
+        # that match *other* clients' filters, so the telemetry connection got each node's retained
+        # BIRTH, an old frame that was taken as live (its sequence number far behind the telemetry's)
+        self.unsolicited = 0
+        self._topic_head = f"{PREFIX}/{fleet}/".encode()
 
     def _host_client(self) -> HostClient:
         tag = uuid.uuid4().hex[:8]
@@ -161,6 +168,7 @@ class Gateway:
             "telemetry_decoded_on_arrival": self.tlm_decoded,
             "rejected": self.rejected,
             "missed": self.view.missed,
+            "unsolicited": self.unsolicited,
             "telemetry_age_max_s": round(self.tlm_age_max, 4),
             "status_pending": sum(1 for t in self._asks.values() if not t.done()),  # STATUS asks not answered yet
             "status_failed": self.status_failed,
@@ -172,8 +180,8 @@ class Gateway:
         return (
             f"{s['frames']} frames of {s['nodes']} nodes taken in ({s['telemetry_received']} telemetry frames "
             f"received, {s['telemetry_decoded_on_arrival']} decoded on arrival), {s['rejected']} rejected, "
-            f"{s['missed']} missed (gaps in sequence numbers), telemetry at most {s['telemetry_age_max_s']:.3f} s "
-            "old on arrival"
+            f"{s['missed']} missed (gaps in sequence numbers), {s['unsolicited']} unsolicited (not of the topics "
+            f"subscribed), telemetry at most {s['telemetry_age_max_s']:.3f} s old on arrival"
         )
 
     def _close_telemetry(self) -> None:
@@ -237,6 +245,8 @@ class Gateway:
     def _on_state(self, topic: bytes, payload: memoryview) -> None:
         """A BIRTH or DEATH on the state connection (QoS 0, so the retain flag is not seen: each is
         taken as retained, no sign of life by itself; the node's telemetry is)."""
+        if not self._solicited(topic, b"/state"):
+            return
         if self.auth is not None:
             try:
                 self.auth.open(payload, time.time_ns(), window=False)
@@ -252,6 +262,8 @@ class Gateway:
 
     def _on_telemetry(self, topic: bytes, payload: memoryview) -> None:
         """A PUBLISH on the telemetry connection (the hot path: every telemetry frame of the fleet)."""
+        if not self._solicited(topic, b"/tlm"):
+            return
         self.tlm_received += 1
         if self.auth is not None:
             try:
@@ -281,6 +293,13 @@ class Gateway:
         if changed:  # the inputs of its health changed: judged now (the frame decoded)
             self.tlm_decoded += 1
             self._judge(view, time.time_ns())
+
+    def _solicited(self, topic: bytes, tail: bytes) -> bool:
+        """Whether ``topic`` is one of the fleet's on the channel ending in ``tail``; counted when not."""
+        if topic.startswith(self._topic_head) and topic.endswith(tail):
+            return True
+        self.unsolicited += 1
+        return False
 
     def _told_telemetry(self, node: int) -> None:
         for fut in self._telemetry_waiters.pop(node, []):
