@@ -309,7 +309,8 @@ def decode(data: bytes | bytearray | memoryview) -> Message:
     except FrameError:
         raise
     except Exception as e:
-        raise FrameError(Reason.BAD_FIELD, f"undecodable ({type(e).__name__}: {e})", unforeseen=True) from e
+        # a decoder bug: the error says so in plain words (the exception is chained for a debugger)
+        raise FrameError(Reason.BAD_FIELD, "undecodable: a check the decoder does not have", unforeseen=True) from e
 
 
 class Envelope(NamedTuple):
@@ -388,6 +389,51 @@ def _misfit(mtype: MsgType, payload: bytes) -> str:
     return f"{head} does not fit its layout"
 
 
+def _field_path(path: str) -> str:
+    """construct's parse path (``(parsing) -> args -> target``) as a field name (``args.target``)."""
+    parts = [p.strip() for p in path.replace("(parsing)", "").split("->")]
+    return ".".join(p for p in parts if p and p != "items")
+
+
+def _bad_text(mtype: MsgType, payload: bytes) -> str:
+    """Which text field of a payload is not UTF-8: the declaration parsed again, uncompiled, and
+    the parse path of the string adapter that failed read from the traceback (construct 2.10's
+    StringError carries no path, and the compiled parser raises Python's UnicodeDecodeError)."""
+    try:
+        frames.BODIES[mtype].parse(payload)
+    except (UnicodeDecodeError, c.StringError) as e:
+        tb = e.__traceback__
+        path = ""
+        while tb is not None:
+            found = tb.tb_frame.f_locals.get("path")
+            if isinstance(found, str):
+                path = found
+            tb = tb.tb_next
+        field = _field_path(path)
+        return f"field {field!r}: not valid UTF-8" if field else "a text field is not valid UTF-8"
+    except Exception:  # noqa: BLE001 - the compiled parser's verdict stands
+        pass
+    return "a text field is not valid UTF-8"
+
+
+def _misfield(mtype: MsgType, payload: bytes, error: Exception) -> str:
+    """A field whose value the format does not allow, named by construct's path where it has one."""
+    path = getattr(error, "path", None)
+    if not path:
+        try:
+            frames.BODIES[mtype].parse(payload)
+        except c.ConstructError as e:
+            path = e.path
+        except Exception:  # noqa: BLE001 - the first verdict stands
+            pass
+    field = _field_path(path or "")
+    return (
+        f"field {field!r}: a value the format does not allow"
+        if field
+        else "payload holds a value the format does not allow"
+    )
+
+
 def _decode(data: bytes | bytearray | memoryview) -> Message:
     msg_type, flags, node_id, seq, ts, body = envelope(data)
     plen = len(body)
@@ -413,5 +459,8 @@ def _decode(data: bytes | bytearray | memoryview) -> Message:
         raise FrameError(Reason.LENGTH_MISMATCH, _misfit(mtype, payload), **known) from None
     except FieldValueError as e:
         raise FrameError(Reason.BAD_FIELD, f"{mtype.name} {e}", **known) from None
-    except Exception as e:  # noqa: BLE001 - undecodable strings, bad counts ...
-        raise FrameError(Reason.BAD_FIELD, f"{mtype.name} payload: {type(e).__name__}: {e}", **known) from None
+    except UnicodeDecodeError:
+        raise FrameError(Reason.BAD_FIELD, f"{mtype.name} {_bad_text(mtype, payload)}", **known) from None
+    except (c.ConstructError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        # an array count that contradicts the payload, a constant that differs (SAMPLES' layout) ...
+        raise FrameError(Reason.BAD_FIELD, f"{mtype.name} {_misfield(mtype, payload, e)}", **known) from None

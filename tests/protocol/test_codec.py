@@ -414,3 +414,93 @@ def test_an_event_out_of_range_is_refused_by_both_paths(field, big):
         frames.BODIES[MsgType.EVENT].build(codec.to_container(ev))
     with pytest.raises(ValueError, match="cannot encode Event"):
         encode(ev)
+
+
+# --- decode errors in plain words ----------------------------------------------------------------
+
+PYTHON_NAME = re.compile(r"\b[A-Z]\w*(?:Error|Exception)\b|Traceback")
+
+
+def text_fields(con: construct.Construct, path: str = "") -> set[str]:
+    """The dotted paths of every Text8 field of a declaration (command arguments and answer data
+    under ``args`` and ``data``, array items under their array's name)."""
+    if con is codec.fields.Text8:
+        return {path}
+    out: set[str] = set()
+    name = getattr(con, "name", None)
+    if isinstance(con, construct.Renamed) and name and name != "items":
+        path = f"{path}.{name}" if path else name
+    for attr in ("subcon", "subcons", "cases", "thensubcon", "elsesubcon"):
+        sub = getattr(con, attr, None)
+        subs = sub.values() if isinstance(sub, dict) else sub if isinstance(sub, list | tuple) else [sub]
+        for s in subs:
+            if isinstance(s, construct.Construct):
+                out |= text_fields(s, path)
+    return out
+
+
+TEXT_FIELDS = {(t.name, p) for t, body in frames.BODIES.items() for p in text_fields(body)}
+
+
+def test_every_text_field_with_invalid_utf8_is_named_in_plain_words():
+    """Each byte of each golden payload set to 0xFF in turn: wherever it lands in a text field, the
+    error names that field (``field 'args.target': not valid UTF-8``), and no error of any byte
+    names a Python exception."""
+    named: set[tuple[str, str]] = set()
+    for name in sorted(GOLDEN):
+        frame = encode(GOLDEN[name])
+        for i in range(HEADER_SIZE, len(frame) - CRC_SIZE):
+            mutated = refit(frame[:i] + b"\xff" + frame[i + 1 :])
+            try:
+                decode(mutated)
+            except FrameError as e:
+                assert not PYTHON_NAME.search(str(e)), f"{name} byte {i}: {e}"
+                assert not e.unforeseen, f"{name} byte {i}: {e}"
+                if m := re.search(r"^bad_field: (\w+) field '([\w.]+)': not valid UTF-8$", str(e)):
+                    named.add((m.group(1), m.group(2)))
+                else:
+                    assert "UTF-8" not in str(e), f"{name} byte {i}: {e}"
+    assert named == TEXT_FIELDS, f"named {sorted(named)}, declared text fields {sorted(TEXT_FIELDS)}"
+
+
+@pytest.mark.parametrize(
+    ("golden", "text", "field"),
+    [
+        ("command-inject", b"die:2", "args.target"),
+        ("command-clear-fault", b"A", "args.target"),
+        ("birth", b"colossus-mcm", "profile"),
+        ("birth", b"0.1.0", "firmware"),
+        ("event", b"zone 2", "text"),
+        ("link-lost", b"mcm-default", "link"),
+        ("response-bad-argument", b"power cap", "message"),
+        ("response-status", b"pump-fail", "data.faults"),
+        ("response-get-faults", b"0x944d", "data.faults.target"),
+    ],
+)
+def test_invalid_utf8_in_a_text_field_is_a_bad_field_naming_it(golden, text, field):
+    frame = encode(GOLDEN[golden])
+    i = frame.index(text, HEADER_SIZE)
+    with pytest.raises(FrameError) as info:
+        decode(refit(frame[:i] + b"\xff" + frame[i + 1 :]))
+    assert info.value.reason is Reason.BAD_FIELD
+    assert info.value.detail == f"{GOLDEN[golden].TYPE.name} field {field!r}: not valid UTF-8"
+    if isinstance(GOLDEN[golden], Command):  # a node can answer it BAD_REQUEST
+        assert info.value.request_id == GOLDEN[golden].request_id
+
+
+@given(st.sampled_from(sorted(GOLDEN)), st.data())
+def test_no_decode_error_names_a_python_exception(name, data):
+    frame = bytearray(encode(GOLDEN[name]))
+    for _ in range(data.draw(st.integers(1, 6))):
+        frame[data.draw(st.integers(HEADER_SIZE, len(frame) - CRC_SIZE - 1))] = data.draw(u8)
+    try:
+        decode(refit(bytes(frame)))
+    except FrameError as e:
+        assert not PYTHON_NAME.search(str(e)), e
+
+
+def test_the_last_safety_net_says_undecodable_in_plain_words():
+    with pytest.raises(FrameError) as info:
+        decode(None)  # type: ignore[arg-type] - not bytes at all: no check of the decoder's meets it
+    assert info.value.unforeseen and info.value.reason is Reason.BAD_FIELD
+    assert str(info.value) == "bad_field: undecodable: a check the decoder does not have"
