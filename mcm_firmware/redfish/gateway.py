@@ -290,9 +290,9 @@ class Gateway:
             changed = True
         if self._telemetry_waiters:
             self._told_telemetry(view.node)
-        if changed:  # the inputs of its health changed: judged now (the frame decoded)
+        if changed:  # the inputs of its health changed: judged now (the frame decoded), as of the frame
             self.tlm_decoded += 1
-            self._judge(view, time.time_ns())
+            self._judge(view, env.timestamp_ns)
 
     def _solicited(self, topic: bytes, tail: bytes) -> bool:
         """Whether ``topic`` is one of the fleet's on the channel ending in ``tail``; counted when not."""
@@ -322,7 +322,10 @@ class Gateway:
         nlog = self.log(view.node)
         if isinstance(msg, Event) and not retained:
             self._tell(events.from_event(nlog, view, msg))
-        self._judge(view, time.time_ns())
+        # a change a live frame shows is stamped with the frame's time (the node's clock)
+        self._judge(
+            view, time.time_ns() if retained or not isinstance(msg, (Telemetry, Samples, Event)) else msg.timestamp_ns
+        )
         if (isinstance(msg, Birth) and view.limits is None) or (isinstance(msg, Event) and msg.code in REFRESH_ON):
             self.ask(view.node)
 
@@ -390,7 +393,7 @@ class Gateway:
                 return False
         self.view.seen(node, resp.seq)
         self.view.take_status(node, resp.data, resp.timestamp_ns, now=time.monotonic())
-        self._judge(self.view.node(node), time.time_ns())  # its faults may have changed its health
+        self._judge(self.view.node(node), resp.timestamp_ns)  # its faults may have changed its health
         return True
 
     async def set_power_limit(self, node: int, watts: float | None) -> Response:

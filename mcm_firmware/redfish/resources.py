@@ -96,6 +96,12 @@ OEM_TYPES: dict[str, tuple[OemProperty, ...]] = {
         OemProperty("NodeState", "Edm.String", "The controller's state: BOOTING, RUNNING, SHUTDOWN or STOPPING."),
         OemProperty("CoolingMode", "Edm.String", "The cooling mode: NORMAL, FAILSAFE or NATURAL_CONVECTION."),
         OemProperty("UptimeSeconds", "Edm.Decimal", "The time since the controller booted, in seconds."),
+        OemProperty(
+            "SnapshotTime",
+            "Edm.DateTimeOffset",
+            "The time, by the module's clock, of the telemetry frame (or STATUS answer) the readings and health "
+            "shown come from.",
+        ),
         OemProperty("DeathReason", "Edm.String", "After a DEATH: SHUTDOWN, CONNECTION_LOST or REBOOT."),
         OemProperty(
             "FaultsInjected", "Collection(Edm.String)", "The injected faults in force, as get-faults prints them."
@@ -124,7 +130,15 @@ OEM_TYPES: dict[str, tuple[OemProperty, ...]] = {
             "The uncorrectable ECC errors of the module's HBM over its lifetime (all stacks).",
         ),
     ),
-    "Pump": (OemProperty("Lead", "Edm.Boolean", "The pump is the lead pump of its pair."),),
+    "Pump": (
+        OemProperty("Lead", "Edm.Boolean", "The pump is the lead pump of its pair."),
+        OemProperty(
+            "SnapshotTime",
+            "Edm.DateTimeOffset",
+            "The time, by the module's clock, of the telemetry frame (or STATUS answer) the pump's state and health "
+            "come from.",
+        ),
+    ),
     "Control": (
         OemProperty(
             "EnforcedWatts",
@@ -480,6 +494,9 @@ def chassis(view: NodeView) -> dict[str, Any]:
             CoolingMode=_enum_name(CoolingMode, s.mode),
             UptimeSeconds=round(s.uptime_ns / 1e9, 3),
         )
+        when = snapshot_time(view)
+        if when is not None:
+            ext["SnapshotTime"] = when
         flags = SnapshotFlags(s.flags)
         ext.update(
             MemoryRowsRemappedCorrectable=s.remapped_correctable,
@@ -569,6 +586,17 @@ def _reading_time(view: NodeView) -> str | None:
 
     t = dt.datetime.fromtimestamp(view.snapshot_ns / 1e9, dt.UTC)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def snapshot_time(view: NodeView) -> str | None:
+    """The node's timestamp of the newest snapshot, to the microsecond (tells every frame apart)."""
+    if not view.snapshot_ns:
+        return None
+    import datetime as dt
+
+    secs, ns = divmod(view.snapshot_ns, 1_000_000_000)
+    t = dt.datetime.fromtimestamp(secs, dt.UTC).replace(microsecond=ns // 1000)
+    return t.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def sensor(view: NodeView, sid: str) -> dict[str, Any] | None:
@@ -680,6 +708,10 @@ def pump(view: NodeView, index: int) -> dict[str, Any] | None:
         state = "Enabled"
     else:
         state = "StandbySpare"  # the lag pump, waiting to take over
+    ext: dict[str, Any] = {"Lead": PumpFlags.LEAD in flags}
+    when = snapshot_time(view)
+    if when is not None:
+        ext["SnapshotTime"] = when
     return {
         "@odata.type": _type("Pump"),
         "@odata.id": pump_uri(view.node, index),
@@ -688,7 +720,7 @@ def pump(view: NodeView, index: int) -> dict[str, Any] | None:
         "PumpType": "Liquid",
         "Status": {"State": state, "Health": "Critical" if PumpFlags.FAULT in flags else "OK"},
         "PumpSpeedPercent": {"SpeedRPM": p.rpm, "DataSourceUri": sensor_uri(view.node, f"Pump{index}Speed")},
-        "Oem": oem("Pump", {"Lead": PumpFlags.LEAD in flags}),
+        "Oem": oem("Pump", ext),
     }
 
 
