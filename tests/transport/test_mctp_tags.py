@@ -5,13 +5,18 @@ request after request without running out."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import select
 import time
 import tty
 
+from mcm_firmware.host.client import HostClient
 from mcm_firmware.protocol import Command, FrameFlags, Op, Response, decode, encode
+from mcm_firmware.protocol.mctp import ChannelCode, Kind, VendorMessage
+from mcm_firmware.transport.serial import SerialLink, SerialTransport
+from mcm_firmware.transport.serial.link import TAG_EXPIRY_S
 
 HOST_EID, IANA_PEN = 8, 32473  # the serial binding's host EID; the vendor-defined messages' enterprise number
 
@@ -34,28 +39,56 @@ def frame(packet: bytes) -> bytes:
 
 
 def unframe(stream: bytearray) -> list[bytes]:
-    """The packets of the complete frames at the front of ``stream`` whose FCS holds."""
+    """The packets of the complete frames at the front of ``stream`` whose FCS holds, each read by
+    its byte count (the count and the FCS are not escaped: either may be 0x7E, so a frame is not
+    cut at the next flag). A frame that does not hold is skipped up to the next flag after its
+    opening one."""
     out = []
     while True:
         start = stream.find(b"\x7e")
         if start < 0:
             stream.clear()
             return out
-        end = stream.find(b"\x7e", start + 1)
-        if end < 0:
-            del stream[:start]
-            return out
-        raw = bytes(stream[start + 1 : end])
-        del stream[:end]  # the closing flag may open the next frame
-        if len(raw) < 4:
+        del stream[:start]
+        if len(stream) > 1 and stream[1] == 0x7E:  # repeated or shared flags
+            del stream[:1]
             continue
-        packet = raw[2:-2].replace(b"\x7d\x5e", b"\x7e").replace(b"\x7d\x5d", b"\x7d")
-        if raw[0] == 1 and raw[1] == len(packet) and fcs16(raw[:2] + packet) == int.from_bytes(raw[-2:], "big"):
-            out.append(packet)
+        if len(stream) < 3:
+            return out
+        revision, count, i, packet = stream[1], stream[2], 3, bytearray()
+        while len(packet) < count and i < len(stream):
+            if stream[i] == 0x7D and i + 1 < len(stream):
+                packet.append(stream[i + 1] ^ 0x20)
+                i += 2
+            elif stream[i] == 0x7D:
+                break
+            else:
+                packet.append(stream[i])
+                i += 1
+        if len(packet) < count or i + 3 > len(stream):
+            return out  # the rest has not arrived yet
+        fcs, closing = int.from_bytes(stream[i : i + 2], "big"), stream[i + 2]
+        if revision == 1 and count and closing == 0x7E and fcs16(bytes((revision, count)) + packet) == fcs:
+            out.append(bytes(packet))
+            del stream[: i + 2]  # the closing flag stays: it may be shared with the next frame
+        else:
+            del stream[:1]
 
 
 def test_the_dsp0253_example_frame_checks():
     assert frame(bytes.fromhex("01 08 09 c8 00")) == bytes.fromhex("7e 01 05 01 08 09 c8 00 8e 35 7e")
+
+
+def test_unframe_reads_by_the_byte_count_a_frame_whose_fcs_is_a_flag():
+    packets = [bytes((1, 9, 8, 0xC8, k & 0xFF, k >> 8)) for k in range(2000)]
+    flagged = [p for p in packets if 0x7E in fcs16(bytes((1, len(p))) + p).to_bytes(2, "big")][:4]
+    assert len(flagged) == 4
+    own_flags = b"".join(frame(p) for p in flagged)
+    shared = frame(flagged[0]) + b"".join(frame(p)[1:] for p in flagged[1:])  # one 7E between frames
+    assert unframe(bytearray(own_flags)) == flagged
+    assert unframe(bytearray(shared)) == flagged
+    rest = bytearray(own_flags[:-5])  # the last frame not all here yet: kept for the next read
+    assert unframe(rest) == flagged[:3] and unframe(rest + own_flags[-5:]) == flagged[3:]
 
 
 def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_process):
@@ -71,33 +104,26 @@ def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_proces
         partial: dict[tuple[int, int], bytearray] = {}
         seq, next_rid, total, deadline = 0, 1000, 20, time.monotonic() + 30
 
-        sent_at: dict[int, float] = {}
-
-        def send(tag: int, rid: int | None = None) -> None:
-            """A request on ``tag``; with ``rid``, that request again (a requester's retry after
-            its timeout: same tag, same request id, answered once by the node's cache)."""
+        def send(tag: int) -> None:
+            """A request on ``tag``: no retries, so a frame lost or misread on the line fails the test."""
             nonlocal seq, next_rid
-            retry = rid is not None
-            rid = next_rid if rid is None else rid
-            flags = int(FrameFlags.HOST) | (int(FrameFlags.RETRY) if retry else 0)
-            cmd = encode(Command(node_id=0, seq=seq, timestamp_ns=0, flags=flags, request_id=rid, op=Op.PING))
+            rid = next_rid
+            cmd = encode(
+                Command(node_id=0, seq=seq, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=rid, op=Op.PING)
+            )
             vendor = bytes((0x7F,)) + IANA_PEN.to_bytes(4, "big") + bytes((1, 4, 0)) + (0).to_bytes(4, "big") + cmd
             assert len(vendor) <= 64  # one packet at the baseline MTU
             header = bytes((0x01, node_eid, HOST_EID, 0xC0 | 0x08 | tag))  # SOM, EOM, seq 0, TO=1, tag
             os.write(fd, frame(header + vendor))
             in_flight[tag] = rid
-            sent_at[tag] = time.monotonic()
             seq = seq + 1
-            if not retry:
-                next_rid += 1
+            next_rid += 1
 
         sent = 0
         while sent < total and free:  # eight requests back to back: every tag owned
             send(free.pop(0))
             sent += 1
         while len(answered) < total and time.monotonic() < deadline:
-            for tag in [t for t, at in sent_at.items() if t in in_flight and time.monotonic() - at > 2.0]:
-                send(tag, in_flight[tag])  # a frame lost on the line (a loaded machine): sent again
             select.select([fd], [], [], 0.2)
             try:
                 rx += os.read(fd, 65536)
@@ -119,8 +145,7 @@ def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_proces
                     continue  # not a response (telemetry, events, keepalives are the node's own requests)
                 resp = decode(message[12:])
                 assert isinstance(resp, Response)
-                if resp.request_id in answered:
-                    continue  # the answer to a retry of a request already answered
+                assert resp.request_id not in answered, f"request {resp.request_id} answered twice"
                 assert in_flight.get(tag) == resp.request_id, (tag, resp.request_id, in_flight)
                 answered[resp.request_id] = tag
                 del in_flight[tag]
@@ -133,22 +158,102 @@ def test_an_independent_requester_sends_twenty_requests_on_eight_tags(cli_proces
         os.close(fd)
 
 
-def test_a_requester_owns_a_tag_until_the_answer_or_the_expiry():
-    import asyncio
+class Listener:
+    """An endpoint on a link that keeps what reaches its EID: (source, message, TO, tag)."""
 
-    from mcm_firmware.transport.serial import link as link_mod
+    def __init__(self, eid: int) -> None:
+        self.eid = eid
+        self.got: list[tuple[int, VendorMessage, bool, int]] = []
 
-    async def main() -> tuple[list[int], int, int, int]:
-        link = link_mod.SerialLink("loop://")
-        tags = [link._own_tag(8, 9, True) for _ in range(8)]
-        reused_before = link.stats.tags_reused
-        ninth = link._own_tag(8, 9, True)  # all eight owned: the oldest is taken back, and counted
-        other = link._own_tag(8, 10, True)  # another destination has tags of its own
-        return tags, reused_before, link.stats.tags_reused, ninth * 100 + other
+    def _on_message(self, src: int, vm: VendorMessage, tag_owner: bool = True, tag: int = 0) -> None:
+        self.got.append((src, vm, tag_owner, tag))
 
-    tags, before, after, ninth_other = asyncio.run(main())
-    assert tags == list(range(8)) and before == 0 and after == 1 and ninth_other // 100 in range(8)
-    assert link_mod.TAG_EXPIRY_S > 2.0  # longer than a host's default timeout
+    def _link_down(self, why: str) -> None:
+        pass
+
+
+async def _until(pred, timeout: float = 20.0) -> None:
+    """Wait for ``pred`` (a generous bound: a slow machine only takes longer)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def _request(k: int) -> VendorMessage:
+    return VendorMessage(Kind.FRAME, k, ChannelCode.CMD, 0, b"request %d" % k)
+
+
+async def test_a_ninth_request_waits_for_a_response_to_free_a_tag():
+    """On loop:// the link hears what it sends: eight requests from EID 8 to EID 9 own the eight
+    tags; a ninth waits (not sent, counted) until a response to tag 5 (TO=0, sent as EID 9)
+    comes back, and then goes out on tag 5. No owned tag is taken back."""
+    link = await SerialLink("loop://").open()
+    node = Listener(9)
+    link.attach(node)
+    try:
+        for k in range(8):
+            link.send(_request(k), src=8, dest=9, request=True)
+        await _until(lambda: len(node.got) == 8)
+        assert [(to, tag) for _, _, to, tag in node.got] == [(True, k) for k in range(8)]
+        link.send(_request(8), src=8, dest=9, request=True)
+        assert link.stats.tag_waits == 1 and "waited for a tag 1" in link.summary()
+        await asyncio.sleep(0.2)
+        assert len(node.got) == 8  # still waiting: every tag is owned
+        link.send(VendorMessage(Kind.FRAME, 5, ChannelCode.RSP, 0, b"answer"), src=9, dest=8, reply_tag=5)
+        await _until(lambda: len(node.got) == 9)
+        src, vm, to, tag = node.got[8]
+        assert (src, vm.data, to, tag) == (8, b"request 8", True, 5)
+        assert link.stats.tags_reused == 0
+    finally:
+        await link.close()
+
+
+async def test_an_unanswered_tag_is_taken_back_only_after_its_expiry():
+    """Nothing answers: the ninth request waits until the oldest tag's expiry, then takes it, and
+    the link counts the tag taken back."""
+    expiry = 0.5
+    link = await SerialLink("loop://", tag_expiry=expiry).open()
+    node = Listener(9)
+    link.attach(node)
+    loop = asyncio.get_running_loop()
+    try:
+        for k in range(8):
+            link.send(_request(k), src=8, dest=9, request=True)
+        t0 = loop.time()
+        link.send(_request(8), src=8, dest=9, request=True)
+        link.send(_request(9), src=8, dest=9, request=True)
+        assert link.stats.tag_waits == 2
+        await _until(lambda: len(node.got) == 10)
+        assert loop.time() - t0 >= expiry * 0.9  # not before the tags expired
+        assert [tag for *_, tag in node.got[8:]] == [0, 1]  # the oldest first
+        assert link.stats.tags_reused == 2 and "unanswered 2" in link.summary()
+        # another destination has eight tags of its own: no wait
+        link.send(_request(10), src=8, dest=10, request=True)
+        assert link.stats.tag_waits == 2
+    finally:
+        await link.close()
+    assert TAG_EXPIRY_S > 2.0  # longer than a host's default timeout
+
+
+def test_twenty_requests_in_flight_to_one_node_are_all_answered_and_matched(cli_process):
+    """The project's own host (HostClient over serial, no retries) sends twenty PINGs at once to a
+    node of a real run: twelve wait for a tag, every one is answered, none is sent again."""
+    run = cli_process("run", "--nodes", "1", "--serial", "pty", "--fleet", "tags")
+    line = run.wait_line("serial: node 0 at", timeout=30)
+    run.wait_line("up: 1 nodes", timeout=30)
+    path = re.search(r"at (\S+) \(EID", line).group(1)
+
+    async def main() -> tuple[list[float], HostClient]:
+        transport = SerialTransport.host(path)
+        async with HostClient(transport, fleet="tags", timeout=30, retries=0) as client:
+            rtts = await asyncio.gather(*(client.ping(0) for _ in range(20)))
+            return list(rtts), client
+
+    rtts, client = asyncio.run(main())
+    link = client.transport.link
+    assert len(rtts) == 20 and client.unmatched == 0 and client.unanswered == 0
+    assert link.stats.tag_waits >= 12 and link.stats.tags_reused == 0, link.summary()
 
 
 def test_a_unit_above_the_baseline_is_warned_of():

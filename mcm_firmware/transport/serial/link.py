@@ -54,7 +54,8 @@ class LinkStats:
         self.overflow = 0  # urgent messages dropped because the line was down for too long
         self.rejected = 0  # messages that reassembled but did not parse as ours
         self.not_for_us = 0  # messages for an EID no endpoint here has
-        self.tags_reused = 0  # requests sent while all 8 tags to their destination were outstanding
+        self.tag_waits = 0  # requests that waited for a tag: all 8 to their destination were owned
+        self.tags_reused = 0  # owned tags taken back after TAG_EXPIRY_S without their response
         self._busy: deque[tuple[float, float]] = deque()  # (start, end) of line occupation
 
     def occupy(self, start: float, end: float) -> None:
@@ -76,7 +77,8 @@ class LinkStats:
 class SerialLink(asyncio.Protocol):
     """One open serial port shared by endpoints, each with its own EID."""
 
-    def __init__(self, spec: PortSpec | str) -> None:
+    def __init__(self, spec: PortSpec | str, *, tag_expiry: float = TAG_EXPIRY_S) -> None:
+        self.tag_expiry = tag_expiry
         self.spec = parse_port_url(spec) if isinstance(spec, str) else spec
         self.path: str | None = None  # the pty's path, for the far end to open
         self.stats = LinkStats()
@@ -97,6 +99,9 @@ class SerialLink(asyncio.Protocol):
         self._tags: dict[int, int] = {}
         # (our EID, their EID, tag) -> until when the tag is ours: a request awaiting its response
         self._owned: dict[tuple[int, int, int], float] = {}
+        # (our EID, their EID) -> requests waiting for one of the eight tags to come free, in order
+        self._waiting: dict[tuple[int, int], deque[tuple[VendorMessage, bool]]] = {}
+        self._tag_timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._capture: SerialCapture | None = None
         self._tx_tap: mctp.FrameDecoder | None = None
 
@@ -162,8 +167,11 @@ class SerialLink(asyncio.Protocol):
                 continue
             head, message = got
             # a response (TO=0): the tag of the request it answers is free again
-            if not head.tag_owner and self._owned.pop((head.dest, head.src, head.tag), None) is None:
-                self._owned.pop((head.dest, EID_BROADCAST, head.tag), None)
+            if not head.tag_owner:
+                if self._owned.pop((head.dest, head.src, head.tag), None) is not None:
+                    self._release_tags((head.dest, head.src))
+                elif self._owned.pop((head.dest, EID_BROADCAST, head.tag), None) is not None:
+                    self._release_tags((head.dest, EID_BROADCAST))
             try:
                 vm = mctp.parse_vendor(message)
             except mctp.LinkError:
@@ -183,6 +191,10 @@ class SerialLink(asyncio.Protocol):
     def _fail(self, why: str) -> None:
         if self._down is None:
             self._down = why
+            for timer in self._tag_timers.values():
+                timer.cancel()
+            self._tag_timers.clear()
+            self._waiting.clear()
             for ep in list(self._endpoints.values()):
                 ep._link_down(why)
 
@@ -219,13 +231,35 @@ class SerialLink(asyncio.Protocol):
         Tags as DSP0236 has them: a response (``reply_tag``, the tag of the request it answers)
         goes with TO=0 and that tag; anything else with TO=1 and a tag of the sender's. A
         ``request`` keeps its tag owned until its response arrives or :data:`TAG_EXPIRY_S`
-        passes, and no other message to the same destination gets an owned tag meanwhile."""
+        passes, and no other message to the same destination gets an owned tag meanwhile. With
+        all eight tags to a destination owned, a request waits (in order, counted in
+        ``tag_waits``) until a response frees one or one expires (``tags_reused``): an owned tag
+        is never taken back early, so no response can be matched to the wrong request."""
         if self._down is not None:
             raise TransportError(self._down)
         if reply_tag is not None:
-            tag, owner = reply_tag & 7, False
+            self._queue(vm, src, dest, reply_tag & 7, False, bulk)
+            return
+        now = asyncio.get_running_loop().time()
+        key = (src, dest)
+        if request:
+            tag = None if key in self._waiting else self._free_tag(src, dest, now)
+            if tag is None:
+                self._waiting.setdefault(key, deque()).append((vm, bulk))
+                self.stats.tag_waits += 1
+                self._arm_tag_timer(key)
+                return
+            self._owned[(src, dest, tag)] = now + self.tag_expiry
         else:
-            tag, owner = self._own_tag(src, dest, request), True
+            # not a request: no answer will come back on its tag, so any tag not owned serves (the
+            # rotating one when all eight are owned: TO=1 never matches a response)
+            tag = self._free_tag(src, dest, now)
+            if tag is None:
+                tag = self._tags.get(src, 0)
+                self._tags[src] = (tag + 1) & 7
+        self._queue(vm, src, dest, tag, True, bulk)
+
+    def _queue(self, vm: VendorMessage, src: int, dest: int, tag: int, owner: bool, bulk: bool) -> None:
         packets = mctp.fragment(vm.to_bytes(), dest=dest, src=src, tag=tag, tag_owner=owner, mtu=self.spec.mtu)
         item = (asyncio.get_running_loop().time(), b"".join(mctp.encode_frame(p) for p in packets))
         if bulk:
@@ -239,21 +273,53 @@ class SerialLink(asyncio.Protocol):
             self._urgent.append(item)
         self._wake.set()
 
-    def _own_tag(self, src: int, dest: int, request: bool) -> int:
-        now = asyncio.get_running_loop().time()
+    def _free_tag(self, src: int, dest: int, now: float) -> int | None:
+        """The next tag of ``src`` to ``dest`` that is not owned (one whose owner waited past the
+        expiry is taken back, and counted), or None while all eight are."""
         start = self._tags.get(src, 0)
         for k in range(8):
             tag = (start + k) & 7
             until = self._owned.get((src, dest, tag))
-            if until is None or until <= now:
+            if until is not None and until > now:
+                continue
+            if until is not None:
+                del self._owned[(src, dest, tag)]
+                self.stats.tags_reused += 1
+            self._tags[src] = (tag + 1) & 7
+            return tag
+        return None
+
+    def _arm_tag_timer(self, key: tuple[int, int]) -> None:
+        """Wake the requests waiting on ``key`` when its first owned tag expires."""
+        old = self._tag_timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        src, dest = key
+        untils = [u for (s, d, _), u in self._owned.items() if s == src and d == dest]
+        if untils:
+            self._tag_timers[key] = asyncio.get_running_loop().call_at(min(untils), self._release_tags, key)
+
+    def _release_tags(self, key: tuple[int, int]) -> None:
+        """Send the requests waiting on ``key`` that a freed or expired tag now lets go."""
+        waiting = self._waiting.get(key)
+        if not waiting or self._down is not None:
+            return
+        now = asyncio.get_running_loop().time()
+        src, dest = key
+        while waiting:
+            tag = self._free_tag(src, dest, now)
+            if tag is None:
                 break
-        else:  # eight requests in flight to one destination: the oldest tag is taken back
-            tag = min(range(8), key=lambda t: self._owned[(src, dest, t)])
-            self.stats.tags_reused += 1
-        self._tags[src] = (tag + 1) & 7
-        if request:
-            self._owned[(src, dest, tag)] = now + TAG_EXPIRY_S
-        return tag
+            vm, bulk = waiting.popleft()
+            self._owned[(src, dest, tag)] = now + self.tag_expiry
+            self._queue(vm, src, dest, tag, True, bulk)
+        if waiting:
+            self._arm_tag_timer(key)
+        else:
+            del self._waiting[key]
+            timer = self._tag_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
 
     def summary(self) -> str:
         """Counters in one line: what went out and came in, and what was dropped and why."""
@@ -264,6 +330,8 @@ class SerialLink(asyncio.Protocol):
             f"({s.rx_bytes} bytes), telemetry decimated {s.decimated}, dropped "
             + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none")
             + (f", not ours {s.rejected}" if s.rejected else "")
+            + (f", requests that waited for a tag {s.tag_waits}" if s.tag_waits else "")
+            + (f", tags taken back after {self.tag_expiry:g} s unanswered {s.tags_reused}" if s.tags_reused else "")
         )
 
     def utilisation(self) -> float:
@@ -311,6 +379,6 @@ class SerialLink(asyncio.Protocol):
         """Wait until everything queued has gone to the port (and, paced, out of the line)."""
         deadline = time.monotonic() + timeout
         # polled: the writer task drains two queues and then the port
-        busy = lambda: (self._urgent or self._bulk or self._sending) and self._down is None  # noqa: E731
+        busy = lambda: (self._urgent or self._bulk or self._sending or self._waiting) and self._down is None  # noqa: E731
         while busy() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
