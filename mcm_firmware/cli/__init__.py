@@ -36,7 +36,7 @@ from . import (
     scenario,
     wireshark,
 )
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, BadInput, Failure, connect_hint
 
 GROUPS = (
     run,
@@ -135,6 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.verbose = getattr(args, "verbose", 0) or 0
     args.quiet = getattr(args, "quiet", False)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given, for worker processes
+    prepare = getattr(args, "prepare", None)  # a command's own late options (ctl 3 status --json -v)
+    if prepare is not None:
+        try:
+            prepare(args)
+        except BadInput as e:
+            return _usage_error(args, str(e))
     if args.quiet and args.verbose:
         parser.error("-q and -v contradict each other: give one")
     logging.basicConfig(
@@ -150,25 +156,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(result)
     except BadInput as e:
-        print(f"mcm-emu: error: {e}", file=sys.stderr)
-        _json_error(args, str(e), EXIT_USAGE)
-        return EXIT_USAGE
+        return _usage_error(args, str(e))
     except Failure as e:
-        print(f"mcm-emu: {e}", file=sys.stderr)
-        _json_error(args, str(e), EXIT_FAILURE)
+        print(f"mcm-emu: error: {e}", file=sys.stderr)
+        hint = e.hint or connect_hint(args, str(e))
+        if hint:
+            print(f"  ({hint})", file=sys.stderr)
+        _json_error(args, str(e), EXIT_FAILURE, e.fields)
         return EXIT_FAILURE
     except (KeyboardInterrupt, BrokenPipeError):
         return EXIT_OK
 
 
-def _json_error(args: argparse.Namespace, message: str, code: int) -> None:
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    print(f"mcm-emu: error: {message}", file=sys.stderr)
+    _json_error(args, message, EXIT_USAGE)
+    return EXIT_USAGE
+
+
+def _json_error(args: argparse.Namespace, message: str, code: int, fields: dict[str, Any] | None = None) -> None:
     """With ``--json`` an error is a JSON object on stdout too, so that a program reading it always
     gets one (the line on stderr is for people)."""
     if getattr(args, "json", False):
         node = getattr(args, "node", None)
         if isinstance(node, list) and len(node) == 1:
             node = node[0]
-        obj = {"ok": False, "error": message, "exit_code": code}
+        obj = {"ok": False, "error": message, "exit_code": code, **(fields or {})}
         if isinstance(node, int):
             obj = {"node": node, **obj}
         print(json.dumps(obj), flush=True)

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -15,11 +16,27 @@ U32_MAX = 2**32 - 1
 
 
 class Failure(Exception):
-    """A runtime failure: printed as one line, exit 1."""
+    """A runtime failure: printed as one line (``mcm-emu: error: ...``) and, where one helps, a
+    hint line; exit 1. ``fields`` go into the JSON error object of ``--json``."""
+
+    def __init__(self, message: str, *, hint: str | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.fields = fields
 
 
 class BadInput(Exception):
     """Bad input found after argument parsing: printed as one line, exit 2."""
+
+
+def connect_hint(args: argparse.Namespace | None, message: str) -> str | None:
+    """The hint for a broker that could not be reached: where the command looked, and what starts one."""
+    if args is None or not message.startswith("cannot connect to broker") or getattr(args, "serial", None):
+        return None
+    url = getattr(args, "broker", None) or DEFAULT_BROKER
+    if getattr(args, "command", None) == "run":
+        return f"is a broker running at {url}? without --broker, 'mcm-emu run' embeds one"
+    return f"is a broker running at {url}? 'mcm-emu run' starts one with its nodes; --broker URL names another"
 
 
 def broker_url(text: str) -> str:
@@ -183,31 +200,176 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], *, text: str, stream: An
         print(text, file=stream or sys.stdout, flush=True)
 
 
+def id_ranges(ids: list[int], most: int = 8) -> str:
+    """Sorted node ids as ranges: ``0-7``, ``0-3,5,9-12`` (the first ``most`` runs, then ``...``)."""
+    runs: list[tuple[int, int]] = []
+    for n in ids:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    text = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (",..." if len(runs) > most else "")
+
+
+def _utc(ns: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def death_text(death: Any) -> str:
+    """``DEATH: CONNECTION_LOST ...``: a DEATH's reason, boot and bdseq, and what its time is. A
+    Last Will (CONNECTION_LOST) is published by the broker with the time the node set when it
+    connected, not the time of the loss."""
+    from ..protocol import DeathReason
+
+    bdseq = death.bdseq & 0x7FFFFFFF
+    if death.reason is DeathReason.CONNECTION_LOST:
+        when = f", registered when it connected at {_utc(death.timestamp_ns)}" if death.timestamp_ns else ""
+        return f"DEATH: CONNECTION_LOST, its Last Will published by the broker{when}; boot {death.boot_count}, bdseq {bdseq}"
+    when = f" at {_utc(death.timestamp_ns)}" if death.timestamp_ns else ""
+    return f"DEATH: {death.reason.name}{when}; boot {death.boot_count}, bdseq {bdseq}"
+
+
+NOT_IN_FLEET, OFFLINE, NO_FLEET = "NOT_IN_FLEET", "OFFLINE", "NO_FLEET"
+
+
+@dataclass
+class Standing:
+    """What the broker's retained state says of a fleet: its nodes' state frames (all of them,
+    or one node's when that was enough) and, when the fleet has no node, the fleets it has."""
+
+    state: Any  # host.discovery.FleetState
+    whole: bool  # every node of the fleet was read, not one
+    fleets: list[str] | None = None
+
+    def no_fleet(self) -> str:
+        """``no node of fleet 'x' on this broker (fleets seen: a, b)``."""
+        seen = f"fleets seen: {', '.join(self.fleets)}" if self.fleets else "no fleet at all"
+        return f"no node of fleet {self.state.fleet!r} on this broker ({seen})"
+
+    def blocked(self, node: int) -> tuple[str, str] | None:
+        """(status, text) for a node that will not answer by the retained state: never seen in
+        the fleet, or offline; None for a node that may answer."""
+        from ..protocol import Death
+
+        fleet = self.state.fleet
+        if not self.state.nodes:
+            return NO_FLEET, self.no_fleet()
+        last = self.state.nodes.get(node)
+        if last is None:
+            if not self.whole:
+                return None
+            return NOT_IN_FLEET, f"not in fleet {fleet!r} (nodes {id_ranges(sorted(self.state.nodes))} seen)"
+        if isinstance(last, Death):
+            return OFFLINE, f"offline ({death_text(last)})"
+        if self.whole and not self.state.online(node):
+            return OFFLINE, "offline (its carrier link is down)"
+        return None
+
+    def why(self, node: int) -> str | None:
+        """``node 3: offline (...)``, ``no node of fleet ...``: why ``node`` will not answer, in one
+        line; None for a node that may."""
+        blocked = self.blocked(node)
+        if blocked is None:
+            return None
+        return blocked[1] if blocked[0] == NO_FLEET else f"node {node}: {blocked[1]}"
+
+
+def _any_fleet_states() -> Any:
+    """A subscription to the state channel of every fleet (``mcm/v1/+/+/state``): to name the
+    fleets a broker has."""
+    from ..transport import Channel, Subscription
+
+    class AnyFleet(Subscription):
+        __slots__ = ()
+
+        def matches(self, addr: Any) -> bool:
+            return bool(addr.channel == self.channel)
+
+    return AnyFleet("+", None, Channel.STATE)
+
+
+async def read_standing(args: argparse.Namespace, node: int | None = None, *, settle: float = 0.25) -> Standing:
+    """The retained state, cheaply: for one ``node`` its own state topic first (one retained frame,
+    read as soon as it comes); the whole fleet when that is missing, is carried (its link's state
+    is needed too) or no ``node`` is given; the fleets on the broker when the fleet has no node.
+    The connect is bounded by ``args.timeout``; TransportError when the broker cannot be reached."""
+    import asyncio
+    import uuid
+
+    from ..host.client import connect_within
+    from ..host.discovery import FleetState
+    from ..protocol import Birth, Death, FrameError, Link, decode
+    from ..transport import Channel, Subscription, transport_factory
+    from ..transport.carrier import CARRIED
+
+    fleet = args.fleet
+    state = FleetState(fleet)
+    tr = transport_factory(link_url(args))(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
+    await connect_within(tr, getattr(args, "timeout", 5.0))
+
+    async def drain(first_only: bool = False) -> set[str]:
+        fleets: set[str] = set()
+        while True:
+            try:
+                d = await asyncio.wait_for(tr.receive(), settle)
+            except TimeoutError:
+                return fleets
+            if d.address.fleet != fleet:
+                fleets.add(d.address.fleet)
+                continue
+            try:
+                msg = decode(d.payload)
+            except FrameError:
+                continue
+            if isinstance(msg, (Birth, Death)):
+                state.nodes[d.address.node] = msg
+                fleets.add(fleet)
+                if first_only:
+                    return fleets
+            elif isinstance(msg, Link):
+                state.links[d.address.node] = msg
+
+    try:
+        if node is not None:
+            await tr.subscribe(Subscription(fleet, node, Channel.STATE))
+            await drain(first_only=True)
+            last = state.nodes.get(node)
+            if isinstance(last, Death) or (isinstance(last, Birth) and not last.bdseq & CARRIED):
+                return Standing(state, whole=False)
+        await tr.subscribe(Subscription(fleet, None, Channel.STATE))
+        await tr.subscribe(Subscription(fleet, None, Channel.LINK))
+        await drain()
+        if state.nodes:
+            return Standing(state, whole=True)
+        await tr.subscribe(_any_fleet_states())
+        return Standing(state, whole=True, fleets=sorted(await drain()))
+    finally:
+        await tr.close()
+
+
 async def why_silent(args: argparse.Namespace, node: int) -> str | None:
     """What the broker's retained state says of a node that did not answer: never seen in this
     fleet (a wrong id or --fleet), offline since its DEATH, or a BIRTH without an answer (crashed,
-    or a BIRTH the broker kept of a node that is gone)."""
-    from ..host.discovery import read_state
-    from ..protocol import Birth, Death, FrameFlags
-    from ..transport import TransportError, transport_factory
+    hung, or a BIRTH the broker kept of a node that is gone)."""
+    from ..protocol import FrameFlags
+    from ..transport import TransportError
 
     try:
-        state = await read_state(transport_factory(link_url(args)), args.fleet, settle=0.3)
+        standing = await read_standing(args)
     except TransportError:
         return None
-    if not state.nodes:
-        return f"no node of fleet {args.fleet!r} is known to this broker (is --fleet right?)"
-    last = state.nodes.get(node)
-    if last is None:
-        ids = sorted(state.nodes)
-        seen = f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ", ".join(map(str, ids[:10]))
-        return f"node {node} has never been seen in fleet {args.fleet!r} (nodes seen: {seen})"
-    if isinstance(last, Death):
-        return f"node {node} is offline: its last state is a DEATH ({last.reason.name}, bdseq {last.bdseq})"
-    if isinstance(last, Birth) and not state.online(node):
-        return f"node {node} is offline: its carrier link is down"
+    why = standing.why(node)
+    if why is not None:
+        return why
+    last = standing.state.nodes[node]
     if last.flags & FrameFlags.AUTH and getattr(args, "frame_keys", None) is None:
         return (
             f"node {node} is up, and its fleet authenticates its frames (its BIRTH is sealed): pass --frame-keys FILE"
         )
-    return f"node {node} has a BIRTH (bdseq {last.bdseq}) but does not answer: crashed, hung, or gone"
+    return (
+        f"node {node}: online by its BIRTH (bdseq {last.bdseq & 0x7FFFFFFF}) but does not answer: crashed, hung, "
+        "or gone without its Last Will published yet"
+    )

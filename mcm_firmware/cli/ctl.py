@@ -14,14 +14,20 @@ from .common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
+    NO_FLEET,
+    NOT_IN_FLEET,
+    OFFLINE,
     U32_MAX,
     BadInput,
     Failure,
+    Standing,
     bounded,
     client_options,
     emit,
     frame_auth,
+    id_ranges,
     link_url,
+    read_standing,
     why_silent,
 )
 
@@ -43,7 +49,7 @@ def add_parser(sub: Any) -> None:
     ctl.add_argument("node", type=node_selection, metavar="NODE", help="a node id, ids and ranges (0-7,9), or all")
     ctl.add_argument("op", choices=sorted(COMMANDS), metavar="COMMAND", help="one of: " + ", ".join(sorted(COMMANDS)))
     ctl.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="the command's arguments (see above)")
-    ctl.set_defaults(func=cmd_ctl)
+    ctl.set_defaults(func=cmd_ctl, prepare=options_after)
 
 
 def ctl_options(p: argparse.ArgumentParser) -> None:
@@ -86,50 +92,67 @@ def node_selection(text: str) -> list[int] | None:
 
 
 def options_after(args: argparse.Namespace) -> None:
-    """Options given after NODE COMMAND (``ctl 3 status --json``), as tools such as git and kubectl
-    take them: moved out of the command's arguments into ``args``."""
+    """Options given after NODE COMMAND (``ctl 3 status --json -v``), as tools such as git and
+    kubectl take them: moved out of the command's arguments into ``args`` (run before the log is
+    set up, so that a late ``-v`` counts)."""
     late = argparse.ArgumentParser(add_help=False, exit_on_error=False)
     ctl_options(late)
+    late.add_argument("-v", "--verbose", action="count", default=0)
+    late.add_argument("-q", "--quiet", action="store_true")
     for action in late._actions:
-        action.default = argparse.SUPPRESS
+        if action.dest not in ("verbose", "quiet"):
+            action.default = argparse.SUPPRESS
+    if "--json" in args.args:  # an error in the other late options is a JSON object too
+        args.json = True
     try:
         found, rest = late.parse_known_args(list(args.args))
     except argparse.ArgumentError as e:
-        raise BadInput(str(e)) from None
+        raise BadInput(f"ctl: {e}") from None
+    args.verbose += found.verbose
+    args.quiet = args.quiet or found.quiet
     for key, value in vars(found).items():
-        setattr(args, key, value)
+        if key not in ("verbose", "quiet"):
+            setattr(args, key, value)
     args.args = rest
 
 
 async def cmd_ctl(args: argparse.Namespace) -> int:
     from ..host.commands import COMMANDS, UsageError
+    from ..transport import TransportError
 
     spec = COMMANDS[args.op]
-    options_after(args)
     try:
         cmd_args = spec.parse(list(args.args))
     except UsageError as e:
         raise BadInput(f"ctl {spec.name}: {e}") from None
     selected = args.node
-    if selected is None:  # all: the nodes the broker says are online
-        if args.serial:
-            raise BadInput("NODE all reads the fleet from a broker: on a serial line name the nodes")
-        from ..host.discovery import read_state
-        from ..transport import TransportError, transport_factory
-
+    if selected is None and args.serial:
+        raise BadInput("NODE all reads the fleet from a broker: on a serial line name the nodes")
+    frame_auth(args, args.fleet)  # a key file that cannot be used: said before anything is read
+    one = selected is not None and len(selected) == 1
+    standing = None
+    if not args.serial:  # what the broker's retained state says, before anything is sent
         try:
-            state = await read_state(
-                transport_factory(link_url(args)), args.fleet, settle=0.3, connect_timeout=args.timeout
-            )
+            standing = await read_standing(args, selected[0] if one and selected else None)
         except TransportError as e:
             raise Failure(str(e)) from None
-        selected = [n for n in sorted(state.nodes) if state.online(n)]
+        if not standing.state.nodes:
+            raise Failure(standing.no_fleet(), status=NO_FLEET)
+    if selected is None:  # all: the nodes the broker says are online
+        assert standing is not None
+        selected = [n for n in sorted(standing.state.nodes) if standing.state.online(n)]
         if not selected:
-            raise Failure(f"no node of fleet {args.fleet!r} is online on this broker")
-    if len(selected) == 1 and args.node is not None:
+            raise Failure(
+                f"no node of fleet {args.fleet!r} is online on this broker (nodes seen, offline: "
+                f"{id_ranges(sorted(standing.state.nodes))})"
+            )
+    if one:
         args.node = selected[0]
+        blocked = standing.blocked(args.node) if standing is not None else None
+        if standing is not None and blocked is not None:
+            raise Failure(standing.why(args.node) or "", status=blocked[0])
         return await _one(args, spec, cmd_args)
-    return await _many(args, spec, cmd_args, selected)
+    return await _many(args, spec, cmd_args, selected, standing)
 
 
 async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
@@ -146,13 +169,23 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
             try:
                 resp = await host.request(args.node, spec.op, cmd_args)
             except NodeError as e:
-                out = {"node": args.node, "ok": False, "status": e.response.status.name, "message": e.response.message}
-                emit(args, out, text=str(e), stream=sys.stderr)
-                return (
+                code = (
                     EXIT_USAGE
                     if e.response.status in (Status.BAD_ARGUMENT, Status.UNKNOWN_OP, Status.BAD_REQUEST)
                     else EXIT_FAILURE
                 )
+                out = {
+                    "node": args.node,
+                    "ok": False,
+                    "status": e.response.status.name,
+                    "message": e.response.message,
+                    "error": str(e),
+                    "exit_code": code,
+                }
+                if args.json:
+                    print(json.dumps(out), flush=True)
+                print(f"mcm-emu: error: {e}", file=sys.stderr, flush=True)
+                return code
             rtt = time.perf_counter() - t0
             more = None
             if spec.follow is not None:
@@ -162,7 +195,7 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
                     more = None  # firmware without the operation: the view goes without it
     except RequestTimeout as e:
         why = await why_silent(args, args.node) if not args.serial else None
-        raise Failure(f"{e}: {why}" if why else str(e)) from None
+        raise Failure(f"{e}: {why}" if why else str(e), status="NO_REPLY") from None
     except (TransportError, HostError) as e:
         raise Failure(str(e)) from None
     out = spec.show(args.node, resp, rtt, more)
@@ -170,9 +203,11 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
     return EXIT_OK
 
 
-async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[int]) -> int:
+async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[int], standing: Standing | None) -> int:
     """The command to every node of a selection, at most :data:`PARALLEL` at once: one result a
-    node (text: the node's own line, or why it failed; JSON: one object with every result)."""
+    node (text: the node's own line, or why it failed; JSON: one object with every result). A node
+    the retained state says will not answer (not in the fleet, offline) is not sent it: its result
+    says why at once."""
     import asyncio
 
     from ..host.client import BrokerTimeout, HostClient, HostError, NodeError
@@ -182,6 +217,9 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
     gate = asyncio.Semaphore(PARALLEL)
 
     async def one(host: HostClient, node: int) -> dict[str, Any]:
+        blocked = standing.blocked(node) if standing is not None else None
+        if blocked is not None:
+            return {"node": node, "ok": False, "status": blocked[0], "message": blocked[1]}
         async with gate:
             t0 = time.perf_counter()
             try:
@@ -216,6 +254,8 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
         for r in results:
             if r["ok"]:
                 print(spec.text(spec.name, {k: v for k, v in r.items() if k != "ok"}), flush=True)
+            elif r["status"] in (NOT_IN_FLEET, OFFLINE):
+                print(f"node {r['node']}: {r['message']}", flush=True)
             else:
                 print(f"node {r['node']}: {r['status']}: {r['message'] or '(no message)'}", flush=True)
         print(f"{spec.name}: {len(results) - len(failed)} of {len(results)} nodes ok", flush=True)

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, frame_auth, link_url, why_silent
+from .common import EXIT_OK, U32_MAX, Failure, bounded, client_options, frame_auth, link_url, read_standing
 
 
 def add_parser(sub: Any) -> None:
@@ -135,9 +135,10 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
                 await transport.close()
 
     if args.node is not None and not args.serial:
-        why = await why_silent(args, args.node)
-        if why is not None and "has a BIRTH" not in why:  # a node that is up is no news
-            print(f"monitor: {why}; waiting for it", file=sys.stderr, flush=True)
+        with contextlib.suppress(TransportError):  # said by the connect that follows
+            why = (await read_standing(args, args.node)).why(args.node)
+            if why is not None:  # a node that is up is no news
+                print(f"monitor: {why}; waiting for it", file=sys.stderr, flush=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(follow(), args.duration)
     return EXIT_OK

@@ -46,7 +46,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
 
     from ..host.client import HostClient, HostError
     from ..host.discovery import read_state
-    from ..protocol import Birth, Death, Op
+    from ..protocol import Birth, Death, DeathReason, Op
     from ..transport import TransportError, transport_factory
     from .common import frame_auth
 
@@ -72,6 +72,9 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                 row["why"] = "its carrier's link is down"
         elif isinstance(msg, Death):
             row.update(boot_count=msg.boot_count, bdseq=msg.bdseq & 0x7FFFFFFF, why=f"DEATH: {msg.reason.name}")
+            if msg.reason is DeathReason.CONNECTION_LOST:  # the Last Will: stamped when the node connected
+                row["since"] = None
+                row["why"] += f" (its Last Will, registered when it connected at {_since(msg.timestamp_ns)})"
         rows.append(row)
     if args.ping and rows:
         online = [r for r in rows if r["online"]]
@@ -110,7 +113,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     for r in rows:
         line = (
             f"{r['node']:>6}  {'online' if r['online'] else 'offline':7}  {r.get('profile', '-'):20}  "
-            f"{r.get('firmware', '-'):8}  {r.get('boot_count', '-'):>4}  {r.get('bdseq', '-'):>5}  {r['since']:20}"
+            f"{r.get('firmware', '-'):8}  {r.get('boot_count', '-'):>4}  {r.get('bdseq', '-'):>5}  {r['since'] or '-':20}"
             f"  {_up(r.get('up_s')):>8}"
         )
         if args.ping:

@@ -60,7 +60,7 @@ def test_port_in_use_is_said_in_one_line():
     assert f"port {port}" in lines[0] and "--embedded-port" in lines[0] and "--broker" in lines[0]
 
 
-def test_unreachable_broker_exits_1_in_one_line():
+def test_unreachable_broker_is_an_error_line_and_a_hint():
     url = f"mqtt://127.0.0.1:{free_port()}"
     for args in (
         ("ctl", "--broker", url, "1", "ping"),
@@ -69,14 +69,33 @@ def test_unreachable_broker_exits_1_in_one_line():
     ):
         out = run_cli(*args)
         assert out.returncode == 1, (args, out.stderr)
-        assert "cannot connect to broker" in out.stderr and "Traceback" not in out.stderr
-        assert len(out.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("mcm-emu: error: cannot connect to broker"), out.stderr
+        assert lines[1].startswith(f"  (is a broker running at {url}?"), out.stderr
+
+
+def _stale_birth(mosquitto, node: int, fleet: str = "default") -> None:
+    """A retained BIRTH of a node that is not there (what a broker keeps of a node killed before
+    its will went out)."""
+    import dataclasses
+    import subprocess
+
+    from mcm_firmware.protocol import encode
+    from mcm_firmware.testing.golden import GOLDEN
+
+    frame = encode(dataclasses.replace(GOLDEN["birth"], node_id=node))
+    topic = f"mcm/v1/{fleet}/{node}/state"
+    pub = ("mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", topic, "-r", "-s")
+    subprocess.run(pub, input=frame, check=True, timeout=10)
 
 
 def test_ctl_timeout_exits_1(mosquitto):
+    _stale_birth(mosquitto, 9)
     out = run_cli("ctl", "--broker", mosquitto.url, "--timeout", "0.5", "--json", "9", "ping")
     assert out.returncode == 1
-    assert "no reply from node 9 to ping within 0.5 s" in out.stderr
+    assert "mcm-emu: error: no reply from node 9 to ping within 0.5 s: node 9: online by its BIRTH" in out.stderr
+    assert json.loads(out.stdout)["status"] == "NO_REPLY"
 
 
 @pytest.mark.parametrize(
@@ -142,25 +161,69 @@ def test_verbose_is_taken_before_or_after_the_command():
         assert "unrecognized arguments" not in out.stderr
 
 
-def test_a_node_that_does_not_answer_is_explained(mosquitto, cli_process):
+def _timed(*args: str) -> tuple[float, object]:
+    t0 = time.monotonic()
+    out = run_cli(*args)
+    return time.monotonic() - t0, out
+
+
+def test_ctl_says_at_once_why_a_node_will_not_answer(mosquitto, cli_process):
+    """Wrong node, wrong fleet, crashed node: read from the broker's retained state before
+    anything is sent, said in one line well within --timeout 5 (half of it, with a process start)."""
     run = cli_process("run", "--broker", mosquitto.url, "--nodes", "3", "--fleet", "ws")
     run.wait_line("up: 3 nodes")
-    base = ("ctl", "--broker", mosquitto.url, "--timeout", "0.6")
-    r = run_cli(*base, "--fleet", "ws", "99", "ping")
-    assert r.returncode == 1 and "node 99 has never been seen in fleet 'ws' (nodes seen: 0..2)" in r.stderr
-    r = run_cli(*base, "--fleet", "nope", "1", "ping")
-    assert r.returncode == 1 and "no node of fleet 'nope' is known" in r.stderr
+    other = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "other")
+    other.wait_line("up: 1 nodes")
+    base = ("ctl", "--broker", mosquitto.url, "--timeout", "5")
+
+    took, r = _timed(*base, "--fleet", "ws", "99", "ping")
+    assert r.returncode == 1 and r.stderr.splitlines() == [
+        "mcm-emu: error: node 99: not in fleet 'ws' (nodes 0-2 seen)"
+    ]
+    assert took < 2.5, took
+    took, r = _timed(*base, "--fleet", "nope", "1", "ping", "--json")
+    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    assert r.stderr.splitlines() == ["mcm-emu: error: no node of fleet 'nope' on this broker (fleets seen: other, ws)"]
+    assert json.loads(r.stdout) == {
+        "node": 1,
+        "ok": False,
+        "error": "no node of fleet 'nope' on this broker (fleets seen: other, ws)",
+        "exit_code": 1,
+        "status": "NO_FLEET",
+    }
     r = run_cli("monitor", "--broker", mosquitto.url, "--fleet", "ws", "--node", "99", "--duration", "1")
-    assert r.returncode == 0 and "monitor: node 99 has never been seen in fleet 'ws'" in r.stderr
+    assert r.returncode == 0 and "monitor: node 99: not in fleet 'ws' (nodes 0-2 seen)" in r.stderr
     r = run_cli("monitor", "--broker", mosquitto.url, "--fleet", "ws", "--node", "1", "--count", "1")
     assert r.returncode == 0 and "monitor:" not in r.stderr  # a node that is up: no warning
+
     assert run_cli(*base, "--fleet", "ws", "0", "inject", "crash").returncode == 0  # gone, no reboot
     deadline = time.monotonic() + 10
-    while True:
-        r = run_cli(*base, "--fleet", "ws", "0", "ping")
+    while True:  # until the broker has published its will
+        took, r = _timed(*base, "--fleet", "ws", "0", "ping", "--json")
         if "DEATH" in r.stderr or time.monotonic() > deadline:
             break
-    assert r.returncode == 1 and "node 0 is offline: its last state is a DEATH (CONNECTION_LOST" in r.stderr
+    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(
+        "mcm-emu: error: node 0: offline (DEATH: CONNECTION_LOST, its Last Will published by the broker, "
+        "registered when it connected at "
+    ), line
+    assert line.endswith("; boot 1, bdseq 1)"), line
+    assert json.loads(r.stdout)["status"] == "OFFLINE"
+
+    # a selection: the same diagnosis per node, the nodes that are up answered
+    took, r = _timed(*base, "--fleet", "ws", "0-2,7", "ping")
+    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("node 0: offline (DEATH: CONNECTION_LOST, its Last Will published by the broker")
+    assert lines[1].startswith("node 1: ok (ping)") and lines[2].startswith("node 2: ok (ping)")
+    assert lines[3:] == ["node 7: not in fleet 'ws' (nodes 0-2 seen)", "ping: 2 of 4 nodes ok"]
+    r = run_cli(*base, "--fleet", "ws", "0,9", "ping", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["failed"] == 2
+    assert [x["status"] for x in out["results"]] == ["OFFLINE", "NOT_IN_FLEET"]
+    r = run_cli(*base, "--fleet", "nope", "all", "ping")
+    assert r.returncode == 1 and "no node of fleet 'nope' on this broker (fleets seen: other, ws)" in r.stderr
 
 
 def test_run_summary_lines_show_pumps_cap_faults_and_a_crashed_node_as_down(cli_process):
@@ -218,3 +281,34 @@ def test_json_errors_are_json_objects_on_stdout_too():
     r = run_cli("ctl", "--json", "3", "set-power-cap", "abc")
     out = json.loads(r.stdout)
     assert r.returncode == 2 and out["exit_code"] == 2 and "must be a number" in out["error"]
+
+
+def test_json_errors_of_options_after_the_positionals_are_json_too():
+    r = run_cli("ctl", "3", "status", "--json", "--timeout", "0")
+    assert r.returncode == 2, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"node": 3, "ok": False, "error": out["error"], "exit_code": 2}
+    assert "--timeout must be within 0.01..3600, got 0" in out["error"]
+    assert r.stderr.splitlines()[0] == f"mcm-emu: error: {out['error']}"
+
+
+def test_verbose_and_quiet_are_taken_after_ctls_positionals(mosquitto, cli_process):
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "vq")
+    run.wait_line("up: 1 nodes")
+    base = ("ctl", "--broker", mosquitto.url, "--fleet", "vq", "0", "ping")
+    for late in (("-v",), ("-q",), ("-vv", "--json")):
+        r = run_cli(*base, *late)
+        assert r.returncode == 0, (late, r.stderr)
+    r = run_cli(*base, "-v", "-q")  # both taken as the global options: they contradict
+    assert r.returncode == 2 and "-q and -v contradict each other" in r.stderr
+
+
+def test_a_refusal_by_the_node_is_an_error_line(mosquitto, cli_process):
+    run = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "rf")
+    run.wait_line("up: 1 nodes")
+    r = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rf", "0", "set-power-cap", "5")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["mcm-emu: error: node 0 answered BAD_ARGUMENT: power cap 5 W outside 500..1400 W"]
+    r = run_cli("ctl", "--broker", mosquitto.url, "--fleet", "rf", "0", "set-power-cap", "5", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 2 and out["ok"] is False and out["status"] == "BAD_ARGUMENT" and out["exit_code"] == 2

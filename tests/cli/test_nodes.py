@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 
 from ..conftest import run_cli
+from .test_cli import _stale_birth
 
 
 def test_nodes_lists_the_fleet_and_ctl_takes_selections(mosquitto, cli_process):
@@ -37,7 +39,18 @@ def test_nodes_lists_the_fleet_and_ctl_takes_selections(mosquitto, cli_process):
     out = json.loads(r.stdout)
     assert r.returncode == 1 and out["failed"] == 1
     assert {x["node"]: x["ok"] for x in out["results"]} == {3: True, 9: False}
-    assert out["results"][1]["status"] == "NO_REPLY"
+    assert out["results"][1] == {
+        "node": 9,
+        "ok": False,
+        "status": "NOT_IN_FLEET",
+        "message": "not in fleet 'sel' (nodes 0-3 seen)",
+    }
+    _stale_birth(mosquitto, 9, "sel")  # a BIRTH the broker kept of a node that is not there: asked, no reply
+    r = run_cli("ctl", *base, "--json", "--timeout", "0.5", "--retries", "0", "3,9", "ping")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and [x["status"] for x in out["results"] if not x["ok"]] == ["NO_REPLY"]
+    clear = ("mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-t", "mcm/v1/sel/9/state", "-r", "-n")
+    subprocess.run(clear, check=True, timeout=10)  # the stale BIRTH gone again
 
     # a node gone: offline, with the reason of its DEATH
     assert run_cli("ctl", *base, "2", "inject", "crash").returncode == 0
@@ -49,6 +62,8 @@ def test_nodes_lists_the_fleet_and_ctl_takes_selections(mosquitto, cli_process):
         assert time.monotonic() < deadline, r.stdout
         time.sleep(0.5)
     line = next(x for x in r.stdout.splitlines() if x.split()[0] == "2")
+    # a Last Will's time is when the node connected, not when it was lost: not shown as "since"
+    assert line.split()[6] == "-" and "Last Will" in line, line
     assert "offline" in line and r.stdout.splitlines()[-1] == "4 nodes in fleet 'sel': 3 online, 1 offline"
     run.signal(signal.SIGTERM)
     assert run.wait() == 0
