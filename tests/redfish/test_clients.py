@@ -1,6 +1,9 @@
-"""Redfish clients against the live service: python-redfish-library reads every sensor and sets a
-power limit through the Control, which the node then enforces (as ``ctl status`` reports); sushy
-sees the modules; bad request bodies get Base registry errors and are counted."""
+"""Redfish clients against the live service: python-redfish-library and sushy each read every
+sensor of the modules and set a power limit through the Control, which the node then enforces (as
+``ctl status`` reports) and its power follows; bad request bodies get Base registry errors and are
+counted. sushy (5.x) models the Chassis (type, power state, health, model, the reset action) but
+neither Sensor nor Control nor the Thermal/PowerSubsystem: those go through its connector (its
+session, its error mapping)."""
 
 from __future__ import annotations
 
@@ -113,3 +116,58 @@ def test_clients_read_every_sensor_and_set_the_power_limit(redfish_service):
 
     summary = svc.stop()  # the gateway counts what it refused, by message
     assert "7 refused" in summary and "PropertyValueTypeError 2" in summary and "MalformedJSON 1" in summary, summary
+
+
+@pytest.mark.slow
+def test_sushy_reads_every_sensor_and_sets_the_power_limit(redfish_service):
+    svc = redfish_service
+    conn = sushy.connector.Connector(svc.url)
+    auth = sushy.auth.SessionAuth(username=OPERATOR[0], password=OPERATOR[1])
+    s = sushy.Sushy(svc.url + "/redfish/v1", auth=auth, connector=conn)
+    try:
+        # what sushy models: the modules
+        ids = sorted(s.get_chassis_collection().members_identities)
+        assert ids == ["/redfish/v1/Chassis/0", "/redfish/v1/Chassis/1"]
+        for i in ids:
+            ch = s.get_chassis(i)
+            assert ch.chassis_type == sushy.ChassisType.MODULE and ch.model == "colossus-mcm"
+            assert ch.power_state == sushy.PowerState.ON
+            assert ch.status.health == sushy.Health.OK and ch.status.state == sushy.State.ENABLED
+            assert ch.get_allowed_reset_chassis_values() == {sushy.ResetType.FORCE_RESTART}
+
+            # what it does not (Sensor): through its connector, on its session
+            node = int(ch.identity)
+            status = ctl_status(svc, node)
+            members = conn.get(f"{i}/Sensors").json()["Members"]
+            readings = {}
+            for m in members:
+                body = conn.get(m["@odata.id"]).json()
+                assert body["ReadingUnits"] == UNITS[body["ReadingType"]], body
+                assert isinstance(body["Reading"], (int, float)) and body["Status"]["State"] == "Enabled", body
+                readings[body["Id"]] = body["Reading"]
+            n_dies, n_hbm = len(status["dies"]), len(status["hbm"])
+            assert len(readings) == 6 + 4 * n_dies + n_hbm + len(status["pumps"]) + len(status["valves"])
+            assert abs(readings["CoolantInletTemp"] - status["inlet_c"]) < 2.0
+            assert math.isclose(readings["TotalPower"], status["power_w"], rel_tol=0.2)
+        assert auth.get_session_key(), "sushy did not open a session"  # the reads went on it
+
+        # the power limit: a PATCH through sushy's connector; the node enforces it and its power follows
+        uri = "/redfish/v1/Chassis/0/Controls/PowerLimit"
+        control = conn.get(uri).json()
+        r = conn.patch(uri, data={"SetPoint": 780})
+        assert r.status_code == 200 and r.json()["SetPoint"] == 780.0, r.text
+        assert ctl_status(svc, 0)["power_cap_w"] == 780.0 and ctl_status(svc, 1)["power_cap_w"] != 780.0
+        deadline = time.monotonic() + 15  # the module's power follows within a few seconds
+        while conn.get("/redfish/v1/Chassis/0/Sensors/TotalPower").json()["Reading"] > 780 * 1.05:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert s.get_chassis("/redfish/v1/Chassis/0").status.health == sushy.Health.OK
+        # a refusal is sushy's BadRequestError, with the Base registry's message
+        with pytest.raises(sushy.exceptions.BadRequestError) as refused:
+            conn.patch(uri, data={"SetPoint": control["AllowableMax"] + 1})
+        assert refused.value.code == "Base.1.22.PropertyValueOutOfRange", refused.value.body
+        r = conn.patch(uri, data={"SetPoint": None})
+        assert r.status_code == 200 and r.json()["SetPoint"] is None
+        assert ctl_status(svc, 0)["power_cap_w"] == control["Oem"]["McmEmu"]["DefaultWatts"]
+    finally:
+        auth.close()
