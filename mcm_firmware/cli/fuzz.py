@@ -24,7 +24,8 @@ def add_parser(sub: Any) -> None:
         type=fuzz_target,
         default="emulated",
         metavar="URL",
-        help="emulated (an in-process node), mqtt://HOST:PORT/NODE[?fleet=F], serial://PORT?node=N",
+        help="emulated (an in-process node), mqtt://HOST:PORT/NODE[?fleet=F], serial://PORT?node=N "
+        "(default %(default)s)",
     )
     fz.add_argument(
         "--duration",
@@ -51,7 +52,7 @@ def add_parser(sub: Any) -> None:
         "--timeout",
         type=bounded(float, 0.05, 600, "--timeout"),
         default=2.0,
-        help="seconds to wait for the node's answers to a case",
+        help="seconds to wait for the node's answers to a case (default %(default)g)",
     )
     fz.add_argument("--json", action="store_true", help="print the summary as JSON")
     frame_keys_option(fz)

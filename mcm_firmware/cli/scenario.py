@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
         "--speed",
         type=bounded(float, 0.01, 10_000, "--speed"),
         default=1.0,
-        help="with --realtime: clock speed relative to real time",
+        help="with --realtime: clock speed relative to real time (default %(default)g)",
     )
     srun.add_argument("--json", action="store_true", help="print the summary as JSON")
     sc.set_defaults(func=cmd_scenario)

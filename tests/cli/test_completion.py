@@ -46,20 +46,37 @@ def test_quiet_and_verbose_exclude_each_other_and_quiet_goes_anywhere():
     assert os.environ.get("_ARGCOMPLETE") is None
 
 
+WORDS = {"mcm-emu bench --parts": "all"}
+"""Defaults that --help says in a word rather than as the value."""
+
+
 def test_every_option_and_argument_says_what_it_is():
+    """Every option and argument has a help text, and one whose default is not None shows it."""
     import argparse
 
     from mcm_firmware.cli import build_parser
 
-    missing = []
+    missing, no_default = [], []
 
     def walk(parser: argparse.ArgumentParser, path: str) -> None:
         for a in parser._actions:
+            name = f"{path} {'/'.join(a.option_strings) or a.dest}"
             if isinstance(a, argparse._SubParsersAction):
-                for name, sub in a.choices.items():
-                    walk(sub, f"{path} {name}")
+                for sub_name, sub in a.choices.items():
+                    walk(sub, f"{path} {sub_name}")
             elif a.help is None:
-                missing.append(f"{path} {'/'.join(a.option_strings) or a.dest}")
+                missing.append(name)
+            elif not any(a.default is x for x in (None, False, argparse.SUPPRESS)) and a.help != argparse.SUPPRESS:
+                # an option with a default says it in --help: the default itself, as help prints it
+                shown = a.help % {"default": a.default, "prog": parser.prog} if "%(" in a.help else a.help
+                default = a.default.name if hasattr(a.default, "name") else a.default
+                forms = {str(default), repr(default), WORDS.get(name, "?")}
+                if isinstance(default, float):
+                    forms.add(f"{default:g}")
+                said = shown.replace("(default: ", "(default ")
+                if not isinstance(default, (list, tuple)) and not any(f"default {f}" in said for f in forms):
+                    no_default.append(f"{name} (default {a.default!r}): {a.help}")
 
     walk(build_parser(), "mcm-emu")
     assert not missing, f"without a help text: {missing}"
+    assert not no_default, "options whose help does not show the default:\n" + "\n".join(no_default)
