@@ -78,7 +78,8 @@ class Display:
 
         rows = list(self.fleet.summary(limit=TABLE_ROWS))
         n = len(self.fleet.nodes)
-        table = Table(title=f"fleet {self.fleet.name}: {n} nodes, {time.monotonic() - self._t0:.0f} s", expand=False)
+        title = f"fleet {self.fleet.name}: {n} nodes, {time.monotonic() - self._t0:.0f} s; {self._lateness()}"
+        table = Table(title=title, expand=False)
         for col in ("node", "state", "mode", "link", "Tmax °C", "power W", "cap W", "clock MHz", "pumps", "faults"):
             table.add_column(col, justify="left" if col in ("pumps", "faults") else "right")
         for r in rows:
@@ -103,6 +104,19 @@ class Display:
             caption.append(f"[red]FALLING BEHIND for {time.monotonic() - self._behind_since:.0f} s[/red]")
         table.caption = "\n".join(caption) or None
         return table
+
+    def _lateness(self) -> str:
+        """The control ticks' lateness over the newest ticks (about the last 10 s at 20 Hz), from
+        the first tick on, before any window of the meter closes."""
+        import numpy as np
+
+        from ..runtime.meter import Quantiles
+
+        recent = [samples.recent(200) for samples in self.fleet.meter.tick_late.values()]
+        q = Quantiles.of(np.concatenate(recent) if recent else np.zeros(0))
+        if not q.n:
+            return "tick late: no tick yet"
+        return f"tick late p99/max {q.p99 * 1e3:.1f}/{q.max * 1e3:.1f} ms"
 
     async def run(self) -> None:
         if self.tty:

@@ -262,12 +262,19 @@ def test_the_live_table_on_a_terminal_has_pumps_cap_and_faults_columns():
     os.close(secondary)
     time.sleep(2.0)
     assert run_cli("ctl", "--broker", f"mqtt://127.0.0.1:{port}", "0", "inject", "pump-fail", "A").returncode == 0
+    assert run_cli("ctl", "--broker", f"mqtt://127.0.0.1:{port}", "1", "inject", "crash").returncode == 0
     out = read_terminal(primary)
     assert proc.wait(timeout=60) == 0
     screen = out.decode(errors="replace")
     for column in ("cap W", "pumps", "faults", "Tmax °C"):
         assert column in screen, column
     assert "pump-fail A" in screen and "A!" in screen and "* lead, - stopped, ! faulty" in screen
+    assert re.search(r"│ +1 │ +(\x1b\[[0-9;]*m)?DOWN\b", screen), screen[-3000:]  # the crashed node, gone for good
+    # the ticks' lateness in the title from the first refresh on, before the meter's first window
+    # (5 s: this run is shorter, the caption never shows one)
+    first = screen.index("fleet default: 2 nodes")
+    assert "tick late" in screen[first : screen.index("\n", first)]
+    assert re.search(r"fleet default: 2 nodes, \d s; tick late p99/max \d+\.\d/\d+\.\d ms", screen)
 
 
 def test_json_errors_are_json_objects_on_stdout_too():
