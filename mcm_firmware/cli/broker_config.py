@@ -12,8 +12,9 @@ Writes into ``--out DIR``:
   another's), a listener for hosts, anonymous access denied on both, packets above the largest
   frame refused, TLS where certificates are given;
 - ``certs/`` with ``--tls-ca-cert``: a certificate and key per node (``mcm-<fleet>-<id>.crt``), for
-  the host user and, without ``--tls-cert``, for the broker, issued by the fleet's CA; on the node
-  listener a certificate's name is then its user name. See docs/security.md.
+  the host user, for the Redfish service (``redfish.crt``: 127.0.0.1, localhost and each
+  ``--redfish-host``) and, without ``--tls-cert``, for the broker, issued by the fleet's CA; on the
+  node listener a certificate's name is then its user name. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def add_parser(sub: Any) -> None:
         "listener a certificate's name is its user name (use_identity_as_username)",
     )
     b.add_argument("--tls-ca-key", metavar="FILE", default=None, help="the fleet CA's private key (mode 0600)")
+    b.add_argument(
+        "--redfish-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --tls-ca-cert: a host name or IP address the Redfish service (mcm-emu redfish --https-cert) is "
+        "reached at, besides 127.0.0.1 and localhost, named in its certificate DIR/certs/redfish.crt (repeatable)",
+    )
     b.set_defaults(func=cmd_broker_config)
 
 
@@ -104,6 +113,8 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         raise BadInput("--tls-ca-cert issues the client certificates and is their CA: it does not go with --tls-cafile")
     if args.tls_cafile and not args.tls_cert:
         raise BadInput("--tls-cafile (client certificates) needs --tls-cert and --tls-key")
+    if args.redfish_host and not args.tls_ca_cert:
+        raise BadInput("--redfish-host names the Redfish service in the certificate --tls-ca-cert issues: give it too")
     if not args.host_user or ":" in args.host_user:
         raise BadInput(f"--host-user {args.host_user!r}: a user name without ':'")
     secret_path = Path(args.node_secret)
@@ -147,6 +158,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             certs.mkdir(exist_ok=True)
             for name in [args.host_user, *(f"mcm-{fleet}-{n}" for n in ids)]:
                 mint.issue(ca, name, certs / f"{name}.crt", certs / f"{name}.key")
+            # the Redfish service's (mcm-emu redfish --https-cert/--https-key), for where it is reached
+            redfish = ["127.0.0.1", "localhost", *args.redfish_host]
+            mint.issue(ca, redfish[0], certs / "redfish.crt", certs / "redfish.key", server=True, alt_names=redfish[1:])
             if not args.tls_cert:  # the broker's own, for the address it listens on
                 args.tls_cert, args.tls_key = str(certs / "broker.crt"), str(certs / "broker.key")
                 mint.issue(ca, args.address, certs / "broker.crt", certs / "broker.key", server=True)
@@ -205,4 +219,10 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         f"  mcm-emu ctl --broker {scheme}://{args.address}:{args.host_port} --fleet {fleet} --username "
         f"{args.host_user} --password-file {args.host_password_file}{tls} {ids[0]} status"
     )
+    if args.tls_ca_cert:
+        print(
+            f"  mcm-emu redfish --broker {scheme}://{args.address}:{args.host_port} --fleet {fleet} --username "
+            f"{args.host_user} --password-file {args.host_password_file}{tls.replace('{client_id}', args.host_user)} "
+            f"--https-cert {certs}/redfish.crt --https-key {certs}/redfish.key"
+        )
     return EXIT_OK

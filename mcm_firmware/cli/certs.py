@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +101,30 @@ def load_or_create_ca(cert_path: Path, key_path: Path, common_name: str) -> Auth
     return Authority(cert, key)
 
 
-def issue(ca: Authority, common_name: str, cert_path: Path, key_path: Path, *, server: bool = False) -> None:
+def alt_name(name: str) -> x509.GeneralName:
+    """A subject alternative name: an IP address, or a DNS name; ValueError for anything else."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not name or not name.isascii() or any(c.isspace() or c in "/:@[]" for c in name):
+        raise ValueError(f"{name!r}: neither an IP address nor a host name")
+    return x509.DNSName(name)
+
+
+def issue(
+    ca: Authority,
+    common_name: str,
+    cert_path: Path,
+    key_path: Path,
+    *,
+    server: bool = False,
+    alt_names: Sequence[str] = (),
+) -> None:
     """A certificate for ``common_name`` signed by ``ca`` and its new key, written to the two
-    paths. ``server``: the broker's, for the address (an IP address or a host name) it is reached at."""
+    paths. ``server``: a server's (the broker's, the Redfish service's), for the address (an IP
+    address or a host name) it is reached at and any of ``alt_names`` (each a subject alternative
+    name); ValueError for a name that is neither."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -121,11 +143,8 @@ def issue(ca: Authority, common_name: str, cert_path: Path, key_path: Path, *, s
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
     if server:
-        try:
-            alt: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(common_name))
-        except ValueError:
-            alt = x509.DNSName(common_name)
-        builder = builder.add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+        alts = [alt_name(n) for n in dict.fromkeys([common_name, *alt_names])]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alts), critical=False)
     cert = builder.sign(ca.key, hashes.SHA256())
     _write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

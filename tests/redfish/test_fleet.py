@@ -293,26 +293,46 @@ def test_chassis_reset_and_a_valve_held_through_its_control(shared_service):
     assert r.status_code == 200 and (r.json()["ControlMode"], r.json()["SetPoint"]) == ("Automatic", None), r.text
 
 
-def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
-    """``mcm-emu redfish --https-cert --https-key`` in front of the same fleet: a client that trusts
-    the CA reads it, one that trusts another CA or speaks plain HTTP does not; a certificate
-    without its key is refused at start (exit 2)."""
-    trustme = pytest.importorskip("trustme")
+def test_https_with_the_certificate_the_fleet_ca_issued(shared_service, tmp_path):
+    """``mcm-emu broker-config --tls-ca-cert/--tls-ca-key`` issues the Redfish service's certificate
+    (``certs/redfish.crt``: 127.0.0.1, localhost and each ``--redfish-host``) from the fleet's CA;
+    ``mcm-emu redfish --https-cert --https-key`` serves with it: a client that trusts the fleet's CA
+    reads it by address or by name, one that trusts another CA or speaks plain HTTP does not; a
+    certificate without its key is refused at start (exit 2)."""
+    import os
+    import pwd
+
+    from cryptography import x509
+
+    from mcm_firmware.cli import certs
+
     from ..conftest import CliProcess
 
     svc = shared_service
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
-    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
-    half = run_cli(
-        "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--https-cert", str(tmp_path / "server.pem")
+    (tmp_path / "host.pw").write_text("host-secret-1\n")
+    r = run_cli(
+        *("broker-config", "--fleet", svc.fleet, "--nodes", "2", "--node-secret", str(tmp_path / "node.secret")),
+        *("--host-password-file", str(tmp_path / "host.pw"), "--out", str(tmp_path / "broker")),
+        *("--tls-ca-cert", str(tmp_path / "ca.pem"), "--tls-ca-key", str(tmp_path / "ca.key")),
+        *("--redfish-host", "redfish.fleet.example", "--redfish-host", "10.1.2.3"),
+        *("--broker-user", pwd.getpwuid(os.geteuid()).pw_name),
     )
+    assert r.returncode == 0, r.stderr
+    server_pem, server_key = (
+        tmp_path / "broker" / "certs" / "redfish.crt",
+        tmp_path / "broker" / "certs" / "redfish.key",
+    )
+    assert f"--https-cert {server_pem} --https-key {server_key}" in r.stdout, r.stdout
+    assert server_key.stat().st_mode & 0o077 == 0
+    issued = x509.load_pem_x509_certificate(server_pem.read_bytes())
+    names = issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "10.1.2.3"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "redfish.fleet.example"]
+    half = run_cli("redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--https-cert", str(server_pem))
     assert half.returncode == 2 and "both a certificate and its key" in half.stderr, half.stderr
     gw = CliProcess(
         "redfish", "--broker", svc.broker, "--fleet", svc.fleet, "--port", "0",
-        "--https-cert", str(tmp_path / "server.pem"), "--https-key", str(tmp_path / "server.key"),
+        "--https-cert", str(server_pem), "--https-key", str(server_key),
     )  # fmt: skip
     try:
         line = gw.wait_line("redfish: http")
@@ -323,8 +343,10 @@ def test_https_with_a_certificate_of_the_tests_ca(shared_service, tmp_path):
         r = until(lambda: (r := requests.get(url, auth=("operator", password), verify=str(tmp_path / "ca.pem"),
                                              timeout=10)).status_code == 200 and r)  # fmt: skip
         assert r.json()["Id"] == "0"
-        other = trustme.CA()
-        other.cert_pem.write_to_path(str(tmp_path / "other.pem"))
+        by_name = requests.get(url.replace("127.0.0.1", "localhost"), auth=("operator", password),
+                               verify=str(tmp_path / "ca.pem"), timeout=10)  # fmt: skip
+        assert by_name.status_code == 200 and by_name.json()["Id"] == "0"
+        certs.load_or_create_ca(tmp_path / "other.pem", tmp_path / "other.key", "another CA")
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(url, verify=str(tmp_path / "other.pem"), timeout=10)
         with pytest.raises(requests.exceptions.ConnectionError):

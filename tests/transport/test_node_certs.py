@@ -219,3 +219,52 @@ def test_broker_config_refuses_a_ca_it_cannot_use(tmp_path):
     ):
         r = run_cli(*base, *extra)
         assert r.returncode == 2 and says in r.stderr, (extra, r.stderr)
+
+
+def test_the_redfish_service_serves_a_fleet_on_a_secured_broker_over_https_with_the_fleet_ca(cert_broker, cli_process):
+    """``mcm-emu redfish`` on the host listener of the broker broker-config secured (TLS, the host
+    user's certificate and password) serves the fleet's modules over HTTPS with the certificate the
+    fleet's CA issued it (``certs/redfish.crt``), and its power-limit PATCH reaches the node; without
+    the host's password the broker refuses it."""
+    import requests
+
+    b = cert_broker
+    node_url, host_url = f"mqtts://127.0.0.1:{b.port}", f"mqtts://127.0.0.1:{b.host_port}"
+    run = cli_process("run", "--broker", node_url, "--nodes", "2", "--fleet", "sec", *b.options())
+    run.wait_line("up: 2 nodes", timeout=30)
+    host_tls = (
+        "--cafile",
+        str(b.ca),
+        "--cert",
+        str(b.certs / "fleet-host.crt"),
+        "--key",
+        str(b.certs / "fleet-host.key"),
+    )
+    refused = run_cli("redfish", "--broker", host_url, "--fleet", "sec", *host_tls, "--username", "fleet-host",
+                      "--port", "0", "--duration", "1")  # fmt: skip
+    assert refused.returncode != 0 and "cannot reach the broker" in refused.stderr, (refused.stdout, refused.stderr)
+    gw = cli_process(
+        "redfish", "--broker", host_url, "--fleet", "sec", *host_tls,
+        "--username", "fleet-host", "--password-file", str(b.tmp / "host.pw"), "--port", "0",
+        "--https-cert", str(b.certs / "redfish.crt"), "--https-key", str(b.certs / "redfish.key"),
+    )  # fmt: skip
+    password = gw.wait_line("account operator").rsplit(" ", 1)[1]
+    line = gw.wait_line("redfish: https://")
+    port = int(line.rsplit(":", 1)[1].split("/")[0])
+    auth, ca = ("operator", password), str(b.ca)
+    url = f"https://localhost:{port}/redfish/v1/Chassis/1/Controls/PowerLimit"
+    import time
+
+    until = time.monotonic() + 20
+    while "AllowableMax" not in (r := requests.get(url, auth=auth, verify=ca, timeout=10)).text:
+        assert time.monotonic() < until, r.text
+        time.sleep(0.2)
+    r = requests.patch(url, json={"SetPoint": 760}, auth=auth, verify=ca, timeout=10)
+    assert r.status_code == 200 and r.json()["SetPoint"] == 760.0, r.text
+    status = run_cli("ctl", "--broker", host_url, "--fleet", "sec", *b.options(), "1", "status", "--json")
+    assert status.returncode == 0 and '"power_cap_w": 760.0' in status.stdout, status.stderr
+    gw.signal(signal.SIGTERM)
+    assert gw.wait() == 0
+    assert re.search(r"redfish: \d+ frames of 2 nodes taken in .* 0 rejected", "\n".join(gw.lines)), gw.lines[-3:]
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
