@@ -13,7 +13,7 @@ import time
 import tty
 
 from mcm_firmware.host.client import HostClient
-from mcm_firmware.protocol import Command, FrameFlags, Op, Response, decode, encode
+from mcm_firmware.protocol import Command, FrameFlags, MsgType, Op, Response, decode, encode
 from mcm_firmware.protocol.mctp import ChannelCode, Kind, VendorMessage
 from mcm_firmware.transport.serial import SerialLink, SerialTransport
 from mcm_firmware.transport.serial.link import TAG_EXPIRY_S
@@ -264,3 +264,56 @@ def test_a_unit_above_the_baseline_is_warned_of():
     assert "MTU 128" in r.stdout and "warning: MTU 128 is above DSP0236's baseline of 64" in r.stdout
     r = run_cli("run", "--nodes", "1", "--serial", "pty", "--duration", "1", timeout=60)
     assert "MTU 64" in r.stdout and "warning" not in r.stdout
+
+
+def _strict_reader(path: str, enough) -> tuple[int, list[int]]:
+    """A peer held to DSP0236's baseline: it refuses every packet with more than 64 message bytes
+    and reassembles the rest. Reads until ``enough(refused, frame types)``; returns both."""
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    refused, types, rx = 0, [], bytearray()
+    partial: dict[tuple[int, int], bytearray] = {}
+    deadline = time.monotonic() + 30
+    try:
+        while not enough(refused, types):
+            assert time.monotonic() < deadline, (refused, types)
+            select.select([fd], [], [], 0.2)
+            try:
+                rx += os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            for packet in unframe(rx):
+                if len(packet) - 4 > 64:
+                    refused += 1
+                    partial.clear()  # the message it belonged to cannot be completed
+                    continue
+                som, eom, key = packet[3] & 0x80, packet[3] & 0x40, (packet[2], packet[3] & 0x0F)
+                if som:
+                    partial[key] = bytearray()
+                if key not in partial:
+                    continue
+                partial[key] += packet[4:]
+                if eom:
+                    message = bytes(partial.pop(key))
+                    if message[0] == 0x7F and message[5] == 1:  # a FRAME: a protocol frame follows
+                        types.append(decode(message[12:]).TYPE)
+    finally:
+        os.close(fd)
+    return refused, types
+
+
+def test_a_node_above_the_baseline_is_silent_to_a_strict_64_byte_reader(cli_process):
+    """The documented outcome of ?mtu=128 with a peer not set to it: every packet of the node's
+    telemetry is above 64 bytes, the peer refuses them and hears no telemetry (nor a BIRTH); the
+    same node at the default unit is heard."""
+    for url, heard in (("pty?mtu=128", False), ("pty", True)):
+        run = cli_process("run", "--nodes", "1", "--serial", url, "--fleet", "strict")
+        line = run.wait_line("serial: node 0 at", timeout=30)
+        path = re.search(r"at (\S+) \(EID", line).group(1)
+        if heard:
+            refused, types = _strict_reader(path, lambda refused, types: types.count(MsgType.TELEMETRY) >= 2)
+            assert refused == 0
+        else:
+            refused, types = _strict_reader(path, lambda refused, types: refused >= 9)
+            assert MsgType.TELEMETRY not in types and MsgType.BIRTH not in types  # the node looks silent
+        run.close()

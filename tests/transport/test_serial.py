@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import time
+import tty
 from pathlib import Path
 
 import pytest
@@ -727,3 +728,99 @@ async def test_rfc2217_url_carries_frames_through_a_com_port_server():
     finally:
         await link.close()
         server.close()
+
+
+# --- the MTU: DSP0236's baseline at least, each option once ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("pty?mtu=63", "mtu 63 is outside 64..251 (DSP0236's baseline transmission unit, 64 bytes"),
+        ("pty?mtu=1", "mtu 1 is outside 64..251"),
+        ("pty?mtu=64&mtu=65", "'pty?mtu=64&mtu=65': mtu is given more than once"),
+        ("pty?baud=9600&baud=9600", "baud is given more than once"),
+    ],
+)
+def test_a_unit_below_the_baseline_or_a_repeated_option_is_refused_by_name(url, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_port_url(url)
+    assert parse_port_url("pty?mtu=64").mtu == 64 and parse_port_url("pty?mtu=251").mtu == 251
+
+
+def test_ctl_refuses_a_unit_below_the_baseline_naming_it():
+    from ..conftest import run_cli
+
+    r = run_cli("ctl", "--serial", "pty?mtu=32", "1", "ping", timeout=60)
+    assert r.returncode == 2 and "mtu 32 is outside 64..251" in r.stderr, r.stderr
+
+
+# --- flags: every frame has its own; shared flags are read -------------------------------------------
+
+
+class _Heard:
+    eid = 8
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, VendorMessage]] = []
+
+    def _on_message(self, src: int, vm: VendorMessage, tag_owner: bool = True, tag: int = 0) -> None:
+        self.got.append((src, vm))
+
+    def _link_down(self, why: str) -> None:
+        pass
+
+
+def _flagged_messages(n: int) -> list[VendorMessage]:
+    """Messages whose one frame (9 -> 8, TO=0, tag 3) has a 0x7E in its FCS."""
+    out = []
+    for node in range(5000):
+        vm = VendorMessage(Kind.FRAME, node, ChannelCode.RSP, 0, b"x")
+        (packet,) = fragment(vm.to_bytes(), dest=8, src=9, tag=3, tag_owner=False)
+        if 0x7E in encode_frame(packet)[-3:-1]:
+            out.append(vm)
+            if len(out) == n:
+                return out
+    raise AssertionError("no such messages")
+
+
+async def test_a_frame_whose_fcs_holds_a_flag_leaves_with_flags_of_its_own_and_shared_flags_are_read():
+    """Over a real pty: the link sends frames whose FCS contains 0x7E each between its own opening
+    and closing flag (7E ... 7E 7E ... 7E), and a DSP0253 reader that cuts at flags reads them
+    back; bytes written with one flag between frames (7E ... 7E ... 7E) are accepted too."""
+    link = await SerialLink("pty").open()
+    heard = _Heard()
+    link.attach(heard)
+    msgs = _flagged_messages(3)
+    fd = os.open(link.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    tty.setraw(fd)
+    try:
+        for vm in msgs:
+            link.send(vm, src=9, dest=8, reply_tag=3)
+        await link.flush()
+        raw = bytearray()
+        deadline = time.monotonic() + 10
+        frames_out = [encode_frame(fragment(vm.to_bytes(), dest=8, src=9, tag=3, tag_owner=False)[0]) for vm in msgs]
+        while len(raw) < sum(map(len, frames_out)) and time.monotonic() < deadline:
+            try:
+                raw += os.read(fd, 4096)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        assert bytes(raw) == b"".join(frames_out)  # each frame 7E ... 7E: never a shared flag
+        assert all(f[0] == 0x7E and f[-1] == 0x7E for f in frames_out)
+        d = FrameDecoder()
+        assert [parse_vendor(mctp.parse_packet(p).body) for p in d.feed(bytes(raw))] == msgs and d.dropped == 0
+        # the peer shares flags: one 7E closes a frame and opens the next
+        shared = frames_out[0] + b"".join(f[1:] for f in frames_out[1:])
+        assert len(shared) == len(raw) - 2
+        os.write(fd, shared)
+        await asyncio.wait_for(_until(lambda: len(heard.got) == 3), 10)
+        assert [vm for _, vm in heard.got] == msgs and link.decoder.dropped == 0
+    finally:
+        os.close(fd)
+        await link.close()
+
+
+async def _until(pred) -> None:
+    while not pred():  # noqa: ASYNC110 - polled: the link calls no one back
+        await asyncio.sleep(0.005)

@@ -4,7 +4,8 @@ pyserial is imported here and nowhere else. Port URLs: a device path (``/dev/tty
 new pseudo-terminal; its path is returned), ``loop://``, ``socket://HOST:PORT``,
 ``rfc2217://HOST:PORT``. Options go in the query: ``?baud=921600`` (the line rate a link is paced
 to; ``0``, the default for ``pty``, ``loop://`` and ``socket://``, means unpaced), ``&mtu=64``
-(message bytes per MCTP packet, 1..251).
+(message bytes per MCTP packet, 64..251: DSP0236's baseline up to what a DSP0253 byte count
+carries); a key given twice is refused.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def parse_port_url(text: str) -> PortSpec:
         )
     rest: list[tuple[str, str]] = []
     baud, mtu = None, mctp.BASELINE_MTU
+    seen: set[str] = set()
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in ("baud", "mtu"):
+            if key in seen:
+                raise ValueError(f"serial port URL {text!r}: {key} is given more than once")
+            seen.add(key)
             try:
                 number = int(value)
             except ValueError:
@@ -62,8 +67,12 @@ def parse_port_url(text: str) -> PortSpec:
                     raise ValueError(f"serial port URL {text!r}: baud {number} is outside 0..100000000")
                 baud = number
             else:
-                if not 1 <= number <= mctp.MAX_MTU:
-                    raise ValueError(f"serial port URL {text!r}: mtu {number} is outside 1..{mctp.MAX_MTU}")
+                if not mctp.BASELINE_MTU <= number <= mctp.MAX_MTU:
+                    raise ValueError(
+                        f"serial port URL {text!r}: mtu {number} is outside {mctp.BASELINE_MTU}..{mctp.MAX_MTU} "
+                        f"(DSP0236's baseline transmission unit, {mctp.BASELINE_MTU} bytes, is the least an "
+                        f"MCTP endpoint must accept; {mctp.MAX_MTU} what one DSP0253 byte count carries)"
+                    )
                 mtu = number
         else:
             rest.append((key, value))
