@@ -390,3 +390,45 @@ def test_a_command_flood_is_refused_above_the_node_rate_and_counted(on_fleet):
     assert "command rate" in next(a.message for a in answers if a.status is Status.REFUSED)
     assert faults.status is Status.OK and after.status is Status.OK
     assert stats.cmd_refused == refused and peak <= OUTBOX_LIMIT  # counted where STATS shows it; memory bounded
+
+
+def test_a_node_starts_its_sequence_numbers_as_the_protocol_says(on_fleet):
+    """docs/protocol.md: the will registered on connecting carries seq 0, the BIRTH 1, the BOOT
+    event 2, the first telemetry 3."""
+
+    async def scenario(bus, fleet, rec):
+        await asyncio.sleep(1)
+        fleet.nodes[1].crash()  # the broker publishes its will: the DEATH registered on connecting
+        await asyncio.sleep(0.1)
+        return rec
+
+    rec = on_fleet(scenario)
+    for node in (0, 1):
+        frames = rec.of(node)
+        birth = next(m for m in frames if isinstance(m, Birth))
+        boot = next(m for m in frames if isinstance(m, Event) and m.code == EventCode.BOOT)
+        first_tlm = min(m.seq for m in frames if isinstance(m, Telemetry))
+        assert (birth.seq, boot.seq, first_tlm) == (1, 2, 3), node
+    will = next(m for m in rec.of(1) if isinstance(m, Death))
+    assert will.reason is DeathReason.CONNECTION_LOST and will.seq == 0
+
+
+def test_a_status_answers_tx_seq_is_its_own_seq(on_fleet):
+    """docs/protocol.md: StatusData's tx_seq is the node's frame counter when the answer was made,
+    the seq of the RESPONSE that carries it."""
+
+    async def scenario(bus, fleet, rec):
+        await asyncio.sleep(1.05)
+        host = await raw_host(bus)
+        answers = []
+        for k in range(5):
+            await host.publish(Address("t", 0, Channel.CMD), cmd(request_id=100 + k, op=Op.STATUS, seq=k))
+            answers.append(decode((await asyncio.wait_for(host.receive(), 5)).payload))
+            await asyncio.sleep(0.037)  # between telemetry frames, at different phases
+        await host.close()
+        return answers
+
+    answers = on_fleet(scenario)
+    assert all(isinstance(a, Response) and a.status is Status.OK for a in answers)
+    assert [a.data.tx_seq for a in answers] == [a.seq for a in answers]
+    assert len({a.seq for a in answers}) == 5
