@@ -332,8 +332,48 @@ def _fields_text(value: Any) -> str:
         elif isinstance(v, (int, str)):
             parts.append(f"{f.name}={v}")
         elif isinstance(v, tuple):
-            parts.append(f"{f.name}=[{len(v)}]")
+            parts.append(f"{f.name}={_items_text(v)}")
+        elif dataclasses.is_dataclass(v):  # a record of counts: name:value pairs
+            parts.append(f"{f.name}=" + ",".join(f"{g.name}:{getattr(v, g.name)}" for g in dataclasses.fields(v)))
     return " ".join(parts)
+
+
+def _items_text(items: tuple[Any, ...], most: int = 8) -> str:
+    """A list of records of scalars as ``A:x:y,B:z`` (enum values by name, empty fields left out),
+    up to ``most`` of them; others as a count ``[n]``."""
+
+    def scalar(v: Any) -> str | None:
+        if isinstance(v, IntEnum):
+            return v.name
+        if isinstance(v, float):
+            return f"{v:g}"
+        if isinstance(v, (int, str)):
+            return str(v)
+        return None
+
+    shown = []
+    for item in items[:most]:
+        if not dataclasses.is_dataclass(item):
+            return f"[{len(items)}]"
+        values = [scalar(getattr(item, f.name)) for f in dataclasses.fields(item)]
+        if any(v is None for v in values):
+            return f"[{len(items)}]"
+        shown.append(":".join(v for v in values if v))
+    return ",".join(shown) + (f",...({len(items)})" if len(items) > most else "") if items else "-"
+
+
+def _status_summary(st: StatusResult) -> str:
+    """A STATUS answer in a few fields: state, cooling mode, power against the limit enforced,
+    the hottest die, clocks, flow, profile, boot count, faults in force (``ctl status`` has all)."""
+    s = st.snapshot
+    temps = [d.temp_c for d in s.dies if math.isfinite(d.temp_c)]
+    hot = f"{max(temps):.1f}C" if temps else "n/a"
+    clocks = "/".join(str(d.clock_mhz) for d in s.dies)
+    return (
+        f"state={_name(s.state, NodeState)} mode={_name(s.mode, CoolingMode)} "
+        f"P={s.power_w:.0f}/{s.power_cap_w:.0f}W Tmax={hot} f={clocks}MHz flow={s.flow_lpm:.2f}L/min "
+        f"profile={st.profile} firmware={st.firmware} boot={st.boot_count} faults={len(st.faults)}"
+    )
 
 
 def message_line(address: Address | None, msg: Message) -> str:
@@ -368,7 +408,7 @@ def message_line(address: Address | None, msg: Message) -> str:
         return f"{head} {msg.condition.name} link={msg.link} bdseq={msg.bdseq} nodes={ranges}"
     if isinstance(msg, Response):
         status = msg.status.name if isinstance(msg.status, Status) else str(msg.status)
-        detail = _fields_text(msg.data) if not isinstance(msg.data, StatusResult) else "(status: see ctl status)"
+        detail = _status_summary(msg.data) if isinstance(msg.data, StatusResult) else _fields_text(msg.data)
         return " ".join(
             x for x in (f"{head} request={msg.request_id} {_op_name(msg.op)} {status}", msg.message, detail) if x
         )

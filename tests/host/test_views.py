@@ -162,3 +162,27 @@ def test_status_text_shows_every_figure_of_the_status_json():
     assert missing == [], f"not shown by ctl status: {missing}"
     for flag in ("yes", "no"):
         assert f"failsafe={flag}" in status_text({**obj, "failsafe": flag == "yes"})
+
+
+def test_every_response_line_carries_its_decoded_fields():
+    """monitor's text: a RESPONSE line shows what the answer holds (a STATUS in a short summary),
+    not a pointer elsewhere."""
+    from mcm_firmware.protocol import Response
+
+    responses = {name: m for name, m in GOLDEN.items() if isinstance(m, Response)}
+    assert "response-status" in responses and len(responses) >= 5
+    for name, msg in responses.items():
+        line = message_line(None, msg)
+        rest = line.split(f"request={msg.request_id} ", 1)[1]
+        fields = [x.split("=")[0] for x in rest.split() if "=" in x]
+        if msg.data is not None and not isinstance(msg.data, StatusResult):  # each field of the answer
+            assert fields == [f.name for f in dataclasses.fields(msg.data)], (name, line)
+        assert "see ctl" not in line, (name, line)
+    status = GOLDEN["response-status"].data
+    line = message_line(None, GOLDEN["response-status"])
+    hot = max(d.temp_c for d in status.snapshot.dies)
+    for part in ("state=RUNNING", "mode=NORMAL", f"Tmax={hot:.1f}C", f"profile={status.profile}"):
+        assert part in line, (part, line)
+    assert f"P={status.snapshot.power_w:.0f}/{status.snapshot.power_cap_w:.0f}W" in line, line
+    faults = message_line(None, GOLDEN["response-get-faults"])  # records by their fields, not a count
+    assert faults.endswith(" faults=HBM_FLIP:0x944d2310:2:1,INLET_STEP:5:0"), faults
