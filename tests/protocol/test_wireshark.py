@@ -383,3 +383,32 @@ def test_capture_needs_a_serial_link_and_a_writable_file(tmp_path):
     assert r.returncode == 2 and "mcm.lua" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("wireshark", "-o", "-")
     assert r.returncode == 0 and r.stdout.startswith("-- mcm-emu ") and 'Proto("mcm"' in r.stdout
+
+
+def test_a_lost_middle_mctp_packet_is_flagged_and_the_next_message_reassembles(plugin, tmp_path):
+    """A telemetry message of six packets with its third lost on the line: the dissector flags the
+    gap (``mcm_mctp.lost``, as the reassembler counts ``out_of_sequence``), shows no frame made of
+    the pieces, and reassembles the next message on the same tag into the codec's decode."""
+    from mcm_firmware.protocol.mctp import ChannelCode, Kind, VendorMessage, encode_frame, fragment
+
+    first, second = encode(GOLDEN["telemetry"]), encode(GOLDEN["event"])
+    packets = fragment(VendorMessage(Kind.FRAME, 3, ChannelCode.TLM, 0, first).to_bytes(), dest=8, src=9, tag=2)
+    assert len(packets) >= 4
+    kept = packets[:2] + packets[3:]
+    after = fragment(VendorMessage(Kind.FRAME, 3, ChannelCode.EVT, 0, second).to_bytes(), dest=8, src=9, tag=2, seq=1)
+    reasm = Reassembler()  # the project's reassembler on the same packets, for the record
+    got = [m for p in kept + after if (m := reasm.feed(p)) is not None]
+    assert reasm.losses["out_of_sequence"] == 1 and len(got) == 1
+    path = tmp_path / "lost.pcap"
+    cap = SerialCapture(path)
+    for k, p in enumerate(kept + after):
+        cap.frame(encode_frame(p), T0 + k * 1000)
+    cap.close()
+    dissected = pdml(plugin, path)
+    flagged = [k for k, pk in enumerate(dissected) if "mcm_mctp.lost" in experts(pk)]
+    assert flagged == [2], flagged  # the packet after the gap
+    frames = [(pk, p) for pk in dissected for p in pk.findall("proto") if p.get("name") == "mcm"]
+    assert len(frames) == 1, "a frame was dissected from the pieces of the broken message"
+    packet, proto = frames[0]
+    assert dissected.index(packet) == len(dissected) - 1 and not experts(packet)
+    compare(leaves(proto), second)
