@@ -248,7 +248,10 @@ class Standing:
 
     def no_fleet(self) -> str:
         """``no node of fleet 'x' on this broker (fleets seen: a, b)``."""
-        seen = f"fleets seen: {', '.join(self.fleets)}" if self.fleets else "no fleet at all"
+        if self.fleets is None:
+            seen = "other fleets could not be read: is --fleet right?"
+        else:
+            seen = f"fleets seen: {', '.join(self.fleets)}" if self.fleets else "no fleet at all"
         return f"no node of fleet {self.state.fleet!r} on this broker ({seen})"
 
     def blocked(self, node: int) -> tuple[str, str] | None:
@@ -304,7 +307,7 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
     from ..host.client import connect_within
     from ..host.discovery import FleetState
     from ..protocol import Birth, Death, FrameError, Link, decode
-    from ..transport import Channel, Subscription, transport_factory
+    from ..transport import Channel, Subscription, TransportError, transport_factory
     from ..transport.carrier import CARRIED
 
     fleet = args.fleet
@@ -346,8 +349,12 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
         await drain()
         if state.nodes:
             return Standing(state, whole=True)
-        await tr.subscribe(_any_fleet_states())
-        return Standing(state, whole=True, fleets=sorted(await drain()))
+        try:  # a broker's ACL may keep other fleets from this client: then they go unnamed
+            await tr.subscribe(_any_fleet_states())
+            fleets: list[str] | None = sorted(await drain())
+        except TransportError:
+            fleets = None
+        return Standing(state, whole=True, fleets=fleets)
     finally:
         await tr.close()
 
