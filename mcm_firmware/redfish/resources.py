@@ -28,6 +28,8 @@ TYPES = {
     "ThermalMetrics": "ThermalMetrics.v1_3_2",
     "Pump": "Pump.v1_2_0",
     "CoolantConnector": "CoolantConnector.v1_3_0",
+    "ThermalEquipment": "ThermalEquipment.v1_2_0",
+    "CoolingLoop": "CoolingLoop.v1_1_0",
     "Memory": "Memory.v1_23_0",
     "MemoryMetrics": "MemoryMetrics.v1_8_0",
     "LogService": "LogService.v1_9_0",
@@ -51,6 +53,7 @@ COLLECTIONS = (
     "ControlCollection",
     "PumpCollection",
     "CoolantConnectorCollection",
+    "CoolingLoopCollection",
     "MemoryCollection",
     "LogServiceCollection",
     "LogEntryCollection",
@@ -72,6 +75,7 @@ SCHEMA_URI = "http://redfish.dmtf.org/schemas/v1/{}_v1.xml"
 
 ROOT = "/redfish/v1"
 AGGREGATION = f"{ROOT}/AggregationService"
+THERMAL_EQUIPMENT = f"{ROOT}/ThermalEquipment"
 POWER_LIMIT = "PowerLimit"  # the id of the power-limit Control
 
 # --- the Oem.McmEmu extensions: declared once, served as a CSDL schema, typed in every payload -----
@@ -137,6 +141,13 @@ OEM_TYPES: dict[str, tuple[OemProperty, ...]] = {
             "Edm.DateTimeOffset",
             "The time, by the module's clock, of the telemetry frame (or STATUS answer) the pump's state and health "
             "come from.",
+        ),
+    ),
+    "CoolingLoop": (
+        OemProperty(
+            "SnapshotTime",
+            "Edm.DateTimeOffset",
+            "The time, by the module's clock, of the telemetry frame (or STATUS answer) the loop's health comes from.",
         ),
     ),
     "Control": (
@@ -279,6 +290,7 @@ def service_root(fleet: str, version: str) -> dict[str, Any]:
         "Registries": link(f"{ROOT}/Registries"),
         "EventService": link(f"{ROOT}/EventService"),
         "AggregationService": link(AGGREGATION),
+        "ThermalEquipment": link(THERMAL_EQUIPMENT),
         "Links": {"Sessions": link(f"{ROOT}/SessionService/Sessions")},
     }
 
@@ -290,6 +302,7 @@ def odata_document() -> dict[str, Any]:
         ("Chassis", f"{ROOT}/Chassis"),
         ("SessionService", f"{ROOT}/SessionService"),
         ("AggregationService", AGGREGATION),
+        ("ThermalEquipment", THERMAL_EQUIPMENT),
     ]
     return {
         "@odata.context": f"{ROOT}/$metadata",
@@ -468,6 +481,7 @@ def chassis(view: NodeView) -> dict[str, Any]:
         "ThermalSubsystem": link(f"{uri}/ThermalSubsystem"),
         "Memory": link(f"{uri}/Memory"),
         "LogServices": link(f"{uri}/LogServices"),
+        "Links": {"ConnectedCoolingLoops": [link(cooling_loop_uri(view.node))]},
         "Actions": {
             "#Chassis.Reset": {
                 "target": f"{uri}/Actions/Chassis.Reset",
@@ -737,7 +751,7 @@ def coolant_connectors(view: NodeView) -> dict[str, Any]:
 def coolant_connector(view: NodeView) -> dict[str, Any]:
     """The module's cold plate on the coolant loop: supply (inlet) and return (outlet)
     temperatures, their difference and the flow, with the sensors they come from."""
-    uri = f"{chassis_uri(view.node)}/ThermalSubsystem/CoolantConnectors/{COLD_PLATE}"
+    uri = coolant_connector_uri(view.node)
     out: dict[str, Any] = {
         "@odata.type": _type("CoolantConnector"),
         "@odata.id": uri,
@@ -745,6 +759,7 @@ def coolant_connector(view: NodeView) -> dict[str, Any]:
         "Name": f"Cold plate of module {view.node}",
         "CoolantConnectorType": "Closed",
         "Status": {"State": state_of(view), "Health": health_of(view)},
+        "Links": {"ConnectedCoolingLoop": link(cooling_loop_uri(view.node))},
     }
     s = view.snapshot
     if s is not None:
@@ -759,6 +774,73 @@ def coolant_connector(view: NodeView) -> dict[str, Any]:
         out["DeltaTemperatureCelsius"] = {"Reading": num(s.outlet_c - s.inlet_c)}
         out["FlowLitersPerMinute"] = {"Reading": num(s.flow_lpm), "DataSourceUri": sensor_uri(view.node, "CoolantFlow")}
     return out
+
+
+def coolant_connector_uri(node: int) -> str:
+    return f"{chassis_uri(node)}/ThermalSubsystem/CoolantConnectors/{COLD_PLATE}"
+
+
+# --- thermal equipment: the modules' coolant loops -------------------------------------------------
+# DMTF's CoolingLoop lives only under /redfish/v1/ThermalEquipment/CoolingLoops: one loop a module
+# (its Id the module's), linked both ways with the module's Chassis (Links.Chassis,
+# Links.ConnectedCoolingLoops) and with its cold plate (PrimaryCoolantConnectors,
+# Links.ConnectedCoolingLoop), where the loop's readings (supply, return, flow) are.
+
+
+def cooling_loop_uri(node: int) -> str:
+    return f"{THERMAL_EQUIPMENT}/CoolingLoops/{node}"
+
+
+def thermal_equipment() -> dict[str, Any]:
+    return {
+        "@odata.type": _type("ThermalEquipment"),
+        "@odata.id": THERMAL_EQUIPMENT,
+        "Id": "ThermalEquipment",
+        "Name": "Cooling equipment of the modules",
+        "Status": {"State": "Enabled"},
+        "CoolingLoops": link(f"{THERMAL_EQUIPMENT}/CoolingLoops"),
+    }
+
+
+def cooling_loops(fleet: FleetView) -> dict[str, Any]:
+    """One loop a module, listed as the Chassis collection lists the modules (no module's frame is
+    read)."""
+    return collection(
+        "CoolingLoopCollection",
+        f"{THERMAL_EQUIPMENT}/CoolingLoops",
+        "Coolant loops of the modules",
+        (cooling_loop_uri(n) for n in sorted(fleet.nodes)),
+    )
+
+
+def cooling_loop(view: NodeView) -> dict[str, Any]:
+    """The module's coolant loop: its state and health are the module's (``status``), its
+    readings those of its cold plate (``PrimaryCoolantConnectors``); the module reports no coolant
+    type, level, quality or rating, so none is shown."""
+    uri = cooling_loop_uri(view.node)
+    out: dict[str, Any] = {
+        "@odata.type": _type("CoolingLoop"),
+        "@odata.id": uri,
+        "Id": str(view.node),
+        "Name": f"Coolant loop of module {view.node}",
+        "Status": status(view),
+        "PrimaryCoolantConnectors": link(f"{uri}/PrimaryCoolantConnectors"),
+        "Links": {"Chassis": link(chassis_uri(view.node))},
+    }
+    when = snapshot_time(view)
+    if when is not None:
+        out["Oem"] = oem("CoolingLoop", {"SnapshotTime": when})
+    return out
+
+
+def cooling_loop_connectors(view: NodeView) -> dict[str, Any]:
+    """The loop's connectors: the module's cold plate (served under its Chassis)."""
+    return collection(
+        "CoolantConnectorCollection",
+        f"{cooling_loop_uri(view.node)}/PrimaryCoolantConnectors",
+        f"Coolant connectors of the loop of module {view.node}",
+        [coolant_connector_uri(view.node)],
+    )
 
 
 def controls(view: NodeView) -> dict[str, Any]:

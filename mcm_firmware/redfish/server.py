@@ -336,7 +336,30 @@ class RedfishServer:
             return await self._event_service(request, parts[1:], method, who)
         if head == "AggregationService":
             return self._aggregation(request, parts[1:], method)
+        if head == "ThermalEquipment":
+            return self._thermal_equipment(request, parts[1:], method)
         raise Refused(404, "ResourceMissingAtURI", request.path)
+
+    # --- thermal equipment: a coolant loop a module ---------------------------------------------------
+
+    def _thermal_equipment(self, request: web.Request, parts: list[str], method: str) -> web.StreamResponse:
+        view = self.gateway.view
+        missing = Refused(404, "ResourceMissingAtURI", request.path)
+        match parts:
+            case []:
+                self._allow(method, ("GET",))
+                return _json(rs.thermal_equipment())
+            case ["CoolingLoops"]:
+                self._allow(method, ("GET",))
+                return _json(rs.cooling_loops(view))
+            case ["CoolingLoops", lid] | ["CoolingLoops", lid, "PrimaryCoolantConnectors"]:
+                node = view.nodes.get(int(lid)) if lid.isdigit() and str(int(lid)) == lid else None
+                if node is None:
+                    raise missing
+                node.judge(time.monotonic(), self.alive_window)
+                self._allow(method, ("GET",))
+                return _json(rs.cooling_loop(node) if len(parts) == 2 else rs.cooling_loop_connectors(node))
+        raise missing
 
     # --- the event service ---------------------------------------------------------------------------
 
