@@ -33,7 +33,9 @@ def connect_hint(args: argparse.Namespace | None, message: str) -> str | None:
     """The hint for a broker that could not be reached: where the command looked, and what starts one."""
     if args is None or not message.startswith("cannot connect to broker") or getattr(args, "serial", None):
         return None
-    if not any(why in message for why in ("Connection refused", "no answer", "timed out")):
+    if not any(why in message for why in ("Connection refused", "no answer", "timed out")) or any(
+        why in message for why in ("SSL", "TLS", "authoriz", "password")
+    ):
         return None  # the broker answered and refused (TLS, credentials): the error names why
     url = getattr(args, "broker", None) or DEFAULT_BROKER
     if getattr(args, "command", None) == "run":
