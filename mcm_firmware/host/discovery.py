@@ -4,6 +4,12 @@ them are alive.
 Retained frames outlive the run that published them (a broker with persistence keeps a BIRTH
 across a restart; a killed run's nodes may not have had their will published yet), so a BIRTH is
 not proof of life: :func:`live_nodes` asks the node itself with a PING.
+
+In a fleet that authenticates its frames (docs/protocol.md, "Frame authentication") every state
+frame is sealed, a carrier's LINK frames included: given the fleet's :class:`FrameAuth`,
+:func:`read_state` keeps only the frames whose tag verifies (by tag alone, as retained frames are:
+a subscriber is handed the latest again), so that a forged BIRTH, DEATH or LINK frame, which could
+take a node (or every node a carrier carries) online or offline, is counted and ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..protocol import Birth, Death, FrameError, Link, LinkCondition, Op, decode
+from ..protocol.auth import AuthError, FrameAuth
 from ..tasks import cancel_and_wait
 from ..transport import Channel, Subscription, TransportError, TransportFactory
 from ..transport.carrier import CARRIED
@@ -28,6 +35,7 @@ class FleetState:
     fleet: str
     nodes: dict[int, Birth | Death] = field(default_factory=dict)
     links: dict[int, Link] = field(default_factory=dict)  # by the link's first node
+    refused: int = 0  # state frames frame authentication refused (forged, or unsealed in a sealed fleet)
 
     def online(self, node: int) -> bool:
         """The node's retained state says online: a BIRTH, and for a carried node (bit 31 of its
@@ -68,11 +76,17 @@ class Liveness:
 
 
 async def read_state(
-    factory: TransportFactory, fleet: str, *, settle: float = 0.5, connect_timeout: float | None = None
+    factory: TransportFactory,
+    fleet: str,
+    *,
+    settle: float = 0.5,
+    connect_timeout: float | None = None,
+    auth: FrameAuth | None = None,
 ) -> FleetState:
     """The retained state frames of ``fleet``: everything the broker hands a new subscriber, read
     until ``settle`` seconds pass without another; ``connect_timeout`` bounds the connect (the
-    transport's own bound when None)."""
+    transport's own bound when None); ``auth``: the fleet's frame authentication, a frame whose
+    tag does not verify is left out (counted in ``refused``)."""
     state = FleetState(fleet)
     tr = factory(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
     if connect_timeout is None:
@@ -87,6 +101,12 @@ async def read_state(
                 d = await asyncio.wait_for(tr.receive(), settle)
             except TimeoutError:
                 break
+            if auth is not None:
+                try:
+                    auth.open(d.payload, window=False)
+                except AuthError:
+                    state.refused += 1
+                    continue
             try:
                 msg = decode(d.payload)
             except FrameError:
@@ -101,7 +121,13 @@ async def read_state(
 
 
 async def live_nodes(
-    factory: TransportFactory, fleet: str, candidates: Iterable[int], *, timeout: float = 1.0, most: int = 3
+    factory: TransportFactory,
+    fleet: str,
+    candidates: Iterable[int],
+    *,
+    timeout: float = 1.0,
+    most: int = 3,
+    auth: FrameAuth | None = None,
 ) -> list[int]:
     """Which of (at most ``most`` of, spread over the list) ``candidates`` answer a PING within
     ``timeout``."""
@@ -111,7 +137,7 @@ async def live_nodes(
         return []
     tr = factory(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
     alive: list[int] = []
-    async with HostClient(tr, fleet=fleet, timeout=timeout, retries=0) as host:
+    async with HostClient(tr, fleet=fleet, timeout=timeout, retries=0, auth=auth) as host:
 
         async def ping(node: int) -> None:
             with contextlib.suppress(HostError, TransportError):
@@ -126,10 +152,12 @@ async def live_nodes(
     return sorted(alive)
 
 
-async def running_elsewhere(factory: TransportFactory, fleet: str, ids: Iterable[int]) -> list[int]:
+async def running_elsewhere(
+    factory: TransportFactory, fleet: str, ids: Iterable[int], *, auth: FrameAuth | None = None
+) -> list[int]:
     """Nodes among ``ids`` that something else on the broker runs now: retained online state, and
     an answer to a PING (none of ours runs yet)."""
     wanted = set(ids)
-    state = await read_state(factory, fleet)
+    state = await read_state(factory, fleet, auth=auth)
     candidates = sorted(n for n in wanted if state.online(n))
-    return await live_nodes(factory, fleet, candidates)
+    return await live_nodes(factory, fleet, candidates, auth=auth)

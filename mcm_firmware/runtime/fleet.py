@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -130,17 +131,23 @@ class Fleet:
             self._rows[name] = rows
         # the batched telemetry path writes frames without a node's hands: not for sealed frames
         self._sink = links.telemetry_sink() if links is not None and frame_keys is None else None
+        # a sealed fleet seals its carriers' LINK frames too (with the key of the link's first node)
+        self._link_auth = None if frame_keys is None else FrameAuth(fleet, frame_keys.secret, frame_keys.current)
         if links is not None:
             links.set_link_frames(self._link_frames)
 
     def _link_frames(self, name: str, runs: Sequence[tuple[int, int]], bdseq: int) -> LinkFrames:
-        """The state frames of a carrier link that carries ``runs`` of this fleet's nodes."""
+        """The state frames of a carrier link that carries ``runs`` of this fleet's nodes: one
+        connection's, sealed in a sealed fleet by a sender of their own (LOST 0, ONLINE 1,
+        SHUTDOWN 2: a live subscriber gets ONLINE, then LOST or SHUTDOWN, each once)."""
+        sender = int.from_bytes(os.urandom(4), "little")
+        seqs = {LinkCondition.LOST: 0, LinkCondition.ONLINE: 1, LinkCondition.SHUTDOWN: 2}
 
         def frame(condition: LinkCondition) -> bytes:
-            return encode(
+            f = encode(
                 Link(
                     node_id=runs[0][0],
-                    seq=0,
+                    seq=seqs[condition],
                     timestamp_ns=self.clock.now_ns(),
                     link=name,
                     bdseq=bdseq,
@@ -148,6 +155,7 @@ class Fleet:
                     ranges=tuple(NodeRange(first=a, last=b) for a, b in runs),
                 )
             )
+            return f if self._link_auth is None else self._link_auth.seal(f, sender)
 
         return LinkFrames(frame(LinkCondition.ONLINE), frame(LinkCondition.LOST), frame(LinkCondition.SHUTDOWN))
 

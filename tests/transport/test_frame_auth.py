@@ -117,3 +117,72 @@ def test_bad_key_files_are_refused_before_anything_starts(tmp_path):
     assert r.returncode == 2 and "x.keys" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("frame-keys", "new", str(bad))  # a file that does not parse is not appended to
     assert r.returncode == 2 and "at least 16" in r.stderr and bad.read_text() == "1 0011\n"
+
+
+async def test_a_forged_link_frame_takes_no_carried_node_online_or_offline(mosquitto, cli_process, tmp_path):
+    """A carrier of a sealed fleet seals its LINK frames (its will included); a reader with the keys
+    (``read_state(auth=)``) verifies them, so a forged LINK frame neither revives the nodes of a
+    carrier that is gone nor takes those of a live one offline as a LOST: it is refused and counted.
+    A reader without the keys is fooled both ways (which is what the seal is for)."""
+    import dataclasses
+
+    from mcm_firmware.host.discovery import read_state
+    from mcm_firmware.keyring import KeyRing
+    from mcm_firmware.protocol import Link, LinkCondition, encode
+    from mcm_firmware.protocol.auth import FrameAuth
+
+    keys = tmp_path / "fleet.keys"
+    assert run_cli("frame-keys", "new", str(keys)).returncode == 0
+    other = tmp_path / "other.keys"  # a fleet secret of the attacker's own
+    assert run_cli("frame-keys", "new", str(other)).returncode == 0
+    ring, theirs = KeyRing(keys), KeyRing(other)
+    auth = FrameAuth("lk", ring.secret, ring.current)
+    forger = FrameAuth("lk", theirs.secret, theirs.current)
+    factory = transport_factory(mosquitto.url)
+    run = cli_process(
+        *("run", "--nodes", "3", "--broker", mosquitto.url, "--frame-keys", str(keys), "--fleet", "lk"),
+        *("--connection", "carrier"),
+    )
+    run.wait_line("up: 3 nodes")
+
+    async def publish(frame: bytes) -> None:
+        tr = factory("mcm-forger")
+        await tr.connect()
+        await tr.publish(Address("lk", 0, Channel.LINK), frame, retain=True, reliable=True)
+        await tr.close()
+
+    def online(st) -> list[int]:
+        return [n for n in range(3) if st.online(n)]
+
+    genuine = await read_state(factory, "lk", auth=auth)
+    assert online(genuine) == [0, 1, 2] and genuine.refused == 0, genuine
+    link = genuine.links[0]
+    assert link.condition is LinkCondition.ONLINE
+    # a LOST for the live carrier, unsealed and sealed with another secret: refused, not believed
+    lost = dataclasses.replace(link, condition=LinkCondition.LOST, flags=0)
+    for forged in (encode(lost), forger.seal(encode(lost), 0x0BAD)):
+        await publish(forged)
+        fooled = await read_state(factory, "lk")
+        assert online(fooled) == [] and fooled.links[0].condition is LinkCondition.LOST  # the attack, unverified
+        st = await read_state(factory, "lk", auth=auth)
+        assert st.refused == 1 and 0 not in st.links, st  # the forgery left out, never taken as LOST
+        assert online(st) == []  # (it replaced the genuine frame at the broker: no LINK, nothing online)
+
+    # the carrier dies: its sealed will (LOST) verifies; a forged ONLINE does not revive its nodes
+    run.signal(signal.SIGKILL)
+    run.wait()
+    t0 = time.monotonic()
+    while True:
+        st = await read_state(factory, "lk", auth=auth)
+        if 0 in st.links and st.links[0].condition is LinkCondition.LOST:
+            break
+        assert time.monotonic() - t0 < 10, st  # the broker publishes the will at once
+        await asyncio.sleep(0.2)
+    will = st.links[0]
+    assert isinstance(will, Link) and st.refused == 0 and online(st) == []
+    revived = dataclasses.replace(will, condition=LinkCondition.ONLINE, flags=0)
+    await publish(encode(revived))
+    fooled = await read_state(factory, "lk")
+    assert online(fooled) == [0, 1, 2]  # a reader without the keys believes the forgery
+    st = await read_state(factory, "lk", auth=auth)
+    assert online(st) == [] and st.refused == 1, st
