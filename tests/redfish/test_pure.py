@@ -240,6 +240,41 @@ def test_state_power_state_pumps_and_sensors_of_a_module():
         rs.oem("Pump", {"Colour": "red"})
 
 
+def test_a_modules_cooling_loop_and_the_loops_of_10000_modules():
+    """A loop a module, with the module's status and the frame it comes from; the collection of a
+    10,000-module fleet lists the modules as the Chassis collection does, decoding no frame."""
+    from mcm_firmware.protocol.codec import snapshot_payload
+    from mcm_firmware.protocol.telemetry import PumpTelemetry
+    from mcm_firmware.redfish.state import FleetView
+
+    view, death = node()
+    loop = rs.cooling_loop(view)
+    assert loop["Id"] == "3" and loop["@odata.id"] == rs.cooling_loop_uri(3)
+    assert loop["Status"] == rs.status(view) == {"State": "Enabled", "Health": "OK", "HealthRollup": "OK"}
+    assert loop["Links"] == {"Chassis": {"@odata.id": rs.chassis_uri(3)}}
+    assert rs.chassis(view)["Links"] == {"ConnectedCoolingLoops": [{"@odata.id": rs.cooling_loop_uri(3)}]}
+    assert rs.cooling_loop_connectors(view)["Members"] == [{"@odata.id": rs.coolant_connector_uri(3)}]
+    assert rs.coolant_connector(view)["Links"] == {"ConnectedCoolingLoop": {"@odata.id": rs.cooling_loop_uri(3)}}
+    assert "Oem" not in loop  # no frame: none named
+    view.snapshot_ns = 1_700_000_000_123_456_789
+    assert rs.cooling_loop(view)["Oem"]["McmEmu"]["SnapshotTime"] == "2023-11-14T22:13:20.123456Z"
+    faulty, _ = node(pumps=(PumpTelemetry(0, 0x4),))
+    assert rs.cooling_loop(faulty)["Status"]["Health"] == "Warning"
+    view.death = death
+    assert rs.cooling_loop(view)["Status"]["State"] == "UnavailableOffline"
+
+    fleet = FleetView("f")
+    payload = memoryview(snapshot_payload(snapshot()))
+    for n in reversed(range(10_000)):
+        fleet.take_telemetry(n, 1, 1, payload, now=1.0)
+    loops = rs.cooling_loops(fleet)
+    assert loops["Members@odata.count"] == 10_000
+    ids = [m["@odata.id"].rsplit("/", 1)[1] for m in loops["Members"]]
+    assert ids == [m["@odata.id"].rsplit("/", 1)[1] for m in rs.chassis_collection(fleet)["Members"]]
+    assert ids[:3] == ["0", "1", "2"]
+    assert all(v.raw is not None and v.decoded is None for v in fleet.nodes.values())  # no frame decoded
+
+
 def test_each_hbm_stack_is_a_memory_with_its_ecc_errors():
     from mcm_firmware.protocol.telemetry import HbmTelemetry
 
