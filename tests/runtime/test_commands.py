@@ -231,7 +231,14 @@ async def test_ctl_cli_commands_against_mosquitto(mosquitto):
     assert ok.returncode == 0 and json.loads(ok.stdout)["ok"] is True
     assert bad.returncode == 2
     err = json.loads(bad.stdout)
-    assert err == {"node": 0, "ok": False, "status": "BAD_ARGUMENT", "message": "power cap 900 W outside 200..700 W"}
+    assert {k: err[k] for k in ("node", "ok", "status", "message", "exit_code")} == {
+        "node": 0,
+        "ok": False,
+        "status": "BAD_ARGUMENT",
+        "message": "power cap 900 W outside 200..700 W",
+        "exit_code": 2,
+    }
+    assert err["error"] == "node 0 answered BAD_ARGUMENT: power cap 900 W outside 200..700 W"
     assert usage.returncode == 2 and "set-power-cap takes one argument" in usage.stderr
     assert valve.returncode == 0
     assert ras.returncode == 0 and json.loads(ras.stdout)["ecc"] == "SECDED"
@@ -294,7 +301,8 @@ def test_ctl_get_faults_shows_them_by_name(mosquitto, cli_process):
     out = run_cli("ctl", *base, "0", "clear-fault", "pump-fail", "A")
     assert out.returncode == 2
     assert (
-        out.stderr.strip() == "node 0 answered BAD_ARGUMENT: no fault 'pump-fail A' in force (in force: inlet-step 5)"
+        out.stderr.strip()
+        == "mcm-emu: error: node 0 answered BAD_ARGUMENT: no fault 'pump-fail A' in force (in force: inlet-step 5)"
     )
     out = run_cli("ctl", *base, "--json", "0", "clear-fault", "inlet-step")
     assert out.returncode == 0 and json.loads(out.stdout)["ok"] is True
