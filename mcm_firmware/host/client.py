@@ -10,6 +10,16 @@ for its acknowledgement as long as the connection lives (a stalled link is only 
 :class:`BrokerTimeout` (no acknowledgement) told apart from :class:`RequestTimeout` (no answer),
 each counted. The timeout bounds the connect too (:func:`limit_connect`): a broker that takes
 the TCP connection and never answers CONNECT is given up on within it.
+
+A node away from its broker (the broker restarted, or the node lost its link) does not receive a
+command the broker took meanwhile: nodes use clean sessions. So when a request's first slice goes
+unanswered (or for a second, if that is sooner), the client reads the node's state (its ``state`` topic) and, while that says the node
+is reconnecting (a DEATH that is not SHUTDOWN, or no state at all: a broker restarted without
+persistence), spends no retry on it but waits for the node's next BIRTH, up to the request's
+deadline; a BIRTH that arrives live (not retained) while a request waits has the request sent
+again at once, with the same request id, whatever the node's state said (counted
+``resent_on_birth``). A node not back within the deadline is reported as such
+(:class:`NodeAway`, counted ``away``). See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from ..protocol import (
     Birth,
     Command,
     Death,
+    DeathReason,
     FrameError,
     FrameFlags,
     Op,
@@ -49,6 +60,48 @@ class RequestTimeout(HostError, TimeoutError):
         super().__init__(f"no reply from node {node} to {op.name.lower()} within {timeout:g} s")
         self.node = node
         self.op = op
+
+
+class NodeAway(RequestTimeout):
+    """No answer within the deadline from a node whose state says it is reconnecting (a DEATH that
+    is not SHUTDOWN, or no state on the broker) and that published no new BIRTH meanwhile."""
+
+    def __init__(self, node: int, op: Op, timeout: float, state: str) -> None:
+        super().__init__(node, op, timeout)
+        self.args = (
+            f"no reply from node {node} to {op.name.lower()} within {timeout:g} s: the node is reconnecting "
+            f"({state}) and published no new BIRTH within that time; whether the command ran is not known",
+        )
+        self.state = state
+
+
+class _Watch:
+    """What a client knows of one node's state: the newest BIRTH or DEATH on its ``state`` topic,
+    and an event set by each BIRTH that arrives live (the node is back)."""
+
+    __slots__ = ("born", "since", "state")
+
+    def __init__(self, since: float) -> None:
+        self.state: Birth | Death | None = None
+        self.since = since  # when the subscription was acknowledged (loop time)
+        self.born = asyncio.Event()
+
+    def away(self, now: float, grace: float) -> str | None:
+        """Why the node is taken to be reconnecting, or None (online, shut down, or not known yet)."""
+        st = self.state
+        if isinstance(st, Death):
+            return None if st.reason == DeathReason.SHUTDOWN else f"its state: DEATH {DeathReason(st.reason).name}"
+        if st is None and now - self.since >= grace:
+            return "no state on the broker: restarted, or never seen"
+        return None
+
+
+WATCH_AFTER_S = 1.0
+"""A request unanswered this long (or for its first slice, if shorter) has the client follow its
+node's state: one subscription per node and client, none for a request answered in time."""
+STATE_GRACE_S = 0.5
+"""How long after subscribing to a node's state a client waits for the retained frame before it
+takes its absence as "no state" (a broker restarted without persistence)."""
 
 
 class BrokerTimeout(HostError, TimeoutError):
@@ -129,6 +182,9 @@ class HostClient:
         self.auth = auth
         self.sender = int.from_bytes(os.urandom(4), "little")  # this client's session
         self.auth_refused = 0
+        self.resent_on_birth = 0  # requests sent again when their node published a new BIRTH
+        self.away = 0  # requests given up on: the node reconnecting, not back within the deadline
+        self._watches: dict[int, _Watch] = {}
 
     async def __aenter__(self) -> HostClient:
         await connect_within(self.transport, self.timeout)
@@ -177,6 +233,13 @@ class HostClient:
         except FrameError:
             self.rejected += 1
             return
+        if isinstance(msg, (Birth, Death)):
+            w = self._watches.get(d.address.node)
+            if w is not None and d.address.channel is Channel.STATE:
+                w.state = msg
+                if isinstance(msg, Birth) and not d.retained:
+                    w.born.set()
+            return
         if not isinstance(msg, Response):
             return
         fut = self._pending.get((msg.node_id, msg.request_id))
@@ -224,20 +287,47 @@ class HostClient:
         addr = Address(self.fleet, node, Channel.CMD)
         start = loop.time()
         deadline = start + total
+        watch: _Watch | None = None
+        watched = self.retries == 0  # a request with no retry sends once: nothing to watch for
+        sends = 0
         try:
             for attempt in range(attempts):
-                frame = self._frame(node, rid, op, args, attempt > 0)
-                if not await self._send(addr, frame, fut, deadline):
-                    self.unacknowledged += 1
-                    self._stalled = True
-                    raise BrokerTimeout(node, op, total)
+                # a retry at a slice's end, unless the node is known to be away: then its BIRTH
+                away = watch.away(loop.time(), STATE_GRACE_S) if watch is not None else None
+                if away is None:
+                    await self._send_attempt(addr, node, rid, op, args, sends > 0, fut, deadline, total)
+                    sends += 1
                 slice_end = deadline if attempt == attempts - 1 else start + (attempt + 1) * total / attempts
-                try:
-                    resp = await asyncio.wait_for(asyncio.shield(fut), max(0.0, slice_end - loop.time()))
+                while not fut.done() and loop.time() < slice_end:
+                    if not watched and loop.time() >= start + WATCH_AFTER_S:
+                        watched = True
+                        watch = await self._watch(node, deadline)
+                        continue
+                    until = slice_end if watched else min(slice_end, start + WATCH_AFTER_S)
+                    waits: list[asyncio.Future[Any]] = [asyncio.shield(fut)]
+                    if watch is not None:
+                        waits.append(asyncio.ensure_future(watch.born.wait()))
+                    try:
+                        await asyncio.wait(
+                            waits, timeout=max(0.0, until - loop.time()), return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        for w in waits[1:]:
+                            w.cancel()
+                    if watch is not None and watch.born.is_set() and not fut.done():
+                        # the node is back (a live BIRTH): it is subscribed again, send at once
+                        watch.born.clear()
+                        self.resent_on_birth += 1
+                        await self._send_attempt(addr, node, rid, op, args, sends > 0, fut, deadline, total)
+                        sends += 1
+                if fut.done():
+                    resp = fut.result()
                     break
-                except TimeoutError:
-                    continue
             else:
+                away = watch.away(loop.time(), STATE_GRACE_S) if watch is not None else None
+                if away is not None:
+                    self.away += 1
+                    raise NodeAway(node, op, total, away)
                 self.unanswered += 1
                 raise RequestTimeout(node, op, total)
         finally:
@@ -245,6 +335,44 @@ class HostClient:
         if check and resp.status != Status.OK:
             raise NodeError(node, resp)
         return resp
+
+    async def _send_attempt(
+        self,
+        addr: Address,
+        node: int,
+        rid: int,
+        op: Op,
+        args: Any,
+        retry: bool,
+        fut: asyncio.Future[Response],
+        deadline: float,
+        total: float,
+    ) -> None:
+        frame = self._frame(node, rid, op, args, retry)
+        if not await self._send(addr, frame, fut, deadline):
+            self.unacknowledged += 1
+            self._stalled = True
+            raise BrokerTimeout(node, op, total)
+
+    async def _watch(self, node: int, deadline: float) -> _Watch | None:
+        """Follow ``node``'s state from now on (one subscription per node and client); None when
+        the broker does not acknowledge the subscription before ``deadline``."""
+        w = self._watches.get(node)
+        if w is not None:
+            return w
+        loop = asyncio.get_running_loop()
+        w = _Watch(loop.time())
+        self._watches[node] = w  # before the subscription: its retained frame may come at once
+        try:
+            await asyncio.wait_for(
+                self.transport.subscribe(Subscription(self.fleet, node, Channel.STATE)),
+                max(0.0, deadline - loop.time()),
+            )
+        except (TimeoutError, TransportError):
+            del self._watches[node]
+            return None
+        w.since = loop.time()
+        return w
 
     async def _send(self, addr: Address, frame: bytes, answered: asyncio.Future[Response], deadline: float) -> bool:
         """Publish ``frame`` and wait for the broker's acknowledgement (or the answer, which
