@@ -1,7 +1,8 @@
 """No input makes a node stop ticking or keep memory: a node on an open Mosquitto (no packet size
 limit) flooded on its command topic with random bytes, mutated frames and payloads of megabytes,
 while its tick lateness and the run's resident memory are measured; every frame is counted as
-rejected, none crashes anything, the node answers afterwards."""
+rejected, none crashes anything, the node answers afterwards. The other nodes of the run, a fault
+in force on each, keep the firmware's guarantees meanwhile (``firmware_guarantees``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mcm_firmware.testing.golden import GOLDEN
 from mcm_firmware.transport import Address, Channel, transport_factory
 
 from ..conftest import run_cli
+from . import firmware_guarantees
 
 
 def rss_mb(pid: int) -> float:
@@ -34,6 +36,12 @@ def uptime(url: str) -> float:
     return float(json.loads(r.stdout)["uptime_s"])
 
 
+def ctl(url: str, node: int, *argv: str) -> dict:
+    r = run_cli("ctl", "--broker", url, "--fleet", "h", "--json", "--timeout", "10", str(node), *argv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout)
+
+
 def stats(url: str) -> dict:
     r = run_cli("ctl", "--broker", url, "--fleet", "h", "--json", "0", "stats")
     assert r.returncode == 0, r.stderr
@@ -43,9 +51,10 @@ def stats(url: str) -> dict:
 @pytest.mark.slow
 async def test_a_flood_of_hostile_payloads_leaves_the_node_ticking_and_its_memory_bounded(mosquitto, cli_process):
     url = mosquitto.url
-    run = cli_process("run", "--broker", url, "--nodes", "1", "--fleet", "h", "--connection", "node")
-    run.wait_line("up: 1 nodes")
+    run = cli_process("run", "--broker", url, "--nodes", "4", "--fleet", "h", "--connection", "node")
+    run.wait_line("up: 4 nodes")
     await asyncio.sleep(2.0)  # past start-up
+    await firmware_guarantees.inject(lambda node, *argv: ctl(url, node, *argv))  # nodes 1 to 3
     up0 = await asyncio.to_thread(uptime, url)
     t0 = time.monotonic()  # after the uptime was read
     rss0 = rss_mb(run.proc.pid)
@@ -77,6 +86,7 @@ async def test_a_flood_of_hostile_payloads_leaves_the_node_ticking_and_its_memor
     # which is run or refused above the command rate, never lost)
     r = await asyncio.to_thread(run_cli, "ctl", "--broker", url, "--fleet", "h", "--json", "0", "status")
     status = json.loads(r.stdout)
+    firmware = await firmware_guarantees.check(lambda node, *argv: ctl(url, node, *argv))
     # every frame but this STATUS, the STATS after the flood and two ctl status (STATUS, STATS) reads
     judged = status["counters"]["rx_frames"] - 6
     assert judged >= len(payloads), (judged, len(payloads))
@@ -91,7 +101,7 @@ async def test_a_flood_of_hostile_payloads_leaves_the_node_ticking_and_its_memor
     print(
         f"hostile flood: {len(payloads)} payloads ({sum(map(len, payloads)) / 2**20:.1f} MB), "
         f"rejected {status['counters']['rx_rejected']}, tick late max {after['tick_late_max_us'] / 1000:.1f} ms, "
-        f"RSS {rss0:.1f} -> {rss1:.1f} MB"
+        f"RSS {rss0:.1f} -> {rss1:.1f} MB; {firmware}"
     )
 
 

@@ -3,7 +3,9 @@ broker stops reading what the node sends, so the node's socket fills) while comm
 ten times the node's command rate. Memory stays bounded, the control loops run on, every frame lost
 is counted in a counter of its own kind (commands refused, responses dropped, telemetry dropped or
 decimated), in ``ctl status`` and in the metrics alike, telemetry is shed before any response is,
-no response is sent twice, and the node carries on over the same connection once the link drains."""
+no response is sent twice, and the node carries on over the same connection once the link drains.
+The other nodes of the run, a fault in force on each, keep the firmware's guarantees meanwhile
+(``firmware_guarantees``)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from mcm_firmware.transport import Address, Channel, Subscription
 from mcm_firmware.transport.mqtt_raw import RawMqttTransport
 
 from ..conftest import free_port, run_cli
+from . import firmware_guarantees
 
 FLEET = "sc"
 STALL_S = 6.0  # below the keep-alive (10 s): a slow link, not a dead one
@@ -148,7 +151,7 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
     port = await proxy.start()
     metrics_port = free_port()
     run = cli_process(
-        *("run", "--broker", f"mqtt://127.0.0.1:{port}", "--nodes", "2", "--fleet", FLEET),
+        *("run", "--broker", f"mqtt://127.0.0.1:{port}", "--nodes", "4", "--fleet", FLEET),
         *("--connection", connection, "--metrics-port", str(metrics_port)),
     )
     observer = RawMqttTransport(port=mosquitto.port, client_id="sc-observer")
@@ -168,7 +171,7 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
 
     watcher: asyncio.Task[None] | None = None
     try:
-        await asyncio.to_thread(run.wait_line, "up: 2 nodes")
+        await asyncio.to_thread(run.wait_line, "up: 4 nodes")
         await observer.connect()
         await observer.subscribe(Subscription(FLEET, 0, Channel.RSP))
         await observer.subscribe(Subscription(FLEET, 0, Channel.TLM))
@@ -176,6 +179,7 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
         watcher = asyncio.create_task(observe(), name="sc-observer")
         await asyncio.sleep(2.0)  # past start-up
         url = mosquitto.url
+        await firmware_guarantees.inject(lambda node, *argv: ctl(url, node, *argv))  # nodes 1 to 3
         before = await asyncio.to_thread(ctl, url, 0, "status")
         t0 = time.monotonic()  # after the status was read
         counts0 = await asyncio.to_thread(scrape, metrics_port)
@@ -210,6 +214,7 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
         t1 = time.monotonic()  # the status below is taken after this
         after = await asyncio.to_thread(ctl, url, 0, "status")
         ping = await asyncio.to_thread(ctl, url, 0, "ping")
+        firmware = await firmware_guarantees.check(lambda node, *argv: ctl(url, node, *argv))
         counts = await asyncio.to_thread(scrape, metrics_port)
         await asyncio.sleep(1.0)
         rss1 = rss_mb(run.proc.pid)
@@ -234,7 +239,7 @@ async def test_a_slow_consumer_under_a_command_flood_sheds_telemetry_first_and_c
         f"slow consumer ({connection}): {sent} commands in {STALL_S:g} s, {len(flood)} answered, "
         f"{rsp_dropped} responses dropped, {refused} refused, telemetry lost {tlm_lost}, "
         f"RSS {rss0:.1f} -> peak {rss_peak:.1f} -> {rss1:.1f} MB, "
-        f"tick late max {rt['tick_late_ms']['max']:.1f} ms"
+        f"tick late max {rt['tick_late_ms']['max']:.1f} ms; {firmware}"
     )
     # every command was answered or its response counted dropped: none silent, none answered twice
     assert len(flood) + rsp_dropped == sent, (len(flood), rsp_dropped, sent)
