@@ -2,19 +2,25 @@
 
 Writes into ``--out DIR``:
 
-- ``passwords``: every node as its own user (its client id ``mcm-<fleet>-<id>``, the password
-  :func:`~mcm_firmware.transport.security.node_password` derives from the fleet's node secret) and
-  the host user, hashed as ``mosquitto_passwd`` does;
+- ``passwords``, the node listener's: every node as its own user (its client id
+  ``mcm-<fleet>-<id>``, the password :func:`~mcm_firmware.transport.security.node_password` derives
+  from the fleet's node secret) and the host user (a run's own checks), hashed as
+  ``mosquitto_passwd`` does;
+- ``host-passwords``, the host listener's: the host user only, so that no node's credentials connect
+  there (the host listener cannot tie client ids to user names: a node that connected there could
+  take any client id, another node's too, and knock that node off);
 - ``acl``: node N may publish only its own ``state``, ``tlm``, ``evt`` and ``rsp`` topics and read
   only its own ``cmd``; the host user reads and writes the fleet's topics;
 - ``mosquitto.conf``: a listener for the nodes on which the user name is the client id (so that
   nobody can connect under a node's client id without that node's password, and no node under
-  another's), a listener for hosts, anonymous access denied on both, packets above the largest
-  frame refused, TLS where certificates are given;
+  another's), a listener for hosts which only the host user passes, anonymous access denied on
+  both, packets above the largest frame refused, TLS where certificates are given;
 - ``certs/`` with ``--tls-ca-cert``: a certificate and key per node (``mcm-<fleet>-<id>.crt``), for
   the host user, for the Redfish service (``redfish.crt``: 127.0.0.1, localhost and each
   ``--redfish-host``) and, without ``--tls-cert``, for the broker, issued by the fleet's CA; on the
-  node listener a certificate's name is then its user name. See docs/security.md.
+  node listener a certificate's name is then its user name; on the host listener a node's
+  certificate passes the handshake (the same CA) and ``host-passwords`` refuses it. See
+  docs/security.md.
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ def add_parser(sub: Any) -> None:
     )
     b.add_argument("--host-user", default="fleet-host", help="the hosts' user name (default fleet-host)")
     b.add_argument("--host-password-file", required=True, metavar="FILE", help="file holding the hosts' password")
-    b.add_argument("--out", required=True, metavar="DIR", help="directory to write passwords, acl, mosquitto.conf")
+    b.add_argument(
+        "--out", required=True, metavar="DIR", help="directory to write passwords, host-passwords, acl, mosquitto.conf"
+    )
     b.add_argument("--port", type=bounded(int, 1, 65535, "--port"), default=1883, help="node listener (default 1883)")
     b.add_argument(
         "--host-port", type=bounded(int, 1, 65535, "--host-port"), default=1884, help="host listener (default 1884)"
@@ -101,7 +109,7 @@ def _hand_over(paths: list[Path], user: str) -> None:
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    from ..transport.security import mosquitto_hash, node_password, read_secret
+    from ..transport.security import is_node_client_id, mosquitto_hash, node_password, read_secret
 
     if args.port == args.host_port:
         raise BadInput("--port and --host-port must differ: nodes and hosts have listeners of their own")
@@ -117,6 +125,10 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         raise BadInput("--redfish-host names the Redfish service in the certificate --tls-ca-cert issues: give it too")
     if not args.host_user or ":" in args.host_user:
         raise BadInput(f"--host-user {args.host_user!r}: a user name without ':'")
+    if is_node_client_id(args.host_user):
+        # on the node listener a user name is the client id: the host user's connections there
+        # would take that node's client id (and knock it off), and the two would share a user name
+        raise BadInput(f"--host-user {args.host_user!r} is named as a node's client id (mcm-<fleet>-<id>)")
     secret_path = Path(args.node_secret)
     if not secret_path.exists():
         fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -169,10 +181,14 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
             raise BadInput(str(e)) from None
         if ca.created:
             print(f"broker-config: new fleet CA in {args.tls_ca_cert} (its key in {args.tls_ca_key}, mode 0600)")
-    (out / "passwords").write_text("\n".join(users) + "\n")
-    os.chmod(out / "passwords", 0o600)
+    # the host listener's users: the host user only. Were the nodes there too, a node's credentials
+    # would connect on the host listener under any client id, another node's included (Mosquitto's
+    # client ids are the broker's, not a listener's), and knock that node off
+    for name, lines in (("passwords", users), ("host-passwords", users[:1])):
+        (out / name).write_text("\n".join(lines) + "\n")
+        os.chmod(out / name, 0o600)
     (out / "acl").write_text("\n".join(acl) + "\n")
-    _hand_over([out / "passwords", out / "acl"], args.broker_user)
+    _hand_over([out / "passwords", out / "host-passwords", out / "acl"], args.broker_user)
 
     def listener(port: int, role: str, node_side: bool) -> list[str]:
         lines = [f"# {role}", f"listener {port} {args.address}"]
@@ -182,7 +198,7 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         if node_side and args.tls_ca_cert:  # the certificate's name is the user name; no password
             lines.append("use_identity_as_username true")
         else:
-            lines.append(f"password_file {(out / 'passwords').resolve()}")
+            lines.append(f"password_file {(out / ('passwords' if node_side else 'host-passwords')).resolve()}")
         lines.append(f"acl_file {(out / 'acl').resolve()}")
         if args.tls_cert:
             lines += [f"certfile {Path(args.tls_cert).resolve()}", f"keyfile {Path(args.tls_key).resolve()}"]
@@ -200,11 +216,14 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         "",
         *listener(args.port, "nodes: each connects as its own client id, which is its user name", True),
         "",
-        *listener(args.host_port, "hosts (ctl, monitor, fleet software) and a run's own checks", False),
+        *listener(args.host_port, "hosts (ctl, monitor, fleet software): the host user only", False),
     ]
     (out / "mosquitto.conf").write_text("\n".join(conf) + "\n")
     scheme = "mqtts" if args.tls_cert else "mqtt"
-    print(f"broker-config: {args.nodes} node users and {args.host_user!r} in {out}/passwords, acl, mosquitto.conf")
+    print(
+        f"broker-config: {args.nodes} node users and {args.host_user!r} in {out}/passwords (node listener), "
+        f"{args.host_user!r} alone in {out}/host-passwords (host listener), acl, mosquitto.conf"
+    )
     tls = ""
     if args.tls_ca_cert:
         print(f"broker-config: a certificate for each node and for {args.host_user!r} in {certs}/")

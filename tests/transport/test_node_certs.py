@@ -19,11 +19,14 @@ from pathlib import Path
 import pytest
 
 from mcm_firmware.cli import certs
+from mcm_firmware.protocol import Birth, decode
 from mcm_firmware.transport import Address, Channel, Subscription, TransportError
 from mcm_firmware.transport.mqtt import MqttTransport
 from mcm_firmware.transport.security import (
     BrokerSecurity,
     check_client_certificates,
+    node_password,
+    read_secret,
     security_of,
     with_security,
 )
@@ -134,6 +137,56 @@ async def test_each_node_presents_its_own_certificate_and_holds_only_its_topics(
     finally:
         await impostor.close()
         await watcher.close()
+
+
+async def test_a_node_certificate_does_not_pass_the_host_listener(cert_broker, cli_process):
+    """A node's certificate is of the fleet's CA, so it passes the host listener's handshake; the
+    host listener's password file holds the host user only, so node 1's certificate with node 1's
+    user and password is refused there under node 0's client id (which the host listener does not
+    tie to a user), and node 0 stays connected: no new BIRTH, its bdseq unchanged."""
+    b = cert_broker
+    node_url, host_url = f"mqtts://127.0.0.1:{b.port}", f"mqtts://127.0.0.1:{b.host_port}"
+    run = cli_process("run", "--broker", node_url, "--nodes", "2", "--fleet", "sec", *b.options())
+    run.wait_line("up: 2 nodes", timeout=30)
+
+    async def birth_of_node_0() -> Birth:
+        reader = b.client("fleet-host", "mcm-test-reader", port=b.host_port)
+        await reader.connect()
+        try:
+            await reader.subscribe(Subscription("sec", 0, Channel.STATE))
+            d = await asyncio.wait_for(reader.receive(), 10)
+        finally:
+            await reader.close()
+        msg = decode(d.payload)
+        assert d.retained and isinstance(msg, Birth), msg
+        return msg
+
+    before = await birth_of_node_0()
+    (b.tmp / "node1.pw").write_text(node_password(read_secret(str(b.tmp / "node.secret")), "mcm-sec-1") + "\n")
+    # node 1's certificate and key; with node 1's user and password as node 0, then without a user
+    for client_id, user in (("mcm-sec-0", "mcm-sec-1"), ("mcm-sec-1", None)):
+        sec = BrokerSecurity(
+            tls=True,
+            cafile=str(b.ca),
+            cert=str(b.certs / "mcm-sec-1.crt"),
+            key=str(b.certs / "mcm-sec-1.key"),
+            username=user,
+            password_file=str(b.tmp / "node1.pw") if user else None,
+        )
+        tr = MqttTransport(port=b.host_port, client_id=client_id, security=sec)
+        try:
+            with pytest.raises(TransportError, match=r"[Nn]ot authori"):
+                await tr.connect()
+        finally:
+            await tr.close()
+    ok = await asyncio.to_thread(run_cli, "ctl", "--broker", host_url, "--fleet", "sec", *b.options(), "0", "ping")
+    assert ok.returncode == 0 and "node 0" in ok.stdout, ok.stderr
+    # answered on node 0's first connection: one knocked off would have connected again and, before
+    # it answered anything, published a new BIRTH (bdseq 2) in place of this one
+    after = await birth_of_node_0()
+    assert after == before and after.bdseq == 1, (before, after)
+    run.signal(signal.SIGTERM)
+    assert run.wait() == 0
 
 
 async def test_a_node_without_a_valid_certificate_is_refused_with_its_name(cert_broker, tmp_path):
