@@ -1,6 +1,7 @@
 """A host's timeout bounds its connect too: a broker that takes the TCP connection and never
-answers CONNECT (a listening socket of the test's own) is given up on within the timeout, with one
-clear line, by ``ctl`` (a real subprocess) and by :class:`HostClient`."""
+answers CONNECT (a listening socket of the test's own) is given up on within the timeout by ``ctl``
+(a real subprocess), with the error form the README promises (one error line, and the hint line
+of a broker that cannot be reached: where ctl looked, what starts one), and by :class:`HostClient`."""
 
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def test_ctl_timeout_bounds_the_connect_to_a_broker_that_never_answers(silent, n
     print(f"ctl --timeout 1 {node} ping: gave up {took:.2f} s after its connection was taken")
     assert proc.returncode == 1, (out, err)
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and f"mqtt://127.0.0.1:{silent.port}" in lines[0], err
-    assert "no answer within 1 s" in lines[0], err
+    assert len(lines) == 2 and lines[0].startswith("mcm-emu: error: cannot connect to broker "), err
+    assert f"mqtt://127.0.0.1:{silent.port}" in lines[0] and "no answer within 1 s" in lines[0], err
+    assert f"is a broker running at mqtt://127.0.0.1:{silent.port}?" in lines[1], err  # the hint
     assert took < 1.0 + 0.8, took  # the transport's own 5 s before
 
 

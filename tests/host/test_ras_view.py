@@ -1,5 +1,5 @@
 """ctl ras as text and JSON: the row remapper as NVML reports it (counts by cause, flags, the bank
-histogram) and the last XID, from the golden RAS answer."""
+histogram) and the last XID, from the golden RAS answer; flags as yes/no, as every ctl text shows a boolean."""
 
 from __future__ import annotations
 
@@ -16,5 +16,5 @@ def test_ctl_ras_shows_remap_counts_flags_histogram_and_the_last_xid():
     assert obj["bank_availability"] == {"max": 2047, "high": 1, "partial": 0, "low": 0, "none": 0}
     assert obj["remap_pending"] is True and obj["remap_failed"] is False and obj["recovery_action"] == "NONE"
     lines = ras_text(obj).splitlines()
-    assert lines[1] == "  remapped rows: correctable=0 uncorrectable=1 pending=True failure=False last_xid=94"
+    assert lines[1] == "  remapped rows: correctable=0 uncorrectable=1 pending=yes failure=no last_xid=94"
     assert lines[2] == "  banks by spare rows available: max=2047 high=1 partial=0 low=0 none=0"

@@ -6,12 +6,15 @@ acknowledged nothing, which is told apart from a node that did not answer; both 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 import time
 
 from mcm_firmware.host.client import BrokerTimeout, HostClient, RequestTimeout
-from mcm_firmware.protocol import Op
+from mcm_firmware.protocol import Op, encode
+from mcm_firmware.testing.golden import GOLDEN
+from mcm_firmware.transport import Address, Channel
 from mcm_firmware.transport.mqtt import MqttTransport
 
 from ..conftest import ROOT, cli_env
@@ -112,7 +115,22 @@ async def ctl(*argv: str) -> tuple[int, str, str, float]:
     return proc.returncode, out.decode(), err.decode(), time.monotonic()
 
 
+async def born(port: int, fleet: str, nodes: list[int]) -> None:
+    """Retained BIRTHs of ``nodes`` on the broker (straight to it, not through a proxy): a fleet
+    whose nodes are online by its retained state, so that ctl sends (it refuses a node not in the
+    fleet before sending)."""
+    tr = MqttTransport(port=port, client_id="dl-births")
+    await tr.connect()
+    try:
+        for n in nodes:
+            birth = dataclasses.replace(GOLDEN["birth"], node_id=n, timestamp_ns=time.time_ns())
+            await tr.publish(Address(fleet, n, Channel.STATE), encode(birth), reliable=True, retain=True)
+    finally:
+        await tr.close()
+
+
 async def test_ctl_on_a_link_that_stalls_at_the_command_gives_up_within_its_timeout(mosquitto):
+    await born(mosquitto.port, "dl", [3, 4])
     proxy = StallOnPublishProxy(mosquitto.port)
     port = await proxy.start()
     try:
