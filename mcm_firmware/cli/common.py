@@ -236,7 +236,7 @@ def death_text(death: Any) -> str:
     return f"DEATH: {death.reason.name}{when}; boot {death.boot_count}, bdseq {bdseq}"
 
 
-NOT_IN_FLEET, OFFLINE, NO_FLEET = "NOT_IN_FLEET", "OFFLINE", "NO_FLEET"
+NOT_IN_FLEET, OFFLINE, NO_FLEET, NOT_BACK, STALE = "NOT_IN_FLEET", "OFFLINE", "NO_FLEET", "NOT_BACK", "STALE"
 
 
 @dataclass
@@ -248,6 +248,12 @@ class Standing:
     whole: bool  # every node of the fleet was read, not one
     fleets: list[str] | None = None
 
+    @property
+    def empty_broker(self) -> bool:
+        """The broker holds no state of any fleet at all: just started, or restarted without
+        persistence and no node back yet."""
+        return not self.state.nodes and self.fleets == []
+
     def no_fleet(self) -> str:
         """``no node of fleet 'x' on this broker (fleets seen: a, b)``."""
         if self.fleets is None:
@@ -256,12 +262,35 @@ class Standing:
             seen = f"fleets seen: {', '.join(self.fleets)}" if self.fleets else "no fleet at all"
         return f"no node of fleet {self.state.fleet!r} on this broker ({seen})"
 
+    def reconnecting(self, node: int) -> bool:
+        """``node`` may be on its way back although the broker has no state of it: the broker
+        holds no state at all (it just started, or restarted without persistence), or the node
+        was not seen but some node of its fleet was born again lately (a BIRTH of a connection
+        after its first within the nodes' reconnect window, host.discovery.reconnected_recently).
+        A node whose state is a DEATH is not: it is explained at once."""
+        from ..host.discovery import reconnected_recently
+
+        if self.empty_broker:
+            return True
+        return self.whole and node not in self.state.nodes and reconnected_recently(self.state)
+
+    def seen(self) -> str:
+        """``nodes 0-3 seen``, or ``no node of it seen``."""
+        return f"nodes {id_ranges(sorted(self.state.nodes))} seen" if self.state.nodes else "no node of it seen"
+
+    def not_back(self, node: int, timeout: float) -> str:
+        """``not back in fleet 'x' within 15 s (nodes 3-63 seen)``: a node waited for in vain."""
+        return f"not back in fleet {self.state.fleet!r} within {timeout:g} s ({self.seen()})"
+
     def blocked(self, node: int) -> tuple[str, str] | None:
         """(status, text) for a node that will not answer by the retained state: never seen in
-        the fleet, or offline; None for a node that may answer."""
+        the fleet, or offline; None for a node that may answer (a node that may be reconnecting,
+        :meth:`reconnecting`, included)."""
         from ..protocol import Death
 
         fleet = self.state.fleet
+        if self.reconnecting(node):
+            return None
         if not self.state.nodes:
             return NO_FLEET, self.no_fleet()
         last = self.state.nodes.get(node)
@@ -302,18 +331,22 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
     """The retained state, cheaply: for one ``node`` its own state topic first (one retained frame,
     read as soon as it comes); the whole fleet when that is missing, is carried (its link's state
     is needed too) or no ``node`` is given; the fleets on the broker when the fleet has no node.
-    The connect is bounded by ``args.timeout``; TransportError when the broker cannot be reached."""
+    With ``--frame-keys`` a state or LINK frame whose tag does not verify is left out (counted in
+    ``refused``). The connect is bounded by ``args.timeout``; TransportError when the broker
+    cannot be reached."""
     import asyncio
     import uuid
 
     from ..host.client import connect_within
     from ..host.discovery import FleetState
     from ..protocol import Birth, Death, FrameError, Link, decode
+    from ..protocol.auth import AuthError
     from ..transport import Channel, Subscription, TransportError, transport_factory
     from ..transport.carrier import CARRIED
 
     fleet = args.fleet
     state = FleetState(fleet)
+    auth = frame_auth(args, fleet)
     tr = transport_factory(link_url(args))(f"mcm-probe-h{uuid.uuid4().hex[:8]}")
     await connect_within(tr, getattr(args, "timeout", 5.0))
 
@@ -327,6 +360,12 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
             if d.address.fleet != fleet:
                 fleets.add(d.address.fleet)
                 continue
+            if auth is not None:  # retained state is legitimately old: its tag only
+                try:
+                    auth.open(d.payload, window=False)
+                except AuthError:
+                    state.refused += 1
+                    continue
             try:
                 msg = decode(d.payload)
             except FrameError:
@@ -363,8 +402,9 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
 
 async def why_silent(args: argparse.Namespace, node: int) -> str | None:
     """What the broker's retained state says of a node that did not answer: never seen in this
-    fleet (a wrong id or --fleet), offline since its DEATH, or a BIRTH without an answer (crashed,
-    hung, or a BIRTH the broker kept of a node that is gone)."""
+    fleet (a wrong id or --fleet), offline since its DEATH, not back (waited for while its fleet
+    was reconnecting), or a BIRTH without an answer (crashed, hung, or a BIRTH the broker kept of
+    a node that is gone)."""
     from ..protocol import FrameFlags
     from ..transport import TransportError
 
@@ -375,7 +415,9 @@ async def why_silent(args: argparse.Namespace, node: int) -> str | None:
     why = standing.why(node)
     if why is not None:
         return why
-    last = standing.state.nodes[node]
+    last = standing.state.nodes.get(node)
+    if last is None:  # still not back: waited for in vain
+        return f"node {node}: {standing.not_back(node, args.timeout)}"
     if last.flags & FrameFlags.AUTH and getattr(args, "frame_keys", None) is None:
         return (
             f"node {node} is up, and its fleet authenticates its frames (its BIRTH is sealed): pass --frame-keys FILE"

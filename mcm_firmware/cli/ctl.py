@@ -15,8 +15,10 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     NO_FLEET,
+    NOT_BACK,
     NOT_IN_FLEET,
     OFFLINE,
+    STALE,
     U32_MAX,
     BadInput,
     Failure,
@@ -131,14 +133,20 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
     frame_auth(args, args.fleet)  # a key file that cannot be used: said before anything is read
     one = selected is not None and len(selected) == 1
     standing = None
+    stale: list[int] = []
     if not args.serial:  # what the broker's retained state says, before anything is sent
         try:
             standing = await read_standing(args, selected[0] if one and selected else None)
         except TransportError as e:
             raise Failure(str(e)) from None
-        if not standing.state.nodes:
-            raise Failure(standing.no_fleet(), status=NO_FLEET)
-    if selected is None:  # all: the nodes the broker says are online
+        if not standing.state.nodes and not (selected is not None and standing.empty_broker):
+            hint = None
+            if standing.empty_broker:
+                hint = (
+                    "the broker holds no state at all, just started or restarted? name the nodes (0-7) to wait for them"
+                )
+            raise Failure(standing.no_fleet(), hint=hint, status=NO_FLEET)
+    if selected is None:  # all: the nodes the broker says are online, and that were heard live
         assert standing is not None
         selected = [n for n in sorted(standing.state.nodes) if standing.state.online(n)]
         if not selected:
@@ -146,16 +154,39 @@ async def cmd_ctl(args: argparse.Namespace) -> int:
                 f"no node of fleet {args.fleet!r} is online on this broker (nodes seen, offline: "
                 f"{id_ranges(sorted(standing.state.nodes))})"
             )
+        stale = await _not_heard(args, selected)
     if one:
         args.node = selected[0]
         blocked = standing.blocked(args.node) if standing is not None else None
         if standing is not None and blocked is not None:
             raise Failure(standing.why(args.node) or "", status=blocked[0])
-        return await _one(args, spec, cmd_args)
-    return await _many(args, spec, cmd_args, selected, standing)
+        return await _one(args, spec, cmd_args, standing)
+    return await _many(args, spec, cmd_args, selected, standing, stale)
 
 
-async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
+async def _not_heard(args: argparse.Namespace, nodes: list[int]) -> list[int]:
+    """Which of ``nodes`` (online by their retained BIRTH) were not heard live within a listen of
+    at most LISTEN_S (over as soon as every one was heard): a BIRTH the broker kept of a node that
+    is gone (a persistent broker restores them) is no proof of life."""
+    from ..host.discovery import LISTEN_S, listen
+    from ..transport import TransportError, transport_factory
+
+    try:
+        live = await listen(
+            transport_factory(link_url(args)),
+            args.fleet,
+            LISTEN_S,
+            wanted=nodes,
+            connect_timeout=args.timeout,
+            auth=frame_auth(args, args.fleet),
+        )
+    except TransportError as e:
+        raise Failure(str(e)) from None
+    heard = live.heard()
+    return [n for n in nodes if n not in heard]
+
+
+async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any, standing: Standing | None) -> int:
     from ..host.client import HostClient, HostError, NodeError, RequestTimeout
     from ..protocol import Status
     from ..transport import TransportError, transport_factory
@@ -195,6 +226,8 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
                     more = None  # firmware without the operation: the view goes without it
     except RequestTimeout as e:
         why = await why_silent(args, args.node) if not args.serial else None
+        if why is not None and standing is not None and standing.reconnecting(args.node) and " not back " in why:
+            raise Failure(why, status=NOT_BACK) from None  # waited for, as its fleet was coming back
         raise Failure(f"{e}: {why}" if why else str(e), status="NO_REPLY") from None
     except (TransportError, HostError) as e:
         raise Failure(str(e)) from None
@@ -203,20 +236,34 @@ async def _one(args: argparse.Namespace, spec: Any, cmd_args: Any) -> int:
     return EXIT_OK
 
 
-async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[int], standing: Standing | None) -> int:
+async def _many(
+    args: argparse.Namespace,
+    spec: Any,
+    cmd_args: Any,
+    nodes: list[int],
+    standing: Standing | None,
+    stale: list[int] | None = None,
+) -> int:
     """The command to every node of a selection, at most :data:`PARALLEL` at once: one result a
     node (text: the node's own line, or why it failed; JSON: one object with every result). A node
-    the retained state says will not answer (not in the fleet, offline) is not sent it: its result
-    says why at once."""
+    the retained state says will not answer (not in the fleet, offline), or that ``all`` did not
+    hear live (``stale``: its BIRTH kept by the broker), is not sent it: its result says why at
+    once. A node waited for while its fleet was coming back and not back in time is NOT_BACK."""
     import asyncio
 
-    from ..host.client import BrokerTimeout, HostClient, HostError, NodeError
+    from ..host.client import BrokerTimeout, HostClient, HostError, NodeError, RequestTimeout
+    from ..host.discovery import LISTEN_S
     from ..transport import TransportError, transport_factory
 
     transport = transport_factory(link_url(args))(f"mcm-ctl-h{uuid.uuid4().hex[:10]}")
     gate = asyncio.Semaphore(PARALLEL)
 
+    silent = set(stale or ())
+
     async def one(host: HostClient, node: int) -> dict[str, Any]:
+        if node in silent:
+            why = f"stale: its BIRTH is kept by the broker, but nothing of it was heard within {LISTEN_S:g} s"
+            return {"node": node, "ok": False, "status": STALE, "message": why}
         blocked = standing.blocked(node) if standing is not None else None
         if blocked is not None:
             return {"node": node, "ok": False, "status": blocked[0], "message": blocked[1]}
@@ -232,6 +279,10 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
                 return {"node": node, "ok": False, "status": e.response.status.name, "message": e.response.message}
             except BrokerTimeout as e:  # the broker took no command of it in time
                 return {"node": node, "ok": False, "status": "NO_ACK", "message": str(e)}
+            except RequestTimeout as e:
+                if standing is not None and standing.reconnecting(node):  # said once all are done
+                    return {"node": node, "ok": False, "status": NOT_BACK, "message": str(e)}
+                return {"node": node, "ok": False, "status": "NO_REPLY", "message": str(e)}
             except HostError as e:  # no answer, or the link went
                 return {"node": node, "ok": False, "status": "NO_REPLY", "message": str(e)}
             out = spec.show(node, resp, time.perf_counter() - t0, more)
@@ -244,6 +295,16 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
             results = await asyncio.gather(*(one(host, n) for n in nodes))
     except TransportError as e:
         raise Failure(str(e)) from None
+    waited = [r for r in results if not r["ok"] and r["status"] == NOT_BACK]
+    if waited:  # what the broker holds now: the nodes back meanwhile
+        with contextlib.suppress(TransportError):
+            now = await read_standing(args)
+            for r in waited:
+                r["message"] = now.why(r["node"]) or (
+                    now.not_back(r["node"], args.timeout)
+                    if r["node"] not in now.state.nodes
+                    else f"online by its BIRTH but did not answer: {r['message']}"
+                )
     failed = [r for r in results if not r["ok"]]
     if args.json:
         print(
@@ -254,7 +315,7 @@ async def _many(args: argparse.Namespace, spec: Any, cmd_args: Any, nodes: list[
         for r in results:
             if r["ok"]:
                 print(spec.text(spec.name, {k: v for k, v in r.items() if k != "ok"}), flush=True)
-            elif r["status"] in (NOT_IN_FLEET, OFFLINE):
+            elif r["status"] in (NOT_IN_FLEET, OFFLINE, NOT_BACK, STALE):
                 print(f"node {r['node']}: {r['message']}", flush=True)
             else:
                 print(f"node {r['node']}: {r['status']}: {r['message'] or '(no message)'}", flush=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -73,6 +74,89 @@ class Liveness:
 
     def alive_nodes(self, now: float) -> list[int]:
         return sorted(n for n, t in self.last.items() if now - t <= self.window)
+
+    def heard(self) -> set[int]:
+        """Every node heard at all."""
+        return set(self.last)
+
+
+LISTEN_S = 3.0
+"""How long a host listens for a fleet's live frames by default: three periods of the slowest
+telemetry rate shipped (colossus-mcm-batched, 1 Hz), the rule of :class:`Liveness`."""
+
+LIVE_CHANNELS = (Channel.TLM, Channel.EVT, Channel.RSP, Channel.STATE)
+"""What a node itself sends (a command is a host's, a LINK frame its carrier's)."""
+
+
+def reconnect_window() -> float:
+    """How long a node on a connection of its own may take to be back once its broker is: the
+    backoff cap (its next attempt comes at most that long after its last refused one) and the
+    connect timeout of that attempt."""
+    from ..backoff import Backoff
+    from ..transport.mqtt import MqttTransport
+
+    return Backoff().maximum + MqttTransport(client_id="mcm-window").connect_timeout
+
+
+def reconnected_recently(state: FleetState, now_ns: int | None = None) -> bool:
+    """Some node of the fleet was born again lately: a BIRTH of a connection after its first
+    (``bdseq`` above 1) stamped within :func:`reconnect_window` of ``now_ns``. The fleet is coming
+    back from a lost broker or link, so a node not seen yet may be on its way."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    window_ns = int(reconnect_window() * 1e9)
+    return any(
+        isinstance(msg, Birth) and msg.bdseq & 0x7FFFFFFF > 1 and now_ns - msg.timestamp_ns <= window_ns
+        for msg in state.nodes.values()
+    )
+
+
+async def listen(
+    factory: TransportFactory,
+    fleet: str,
+    seconds: float = LISTEN_S,
+    *,
+    wanted: Iterable[int] | None = None,
+    connect_timeout: float | None = None,
+    auth: FrameAuth | None = None,
+) -> Liveness:
+    """The nodes of ``fleet`` heard live within ``seconds``: a frame of a node's own (telemetry,
+    an event, an answer, a BIRTH) that the broker did not hand over as retained. Ends sooner once
+    every node of ``wanted`` has been heard. ``auth``: a frame whose tag does not verify (or a
+    replay) is not heard."""
+    live = Liveness(window=seconds)
+    todo = None if wanted is None else set(wanted)
+    if seconds <= 0 or todo == set():
+        return live
+    tr = factory(f"mcm-listen-h{uuid.uuid4().hex[:8]}")
+    if connect_timeout is None:
+        await tr.connect()
+    else:
+        await connect_within(tr, connect_timeout)
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    try:
+        for channel in LIVE_CHANNELS:
+            await tr.subscribe(Subscription(fleet, None, channel))
+        while (left := end - loop.time()) > 0:
+            try:
+                d = await asyncio.wait_for(tr.receive(), left)
+            except TimeoutError:
+                break
+            if d.retained or d.address.fleet != fleet or d.address.channel not in LIVE_CHANNELS:
+                continue
+            if auth is not None:
+                try:
+                    auth.open(d.payload, time.time_ns())
+                except AuthError:
+                    continue
+            live.saw(d.address.node, retained=False, now=loop.time())
+            if todo is not None:
+                todo.discard(d.address.node)
+                if not todo:
+                    break
+    finally:
+        await tr.close()
+    return live
 
 
 async def read_state(
