@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from .common import EXIT_OK, BadInput, Failure, client_options, link_url
+from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, client_options, link_url
 
 
 def add_parser(sub: Any) -> None:
@@ -16,12 +16,29 @@ def add_parser(sub: Any) -> None:
         "nodes",
         help="list the nodes of a fleet (from the broker's retained state)",
         description="List every node the broker holds a state for: its id, whether it is online (its BIRTH "
-        "in force; a carried node also needs its carrier's link up), profile, firmware, boot count, "
+        "in force; a carried node also needs its carrier's link up; and heard live: a frame of its own "
+        "that the broker did not keep, within --listen), profile, firmware, boot count, "
         "bdseq, since when and for how long (from its BIRTH); for an offline node the reason of its DEATH. A retained BIRTH is what the "
-        "broker remembers: --ping asks each online node for an answer too.",
+        "broker remembers (a persistent broker restores the BIRTHs of nodes long gone): a node whose BIRTH is "
+        "kept but that was not heard is shown stale. --ping asks those nodes for an answer too, and "
+        "exits 1 when one does not answer.",
     )
     client_options(nodes)
-    nodes.add_argument("--ping", action="store_true", help="also PING every online node and show the round trip")
+    nodes.add_argument(
+        "--listen",
+        type=bounded(float, 0, 3600, "--listen"),
+        default=3.0,
+        metavar="S",
+        help="seconds to listen for the nodes' live frames, over once every node was heard; 0: do not "
+        "listen, the retained state alone (default %(default)s: three periods of the slowest shipped "
+        "telemetry rate, 1 Hz)",
+    )
+    nodes.add_argument(
+        "--ping",
+        action="store_true",
+        help="also PING every node online by the broker's state (stale ones too: one that answers is shown "
+        "online) and show the round trip; exit 1 when one does not answer",
+    )
     nodes.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for each PING (default 1)")
     nodes.set_defaults(func=cmd_nodes)
 
@@ -45,7 +62,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     import uuid
 
     from ..host.client import HostClient, HostError
-    from ..host.discovery import read_state
+    from ..host.discovery import listen, read_state
     from ..protocol import Birth, Death, DeathReason, Op
     from ..transport import TransportError, transport_factory
     from .common import frame_auth
@@ -53,14 +70,26 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     if args.serial:
         raise BadInput("nodes reads the retained state of a broker: give --broker, not --serial")
     factory = transport_factory(link_url(args))
+    auth = frame_auth(args, args.fleet)
     try:
-        state = await read_state(factory, args.fleet, settle=0.3)
+        state = await read_state(factory, args.fleet, settle=0.3, auth=auth)
+        kept = [n for n in sorted(state.nodes) if state.online(n)]
+        heard = (
+            (await listen(factory, args.fleet, args.listen, wanted=kept, auth=auth)).heard()
+            if args.listen > 0
+            else None
+        )
     except TransportError as e:
         raise Failure(str(e)) from None
     rows: list[dict[str, Any]] = []
     for node in sorted(state.nodes):
         msg = state.nodes[node]
         row: dict[str, Any] = {"node": node, "online": state.online(node), "since": _since(msg.timestamp_ns)}
+        if heard is not None:
+            row["live"] = node in heard
+            if row["online"] and not row["live"]:  # the broker's memory only
+                row["online"], row["stale"] = False, True
+                row["why"] = f"stale: its BIRTH is kept by the broker, nothing of it heard within {args.listen:g} s"
         if isinstance(msg, Birth) and row["online"]:
             row["up_s"] = max(0.0, round(time.time() - msg.timestamp_ns / 1e9, 1))  # since this BIRTH
         if isinstance(msg, Birth):
@@ -68,7 +97,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                 profile=msg.profile, firmware=msg.firmware, boot_count=msg.boot_count, bdseq=msg.bdseq & 0x7FFFFFFF
             )
             row["carried"] = bool(msg.bdseq & 0x80000000)
-            if not row["online"]:
+            if not row["online"] and not row.get("stale"):
                 row["why"] = "its carrier's link is down"
         elif isinstance(msg, Death):
             row.update(boot_count=msg.boot_count, bdseq=msg.bdseq & 0x7FFFFFFF, why=f"DEATH: {msg.reason.name}")
@@ -76,15 +105,15 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                 row["since"] = None
                 row["why"] += f" (its Last Will, registered when it connected at {_since(msg.timestamp_ns)})"
         rows.append(row)
-    if args.ping and rows:
-        online = [r for r in rows if r["online"]]
+    if args.ping and rows:  # every node online by the broker's state, stale ones too: an answer is life
+        online = [r for r in rows if r["online"] or r.get("stale")]
         try:
             async with HostClient(
                 factory(f"mcm-nodes-h{uuid.uuid4().hex[:8]}"),
                 fleet=args.fleet,
                 timeout=args.timeout,
                 retries=0,
-                auth=frame_auth(args, args.fleet),
+                auth=auth,
             ) as host:
 
                 async def ping(r: dict[str, Any]) -> None:
@@ -92,15 +121,20 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
                     try:
                         await host.request(r["node"], Op.PING)
                         r["ping_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
+                        if r.pop("stale", False):  # silent, but it answers: live after all
+                            r["online"] = r["live"] = True
+                            del r["why"]
                     except HostError:
                         r["ping_ms"] = None
 
                 await asyncio.gather(*(ping(r) for r in online))
         except TransportError as e:
             raise Failure(str(e)) from None
+    # --ping: a node online by the broker's state (shown online, or stale) that does not answer is a failure
+    code = EXIT_FAILURE if any(r.get("ping_ms", 0) is None for r in rows) else EXIT_OK
     if args.json:
         print(json.dumps({"fleet": args.fleet, "nodes": rows}), flush=True)
-        return EXIT_OK
+        return code
     if not rows:
         print(f"no node of fleet {args.fleet!r} on this broker", flush=True)
         return EXIT_OK
@@ -112,7 +146,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
     print(head + "  NOTE", flush=True)
     for r in rows:
         line = (
-            f"{r['node']:>6}  {'online' if r['online'] else 'offline':7}  {r.get('profile', '-'):20}  "
+            f"{r['node']:>6}  {'online' if r['online'] else 'stale' if r.get('stale') else 'offline':7}  {r.get('profile', '-'):20}  "
             f"{r.get('firmware', '-'):8}  {r.get('boot_count', '-'):>4}  {r.get('bdseq', '-'):>5}  {r['since'] or '-':20}"
             f"  {_up(r.get('up_s')):>8}"
         )
@@ -122,5 +156,7 @@ async def cmd_nodes(args: argparse.Namespace) -> int:
         notes = [x for x in (r.get("why"), "carried" if r.get("carried") else None) if x]
         print(line + ("  " + "; ".join(notes) if notes else ""), flush=True)
     up = sum(r["online"] for r in rows)
-    print(f"{len(rows)} nodes in fleet {args.fleet!r}: {up} online, {len(rows) - up} offline", flush=True)
-    return EXIT_OK
+    stale = sum(bool(r.get("stale")) for r in rows)
+    counts = f"{up} online, " + (f"{stale} stale, " if stale else "") + f"{len(rows) - up - stale} offline"
+    print(f"{len(rows)} nodes in fleet {args.fleet!r}: {counts}", flush=True)
+    return code

@@ -8,7 +8,10 @@ import signal
 import subprocess
 import time
 
-from ..conftest import run_cli
+import pytest
+
+from ..conftest import free_port, run_cli
+from ..host.test_liveness import _broker as _persistent_broker
 from .test_cli import _stale_birth
 
 
@@ -77,3 +80,73 @@ def test_bad_selections_are_usage_errors():
     assert r.returncode == 2 and "on a serial line name the nodes" in r.stderr
     r = run_cli("nodes", "--broker", "mqtt://127.0.0.1:1")
     assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_a_gone_fleet_restored_by_a_persistent_broker_is_stale_not_online(tmp_path, cli_process):
+    """A persistent Mosquitto crashed under a fleet that is then gone for good restores its
+    BIRTHs: ``nodes`` shows them stale (not heard live), ``nodes --ping`` exits 1, ``ctl all``
+    reports them STALE at once instead of NO_REPLY after a timeout; a live fleet shows online."""
+    port = free_port()
+    url = f"mqtt://127.0.0.1:{port}"
+    broker = _persistent_broker(tmp_path, port)
+    try:
+        run = cli_process("run", "--broker", url, "--nodes", "3", "--fleet", "gz", "--connection", "node")
+        run.wait_line("up: 3 nodes")
+        time.sleep(2.5)  # the broker saved its state with the BIRTHs
+        broker.send_signal(signal.SIGKILL)  # a crash: no will is published
+        broker.wait()
+        run.proc.send_signal(signal.SIGKILL)  # and the fleet is gone for good
+        run.proc.wait()
+        broker = _persistent_broker(tmp_path, port)  # restored from its store
+        base = ("--broker", url, "--fleet", "gz")
+
+        r = run_cli("nodes", *base, "--json")
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)["nodes"]
+        assert [(n["node"], n["online"], n["live"], n.get("stale")) for n in rows] == [
+            (i, False, False, True) for i in range(3)
+        ], rows
+        r = run_cli("nodes", *base)
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "3 nodes in fleet 'gz': 0 online, 3 stale, 0 offline"
+        assert all(line.split()[1] == "stale" for line in r.stdout.splitlines()[1:4]), r.stdout
+        r = run_cli("nodes", *base, "--ping", "--timeout", "0.5")
+        assert r.returncode == 1 and "no reply" in r.stdout, (r.returncode, r.stdout)
+        r = run_cli("nodes", *base, "--listen", "0")  # the retained state alone: what it used to say
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "3 nodes in fleet 'gz': 3 online, 0 offline"
+
+        t0 = time.monotonic()
+        r = run_cli("ctl", *base, "--timeout", "20", "--json", "all", "ping")
+        took = time.monotonic() - t0
+        out = json.loads(r.stdout)
+        assert r.returncode == 1 and [x["status"] for x in out["results"]] == ["STALE"] * 3, out
+        assert took < 10, took  # at once (a listen of 3 s at most), not after the 20 s timeout
+
+        run2 = cli_process("run", "--broker", url, "--nodes", "3", "--fleet", "gz", "--connection", "node")
+        run2.wait_line("up: 3 nodes")
+        r = run_cli("nodes", *base, "--json", "--ping")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        rows = json.loads(r.stdout)["nodes"]
+        assert all(n["online"] and n["live"] and n["ping_ms"] > 0 for n in rows) and len(rows) == 3, rows
+        r = run_cli("ctl", *base, "all", "ping")
+        assert r.returncode == 0 and r.stdout.splitlines()[-1] == "ping: 3 of 3 nodes ok", r.stdout
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def test_nodes_with_frame_keys_ignores_a_forged_birth(mosquitto, cli_process, tmp_path):
+    keys = str(tmp_path / "fleet.keys")
+    assert run_cli("frame-keys", "new", keys).returncode == 0
+    run = cli_process(
+        "run", "--broker", mosquitto.url, "--nodes", "2", "--fleet", "fk", "--frame-keys", keys, "--connection", "node"
+    )
+    run.wait_line("up: 2 nodes")
+    _stale_birth(mosquitto, 5, "fk")  # a forged BIRTH: unsealed, in a sealed fleet
+    base = ("nodes", "--broker", mosquitto.url, "--fleet", "fk", "--json")
+    r = run_cli(*base)  # without the keys the forged BIRTH is listed (and nothing of it is heard)
+    assert [n["node"] for n in json.loads(r.stdout)["nodes"]] == [0, 1, 5], r.stdout
+    r = run_cli(*base, "--frame-keys", keys, "--ping")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    rows = json.loads(r.stdout)["nodes"]
+    assert [(n["node"], n["online"], n["live"]) for n in rows] == [(0, True, True), (1, True, True)], rows
