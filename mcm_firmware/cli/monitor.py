@@ -53,7 +53,7 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
     from ..protocol import FrameError, decode
     from ..protocol.auth import AuthError, trailer
     from ..tasks import cancel_and_wait
-    from ..transport import Subscription, Transport, TransportError, transport_factory
+    from ..transport import Channel, Subscription, Transport, TransportError, transport_factory
     from ..transport.mqtt_probe import probe_of
     from ..transport.topics import topic
 
@@ -67,8 +67,11 @@ async def cmd_monitor(args: argparse.Namespace) -> int:
             d = await transport.receive()
             seen += 1
             try:
-                if auth is not None:  # retained frames are legitimately old: their tag only
-                    auth.open(d.payload, time.time_ns(), window=not d.retained)
+                if auth is not None:
+                    # retained frames are legitimately old, and so is a LINK frame: a carrier's LOST
+                    # is its will, published by the broker long after its connection was made, and
+                    # a carrier's numbering restarts with each connection: their tag only
+                    auth.open(d.payload, time.time_ns(), window=not (d.retained or d.address.channel is Channel.LINK))
                 msg = decode(d.payload)
             except (FrameError, AuthError) as e:
                 obj = {

@@ -369,7 +369,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
             )
         urls = [url]
         if not args.allow_overlap:
-            await refuse_overlap(url, args.fleet, ids, broker is not None)
+            await refuse_overlap(url, args.fleet, ids, broker is not None, ring=ring)
     try:
         try:
             links = node_links(
@@ -707,16 +707,20 @@ def shard_ids(args: argparse.Namespace) -> list[int]:
     return ids[k * len(ids) // n : (k + 1) * len(ids) // n]
 
 
-async def refuse_overlap(url: str, fleet: str, ids: list[int], embedded: bool) -> None:
+async def refuse_overlap(url: str, fleet: str, ids: list[int], embedded: bool, *, ring: Any = None) -> None:
     """Refuse to start nodes that something else on the broker runs already (a second fleet with
-    the same ids would take over their client ids, or answer their commands twice)."""
+    the same ids would take over their client ids, or answer their commands twice). ``ring``: the
+    fleet's frame keys (--frame-keys): its state read by tag, its nodes pinged sealed."""
     if embedded:
         return  # a broker this process just started has nothing on it
     from ..host.discovery import running_elsewhere
     from ..transport import TransportError, transport_factory
 
     try:
-        alive = await running_elsewhere(transport_factory(url), fleet, ids)
+        from ..protocol.auth import FrameAuth
+
+        auth = None if ring is None else FrameAuth(fleet, ring.secret, ring.current)
+        alive = await running_elsewhere(transport_factory(url), fleet, ids, auth=auth)
     except TransportError as e:
         raise Failure(str(e)) from None
     if alive:
