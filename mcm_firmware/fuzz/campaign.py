@@ -64,6 +64,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol.auth import FrameAuth, seal_probe
+from ..protocol.codec import answerable
 from ..tasks import cancel_and_wait
 from ..testing.strategies import MUTATIONS, NODE_SENT, commands, messages
 from ..transport import Address, Channel, Subscription, Transport, TransportError
@@ -170,6 +171,7 @@ class Session:
         self._sender = int.from_bytes(os.urandom(4), "little")
         self._seq = 0
         self.transport = transport
+        transport.answerable = answerable  # probes the node will not answer own no MCTP tag
         self.fleet = fleet
         self.node = node
         self.timeout = timeout

@@ -45,6 +45,7 @@ from ..protocol import (
     encode,
 )
 from ..protocol.auth import AuthError, FrameAuth
+from ..protocol.codec import answerable
 from ..tasks import cancel_and_wait
 from ..transport import Address, Channel, Delivery, Subscription, Transport, TransportError
 
@@ -166,6 +167,7 @@ class HostClient:
         if retries < 0:
             raise ValueError("retries must not be negative")
         self.transport = transport
+        transport.answerable = answerable  # a serial binding's requests own a tag until answered
         self.fleet = fleet
         self.timeout = timeout
         self.retries = retries

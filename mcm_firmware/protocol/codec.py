@@ -361,6 +361,18 @@ def request_id(data: bytes | bytearray | memoryview) -> int | None:
     return int.from_bytes(env.payload[:4], "little")  # frames.Command and frames.Response begin so
 
 
+def answerable(node: int, data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``node`` answers this frame on its command channel: a COMMAND frame that names it,
+    decodable or not, as long as its request id can be read (a node answers a frame it rejects when
+    it can read that much; frames of another type or for another node, and frames whose header does
+    not hold, go unanswered: docs/protocol.md). For :attr:`Transport.answerable`."""
+    try:
+        msg = decode(data)
+    except FrameError as e:
+        return e.msg_type == MsgType.COMMAND and e.request_id is not None and e.node_id == node
+    return isinstance(msg, Command) and msg.node_id == node
+
+
 def command_op(data: bytes | bytearray | memoryview) -> int | None:
     """The operation of a COMMAND frame whose envelope holds (checks 1 to 6), else None: what a
     link layer may look at before the frame is decoded."""

@@ -89,6 +89,11 @@ class Transport(ABC):
     correlate: Callable[[bytes], int | None] | None = None
     """Reads the request id of a command or response frame; set by who knows the frames (the node
     runtime), for a binding that matches responses to requests below the frames (MCTP tags)."""
+    answerable: Callable[[int, bytes], bool] | None = None
+    """Whether a node answers a frame sent to its command channel; set by a host that knows the
+    frames, for a binding whose requests hold something until answered (an MCTP tag, owned until
+    the answer or its expiry): a frame no answer will come back to does not hold it. None: every
+    frame on a command channel is taken for a request."""
 
     @abstractmethod
     async def connect(self, *, will: Will | None = None) -> None:

@@ -317,3 +317,37 @@ def test_a_node_above_the_baseline_is_silent_to_a_strict_64_byte_reader(cli_proc
             refused, types = _strict_reader(path, lambda refused, types: refused >= 9)
             assert MsgType.TELEMETRY not in types and MsgType.BIRTH not in types  # the node looks silent
         run.close()
+
+
+def test_frames_a_node_will_not_answer_own_no_tag(cli_process):
+    """A host's frames on a node's command channel that the node leaves unanswered (a command for
+    another node, another frame type, a frame whose header does not hold) go with TO=1 and no tag owned:
+    twenty of them before a PING leave every tag free, so the PING needs no wait; a COMMAND the node
+    rejects but answers (no HOST flag) is still a request."""
+    from mcm_firmware.protocol import Event, Severity
+    from mcm_firmware.protocol.codec import answerable
+    from mcm_firmware.transport import Address, Channel
+
+    ping = encode(Command(node_id=0, seq=1, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=7, op=Op.PING))
+    other = encode(Command(node_id=5, seq=1, timestamp_ns=0, flags=int(FrameFlags.HOST), request_id=8, op=Op.PING))
+    no_host = encode(Command(node_id=0, seq=1, timestamp_ns=0, flags=0, request_id=9, op=Op.PING))
+    event = encode(Event(node_id=0, severity=Severity.INFO, code=1))
+    bad_crc = ping[:-1] + bytes([ping[-1] ^ 1])
+    assert answerable(0, ping) and answerable(0, no_host)  # answered, run or rejected
+    assert not answerable(0, other) and not answerable(0, event) and not answerable(0, b"\x00junk")
+    assert not answerable(0, bad_crc)  # a header that does not hold: the node cannot answer it
+    run = cli_process("run", "--nodes", "1", "--serial", "pty", "--fleet", "tags")
+    line = run.wait_line("serial: node 0 at", timeout=30)
+    run.wait_line("up: 1 nodes", timeout=30)
+    path = re.search(r"at (\S+) \(EID", line).group(1)
+
+    async def main() -> tuple[HostClient, float]:
+        async with HostClient(SerialTransport.host(path), fleet="tags", timeout=30, retries=0) as client:
+            for k in range(20):
+                junk = (other, event, b"\x00junk", bad_crc)[k % 4]
+                await client.transport.publish(Address("tags", 0, Channel.CMD), junk, reliable=True)
+            return client, await client.ping(0)
+
+    client, rtt = asyncio.run(main())
+    link = client.transport.link
+    assert rtt is not None and link.stats.tag_waits == 0 and link.stats.tags_reused == 0, link.summary()

@@ -158,7 +158,10 @@ class SerialTransport(Transport):
                 reply_tag = None if rid is None else self._request_tags.pop((self._peer, rid), None)
             self._send(vm, dest=self._peer, bulk=address.channel is Channel.TLM, reply_tag=reply_tag)
         else:
-            self._send(vm, dest=self._eids.get(address.node, EID_BROADCAST), request=address.channel is Channel.CMD)
+            request = address.channel is Channel.CMD and (
+                self.answerable is None or self.answerable(address.node, payload)
+            )  # a frame the node will not answer owns no tag (it would hold one until the expiry)
+            self._send(vm, dest=self._eids.get(address.node, EID_BROADCAST), request=request)
 
     async def receive(self) -> Delivery:
         if not self._connected and self._queue.empty():
