@@ -143,3 +143,53 @@ async def test_a_half_open_link_is_noticed_within_one_and_a_half_keepalives(mosq
         await asyncio.wait_for(t.receive(), 10)
     assert time.monotonic() - t0 <= 1.5 * 2 + 1.5
     assert paho  # the reference library the packets are checked against
+
+
+async def test_in_flight_slots_serve_waiters_in_order_and_pass_on_a_cancelled_ones_slot():
+    from mcm_firmware.transport.mqtt_raw import Slots
+
+    slots = Slots(2)
+    order: list[int] = []
+
+    async def take(k: int) -> None:
+        await slots.acquire()
+        order.append(k)
+
+    await take(0)
+    await take(1)  # both held
+    waiters = [asyncio.create_task(take(k)) for k in range(2, 7)]
+    await asyncio.sleep(0)
+    assert order == [0, 1] and slots.free == 0
+    waiters[1].cancel()  # 3 gives up while waiting: skipped
+    await asyncio.sleep(0)
+    slots.release()
+    slots.release()  # 2 and 4 are handed a slot ...
+    waiters[2].cancel()  # ... 4 is cancelled before it runs: its slot goes on to 5
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert order == [0, 1, 2, 5] and waiters[1].cancelled() and waiters[2].cancelled()
+    slots.release()
+    await asyncio.sleep(0)
+    assert order == [0, 1, 2, 5, 6]
+    for _ in range(3):
+        slots.release()
+    assert slots.free == 3 and not slots._waiters
+
+
+async def test_a_thousand_releases_in_one_go_wake_a_thousand_waiters_in_order():
+    from mcm_firmware.transport.mqtt_raw import Slots
+
+    slots = Slots(0)
+    order: list[int] = []
+
+    async def take(k: int) -> None:
+        await slots.acquire()
+        order.append(k)
+
+    tasks = [asyncio.create_task(take(k)) for k in range(1000)]
+    await asyncio.sleep(0)
+    for _ in range(1000):  # one read's PUBACKs: each release hands its slot to the next waiter at once
+        slots.release()
+    assert not slots._waiters and slots.free == 0
+    await asyncio.gather(*tasks)
+    assert order == list(range(1000))
