@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from .conftest import free_port, run_cli
 
@@ -59,6 +61,14 @@ def test_the_redfish_docs_python_talks_to_a_served_fleet(cli_process, capsys):
     password = run.wait_line("redfish: account operator (Operator) password ", timeout=60).split()[-1]
     url = run.wait_line("redfish: http://", timeout=60).split()[1].removesuffix("/redfish/v1/")
     code = code.replace('"http://127.0.0.1:8000"', repr(url)).replace('password="..."', f"password={password!r}")
+    run.wait_line("up: 1 nodes", timeout=60)
+    deadline = time.monotonic() + 30  # as a reader would: once the module is served with its sensors
+    while True:
+        r = requests.get(f"{url}/redfish/v1/Chassis/0/Sensors", auth=("operator", password), timeout=5)
+        if r.status_code == 200 and len(r.json()["Members"]) >= 10:
+            break
+        assert time.monotonic() < deadline, (r.status_code, r.text[:500])
+        time.sleep(0.2)
     exec(compile(code, where, "exec"), {"__name__": "__docs__"})
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) >= 10 and all(len(line.split()) >= 3 for line in printed), printed

@@ -171,7 +171,6 @@ class Session:
         self._sender = int.from_bytes(os.urandom(4), "little")
         self._seq = 0
         self.transport = transport
-        transport.answerable = answerable  # probes the node will not answer own no MCTP tag
         self.fleet = fleet
         self.node = node
         self.timeout = timeout
@@ -195,6 +194,7 @@ class Session:
                 return rid
 
     async def start(self) -> None:
+        self.transport.answerable = answerable  # probes the node will not answer own no MCTP tag
         await self.transport.connect()
         await self.transport.subscribe(Subscription(self.fleet, self.node, Channel.RSP))
         await self.transport.subscribe(Subscription(self.fleet, self.node, Channel.STATE))
