@@ -339,8 +339,7 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
 
     from ..host.client import connect_within
     from ..host.discovery import FleetState
-    from ..protocol import Birth, Death, FrameError, Link, decode
-    from ..protocol.auth import AuthError
+    from ..protocol import Birth, Death
     from ..transport import Channel, Subscription, TransportError, transport_factory
     from ..transport.carrier import CARRIED
 
@@ -360,23 +359,10 @@ async def read_standing(args: argparse.Namespace, node: int | None = None, *, se
             if d.address.fleet != fleet:
                 fleets.add(d.address.fleet)
                 continue
-            if auth is not None:  # retained state is legitimately old: its tag only
-                try:
-                    auth.open(d.payload, window=False)
-                except AuthError:
-                    state.refused += 1
-                    continue
-            try:
-                msg = decode(d.payload)
-            except FrameError:
-                continue
-            if isinstance(msg, (Birth, Death)):
-                state.nodes[d.address.node] = msg
+            if isinstance(state.take(d.address.node, d.payload, auth), (Birth, Death)):
                 fleets.add(fleet)
                 if first_only:
                     return fleets
-            elif isinstance(msg, Link):
-                state.links[d.address.node] = msg
 
     try:
         if node is not None:

@@ -38,6 +38,29 @@ class FleetState:
     links: dict[int, Link] = field(default_factory=dict)  # by the link's first node
     refused: int = 0  # state frames frame authentication refused (forged, or unsealed in a sealed fleet)
 
+    def take(self, node: int, payload: bytes, auth: FrameAuth | None = None) -> Birth | Death | Link | None:
+        """Keep a frame of ``node``'s ``state`` or ``link`` topic as its newest: the BIRTH, DEATH
+        or LINK it holds, or None for one left out (a tag that does not verify, counted in
+        ``refused``; retained state is legitimately old, so its tag only is checked; a frame that
+        does not decode)."""
+        if auth is not None:
+            try:
+                auth.open(payload, window=False)
+            except AuthError:
+                self.refused += 1
+                return None
+        try:
+            msg = decode(payload)
+        except FrameError:
+            return None
+        if isinstance(msg, (Birth, Death)):
+            self.nodes[node] = msg
+            return msg
+        if isinstance(msg, Link):
+            self.links[node] = msg
+            return msg
+        return None
+
     def online(self, node: int) -> bool:
         """The node's retained state says online: a BIRTH, and for a carried node (bit 31 of its
         ``bdseq`` set) a LINK frame that carries it, ONLINE with the same ``bdseq``
@@ -185,20 +208,7 @@ async def read_state(
                 d = await asyncio.wait_for(tr.receive(), settle)
             except TimeoutError:
                 break
-            if auth is not None:
-                try:
-                    auth.open(d.payload, window=False)
-                except AuthError:
-                    state.refused += 1
-                    continue
-            try:
-                msg = decode(d.payload)
-            except FrameError:
-                continue
-            if isinstance(msg, (Birth, Death)):
-                state.nodes[d.address.node] = msg
-            elif isinstance(msg, Link):
-                state.links[d.address.node] = msg
+            state.take(d.address.node, d.payload, auth)
     finally:
         await tr.close()
     return state
