@@ -19,9 +19,11 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..kernel import stream
 from ..transport.mqtt import parse_broker_url
 from ..transport.mqtt_fast import FastSubscriber
 from ..transport.security import security_of
@@ -29,31 +31,74 @@ from ..transport.security import security_of
 _HEADER, _CRC = 23, 4
 
 
-@dataclass
 class TelemetryCount:
-    fleet: str
-    started: float = field(default_factory=time.monotonic)
-    per_topic: dict[bytes, int] = field(default_factory=dict)
-    per_second: Counter[int] = field(default_factory=Counter)
-    damaged: int = 0
+    """Frames counted per node (the topic level after ``mcm/v1/<fleet>/``), frames of other
+    topics, and frames whose CRC or length is wrong. Fed a message at a time (:meth:`add`), or a
+    run of PUBLISH packets at a time by the compiled walk (:meth:`walk`,
+    :mod:`mcm_firmware.kernel.stream`): both count alike."""
+
+    def __init__(self, fleet: str, channel: str = "tlm") -> None:
+        self.fleet = fleet
+        self.started = time.monotonic()
+        self.per_second: Counter[int] = Counter()
+        self.prefix = f"mcm/v1/{fleet}/".encode()
+        self.counts = np.zeros(1024, np.int64)  # by node id
+        self.extra = np.zeros(3, np.int64)  # [frames of other topics, damaged frames, the walk's node to grow to]
+        self._prefix = np.frombuffer(self.prefix, np.uint8)
+        self._table = stream.crc_table()
+        self._walk = stream.compiled()
+
+    @property
+    def compiled(self) -> bool:
+        return self._walk is not None
+
+    @property
+    def damaged(self) -> int:
+        return int(self.extra[1])
 
     def add(self, topic: bytes, payload: memoryview) -> None:
-        per_topic = self.per_topic
-        per_topic[topic] = per_topic.get(topic, 0) + 1
+        node = -1
+        if topic.startswith(self.prefix):
+            level = topic[len(self.prefix) :].split(b"/", 1)[0]
+            if level.isdigit() and len(level) <= 8 and int(level) <= stream.MAX_NODE:
+                node = int(level)
+        if node < 0:
+            self.extra[0] += 1
+        else:
+            self._grow(node)
+            self.counts[node] += 1
         if len(payload) < _HEADER + _CRC or zlib.crc32(payload[:-_CRC]) != int.from_bytes(payload[-_CRC:], "little"):
-            self.damaged += 1
+            self.extra[1] += 1
+
+    def walk(self, buf: bytearray, start: int) -> tuple[int, int]:
+        """The run of PUBLISH packets of ``buf`` from ``start`` counted by the compiled walk (a
+        :class:`~mcm_firmware.transport.mqtt_fast.FastSubscriber` ``bulk``)."""
+        assert self._walk is not None
+        data = np.frombuffer(buf, np.uint8)
+        total = 0
+        while True:
+            start, got, status = self._walk(data, start, self._prefix, self.counts, self.extra, self._table)
+            total += got
+            if status != stream.GROW:
+                return start, total
+            self._grow(int(self.extra[2]))  # then the walk goes on from that packet
+
+    def _grow(self, node: int) -> None:
+        if node >= len(self.counts):
+            bigger = np.zeros(max(node + 1, 2 * len(self.counts)), np.int64)
+            bigger[: len(self.counts)] = self.counts
+            self.counts = bigger
 
     @property
     def per_node(self) -> Counter[int]:
-        out: Counter[int] = Counter()
-        for topic, n in self.per_topic.items():
-            parts = topic.split(b"/")
-            out[int(parts[3]) if len(parts) == 5 and parts[3].isdigit() else -1] += n
+        out: Counter[int] = Counter({int(n): int(self.counts[n]) for n in np.nonzero(self.counts)[0]})
+        if self.extra[0]:
+            out[-1] = int(self.extra[0])
         return out
 
     @property
     def received(self) -> int:
-        return sum(self.per_topic.values())
+        return int(self.counts.sum() + self.extra[0])
 
     def as_json(self, seconds: float) -> dict[str, Any]:
         return {
@@ -61,9 +106,10 @@ class TelemetryCount:
             "seconds": round(seconds, 3),
             "received": self.received,
             "damaged": self.damaged,
-            "nodes": len(self.per_topic),
+            "nodes": int(np.count_nonzero(self.counts)),
             "per_second": [self.per_second.get(s, 0) for s in range(int(seconds) + 1)],
             "per_node": {str(k): v for k, v in sorted(self.per_node.items())},
+            "walk": "compiled" if self.compiled else "python",
         }
 
 
@@ -72,7 +118,7 @@ async def count(
 ) -> dict[str, Any]:
     """Count ``duration`` seconds of the fleet's telemetry; ``ready`` is called once subscribed."""
     host, port = parse_broker_url(url)
-    counter = TelemetryCount(fleet)
+    counter = TelemetryCount(fleet, channel)
     sub = FastSubscriber(
         security=security_of(url),
         host=host,
@@ -80,6 +126,7 @@ async def count(
         client_id=f"mcm-count-h{uuid.uuid4().hex[:8]}",
         topic_filter=f"mcm/v1/{fleet}/+/{channel}",
         on_publish=counter.add,
+        bulk=counter.walk if counter.compiled else None,
     )
     await sub.start()
     counter.started = time.monotonic()
