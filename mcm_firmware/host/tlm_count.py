@@ -28,8 +28,6 @@ from ..transport.mqtt import parse_broker_url
 from ..transport.mqtt_fast import FastSubscriber
 from ..transport.security import security_of
 
-_HEADER, _CRC = 23, 4
-
 
 class TelemetryCount:
     """Frames counted per node (the topic level after ``mcm/v1/<fleet>/``), frames of other
@@ -37,7 +35,7 @@ class TelemetryCount:
     run of PUBLISH packets at a time by the compiled walk (:meth:`walk`,
     :mod:`mcm_firmware.kernel.stream`): both count alike."""
 
-    def __init__(self, fleet: str, channel: str = "tlm") -> None:
+    def __init__(self, fleet: str) -> None:
         self.fleet = fleet
         self.started = time.monotonic()
         self.per_second: Counter[int] = Counter()
@@ -67,7 +65,9 @@ class TelemetryCount:
         else:
             self._grow(node)
             self.counts[node] += 1
-        if len(payload) < _HEADER + _CRC or zlib.crc32(payload[:-_CRC]) != int.from_bytes(payload[-_CRC:], "little"):
+        if len(payload) < stream.HEADER + stream.CRC or zlib.crc32(payload[: -stream.CRC]) != int.from_bytes(
+            payload[-stream.CRC :], "little"
+        ):
             self.extra[1] += 1
 
     def walk(self, buf: bytearray, start: int) -> tuple[int, int]:
@@ -118,7 +118,7 @@ async def count(
 ) -> dict[str, Any]:
     """Count ``duration`` seconds of the fleet's telemetry; ``ready`` is called once subscribed."""
     host, port = parse_broker_url(url)
-    counter = TelemetryCount(fleet, channel)
+    counter = TelemetryCount(fleet)
     sub = FastSubscriber(
         security=security_of(url),
         host=host,

@@ -6,7 +6,8 @@ share; compiled, a fraction of it.
 
 :func:`walk` is plain Python (the reference, which the tests compare with the compiled one on
 random streams); :func:`compiled` gives the numba-compiled walk, or ``None`` when numba is not
-there or fails (the reference runs then). Like the tick's kernels, numba is imported lazily.
+there or fails: the counter then reads a message at a time in Python. Like the tick's kernels,
+numba is imported lazily.
 """
 
 from __future__ import annotations
