@@ -162,8 +162,16 @@ def walk(
     return i, packets, DONE
 
 
+def crc_rows(raw: np.ndarray, stop: int, table: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]`` = CRC-32 of ``raw[i, :stop]`` for every row of the 2-D uint8 array ``raw``: the
+    CRCs of a block of frames (:func:`mcm_firmware.protocol.codec.frame_block`)."""
+    for i in range(raw.shape[0]):
+        out[i] = crc32(raw[i], 0, stop, table)
+
+
 _lock = threading.Lock()
 _compiled: list[Callable[..., tuple[int, int, int]] | None] = []
+_compiled_rows: list[Callable[[np.ndarray, int], np.ndarray] | None] = []
 
 
 def compiled() -> Callable[..., tuple[int, int, int]] | None:
@@ -174,8 +182,7 @@ def compiled() -> Callable[..., tuple[int, int, int]] | None:
             try:
                 import numba  # lazily, as the tick's kernels
 
-                global crc32
-                crc32 = numba.njit(cache=True, nogil=True)(crc32)  # walk calls it through the globals
+                _jit_crc32(numba)
                 fn: Any = numba.njit(cache=True, nogil=True)(walk)
                 probe = np.frombuffer(b"\x30\x00\x30\x02\x00\x00", np.uint8)
                 fn(probe, 0, np.zeros(1, np.uint8), np.zeros(1, np.int64), np.zeros(3, np.int64), crc_table())
@@ -183,3 +190,36 @@ def compiled() -> Callable[..., tuple[int, int, int]] | None:
             except Exception:  # noqa: BLE001 -- any failure of numba means the reference runs
                 _compiled.append(None)
         return _compiled[0]
+
+
+def _jit_crc32(numba: Any) -> None:
+    """Compile :func:`crc32` once: :func:`walk` and :func:`crc_rows` call it through the globals."""
+    global crc32
+    if not hasattr(crc32, "py_func"):
+        crc32 = numba.njit(cache=True, nogil=True)(crc32)
+
+
+def compiled_crc_rows() -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """A function ``(raw, stop) -> CRCs`` of :func:`crc_rows` compiled (what ``zlib.crc32`` gives
+    row by row, without a Python call per row), or ``None`` when numba is missing or fails."""
+    with _lock:
+        if not _compiled_rows:
+            try:
+                import numba
+
+                _jit_crc32(numba)
+                fn: Any = numba.njit(cache=True, nogil=True)(crc_rows)
+                table = crc_table()
+
+                def rows(raw: np.ndarray, stop: int) -> np.ndarray:
+                    out = np.empty(raw.shape[0], np.uint32)
+                    fn(raw, stop, table, out)
+                    return out
+
+                probe = np.frombuffer(b"123456789abc", np.uint8).reshape(1, 12)
+                if int(rows(probe, 9)[0]) != 0xCBF43926:  # the CRC-32 check value of "123456789"
+                    raise ValueError("compiled CRC-32 gives a wrong check value")
+                _compiled_rows.append(rows)
+            except Exception:  # noqa: BLE001 -- any failure of numba means zlib runs
+                _compiled_rows.append(None)
+        return _compiled_rows[0]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..clock import Clock, Deadlines
+from ..kernel import stream
 from ..keyring import KeyRing
 from ..plant.workload import Workload
 from ..profile import Profile
@@ -131,6 +132,12 @@ class Fleet:
             self._rows[name] = rows
         # the batched telemetry path writes frames without a node's hands: not for sealed frames
         self._sink = links.telemetry_sink() if links is not None and frame_keys is None else None
+        # the block's CRCs through the compiled loop when the shards run compiled kernels
+        self._crc_rows = (
+            stream.compiled_crc_rows()
+            if self._sink is not None and any(s.kernels is not None for s in self.shards.values())
+            else None
+        )
         # a sealed fleet seals its carriers' LINK frames too (with the key of the link's first node)
         self._link_auth = None if frame_keys is None else FrameAuth(fleet, frame_keys.secret, frame_keys.current)
         if links is not None:
@@ -276,7 +283,7 @@ class Fleet:
                 live, rec = live[keep], rec[keep]
             seqs = shard.seq[live]
             shard.seq[live] = seqs + np.uint32(1)  # wraps at 2^32 like every sequence number
-            block = frame_block(mtype, ids[live], seqs, self.clock.now_ns(), rec)
+            block = frame_block(mtype, ids[live], seqs, self.clock.now_ns(), rec, self._crc_rows)
             if prepared is None:
                 # telemetry that waited a period for the link is stale: slots behind it are refused
                 prepared = sink.prepare(

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcm_firmware.kernel import stream
 from mcm_firmware.protocol import (
     Birth,
     Command,
@@ -326,8 +327,20 @@ def test_snapshot_of_golden_is_self_consistent():
     assert decode(encode(GOLDEN["telemetry"])).snapshot == SNAPSHOT
 
 
-@given(st.lists(st.tuples(u32, u32, snapshots), min_size=1, max_size=12), st.integers(0, 2**64 - 1))
-def test_a_frame_block_is_frame_bytes_row_by_row(rows, ts):
+def _python_crc_rows(raw: np.ndarray, stop: int) -> np.ndarray:
+    out = np.empty(raw.shape[0], np.uint32)
+    stream.crc_rows(raw, stop, stream.crc_table(), out)
+    return out
+
+
+CRC_ROWS = {"zlib": None, "python slicing-by-8": _python_crc_rows, "compiled": stream.compiled_crc_rows()}
+
+
+@pytest.mark.parametrize("crc", list(CRC_ROWS))
+@given(rows=st.lists(st.tuples(u32, u32, snapshots), min_size=1, max_size=12), ts=st.integers(0, 2**64 - 1))
+def test_a_frame_block_is_frame_bytes_row_by_row(crc, rows, ts):
+    assert CRC_ROWS["compiled"] is not None, "numba is a dependency: the compiled CRC must load"
+
     def shape(snap):
         return len(snap.dies), len(snap.hbm), len(snap.pumps), len(snap.valves)
 
@@ -337,7 +350,7 @@ def test_a_frame_block_is_frame_bytes_row_by_row(rows, ts):
     payloads = np.frombuffer(b"".join(codec.snapshot_payload(s) for _, _, s in same), dt)
     ids = np.array([n for n, _, _ in same], np.uint32)
     seqs = np.array([q for _, q, _ in same], np.uint32)
-    block = codec.frame_block(MsgType.TELEMETRY, ids, seqs, ts, payloads)
+    block = codec.frame_block(MsgType.TELEMETRY, ids, seqs, ts, payloads, CRC_ROWS[crc])
     for i, (node, seq, snap) in enumerate(same):
         expect = frame_bytes(MsgType.TELEMETRY, node, seq, ts, 0, codec.snapshot_payload(snap))
         assert block[i].tobytes() == expect
