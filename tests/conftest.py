@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +31,15 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None)
 settings.register_profile("fuzz", deadline=None, max_examples=20_000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background of a non-interactive shell inherits SIGINT ignored, and
+    so would every CLI subprocess it starts (a program started that way rightly ignores Ctrl-C):
+    the tests that stop ``monitor`` with SIGINT want it as from a terminal. A Python handler is
+    reset to the default in a child, so the subprocesses get SIGINT at its default."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
