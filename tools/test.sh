@@ -3,6 +3,7 @@
 # virtualenv in .venv with the package and its test extras, runs the gates (ruff lint and format,
 # mypy, the import-linter contracts), then pytest with coverage and its floor (pyproject.toml, [tool.coverage.report]). Arguments go to
 # pytest (e.g. -m "not slow" for the quick part, or a test path); GATES=0 skips the gates.
+# pytest runs in TEST_WORKERS worker processes (pytest-xdist; default 2, 0 runs in this process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,4 @@ if [ "${GATES:-1}" != 0 ]; then
 fi
 echo "== pytest"
 rm -f .coverage .coverage.*
-exec .venv/bin/python -m pytest --cov --cov-report=term:skip-covered "$@"
+exec .venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --cov --cov-report=term:skip-covered "$@"
