@@ -5,7 +5,8 @@ is to run: ``MCM_EMU_KERNEL=numpy`` asks for it, and a missing or failing numba 
 saying so once in the log. numba is imported here, lazily, when the first shard is built: the
 commands that build no shard (``ctl``, ``monitor``, ``nodes``) never import it.
 
-Beside the tick, :mod:`.stream` compiles the bench counter's walk over an MQTT stream.
+Beside the tick, :mod:`.stream` compiles the bench counter's walk over an MQTT stream and the
+CRCs of the fleet's telemetry blocks.
 
 The kernels are compiled with ``cache=True``: the machine code lands in ``__pycache__`` beside
 :mod:`.loops` (or ``NUMBA_CACHE_DIR``) and later processes load it from there.

@@ -1,4 +1,5 @@
-"""The telemetry counter's walk over an MQTT stream, compiled: the independent subscriber of
+"""The telemetry counter's walk over an MQTT stream, compiled, and the CRCs of a block of frames
+(:func:`crc_rows`, for the fleet's telemetry path). The independent subscriber of
 ``mcm-emu bench`` (:mod:`mcm_firmware.host.tlm_count`) counts every PUBLISH a broker delivers, per
 node, and checks each frame's CRC, at the broker's full rate. In Python that costs about 2.5 µs a
 message, a quarter of a core at 100,000 messages/s on the machine the broker and the emulator
