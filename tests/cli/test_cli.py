@@ -169,20 +169,21 @@ def _timed(*args: str) -> tuple[float, object]:
 
 def test_ctl_says_at_once_why_a_node_will_not_answer(mosquitto, cli_process):
     """Wrong node, wrong fleet, crashed node: read from the broker's retained state before
-    anything is sent, said in one line well within --timeout 5 (half of it, with a process start)."""
+    anything is sent, said in one line well within --timeout 20 (half of it, with a process start: on a
+    loaded machine a start alone can take seconds; a diagnosis that waited for the timeout takes 20)."""
     run = cli_process("run", "--broker", mosquitto.url, "--nodes", "3", "--fleet", "ws")
     run.wait_line("up: 3 nodes")
     other = cli_process("run", "--broker", mosquitto.url, "--nodes", "1", "--fleet", "other")
     other.wait_line("up: 1 nodes")
-    base = ("ctl", "--broker", mosquitto.url, "--timeout", "5")
+    base = ("ctl", "--broker", mosquitto.url, "--timeout", "20")
 
     took, r = _timed(*base, "--fleet", "ws", "99", "ping")
     assert r.returncode == 1 and r.stderr.splitlines() == [
         "mcm-emu: error: node 99: not in fleet 'ws' (nodes 0-2 seen)"
     ]
-    assert took < 2.5, took
+    assert took < 10, took
     took, r = _timed(*base, "--fleet", "nope", "1", "ping", "--json")
-    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    assert r.returncode == 1 and took < 10, (took, r.stderr)
     assert r.stderr.splitlines() == ["mcm-emu: error: no node of fleet 'nope' on this broker (fleets seen: other, ws)"]
     assert json.loads(r.stdout) == {
         "node": 1,
@@ -202,7 +203,7 @@ def test_ctl_says_at_once_why_a_node_will_not_answer(mosquitto, cli_process):
         took, r = _timed(*base, "--fleet", "ws", "0", "ping", "--json")
         if "DEATH" in r.stderr or time.monotonic() > deadline:
             break
-    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    assert r.returncode == 1 and took < 10, (took, r.stderr)
     (line,) = r.stderr.splitlines()
     assert line.startswith(
         "mcm-emu: error: node 0: offline (DEATH: CONNECTION_LOST, its Last Will published by the broker, "
@@ -213,7 +214,7 @@ def test_ctl_says_at_once_why_a_node_will_not_answer(mosquitto, cli_process):
 
     # a selection: the same diagnosis per node, the nodes that are up answered
     took, r = _timed(*base, "--fleet", "ws", "0-2,7", "ping")
-    assert r.returncode == 1 and took < 2.5, (took, r.stderr)
+    assert r.returncode == 1 and took < 10, (took, r.stderr)
     lines = r.stdout.splitlines()
     assert lines[0].startswith("node 0: offline (DEATH: CONNECTION_LOST, its Last Will published by the broker")
     assert lines[1].startswith("node 1: ok (ping)") and lines[2].startswith("node 2: ok (ping)")

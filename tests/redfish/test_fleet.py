@@ -21,7 +21,7 @@ def ctl(svc, node: int, *args: str) -> dict:
     return json.loads(r.stdout)
 
 
-def until(fn, timeout: float = 5.0, step: float = 0.05):
+def until(fn, timeout: float = 20.0, step: float = 0.05):  # a bound for a hang, not a speed
     deadline = time.monotonic() + timeout
     while not (value := fn()):
         assert time.monotonic() < deadline, "not within the time allowed"
