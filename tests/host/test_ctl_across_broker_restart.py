@@ -83,7 +83,7 @@ def test_ctl_right_after_a_broker_restart_reaches_every_node_and_a_typo_is_refus
         ("nope", "1", "no node of fleet 'nope' on this broker (fleets seen: rs)"),
     ):
         t0 = time.monotonic()
-        r = run_cli("ctl", "--broker", url, "--fleet", fleet, "--timeout", "10", node, "ping")
+        r = run_cli("ctl", "--broker", url, "--fleet", fleet, "--timeout", "20", node, "ping")
         took = time.monotonic() - t0
         assert r.returncode == 1 and r.stderr.splitlines() == [f"mcm-emu: error: {says}"], r.stderr
-        assert took < 5, took  # at once: well within half of --timeout, process start included
+        assert took < 10, took  # at once: well within half of --timeout, process start included
