@@ -2,8 +2,14 @@
 
 For each node count: a Mosquitto of its own (or ``--broker``), ``mcm-emu run`` as users start it
 (a subprocess), an independent subscriber process counting the telemetry the broker delivers
-(``python -m mcm_firmware.host.tlm_count``), and ``ctl``-style pings from this process during the
-measurement. The run's own measurement (tick lateness, loop lag, GC) covers exactly the measured
+(``python -m mcm_firmware.host.tlm_count``), and ``ctl``-style pings from an independent requester
+during the measurement.
+
+The bench's own Mosquitto listens twice: over TLS, with a certificate authority made for the bench,
+for the run (``--link tls``, the default: modules reach their site's broker over TLS, as a secured
+site runs them), and over plain TCP on the loopback for the measuring processes, as host software
+beside its broker. ``--link tcp`` runs the fleet over plain TCP as well. Which link the run used is
+part of every result. The run's own measurement (tick lateness, loop lag, GC) covers exactly the measured
 seconds (SIGUSR1 / SIGUSR2 to its ``--stats-file``); CPU and memory are read from ``/proc``.
 Prints a table (markdown) and, with ``--json``, one JSON object.
 """
@@ -15,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -23,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from .bench_parts import start_counter
 from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
@@ -58,6 +66,13 @@ def add_parser(sub: Any) -> None:
         type=broker_url,
         default=None,
         help="an external broker (default: a Mosquitto of the bench's own on a free port)",
+    )
+    b.add_argument(
+        "--link",
+        choices=["tls", "tcp"],
+        default="tls",
+        help="how the run reaches the bench's own Mosquitto: tls (default; the counter and the pinger connect "
+        "over plain TCP on the loopback) or tcp; with --broker every process uses that URL",
     )
     b.add_argument(
         "--ping-rate",
@@ -184,37 +199,73 @@ def merge_marks(marks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class Broker:
-    """A Mosquitto of the bench's own on a free loopback port."""
+QUEUED_FOR_SUBSCRIBER = 100_000
+"""Messages the bench's Mosquitto holds for a subscriber that is behind (``max_queued_messages``)."""
 
-    def __init__(self, workdir: Path) -> None:
+
+class Broker:
+    """A Mosquitto of the bench's own: a plain TCP listener on a free loopback port (the measuring
+    processes) and, with ``tls``, a TLS listener on another (the run), its certificate issued by a
+    certificate authority made for the bench in ``workdir``."""
+
+    def __init__(self, workdir: Path, *, tls: bool = False) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
         )
         if binary is None:
             raise Failure("bench: mosquitto is not installed (apt-get install mosquitto), or pass --broker URL")
         self.port = _free_port()
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(
+        # max_queued_messages: what the broker holds for a subscriber whose socket is full before
+        # it drops QoS 0 frames (Mosquitto's default, 1,000, is 10 ms of a 10,000-node fleet's
+        # telemetry: the counter, sharing two cores with everything else, lost frames the broker
+        # had accepted when it was descheduled that long); here a second of that fleet's
+        text = (
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "set_tcp_nodelay true\nlog_dest none\n"
+            f"set_tcp_nodelay true\nlog_dest none\nmax_queued_messages {QUEUED_FOR_SUBSCRIBER}\n"
         )
+        self.tls_port: int | None = None
+        self.cafile = workdir / "bench-ca.crt"
+        if tls:
+            from .certs import issue, load_or_create_ca
+
+            ca = load_or_create_ca(self.cafile, workdir / "bench-ca.key", "mcm-emu bench CA")
+            issue(ca, "127.0.0.1", workdir / "broker.crt", workdir / "broker.key", server=True)
+            self.tls_port = _free_port()
+            # the key is this user's (mode 0600): a Mosquitto started as root keeps that user
+            # instead of changing to ``mosquitto``, which could not read it
+            text += f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+            text += (
+                f"listener {self.tls_port} 127.0.0.1\ncafile {self.cafile}\n"
+                f"certfile {workdir / 'broker.crt'}\nkeyfile {workdir / 'broker.key'}\n"
+            )
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(text)
         self.binary, self.conf = binary, conf
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
+        """The plain TCP listener: the counter, the pinger, the flood's subscriber."""
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def fleet_url(self) -> str:
+        """Where the run connects: the TLS listener when there is one."""
+        if self.tls_port is None:
+            return self.url
+        return f"mqtts://127.0.0.1:{self.tls_port}?{urlencode({'cafile': str(self.cafile)})}"
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             self.binary, "-c", str(self.conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        for _ in range(200):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.1):
-                return
-            await asyncio.sleep(0.025)
-        raise Failure(f"bench: mosquitto did not listen on port {self.port}")
+        for port in [p for p in (self.port, self.tls_port) if p is not None]:
+            for _ in range(200):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                    break
+                await asyncio.sleep(0.025)
+            else:
+                raise Failure(f"bench: mosquitto did not listen on port {port}")
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -268,8 +319,14 @@ async def _pings(url: str, nodes: int, rate: float, seconds: float) -> dict[str,
     return result
 
 
-async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | None, workdir: Path) -> dict[str, Any]:
+async def measure(
+    n: int, args: argparse.Namespace, url: str, broker_pid: int | None, workdir: Path, host_url: str | None = None
+) -> dict[str, Any]:
+    """One node count: the run connects to ``url``, the counter and the pinger to ``host_url``
+    (the same broker's plain listener; ``url`` when None)."""
     from ..profile import load_profile
+
+    host_url = host_url or url
 
     profile = load_profile(args.profile)
     stats_file = workdir / f"stats-{n}.jsonl"
@@ -312,13 +369,13 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         pids = _workers(run.pid) if args.processes > 1 else [run.pid]
         out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
         await asyncio.sleep(args.warmup)
-        counter = await start_counter(url, FLEET, args.seconds)
+        counter = await start_counter(host_url, FLEET, args.seconds)
         run.send_signal(signal.SIGUSR1)
         cpu0 = {"run": _tree_cpu_seconds(pids), "counter": _cpu_seconds(counter.pid)}
         if broker_pid is not None:
             cpu0["broker"] = _cpu_seconds(broker_pid)
         w0 = time.monotonic()
-        pinger = asyncio.create_task(_pings(url, n, args.ping_rate, args.seconds), name="bench-pinger")
+        pinger = asyncio.create_task(_pings(host_url, n, args.ping_rate, args.seconds), name="bench-pinger")
         # CPU is read while the counter still runs (an ended process reads as having used none)
         await asyncio.sleep(max(0.0, args.seconds - 0.5 - (time.monotonic() - w0)))
         wall = time.monotonic() - w0
@@ -382,7 +439,11 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
             "share": round(counted["received"] / due, 5) if due else 1.0,
             "damaged": counted["damaged"],
             "silent_nodes": n - len(per_node),
+            # the run's own count over its window (slightly longer than the counter's): what it
+            # owed, handed to the link and dropped itself (a frame lost beyond it was lost after)
             "sent_by_run": own["telemetry"]["sent"],
+            "due_by_run": own["telemetry"].get("due"),
+            "dropped_by_run": own["telemetry"].get("dropped"),
         },
         "samples_per_frame": profile.rates.samples_per_frame,
         "publish_per_s_per_core": round(own["telemetry"]["sent"] / own["seconds"] / (cpu["run"] / 100))
@@ -395,22 +456,23 @@ async def measure(n: int, args: argparse.Namespace, url: str, broker_pid: int | 
         "run_stderr_tracebacks": tracebacks,
         "run_fell_behind": any("falling behind" in line for line in err_lines + out_lines),
         "processes": args.processes,
+        "link": "tls" if url.startswith("mqtts:") else "tcp",
     }
 
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| nodes | profile (processes) | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost | silent "
+        "| nodes | profile (processes) | link | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost (run dropped) | silent "
         "| ping p50 / p99 ms (lost) | CPU run / broker / counter / pinger % | RSS MB per 1,000 | start-up s | stop s |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for r in results:
         t, p, c = r["telemetry"], r["ping"], r["cpu_pct"]
         late = r["tick_late_ms"]
         lost = max(0, t["due"] - t["received"])
         rows.append(
-            f"| {r['nodes']:,} | {r['profile']} ({r.get('processes', 1)}) | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
-            f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} | {t['silent_nodes']} "
+            f"| {r['nodes']:,} | {r['profile']} ({r.get('processes', 1)}) | {r.get('link', 'tcp')} | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
+            f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} ({t.get('dropped_by_run') or 0:,}) | {t['silent_nodes']} "
             f"| {p.get('p50_ms', 0):.1f} / {p.get('p99_ms', 0):.1f} ({p['lost']} of {p['sent']}) "
             f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} / {c.get('pinger', 0):.0f} "
             f"| {r['rss_mb_per_1000']:.0f} | {r['startup_s']:.1f} | {r['stop_s']:.1f} |"
@@ -425,8 +487,8 @@ def report(out: dict[str, Any]) -> str:
     if ceiling:
         lines += [
             "",
-            f"Broker ceiling (one connection publishing {ceiling['written_per_s']:,} telemetry frames/s, one "
-            f"subscriber): {ceiling['received_per_s']:,} frames/s delivered, broker CPU "
+            f"Broker ceiling (one connection publishing {ceiling['written_per_s']:,} telemetry frames/s over "
+            f"{ceiling.get('link', 'tcp').upper()}, one subscriber): {ceiling['received_per_s']:,} frames/s delivered, broker CPU "
             f"{ceiling['broker_cpu_pct']}%.",
         ]
         for r in out["results"]:
@@ -477,11 +539,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         for part in [p for p in args.parts if p in ("fleet", "ceiling")]:
             for n in counts if part == "fleet" else [0]:
                 broker = None
-                url = args.broker
+                url = host_url = args.broker
                 if url is None:
-                    broker = Broker(work)
+                    broker = Broker(work, tls=args.link == "tls")
                     await broker.start()
-                    url = broker.url
+                    url, host_url = broker.fleet_url, broker.url
                 pid = broker.proc.pid if broker is not None and broker.proc is not None else None
                 try:
                     if part == "fleet":
@@ -489,11 +551,11 @@ async def cmd_bench(args: argparse.Namespace) -> int:
                             f"bench: {n} nodes of {args.profile} on {url}: start-up, {args.warmup:g} s warm-up, "
                             f"{args.seconds:g} s measured ..."
                         )
-                        results.append(await measure(n, args, url, pid, work))
+                        results.append(await measure(n, args, url, pid, work, host_url))
                     else:
                         seconds = min(args.seconds, 20.0)
                         say(f"bench: the broker's ceiling on {url}: one connection publishing for {seconds:g} s ...")
-                        out["ceiling"] = await bench_parts.broker_ceiling(url, seconds, pid)
+                        out["ceiling"] = await bench_parts.broker_ceiling(url, seconds, pid, host_url=host_url)
                 finally:
                     if broker is not None:
                         await broker.stop()

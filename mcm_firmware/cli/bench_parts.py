@@ -44,12 +44,15 @@ async def start_counter(url: str, fleet: str, seconds: float) -> asyncio.subproc
     return counter
 
 
-async def broker_ceiling(url: str, seconds: float, broker_pid: int | None, nodes: int = 10_000) -> dict[str, Any]:
+async def broker_ceiling(
+    url: str, seconds: float, broker_pid: int | None, nodes: int = 10_000, *, host_url: str | None = None
+) -> dict[str, Any]:
     """What the broker delivers to one subscriber while one connection offers telemetry frames as
     fast as the socket takes them (``python -m mcm_firmware.host.flood``), counted by the same
-    independent subscriber as the fleet runs."""
+    independent subscriber as the fleet runs. The flood connects to ``url`` (where a run would),
+    the subscriber to ``host_url`` (``url`` when None)."""
     fleet = "ceiling"
-    counter = await start_counter(url, fleet, seconds + 2)
+    counter = await start_counter(host_url or url, fleet, seconds + 2)
     flood = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -79,6 +82,7 @@ async def broker_ceiling(url: str, seconds: float, broker_pid: int | None, nodes
         "received": counted["received"],
         "damaged": counted["damaged"],
         "broker_cpu_pct": round(broker_cpu, 1) if broker_cpu is not None else None,
+        "link": "tls" if url.startswith("mqtts:") else "tcp",
     }
 
 

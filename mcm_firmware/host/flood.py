@@ -1,7 +1,7 @@
 """What the broker itself accepts: publish telemetry-sized frames as fast as it takes them.
 
 ``python -m mcm_firmware.host.flood --broker mqtt://HOST:PORT --fleet F --nodes N --duration S``
-connects once and writes valid telemetry frames (a real ``colossus-mcm`` record, ``--nodes``
+(or ``mqtts://`` with its TLS parameters, :mod:`mcm_firmware.transport.security`) connects once and writes valid telemetry frames (a real ``colossus-mcm`` record, ``--nodes``
 topics in turn) as QoS 0 PUBLISH packets, a block of ``--block`` at a time, for as long as the
 socket takes them, without building anything per message: the highest rate one connection can
 offer, so that what an independent subscriber (:mod:`.tlm_count`) receives meanwhile is the
@@ -24,6 +24,7 @@ from ..protocol.codec import frame_block, snapshot_dtype
 from ..transport import mqtt_wire as wire
 from ..transport.base import TransportError
 from ..transport.mqtt import parse_broker_url
+from ..transport.security import security_of
 
 HIGH_WATER = 1 << 20  # bytes the socket may hold before the writer waits
 
@@ -42,7 +43,11 @@ def telemetry_block(nodes: int) -> np.ndarray:
 async def flood(url: str, fleet: str, nodes: int, duration: float, block: int = 1000) -> dict[str, float]:
     host, port = parse_broker_url(url)
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        ctx = security_of(url).ssl_context()
+    except ValueError as e:
+        raise TransportError(str(e)) from None
+    try:
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx, server_hostname=host if ctx else None)
     except OSError as e:
         raise TransportError(f"cannot connect to broker {host}:{port}: {e.strerror or e}") from None
     writer.transport.set_write_buffer_limits(high=HIGH_WATER)

@@ -29,15 +29,20 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
         timeout=180,
     )
     assert r.returncode == 0, r.stderr
-    assert "| nodes | profile (processes) | ticks/s |" in r.stdout and "| 20 | colossus-mcm (1) |" in r.stdout
-    assert "Broker ceiling" in r.stdout
+    # the run reached the bench's Mosquitto over TLS (the default), the counter over plain TCP
+    assert (
+        "| nodes | profile (processes) | link | ticks/s |" in r.stdout and "| 20 | colossus-mcm (1) | tls |" in r.stdout
+    )
+    assert "Broker ceiling" in r.stdout and "over TLS" in r.stdout
     data = json.loads(out.read_text())
     (res,) = data["results"]
     ceiling = data["ceiling"]  # a flood publisher, counted by the same independent subscriber
     assert ceiling["received"] > 0 and ceiling["damaged"] == 0 and ceiling["received_per_s"] > 0
+    assert ceiling["link"] == "tls" and res["link"] == "tls"
     assert res["ceiling_per_publish_core"] > 0 and "codec" not in data and "soak" not in data
     t = res["telemetry"]
     assert t["received"] > 0 and t["damaged"] == 0 and t["silent_nodes"] == 0
+    assert t["due_by_run"] >= t["sent_by_run"] > 0 and t["dropped_by_run"] >= 0
     assert res["ping"]["sent"] >= 40 and res["ping"]["lost"] == 0
     assert res["ticks_per_s"] > 0 and res["tick_late_ms"]["n"] > 0
     assert res["run_stderr_tracebacks"] == 0 and res["rss_mb"] > 0
@@ -49,12 +54,12 @@ def test_bench_measures_a_run_of_two_worker_processes_as_one(tmp_path):
     r = run_cli(
         "bench",
         *("--nodes", "20", "--seconds", "5", "--warmup", "1", "--ping-rate", "10"),
-        *("--processes", "2", "--parts", "fleet", "--out", str(out)),
+        *("--processes", "2", "--parts", "fleet", "--link", "tcp", "--out", str(out)),
         timeout=180,
     )
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(out.read_text())["results"]
-    assert res["processes"] == 2 and "| 20 | colossus-mcm (2) |" in r.stdout
+    assert res["processes"] == 2 and res["link"] == "tcp" and "| 20 | colossus-mcm (2) | tcp |" in r.stdout
     t = res["telemetry"]  # both workers' nodes reach the independent counter; both files are read
     assert t["silent_nodes"] == 0 and t["damaged"] == 0 and t["share"] > 0.9
     assert t["sent_by_run"] >= t["received"] * 0.9 and res["ping"]["lost"] == 0
@@ -88,6 +93,8 @@ def test_bench_refuses_bad_node_counts_and_parts():
     assert r.returncode == 2 and "--nodes 'ten'" in r.stderr
     r = run_cli("bench", "--parts", "fleet,warp")
     assert r.returncode == 2 and "unknown part(s) warp" in r.stderr
+    r = run_cli("bench", "--link", "udp")
+    assert r.returncode == 2 and "--link" in r.stderr and "'udp'" in r.stderr
 
 
 def test_codec_costs_are_measured_against_the_struct_floor():
