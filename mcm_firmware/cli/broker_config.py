@@ -14,7 +14,8 @@ Writes into ``--out DIR``:
 - ``mosquitto.conf``: a listener for the nodes on which the user name is the client id (so that
   nobody can connect under a node's client id without that node's password, and no node under
   another's), a listener for hosts which only the host user passes, anonymous access denied on
-  both, packets above the largest frame refused, TLS where certificates are given;
+  both, packets above the largest frame refused, a second of the fleet's telemetry held for a
+  consumer that is behind (:func:`queued_for_consumer`), TLS where certificates are given;
 - ``certs/`` with ``--tls-ca-cert``: a certificate and key per node (``mcm-<fleet>-<id>.crt``), for
   the host user, for the Redfish service (``redfish.crt``: 127.0.0.1, localhost and each
   ``--redfish-host``) and, without ``--tls-cert``, for the broker, issued by the fleet's CA; on the
@@ -36,6 +37,14 @@ from .common import EXIT_OK, U32_MAX, BadInput, bounded, fleet_name
 
 CHANNELS_OUT = ("state", "tlm", "evt", "rsp")
 # Mosquitto's max_packet_size is MAX_PACKET: the bound the nodes' own clients hold on any broker
+
+
+def queued_for_consumer(nodes: int, telemetry_hz: float = 10.0) -> int:
+    """Mosquitto's ``max_queued_messages`` for a fleet of ``nodes``: a second of its telemetry,
+    at least Mosquitto's default. Mosquitto 2.0 drops a QoS 0 message for a subscriber once that
+    many wait for its socket, so a consumer of the whole fleet's telemetry (fleet software, an
+    exporter) that stalls for longer than this loses frames the broker had accepted."""
+    return max(1000, round(nodes * telemetry_hz))
 
 
 def add_parser(sub: Any) -> None:
@@ -213,6 +222,9 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         f"max_packet_size {MAX_PACKET}",
         f"user {args.broker_user}",
         "set_tcp_nodelay true",
+        "# what the broker holds for a consumer that is behind before it drops QoS 0 telemetry:",
+        "# a second of the fleet's at 10 Hz (the default, 1,000, is 10 ms of 10,000 nodes')",
+        f"max_queued_messages {queued_for_consumer(args.nodes)}",
         "",
         *listener(args.port, "nodes: each connects as its own client id, which is its user name", True),
         "",

@@ -418,3 +418,83 @@ def test_fuzz_reaches_a_secured_fleet_with_the_security_of_its_target_url(secure
     assert refused.returncode == 1 and "not authori" in refused.stderr.lower(), refused.stderr
     bad = run_cli("fuzz", "--target", f"{base}&pasword_file=x", "--batches", "1")
     assert bad.returncode == 2 and "unknown parameter(s) pasword_file" in bad.stderr, bad.stderr
+
+
+# --- a consumer that falls behind ------------------------------------------------------------------
+
+
+def _host_socket(port: int, client_id: str, password: bytes, rcvbuf: int | None = None):
+    import socket
+
+    from mcm_firmware.transport import mqtt_wire as w
+
+    s = socket.socket()
+    if rcvbuf is not None:  # before connecting: the window it offers stays that small
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(w.connect(client_id, keepalive=60, username="fleet-host", password=password))
+    assert s.recv(4)[3] == 0  # CONNACK, accepted
+    return s
+
+
+def _publishes_held_for_a_stalled_consumer(tmp: Path, keep_queue_line: bool) -> int:
+    """PUBLISH packets a host subscriber gets of 8,000 telemetry-sized messages (8 MB) sent while
+    it read nothing, on a broker configured by broker-config for 1,000 nodes."""
+    from mcm_firmware.transport import mqtt_wire as w
+
+    port, host_port = free_port(), free_port()
+    tmp.mkdir()
+    pw = tmp / "host.pw"
+    pw.write_text("correct horse\n")
+    r = run_cli(
+        "broker-config",
+        *("--fleet", "q", "--nodes", "1000", "--node-secret", str(tmp / "node.secret")),
+        *("--host-password-file", str(pw), "--out", str(tmp / "broker")),
+        *("--port", str(port), "--host-port", str(host_port)),
+        *("--broker-user", "root" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name),
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    conf = tmp / "broker" / "mosquitto.conf"
+    assert "\nmax_queued_messages 10000\n" in conf.read_text()  # a second of 1,000 nodes at 10 Hz
+    if not keep_queue_line:
+        conf.write_text(conf.read_text().replace("\nmax_queued_messages 10000\n", "\n"))
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(host_port)
+        sub = _host_socket(host_port, "mcm-test-consumer", b"correct horse", rcvbuf=4096)
+        sub.sendall(w.subscribe(1, "mcm/v1/q/+/tlm"))
+        assert sub.recv(5)[0] == w.SUBACK
+        pub = _host_socket(host_port, "mcm-test-publisher", b"correct horse")
+        payload = bytes(1000)
+        pub.sendall(b"".join(w.publish(f"mcm/v1/q/{k % 1000}/tlm", payload) for k in range(8000)))
+        pub.sendall(w.PINGREQ_PACKET)  # answered once the broker has taken every publish before it
+        assert pub.recv(2)[0] == w.PINGRESP
+        buf, got = bytearray(), 0
+        sub.settimeout(1.0)
+        while True:
+            try:
+                data = sub.recv(1 << 20)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            buf += data
+            got += sum(first & 0xF0 == w.PUBLISH for first, _ in w.split_packets(buf))
+        pub.close()
+        sub.close()
+        return got
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+@pytest.mark.slow
+def test_a_consumer_that_stalls_loses_no_telemetry_the_broker_accepted(tmp_path):
+    """broker-config holds a second of the fleet's telemetry for a consumer that is behind;
+    Mosquitto's default (1,000 messages) drops the rest of a burst it cannot write."""
+    assert _publishes_held_for_a_stalled_consumer(tmp_path / "sized", keep_queue_line=True) == 8000
+    assert _publishes_held_for_a_stalled_consumer(tmp_path / "default", keep_queue_line=False) < 8000
