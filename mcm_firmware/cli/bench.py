@@ -222,6 +222,7 @@ class Broker:
         text = (
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
             f"set_tcp_nodelay true\nlog_dest none\nmax_queued_messages {QUEUED_FOR_SUBSCRIBER}\n"
+            "sys_interval 1\n"  # its count of dropped messages each second (BrokerDrops)
         )
         self.tls_port: int | None = None
         self.cafile = workdir / "bench-ca.crt"
@@ -271,6 +272,42 @@ class Broker:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
             await self.proc.wait()
+
+
+class BrokerDrops:
+    """The messages a Mosquitto has dropped since it started (for a subscriber whose queue was
+    full: ``$SYS/broker/publish/messages/dropped``, retained, published when it changes, at most
+    every ``sys_interval``), read by a subscriber of its own; none published means none dropped."""
+
+    TOPIC = "$SYS/broker/publish/messages/dropped"
+
+    def __init__(self, url: str) -> None:
+        import uuid
+
+        from ..transport.mqtt import parse_broker_url
+        from ..transport.mqtt_fast import FastSubscriber
+
+        host, port = parse_broker_url(url)
+        self.latest = 0
+        self._sub = FastSubscriber(
+            host=host,
+            port=port,
+            client_id=f"mcm-bench-sys-h{uuid.uuid4().hex[:8]}",
+            topic_filter=self.TOPIC,
+            on_publish=self._take,
+            batch_s=0,
+        )
+
+    def _take(self, topic: bytes, payload: memoryview) -> None:
+        with contextlib.suppress(ValueError):
+            self.latest = int(bytes(payload))
+
+    async def start(self) -> None:
+        await self._sub.start()
+        await asyncio.sleep(0.2)  # the retained count, if any, follows the SUBACK
+
+    def close(self) -> None:
+        self._sub.close()
 
 
 async def _lines_until(stream: asyncio.StreamReader, needle: str, timeout: float, seen: list[str]) -> str:
@@ -323,7 +360,8 @@ async def measure(
     n: int, args: argparse.Namespace, url: str, broker_pid: int | None, workdir: Path, host_url: str | None = None
 ) -> dict[str, Any]:
     """One node count: the run connects to ``url``, the counter and the pinger to ``host_url``
-    (the same broker's plain listener; ``url`` when None)."""
+    (the same broker's plain listener; ``url`` when None). With ``broker_pid`` (the bench's own
+    Mosquitto) the messages it dropped meanwhile are counted too."""
     from ..profile import load_profile
 
     host_url = host_url or url
@@ -362,6 +400,7 @@ async def measure(
     err_lines: list[str] = []
     err_task = asyncio.create_task(_drain(run.stderr, err_lines), name="bench-run-stderr")
     out_task: asyncio.Task[None] | None = None
+    drops: BrokerDrops | None = None
     try:
         for _ in range(args.processes):  # each worker says when its nodes are up
             await _lines_until(run.stdout, "up: ", 600, out_lines)
@@ -369,6 +408,10 @@ async def measure(
         pids = _workers(run.pid) if args.processes > 1 else [run.pid]
         out_task = asyncio.create_task(_drain(run.stdout, out_lines), name="bench-run-stdout")
         await asyncio.sleep(args.warmup)
+        if broker_pid is not None:
+            drops = BrokerDrops(host_url)
+            await drops.start()
+        dropped0 = drops.latest if drops is not None else 0
         counter = await start_counter(host_url, FLEET, args.seconds)
         run.send_signal(signal.SIGUSR1)
         cpu0 = {"run": _tree_cpu_seconds(pids), "counter": _cpu_seconds(counter.pid)}
@@ -396,11 +439,17 @@ async def measure(
         run.send_signal(signal.SIGUSR2)
         counted = json.loads((await counter.communicate())[0].decode().strip().splitlines()[-1])
         await _marked(files, 10.0)  # every worker has written its measurement before it is stopped
+        dropped_by_broker = None
+        if drops is not None:
+            await asyncio.sleep(1.2)  # the count of the window's last second (sys_interval 1)
+            dropped_by_broker = drops.latest - dropped0
         t_stop = time.monotonic()
         run.send_signal(signal.SIGTERM)
         await asyncio.wait_for(run.wait(), 120)
         stop_s = time.monotonic() - t_stop
     finally:
+        if drops is not None:
+            drops.close()
         if run.returncode is None:
             run.kill()
             await run.wait()
@@ -444,6 +493,9 @@ async def measure(
             "sent_by_run": own["telemetry"]["sent"],
             "due_by_run": own["telemetry"].get("due"),
             "dropped_by_run": own["telemetry"].get("dropped"),
+            # messages the bench's broker dropped for a subscriber that was behind (the counter's,
+            # or another's), from just before the window to a second after it; None on --broker
+            "dropped_by_broker": dropped_by_broker,
         },
         "samples_per_frame": profile.rates.samples_per_frame,
         "publish_per_s_per_core": round(own["telemetry"]["sent"] / own["seconds"] / (cpu["run"] / 100))
@@ -460,9 +512,13 @@ async def measure(
     }
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| nodes | profile (processes) | link | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost (run dropped) | silent "
+        "| nodes | profile (processes) | link | ticks/s | tick late p50 / p99 / max ms | telemetry received / due per s | lost (run dropped / broker dropped) | silent "
         "| ping p50 / p99 ms (lost) | CPU run / broker / counter / pinger % | RSS MB per 1,000 | start-up s | stop s |"
     )
     rows = [head, "|" + "---|" * 13]
@@ -472,7 +528,7 @@ def table(results: list[dict[str, Any]]) -> str:
         lost = max(0, t["due"] - t["received"])
         rows.append(
             f"| {r['nodes']:,} | {r['profile']} ({r.get('processes', 1)}) | {r.get('link', 'tcp')} | {r['ticks_per_s']:,.0f} | {late['p50']:.1f} / {late['p99']:.1f} / {late['max']:.1f} "
-            f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} ({t.get('dropped_by_run') or 0:,}) | {t['silent_nodes']} "
+            f"| {t['received_per_s']:,} / {t['due_per_s']:,} ({t['share']:.2%}) | {lost:,} ({t.get('dropped_by_run') or 0:,} / {_count(t.get('dropped_by_broker'))}) | {t['silent_nodes']} "
             f"| {p.get('p50_ms', 0):.1f} / {p.get('p99_ms', 0):.1f} ({p['lost']} of {p['sent']}) "
             f"| {c.get('run', 0):.0f} / {c.get('broker', float('nan')):.0f} / {c.get('counter', 0):.0f} / {c.get('pinger', 0):.0f} "
             f"| {r['rss_mb_per_1000']:.0f} | {r['startup_s']:.1f} | {r['stop_s']:.1f} |"

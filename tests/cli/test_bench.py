@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -43,6 +44,7 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
     t = res["telemetry"]
     assert t["received"] > 0 and t["damaged"] == 0 and t["silent_nodes"] == 0
     assert t["due_by_run"] >= t["sent_by_run"] > 0 and t["dropped_by_run"] >= 0
+    assert t["dropped_by_broker"] == 0 and "| 20 | colossus-mcm (1) | tls |" in r.stdout
     assert res["ping"]["sent"] >= 40 and res["ping"]["lost"] == 0
     assert res["ticks_per_s"] > 0 and res["tick_late_ms"]["n"] > 0
     assert res["run_stderr_tracebacks"] == 0 and res["rss_mb"] > 0
@@ -116,3 +118,41 @@ async def test_the_soak_speedup_comes_from_the_scenarios_own_measurement():
     assert short["speedup"] == pytest.approx(1800 / short["wall_s"], rel=0.05) and short["frames"] > 0
     own = await soak_speedup(own_rates=True, duration_s=20)  # the profile's own rates: far more frames
     assert own["simulated_s"] == 20 and own["frames"] > 20 * 64 * 9
+
+
+async def test_the_messages_a_broker_drops_are_read_from_its_sys_topic(tmp_path):
+    """A subscriber that reads nothing while 8,000 messages of 1 KB go by: Mosquitto (its default
+    queue of 1,000) drops some for it, and says how many in $SYS, which the bench reads."""
+    import socket
+
+    from mcm_firmware.cli.bench import BrokerDrops
+    from mcm_firmware.transport import mqtt_wire as w
+
+    from ..conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path)  # Mosquitto's default queue for a subscriber
+    broker.conf.write_text(broker.conf.read_text() + "sys_interval 1\n")
+    broker.start()
+    port = broker.port
+    try:
+        drops = BrokerDrops(f"mqtt://127.0.0.1:{port}")
+        await drops.start()
+        assert drops.latest == 0  # none dropped yet: nothing published
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(w.connect("stalled", keepalive=60) + w.subscribe(1, "mcm/v1/f/+/tlm"))
+        pub = socket.create_connection(("127.0.0.1", port))
+        pub.sendall(w.connect("pub", keepalive=60))
+        await asyncio.sleep(0.3)
+        pub.sendall(b"".join(w.publish(f"mcm/v1/f/{k % 100}/tlm", bytes(1000)) for k in range(8000)))
+        for _ in range(60):
+            if drops.latest:
+                break
+            await asyncio.sleep(0.1)
+        assert 0 < drops.latest < 8000
+        drops.close()
+        pub.close()
+        stalled.close()
+    finally:
+        broker.stop()
