@@ -26,6 +26,15 @@ PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 
+# On x86 with AVX-512 numpy dispatches SIMD float64 exp and log of its own, a few ulps from the C
+# library's (and numba's): the compiled kernels' equality tests compare bit for bit against numpy
+# with that dispatch off, where this numpy accepts the setting (docs/performance.md, "Compiled tick")
+NPY_OFF="X86_V4 AVX512_ICL AVX512_SPR"
+if [ -z "${NPY_DISABLE_CPU_FEATURES+x}" ] \
+    && NPY_DISABLE_CPU_FEATURES="$NPY_OFF" .venv/bin/python -W error -c "import numpy" 2>/dev/null; then
+    export NPY_DISABLE_CPU_FEATURES="$NPY_OFF"
+fi
+
 if [ "${GATES:-1}" != 0 ]; then
     echo "== ruff (lint, format)"
     .venv/bin/ruff check mcm_firmware tests tools

@@ -71,8 +71,8 @@ def add_parser(sub: Any) -> None:
         "--link",
         choices=["tls", "tcp"],
         default="tls",
-        help="how the run reaches the bench's own Mosquitto: tls (default; the counter and the pinger connect "
-        "over plain TCP on the loopback) or tcp; with --broker every process uses that URL",
+        help="how the run reaches the bench's own Mosquitto, tls or tcp (default tls; the counter and the pinger "
+        "connect over plain TCP on the loopback); with --broker every process uses that URL",
     )
     b.add_argument(
         "--ping-rate",
