@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .bench_parts import start_counter
+from .broker_config import queued_for_consumer
 from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
 from .run import worker_stats
 
@@ -199,29 +200,25 @@ def merge_marks(marks: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-QUEUED_FOR_SUBSCRIBER = 100_000
-"""Messages the bench's Mosquitto holds for a subscriber that is behind (``max_queued_messages``)."""
-
-
 class Broker:
     """A Mosquitto of the bench's own: a plain TCP listener on a free loopback port (the measuring
     processes) and, with ``tls``, a TLS listener on another (the run), its certificate issued by a
     certificate authority made for the bench in ``workdir``."""
 
-    def __init__(self, workdir: Path, *, tls: bool = False) -> None:
+    def __init__(self, workdir: Path, *, tls: bool = False, queued: int = 100_000) -> None:
         binary = shutil.which("mosquitto") or next(
             (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
         )
         if binary is None:
             raise Failure("bench: mosquitto is not installed (apt-get install mosquitto), or pass --broker URL")
         self.port = _free_port()
-        # max_queued_messages: what the broker holds for a subscriber whose socket is full before
-        # it drops QoS 0 frames (Mosquitto's default, 1,000, is 10 ms of a 10,000-node fleet's
-        # telemetry: the counter, sharing two cores with everything else, lost frames the broker
-        # had accepted when it was descheduled that long); here a second of that fleet's
+        # max_queued_messages (``queued``): what the broker holds for a subscriber whose socket is
+        # full before it drops QoS 0 frames; Mosquitto's default, 1,000, is 10 ms of a 10,000-node
+        # fleet's telemetry: the counter, sharing two cores with everything else, lost frames the
+        # broker had accepted when it was descheduled that long
         text = (
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"set_tcp_nodelay true\nlog_dest none\nmax_queued_messages {QUEUED_FOR_SUBSCRIBER}\n"
+            f"set_tcp_nodelay true\nlog_dest none\nmax_queued_messages {queued}\n"
             "sys_interval 1\n"  # its count of dropped messages each second (BrokerDrops)
         )
         self.tls_port: int | None = None
@@ -579,7 +576,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from ..profile import ProfileError, load_profile
 
     try:
-        load_profile(args.profile)
+        profile = load_profile(args.profile)
     except ProfileError as e:
         raise BadInput(str(e)) from None
     from . import bench_parts
@@ -597,7 +594,10 @@ async def cmd_bench(args: argparse.Namespace) -> int:
                 broker = None
                 url = host_url = args.broker
                 if url is None:
-                    broker = Broker(work, tls=args.link == "tls")
+                    # a second of the fleet's telemetry held for a subscriber that is behind, as
+                    # broker-config does (the ceiling's flood: 10,000 nodes' worth)
+                    queued = queued_for_consumer(n or 10_000, profile.rates.telemetry_hz)
+                    broker = Broker(work, tls=args.link == "tls", queued=queued)
                     await broker.start()
                     url, host_url = broker.fleet_url, broker.url
                 pid = broker.proc.pid if broker is not None and broker.proc is not None else None

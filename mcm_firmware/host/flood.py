@@ -1,11 +1,12 @@
 """What the broker itself accepts: publish telemetry-sized frames as fast as it takes them.
 
 ``python -m mcm_firmware.host.flood --broker mqtt://HOST:PORT --fleet F --nodes N --duration S``
-(or ``mqtts://`` with its TLS parameters, :mod:`mcm_firmware.transport.security`) connects once and writes valid telemetry frames (a real ``colossus-mcm`` record, ``--nodes``
-topics in turn) as QoS 0 PUBLISH packets, a block of ``--block`` at a time, for as long as the
-socket takes them, without building anything per message: the highest rate one connection can
-offer, so that what an independent subscriber (:mod:`.tlm_count`) receives meanwhile is the
-broker's own ceiling on this machine. ``mcm-emu bench`` compares the emulator's publish rate per
+(or ``mqtts://`` with its TLS parameters, :mod:`mcm_firmware.transport.security`) connects once
+and writes valid telemetry frames (a real ``colossus-mcm`` record, ``--nodes`` topics in turn)
+as QoS 0 PUBLISH packets, a block of ``--block`` at a time, for as long as the socket takes them,
+without building anything per message: the highest rate one connection can offer, so that what an
+independent subscriber (:mod:`.tlm_count`) receives meanwhile is the broker's own ceiling on this
+machine. ``mcm-emu bench`` compares the emulator's publish rate per
 core with it. Prints one JSON object: packets written, bytes, seconds.
 """
 
