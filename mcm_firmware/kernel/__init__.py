@@ -40,6 +40,7 @@ KERNEL_NAMES = (
     "tick_demand",
     "cooling_fast",
     "cooling_thermal",
+    "telemetry_fill",
 )
 
 
@@ -60,6 +61,7 @@ class Kernels:
     tick_demand: Callable[..., None]
     cooling_fast: Callable[..., int]
     cooling_thermal: Callable[..., int]
+    telemetry_fill: Callable[..., None]
     load_s: float  # what importing numba and compiling (or loading from the cache) took
 
 
@@ -114,7 +116,7 @@ def _compile(t0: float) -> Kernels:
     jit: Callable[[Any], Any] = numba.njit(cache=True, nogil=True, error_model="numpy")
     helpers = (
         "psum", "fmin", "fmax", "interp", "grid_floor", "grid_ceil", "pstate_at_least", "pstate_at_most", "npmod",
-        "pid_step", "zone_max",
+        "pid_step", "zone_max", "put_int", "put_f32",
     )  # fmt: skip
     for name in helpers:  # the kernels call the compiled helpers through the module's globals
         setattr(loops, name, jit(getattr(loops, name)))
@@ -197,6 +199,14 @@ def _warm_up(k: dict[str, Any]) -> None:
         1.0, 1.0, 60.0, 80.0, 5.0, z1, z1, f2, f2, b2, f2, f2, b2, b2, f2, f2, f2, f2, u2, u2.copy(), f2, u2.copy(),
         b2.copy(), f2.copy(), f2.copy(), f2.copy(), f2.copy(), f2.copy(), u2.copy(), f2.copy(), b2.copy(), u2.copy(),
         1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, False, 0.0, 0.0, True,
+    )  # fmt: skip
+    b22, u22, i22 = np.zeros((2, 2), bool), np.zeros((2, 2), np.uint32), np.zeros((2, 2), np.int64)
+    f22, f21, i21 = np.zeros((2, 2)), np.zeros(2), np.zeros(2, np.int64)
+    k["telemetry_fill"](
+        np.zeros((2, 300), np.uint8), np.zeros(51, np.int64), i21, 1.0, True, 2, 2, 2, 2, 1, 2, 1, 2, 1, 2, 1, 2, 4, 1, 2,
+        f21, b22[0], b22, b22[0], f21, np.zeros(2, np.uint16), f21.copy(), f21.copy(), f21, f22.copy(), f22, f21, f21,
+        f21, f21, f21, u22[0], np.zeros(2, np.uint8), f21, f22, np.zeros(2, np.uint8), i22, i22, i22, f22, f22, f22,
+        u22, np.zeros((2, 2), np.int16), f22, f22, i22, i22, f22, np.zeros(2, np.int16), b22, b22, f22, f22, f22,
     )  # fmt: skip
     t = np.arange(1.0, 3.0)
     k["dvfs_step"](

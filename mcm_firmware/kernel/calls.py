@@ -10,6 +10,7 @@ runs instead (the shard's arrays are all C-ordered)."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from ..plant import model
 from ..plant import workload as wl
 from ..plant.sensors import SensorBank, SensorFault
 from . import Kernels
+from .loops import SNAPSHOT_ARRAYS, SNAPSHOT_FIELDS
 
 _KEEP = int(np.uint32(~dvfs._HW_BITS))
 _R_HW, _R_HWTHERM, _R_BRAKE = int(dvfs._HW), int(dvfs._HWTHERM), int(dvfs._BRAKE)
@@ -342,3 +344,39 @@ def cooling_thermal(
     st.failsafe, st.flow_setpoint = fs, setpoint
     st.die_pid.integral, st.die_pid.last, st.hbm_pid.integral, st.hbm_pid.last = die_i, die_l, hbm_i, hbm_l
     return before, o_seen, o_since, o_due, o_reported, int(changes)
+
+
+def snapshot_offsets(dtype: np.dtype) -> np.ndarray | None:
+    """The byte offsets :func:`~mcm_firmware.kernel.loops.telemetry_fill` writes a telemetry record
+    of this packed numpy dtype at, or ``None`` when a field it writes is missing or of another type
+    (a changed declaration: the numpy reference then runs), and on a big-endian machine (the kernel
+    writes the little-endian wire layout through the machine's own float32)."""
+    if sys.byteorder != "little":
+        return None
+
+    def field(where: np.dtype, name: str) -> tuple[np.dtype, int] | None:
+        fields = where.fields
+        if fields is None or name not in fields:
+            return None
+        ftype, off = fields[name][:2]
+        return ftype, off
+
+    offsets = []
+    for path, kind in SNAPSHOT_FIELDS:
+        outer, _, inner = path.rpartition(".")
+        where: np.dtype = dtype
+        if outer:
+            array = field(dtype, outer)
+            if array is None:
+                return None
+            where = array[0].base
+        found = field(where, inner)
+        if found is None or found[0].str != kind or found[0].shape:
+            return None
+        offsets.append(found[1])
+    for name in SNAPSHOT_ARRAYS:
+        array = field(dtype, name)
+        if array is None:
+            return None
+        offsets += [array[1], array[0].base.itemsize]
+    return np.array(offsets, np.int64)

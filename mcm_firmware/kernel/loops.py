@@ -23,6 +23,9 @@ to the last bit on the machines the tests run on (``tests/runtime/test_kernel.py
 * :func:`cooling_thermal` — the thermal period of ``Shard._cooling_thermal``:
   :func:`mcm_firmware.control.coolant.thermal_step` and the clock reasons due.
 
+and beside the tick, :func:`telemetry_fill` — the telemetry records of ``Shard.records`` (the
+fleet's telemetry path), written byte by byte into the record layout.
+
 What makes them equal, and where they could not be (docs/performance.md, "Virtual time"):
 sums over a row follow numpy's pairwise summation (:func:`psum`); ``np.minimum``/``np.maximum``
 propagate NaN as numpy does (:func:`fmin`, :func:`fmax`); ``np.interp`` is numpy's algorithm
@@ -865,3 +868,139 @@ def cooling_thermal(
             o_reported[i, d] = r if due else reported[i, d]
             changes += 1 if due else 0
     return changes
+
+
+# --- telemetry records ----------------------------------------------------------------------------
+
+# The fields telemetry_fill writes, with the type it writes them as (little-endian). The caller
+# passes their byte offsets in this order (a field of the dies, hbm, pumps and valves arrays: its
+# offset in the array's item), after each array's own offset and item size.
+SNAPSHOT_FIELDS = (
+    ("uptime_ns", "<u8"), ("state", "|u1"), ("mode", "|u1"), ("flags", "<u2"),
+    ("power_w", "<f4"), ("power_cap_w", "<f4"), ("inlet_c", "<f4"), ("outlet_c", "<f4"),
+    ("flow_lpm", "<f4"), ("vrm_current_a", "<f4"), ("rx_rejected", "<u4"), ("recovery_action", "|u1"),
+    ("energy_mj", "<u8"), ("viol_power_ms", "<u4"), ("viol_thermal_ms", "<u4"),
+    ("viol_hbm_thermal_ms", "<u4"), ("viol_hw_slowdown_ms", "<u4"), ("power_limit_source", "|u1"),
+    ("remapped_correctable", "<u4"), ("remapped_uncorrectable", "<u4"),
+    ("ecc_ce_aggregate", "<u8"), ("ecc_ue_aggregate", "<u8"),
+    ("pcie_replays", "<u4"), ("pcie_aer_correctable", "<u4"), ("pcie_aer_uncorrectable", "<u4"),
+    ("n_dies", "|u1"), ("n_hbm", "|u1"), ("n_pumps", "|u1"), ("n_valves", "|u1"),
+    ("dies.temp_c", "<f4"), ("dies.power_w", "<f4"), ("dies.clock_mhz", "<u2"), ("dies.voltage_mv", "<u2"),
+    ("dies.reasons", "<u4"), ("dies.pstate", "|u1"), ("dies.util_pct", "|u1"),
+    ("hbm.temp_c", "<f4"), ("hbm.ce", "<u4"), ("hbm.ue", "<u4"),
+    ("pumps.rpm", "<u2"), ("pumps.flags", "|u1"),
+    ("valves.position_pct", "<f4"), ("valves.flags", "|u1"),
+)  # fmt: skip
+SNAPSHOT_ARRAYS = ("dies", "hbm", "pumps", "valves")  # each: offset and item size, after the fields
+_N_FIELDS = 43
+
+
+def put_int(out: np.ndarray, i: int, off: int, v: int | np.int64, nbytes: int) -> None:
+    """The low ``nbytes`` bytes of the integer ``v``, little-endian, at ``out[i, off:]`` (what numpy
+    keeps when it casts an integer to a narrower one)."""
+    for b in range(nbytes):
+        out[i, off + b] = (v >> (8 * b)) & 0xFF
+
+
+def put_f32(out: np.ndarray, i: int, off: int, v: float, f4: np.ndarray, f4b: np.ndarray) -> None:
+    """``v`` rounded to float32 (as numpy casts it), little-endian, at ``out[i, off:]``; ``f4`` is a
+    one-item float32 scratch array and ``f4b`` its bytes."""
+    f4[0] = v
+    for b in range(4):
+        out[i, off + b] = f4b[b]
+
+
+def telemetry_fill(
+    out: np.ndarray, o: np.ndarray, rows: np.ndarray, t: float, telemetry: bool,
+    n_dies: int, n_hbm: int, n_pumps: int, n_valves: int,
+    f_failsafe: int, f_locked: int, failsafe_mode: int, natural_mode: int, running: int, shut_state: int,
+    p_running: int, p_lead: int, p_fault: int, v_manual: int, v_external: int,
+    boot_t: np.ndarray, shutdown: np.ndarray, failsafe: np.ndarray, natural: np.ndarray, lock_mhz: np.ndarray,
+    ras_flags: np.ndarray, energy_since: np.ndarray, energy: np.ndarray, p_total: np.ndarray,
+    die_energy: np.ndarray, p_die: np.ndarray, cap_w: np.ndarray, t_inlet: np.ndarray, t_outlet: np.ndarray,
+    flow_total: np.ndarray, vrm_current: np.ndarray, rx_rejected: np.ndarray, ras_action: np.ndarray,
+    energy_j: np.ndarray, violation_s: np.ndarray, cap_source: np.ndarray, ras_remapped: np.ndarray,
+    ras_aggregate: np.ndarray, pcie: np.ndarray, die_t: np.ndarray, mhz: np.ndarray, mv: np.ndarray,
+    reasons: np.ndarray, pstate: np.ndarray, util: np.ndarray, hbm_t: np.ndarray, ras_ce: np.ndarray,
+    ras_ue: np.ndarray, rpm: np.ndarray, lead: np.ndarray, pump_on: np.ndarray, pump_fault: np.ndarray,
+    valve_pos: np.ndarray, manual: np.ndarray, external: np.ndarray,
+) -> None:  # fmt: skip
+    """The telemetry records of ``rows`` (``Shard.records``), written row ``k`` into ``out[k]`` (a
+    ``[len(rows), record size]`` uint8 array) at the byte offsets ``o`` of :data:`SNAPSHOT_FIELDS`
+    and :data:`SNAPSHOT_ARRAYS`. ``telemetry`` restarts each row's power average, after all rows
+    are written (as the reference does)."""
+    f4 = np.empty(1, np.float32)
+    f4b = f4.view(np.uint8)
+    da, ds = o[_N_FIELDS], o[_N_FIELDS + 1]
+    ha, hs = o[_N_FIELDS + 2], o[_N_FIELDS + 3]
+    pa, ps = o[_N_FIELDS + 4], o[_N_FIELDS + 5]
+    va, vs = o[_N_FIELDS + 6], o[_N_FIELDS + 7]
+    mask32 = np.int64(0xFFFFFFFF)
+    for k in range(rows.shape[0]):
+        r = rows[k]
+        put_int(out, k, o[0], np.int64(fmax(t - boot_t[r], 0.0) * 1e9), 8)
+        put_int(out, k, o[1], np.int64(shut_state if shutdown[r] else running), 1)
+        fs = 0
+        for j in range(failsafe.shape[1]):
+            if failsafe[r, j]:
+                fs = 1
+        put_int(out, k, o[2], np.int64(natural_mode if natural[r] else fs * failsafe_mode), 1)
+        flags = fs * f_failsafe | (f_locked if lock_mhz[r] > 0 else 0) | np.int64(ras_flags[r])
+        put_int(out, k, o[3], np.int64(flags), 2)
+        span = t - energy_since[r]
+        fresh = span > 0
+        put_f32(out, k, o[4], energy[r] / span if fresh else p_total[r], f4, f4b)
+        put_f32(out, k, o[5], cap_w[r], f4, f4b)
+        put_f32(out, k, o[6], t_inlet[r], f4, f4b)
+        put_f32(out, k, o[7], t_outlet[r], f4, f4b)
+        put_f32(out, k, o[8], flow_total[r], f4, f4b)
+        put_f32(out, k, o[9], vrm_current[r], f4, f4b)
+        put_int(out, k, o[10], np.int64(rx_rejected[r]), 4)
+        put_int(out, k, o[11], np.int64(ras_action[r]), 1)
+        put_int(out, k, o[12], np.int64(np.rint(energy_j[r] * 1e3)), 8)
+        for j in range(4):
+            put_int(out, k, o[13 + j], np.int64(violation_s[r, j] * 1e3) & mask32, 4)
+        put_int(out, k, o[17], np.int64(cap_source[r]), 1)
+        for j in range(2):
+            put_int(out, k, o[18 + j], min(np.int64(ras_remapped[r, j]), mask32), 4)
+            put_int(out, k, o[20 + j], np.int64(ras_aggregate[r, j]), 8)
+        for j in range(3):
+            put_int(out, k, o[22 + j], np.int64(pcie[r, j]) & mask32, 4)
+        put_int(out, k, o[25], np.int64(n_dies), 1)
+        put_int(out, k, o[26], np.int64(n_hbm), 1)
+        put_int(out, k, o[27], np.int64(n_pumps), 1)
+        put_int(out, k, o[28], np.int64(n_valves), 1)
+        for d in range(n_dies):
+            at = da + d * ds
+            put_f32(out, k, at + o[29], die_t[r, d], f4, f4b)
+            put_f32(out, k, at + o[30], die_energy[r, d] / span if fresh else p_die[r, d], f4, f4b)
+            put_int(out, k, at + o[31], np.int64(mhz[r, d]), 2)
+            put_int(out, k, at + o[32], np.int64(mv[r, d]), 2)
+            put_int(out, k, at + o[33], np.int64(reasons[r, d]), 4)
+            put_int(out, k, at + o[34], np.int64(pstate[r, d]), 1)
+            put_int(out, k, at + o[35], np.int64(np.rint(util[r, d] * 100.0)), 1)
+        for h in range(n_hbm):
+            at = ha + h * hs
+            put_f32(out, k, at + o[36], hbm_t[r, h], f4, f4b)
+            put_int(out, k, at + o[37], min(np.int64(ras_ce[r, h]), mask32), 4)
+            put_int(out, k, at + o[38], min(np.int64(ras_ue[r, h]), mask32), 4)
+        for j in range(n_pumps):
+            at = pa + j * ps
+            x = rpm[r, j]
+            x = fmin(fmax(0.0 if np.isnan(x) else x, 0.0), 65535.0)
+            put_int(out, k, at + o[39], np.int64(x), 2)
+            pf = (p_running if pump_on[r, j] else 0) | (p_lead if j == lead[r] else 0)
+            pf |= p_fault if pump_fault[r, j] else 0
+            put_int(out, k, at + o[40], np.int64(pf), 1)
+        for j in range(n_valves):
+            at = va + j * vs
+            put_f32(out, k, at + o[41], valve_pos[r, j], f4, f4b)
+            vf = (0 if np.isnan(manual[r, j]) else v_manual) | (0 if np.isnan(external[r, j]) else v_external)
+            put_int(out, k, at + o[42], np.int64(vf), 1)
+    if telemetry:
+        for k in range(rows.shape[0]):
+            r = rows[k]
+            energy[r] = 0.0
+            energy_since[r] = t
+            for d in range(n_dies):
+                die_energy[r, d] = 0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import random
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -170,6 +170,8 @@ class Shard:
         self._seen_reasons = np.zeros((n, p.dies), np.uint32)
         self._reasons_since = np.zeros((n, p.dies))
         self._dtype = snapshot_dtype(p.dies, p.hbm, p.pumps, p.valves)
+        # where the compiled records fill writes each field (None: the numpy pass below runs)
+        self._fill_at = kcalls.snapshot_offsets(self._dtype) if self.kernels is not None else None
         # the high-rate samples a SAMPLES frame carries: a ring of the last samples_per_frame,
         # taken every div_sample ticks (power averaged over the sample's interval)
         spf = self.samples_per_frame
@@ -744,6 +746,9 @@ class Shard:
         telemetry (``telemetry=False``, e.g. a STATUS snapshot) leaves that interval running."""
         p, st, pl, cool = self.params, self.dvfs, self.plant, self.cool
         rec = np.empty(len(rows), self._dtype)
+        if self._fill_at is not None and self.kernels is not None:  # the same as below, in one compiled pass
+            self.kernels.telemetry_fill(*self.fill_args(rec, rows, telemetry))
+            return rec
         rec["uptime_ns"] = np.maximum(self.t - self.boot_t[rows], 0.0) * 1e9
         shut = st.shutdown[rows]
         rec["state"] = np.where(shut, _SHUTDOWN, _RUNNING)
@@ -801,6 +806,22 @@ class Shard:
         valves["position_pct"] = pl.valve_pos[rows]
         valves["flags"] = ~np.isnan(cool.manual[rows]) * _V_MANUAL | ~np.isnan(cool.external[rows]) * _V_EXTERNAL
         return rec
+
+    def fill_args(self, rec: np.ndarray, rows: np.ndarray, telemetry: bool) -> tuple[Any, ...]:
+        """The arguments of :func:`mcm_firmware.kernel.loops.telemetry_fill` that fill ``rec``
+        (records of this shard's layout) as :meth:`records` does."""
+        p, st, pl, cool = self.params, self.dvfs, self.plant, self.cool
+        return (
+            rec.view(np.uint8).reshape(len(rows), self._dtype.itemsize), self._fill_at, rows, self.t, telemetry,
+            p.dies, p.hbm, p.pumps, p.valves, _F_FAILSAFE, _F_LOCKED, _FAILSAFE_MODE, _NATURAL_MODE, _RUNNING,
+            _SHUTDOWN, _P_RUNNING, _P_LEAD, _P_FAULT, _V_MANUAL, _V_EXTERNAL,
+            self.boot_t, st.shutdown, cool.failsafe, cool.natural, st.lock_mhz, self.ras_flags, self._energy_since,
+            self._energy, pl.p_total, self._die_energy, pl.p_die, st.cap_w, pl.t_inlet, pl.t_outlet, pl.flow_total,
+            pl.vrm_current, self.rx_rejected, self.ras_action, self.energy_j, self.violation_s, st.cap_source,
+            self.ras_remapped, self.ras_aggregate, self.pcie.counts, self.s_die.value, st.mhz, st.mv, st.reasons,
+            st.pstate, self.util, self.s_hbm.value, self.ras_ce, self.ras_ue, self.s_rpm.value, cool.lead,
+            cool.pump_on, cool.pump_fault, pl.valve_pos, cool.manual, cool.external,
+        )  # fmt: skip
 
     def telemetry_records(self, rows: np.ndarray) -> tuple[MsgType, np.ndarray]:
         """The telemetry the given rows owe now, and its message type: TELEMETRY records, or

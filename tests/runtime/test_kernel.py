@@ -590,6 +590,7 @@ def test_the_new_kernels_give_the_same_as_plain_python(k, monkeypatch):
 
 _NO_NEW_VARIANT = """
 import sys
+import numpy as np
 from mcm_firmware import kernel
 from mcm_firmware.plant.sensors import SensorFault
 from mcm_firmware.profile import load_profile
@@ -605,6 +606,9 @@ for name in sys.argv[1:]:
             sh.set_sensor_fault("die", 1, 0, SensorFault.NOISE, 2.0)
             sh.inputs.pump_failed[2, 0] = True
         sh.tick(2 if tick % 7 == 0 else 1)
+        if tick % 10 == 0:  # the telemetry records, and a status snapshot
+            sh.telemetry_records(np.arange(0, 8, 2))
+            sh.records(np.array([3]), telemetry=False)
 print(" ".join(f"{n}+{len(getattr(k, n).signatures) - c}" for n, c in warm.items() if len(getattr(k, n).signatures) > c))
 """
 
