@@ -124,9 +124,10 @@ def frame_block(
     head = block["h"]
     head["magic"], head["version"], head["type"], head["flags"] = MAGIC, VERSION, msg_type, 0
     head["node_id"], head["seq"], head["timestamp_ns"], head["payload_len"] = node_ids, seqs, timestamp_ns, plen
-    block["p"] = payloads
     size = block.dtype.itemsize
     raw = block.view(np.uint8).reshape(n, size)
+    at = _HEADER_DTYPE.itemsize  # the payloads' bytes copied as bytes (a record copy goes field by field)
+    raw[:, at : at + plen] = np.ascontiguousarray(payloads).view(np.uint8).reshape(n, plen)
     if crc_rows is not None:
         block["crc"] = crc_rows(raw, size - CRC_SIZE)
         return raw
