@@ -243,7 +243,8 @@ class Fleet:
         nodes = self._rows[name]
         period = 1.0 / shard.profile.rates.telemetry_hz
         slots = max(1, min(len(nodes), MAX_TELEMETRY_SLOTS))
-        members = [np.arange(s, len(nodes), slots) for s in range(slots)]
+        # each slot a run of adjacent rows: its records gather from neighbouring memory
+        members = np.array_split(np.arange(len(nodes)), slots)
         slot = period / slots
         deadlines = Deadlines(self.clock, slot, phase=slot * (0.5 + self._phase[name]) % slot)
         counters = self.tlm[name]
