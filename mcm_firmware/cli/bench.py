@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from .bench_parts import start_counter
+from .bench_parts import link_of, start_counter
 from .broker_config import queued_for_consumer
 from .common import EXIT_FAILURE, EXIT_OK, BadInput, Failure, bounded, broker_url
 from .run import worker_stats
@@ -505,7 +505,7 @@ async def measure(
         "run_stderr_tracebacks": tracebacks,
         "run_fell_behind": any("falling behind" in line for line in err_lines + out_lines),
         "processes": args.processes,
-        "link": "tls" if url.startswith("mqtts:") else "tcp",
+        "link": link_of(url),
     }
 
 

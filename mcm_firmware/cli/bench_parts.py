@@ -44,6 +44,13 @@ async def start_counter(url: str, fleet: str, seconds: float) -> asyncio.subproc
     return counter
 
 
+def link_of(url: str) -> str:
+    """How a client of ``url`` reaches the broker: ``tls`` or ``tcp``."""
+    from ..transport.security import security_of
+
+    return "tls" if security_of(url).tls else "tcp"
+
+
 async def broker_ceiling(
     url: str, seconds: float, broker_pid: int | None, nodes: int = 10_000, *, host_url: str | None = None
 ) -> dict[str, Any]:
@@ -82,7 +89,7 @@ async def broker_ceiling(
         "received": counted["received"],
         "damaged": counted["damaged"],
         "broker_cpu_pct": round(broker_cpu, 1) if broker_cpu is not None else None,
-        "link": "tls" if url.startswith("mqtts:") else "tcp",
+        "link": link_of(url),
     }
 
 
