@@ -517,3 +517,57 @@ def test_the_last_safety_net_says_undecodable_in_plain_words():
         decode(None)  # type: ignore[arg-type] - not bytes at all: no check of the decoder's meets it
     assert info.value.unforeseen and info.value.reason is Reason.BAD_FIELD
     assert str(info.value) == "bad_field: undecodable: a check the decoder does not have"
+
+
+@given(
+    request_id=st.integers(0, 2**32 - 1) | st.integers(-5, 2**40),
+    op=st.sampled_from([int(o) for o in Op]) | st.integers(0, 0x10000),
+    status=st.integers(0, 6) | st.integers(-2, 300),
+    message=st.text(max_size=140),
+)
+def test_the_response_fast_path_builds_what_the_declaration_builds(request_id, op, status, message):
+    """An answer without data (a refusal, or an operation with no result) is built by struct: the
+    same bytes as the declaration, and where a field is out of its range (or the answer needs its
+    data) the declaration builds it, and refuses what it refuses."""
+    from mcm_firmware.protocol import Response
+    from mcm_firmware.protocol.vocabulary import Status
+
+    rsp = Response(node_id=1, request_id=request_id, op=op, status=status, message=message, data=None)
+    fast = codec.response_payload(rsp)
+    try:
+        want = frames.COMPILED_BODIES[MsgType.RESPONSE].build(codec.to_container(rsp))
+    except (construct.ConstructError, struct.error, OverflowError, KeyError, TypeError):
+        want = None
+    if fast is not None:
+        assert fast == want
+        assert fast == frames.BODIES[MsgType.RESPONSE].build(codec.to_container(rsp))
+        if status in {int(s) for s in Status}:  # a status the decoder knows: the answer reads back
+            back = decode(encode(rsp))
+            assert (back.request_id, int(back.op), back.status, back.message) == (request_id, op, status, message)
+    elif want is None:
+        with pytest.raises(ValueError, match="cannot encode Response"):
+            encode(rsp)
+    else:  # an answer the fast path leaves to the declaration: its data is due
+        assert status == 0 and op in {int(o) for o in frames.RESULT_LAYOUTS}
+        assert codec.encode_body(rsp) == want
+
+
+@given(request_id=st.integers(0, 2**32 - 1), op=st.integers(0, 0xFFFF), flags=st.sampled_from([0, 1, 2, 3]))
+def test_a_command_without_arguments_decodes_as_the_declaration_parses_it(request_id, op, flags):
+    """Six bytes of COMMAND payload (no arguments) are read by struct when the operation takes
+    none: the same Command as the declaration's parse; any other operation (unknown, or one whose
+    arguments are missing) still fails as the declaration says."""
+    payload = struct.pack("<IH", request_id, op)
+    frame = frame_bytes(int(MsgType.COMMAND), 7, 3, 99, flags, payload)
+    header = {"node_id": 7, "seq": 3, "timestamp_ns": 99, "flags": flags}
+    try:
+        want = codec._typed(MsgType.COMMAND, frames.COMPILED_BODIES[MsgType.COMMAND].parse(payload), header)
+    except Exception as e:  # noqa: BLE001 -- whatever the declaration raises, decode must refuse
+        want = e
+    try:
+        got = decode(frame)
+    except FrameError as e:
+        assert isinstance(want, Exception), f"{want} decoded, the fast path refused it: {e}"
+        return
+    assert not isinstance(want, Exception), f"the declaration refused {want!r}, the fast path gave {got}"
+    assert got == want and type(got.op) is type(want.op)
