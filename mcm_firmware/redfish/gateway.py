@@ -67,7 +67,7 @@ class Gateway:
         self.logs: dict[int, NodeLog] = {}
         self.listeners: list[Callable[[Record], None]] = []  # told of every record logged
         self._sweeper: asyncio.Task[None] | None = None
-        self._telemetry_waiters: dict[int, list[asyncio.Future[None]]] = {}
+        self._telemetry_waiters: dict[int, list[tuple[asyncio.Future[None], int | None]]] = {}
         self.fleet = fleet
         self.auth = auth
         self.timeout = timeout
@@ -289,7 +289,7 @@ class Gateway:
             view.stale = False
             changed = True
         if self._telemetry_waiters:
-            self._told_telemetry(view.node)
+            self._told_telemetry(view.node, env.seq)
         if changed:  # the inputs of its health changed: judged now (the frame decoded), as of the frame
             self.tlm_decoded += 1
             self._judge(view, env.timestamp_ns)
@@ -301,10 +301,20 @@ class Gateway:
         self.unsolicited += 1
         return False
 
-    def _told_telemetry(self, node: int) -> None:
-        for fut in self._telemetry_waiters.pop(node, []):
-            if not fut.done():
+    def _told_telemetry(self, node: int, seq: int) -> None:
+        waiting = self._telemetry_waiters.get(node)
+        if not waiting:
+            return
+        keep: list[tuple[asyncio.Future[None], int | None]] = []
+        for fut, after in waiting:
+            if after is not None and not 0 < (seq - after) & 0xFFFFFFFF < 0x80000000:
+                keep.append((fut, after))  # sent before the frame it waits to be after
+            elif not fut.done():
                 fut.set_result(None)
+        if keep:
+            self._telemetry_waiters[node] = keep
+        else:
+            del self._telemetry_waiters[node]
 
     def _judge(self, view: NodeView, now_ns: int) -> None:
         for rec in events.changes(self.log(view.node), view, now_ns):
@@ -318,7 +328,7 @@ class Gateway:
         if not retained:
             view.stale = False  # a fresh frame: alive
         if isinstance(msg, (Telemetry, Samples)):
-            self._told_telemetry(view.node)
+            self._told_telemetry(view.node, msg.seq)
         nlog = self.log(view.node)
         if isinstance(msg, Event) and not retained:
             self._tell(events.from_event(nlog, view, msg))
@@ -407,10 +417,14 @@ class Gateway:
                 await self.refresh(node)
         return resp
 
-    async def next_telemetry(self, node: int, timeout: float = 2.0) -> bool:
-        """Wait for the node's next telemetry frame; False when none came within ``timeout`` s."""
+    async def next_telemetry(self, node: int, timeout: float = 2.0, *, after_seq: int | None = None) -> bool:
+        """Wait for the node's next telemetry frame (with ``after_seq``: the next one the node sent
+        after its frame of that sequence number, e.g. its answer: telemetry travels on a connection
+        of its own, and a frame built before the answer may arrive after it); False when none came
+        within ``timeout`` s."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._telemetry_waiters.setdefault(node, []).append(fut)
+        entry = (fut, after_seq)
+        self._telemetry_waiters.setdefault(node, []).append(entry)
         try:
             await asyncio.wait_for(fut, timeout)
             return True
@@ -418,8 +432,8 @@ class Gateway:
             return False
         finally:
             waiters = self._telemetry_waiters.get(node)
-            if waiters and fut in waiters:
-                waiters.remove(fut)
+            if waiters and entry in waiters:
+                waiters.remove(entry)
 
     async def set_valve(self, node: int, valve: int, pct: float | None) -> Response:
         """Hold ``valve`` at ``pct`` % (None: give it back to the controller); the node's answer."""

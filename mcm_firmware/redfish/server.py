@@ -697,8 +697,9 @@ class RedfishServer:
                 self._allow(method, ("GET", "PATCH"))
                 if method == "PATCH":
                     self._writer(who)
-                    await self._patch_valve(request, node_id, valve)
-                    await self.gateway.next_telemetry(node_id)  # the control as the module then reports it
+                    answer = await self._patch_valve(request, node_id, valve)
+                    # the control as the module reports it after its answer
+                    await self.gateway.next_telemetry(node_id, after_seq=answer)
                 return _json(rs.valve_control(self.gateway.view.nodes[node_id], valve))
             case ["Controls", rs.POWER_LIMIT]:
                 self._allow(method, ("GET", "PATCH"))
@@ -721,9 +722,10 @@ class RedfishServer:
                 raise Refused(400, "ActionParameterValueNotInList", value, "ResetType", "Reset")
         await self._command(node_id, self.gateway.reset(node_id))
 
-    async def _command(self, node_id: int, request: Any, field: tuple[str, str] | None = None) -> None:
+    async def _command(self, node_id: int, request: Any, field: tuple[str, str] | None = None) -> int:
         """Send a command (the awaitable ``request``) to an online node; its refusals as Redfish
-        errors (``field``: the value and property a BAD_ARGUMENT is about)."""
+        errors (``field``: the value and property a BAD_ARGUMENT is about); the sequence number of
+        its answer."""
         if not self.gateway.view.nodes[node_id].online:
             request.close()
             raise Refused(503, "ServiceTemporarilyUnavailable", "10")
@@ -739,10 +741,12 @@ class RedfishServer:
         if resp.status != Status.OK:
             log.info("redfish: node %d answered %s: %s", node_id, resp.status, resp.message)
             raise Refused(500, "InternalError")
+        return int(resp.seq)
 
-    async def _patch_valve(self, request: web.Request, node_id: int, index: int) -> None:
+    async def _patch_valve(self, request: web.Request, node_id: int, index: int) -> int:
         """``{"SetPoint": PCT}`` holds the valve (ControlMode becomes Override); ``{"ControlMode":
-        "Automatic"}`` (or ``"SetPoint": null``) gives it back to the module's controller."""
+        "Automatic"}`` (or ``"SetPoint": null``) gives it back to the module's controller. The
+        sequence number of the node's answer."""
         body = await self._body(request)
         props = {k: v for k, v in body.items() if not k.startswith("@")}
         for key in props:
@@ -765,11 +769,10 @@ class RedfishServer:
         if mode == "Automatic" or ("SetPoint" in props and value is None):
             if value is not None:  # both: a held position and automatic control
                 raise Refused(400, "PropertyValueIncorrect", "ControlMode", "Automatic")
-            await self._command(node_id, self.gateway.set_valve(node_id, index, None))
-            return
+            return await self._command(node_id, self.gateway.set_valve(node_id, index, None))
         if value is None:  # Override without a set point: hold it where it is
             raise Refused(400, "PropertyMissing", "SetPoint")
-        await self._command(node_id, self.gateway.set_valve(node_id, index, float(value)), (shown, "SetPoint"))
+        return await self._command(node_id, self.gateway.set_valve(node_id, index, float(value)), (shown, "SetPoint"))
 
     async def _patch_power_limit(self, request: web.Request, node_id: int) -> None:
         body = await self._body(request)

@@ -443,3 +443,37 @@ def test_the_gateways_telemetry_intake():
     assert plain.tlm_decoded == 1 and 0 <= plain.tlm_age_max < 5
     assert "6 telemetry frames received, 1 decoded on arrival), 3 rejected" in plain.summary()
     assert sealed.rejected == 2 and sealed.view.nodes[4].seq == 2 and sealed.view.frames == 1
+
+
+def test_a_patch_waits_for_telemetry_the_node_sent_after_its_answer():
+    """Telemetry travels on a connection of its own: a frame the node built before its answer to
+    a PATCH may arrive after the answer. The service renders the control from the first frame sent
+    after the answer (its sequence number later, modulo 2^32), not from whatever frame comes next."""
+    import asyncio
+    import time
+
+    from mcm_firmware.protocol import Telemetry, encode
+    from mcm_firmware.redfish.gateway import Gateway
+    from mcm_firmware.transport import transport_factory
+
+    def frame(seq: int) -> memoryview:
+        return memoryview(encode(Telemetry(node_id=4, seq=seq, timestamp_ns=time.time_ns(), snapshot=snapshot())))
+
+    async def scenario(answer: int, frames: list[int]) -> list[tuple[int, bool, bool]]:
+        gw = Gateway(transport_factory("loopback://rf"), "f")
+        after = asyncio.ensure_future(gw.next_telemetry(4, 1.0, after_seq=answer))
+        plain = asyncio.ensure_future(gw.next_telemetry(4, 1.0))
+        await asyncio.sleep(0)
+        seen = []
+        for seq in frames:
+            gw._on_telemetry(b"mcm/v1/f/4/tlm", frame(seq))
+            for _ in range(5):  # the waiters' tasks see their futures
+                await asyncio.sleep(0)
+            seen.append((seq, plain.done(), after.done()))
+        await asyncio.gather(after, plain)
+        return seen
+
+    # frames 9 and 10 were built before the answer (seq 10): only frame 11 is after it
+    assert asyncio.run(scenario(10, [9, 10, 11])) == [(9, True, False), (10, True, False), (11, True, True)]
+    # across the wrap of the 32-bit sequence number
+    assert asyncio.run(scenario(0xFFFFFFFF, [0xFFFFFFFE, 0])) == [(0xFFFFFFFE, True, False), (0, True, True)]
