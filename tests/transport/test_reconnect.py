@@ -101,7 +101,9 @@ def test_a_thousand_nodes_that_lost_their_broker_retry_spread_out(mosquitto, cli
     except subprocess.TimeoutExpired:  # a stop that hangs: what the run said, for the record
         run.proc.kill()
         run.proc.wait(10)
-        pytest.fail(f"the run did not stop within 30 s of SIGTERM; its output: {run.lines[-20:]} {run.proc.stderr.read()[-3000:]}")
+        pytest.fail(
+            f"the run did not stop within 30 s of SIGTERM; its output: {run.lines[-20:]} {run.proc.stderr.read()[-3000:]}"
+        )
     stop_s = time.monotonic() - t_stop
     err = run.proc.stderr.read()
     assert code == 0 and "Traceback" not in err, err[-2000:]  # a lost broker is no crash
