@@ -43,7 +43,8 @@ def test_bench_measures_a_small_fleet_from_outside(tmp_path):
     assert res["ceiling_per_publish_core"] > 0 and "codec" not in data and "soak" not in data
     t = res["telemetry"]
     assert t["received"] > 0 and t["damaged"] == 0 and t["silent_nodes"] == 0
-    assert t["due_by_run"] >= t["sent_by_run"] > 0 and t["dropped_by_run"] >= 0
+    # a frame due just before the window opened may be sent in it: at most one per node in flight
+    assert t["due_by_run"] + 20 >= t["sent_by_run"] > 0 and t["dropped_by_run"] >= 0
     assert t["dropped_by_broker"] == 0 and "| 20 | colossus-mcm (1) | tls |" in r.stdout
     assert res["ping"]["sent"] >= 40 and res["ping"]["lost"] == 0
     assert res["ticks_per_s"] > 0 and res["tick_late_ms"]["n"] > 0
